@@ -1,0 +1,64 @@
+//! The time model: how long an op, a host op or a transfer takes on a hardware profile.
+//!
+//! A roofline per op: the larger of its arithmetic time (at the matrix or attention rate) and its
+//! memory time, plus launch overhead per kernel. Calibration (`offplan calibrate`) fits the
+//! profile's rates so that these predictions match the device.
+
+use crate::hardware::HardwareProfile;
+use crate::inventory::Owner;
+use crate::program::{Op, OpKind, Program, WorkClass};
+use crate::units::{Bytes, Seconds};
+use serde::{Deserialize, Serialize};
+
+/// Direction of a host-device copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    HostToDevice,
+    DeviceToHost,
+}
+
+/// Time of a GPU op on the compute stream.
+pub fn op_time(op: &Op, hw: &HardwareProfile) -> Seconds {
+    let arithmetic = match op.work {
+        WorkClass::Matmul => op.flops / hw.matmul_flops,
+        WorkClass::Attention => op.flops / hw.attention_flops,
+        WorkClass::Memory => Seconds::ZERO,
+    };
+    let memory = op.bytes / hw.memory_bandwidth;
+    arithmetic.max(memory) + hw.launch_overhead * op.launches as f64
+}
+
+/// Whether an op may run on the host instead of the GPU (CPU embedding, host AdamW).
+pub fn runs_on_host(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_))
+}
+
+/// Time of an op run on the host: the CPU embedding gather/scatter, or AdamW over the owner's
+/// parameters on all host cores. None for ops that only run on the GPU.
+pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
+    match op.kind {
+        OpKind::Embed | OpKind::EmbedBwd => Some(op.bytes / hw.host_memory_bandwidth),
+        OpKind::Adam(owner) => Some(Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second)),
+        _ => None,
+    }
+}
+
+fn host_adam_params(program: &Program, owner: Owner) -> u64 {
+    program.inventory.params(owner).params
+}
+
+/// Time to copy `bytes` one way; `duplex` when a copy the other way runs at the same time.
+pub fn transfer_time(bytes: Bytes, dir: Direction, duplex: bool, hw: &HardwareProfile) -> Seconds {
+    let rate = match (dir, duplex) {
+        (Direction::HostToDevice, false) => hw.h2d,
+        (Direction::HostToDevice, true) => hw.h2d_duplex,
+        (Direction::DeviceToHost, false) => hw.d2h,
+        (Direction::DeviceToHost, true) => hw.d2h_duplex,
+    };
+    bytes / rate
+}
+
+/// Compute-stream time of the whole program with everything on the GPU.
+pub fn all_gpu_step_time(program: &Program, hw: &HardwareProfile) -> Seconds {
+    program.ops.iter().map(|o| op_time(o, hw)).sum()
+}

@@ -1,0 +1,115 @@
+//! Hardware profiles (`models/hardware/*.ron`): what the step runs on.
+
+use crate::error::{field_line, ModelError};
+use crate::units::{Bytes, BytesPerSecond, FlopsPerSecond, Seconds};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where a profile's numbers come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Provenance {
+    /// Measured on a real device (by `offplan calibrate` or by hand), with what and when.
+    Measured(String),
+    /// Public figures (data sheets, reviews); not measured here.
+    Public(String),
+}
+
+/// One GPU and its host link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareProfile {
+    pub name: String,
+    pub provenance: Provenance,
+    /// Device memory in total.
+    pub memory: Bytes,
+    /// Pinned host-to-device copy rate with nothing else on the link.
+    pub h2d: BytesPerSecond,
+    /// Pinned device-to-host copy rate with nothing else on the link.
+    pub d2h: BytesPerSecond,
+    /// Host-to-device rate while a device-to-host copy runs at the same time.
+    pub h2d_duplex: BytesPerSecond,
+    /// Device-to-host rate while a host-to-device copy runs at the same time.
+    pub d2h_duplex: BytesPerSecond,
+    /// Dense bf16 matrix-product rate (fp32 accumulation) at large shapes.
+    pub matmul_flops: FlopsPerSecond,
+    /// Rate of the attention kernel (counted causal FLOPs per second).
+    pub attention_flops: FlopsPerSecond,
+    /// Device memory rate, counting bytes read plus bytes written.
+    pub memory_bandwidth: BytesPerSecond,
+    /// Time a kernel launch adds beyond its work.
+    pub launch_overhead: Seconds,
+    /// Device memory in use before the step allocates anything: context, modules, library handles.
+    pub fixed_overhead: Bytes,
+    /// The allocator hands out memory in multiples of this.
+    pub alloc_granularity: Bytes,
+    /// Host memory rate for host-side work (CPU embedding gather and scatter).
+    pub host_memory_bandwidth: BytesPerSecond,
+    /// Parameters per second the host's AdamW updates (all cores).
+    pub host_adam_params_per_second: f64,
+}
+
+impl HardwareProfile {
+    pub fn load(path: &Path) -> Result<HardwareProfile, ModelError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<HardwareProfile, ModelError> {
+        let hw: HardwareProfile = ron::from_str(text).map_err(|e| ModelError::parse(path, e))?;
+        hw.validate().map_err(|(field, message)| ModelError::Invalid {
+            path: path.to_path_buf(),
+            line: field_line(text, field),
+            message,
+        })?;
+        Ok(hw)
+    }
+
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let rates = [
+            ("h2d", self.h2d.0),
+            ("d2h", self.d2h.0),
+            ("h2d_duplex", self.h2d_duplex.0),
+            ("d2h_duplex", self.d2h_duplex.0),
+            ("matmul_flops", self.matmul_flops.0),
+            ("attention_flops", self.attention_flops.0),
+            ("memory_bandwidth", self.memory_bandwidth.0),
+            ("host_memory_bandwidth", self.host_memory_bandwidth.0),
+            ("host_adam_params_per_second", self.host_adam_params_per_second),
+        ];
+        for (field, v) in rates {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((field, format!("`{field}` must be a positive rate, got {v}")));
+            }
+        }
+        if self.memory.0 == 0 {
+            return Err(("memory", "`memory` must be positive".into()));
+        }
+        if self.fixed_overhead >= self.memory {
+            return Err(("fixed_overhead", "`fixed_overhead` must be below `memory`".into()));
+        }
+        if !(self.launch_overhead.0 >= 0.0) {
+            return Err(("launch_overhead", "`launch_overhead` must be zero or more".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "ron") {
+                HardwareProfile::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+}

@@ -1,0 +1,569 @@
+//! The step program: the ops of one training step in the order the executor runs them, each with
+//! the tensors it reads, writes, allocates (just before it runs) and frees (just after).
+//!
+//! Order: embedding; per layer ln1, qkv, attention, attention projection (+ residual), ln2, fc,
+//! gelu, fc projection (+ residual); final norm; output layer per vocabulary chunk (logits and
+//! cross-entropy statistics); loss; backward in reverse, each parameter owner's AdamW update right
+//! after its gradients are complete (no gradient clipping, so per-owner updates are exact).
+//!
+//! FLOP convention: matrix products 2*M*N*K; attention counts the causal half,
+//! 2*B*T*T*C forward (QK^T and PV), 2.5x that backward for the fused kind (it recomputes the
+//! scores), 2x for the materialised kind.
+
+use crate::config::GptConfig;
+use crate::inventory::{Inventory, Owner, TensorId};
+use crate::units::{Bytes, Flops};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpId(pub u32);
+
+impl OpId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What an op computes; the executor dispatches on this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OpKind {
+    Embed,
+    Ln1(u32),
+    Qkv(u32),
+    Attn(u32),
+    AttnProj(u32),
+    Ln2(u32),
+    Fc(u32),
+    Gelu(u32),
+    FcProj(u32),
+    LnF,
+    /// Logits of one vocabulary chunk and the running cross-entropy statistics.
+    OutFwd(u32),
+    /// Loss per token from the statistics (one chunk: also turns logits into dlogits in place).
+    Loss,
+    /// Backward of one chunk: (recompute logits,) dlogits, dlnf += dlogits W, dW = dlogits^T lnf.
+    OutBwd(u32),
+    LnFBwd,
+    FcProjBwd(u32),
+    GeluBwd(u32),
+    FcBwd(u32),
+    Ln2Bwd(u32),
+    AttnProjBwd(u32),
+    AttnBwd(u32),
+    QkvBwd(u32),
+    Ln1Bwd(u32),
+    EmbedBwd,
+    Adam(Owner),
+}
+
+impl OpKind {
+    /// The transformer layer this op belongs to, if any.
+    pub fn layer(self) -> Option<u32> {
+        use OpKind::*;
+        match self {
+            Ln1(l) | Qkv(l) | Attn(l) | AttnProj(l) | Ln2(l) | Fc(l) | Gelu(l) | FcProj(l)
+            | FcProjBwd(l) | GeluBwd(l) | FcBwd(l) | Ln2Bwd(l) | AttnProjBwd(l) | AttnBwd(l)
+            | QkvBwd(l) | Ln1Bwd(l) => Some(l),
+            Adam(Owner::Layer(l)) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    Forward,
+    Head,
+    Backward,
+    Optimizer,
+}
+
+/// Which hardware rate bounds an op's arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkClass {
+    Matmul,
+    Attention,
+    /// Bounded by memory traffic (norms, element-wise, optimizer, gathers).
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub id: OpId,
+    pub name: String,
+    pub kind: OpKind,
+    pub phase: Phase,
+    pub reads: Vec<TensorId>,
+    pub writes: Vec<TensorId>,
+    /// Allocated just before the op runs.
+    pub allocs: Vec<TensorId>,
+    /// Freed just after the op runs (their last use).
+    pub frees: Vec<TensorId>,
+    pub flops: Flops,
+    /// Device memory traffic: bytes read plus bytes written.
+    pub bytes: Bytes,
+    pub work: WorkClass,
+    /// Kernel launches the op makes.
+    pub launches: u32,
+}
+
+impl Op {
+    /// Every tensor the op needs on the GPU while it runs.
+    pub fn touches(&self) -> impl Iterator<Item = TensorId> + '_ {
+        self.reads.iter().chain(self.writes.iter()).chain(self.allocs.iter()).copied()
+    }
+}
+
+/// The ops of one training step plus the inventory they act on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub config: GptConfig,
+    pub inventory: Inventory,
+    pub ops: Vec<Op>,
+}
+
+impl Program {
+    pub fn build(cfg: &GptConfig) -> Program {
+        let inventory = Inventory::build(cfg);
+        let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new() }.build();
+        Program { config: cfg.clone(), inventory, ops }
+    }
+
+    pub fn op(&self, id: OpId) -> &Op {
+        &self.ops[id.index()]
+    }
+
+    pub fn find(&self, kind: OpKind) -> Option<&Op> {
+        self.ops.iter().find(|o| o.kind == kind)
+    }
+
+    /// The forward ops that rebuild layer `l`'s saved activations from its input (recomputation).
+    pub fn recompute_ops(&self, l: u32) -> Vec<OpId> {
+        use OpKind::*;
+        [Ln1(l), Qkv(l), Attn(l), AttnProj(l), Ln2(l), Fc(l), Gelu(l)]
+            .iter()
+            .filter_map(|k| self.find(*k).map(|o| o.id))
+            .collect()
+    }
+
+    pub fn total_flops(&self) -> Flops {
+        self.ops.iter().map(|o| o.flops).sum()
+    }
+
+    /// Model FLOPs per step by the convention llm.c reports MFU with: 6N + 6*L*T*C per token,
+    /// N the non-embedding... here N counts all allocated parameters except the position table.
+    pub fn model_flops(&self) -> Flops {
+        let c = &self.config;
+        let n = (c.allocated_param_count() - c.max_seq as u64 * c.hidden as u64) as f64;
+        let per_token = 6.0 * n + 6.0 * c.layers as f64 * c.seq as f64 * c.hidden as f64;
+        Flops(per_token * c.tokens() as f64)
+    }
+
+    /// Checks the program's own lifetime rules: every tensor an op touches is allocated (or
+    /// persistent) and not yet freed; nothing is allocated twice or freed before it exists;
+    /// every non-persistent tensor allocated is freed by the end of the step.
+    pub fn check_lifetimes(&self) -> Result<(), String> {
+        let inv = &self.inventory;
+        let mut live: Vec<bool> = inv.tensors.iter().map(|t| t.persistent).collect();
+        let mut ever: Vec<bool> = live.clone();
+        for op in &self.ops {
+            for t in &op.allocs {
+                if live[t.index()] {
+                    return Err(format!("{}: allocates {} which is already live", op.name, inv.tensor(*t).name));
+                }
+                live[t.index()] = true;
+                ever[t.index()] = true;
+            }
+            for t in op.touches() {
+                if !live[t.index()] {
+                    return Err(format!("{}: touches {} which is not allocated", op.name, inv.tensor(t).name));
+                }
+            }
+            for t in &op.frees {
+                let tensor = inv.tensor(*t);
+                if !live[t.index()] || tensor.persistent {
+                    return Err(format!("{}: frees {} which is not a live temporary", op.name, tensor.name));
+                }
+                live[t.index()] = false;
+            }
+        }
+        for t in &inv.tensors {
+            if !t.persistent && live[t.id.index()] {
+                return Err(format!("{} is never freed", t.name));
+            }
+            if !ever[t.id.index()] {
+                return Err(format!("{} is never allocated", t.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct OpsBuilder<'a> {
+    cfg: &'a GptConfig,
+    inv: &'a Inventory,
+    ops: Vec<Op>,
+}
+
+/// Arguments of one op, before its traffic is summed.
+struct Spec<'s> {
+    kind: OpKind,
+    phase: Phase,
+    reads: &'s [TensorId],
+    writes: &'s [TensorId],
+    allocs: &'s [TensorId],
+    frees: &'s [TensorId],
+    flops: f64,
+    work: WorkClass,
+    launches: u32,
+}
+
+impl OpsBuilder<'_> {
+    fn name(kind: OpKind) -> String {
+        use OpKind::*;
+        match kind {
+            Embed => "embed".into(),
+            Ln1(l) => format!("layer{l}.ln1"),
+            Qkv(l) => format!("layer{l}.qkv"),
+            Attn(l) => format!("layer{l}.attn"),
+            AttnProj(l) => format!("layer{l}.attproj"),
+            Ln2(l) => format!("layer{l}.ln2"),
+            Fc(l) => format!("layer{l}.fc"),
+            Gelu(l) => format!("layer{l}.gelu"),
+            FcProj(l) => format!("layer{l}.fcproj"),
+            LnF => "lnf".into(),
+            OutFwd(c) => format!("chunk{c}.out_fwd"),
+            Loss => "loss".into(),
+            OutBwd(c) => format!("chunk{c}.out_bwd"),
+            LnFBwd => "lnf_bwd".into(),
+            FcProjBwd(l) => format!("layer{l}.fcproj_bwd"),
+            GeluBwd(l) => format!("layer{l}.gelu_bwd"),
+            FcBwd(l) => format!("layer{l}.fc_bwd"),
+            Ln2Bwd(l) => format!("layer{l}.ln2_bwd"),
+            AttnProjBwd(l) => format!("layer{l}.attproj_bwd"),
+            AttnBwd(l) => format!("layer{l}.attn_bwd"),
+            QkvBwd(l) => format!("layer{l}.qkv_bwd"),
+            Ln1Bwd(l) => format!("layer{l}.ln1_bwd"),
+            EmbedBwd => "embed_bwd".into(),
+            Adam(o) => format!("{o}.adam"),
+        }
+    }
+
+    fn push(&mut self, s: Spec<'_>) {
+        let inv = self.inv;
+        // Traffic: whole tensors read and written; parameter tensors of other owners that an op
+        // only reads (tied embedding rows) count by the rows actually gathered, set by the caller.
+        let mut bytes: u64 = s.reads.iter().map(|t| inv.tensor(*t).bytes.0).sum();
+        bytes += s.writes.iter().chain(s.allocs.iter()).map(|t| inv.tensor(*t).bytes.0).sum::<u64>();
+        if s.kind == OpKind::Embed || s.kind == OpKind::EmbedBwd {
+            // A gather/scatter touches B*T rows of the tables, not the tables.
+            let c = self.cfg;
+            let rows = 2 * c.tokens() * c.hidden as u64 * 2;
+            bytes = rows + 2 * c.tokens() * c.hidden as u64 + c.tokens() * 4;
+        }
+        let id = OpId(self.ops.len() as u32);
+        self.ops.push(Op {
+            id,
+            name: Self::name(s.kind),
+            kind: s.kind,
+            phase: s.phase,
+            reads: s.reads.to_vec(),
+            writes: s.writes.to_vec(),
+            allocs: s.allocs.to_vec(),
+            frees: s.frees.to_vec(),
+            flops: Flops(s.flops),
+            bytes: Bytes(bytes),
+            work: s.work,
+            launches: s.launches,
+        });
+    }
+
+    fn build(mut self) -> Vec<Op> {
+        use OpKind::*;
+        use Phase::*;
+        use WorkClass::*;
+        let cfg = self.cfg;
+        let inv = self.inv;
+        let (bt, c) = (cfg.tokens() as f64, cfg.hidden as f64);
+        let t = cfg.seq as f64;
+        let k = cfg.output_chunks;
+        let vc = (cfg.padded_vocab / k) as f64;
+        let chunked = k > 1;
+        let tied = cfg.tied_embeddings;
+        let attn_fwd = 2.0 * bt * t * c;
+        let attn_bwd = match cfg.attention {
+            crate::config::Attention::Fused => 2.5 * attn_fwd,
+            crate::config::Attention::Materialized => 2.0 * attn_fwd,
+        };
+        let io = inv.io;
+        let h = inv.head.clone();
+        let w = |o: Owner| inv.params(o).weights;
+        let g = |o: Owner| inv.params(o).grads;
+        let opt = |o: Owner| inv.params(o).optimizer;
+        let chunk_weights: Vec<TensorId> = (0..k).map(|i| w(Owner::OutputChunk(i))).collect();
+        let adam = |b: &mut Self, o: Owner| {
+            b.push(Spec {
+                kind: Adam(o),
+                phase: Optimizer,
+                reads: &[g(o), opt(o)],
+                writes: &[opt(o), w(o)],
+                allocs: &[],
+                frees: &[g(o)],
+                flops: 0.0,
+                work: Memory,
+                launches: 1,
+            })
+        };
+
+        // ---- forward
+        let mut embed_reads = vec![io.tokens, w(Owner::Embedding)];
+        if tied {
+            embed_reads.extend(&chunk_weights);
+        }
+        let x0 = inv.acts.first().map(|a| a.x_in).unwrap_or(h.x_out);
+        self.push(Spec { kind: Embed, phase: Forward, reads: &embed_reads, writes: &[], allocs: &[x0], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+        for l in 0..cfg.layers {
+            let a = inv.acts[l as usize];
+            let lw = w(Owner::Layer(l));
+            let next = inv.acts.get(l as usize + 1).map(|n| n.x_in).unwrap_or(h.x_out);
+            self.push(Spec { kind: Ln1(l), phase: Forward, reads: &[a.x_in, lw], writes: &[], allocs: &[a.ln1, a.ln1_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+            self.push(Spec { kind: Qkv(l), phase: Forward, reads: &[a.ln1, lw], writes: &[], allocs: &[a.qkv], frees: &[], flops: 2.0 * bt * c * 3.0 * c, work: Matmul, launches: 1 });
+            self.push(Spec { kind: Attn(l), phase: Forward, reads: &[a.qkv], writes: &[], allocs: &[a.att, a.atty], frees: &[], flops: attn_fwd, work: Attention, launches: 1 });
+            self.push(Spec { kind: AttnProj(l), phase: Forward, reads: &[a.atty, a.x_in, lw], writes: &[], allocs: &[a.x_mid], frees: &[], flops: 2.0 * bt * c * c, work: Matmul, launches: 1 });
+            self.push(Spec { kind: Ln2(l), phase: Forward, reads: &[a.x_mid, lw], writes: &[], allocs: &[a.ln2, a.ln2_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+            self.push(Spec { kind: Fc(l), phase: Forward, reads: &[a.ln2, lw], writes: &[], allocs: &[a.fch], frees: &[], flops: 8.0 * bt * c * c, work: Matmul, launches: 1 });
+            self.push(Spec { kind: Gelu(l), phase: Forward, reads: &[a.fch], writes: &[], allocs: &[a.fch_gelu], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+            self.push(Spec { kind: FcProj(l), phase: Forward, reads: &[a.fch_gelu, a.x_mid, lw], writes: &[], allocs: &[next], frees: &[], flops: 8.0 * bt * c * c, work: Matmul, launches: 1 });
+        }
+
+        // ---- head: final norm, output layer by chunk, loss
+        let fnw = w(Owner::FinalNorm);
+        self.push(Spec { kind: LnF, phase: Head, reads: &[h.x_out, fnw], writes: &[], allocs: &[h.lnf, h.lnf_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+        for i in 0..k {
+            let logits = h.logits[i as usize];
+            let mut allocs = vec![logits];
+            if i == 0 {
+                allocs.push(h.ce_stats);
+            }
+            let frees: Vec<TensorId> = if chunked { vec![logits] } else { vec![] };
+            self.push(Spec {
+                kind: OutFwd(i),
+                phase: Head,
+                reads: &[h.lnf, chunk_weights[i as usize], io.targets],
+                writes: &[h.ce_stats],
+                allocs: &allocs,
+                frees: &frees,
+                flops: 2.0 * bt * c * vc,
+                work: Matmul,
+                launches: 2,
+            });
+        }
+        let (loss_reads, loss_writes) = if chunked {
+            (vec![h.ce_stats, io.targets], vec![io.losses])
+        } else {
+            (vec![h.ce_stats, io.targets, h.logits[0]], vec![io.losses, h.logits[0]])
+        };
+        self.push(Spec { kind: Loss, phase: Head, reads: &loss_reads, writes: &loss_writes, allocs: &[], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+
+        // ---- backward
+        for i in (0..k).rev() {
+            let o = Owner::OutputChunk(i);
+            let logits = h.logits[i as usize];
+            let mut allocs = vec![g(o)];
+            let mut reads = vec![h.lnf, chunk_weights[i as usize], h.ce_stats, io.targets];
+            if chunked {
+                allocs.push(logits);
+            } else {
+                reads.push(logits);
+            }
+            if i == k - 1 {
+                allocs.push(h.dlnf);
+            }
+            let mut frees = vec![logits];
+            if i == 0 {
+                frees.push(h.ce_stats);
+            }
+            let recompute = if chunked { 2.0 * bt * c * vc } else { 0.0 };
+            self.push(Spec {
+                kind: OutBwd(i),
+                phase: Backward,
+                reads: &reads,
+                writes: &[h.dlnf, g(o)],
+                allocs: &allocs,
+                frees: &frees,
+                flops: recompute + 4.0 * bt * c * vc,
+                work: Matmul,
+                launches: if chunked { 4 } else { 2 },
+            });
+            if !tied {
+                adam(&mut self, o);
+            }
+        }
+        let fn_o = Owner::FinalNorm;
+        self.push(Spec {
+            kind: LnFBwd,
+            phase: Backward,
+            reads: &[h.dlnf, h.x_out, h.lnf_stats, fnw],
+            writes: &[h.dres, g(fn_o)],
+            allocs: &[h.dres, g(fn_o)],
+            frees: &[h.dlnf, h.x_out, h.lnf, h.lnf_stats],
+            flops: 0.0,
+            work: Memory,
+            launches: 2,
+        });
+        adam(&mut self, fn_o);
+        for l in (0..cfg.layers).rev() {
+            let o = Owner::Layer(l);
+            let a = inv.acts[l as usize];
+            let s = inv.scratch[l as usize];
+            let (lw, lg) = (w(o), g(o));
+            let mm = |f: f64| 2.0 * f * bt * c * c; // dX and dW products of a C x f*C weight
+            self.push(Spec { kind: FcProjBwd(l), phase: Backward, reads: &[h.dres, a.fch_gelu, lw], writes: &[lg], allocs: &[s.dfch, lg], frees: &[a.fch_gelu], flops: mm(8.0), work: Matmul, launches: 3 });
+            self.push(Spec { kind: GeluBwd(l), phase: Backward, reads: &[s.dfch, a.fch], writes: &[s.dfch], allocs: &[], frees: &[a.fch], flops: 0.0, work: Memory, launches: 1 });
+            self.push(Spec { kind: FcBwd(l), phase: Backward, reads: &[s.dfch, a.ln2, lw], writes: &[lg], allocs: &[s.dln2], frees: &[s.dfch, a.ln2], flops: mm(8.0), work: Matmul, launches: 3 });
+            self.push(Spec { kind: Ln2Bwd(l), phase: Backward, reads: &[s.dln2, a.x_mid, a.ln2_stats, lw, h.dres], writes: &[h.dres, lg], allocs: &[], frees: &[s.dln2, a.x_mid, a.ln2_stats], flops: 0.0, work: Memory, launches: 2 });
+            self.push(Spec { kind: AttnProjBwd(l), phase: Backward, reads: &[h.dres, a.atty, lw], writes: &[lg], allocs: &[s.datty], frees: &[], flops: mm(2.0), work: Matmul, launches: 3 });
+            self.push(Spec { kind: AttnBwd(l), phase: Backward, reads: &[s.datty, a.qkv, a.att, a.atty], writes: &[], allocs: &[s.datt, s.dqkv], frees: &[s.datty, s.datt, a.att, a.atty], flops: attn_bwd, work: Attention, launches: 2 });
+            self.push(Spec { kind: QkvBwd(l), phase: Backward, reads: &[s.dqkv, a.ln1, lw], writes: &[lg], allocs: &[s.dln1], frees: &[s.dqkv, a.qkv, a.ln1], flops: mm(6.0), work: Matmul, launches: 3 });
+            self.push(Spec { kind: Ln1Bwd(l), phase: Backward, reads: &[s.dln1, a.x_in, a.ln1_stats, lw, h.dres], writes: &[h.dres, lg], allocs: &[], frees: &[s.dln1, a.x_in, a.ln1_stats], flops: 0.0, work: Memory, launches: 2 });
+            adam(&mut self, o);
+        }
+        let eo = Owner::Embedding;
+        let mut embed_writes = vec![g(eo)];
+        if tied {
+            embed_writes.extend((0..k).map(|i| g(Owner::OutputChunk(i))));
+        }
+        self.push(Spec { kind: EmbedBwd, phase: Backward, reads: &[h.dres, io.tokens], writes: &embed_writes, allocs: &[g(eo)], frees: &[h.dres], flops: 0.0, work: Memory, launches: 2 });
+        adam(&mut self, eo);
+        if tied {
+            for i in 0..k {
+                adam(&mut self, Owner::OutputChunk(i));
+            }
+        }
+        self.ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Attention, Precision};
+    use crate::inventory::{BlockKind, TensorClass};
+    use proptest::prelude::*;
+
+    fn cfg(layers: u32, heads: u32, head_size: u32, batch: u32, seq: u32, vocab: u32, chunks: u32, tied: bool, attention: Attention) -> GptConfig {
+        GptConfig {
+            name: "prop".into(),
+            layers,
+            hidden: heads * head_size,
+            heads,
+            vocab,
+            padded_vocab: vocab.div_ceil(chunks * 8) * chunks * 8,
+            max_seq: seq,
+            batch,
+            seq,
+            tied_embeddings: tied,
+            attention,
+            precision: Precision::default(),
+            output_chunks: chunks,
+        }
+    }
+
+    /// Saved activation bytes of one layer, written out (2 bytes per bf16 element, s = T, b = B,
+    /// h = C, a = NH). Korthikanti et al. count 34sbh + 5as^2b with dropout; we have no dropout,
+    /// so their two 1-byte dropout masks (attention output, MLP output: 2sbh) go, leaving 32sbh:
+    /// LN1 input 2 + QKV input 2 + Q,K,V 6 + projection input 2 + LN2 input 2 + fc input 2
+    /// + GELU input 8 + fc-projection input 8. For attention they keep softmax output (2as^2b),
+    /// its dropout mask (as^2b) and dropout output (2as^2b); materialised attention here keeps
+    /// the softmax output only (2as^2b), fused keeps the fp32 log-sum-exp per row (4abs).
+    /// Both layer norms also keep fp32 mean and rstd (16sb), which the paper neglects.
+    fn closed_form_layer_activation_bytes(c: &GptConfig) -> u64 {
+        let (s, b, h, a) = (c.seq as u64, c.batch as u64, c.hidden as u64, c.heads as u64);
+        let attention = match c.attention {
+            Attention::Materialized => 2 * a * s * s * b,
+            Attention::Fused => 4 * a * s * b,
+        };
+        32 * s * b * h + 16 * s * b + attention
+    }
+
+    fn any_config() -> impl Strategy<Value = GptConfig> {
+        (1u32..5, 1u32..5, prop::sample::select(vec![8u32, 16, 32]), 1u32..4, prop::sample::select(vec![16u32, 32, 64]), 100u32..600, prop::sample::select(vec![1u32, 2, 4]), any::<bool>(), any::<bool>())
+            .prop_map(|(l, nh, hs, b, t, v, k, tied, fused)| {
+                cfg(l, nh, hs, b, t, v, k, tied, if fused { Attention::Fused } else { Attention::Materialized })
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_tensor_is_allocated_before_use_and_freed_after(c in any_config()) {
+            let p = Program::build(&c);
+            prop_assert_eq!(p.check_lifetimes(), Ok(()));
+        }
+
+        #[test]
+        fn live_bytes_never_negative_and_classes_add_up(c in any_config()) {
+            let p = Program::build(&c);
+            let inv = &p.inventory;
+            let mut live: i128 = inv.tensors.iter().filter(|t| t.persistent).map(|t| t.bytes.0 as i128).sum();
+            for op in &p.ops {
+                live += op.allocs.iter().map(|t| inv.tensor(*t).bytes.0 as i128).sum::<i128>();
+                live -= op.frees.iter().map(|t| inv.tensor(*t).bytes.0 as i128).sum::<i128>();
+                prop_assert!(live >= 0);
+            }
+            let persistent: i128 = inv.tensors.iter().filter(|t| t.persistent).map(|t| t.bytes.0 as i128).sum();
+            prop_assert_eq!(live, persistent, "the step ends where it began");
+            let total: u64 = inv.tensors.iter().map(|t| t.bytes.0).sum();
+            let by_class: u64 = [TensorClass::Weights, TensorClass::Grads, TensorClass::OptimizerState, TensorClass::Activations, TensorClass::Scratch, TensorClass::Workspace, TensorClass::Io]
+                .iter().map(|k| inv.bytes_of(*k).0).sum();
+            prop_assert_eq!(total, by_class);
+            prop_assert_eq!(inv.bytes_of(TensorClass::OptimizerState).0, 12 * c.allocated_param_count());
+        }
+
+        #[test]
+        fn layer_activations_match_the_closed_form(c in any_config()) {
+            let inv = Inventory::build(&c);
+            for l in 0..c.layers {
+                prop_assert_eq!(inv.layer_activation_bytes(l).0, closed_form_layer_activation_bytes(&c));
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_configs_have_exact_parameter_counts() {
+        // (name, params with V = 50257): closed form V*C(*2 untied) + n_ctx*C + L*(12C^2+13C) + 2C.
+        let expect = [
+            ("gpt2-124m", 124_439_808u64),
+            ("gpt2-350m", 354_823_168),
+            ("gpt2-774m", 774_030_080),
+            ("gpt2-1.5b", 1_557_611_200),
+            ("gpt3-1.3b", 1_418_649_600),
+            ("gpt3-2.7b", 2_780_211_200),
+            ("gpt3-6.7b", 6_864_257_024),
+            ("gpt3-13b", 13_110_702_080),
+            ("gpt3-175b", 175_221_817_344),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        for (name, params) in expect {
+            let c = GptConfig::load(&dir.join(format!("{name}.ron"))).unwrap();
+            assert_eq!(c.param_count(), params, "{name}");
+            let p = Program::build(&c);
+            assert_eq!(p.inventory.param_count(), c.allocated_param_count(), "{name}");
+            assert_eq!(p.check_lifetimes(), Ok(()), "{name}");
+        }
+        let gpt2 = GptConfig::load(&dir.join("gpt2-124m.ron")).unwrap();
+        assert_eq!(gpt2.allocated_param_count(), 124_475_904);
+    }
+
+    #[test]
+    fn recompute_ops_rebuild_exactly_the_inner_activations() {
+        let c = cfg(2, 2, 16, 2, 16, 300, 2, false, Attention::Fused);
+        let p = Program::build(&c);
+        let inner = p.inventory.find_block(BlockKind::LayerActivations(1)).unwrap();
+        let mut rebuilt: Vec<TensorId> = p.recompute_ops(1).iter().flat_map(|o| p.op(*o).allocs.clone()).collect();
+        rebuilt.sort();
+        let mut want = inner.tensors.clone();
+        want.sort();
+        assert_eq!(rebuilt, want);
+    }
+}

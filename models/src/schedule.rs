@@ -1,0 +1,252 @@
+//! The schedule format: the ordered actions of one training step across the compute stream, the
+//! two copy streams and the host, with explicit cross-stream waits, plus the plan's decisions and
+//! predictions. The planner writes it, the simulator and the executor read it.
+//!
+//! Semantics (shared by the simulator and the executor):
+//! - Actions are issued in list order. Each goes to one `Lane`; a lane runs its actions in order.
+//!   Lanes run concurrently; the only ordering between lanes is `Record` / `Wait`.
+//! - `Alloc` / `Free` are stream-ordered on their lane (cuMemAllocAsync / cuMemFreeAsync): memory
+//!   is taken when the lane reaches the action and given back when the lane reaches the free.
+//!   Memory freed on one lane is reused by another only after a `Wait` on an event recorded after
+//!   the free, so the budget holds under any timing (DESIGN.md invariant 2).
+//! - `Prefetch` copies a block's tensor from pinned host memory into its (already allocated)
+//!   device buffer, on the H2D lane. `Evict` copies a device tensor to pinned host memory on the
+//!   D2H lane. Weights whose host copy is current need no `Evict` before their `Free`.
+//! - The step is periodic: where a tensor is at the end is where it is at the start of the next
+//!   step; `Schedule::initial_residency` says where each persistent tensor starts.
+
+use crate::config::GptConfig;
+use crate::inventory::{BlockId, TensorId};
+use crate::program::OpId;
+use crate::units::{Bytes, Seconds};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Bumped on any change that an older reader would misread.
+pub const SCHEDULE_FORMAT_VERSION: u32 = 1;
+
+/// Where work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Lane {
+    Compute,
+    HostToDevice,
+    DeviceToHost,
+    /// Host threads (CPU embedding, host AdamW).
+    Host,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 4] = [Lane::Compute, Lane::HostToDevice, Lane::DeviceToHost, Lane::Host];
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Compute => "compute",
+            Lane::HostToDevice => "H2D",
+            Lane::DeviceToHost => "D2H",
+            Lane::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub u32);
+
+/// One step of the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Run a program op on the compute lane.
+    Run(OpId),
+    /// Re-run a forward op inside backward to rebuild saved activations (recomputation).
+    Recompute(OpId),
+    /// Run a program op on the host lane (CPU embedding lookup/scatter, host AdamW).
+    HostRun(OpId),
+    /// Take device memory for a tensor, ordered on a lane.
+    Alloc(TensorId, Lane),
+    /// Give a tensor's device memory back, ordered on a lane.
+    Free(TensorId, Lane),
+    /// Copy a tensor host -> device into its allocation (H2D lane).
+    Prefetch(TensorId),
+    /// Copy a tensor device -> host (D2H lane); its device memory stays until a `Free`.
+    Evict(TensorId),
+    /// Mark a point on a lane.
+    Record(EventId, Lane),
+    /// A lane waits until an event's point has been reached.
+    Wait(EventId, Lane),
+}
+
+impl Action {
+    /// The lane the action is ordered on.
+    pub fn lane(&self) -> Lane {
+        match *self {
+            Action::Run(_) | Action::Recompute(_) => Lane::Compute,
+            Action::HostRun(_) => Lane::Host,
+            Action::Prefetch(_) => Lane::HostToDevice,
+            Action::Evict(_) => Lane::DeviceToHost,
+            Action::Alloc(_, l) | Action::Free(_, l) | Action::Record(_, l) | Action::Wait(_, l) => l,
+        }
+    }
+}
+
+/// Where a block lives, as the plan decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Placement {
+    /// On the GPU for the whole step (weights, optimizer state) or from forward to backward
+    /// (activations).
+    Gpu,
+    /// In pinned host memory, brought to the GPU around each use and sent back or dropped after.
+    Streamed,
+    /// On the host, used there: CPU embedding, host AdamW (optimizer state), or gradients
+    /// sent to the host for it.
+    Host,
+    /// Activations copied to the host after forward and brought back for backward.
+    Offloaded,
+    /// Activations dropped after forward and rebuilt from the layer input in backward.
+    Recomputed,
+}
+
+impl Placement {
+    pub fn label(self) -> &'static str {
+        match self {
+            Placement::Gpu => "gpu",
+            Placement::Streamed => "streamed",
+            Placement::Host => "host",
+            Placement::Offloaded => "offloaded",
+            Placement::Recomputed => "recomputed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockDecision {
+    pub block: BlockId,
+    pub name: String,
+    pub placement: Placement,
+    /// How many ops before first use its prefetch is issued (streamed/offloaded blocks).
+    pub prefetch_distance: Option<u32>,
+}
+
+/// What the solver reports about its answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolverReport {
+    pub solver: String,
+    /// Objective of the chosen plan in the solver's model.
+    pub objective: Seconds,
+    /// Best lower bound the solver proved.
+    pub bound: Seconds,
+    /// (objective - bound) / objective.
+    pub gap: f64,
+    pub solve_seconds: f64,
+    pub status: String,
+}
+
+/// What the plan predicts for one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Highest sum of live tensor bytes (the pool's `allocated` high-water mark).
+    pub peak_allocated: Bytes,
+    /// Index into `actions` where the peak is reached.
+    pub peak_action: usize,
+    /// Name of the op or action at the peak, for people.
+    pub peak_at: String,
+    /// Context, modules and library memory outside the pool (hardware profile).
+    pub fixed_overhead: Bytes,
+    pub step_time: Seconds,
+    /// Compute-lane busy time (ops and recomputation).
+    pub compute_time: Seconds,
+    pub h2d_bytes: Bytes,
+    pub d2h_bytes: Bytes,
+    /// Copy time that the compute lane waited for.
+    pub exposed_transfer: Seconds,
+    /// Copy time overlapped with compute.
+    pub hidden_transfer: Seconds,
+    pub solver: Option<SolverReport>,
+}
+
+impl Prediction {
+    /// Device memory the process needs: pool peak plus fixed overhead.
+    pub fn peak_device(&self) -> Bytes {
+        self.peak_allocated + self.fixed_overhead
+    }
+}
+
+/// Where a persistent tensor is when the step starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Residency {
+    Gpu,
+    Host,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub format_version: u32,
+    /// `digest::program_digest` of the program this was planned for.
+    pub inventory_digest: String,
+    pub model: GptConfig,
+    /// Name of the hardware profile planned for.
+    pub hardware: String,
+    /// Pool bytes plus fixed overhead the plan must stay under.
+    pub budget: Bytes,
+    pub decisions: Vec<BlockDecision>,
+    /// Persistent tensors that start (and end) the step on the host; all others start on the GPU.
+    pub host_resident: Vec<TensorId>,
+    pub actions: Vec<Action>,
+    pub prediction: Prediction,
+}
+
+/// Errors reading a schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cannot read schedule {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a schedule: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path} is schedule format {found}, this offplan reads format {expected}: re-plan with this version (offplan plan ...)")]
+    Version { path: String, found: u32, expected: u32 },
+    #[error("{path} was planned for program {found}, but this model builds program {expected}: the config or offplan changed since; re-plan (offplan plan ...)")]
+    Digest { path: String, found: String, expected: String },
+}
+
+impl Schedule {
+    /// Reads a schedule and checks its format version. The digest check needs the program:
+    /// `check_digest`.
+    pub fn load(path: &Path) -> Result<Schedule, ScheduleError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ScheduleError::Io { path: p.clone(), source: e })?;
+        // Read the version first so an old file gets the version message, not a parse error.
+        #[derive(Deserialize)]
+        #[serde(rename = "Schedule")]
+        struct Head {
+            format_version: u32,
+        }
+        if let Ok(h) = ron::from_str::<Head>(&text) {
+            if h.format_version != SCHEDULE_FORMAT_VERSION {
+                return Err(ScheduleError::Version { path: p, found: h.format_version, expected: SCHEDULE_FORMAT_VERSION });
+            }
+        }
+        ron::from_str(&text).map_err(|e| ScheduleError::Parse { path: p, message: e.to_string() })
+    }
+
+    pub fn check_digest(&self, expected: &str, path: &Path) -> Result<(), ScheduleError> {
+        if self.inventory_digest != expected {
+            return Err(ScheduleError::Digest {
+                path: path.display().to_string(),
+                found: self.inventory_digest.clone(),
+                expected: expected.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The schedule as RON text.
+    pub fn to_ron(&self) -> String {
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default().compact_arrays(true))
+            .expect("schedule serialises")
+    }
+}
+
+impl Schedule {
+    /// Writes the schedule as RON, atomically.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        crate::io::write_atomic(path, self.to_ron().as_bytes())
+    }
+}
