@@ -17,12 +17,27 @@ struct Cli {
 enum Command {
     /// Parameter count, bytes per class, activations per layer, all-on-GPU peak, FLOPs per step.
     Inspect(cmd::inspect::Args),
+    /// Solve where every block lives under a budget; write schedule.ron and pictures.
+    Plan(cmd::plan::Args),
+    /// Event-simulate a schedule: memory over time, step time, invariant checks.
+    Simulate(cmd::simulate::Args),
+    /// Plan at budgets from the floor to the all-on-GPU peak; chart step time against budget.
+    Sweep(cmd::sweep::Args),
+    /// Why a block sits where it does in a schedule.
+    Explain(cmd::explain::Args),
+    /// Run training steps on the GPU (all on the GPU, or as a schedule says) and measure.
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Explain(a) => cmd::explain::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

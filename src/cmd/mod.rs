@@ -1,6 +1,11 @@
 //! One module per subcommand; shared argument groups and exit codes here.
 
+pub mod explain;
 pub mod inspect;
+pub mod plan;
+pub mod run;
+pub mod simulate;
+pub mod sweep;
 
 use anyhow::Context;
 use models::{GptConfig, HardwareProfile};

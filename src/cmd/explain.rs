@@ -1,0 +1,8 @@
+//! `offplan explain` (being built; see the open issues).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`offplan explain` is not built yet")
+}

@@ -1,0 +1,8 @@
+//! `offplan plan` (being built; see the open issues).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`offplan plan` is not built yet")
+}
