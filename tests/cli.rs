@@ -1,0 +1,90 @@
+//! End-to-end tests of the `offplan` command: they drive the built executable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn offplan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_offplan"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("offplan runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn config(name: &str) -> String {
+    format!("models/configs/{name}.ron")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("offplan-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn inspect_prints_the_table() {
+    let o = offplan(&["inspect", "--model", &config("gpt2-124m")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("124,439,808"), "{t}");
+    assert!(t.contains("all-on-GPU peak"), "{t}");
+}
+
+#[test]
+fn inspect_json_is_machine_readable_for_every_shipped_config() {
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/configs")).unwrap() {
+        let p = e.unwrap().path();
+        let o = offplan(&["inspect", "--model", p.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}: {}", p.display(), text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let params = v["params"].as_u64().unwrap();
+        let weights = v["bytes_per_class"][0][1].as_u64().unwrap();
+        // bf16 weights: 2 bytes per allocated parameter.
+        assert_eq!(weights, 2 * v["allocated_params"].as_u64().unwrap());
+        assert!(params > 0 && v["all_gpu_peak_bytes"].as_u64().unwrap() > weights);
+    }
+}
+
+#[test]
+fn inspect_overrides_batch_and_seq() {
+    let o = offplan(&["inspect", "--model", &config("gpt3-2.7b"), "--batch", "1", "--seq", "1024", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["batch"], 1);
+    assert_eq!(v["seq"], 1024);
+    let o = offplan(&["inspect", "--model", &config("gpt3-2.7b"), "--seq", "4096"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("exceeds max_seq"), "{}", text(&o));
+}
+
+#[test]
+fn bad_config_names_file_line_and_fix() {
+    let dir = scratch_dir("badcfg");
+    let good = std::fs::read_to_string(config("gpt2-124m")).unwrap();
+    let bad = dir.join("bad.ron");
+    std::fs::write(&bad, good.replace("heads: 12,", "heads: 12,\n    head_dim: 64,")).unwrap();
+    let o = offplan(&["inspect", "--model", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("bad.ron:") && t.contains("head_dim"), "{t}");
+
+    std::fs::write(&bad, good.replace("heads: 12,", "heads: 10,")).unwrap();
+    let t = text(&offplan(&["inspect", "--model", bad.to_str().unwrap()]));
+    assert!(t.contains("not divisible by heads"), "{t}");
+
+    let o = offplan(&["inspect", "--model", "models/configs/no-such.ron"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no-such.ron"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let o = offplan(&["inspect"]);
+    assert_eq!(o.status.code(), Some(2));
+}
