@@ -1,1 +1,72 @@
-//! reports
+//! Reports: the pictures and tables of a plan (memory, timeline, placement, summary) and of a
+//! budget sweep. Each chart's data comes from a plain function (`memory_series`,
+//! `timeline_lanes`, `placement_rows`, `sweep_series`) so tests check numbers, not pixels.
+//! Every file is written atomically (`models::io::write_atomic`).
+
+pub mod error;
+pub mod memory;
+pub mod placement;
+pub mod style;
+pub mod summary;
+pub mod sweep;
+pub mod timeline;
+
+pub use error::ReportError;
+pub use memory::{memory_series, MemoryChart};
+pub use placement::{placement_rows, PlacementChart};
+pub use summary::summary_markdown;
+pub use sweep::{sweep_csv, sweep_series, SweepChart, SweepPoint};
+pub use timeline::{timeline_lanes, TimelineChart};
+
+use models::program::Program;
+use models::schedule::Schedule;
+use models::trace::Trace;
+use std::path::{Path, PathBuf};
+use style::Chart;
+
+fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf, ReportError> {
+    models::io::write_atomic(path, bytes).map_err(|e| ReportError::Io { path: path.to_path_buf(), source: e })?;
+    Ok(path.to_path_buf())
+}
+
+fn create_dir(dir: &Path) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::Io { path: dir.to_path_buf(), source: e })
+}
+
+fn svg(dir: &Path, name: &str, chart: &impl Chart) -> Result<PathBuf, ReportError> {
+    let path = dir.join(name);
+    let text = style::render_svg(chart).map_err(|e| ReportError::draw(&path, e))?;
+    write(&path, text.as_bytes())
+}
+
+fn png(dir: &Path, name: &str, chart: &impl Chart) -> Result<PathBuf, ReportError> {
+    let path = dir.join(name);
+    let bytes = style::render_png(chart).map_err(|e| ReportError::draw(&path, e))?;
+    write(&path, &bytes)
+}
+
+/// Writes `memory.svg`, `memory.png`, `timeline.svg`, `placement.svg` and `summary.md` into
+/// `dir` (created if missing); returns the paths written.
+pub fn write_plan_pictures(dir: &Path, program: &Program, schedule: &Schedule, trace: &Trace) -> Result<Vec<PathBuf>, ReportError> {
+    if trace.memory.is_empty() {
+        return Err(ReportError::Empty { path: dir.join("memory.svg"), message: "the trace has no memory samples".into() });
+    }
+    create_dir(dir)?;
+    let memory = MemoryChart::new(schedule, trace);
+    Ok(vec![
+        svg(dir, "memory.svg", &memory)?,
+        png(dir, "memory.png", &memory)?,
+        svg(dir, "timeline.svg", &TimelineChart::new(schedule, trace))?,
+        svg(dir, "placement.svg", &PlacementChart::new(program, schedule, trace))?,
+        write(&dir.join("summary.md"), summary_markdown(program, schedule, trace).as_bytes())?,
+    ])
+}
+
+/// Writes `sweep.svg` and `sweep.csv` into `dir` (created if missing); returns the paths.
+pub fn write_sweep(dir: &Path, title: &str, points: &[SweepPoint]) -> Result<Vec<PathBuf>, ReportError> {
+    if points.is_empty() {
+        return Err(ReportError::Empty { path: dir.join("sweep.svg"), message: "no budgets were swept".into() });
+    }
+    create_dir(dir)?;
+    Ok(vec![svg(dir, "sweep.svg", &SweepChart::new(title.to_string(), points))?, write(&dir.join("sweep.csv"), sweep_csv(points).as_bytes())?])
+}

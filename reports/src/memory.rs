@@ -1,0 +1,177 @@
+//! `memory.svg` / `memory.png`: device memory over one step, stacked by category, with the fixed
+//! overhead as the bottom band, the budget as a line and the peak marked.
+
+use crate::style::{self, err, Chart, Mark, FONT};
+use models::inventory::MemoryCategory;
+use models::schedule::Schedule;
+use models::trace::Trace;
+use models::units::{Bytes, GIB};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+fn gib(b: Bytes) -> f64 {
+    b.0 as f64 / GIB as f64
+}
+
+/// Per category that is ever non-zero: one point per trace sample, (time in ms, GiB). A sample
+/// holds until the next one (memory is a step function of time).
+pub fn memory_series(trace: &Trace) -> Vec<(MemoryCategory, Vec<(f64, f64)>)> {
+    MemoryCategory::ALL
+        .iter()
+        .filter(|c| trace.memory.iter().any(|s| s.by_category.get(c).is_some_and(|b| b.0 > 0)))
+        .map(|c| {
+            let pts = trace
+                .memory
+                .iter()
+                .map(|s| (s.time.ms(), gib(s.by_category.get(c).copied().unwrap_or_default())))
+                .collect();
+            (*c, pts)
+        })
+        .collect()
+}
+
+/// A band of the stack, bottom to top.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Band {
+    pub label: String,
+    pub color: RGBColor,
+    /// Un-stacked values, one per trace sample: (ms, GiB).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Everything the memory chart shows, in plot units (ms, GiB).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryChart {
+    pub title: String,
+    /// Bottom to top: fixed overhead first, then the categories.
+    pub bands: Vec<Band>,
+    pub budget_gib: f64,
+    /// (ms, GiB) of the peak, fixed overhead included.
+    pub peak: (f64, f64),
+    pub peak_label: String,
+    pub step_ms: f64,
+}
+
+impl MemoryChart {
+    pub fn new(schedule: &Schedule, trace: &Trace) -> MemoryChart {
+        let fixed = schedule.prediction.fixed_overhead;
+        let mut bands = Vec::new();
+        if fixed.0 > 0 {
+            let points = trace.memory.iter().map(|s| (s.time.ms(), gib(fixed))).collect();
+            bands.push(Band { label: "fixed overhead".into(), color: style::FIXED_OVERHEAD, points });
+        }
+        for (c, points) in memory_series(trace) {
+            bands.push(Band { label: c.label().into(), color: style::category_color(c), points });
+        }
+        MemoryChart {
+            title: format!(
+                "{} on {}: device memory over one step (budget {})",
+                schedule.model.name, schedule.hardware, schedule.budget
+            ),
+            bands,
+            budget_gib: gib(schedule.budget),
+            peak: (trace.peak_time.ms(), gib(trace.peak_allocated + fixed)),
+            peak_label: format!("peak {} at {}", trace.peak_allocated + fixed, schedule.prediction.peak_at),
+            step_ms: trace.step_time.ms(),
+        }
+    }
+
+    /// Stacked totals per sample (the top of the stack), (ms, GiB).
+    pub fn totals(&self) -> Vec<(f64, f64)> {
+        let n = self.bands.first().map_or(0, |b| b.points.len());
+        (0..n)
+            .map(|i| (self.bands[0].points[i].0, self.bands.iter().map(|b| b.points[i].1).sum()))
+            .collect()
+    }
+
+    /// Each band as a polygon outline of its stacked step function: the top edge left to right,
+    /// then the bottom edge right to left.
+    fn polygons(&self) -> Vec<Vec<(f64, f64)>> {
+        let n = self.bands.first().map_or(0, |b| b.points.len());
+        let mut below = vec![0.0; n];
+        let mut out = Vec::new();
+        for band in &self.bands {
+            let above: Vec<f64> = (0..n).map(|i| below[i] + band.points[i].1).collect();
+            let top = steps(&band.points, &above, self.step_ms);
+            let bottom = steps(&band.points, &below, self.step_ms);
+            let mut poly = top;
+            poly.extend(bottom.into_iter().rev());
+            out.push(poly);
+            below = above;
+        }
+        out
+    }
+}
+
+/// The step function through `ys` at the sample times of `pts`, held to `end`.
+fn steps(pts: &[(f64, f64)], ys: &[f64], end: f64) -> Vec<(f64, f64)> {
+    let mut v = Vec::with_capacity(2 * pts.len());
+    for (i, (t, _)) in pts.iter().enumerate() {
+        let next = pts.get(i + 1).map_or(end.max(*t), |p| p.0);
+        v.push((*t, ys[i]));
+        v.push((next, ys[i]));
+    }
+    v
+}
+
+impl Chart for MemoryChart {
+    fn size(&self) -> (u32, u32) {
+        (1400, 720)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let (plot, legend) = root.split_horizontally(1130);
+        let y_max = (self.budget_gib.max(self.peak.1) * 1.12).max(1e-3);
+        let x_max = self.step_ms.max(1e-6);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(&self.title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("time in the step (ms)")
+            .y_desc("device memory (GiB)")
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        for (band, poly) in self.bands.iter().zip(self.polygons()) {
+            chart.draw_series(std::iter::once(Polygon::new(poly, band.color.mix(0.85).filled()))).map_err(err)?;
+        }
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, self.budget_gib), (x_max, self.budget_gib)],
+                style::BUDGET.stroke_width(2),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("budget {:.2} GiB", self.budget_gib),
+                (x_max * 0.01, self.budget_gib + y_max * 0.012),
+                (FONT, 14).into_font().color(&style::BUDGET),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Circle::new(self.peak, 6, style::PEAK.filled())))
+            .map_err(err)?;
+        // Keep the label inside the plot when the peak is near the right edge.
+        let label_x = if self.peak.0 > x_max * 0.6 { self.peak.0 - x_max * 0.35 } else { self.peak.0 + x_max * 0.01 };
+        chart
+            .draw_series(std::iter::once(Text::new(
+                self.peak_label.clone(),
+                (label_x, self.peak.1 + y_max * 0.035),
+                (FONT, 14).into_font().style(FontStyle::Bold),
+            )))
+            .map_err(err)?;
+
+        let mut entries: Vec<(String, RGBColor, Mark)> =
+            self.bands.iter().rev().map(|b| (b.label.clone(), b.color, Mark::Box)).collect();
+        entries.push(("budget".into(), style::BUDGET, Mark::Line));
+        entries.push(("peak".into(), style::PEAK, Mark::Dot));
+        style::draw_legend(&legend.margin(60, 0, 0, 0), "memory class", &entries)
+    }
+}

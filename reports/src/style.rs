@@ -1,0 +1,156 @@
+//! Colours, fonts and the two outputs (SVG text, PNG bytes) every chart shares.
+
+use models::inventory::MemoryCategory;
+use models::trace::{BlockState, SpanKind};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::sync::OnceLock;
+
+/// The font family every chart asks for; registered from embedded DejaVu Sans so that PNG text
+/// renders on a machine with no system fonts (FACTS.md, "Plots on a fresh machine").
+pub const FONT: &str = "sans-serif";
+
+/// Registers the embedded fonts once per process. Both backends need it: plotters lays text out
+/// (label areas, legends) with the registered font even when the SVG viewer draws the glyphs.
+pub fn register_fonts() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // The bytes are DejaVu's own TTFs; a failure here is a broken build, not user input.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+pub const BUDGET: RGBColor = RGBColor(200, 30, 30);
+pub const PEAK: RGBColor = RGBColor(0, 0, 0);
+pub const FIXED_OVERHEAD: RGBColor = RGBColor(150, 150, 150);
+
+/// One colour per memory category (colour-blind-friendly Tableau-like palette).
+pub fn category_color(c: MemoryCategory) -> RGBColor {
+    match c {
+        MemoryCategory::Weights => RGBColor(31, 119, 180),
+        MemoryCategory::Grads => RGBColor(255, 127, 14),
+        MemoryCategory::OptimizerState => RGBColor(44, 160, 44),
+        MemoryCategory::Activations => RGBColor(214, 39, 40),
+        MemoryCategory::OutputChunks => RGBColor(148, 103, 189),
+        MemoryCategory::Embedding => RGBColor(140, 86, 75),
+        MemoryCategory::Scratch => RGBColor(227, 119, 194),
+        MemoryCategory::Workspace => RGBColor(188, 189, 34),
+    }
+}
+
+pub fn span_color(k: SpanKind) -> RGBColor {
+    match k {
+        SpanKind::Op => RGBColor(31, 119, 180),
+        SpanKind::Recompute => RGBColor(255, 127, 14),
+        SpanKind::HostOp => RGBColor(140, 86, 75),
+        SpanKind::Prefetch => RGBColor(44, 160, 44),
+        SpanKind::Evict => RGBColor(148, 103, 189),
+        SpanKind::Wait => RGBColor(214, 39, 40),
+    }
+}
+
+pub fn span_label(k: SpanKind) -> &'static str {
+    match k {
+        SpanKind::Op => "op",
+        SpanKind::Recompute => "recompute",
+        SpanKind::HostOp => "host op",
+        SpanKind::Prefetch => "prefetch (H2D)",
+        SpanKind::Evict => "evict (D2H)",
+        SpanKind::Wait => "wait (exposed)",
+    }
+}
+
+pub fn state_color(s: BlockState) -> RGBColor {
+    match s {
+        BlockState::Gpu => RGBColor(31, 119, 180),
+        BlockState::Host => RGBColor(200, 200, 200),
+        BlockState::InFlight => RGBColor(255, 187, 120),
+        BlockState::Recomputed => RGBColor(214, 39, 40),
+    }
+}
+
+pub fn state_label(s: BlockState) -> &'static str {
+    match s {
+        BlockState::Gpu => "on GPU",
+        BlockState::Host => "on host",
+        BlockState::InFlight => "in flight",
+        BlockState::Recomputed => "dropped / recomputed",
+    }
+}
+
+/// A chart that can draw itself on any plotters backend.
+pub trait Chart {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+/// Renders a chart as SVG text.
+pub fn render_svg(chart: &impl Chart) -> Result<String, String> {
+    register_fonts();
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, chart.size()).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        chart.draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Renders a chart as PNG bytes (RGB, 8 bits).
+pub fn render_png(chart: &impl Chart) -> Result<Vec<u8>, String> {
+    register_fonts();
+    let (w, h) = chart.size();
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        chart.draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(&rgb).map_err(|e| e.to_string())?;
+    }
+    Ok(png_bytes)
+}
+
+/// Maps any plotters error to text.
+pub(crate) fn err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// How a legend entry is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Box,
+    Line,
+    Dot,
+}
+
+/// Draws a legend as a column of entries in its own area (beside the plot, never over data).
+pub fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    entries: &[(String, RGBColor, Mark)],
+) -> Result<(), String> {
+    let font = (FONT, 15).into_font();
+    area.draw(&Text::new(title.to_string(), (8, 14), (FONT, 16).into_font().style(FontStyle::Bold)))
+        .map_err(err)?;
+    for (i, (label, color, mark)) in entries.iter().enumerate() {
+        let y = 42 + 22 * i as i32;
+        match mark {
+            Mark::Box => area.draw(&Rectangle::new([(8, y - 7), (24, y + 7)], color.filled())),
+            Mark::Line => area.draw(&PathElement::new(vec![(6, y), (26, y)], color.stroke_width(3))),
+            Mark::Dot => area.draw(&Circle::new((16, y), 5, color.filled())),
+        }
+        .map_err(err)?;
+        area.draw(&Text::new(label.clone(), (32, y - 8), font.clone())).map_err(err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `summary.md`: the plan summary as Markdown tables: decisions grouped by kind and placement,
+//! then the predictions (and the simulation next to them), then the solver's report.
+
+use models::inventory::{BlockKind, Owner};
+use models::program::Program;
+use models::schedule::{Placement, Schedule};
+use models::trace::Trace;
+use models::units::Bytes;
+use std::fmt::Write;
+
+/// One row of the decisions table: a kind of block with one placement, and which indices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecisionGroup {
+    pub group: String,
+    pub placement: Placement,
+    /// Layer or chunk indices; empty for single blocks (embedding, final norm, head).
+    pub indices: Vec<u32>,
+    pub count: usize,
+    pub bytes: Bytes,
+}
+
+/// What kind of block, and its index among its kind (layer or chunk), for grouping.
+fn group_of(kind: BlockKind) -> (String, Option<u32>) {
+    let what = |k: BlockKind| match k {
+        BlockKind::Weights(_) => "weights",
+        BlockKind::Grads(_) => "gradients",
+        BlockKind::Optimizer(_) => "optimizer state",
+        _ => "",
+    };
+    match kind {
+        BlockKind::Weights(o) | BlockKind::Grads(o) | BlockKind::Optimizer(o) => match o {
+            Owner::Layer(l) => (format!("layer {}", what(kind)), Some(l)),
+            Owner::OutputChunk(c) => (format!("output chunk {}", what(kind)), Some(c)),
+            Owner::Embedding => (format!("embedding {}", what(kind)), None),
+            Owner::FinalNorm => (format!("final norm {}", what(kind)), None),
+        },
+        BlockKind::LayerInput(l) => ("layer inputs".into(), Some(l)),
+        BlockKind::LayerActivations(l) => ("layer activations".into(), Some(l)),
+        other => (other.to_string(), None),
+    }
+}
+
+/// Decisions grouped by (kind of block, placement), in the order they first appear.
+pub fn decision_groups(program: &Program, schedule: &Schedule) -> Vec<DecisionGroup> {
+    let mut groups: Vec<DecisionGroup> = Vec::new();
+    for d in &schedule.decisions {
+        let block = program.inventory.blocks.get(d.block.index());
+        let (group, index) = block.map_or((d.name.clone(), None), |b| group_of(b.kind));
+        let bytes = block.map_or(Bytes::ZERO, |b| b.bytes);
+        match groups.iter_mut().find(|g| g.group == group && g.placement == d.placement) {
+            Some(g) => {
+                g.indices.extend(index);
+                g.count += 1;
+                g.bytes += bytes;
+            }
+            None => groups.push(DecisionGroup { group, placement: d.placement, indices: index.into_iter().collect(), count: 1, bytes }),
+        }
+    }
+    groups
+}
+
+/// `[0,1,2,3,7,9,10]` -> "0–3, 7, 9–10".
+pub fn ranges(indices: &[u32]) -> String {
+    let mut v = indices.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { v[i].to_string() } else { format!("{}–{}", v[i], v[j]) });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
+/// The whole summary as Markdown.
+pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -> String {
+    let p = &schedule.prediction;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Plan: {} on {}, budget {}\n", schedule.model.name, schedule.hardware, schedule.budget);
+    let _ = writeln!(
+        s,
+        "Micro-batch {} x {}; {} actions; {} placeable blocks.\n",
+        schedule.model.batch,
+        schedule.model.seq,
+        schedule.actions.len(),
+        schedule.decisions.len()
+    );
+
+    let _ = writeln!(s, "## Decisions\n");
+    let _ = writeln!(s, "| blocks | placement | which | count | bytes |");
+    let _ = writeln!(s, "| --- | --- | --- | ---: | ---: |");
+    for g in decision_groups(program, schedule) {
+        let which = if g.indices.is_empty() { "—".to_string() } else { ranges(&g.indices) };
+        let _ = writeln!(s, "| {} | {} | {} | {} | {} |", g.group, g.placement.label(), which, g.count, g.bytes);
+    }
+
+    let fixed = p.fixed_overhead;
+    let peak_device = p.peak_device();
+    let sim_peak = trace.peak_allocated + fixed;
+    let headroom = if schedule.budget >= peak_device {
+        format!("{}", schedule.budget - peak_device)
+    } else {
+        format!("-{} (over budget)", peak_device - schedule.budget)
+    };
+    let _ = writeln!(s, "\n## Prediction\n");
+    let _ = writeln!(s, "| quantity | plan | simulation |");
+    let _ = writeln!(s, "| --- | ---: | ---: |");
+    let _ = writeln!(s, "| peak device memory (pool peak + fixed overhead) | {} | {} |", peak_device, sim_peak);
+    let _ = writeln!(s, "| pool peak (allocated) | {} | {} |", p.peak_allocated, trace.peak_allocated);
+    let _ = writeln!(s, "| fixed overhead | {} | |", fixed);
+    let _ = writeln!(s, "| peak at | {} (action {}) | action {} at {:.3} ms |", p.peak_at, p.peak_action, trace.peak_action, trace.peak_time.ms());
+    let _ = writeln!(s, "| headroom under the budget | {} | |", headroom);
+    let _ = writeln!(s, "| step time | {} | {} |", p.step_time, trace.step_time);
+    let _ = writeln!(s, "| compute time | {} | |", p.compute_time);
+    let _ = writeln!(s, "| host to device | {} | |", p.h2d_bytes);
+    let _ = writeln!(s, "| device to host | {} | |", p.d2h_bytes);
+    let _ = writeln!(s, "| transfer hidden under compute | {} | |", p.hidden_transfer);
+    let _ = writeln!(s, "| transfer exposed (compute waited) | {} | |", p.exposed_transfer);
+
+    if let Some(r) = &p.solver {
+        let _ = writeln!(s, "\n## Solver\n");
+        let _ = writeln!(s, "| solver | status | objective | bound | gap | time |");
+        let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2}% | {:.2} s |",
+            r.solver,
+            r.status,
+            r.objective,
+            r.bound,
+            r.gap * 100.0,
+            r.solve_seconds
+        );
+    }
+    s
+}

@@ -1,0 +1,148 @@
+//! `sweep.svg` and `sweep.csv`: predicted step time against budget, the planner's curve and each
+//! heuristic's on one chart; infeasible points are left out of the chart and kept in the CSV.
+
+use crate::style::{self, err, Chart, Mark, FONT};
+use models::units::{Bytes, Seconds, GIB};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::fmt::Write;
+
+/// One method at one budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPoint {
+    /// "planner", or a heuristic's name.
+    pub method: String,
+    pub budget: Bytes,
+    /// None where the method has no schedule under the budget.
+    pub step_time: Option<Seconds>,
+    /// Predicted device memory (pool peak plus fixed overhead).
+    pub peak: Option<Bytes>,
+    /// Why infeasible, or a detail (the N of "offload first N").
+    pub note: String,
+}
+
+/// Methods in first-appearance order, each with its feasible points as (budget GiB, step ms),
+/// sorted by budget.
+pub fn sweep_series(points: &[SweepPoint]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for p in points {
+        if !out.iter().any(|(m, _)| *m == p.method) {
+            out.push((p.method.clone(), Vec::new()));
+        }
+        if let Some(t) = p.step_time {
+            let series = out.iter_mut().find(|(m, _)| *m == p.method).expect("just added");
+            series.1.push((p.budget.0 as f64 / GIB as f64, t.ms()));
+        }
+    }
+    for (_, v) in &mut out {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub const CSV_HEADER: &str = "method,budget_bytes,budget_gib,feasible,step_time_ms,peak_bytes,peak_gib,note";
+
+/// The CSV: one row per point, in the order given.
+pub fn sweep_csv(points: &[SweepPoint]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for p in points {
+        let _ = writeln!(
+            s,
+            "{},{},{:.4},{},{},{},{},{}",
+            csv_field(&p.method),
+            p.budget.0,
+            p.budget.0 as f64 / GIB as f64,
+            p.step_time.is_some(),
+            p.step_time.map_or(String::new(), |t| format!("{:.4}", t.ms())),
+            p.peak.map_or(String::new(), |b| b.0.to_string()),
+            p.peak.map_or(String::new(), |b| format!("{:.4}", b.0 as f64 / GIB as f64)),
+            csv_field(&p.note)
+        );
+    }
+    s
+}
+
+pub struct SweepChart {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// All budgets swept, GiB (the x range even where nothing is feasible).
+    pub budgets: Vec<f64>,
+}
+
+impl SweepChart {
+    pub fn new(title: String, points: &[SweepPoint]) -> SweepChart {
+        let budgets = points.iter().map(|p| p.budget.0 as f64 / GIB as f64).collect();
+        SweepChart { title, series: sweep_series(points), budgets }
+    }
+}
+
+/// The planner's curve in black, heuristics in palette colours.
+fn method_color(i: usize, name: &str) -> RGBColor {
+    const PALETTE: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
+    ];
+    if name == "planner" {
+        RGBColor(0, 0, 0)
+    } else {
+        PALETTE[i % PALETTE.len()]
+    }
+}
+
+impl Chart for SweepChart {
+    fn size(&self) -> (u32, u32) {
+        (1300, 720)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let (plot, legend) = root.split_horizontally(1010);
+        let lo = self.budgets.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.budgets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0).max(0.0), lo.max(1.0)) };
+        let pad = (hi - lo) * 0.04;
+        let t_max = self.series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.0, f64::max);
+        let t_min = self.series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(f64::INFINITY, f64::min);
+        let (t_lo, t_hi) = if t_min.is_finite() { ((t_min * 0.9).max(0.0), t_max * 1.08) } else { (0.0, 1.0) };
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(&self.title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d((lo - pad)..(hi + pad), t_lo..t_hi.max(t_lo + 1e-6))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("GPU memory budget (GiB)")
+            .y_desc("predicted step time (ms)")
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        let mut entries = Vec::new();
+        for (i, (name, pts)) in self.series.iter().enumerate() {
+            let color = method_color(i, name);
+            let width = if name == "planner" { 3 } else { 2 };
+            chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width))).map_err(err)?;
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(err)?;
+            let label = if pts.is_empty() { format!("{name} (never feasible)") } else { name.clone() };
+            entries.push((label, color, Mark::Line));
+        }
+        style::draw_legend(&legend.margin(60, 0, 0, 0), "method", &entries)
+    }
+}
