@@ -227,3 +227,19 @@ fn sweep_files_are_written() {
     assert_eq!(read(&dir.path().join("sweep.csv")), sweep_csv(&points()));
     assert!(write_sweep(dir.path(), "empty", &[]).is_err());
 }
+
+#[test]
+fn summary_reports_the_solver_when_there_is_one() {
+    let mut f = common::fixture();
+    f.schedule.prediction.solver = Some(models::schedule::SolverReport {
+        solver: "highs".into(),
+        objective: Seconds::from_ms(12.5),
+        bound: Seconds::from_ms(12.0),
+        gap: 0.04,
+        solve_seconds: 1.25,
+        status: "optimal within gap".into(),
+    });
+    let md = summary_markdown(&f.program, &f.schedule, &f.trace);
+    assert!(md.contains("## Solver"), "{md}");
+    assert!(md.contains("| highs | optimal within gap | 12.50 ms | 12.00 ms | 4.00% | 1.25 s |"), "{md}");
+}
