@@ -1,0 +1,162 @@
+//! The planner's entry point: floor check, heuristics as a warm start, the MILP, emission, and
+//! the simulator's prediction.
+
+use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
+use crate::heuristics::{heuristic_decisions, Heuristic};
+use crate::solve::milp::{enumerate, SolveLimits};
+use crate::solve::StageModel;
+use models::inventory::Owner;
+use models::schedule::SolverReport;
+use models::trace::Trace;
+use models::{Bytes, HardwareProfile, Placement, Program, Schedule, Seconds};
+
+/// Why no plan came out.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("budget {budget} is below the {floor} floor: {reason}")]
+    Infeasible { budget: Bytes, floor: Bytes, reason: String },
+    #[error("invalid decisions: {0}")]
+    BadDecisions(String),
+    #[error("the solver failed: {0}")]
+    Solver(String),
+    #[error("the emitted schedule does not simulate: {0}")]
+    Simulation(Box<crate::SimError>),
+}
+
+impl From<crate::SimError> for PlanError {
+    fn from(e: crate::SimError) -> Self {
+        PlanError::Simulation(Box::new(e))
+    }
+}
+
+/// How hard to solve.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Wall-clock limit of the MILP; the best plan found by then is used, with its gap.
+    pub time_limit: Seconds,
+    /// Stop when the proved gap is at most this.
+    pub mip_rel_gap: f64,
+    pub threads: u32,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { time_limit: Seconds(60.0), mip_rel_gap: 0.005, threads: 2 }
+    }
+}
+
+/// A schedule and its simulated trace.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub schedule: Schedule,
+    pub trace: Trace,
+}
+
+/// The leanest choice of every group (each group's smallest memory at its own peak, then its
+/// smallest total), the device memory it needs, and what holds memory at its peak.
+pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
+    let program = model.program;
+    let mut d = Decisions::all_gpu(program);
+    for g in enumerate(model) {
+        let best = (0..g.len())
+            .min_by_key(|k| {
+                let live = &g.contributions[*k].live;
+                (live.iter().max().copied().unwrap_or(0), live.iter().sum::<u64>())
+            })
+            .unwrap_or(0);
+        g.apply(best, &mut d);
+    }
+    let e = model.evaluate(&d);
+    let floor = e.peak + model.hw.fixed_overhead;
+    // What sets it: the largest op working set, and where the lean plan peaks.
+    let inv = &program.inventory;
+    let (op, ws) = program
+        .ops
+        .iter()
+        .map(|o| {
+            let mut ts: Vec<_> = o.touches().collect();
+            ts.sort();
+            ts.dedup();
+            (o, ts.iter().map(|t| inv.tensor(*t).bytes).sum::<Bytes>())
+        })
+        .max_by_key(|(_, b)| *b)
+        .expect("a program has ops");
+    let reason = format!(
+        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead); the largest single op, {}, needs {} of operands",
+        e.peak,
+        model.slot_label(e.peak_slot),
+        model.hw.fixed_overhead,
+        op.name,
+        ws
+    );
+    (floor, reason, d)
+}
+
+/// The smallest budget any schedule of this planner fits in (device bytes, fixed overhead
+/// included).
+pub fn feasible_floor(program: &Program, hw: &HardwareProfile) -> Bytes {
+    floor_of(&StageModel::new(program, hw)).0
+}
+
+/// Candidate starting points: the heuristics that fit, and a few mixed presets.
+fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
+    let program = model.program;
+    let mut v: Vec<Decisions> = Heuristic::ALL.iter().filter_map(|h| heuristic_decisions(*h, model, budget)).collect();
+    // Streamed optimizer with everything else resident, then with recomputation, then leaner.
+    let mut d = Decisions::all_gpu(program).with_optimizer(Placement::Streamed);
+    v.push(d.clone());
+    d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
+    v.push(d.clone());
+    for (o, c) in &mut d.owners {
+        if matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)) {
+            *c = OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer };
+        }
+    }
+    v.push(d);
+    v.push(floor_of(model).2);
+    v.retain(|d| model.evaluate(d).peak.0 <= model.capacity(budget));
+    v
+}
+
+/// Plans one step of `program` on `hw` within `budget` (device bytes, fixed overhead included).
+pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let model = StageModel::new(program, hw);
+    let (floor, reason, _) = floor_of(&model);
+    if budget < floor {
+        return Err(PlanError::Infeasible { budget, floor, reason });
+    }
+    let warm = warm_candidates(&model, budget)
+        .into_iter()
+        .min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0));
+    let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
+    let outcome = crate::solve::solve(&model, budget, warm.as_ref(), &limits)?;
+    let mut decisions = outcome.decisions;
+    let mut report = outcome.report;
+    // Never worse than where the solver started (a time limit can stop it early).
+    if let Some(w) = warm {
+        if model.evaluate(&w).step_time.0 < model.evaluate(&decisions).step_time.0 {
+            decisions = w;
+            report.status = format!("{} (warm start kept)", report.status);
+        }
+    }
+    finish(program, hw, budget, &decisions, Some(report))
+}
+
+/// Emits and simulates `decisions`, filling the prediction from the trace.
+pub fn finish(program: &Program, hw: &HardwareProfile, budget: Bytes, decisions: &Decisions, report: Option<SolverReport>) -> Result<Plan, PlanError> {
+    let mut schedule = crate::emit::emit(program, hw, decisions, budget)?;
+    let trace = crate::simulate(program, hw, &schedule)?;
+    let mut prediction = crate::prediction_from_trace(&trace, &schedule, program, hw);
+    prediction.solver = report;
+    schedule.prediction = prediction;
+    Ok(Plan { schedule, trace })
+}
+
+/// The group a block decision belongs to, for summaries.
+pub fn group_of_block(kind: models::BlockKind) -> Option<Group> {
+    match kind {
+        models::BlockKind::Weights(o) | models::BlockKind::Optimizer(o) | models::BlockKind::Grads(o) => Some(Group::Owner(o)),
+        models::BlockKind::LayerInput(l) | models::BlockKind::LayerActivations(l) => Some(Group::Acts(l)),
+        _ => None,
+    }
+}

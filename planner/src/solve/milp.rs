@@ -1,0 +1,272 @@
+//! The MILP: one binary per (group, choice), one continuous time per stage.
+//!
+//! minimise   sum_s T_s
+//! subject to sum_c x[g][c] = 1                                   every group g
+//!            base(p) + sum_{g,c} x[g][c] * live[g][c](p) <= cap   every slot p that can bind
+//!            T_s >= compute_s(x), copies_s(x) (two duplex rows), host_chain_s(x)
+//!
+//! Structure used for speed: each group's smallest curve goes into the constant (coefficients
+//! are what a choice adds over the group's leanest choice); a slot whose memory cannot fall
+//! after it is dominated by the next slot; slots that cannot exceed the capacity even with every
+//! group at its largest choice are dropped; times are in milliseconds and memory in MiB so the
+//! rows are well scaled. HiGHS gets the best heuristic as a starting incumbent and proves a
+//! bound (its branch and bound on the LP relaxation).
+
+use super::model::{Contribution, StageModel, StageTerms};
+use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
+use crate::PlanError;
+use good_lp::{highs, variable, Expression, ProblemVariables, SolverModel, Variable};
+use models::schedule::SolverReport;
+use models::{Bytes, Seconds};
+use std::time::Instant;
+
+/// One decision group's choices and their contributions.
+pub struct GroupChoices {
+    pub group: Group,
+    pub owner: Vec<OwnerChoice>,
+    pub acts: Vec<ActChoice>,
+    pub contributions: Vec<Contribution>,
+}
+
+impl GroupChoices {
+    pub fn len(&self) -> usize {
+        self.contributions.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.contributions.is_empty()
+    }
+    /// Writes choice `k` into `d`.
+    pub fn apply(&self, k: usize, d: &mut Decisions) {
+        match self.group {
+            Group::Owner(o) => d.set_owner(o, self.owner[k]),
+            Group::Acts(l) => d.layers[l as usize] = self.acts[k],
+        }
+    }
+    /// Index of the choice `d` makes for this group.
+    pub fn index_in(&self, d: &Decisions) -> usize {
+        match self.group {
+            Group::Owner(o) => self.owner.iter().position(|c| *c == d.owner(o)).unwrap_or(0),
+            Group::Acts(l) => self.acts.iter().position(|c| *c == d.layers[l as usize]).unwrap_or(0),
+        }
+    }
+}
+
+/// Every group's choices with their contributions.
+pub fn enumerate(model: &StageModel) -> Vec<GroupChoices> {
+    let program = model.program;
+    Decisions::groups(program)
+        .into_iter()
+        .map(|group| match group {
+            Group::Owner(o) => {
+                let owner = OwnerChoice::all(program, o);
+                let contributions = owner.iter().map(|c| model.owner(o, *c)).collect();
+                GroupChoices { group, owner, acts: Vec::new(), contributions }
+            }
+            Group::Acts(l) => {
+                let acts = ActChoice::all();
+                let contributions = acts.iter().map(|c| model.acts(l, *c)).collect();
+                GroupChoices { group, owner: Vec::new(), acts, contributions }
+            }
+        })
+        .collect()
+}
+
+pub struct SolveOutcome {
+    pub decisions: Decisions,
+    pub report: SolverReport,
+}
+
+/// Limits of one solve.
+#[derive(Clone, Debug)]
+pub struct SolveLimits {
+    pub time_limit: f64,
+    pub mip_rel_gap: f64,
+    pub threads: u32,
+}
+
+const MS: f64 = 1e3;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Solves for the decisions minimising the stage model's step time within `budget`.
+/// `warm` must be feasible (the caller checks it); it becomes HiGHS's first incumbent.
+pub fn solve(model: &StageModel, budget: Bytes, warm: Option<&Decisions>, limits: &SolveLimits) -> Result<SolveOutcome, PlanError> {
+    let t0 = Instant::now();
+    let fixed = model.fixed();
+    let groups = enumerate(model);
+    let cap = model.capacity(budget) as f64;
+    let n_slots = model.n_slots();
+    let n_stages = model.n_stages();
+
+    let mut vars = ProblemVariables::new();
+    let x: Vec<Vec<Variable>> = groups.iter().map(|g| (0..g.len()).map(|_| vars.add(variable().binary())).collect()).collect();
+    let t: Vec<Variable> = (0..n_stages).map(|_| vars.add(variable().min(0.0))).collect();
+    // Column indices, in the order the variables were added (HiGHS columns follow it).
+    let mut col = 0usize;
+    let xi: Vec<Vec<usize>> = x.iter().map(|xs| xs.iter().map(|_| { col += 1; col - 1 }).collect()).collect();
+    let ti: Vec<usize> = (0..n_stages).map(|s| col + s).collect();
+    let objective: Expression = t.iter().copied().sum();
+    let mut rows: Vec<good_lp::Constraint> = Vec::new();
+
+    for xs in &x {
+        let e: Expression = xs.iter().copied().sum();
+        rows.push(e.eq(1.0));
+    }
+
+    // Memory rows.
+    let mut base: Vec<f64> = fixed.live.iter().map(|b| *b as f64).collect();
+    let mut can_fall: Vec<bool> = fixed.frees_at.clone();
+    let mut mins: Vec<Vec<u64>> = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let m: Vec<u64> = (0..n_slots).map(|p| g.contributions.iter().map(|c| c.live[p]).min().unwrap_or(0)).collect();
+        for p in 0..n_slots {
+            base[p] += m[p] as f64;
+            can_fall[p] |= g.contributions.iter().any(|c| c.frees_at[p]);
+        }
+        mins.push(m);
+    }
+    if let Some((p, b)) = base.iter().enumerate().find(|(_, b)| **b > cap) {
+        return Err(PlanError::Infeasible {
+            budget,
+            floor: Bytes(*b as u64) + model.hw.fixed_overhead,
+            reason: format!("at {} even the leanest choices hold {} (plus {} fixed overhead)", model.slot_label(p), Bytes(*b as u64), model.hw.fixed_overhead),
+        });
+    }
+    let coef = |gi: usize, k: usize, p: usize| (groups[gi].contributions[k].live[p] - mins[gi][p]) as f64;
+    let mut candidates: Vec<usize> = (0..n_slots).filter(|p| can_fall[*p] || *p + 1 == n_slots).collect();
+    // A slot is dropped when its next candidate holds at least as much under every choice.
+    let dominated = |p: usize, q: usize| {
+        base[q] >= base[p] && groups.iter().enumerate().all(|(gi, g)| (0..g.len()).all(|k| coef(gi, k, q) >= coef(gi, k, p)))
+    };
+    let mut kept = Vec::new();
+    for (i, &p) in candidates.iter().enumerate() {
+        let next = candidates.get(i + 1).copied();
+        let prev = kept.last().copied();
+        if next.is_some_and(|q| dominated(p, q)) || prev.is_some_and(|q| dominated(p, q)) {
+            continue;
+        }
+        kept.push(p);
+    }
+    candidates = kept;
+    let mut memory_rows = 0;
+    for &p in &candidates {
+        let worst: f64 = base[p] + groups.iter().enumerate().map(|(gi, g)| (0..g.len()).map(|k| coef(gi, k, p)).fold(0.0, f64::max)).sum::<f64>();
+        if worst <= cap {
+            continue;
+        }
+        let mut e = Expression::from(0.0);
+        for (gi, g) in groups.iter().enumerate() {
+            for k in 0..g.len() {
+                let c = coef(gi, k, p);
+                if c > 0.0 {
+                    e += x[gi][k] * (c / MIB);
+                }
+            }
+        }
+        // A hair below the capacity so that rounding in the solver never lets a plan over it.
+        rows.push(e.leq((cap - base[p]) / MIB - 1e-6));
+        memory_rows += 1;
+    }
+
+    // Stage-time rows: every term as constant + sum of x * coefficient.
+    let r = model.rates;
+    let mut terms: Vec<(StageTerms, Vec<(usize, usize, StageTerms)>)> = vec![(StageTerms::default(), Vec::new()); n_stages];
+    for (s, st) in &fixed.stages {
+        terms[*s].0 = add_terms(&terms[*s].0, st);
+    }
+    for (gi, g) in groups.iter().enumerate() {
+        for (k, c) in g.contributions.iter().enumerate() {
+            for (s, st) in &c.stages {
+                terms[*s].1.push((gi, k, st.clone()));
+            }
+        }
+    }
+    for (s, (c0, vs)) in terms.iter().enumerate() {
+        let lin = |f: &dyn Fn(&StageTerms) -> f64| -> Expression {
+            let mut e = Expression::from(f(c0) * MS);
+            for (gi, k, st) in vs {
+                let v = f(st);
+                if v != 0.0 {
+                    e += x[*gi][*k] * (v * MS);
+                }
+            }
+            e
+        };
+        let compute = lin(&|q| q.compute);
+        rows.push((t[s] - compute).geq(0.0));
+        let any = |f: &dyn Fn(&StageTerms) -> f64| f(c0) != 0.0 || vs.iter().any(|(_, _, q)| f(q) != 0.0);
+        if any(&|q| q.h2d) || any(&|q| q.d2h) {
+            rows.push((t[s] - lin(&|q| q.d2h / r.d2h + q.h2d * r.k1)).geq(0.0));
+            rows.push((t[s] - lin(&|q| q.h2d / r.h2d + q.d2h * r.k2)).geq(0.0));
+        }
+        if any(&|q| q.host) || any(&|q| q.after_host) {
+            rows.push((t[s] - lin(&|q| q.feed / r.d2h_dup + q.host + q.after_host / r.h2d_dup)).geq(0.0));
+        }
+    }
+
+    let mut problem = highs(vars.minimise(objective.clone()));
+    for row in rows {
+        problem.add_constraint(row);
+    }
+    let mut m = problem.into_inner();
+    m.set_option("output_flag", false);
+    m.set_option("time_limit", limits.time_limit.max(0.01));
+    m.set_option("mip_rel_gap", limits.mip_rel_gap);
+    m.set_option("threads", limits.threads.max(1) as i32);
+    let n_cols = x.iter().map(Vec::len).sum::<usize>() + n_stages;
+    if let Some(w) = warm {
+        let mut cols = vec![0.0; n_cols];
+        for (gi, g) in groups.iter().enumerate() {
+            cols[xi[gi][g.index_in(w)]] = 1.0;
+        }
+        let eval = model.evaluate(w);
+        for (s, v) in eval.stage_times.iter().enumerate() {
+            cols[ti[s]] = v * MS;
+        }
+        let _ = m.try_set_solution(Some(&cols), None, None, None);
+    }
+    let solved = m.try_solve().map_err(|e| PlanError::Solver(format!("HiGHS: {e:?}")))?;
+    let status = format!("{:?}", solved.status());
+    if status.contains("Infeasible") {
+        return Err(PlanError::Infeasible {
+            budget,
+            floor: crate::plan::floor_of(model).0,
+            reason: "no combination of placements keeps every slot within the budget".into(),
+        });
+    }
+    let cols = solved.get_solution().columns().to_vec();
+    if cols.len() != n_cols || !format!("{:?}", solved.primal_solution_status()).contains("Feasible") {
+        return Err(PlanError::Solver(format!("HiGHS found no solution (status {status})")));
+    }
+    let mut decisions = Decisions::all_gpu(model.program);
+    for (gi, g) in groups.iter().enumerate() {
+        let k = (0..g.len()).max_by(|a, b| cols[xi[gi][*a]].total_cmp(&cols[xi[gi][*b]])).unwrap_or(0);
+        g.apply(k, &mut decisions);
+    }
+    let objective = solved.objective_value() / MS;
+    let bound = solved.double_info_value(c"mip_dual_bound").map(|b| b / MS).unwrap_or(f64::NAN);
+    let bound = if bound.is_finite() { bound.min(objective) } else { objective * (1.0 - solved.mip_gap().clamp(0.0, 1.0)) };
+    let gap = if objective > 0.0 { ((objective - bound) / objective).max(0.0) } else { 0.0 };
+    let binaries: usize = x.iter().map(Vec::len).sum();
+    Ok(SolveOutcome {
+        decisions,
+        report: SolverReport {
+            solver: format!("HiGHS MILP ({binaries} binaries, {n_stages} stage times, {memory_rows} memory rows)"),
+            objective: Seconds(objective),
+            bound: Seconds(bound),
+            gap,
+            solve_seconds: t0.elapsed().as_secs_f64(),
+            status,
+        },
+    })
+}
+
+fn add_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
+    StageTerms {
+        compute: a.compute + b.compute,
+        h2d: a.h2d + b.h2d,
+        d2h: a.d2h + b.d2h,
+        feed: a.feed + b.feed,
+        host: a.host + b.host,
+        after_host: a.after_host + b.after_host,
+    }
+}
