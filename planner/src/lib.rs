@@ -2,5 +2,15 @@
 //! the simulator.
 
 pub mod lifetime;
+pub mod simulate;
+pub mod decisions;
+pub mod emit;
+pub mod heuristics;
+pub mod plan;
+pub mod solve;
 
 pub use lifetime::LifetimeGraph;
+pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, SimError};
+pub use decisions::Decisions;
+pub use heuristics::{heuristic_schedule, Heuristic};
+pub use plan::{feasible_floor, plan, Plan, PlanError, PlanOptions};
