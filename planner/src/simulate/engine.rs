@@ -139,15 +139,10 @@ impl<'a> Engine<'a> {
 
     pub fn run(mut self) -> Result<Trace, SimError> {
         loop {
-            // Everything that can happen at `now`; a record on one lane may release another.
-            loop {
-                let mut progress = false;
-                for l in 0..4 {
-                    progress |= self.advance(l)?;
-                }
-                if !progress {
-                    break;
-                }
+            // Everything that can happen at `now`, in list (issue) order across lanes; a record
+            // on one lane may release another.
+            while let Some(l) = self.next_lane() {
+                self.advance(l)?;
             }
             if self.state.iter().all(|s| matches!(s, LaneState::Done)) {
                 break;
@@ -205,35 +200,39 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Takes lane `l`'s actions at `now` until it is busy, waiting or done. Whether it moved.
-    fn advance(&mut self, l: usize) -> Result<bool, SimError> {
-        let mut moved = false;
-        loop {
-            match self.state[l] {
-                LaneState::Done | LaneState::Busy { .. } | LaneState::Copy { .. } => return Ok(moved),
-                LaneState::Waiting { action, since } => {
+    /// The lane that can move at `now` whose next action comes first in the list.
+    fn next_lane(&self) -> Option<usize> {
+        (0..4)
+            .filter_map(|l| match self.state[l] {
+                LaneState::Ready => Some((self.lanes[l].get(self.cursor[l]).copied().unwrap_or(usize::MAX), l)),
+                LaneState::Waiting { action, .. } => {
                     let r = self.order.wait_record[action].expect("waits are bound");
-                    if !self.recorded[r] {
-                        return Ok(moved);
-                    }
-                    if self.now > since {
-                        let label = self.label(action);
-                        self.rec.span(LANES[l], SpanKind::Wait, since, self.now, label, action);
-                    }
-                    self.cursor[l] += 1;
-                    self.state[l] = LaneState::Ready;
-                    moved = true;
+                    self.recorded[r].then_some((action, l))
                 }
-                LaneState::Ready => {
-                    moved = true;
-                    let Some(&a) = self.lanes[l].get(self.cursor[l]) else {
-                        self.state[l] = LaneState::Done;
-                        return Ok(moved);
-                    };
-                    self.start(l, a)?;
+                _ => None,
+            })
+            .min()
+            .map(|(_, l)| l)
+    }
+
+    /// Moves lane `l` by one action at `now` (it is ready, or its wait is satisfied).
+    fn advance(&mut self, l: usize) -> Result<(), SimError> {
+        match self.state[l] {
+            LaneState::Waiting { action, since } => {
+                if self.now > since {
+                    let label = self.label(action);
+                    self.rec.span(LANES[l], SpanKind::Wait, since, self.now, label, action);
                 }
+                self.cursor[l] += 1;
+                self.state[l] = LaneState::Ready;
             }
+            LaneState::Ready => match self.lanes[l].get(self.cursor[l]) {
+                Some(&a) => self.start(l, a)?,
+                None => self.state[l] = LaneState::Done,
+            },
+            _ => {}
         }
+        Ok(())
     }
 
     fn label(&self, a: usize) -> String {

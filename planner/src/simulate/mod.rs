@@ -10,9 +10,9 @@
 //! when a lane reaches the `Alloc`/`Free`, rounded up to the allocator granularity.
 //!
 //! What it checks, each a `SimError`:
-//! - statically, before any timing (`order`): every `Wait` has a `Record` of its event earlier
-//!   in the list (a `Wait` binds to the latest one, as `cudaStreamWaitEvent` does at issue);
-//!   every two accesses of a tensor's device buffer or host copy of which one writes are ordered
+//! - statically (`order`): every `Wait` has a `Record` of its event earlier in the list (a
+//!   `Wait` binds to the latest one, as `cudaStreamWaitEvent` does at issue); after the timed
+//!   run, every two accesses of a tensor's device buffer or host copy of which one writes are ordered
 //!   by lanes and `Record`/`Wait` (happens-before), so no timing can reorder them;
 //! - in the simulated timing: an op touches only allocated tensors and reads only tensors whose
 //!   data is on the GPU (a prefetch into them has completed, or an op produced them); host ops
@@ -95,8 +95,10 @@ pub fn simulate_with_timing(
     scale: &dyn Fn(usize) -> f64,
 ) -> Result<Trace, SimError> {
     let order = order::Order::build(program, &schedule.actions)?;
-    order.check_races(program, &schedule.actions)?;
+    // Timing first: its errors are the concrete ones ("at 40 us its prefetch is still copying");
+    // the race check then catches what this timing happened to get right.
     let trace = engine::Engine::new(program, hw, schedule, &order, scale).run()?;
+    order.check_races(program, &schedule.actions)?;
     let device_peak = trace.peak_allocated + hw.fixed_overhead;
     if device_peak > schedule.budget {
         return Err(SimError::OverBudget {

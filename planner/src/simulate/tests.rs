@@ -1,1 +1,382 @@
+//! Hand-built schedules with times and memory worked out by hand, every error, the all-on-GPU
+//! schedule against the lifetime graph, and perturbed timings of offload schedules.
 
+use super::*;
+use crate::LifetimeGraph;
+use models::cost::{all_gpu_step_time, op_time};
+use models::inventory::{MemoryCategory, Owner};
+use models::schedule::{EventId, Prediction, SCHEDULE_FORMAT_VERSION};
+use models::trace::{BlockState, SpanKind};
+use models::units::GIB;
+use models::{BytesPerSecond, FlopsPerSecond, GptConfig, OpKind, TensorId};
+use proptest::prelude::*;
+use std::path::Path;
+
+fn config(name: &str) -> GptConfig {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs").join(format!("{name}.ron"));
+    GptConfig::load(&p).unwrap()
+}
+
+fn tiny() -> Program {
+    Program::build(&config("gpt2-tiny"))
+}
+
+/// Round rates, so times can be worked out by hand; duplex slower both ways.
+fn hw() -> HardwareProfile {
+    HardwareProfile {
+        name: "test".into(),
+        provenance: models::hardware::Provenance::Public("test".into()),
+        memory: Bytes(80 * GIB),
+        h2d: BytesPerSecond(10e9),
+        d2h: BytesPerSecond(8e9),
+        h2d_duplex: BytesPerSecond(6e9),
+        d2h_duplex: BytesPerSecond(4e9),
+        matmul_flops: FlopsPerSecond(100e12),
+        attention_flops: FlopsPerSecond(50e12),
+        memory_bandwidth: BytesPerSecond(1e12),
+        launch_overhead: Seconds(4e-6),
+        fixed_overhead: Bytes(GIB),
+        alloc_granularity: Bytes(512),
+        host_memory_bandwidth: BytesPerSecond(20e9),
+        host_adam_params_per_second: 1e9,
+    }
+}
+
+fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> Schedule {
+    Schedule {
+        format_version: SCHEDULE_FORMAT_VERSION,
+        inventory_digest: models::digest::program_digest(p),
+        model: p.config.clone(),
+        hardware: "test".into(),
+        budget: Bytes(80 * GIB),
+        decisions: Vec::new(),
+        host_resident,
+        actions,
+        prediction: Prediction {
+            peak_allocated: Bytes::ZERO,
+            peak_action: 0,
+            peak_at: String::new(),
+            fixed_overhead: Bytes::ZERO,
+            step_time: Seconds::ZERO,
+            compute_time: Seconds::ZERO,
+            h2d_bytes: Bytes::ZERO,
+            d2h_bytes: Bytes::ZERO,
+            exposed_transfer: Seconds::ZERO,
+            hidden_transfer: Seconds::ZERO,
+            solver: None,
+        },
+    }
+}
+
+/// The program's own order on the compute lane: allocs, run, frees.
+fn all_gpu_actions(p: &Program) -> Vec<Action> {
+    let mut v = Vec::new();
+    for op in &p.ops {
+        v.extend(op.allocs.iter().map(|t| Action::Alloc(*t, Lane::Compute)));
+        v.push(Action::Run(op.id));
+        v.extend(op.frees.iter().map(|t| Action::Free(*t, Lane::Compute)));
+    }
+    v
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-9)
+}
+
+fn op(p: &Program, k: OpKind) -> &models::Op {
+    p.find(k).unwrap()
+}
+
+fn bytes(p: &Program, t: TensorId) -> f64 {
+    p.inventory.tensor(t).bytes.as_f64()
+}
+
+fn resident_bytes(p: &Program, g: Bytes, host: &[TensorId]) -> u64 {
+    p.inventory.tensors.iter().filter(|t| t.persistent && !host.contains(&t.id)).map(|t| t.bytes.round_up(g).0).sum()
+}
+
+#[test]
+fn all_gpu_peak_and_step_time_match_the_lifetime_graph_and_cost_model() {
+    for name in ["gpt2-tiny", "gpt2-124m", "gpt3-1.3b"] {
+        let p = Program::build(&config(name));
+        let s = schedule(&p, all_gpu_actions(&p), vec![]);
+        let g = LifetimeGraph::build(&p);
+        // Granularity 1: exactly the lifetime graph's live bytes.
+        let mut h = hw();
+        h.alloc_granularity = Bytes(1);
+        let t = simulate(&p, &h, &s).unwrap();
+        let (peak, at) = g.peak();
+        assert_eq!(t.peak_allocated, peak, "{name}");
+        assert!(matches!(s.actions[t.peak_action], Action::Alloc(..)));
+        let next_run = s.actions[t.peak_action..].iter().find_map(|a| if let Action::Run(o) = a { Some(*o) } else { None });
+        assert_eq!(next_run, Some(at), "{name}: the peak is reached allocating for the lifetime graph's peak op");
+        assert!(close(t.step_time.0, all_gpu_step_time(&p, &h).0), "{name}: {} vs {}", t.step_time, all_gpu_step_time(&p, &h));
+        // Granularity 512: the same walk with every tensor rounded up.
+        let h = hw();
+        let t = simulate(&p, &h, &s).unwrap();
+        let r = |x: &TensorId| p.inventory.tensor(*x).bytes.round_up(h.alloc_granularity).0;
+        let mut live = resident_bytes(&p, h.alloc_granularity, &[]);
+        let mut want = live;
+        for op in &p.ops {
+            live += op.allocs.iter().map(r).sum::<u64>();
+            want = want.max(live);
+            live -= op.frees.iter().map(r).sum::<u64>();
+        }
+        assert_eq!(t.peak_allocated, Bytes(want), "{name}");
+        assert_eq!(t.memory.last().unwrap().total(), t.memory[0].total(), "{name}: ends where it began");
+        assert_eq!(worst_case_peak(&p, &h, &s).unwrap().0, t.peak_allocated, "one lane: the worst case is the case");
+        let pr = prediction_from_trace(&t, &s, &p, &h);
+        assert!(close(pr.compute_time.0, pr.step_time.0));
+        assert_eq!((pr.h2d_bytes, pr.d2h_bytes, pr.exposed_transfer), (Bytes::ZERO, Bytes::ZERO, Seconds::ZERO));
+        assert_eq!(pr.peak_at, format!("{} ({})", p.op(at).name, action_label(&p, &s.actions[t.peak_action])));
+    }
+}
+
+/// embed on the compute lane while layer 0's weights come in; ln1 waits for them.
+fn prefetch_then_ln1(p: &Program) -> (Vec<Action>, Vec<TensorId>) {
+    use Action::*;
+    let (c, h) = (Lane::Compute, Lane::HostToDevice);
+    let w0 = p.inventory.layers[0].weights;
+    let a = p.inventory.acts[0];
+    let embed = op(p, OpKind::Embed).id;
+    let ln1 = op(p, OpKind::Ln1(0)).id;
+    let actions = vec![
+        Alloc(a.x_in, c),
+        Run(embed),
+        Alloc(w0, h),
+        Prefetch(w0),
+        Record(EventId(1), h),
+        Wait(EventId(1), c),
+        Alloc(a.ln1, c),
+        Alloc(a.ln1_stats, c),
+        Run(ln1),
+        Free(a.ln1, c),
+        Free(a.ln1_stats, c),
+        Free(a.x_in, c),
+        Free(w0, c),
+    ];
+    (actions, vec![w0])
+}
+
+#[test]
+fn a_prefetch_overlaps_an_op_and_the_wait_exposes_the_rest() {
+    let p = tiny();
+    let h = hw();
+    let (actions, host) = prefetch_then_ln1(&p);
+    let s = schedule(&p, actions, host.clone());
+    let t = simulate(&p, &h, &s).unwrap();
+    let embed = op_time(op(&p, OpKind::Embed), &h).0;
+    let copy = bytes(&p, host[0]) / h.h2d.0;
+    let ln1 = op_time(op(&p, OpKind::Ln1(0)), &h).0;
+    assert!(copy > embed, "the case this test means: the copy outlasts the op");
+    assert!(close(t.step_time.0, copy + ln1), "{} vs {}", t.step_time.0, copy + ln1);
+    let wait = t.spans.iter().find(|s| s.kind == SpanKind::Wait).unwrap();
+    assert_eq!(wait.lane, Lane::Compute);
+    assert!(close(wait.start.0, embed) && close(wait.end.0, copy));
+    let run = t.spans.iter().find(|s| s.label == "layer0.ln1").unwrap();
+    assert!(close(run.start.0, copy));
+    // Memory: resident tensors, then x_in, w0, ln1 and its stats at once.
+    let a = p.inventory.acts[0];
+    let g = h.alloc_granularity;
+    let want = resident_bytes(&p, g, &host)
+        + [a.x_in, host[0], a.ln1, a.ln1_stats].iter().map(|x| p.inventory.tensor(*x).bytes.round_up(g).0).sum::<u64>();
+    assert_eq!(t.peak_allocated, Bytes(want));
+    assert!(close(t.peak_time.0, copy), "ln1's allocations come after the wait");
+    assert_eq!(t.memory.last().unwrap().total(), Bytes(resident_bytes(&p, g, &host)));
+    let weights = |m: &models::trace::MemorySample| m.by_category[&MemoryCategory::Weights];
+    let most = t.memory.iter().map(weights).max().unwrap();
+    assert_eq!(most, weights(&t.memory[0]) + p.inventory.tensor(host[0]).bytes.round_up(g), "layer 0's weights counted as weights");
+    // Layer 0's weights: on the host, in flight, on the GPU, back on the host.
+    let b = p.inventory.tensor(host[0]).block;
+    // (Allocated and freed at the step's edges: no host time in this step.)
+    let spans: Vec<_> = t.blocks.iter().filter(|x| x.block == b).collect();
+    assert_eq!(spans.iter().map(|x| x.state).collect::<Vec<_>>(), vec![BlockState::InFlight, BlockState::Gpu]);
+    assert!(spans[0].start.0 == 0.0 && close(spans[0].end.0, copy) && close(spans[1].end.0, t.step_time.0));
+    let pr = prediction_from_trace(&t, &s, &p, &h);
+    assert!(close(pr.exposed_transfer.0, copy - embed));
+    assert!(close(pr.hidden_transfer.0, embed));
+    assert_eq!(pr.h2d_bytes, p.inventory.tensor(host[0]).bytes);
+    assert!(close(pr.compute_time.0, embed + ln1));
+}
+
+#[test]
+fn copies_both_ways_share_the_link_at_the_duplex_rate() {
+    use Action::*;
+    let p = tiny();
+    let h = hw();
+    let w0 = p.inventory.layers[0].weights;
+    let opt1 = p.inventory.layers[1].optimizer;
+    let (a, b) = (bytes(&p, w0), bytes(&p, opt1));
+    // Both start at 0; the prefetch (smaller) ends first, then the evict speeds up.
+    let s = schedule(&p, vec![Alloc(w0, Lane::HostToDevice), Prefetch(w0), Evict(opt1), Free(w0, Lane::HostToDevice)], vec![w0]);
+    let t = simulate(&p, &h, &s).unwrap();
+    let t1 = a / h.h2d_duplex.0;
+    assert!(t1 < b / h.d2h_duplex.0);
+    let end = t1 + (b - h.d2h_duplex.0 * t1) / h.d2h.0;
+    let span = |k: SpanKind| t.spans.iter().find(|s| s.kind == k).unwrap().clone();
+    assert!(close(span(SpanKind::Prefetch).end.0, t1));
+    assert!(close(span(SpanKind::Evict).end.0, end));
+    assert!(close(t.step_time.0, end));
+
+    // The evict starts when embed ends (a wait on a compute event): the prefetch runs alone at
+    // first, then both at the duplex rate, then the evict alone.
+    let embed = op(&p, OpKind::Embed);
+    let e = op_time(embed, &h).0;
+    let x0 = p.inventory.acts[0].x_in;
+    let (c, d) = (Lane::Compute, Lane::DeviceToHost);
+    let s = schedule(
+        &p,
+        vec![
+            Alloc(w0, Lane::HostToDevice),
+            Prefetch(w0),
+            Alloc(x0, c),
+            Run(embed.id),
+            Record(EventId(7), c),
+            Wait(EventId(7), d),
+            Evict(opt1),
+            Free(x0, c),
+            Free(w0, Lane::HostToDevice),
+        ],
+        vec![w0],
+    );
+    let t = simulate(&p, &h, &s).unwrap();
+    let t1 = e + (a - h.h2d.0 * e) / h.h2d_duplex.0;
+    let end = t1 + (b - h.d2h_duplex.0 * (t1 - e)) / h.d2h.0;
+    assert!(close(span_of(&t, SpanKind::Evict).start.0, e));
+    assert!(close(span_of(&t, SpanKind::Prefetch).end.0, t1), "{} vs {t1}", span_of(&t, SpanKind::Prefetch).end.0);
+    assert!(close(t.step_time.0, end));
+    let wait = span_of(&t, SpanKind::Wait);
+    assert_eq!((wait.lane, wait.start.0), (Lane::DeviceToHost, 0.0));
+    assert!(close(wait.end.0, e));
+    let pr = prediction_from_trace(&t, &s, &p, &h);
+    assert_eq!(pr.exposed_transfer, Seconds::ZERO, "the compute lane never waited on a copy");
+    assert_eq!((pr.h2d_bytes, pr.d2h_bytes), (Bytes(a as u64), Bytes(b as u64)));
+}
+
+fn span_of(t: &Trace, k: SpanKind) -> models::trace::Span {
+    t.spans.iter().find(|s| s.kind == k).unwrap().clone()
+}
+
+#[test]
+fn scale_multiplies_each_duration() {
+    let p = tiny();
+    let h = hw();
+    let s = schedule(&p, all_gpu_actions(&p), vec![]);
+    let t = simulate_with_timing(&p, &h, &s, &|_| 3.0).unwrap();
+    assert!(close(t.step_time.0, 3.0 * all_gpu_step_time(&p, &h).0));
+    let (actions, host) = prefetch_then_ln1(&p);
+    let s = schedule(&p, actions, host.clone());
+    // Copy twice as slow, ops as modelled.
+    let t = simulate_with_timing(&p, &h, &s, &|i| if i == 3 { 2.0 } else { 1.0 }).unwrap();
+    let copy = 2.0 * bytes(&p, host[0]) / h.h2d.0;
+    assert!(close(t.step_time.0, copy + op_time(op(&p, OpKind::Ln1(0)), &h).0));
+}
+
+fn err(p: &Program, actions: Vec<Action>, host: Vec<TensorId>) -> SimError {
+    simulate(p, &hw(), &schedule(p, actions, host)).unwrap_err()
+}
+
+#[test]
+fn each_broken_schedule_gets_its_own_error_naming_action_op_and_tensor() {
+    use Action::*;
+    let p = tiny();
+    let c = Lane::Compute;
+    let (good, host) = prefetch_then_ln1(&p);
+    let a = p.inventory.acts[0];
+
+    // ln1 without waiting for the prefetch: data not there when it starts.
+    let mut v = good.clone();
+    v.remove(5);
+    let e = err(&p, v, host.clone());
+    assert!(matches!(e, SimError::NotArrived { action: 7, .. }), "{e}");
+    let m = e.to_string();
+    assert!(m.contains("layer0.ln1") && m.contains("layer0.weights") && m.contains("action 3"), "{m}");
+
+    // ... and with a copy fast enough to make it in time, still a race.
+    let mut v = good.clone();
+    v.remove(5);
+    let s = schedule(&p, v, host.clone());
+    let e = simulate_with_timing(&p, &hw(), &s, &|i| if i == 3 { 1e-6 } else { 1.0 }).unwrap_err();
+    assert!(matches!(e, SimError::Race { action: 7, other: 3, .. }), "{e}");
+
+    // Never prefetched at all.
+    let mut v = good.clone();
+    v.drain(3..6);
+    let e = err(&p, v, host.clone());
+    assert!(matches!(&e, SimError::NotArrived { why, .. } if why.contains("never")), "{e}");
+
+    // ln1 without its output allocated.
+    let mut v = good.clone();
+    v.remove(6);
+    v.retain(|x| *x != Free(a.ln1, c));
+    let e = err(&p, v, host.clone());
+    assert!(matches!(&e, SimError::NotAllocated { op, tensor, .. } if op == "layer0.ln1" && tensor == "layer0.ln1"), "{e}");
+
+    // Prefetch with no allocation.
+    let mut v = good.clone();
+    v.remove(2);
+    let e = err(&p, v, host.clone());
+    assert!(matches!(&e, SimError::PrefetchUnallocated { tensor, .. } if tensor == "layer0.weights"), "{e}");
+
+    // Double alloc, double free.
+    let mut v = good.clone();
+    v.insert(1, Alloc(a.x_in, c));
+    assert!(matches!(err(&p, v, host.clone()), SimError::DoubleAlloc { action: 1, .. }));
+    let mut v = good.clone();
+    v.push(Free(a.x_in, c));
+    assert!(matches!(err(&p, v, host.clone()), SimError::DoubleFree { action: 13, .. }));
+
+    // A wait on an event never recorded (before it in the list): deadlock.
+    let mut v = good.clone();
+    v[5] = Wait(EventId(9), c);
+    let e = err(&p, v, host.clone());
+    assert!(matches!(e, SimError::UnrecordedEvent { action: 5, event: 9, .. }), "{e}");
+    assert!(e.to_string().contains("deadlock"));
+
+    // Freeing the only current copy of a persistent tensor: layer 0's weights on the GPU.
+    let e = err(&p, vec![Free(p.inventory.layers[0].weights, c)], vec![]);
+    assert!(matches!(e, SimError::LostData { .. }), "{e}");
+
+    // Freeing while a copy reads the buffer.
+    let opt1 = p.inventory.layers[1].optimizer;
+    let e = err(&p, vec![Evict(opt1), Free(opt1, c), Alloc(opt1, c)], vec![]);
+    assert!(matches!(e, SimError::FreedInUse { action: 1, user: 0, .. }), "{e}");
+
+    // Not periodic: a temporary left allocated.
+    let mut v = good.clone();
+    v.pop();
+    let e = err(&p, v, host.clone());
+    assert!(matches!(&e, SimError::NotPeriodic { tensor, .. } if tensor == "layer0.weights"), "{e}");
+
+    // Over budget: carries the trace.
+    let mut s = schedule(&p, good.clone(), host.clone());
+    s.budget = Bytes(GIB);
+    match simulate(&p, &hw(), &s).unwrap_err() {
+        SimError::OverBudget { peak, trace, at, .. } => {
+            assert_eq!(peak, trace.peak_allocated);
+            assert!(at.contains("layer0.ln1"), "{at}");
+        }
+        e => panic!("{e}"),
+    }
+
+    // A GPU-only op on the host.
+    let e = err(&p, vec![HostRun(op(&p, OpKind::Qkv(0)).id)], vec![]);
+    assert!(matches!(e, SimError::NotAHostOp { .. }), "{e}");
+}
+
+#[test]
+fn host_ops_need_current_host_copies() {
+    use Action::*;
+    let p = tiny();
+    let (c, d) = (Lane::Compute, Lane::DeviceToHost);
+    let o = Owner::Layer(1);
+    let pt = p.inventory.params(o);
+    let adam = op(&p, OpKind::Adam(o)).id;
+    // Host AdamW reading gradients that never went to the host.
+    let e = err(&p, vec![HostRun(adam)], vec![pt.optimizer]);
+    assert!(matches!(&e, SimError::NotOnHost { tensor, op, .. } if tensor == "layer1.grads" && op == "layer1.adam"), "{e}");
+    // Evicting a buffer nothing was written into.
+    let v = vec![Alloc(pt.grads, c), Record(EventId(1), c), Wait(EventId(1), d), Evict(pt.grads), Free(pt.grads, d)];
+    let e = err(&p, v, vec![]);
+    assert!(matches!(&e, SimError::EvictEmpty { tensor, .. } if tensor == "layer1.grads"), "{e}");
+}
