@@ -54,13 +54,71 @@ def F32(v):
     return np.float32(v)
 
 
+_functions = {}
+_captured = None  # list while capture() runs
+
+
 def launch(fname, kname, grid, block, args, smem=0):
-    k = module(fname).get_function(kname)
-    if smem > 48 * 1024:
+    key = (fname, kname)
+    if key not in _functions:
+        _functions[key] = module(fname).get_function(kname)
+    k = _functions[key]
+    if smem > 48 * 1024 and k.max_dynamic_shared_size_bytes < smem:
         k.max_dynamic_shared_size_bytes = smem
     grid = tuple(int(g) for g in (grid if isinstance(grid, tuple) else (grid,)))
     block = tuple(int(b) for b in (block if isinstance(block, tuple) else (block,)))
-    k(grid, block, tuple(_arg(a) for a in args), shared_mem=smem)
+    bound = tuple(_arg(a) for a in args)
+    if _captured is not None:
+        _captured.append(lambda: k(grid, block, bound, shared_mem=smem))
+    else:
+        k(grid, block, bound, shared_mem=smem)
+
+
+def capture(fn):
+    """Runs fn without launching; returns the launches it would make as prepared closures
+    (arguments converted once), for timing without the per-call conversion cost."""
+    global _captured
+    _captured = []
+    try:
+        fn()
+        return _captured
+    finally:
+        _captured = None
+
+
+def time_launches(fns, reps=20, trials=5):
+    """Median GPU time in ms of one pass over the prepared launches fns, from a CUDA graph of
+    `reps` passes replayed `trials` times (falls back to a plain loop if capture fails)."""
+    s = cupy.cuda.Stream(non_blocking=True)
+    torch.cuda.synchronize()
+    with s:
+        for f in fns:
+            f()
+        s.synchronize()
+        graph = None
+        try:
+            s.begin_capture()
+            for _ in range(reps):
+                for f in fns:
+                    f()
+            graph = s.end_capture()
+        except Exception:  # noqa: BLE001
+            graph = None
+        ts = []
+        for _ in range(trials + 1):
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record(s)
+            if graph is not None:
+                graph.launch(s)
+            else:
+                for _ in range(reps):
+                    for f in fns:
+                        f()
+            b.record(s)
+            b.synchronize()
+            ts.append(cupy.cuda.get_elapsed_time(a, b) / reps)
+        ts = sorted(ts[1:])
+    return ts[len(ts) // 2]
 
 
 def cdiv(a, b):
@@ -71,8 +129,21 @@ def roundup32(x):
     return cdiv(x, 32) * 32
 
 
-def flash_bwd_smem(D):
-    return 512 * (D + 8) + 144 * D + 512
+# Which file holds the fused attention (a variant can be tested beside the current one), and the
+# dynamic shared memory each variant's kernels take (executor/kernels/README.md).
+ATTN_FILE = os.environ.get("OFFPLAN_ATTN_FILE", "attention.cu")
+ATTN_SMEM = {
+    "attention.cu": (lambda D: 0, lambda D: 512 * (D + 8) + 144 * D + 512),
+    "attention_v2.cu": (lambda D: 640 * (D + 8), lambda D: 512 * (D + 8) + 512),
+}
+
+
+def flash_fwd_smem(D, f=None):
+    return ATTN_SMEM[f or ATTN_FILE][0](D)
+
+
+def flash_bwd_smem(D, f=None):
+    return ATTN_SMEM[f or ATTN_FILE][1](D)
 
 
 # ---- thin wrappers with the launch shapes of executor/kernels/README.md
@@ -154,18 +225,20 @@ def convert_f32_to_bf16(out, inp, n):
 
 
 def attention_backward_delta(delta, dout, out, B, T, NH, D):
-    launch("attention.cu", "attention_backward_delta", cdiv(B * NH * T, 8), 256,
+    launch(ATTN_FILE, "attention_backward_delta", cdiv(B * NH * T, 8), 256,
            (delta, dout, out, I32(B), I32(T), I32(NH), I32(D)))
 
 
-def flash_forward(out, lse, qkv, B, T, NH, D, scale):
-    launch("attention.cu", f"flash_attention_forward_d{D}", (cdiv(T, 64), B * NH), 128,
-           (out, lse, qkv, I32(B), I32(T), I32(NH), F32(scale)))
+def flash_forward(out, lse, qkv, B, T, NH, D, scale, f=None):
+    f = f or ATTN_FILE
+    launch(f, f"flash_attention_forward_d{D}", (cdiv(T, 64), B * NH), 128,
+           (out, lse, qkv, I32(B), I32(T), I32(NH), F32(scale)), smem=flash_fwd_smem(D, f))
 
 
-def flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale):
-    launch("attention.cu", f"flash_attention_backward_d{D}", (cdiv(T, 64), B * NH), 128,
-           (dqkv, dout, qkv, lse, delta, I32(B), I32(T), I32(NH), F32(scale)), smem=flash_bwd_smem(D))
+def flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale, f=None):
+    f = f or ATTN_FILE
+    launch(f, f"flash_attention_backward_d{D}", (cdiv(T, 64), B * NH), 128,
+           (dqkv, dout, qkv, lse, delta, I32(B), I32(T), I32(NH), F32(scale)), smem=flash_bwd_smem(D, f))
 
 
 def mat_forward(out, att, qkv, B, T, NH, D, scale):

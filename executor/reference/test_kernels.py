@@ -14,6 +14,7 @@ element fails. Tolerances (stated per check below):
 """
 import argparse
 import math
+import os
 import sys
 
 import torch
@@ -250,12 +251,14 @@ def sdpa_bf16_error(qkv, dout, B, T, NH, D, ref_out, ref_grads):
     return rel(out.float(), ref_out), [rel(g.float(), r) for g, r in zip((q.grad, k.grad, v.grad), ref_grads)]
 
 
-def test_flash(B, T, NH, D, tag, timing=False):
+def test_flash(B, T, NH, D, tag, timing=False, f=None):
+    f = f or K.ATTN_FILE
+    tag = f"{tag} [{f}]"
     C = NH * D
     scale = 1.0 / math.sqrt(D)
     qkv = bf(B, T, 3 * C)
     out, lse = nan_bf(B, T, C), nan_f(B, NH, T)
-    K.flash_forward(out, lse, qkv, B, T, NH, D, scale)
+    K.flash_forward(out, lse, qkv, B, T, NH, D, scale, f=f)
     sync()
     x, ref_out, ref_lse, _ = ref_attention(qkv, B, T, NH, D)
     dout = bf(B, T, C)
@@ -271,13 +274,13 @@ def test_flash(B, T, NH, D, tag, timing=False):
     ref_delta = (dout.float() * out.float()).view(B, T, NH, D).sum(-1).permute(0, 2, 1)
     check(f"attention_backward_delta {tag}", delta, ref_delta, 1e-4)
     dqkv = nan_bf(B, T, 3 * C)
-    K.flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale)
+    K.flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale, f=f)
     sync()
     got = dqkv.float().view(B, T, 3, NH, D).permute(2, 0, 3, 1, 4)
     for i, name in enumerate("qkv"):
         check(f"flash_backward d{name} {tag}", got[i], ref_grads[i], 2e-2, f"[sdpa bf16: {sd_g[i]:.2e}]")
     dqkv2 = nan_bf(B, T, 3 * C)
-    K.flash_backward(dqkv2, dout, qkv, lse, delta, B, T, NH, D, scale)
+    K.flash_backward(dqkv2, dout, qkv, lse, delta, B, T, NH, D, scale, f=f)
     sync()
     same = torch.equal(dqkv.view(torch.int16), dqkv2.view(torch.int16))
     results.append((f"flash_backward {tag} deterministic", same, 0.0, 0.0))
@@ -285,7 +288,7 @@ def test_flash(B, T, NH, D, tag, timing=False):
     del x, ref_out, ref_lse, g, ref_grads, got
     torch.cuda.empty_cache()
     if timing:
-        time_attention(B, T, NH, D, qkv, dout, out, lse, delta, dqkv, tag)
+        time_attention(B, T, NH, D, qkv, dout, out, lse, delta, dqkv, tag, f)
 
 
 def bench(fn, iters=20):
@@ -304,11 +307,16 @@ def bench(fn, iters=20):
     return ts[len(ts) // 2]
 
 
-def time_attention(B, T, NH, D, qkv, dout, out, lse, delta, dqkv, tag):
+def kt(fn, reps=20):
+    """GPU time (ms) of the kernel launches fn makes: CUDA-graph replays, arguments bound once."""
+    return K.time_launches(K.capture(fn), reps=reps)
+
+
+def time_attention(B, T, NH, D, qkv, dout, out, lse, delta, dqkv, tag, f):
     scale = 1.0 / math.sqrt(D)
-    fwd = bench(lambda: K.flash_forward(out, lse, qkv, B, T, NH, D, scale))
-    bwd = bench(lambda: (K.attention_backward_delta(delta, dout, out, B, T, NH, D),
-                         K.flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale)))
+    fwd = kt(lambda: K.flash_forward(out, lse, qkv, B, T, NH, D, scale, f=f))
+    bwd = kt(lambda: (K.attention_backward_delta(delta, dout, out, B, T, NH, D),
+                      K.flash_backward(dqkv, dout, qkv, lse, delta, B, T, NH, D, scale, f=f)))
     q, k, v = [t.contiguous() for t in qkv.view(B, T, 3, NH, D).permute(2, 0, 3, 1, 4)]
     q.requires_grad_(True)
     k.requires_grad_(True)
@@ -350,38 +358,38 @@ def time_simple(tag, B, T, C):
     x = bf(N, C)
     w, b = bf(C), bf(C)
     out, mean, rstd = bf(N, C), torch.empty(N, device=dev), torch.empty(N, device=dev)
-    t = bench(lambda: K.layernorm_forward(out, mean, rstd, x, w, b, N, C))
+    t = kt(lambda: K.layernorm_forward(out, mean, rstd, x, w, b, N, C))
     tt = bench(lambda: F.layer_norm(x, (C,), w, b, 1e-5))
     print(f"TIME  layernorm_forward {tag}: {t * 1e3:.1f} us ({2 * N * C * 2 / t / 1e6:.0f} GB/s) torch {tt * 1e3:.1f} us", flush=True)
     partials = torch.empty(32 * 2 * C, device=dev)
     dy = bf(N, C)
     dx = bf(N, C)
     dw, db = bf(C), bf(C)
-    t = bench(lambda: K.layernorm_backward(dx, dw, db, dy, x, mean, rstd, w, N, C, 1, partials))
+    t = kt(lambda: K.layernorm_backward(dx, dw, db, dy, x, mean, rstd, w, N, C, 1, partials))
     print(f"TIME  layernorm_backward {tag}: {t * 1e3:.1f} us", flush=True)
     h = bf(N * 4 * C)
     g = bf(N * 4 * C)
-    t = bench(lambda: K.gelu_forward(g, h, N * 4 * C))
+    t = kt(lambda: K.gelu_forward(g, h, N * 4 * C))
     tt = bench(lambda: F.gelu(h, approximate="tanh"))
     print(f"TIME  gelu_forward {tag}: {t * 1e3:.1f} us torch {tt * 1e3:.1f} us", flush=True)
-    t = bench(lambda: K.gelu_backward(g, h, N * 4 * C))
+    t = kt(lambda: K.gelu_backward(g, h, N * 4 * C))
     print(f"TIME  gelu_backward {tag}: {t * 1e3:.1f} us", flush=True)
     Vp = 50304
     logits = bf(N, Vp)
     targets = torch.randint(0, 50257, (N,), device=dev, dtype=torch.int32)
     stats = torch.empty(3, N, device=dev)
-    t = bench(lambda: K.ce_stats_update(stats, logits, targets, N, Vp, 0, 50257, 1))
+    t = kt(lambda: K.ce_stats_update(stats, logits, targets, N, Vp, 0, 50257, 1))
     print(f"TIME  ce_stats_update {tag} (Vp=50304): {t * 1e3:.1f} us ({N * Vp * 2 / t / 1e6:.0f} GB/s)", flush=True)
-    t = bench(lambda: K.ce_backward(logits, stats, targets, N, Vp, 0, 50257, 1.0 / N))
+    t = kt(lambda: K.ce_backward(logits, stats, targets, N, Vp, 0, 50257, 1.0 / N))
     print(f"TIME  ce_backward {tag}: {t * 1e3:.1f} us ({2 * N * Vp * 2 / t / 1e6:.0f} GB/s)", flush=True)
     n = 12 * C * C
     master, m, v = torch.randn(n, device=dev), torch.zeros(n, device=dev), torch.zeros(n, device=dev)
     wt, gr = bf(n), bf(n)
-    t = bench(lambda: K.adamw_update(wt, master, m, v, gr, n, 1e-4, 0.9, 0.95, 1e-8, 0.1, 1))
+    t = kt(lambda: K.adamw_update(wt, master, m, v, gr, n, 1e-4, 0.9, 0.95, 1e-8, 0.1, 1))
     print(f"TIME  adamw_update {tag} (one layer, {n} params): {t * 1e3:.1f} us ({n * 28 / t / 1e6:.0f} GB/s)", flush=True)
     tokens = torch.randint(0, 50257, (B, T), device=dev, dtype=torch.int32)
     dwte = bf(Vp, C)
-    t = bench(lambda: K.embedding_backward_wte(dwte, x, tokens, 0, Vp, N, C), iters=5)
+    t = kt(lambda: K.embedding_backward_wte(dwte, x, tokens, 0, Vp, N, C), reps=3)
     print(f"TIME  embedding_backward_wte {tag}: {t * 1e3:.1f} us", flush=True)
 
 
@@ -419,9 +427,11 @@ def main():
     run(test_ce, 33, 1000, 1024, 4, "small")
     run(test_ce, 33, 1000, 1024, 1, "small")
     run(test_adamw, 10001, "small")
-    for D in (32, 64, 80, 96, 128):
-        run(test_flash, 2, 200, 2, D, f"small B2 T200 NH2 D{D}")
-    run(test_flash, 1, 64, 1, 64, "B1 T64 NH1 D64")
+    variants = [f for f in ("attention.cu", "attention_v2.cu") if os.path.exists(os.path.join(K.KERNEL_DIR, f))]
+    for f in variants:
+        for D in (32, 64, 80, 96, 128):
+            run(test_flash, 2, 200, 2, D, f"small B2 T200 NH2 D{D}", f=f)
+        run(test_flash, 1, 64, 1, 64, "B1 T64 NH1 D64", f=f)
     run(test_materialized, 2, 77, 2, 32, "small B2 T77 NH2 D32")
     run(test_materialized, 4, 128, 4, 32, "gpt2-tiny B4 T128 NH4 D32")
     if not args.quick:
@@ -434,8 +444,9 @@ def main():
         run(test_ce, 8192, 50257, 50304, 1, "gpt2-124m")
         run(test_ce, 8192, 50257, 50304, 4, "gpt3-1.3b chunks")
         run(test_adamw, 12 * 768 * 768 + 1, "gpt2 layer")
-        run(test_flash, 8, 1024, 12, 64, "gpt2-124m B8 T1024 NH12 D64", timing=not args.no_timing)
-        run(test_flash, 4, 2048, 16, 128, "gpt3-1.3b B4 T2048 NH16 D128", timing=not args.no_timing)
+        for f in variants:
+            run(test_flash, 8, 1024, 12, 64, "gpt2-124m B8 T1024 NH12 D64", timing=not args.no_timing, f=f)
+            run(test_flash, 4, 2048, 16, 128, "gpt3-1.3b B4 T2048 NH16 D128", timing=not args.no_timing, f=f)
         if not args.no_timing:
             run(time_simple, "gpt2-124m", 8, 1024, 768)
             run(time_simple, "gpt3-1.3b", 4, 2048, 2048)
