@@ -73,6 +73,7 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
     let (op, ws) = program
         .ops
         .iter()
+        .filter(|o| !models::cost::runs_on_host(o.kind))
         .map(|o| {
             let mut ts: Vec<_> = o.touches().collect();
             ts.sort();

@@ -1,8 +1,166 @@
-//! `offplan plan` (being built; see the open issues).
+//! `offplan plan`: solve where every block lives under a budget, write `schedule.ron`, print a
+//! summary.
+
+use super::{load_hardware, CodedError, ModelArgs, EXIT_INFEASIBLE};
+use anyhow::Context;
+use models::schedule::{BlockDecision, Schedule};
+use models::{Bytes, Placement, Program, Seconds};
+use planner::{PlanError, PlanOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Hardware profile (models/hardware/*.ron).
+    #[arg(long, value_name = "PATH")]
+    pub hardware: PathBuf,
+    /// Device memory the step may use, fixed overhead included (24GiB, 22.5GB, ...).
+    #[arg(long, value_name = "SIZE")]
+    pub budget: Bytes,
+    /// Folder to write schedule.ron (and pictures) into; created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stop the solver after this many seconds and keep its best plan (with its gap).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub time_limit: f64,
+    /// Stop the solver once the proved gap is at most this fraction.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.005)]
+    pub gap: f64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`offplan plan` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args.model.load()?;
+    let hw = load_hardware(&args.hardware)?;
+    let program = Program::build(&cfg);
+    let opts = PlanOptions { time_limit: Seconds(args.time_limit), mip_rel_gap: args.gap, threads: 2 };
+    let plan = solve_with_spinner(&program, &hw, args.budget, &opts).map_err(|e| match e {
+        PlanError::Infeasible { .. } => anyhow::Error::new(CodedError { code: EXIT_INFEASIBLE, message: e.to_string() }),
+        other => anyhow::Error::new(other).context("planning failed"),
+    })?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let path = args.out.join("schedule.ron");
+    plan.schedule.save(&path).with_context(|| format!("writing {}", path.display()))?;
+    write_pictures(&args.out, &program, &plan)?;
+    print_summary(&program, &plan.schedule, &path);
+    Ok(())
+}
+
+/// The single place where the plan's pictures (memory.svg, timeline.svg, placement.svg) are
+/// written; the reports crate fills it in.
+fn write_pictures(_dir: &Path, _program: &Program, _plan: &planner::Plan) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Runs the planner, with a spinner once it has taken more than a second.
+fn solve_with_spinner(program: &Program, hw: &models::HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<planner::Plan, PlanError> {
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| planner::plan(program, hw, budget, opts));
+        let start = std::time::Instant::now();
+        let mut bar: Option<indicatif::ProgressBar> = None;
+        while !worker.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if bar.is_none() && start.elapsed() > Duration::from_secs(1) {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_message(format!("solving placement for {} layers (limit {:.0} s)", program.config.layers, opts.time_limit.0));
+                b.enable_steady_tick(Duration::from_millis(100));
+                bar = Some(b);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        worker.join().expect("planner thread panicked")
+    })
+}
+
+/// "layer0-3, layer7" style ranges of layer numbers.
+fn ranges(mut ls: Vec<u32>) -> String {
+    ls.sort();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ls.len() {
+        let mut j = i;
+        while j + 1 < ls.len() && ls[j + 1] == ls[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { format!("{}", ls[i]) } else { format!("{}-{}", ls[i], ls[j]) });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Groups decisions by (what, placement): layer blocks as ranges, the rest by name.
+fn decision_lines(ds: &[BlockDecision]) -> Vec<String> {
+    let mut layered: BTreeMap<(String, &'static str), Vec<u32>> = BTreeMap::new();
+    let mut others: Vec<String> = Vec::new();
+    for d in ds {
+        let name = &d.name;
+        if let Some(rest) = name.strip_prefix("layer") {
+            if let Some((num, what)) = rest.split_once('.') {
+                if let Ok(l) = num.parse::<u32>() {
+                    layered.entry((what.to_string(), d.placement.label())).or_default().push(l);
+                    continue;
+                }
+            }
+        }
+        others.push(format!("{:<24} {}", name, d.placement.label()));
+    }
+    let mut lines: Vec<String> = layered
+        .into_iter()
+        .map(|((what, p), ls)| format!("{:<24} {:<10} layers {}", format!("layer.{what}"), p, ranges(ls)))
+        .collect();
+    // Output chunks and the rest: collapse identical chunk placements.
+    let mut chunk: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+    for d in ds.iter().filter(|d| d.name.starts_with("chunk")) {
+        if let Some((num, what)) = d.name["chunk".len()..].split_once('.') {
+            if let Ok(c) = num.parse::<u32>() {
+                chunk.entry((what.to_string(), d.placement.label().to_string())).or_default().push(c);
+            }
+        }
+    }
+    others.retain(|l| !l.starts_with("chunk"));
+    for ((what, p), cs) in chunk {
+        lines.push(format!("{:<24} {:<10} chunks {}", format!("chunk.{what}"), p, ranges(cs)));
+    }
+    lines.extend(others);
+    lines
+}
+
+fn print_summary(program: &Program, s: &Schedule, path: &Path) {
+    let p = &s.prediction;
+    let c = &program.config;
+    println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget);
+    println!("decisions:");
+    for l in decision_lines(&s.decisions) {
+        println!("  {l}");
+    }
+    let off: Vec<&BlockDecision> = s.decisions.iter().filter(|d| d.placement != Placement::Gpu).collect();
+    println!("  ({} of {} blocks off the GPU or recomputed)", off.len(), s.decisions.len());
+    println!("predicted peak     {} allocated + {} fixed = {} at {}", p.peak_allocated, p.fixed_overhead, p.peak_device(), p.peak_at);
+    println!("predicted step     {} (compute {})", p.step_time, p.compute_time);
+    println!("transfers          {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
+    println!("transfer time      {} hidden behind compute, {} exposed", p.hidden_transfer, p.exposed_transfer);
+    if let Some(r) = &p.solver {
+        println!(
+            "solver             {}: objective {}, bound {}, gap {:.2}%, {:.2} s, {}",
+            r.solver,
+            r.objective,
+            r.bound,
+            r.gap * 100.0,
+            r.solve_seconds,
+            r.status
+        );
+    }
+    println!("wrote {}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ranges_group_consecutive_layers() {
+        assert_eq!(super::ranges(vec![3, 0, 1, 2, 7, 9, 10]), "0-3,7,9-10");
+    }
 }

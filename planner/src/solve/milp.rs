@@ -93,6 +93,8 @@ pub fn solve(model: &StageModel, budget: Bytes, warm: Option<&Decisions>, limits
     let t0 = Instant::now();
     let fixed = model.fixed();
     let groups = enumerate(model);
+    let improved = warm.map(|w| improve(model, &groups, w, model.capacity(budget)));
+    let warm = improved.as_ref();
     let cap = model.capacity(budget) as f64;
     let n_slots = model.n_slots();
     let n_stages = model.n_stages();
@@ -268,5 +270,98 @@ fn add_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
         feed: a.feed + b.feed,
         host: a.host + b.host,
         after_host: a.after_host + b.after_host,
+    }
+}
+
+/// Local search on the stage model from `start`: move one group at a time to the choice that
+/// lowers the step time most while every slot stays within `cap` bytes, until no move helps.
+/// Gives HiGHS a strong first incumbent (and is what a time-limited solve falls back on).
+pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, cap: u64) -> Decisions {
+    let fixed = model.fixed();
+    let r = model.rates;
+    let mut pick: Vec<usize> = groups.iter().map(|g| g.index_in(start)).collect();
+    let mut live: Vec<i64> = fixed.live.iter().map(|b| *b as i64).collect();
+    let mut terms = vec![StageTerms::default(); model.n_stages()];
+    for (s, t) in &fixed.stages {
+        terms[*s] = add_terms(&terms[*s], t);
+    }
+    for (g, k) in groups.iter().zip(&pick) {
+        let c = &g.contributions[*k];
+        for (l, x) in live.iter_mut().zip(&c.live) {
+            *l += *x as i64;
+        }
+        for (s, t) in &c.stages {
+            terms[*s] = add_terms(&terms[*s], t);
+        }
+    }
+    let cap = cap as i64;
+    for _pass in 0..20 {
+        let mut improved = false;
+        for (gi, g) in groups.iter().enumerate() {
+            let cur = &g.contributions[pick[gi]];
+            let mut best: Option<(f64, usize)> = None;
+            for k in 0..g.len() {
+                if k == pick[gi] {
+                    continue;
+                }
+                let new = &g.contributions[k];
+                let fits = live.iter().enumerate().all(|(p, l)| l - cur.live[p] as i64 + new.live[p] as i64 <= cap);
+                if !fits {
+                    continue;
+                }
+                // Time change over the stages either choice touches.
+                let mut touched: Vec<usize> = cur.stages.iter().chain(&new.stages).map(|(s, _)| *s).collect();
+                touched.sort();
+                touched.dedup();
+                let mut delta = 0.0;
+                for s in touched {
+                    let mut t = terms[s].clone();
+                    let before = r.stage_time(&t);
+                    if let Some((_, q)) = cur.stages.iter().find(|(x, _)| *x == s) {
+                        t = sub_terms(&t, q);
+                    }
+                    if let Some((_, q)) = new.stages.iter().find(|(x, _)| *x == s) {
+                        t = add_terms(&t, q);
+                    }
+                    delta += r.stage_time(&t) - before;
+                }
+                if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) {
+                    best = Some((delta, k));
+                }
+            }
+            if let Some((_, k)) = best {
+                let (old, new) = (&g.contributions[pick[gi]], &g.contributions[k]);
+                for (p, l) in live.iter_mut().enumerate() {
+                    *l += new.live[p] as i64 - old.live[p] as i64;
+                }
+                for (s, q) in &old.stages {
+                    terms[*s] = sub_terms(&terms[*s], q);
+                }
+                for (s, q) in &new.stages {
+                    terms[*s] = add_terms(&terms[*s], q);
+                }
+                pick[gi] = k;
+                improved = true;
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    let mut d = start.clone();
+    for (g, k) in groups.iter().zip(&pick) {
+        g.apply(*k, &mut d);
+    }
+    d
+}
+
+fn sub_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
+    StageTerms {
+        compute: a.compute - b.compute,
+        h2d: a.h2d - b.h2d,
+        d2h: a.d2h - b.d2h,
+        feed: a.feed - b.feed,
+        host: a.host - b.host,
+        after_host: a.after_host - b.after_host,
     }
 }
