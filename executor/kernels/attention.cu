@@ -1,5 +1,6 @@
 // attention.cu: fused (flash-style) causal attention on bf16 tensor cores (mma.sync m16n8k16,
-// fp32 accumulation), forward and backward, plus the backward's delta = rowsum(dO * O).
+// fp32 accumulation; tiles moved with cp.async and ldmatrix), forward and backward, plus the
+// backward's delta = rowsum(dO * O).
 // qkv is (B, T, 3C): q | k | v, head h at columns h*D of each part; out/dout are (B, T, C);
 // lse and delta are (B, NH, T) fp32. scale = 1/sqrt(D). Any T >= 1 (tiles are zero-padded).
 //
@@ -7,7 +8,8 @@
 //                                            int B, int T, int NH, float scale)
 //   reads qkv; writes out = softmax(scale q k^T, causal) v and lse[b,h,t] = natural log of
 //   sum_{j<=t} exp(scale q_t.k_j). grid (ceil(T/64), B*NH), block 128 (4 warps x 16 query rows),
-//   static shared memory 64*(D+8)*2 + D*72*2 bytes (< 48 KiB), no dynamic shared memory.
+//   dynamic shared memory 640*(D+8) bytes (Q tile + two K and two V tiles: the next key tile
+//   loads while this one is used); set the attribute when > 48 KiB (D >= 72).
 //
 // attention_backward_delta(float* delta, const bf16* dout, const bf16* out, int B, int T,
 //                          int NH, int D)
@@ -20,7 +22,7 @@
 //   Block x computes dK, dV of keys [64x, 64x+64) (looping over the queries after them) and then
 //   dQ of queries [64x, 64x+64) (looping over the keys before them): no atomics, deterministic,
 //   and every block does about the same work. grid (ceil(T/64), B*NH), block 128,
-//   dynamic shared memory 512*(D+8) + 144*D + 512 bytes (set the attribute when > 48 KiB).
+//   dynamic shared memory 512*(D+8) + 512 bytes (set the attribute when > 48 KiB).
 #include <cuda_bf16.h>
 
 typedef __nv_bfloat16 bf16;
@@ -74,12 +76,62 @@ __device__ __forceinline__ void load_rows_t(bf16 *dst, int ld, const bf16 *src, 
     }
 }
 
+
+__device__ __forceinline__ unsigned smem_addr(const void *p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm_x4(unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3,
+                                        const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3,
+                                          const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Rows [row0, row0 + nrows) (D values each, row stride `stride`) into dst[r*ld + d] with
+// cp.async; rows >= T are zero-filled. Completes at the next cp_async_wait.
+template <int D>
+__device__ __forceinline__ void async_rows(bf16 *dst, int ld, const bf16 *src, int stride, int row0,
+                                           int nrows, int T) {
+    constexpr int VPR = D / 8;
+    for (int i = threadIdx.x; i < nrows * VPR; i += blockDim.x) {
+        int r = i / VPR, v = i % VPR;
+        bool ok = row0 + r < T;
+        const bf16 *s = ok ? src + (long long)(row0 + r) * stride + v * 8 : src;
+        cp_async16(dst + r * ld + v * 8, s, ok);
+    }
+}
+// Fragment address of lane for the x4 loads: rows base + (lane&7) + ((lane>>3)&1)*8,
+// columns col + (lane>>4)*8 (A operand 16x16, or B^T pairs / transposed B pairs).
+__device__ __forceinline__ const bf16 *frag_a(const bf16 *m, int ld, int row, int col, int lane) {
+    return m + (row + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + col + (lane >> 4) * 8;
+}
+// B operand of two n-tiles (rows n0..n0+15 of a [n][k] row-major matrix), k-step at col:
+// matrices (n0..7, k0..7), (n0..7, k8..15), (n8..15, k0..7), (n8..15, k8..15).
+__device__ __forceinline__ const bf16 *frag_bt(const bf16 *m, int ld, int n0, int col, int lane) {
+    return m + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + col + ((lane >> 3) & 1) * 8;
+}
+
 template <int D>
 __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T,
                                           int NH, float scale) {
-    constexpr int BQ = 64, BK = 64, LDK = D + 8, LDV = BK + 8;
-    __shared__ __align__(16) bf16 Ks[BQ * LDK];  // holds the Q tile first
-    __shared__ __align__(16) bf16 Vt[D * LDV];
+    constexpr int BQ = 64, BK = 64, LD = D + 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);  // [64][LD]
+    bf16 *Kb = Qs + BQ * LD;                         // [2][64][LD]
+    bf16 *Vb = Kb + 2 * BK * LD;                     // [2][64][LD]
     const int qb = gridDim.x - 1 - blockIdx.x;  // heaviest tiles first
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int C = NH * D;
@@ -89,17 +141,17 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = qb * BQ;
 
-    load_rows<D>(Ks, LDK, qbase, 3 * C, q0, BQ, T);
+    async_rows<D>(Qs, LD, qbase, 3 * C, q0, BQ, T);
+    cp_async_commit();
+    async_rows<D>(Kb, LD, kbase, 3 * C, 0, BK, T);
+    async_rows<D>(Vb, LD, vbase, 3 * C, 0, BK, T);
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     unsigned qf[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        const bf16 *p = Ks + (warp * 16 + g) * LDK + kk * 16 + 2 * t;
-        qf[kk][0] = lds32(p);
-        qf[kk][1] = lds32(p + 8 * LDK);
-        qf[kk][2] = lds32(p + 8);
-        qf[kk][3] = lds32(p + 8 * LDK + 8);
-    }
+    for (int kk = 0; kk < D / 16; kk++)
+        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], frag_a(Qs, LD, warp * 16, kk * 16, lane));
     float o[D / 8][4];
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
@@ -109,9 +161,16 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
 
     for (int kb = 0; kb <= qb; kb++) {
         const int k0 = kb * BK;
-        __syncthreads();  // previous tile (or the Q tile) fully read
-        load_rows<D>(Ks, LDK, kbase, 3 * C, k0, BK, T);
-        load_rows_t<D>(Vt, LDV, vbase, 3 * C, k0, BK, T);
+        const bf16 *Ks = Kb + (kb & 1) * BK * LD;
+        const bf16 *Vs = Vb + (kb & 1) * BK * LD;
+        if (kb < qb) {
+            async_rows<D>(Kb + ((kb + 1) & 1) * BK * LD, LD, kbase, 3 * C, k0 + BK, BK, T);
+            async_rows<D>(Vb + ((kb + 1) & 1) * BK * LD, LD, vbase, 3 * C, k0 + BK, BK, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         float s[BK / 8][4];
 #pragma unroll
@@ -119,9 +178,11 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
-            for (int nt = 0; nt < BK / 8; nt++) {
-                const bf16 *p = Ks + (nt * 8 + g) * LDK + kk * 16 + 2 * t;
-                mma16816(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], lds32(p), lds32(p + 8));
+            for (int np = 0; np < BK / 16; np++) {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(b0, b1, b2, b3, frag_bt(Ks, LD, np * 16, kk * 16, lane));
+                mma16816(s[2 * np], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b0, b1);
+                mma16816(s[2 * np + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b2, b3);
             }
         }
         const bool diag = (kb == qb);
@@ -172,11 +233,14 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
             const unsigned a2 = pack_bf16(s[2 * j + 1][0], s[2 * j + 1][1]);
             const unsigned a3 = pack_bf16(s[2 * j + 1][2], s[2 * j + 1][3]);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                const bf16 *p = Vt + (dt * 8 + g) * LDV + j * 16 + 2 * t;
-                mma16816(o[dt], a0, a1, a2, a3, lds32(p), lds32(p + 8));
+            for (int dp = 0; dp < D / 16; dp++) {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(b0, b1, b2, b3, frag_a(Vs, LD, j * 16, dp * 16, lane));
+                mma16816(o[2 * dp], a0, a1, a2, a3, b0, b1);
+                mma16816(o[2 * dp + 1], a0, a1, a2, a3, b2, b3);
             }
         }
+        __syncthreads();  // this buffer is refilled two iterations on
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -220,16 +284,11 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
                                           const float *lse, const float *delta, int B, int T,
                                           int NH, float scale) {
     constexpr int LD = D + 8;
-    constexpr int LDT1 = 32 + 8;  // transposed 32-query tiles (phase 1)
-    constexpr int LDT2 = 64 + 8;  // transposed 64-key tile (phase 2)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw);  // [64][LD]
     bf16 *Vs = Ks + 64 * LD;                         // [64][LD]
-    bf16 *R = Vs + 64 * LD;                          // phase-dependent region
-    bf16 *Qs1 = R, *dOs1 = R + 32 * LD, *Qt = R + 64 * LD, *dOt = Qt + D * LDT1;
-    bf16 *Qs2 = R, *dOs2 = R + 64 * LD, *Kt = R + 128 * LD;
-    float *lse2s = reinterpret_cast<float *>(smem_raw + 512 * (D + 8) + 144 * D);  // [64]
-    float *dls = lse2s + 64;                                                       // [64]
+    bf16 *R = Vs + 64 * LD;                          // phase 1: 2 x (Q[32] | dO[32]); phase 2: Q[64] | dO[64]
+    float *fl = reinterpret_cast<float *>(smem_raw + 512 * LD);  // phase 1: 2 x (lse2[32] | delta[32]); phase 2: lse2[64] | delta[64]
 
     const int tile = blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
@@ -247,26 +306,42 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
     // ---------------- phase 1: dK, dV of keys [k0, k0 + 64)
     {
         const int k0 = tile * 64;
-        load_rows<D>(Ks, LD, kbase, 3 * C, k0, 64, T);
-        load_rows<D>(Vs, LD, vbase, 3 * C, k0, 64, T);
+        const int nsub = (T - k0 + 31) / 32;
+        async_rows<D>(Ks, LD, kbase, 3 * C, k0, 64, T);
+        async_rows<D>(Vs, LD, vbase, 3 * C, k0, 64, T);
+        auto prefetch = [&](int it) {
+            const int qs = k0 + it * 32;
+            bf16 *Qb = R + (it & 1) * 64 * LD;
+            async_rows<D>(Qb, LD, qbase, 3 * C, qs, 32, T);
+            async_rows<D>(Qb + 32 * LD, LD, dobase, C, qs, 32, T);
+            float *f = fl + (it & 1) * 64;
+            if (threadIdx.x < 32) {
+                const int q = qs + threadIdx.x;
+                f[threadIdx.x] = q < T ? lse_bh[q] * LOG2E : POS_INF;
+                f[32 + threadIdx.x] = q < T ? delta_bh[q] : 0.f;
+            }
+            cp_async_commit();
+        };
+        prefetch(0);
         float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
             for (int i = 0; i < 4; i++) dk[dt][i] = dv[dt][i] = 0.f;
         const int kr0 = k0 + warp * 16 + g, kr1 = kr0 + 8;
-        for (int qs = k0; qs < T; qs += 32) {
-            __syncthreads();
-            load_rows<D>(Qs1, LD, qbase, 3 * C, qs, 32, T);
-            load_rows<D>(dOs1, LD, dobase, C, qs, 32, T);
-            load_rows_t<D>(Qt, LDT1, qbase, 3 * C, qs, 32, T);
-            load_rows_t<D>(dOt, LDT1, dobase, C, qs, 32, T);
-            if (threadIdx.x < 32) {
-                const int q = qs + threadIdx.x;
-                lse2s[threadIdx.x] = q < T ? lse_bh[q] * LOG2E : POS_INF;
-                dls[threadIdx.x] = q < T ? delta_bh[q] : 0.f;
+        for (int it = 0; it < nsub; it++) {
+            const int qs = k0 + it * 32;
+            if (it + 1 < nsub) {
+                prefetch(it + 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
             }
             __syncthreads();
+            const bf16 *Qs1 = R + (it & 1) * 64 * LD;
+            const bf16 *dOs1 = Qs1 + 32 * LD;
+            const float *lse2s = fl + (it & 1) * 64;
+            const float *dls = lse2s + 32;
             float st[4][4], dpt[4][4];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
@@ -274,18 +349,18 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
                 for (int i = 0; i < 4; i++) st[nt][i] = dpt[nt][i] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                const bf16 *pk = Ks + (warp * 16 + g) * LD + kk * 16 + 2 * t;
-                const unsigned ka0 = lds32(pk), ka1 = lds32(pk + 8 * LD), ka2 = lds32(pk + 8),
-                               ka3 = lds32(pk + 8 * LD + 8);
-                const bf16 *pv = Vs + (warp * 16 + g) * LD + kk * 16 + 2 * t;
-                const unsigned va0 = lds32(pv), va1 = lds32(pv + 8 * LD), va2 = lds32(pv + 8),
-                               va3 = lds32(pv + 8 * LD + 8);
+                unsigned ka0, ka1, ka2, ka3, va0, va1, va2, va3;
+                ldsm_x4(ka0, ka1, ka2, ka3, frag_a(Ks, LD, warp * 16, kk * 16, lane));
+                ldsm_x4(va0, va1, va2, va3, frag_a(Vs, LD, warp * 16, kk * 16, lane));
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    const bf16 *pq = Qs1 + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-                    mma16816(st[nt], ka0, ka1, ka2, ka3, lds32(pq), lds32(pq + 8));
-                    const bf16 *pd = dOs1 + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-                    mma16816(dpt[nt], va0, va1, va2, va3, lds32(pd), lds32(pd + 8));
+                for (int np = 0; np < 2; np++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(b0, b1, b2, b3, frag_bt(Qs1, LD, np * 16, kk * 16, lane));
+                    mma16816(st[2 * np], ka0, ka1, ka2, ka3, b0, b1);
+                    mma16816(st[2 * np + 1], ka0, ka1, ka2, ka3, b2, b3);
+                    ldsm_x4(b0, b1, b2, b3, frag_bt(dOs1, LD, np * 16, kk * 16, lane));
+                    mma16816(dpt[2 * np], va0, va1, va2, va3, b0, b1);
+                    mma16816(dpt[2 * np + 1], va0, va1, va2, va3, b2, b3);
                 }
             }
 #pragma unroll
@@ -311,13 +386,17 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
                 const unsigned sa2 = pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]);
                 const unsigned sa3 = pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3]);
 #pragma unroll
-                for (int dt = 0; dt < D / 8; dt++) {
-                    const bf16 *pd = dOt + (dt * 8 + g) * LDT1 + j * 16 + 2 * t;
-                    mma16816(dv[dt], pa0, pa1, pa2, pa3, lds32(pd), lds32(pd + 8));
-                    const bf16 *pq = Qt + (dt * 8 + g) * LDT1 + j * 16 + 2 * t;
-                    mma16816(dk[dt], sa0, sa1, sa2, sa3, lds32(pq), lds32(pq + 8));
+                for (int dp = 0; dp < D / 16; dp++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(b0, b1, b2, b3, frag_a(dOs1, LD, j * 16, dp * 16, lane));
+                    mma16816(dv[2 * dp], pa0, pa1, pa2, pa3, b0, b1);
+                    mma16816(dv[2 * dp + 1], pa0, pa1, pa2, pa3, b2, b3);
+                    ldsm_x4_t(b0, b1, b2, b3, frag_a(Qs1, LD, j * 16, dp * 16, lane));
+                    mma16816(dk[2 * dp], sa0, sa1, sa2, sa3, b0, b1);
+                    mma16816(dk[2 * dp + 1], sa0, sa1, sa2, sa3, b2, b3);
                 }
             }
+            __syncthreads();  // buffer (it & 1) is refilled at it + 2
         }
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
@@ -338,9 +417,11 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
     // ---------------- phase 2: dQ of queries [q0, q0 + 64)
     {
         const int q0 = tile * 64;
+        bf16 *Qs2 = R, *dOs2 = R + 64 * LD;
+        float *lse2s = fl, *dls = fl + 64;
         __syncthreads();
-        load_rows<D>(Qs2, LD, qbase, 3 * C, q0, 64, T);
-        load_rows<D>(dOs2, LD, dobase, C, q0, 64, T);
+        async_rows<D>(Qs2, LD, qbase, 3 * C, q0, 64, T);
+        async_rows<D>(dOs2, LD, dobase, C, q0, 64, T);
         if (threadIdx.x < 64) {
             const int q = q0 + threadIdx.x;
             lse2s[threadIdx.x] = q < T ? lse_bh[q] * LOG2E : POS_INF;
@@ -352,10 +433,11 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
         const int qr0 = q0 + warp * 16 + g, qr1 = qr0 + 8;
         for (int kb = 0; kb <= tile; kb++) {
             const int k0 = kb * 64;
-            __syncthreads();
-            load_rows<D>(Ks, LD, kbase, 3 * C, k0, 64, T);
-            load_rows<D>(Vs, LD, vbase, 3 * C, k0, 64, T);
-            load_rows_t<D>(Kt, LDT2, kbase, 3 * C, k0, 64, T);
+            if (kb > 0) __syncthreads();
+            async_rows<D>(Ks, LD, kbase, 3 * C, k0, 64, T);
+            async_rows<D>(Vs, LD, vbase, 3 * C, k0, 64, T);
+            cp_async_commit();
+            cp_async_wait<0>();
             __syncthreads();
             const float L0 = lse2s[warp * 16 + g], L1 = lse2s[warp * 16 + g + 8];
             const float D0 = dls[warp * 16 + g], D1 = dls[warp * 16 + g + 8];
@@ -366,18 +448,18 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
                 for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                const bf16 *pq = Qs2 + (warp * 16 + g) * LD + kk * 16 + 2 * t;
-                const unsigned qa0 = lds32(pq), qa1 = lds32(pq + 8 * LD), qa2 = lds32(pq + 8),
-                               qa3 = lds32(pq + 8 * LD + 8);
-                const bf16 *pd = dOs2 + (warp * 16 + g) * LD + kk * 16 + 2 * t;
-                const unsigned da0 = lds32(pd), da1 = lds32(pd + 8 * LD), da2 = lds32(pd + 8),
-                               da3 = lds32(pd + 8 * LD + 8);
+                unsigned qa0, qa1, qa2, qa3, da0, da1, da2, da3;
+                ldsm_x4(qa0, qa1, qa2, qa3, frag_a(Qs2, LD, warp * 16, kk * 16, lane));
+                ldsm_x4(da0, da1, da2, da3, frag_a(dOs2, LD, warp * 16, kk * 16, lane));
 #pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    const bf16 *pk = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-                    mma16816(s[nt], qa0, qa1, qa2, qa3, lds32(pk), lds32(pk + 8));
-                    const bf16 *pv = Vs + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-                    mma16816(dp[nt], da0, da1, da2, da3, lds32(pv), lds32(pv + 8));
+                for (int np = 0; np < 4; np++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(b0, b1, b2, b3, frag_bt(Ks, LD, np * 16, kk * 16, lane));
+                    mma16816(s[2 * np], qa0, qa1, qa2, qa3, b0, b1);
+                    mma16816(s[2 * np + 1], qa0, qa1, qa2, qa3, b2, b3);
+                    ldsm_x4(b0, b1, b2, b3, frag_bt(Vs, LD, np * 16, kk * 16, lane));
+                    mma16816(dp[2 * np], da0, da1, da2, da3, b0, b1);
+                    mma16816(dp[2 * np + 1], da0, da1, da2, da3, b2, b3);
                 }
             }
             const bool diag = (kb == tile);
@@ -399,9 +481,11 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
                 const unsigned a2 = pack_bf16(dp[2 * j + 1][0], dp[2 * j + 1][1]);
                 const unsigned a3 = pack_bf16(dp[2 * j + 1][2], dp[2 * j + 1][3]);
 #pragma unroll
-                for (int dt = 0; dt < D / 8; dt++) {
-                    const bf16 *pk = Kt + (dt * 8 + g) * LDT2 + j * 16 + 2 * t;
-                    mma16816(dq[dt], a0, a1, a2, a3, lds32(pk), lds32(pk + 8));
+                for (int dd = 0; dd < D / 16; dd++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(b0, b1, b2, b3, frag_a(Ks, LD, j * 16, dd * 16, lane));
+                    mma16816(dq[2 * dd], a0, a1, a2, a3, b0, b1);
+                    mma16816(dq[2 * dd + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }

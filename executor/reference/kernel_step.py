@@ -15,7 +15,7 @@ from bench_pytorch import parse_ron
 
 bf16 = torch.bfloat16
 dev = torch.device("cuda")
-ADAMW = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
+ADAMW = {"lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
 
 
 def load_config(path, layers=None, batch=None, seq=None):

@@ -133,8 +133,7 @@ def roundup32(x):
 # dynamic shared memory each variant's kernels take (executor/kernels/README.md).
 ATTN_FILE = os.environ.get("OFFPLAN_ATTN_FILE", "attention.cu")
 ATTN_SMEM = {
-    "attention.cu": (lambda D: 0, lambda D: 512 * (D + 8) + 144 * D + 512),
-    "attention_v2.cu": (lambda D: 640 * (D + 8), lambda D: 512 * (D + 8) + 512),
+    "attention.cu": (lambda D: 640 * (D + 8), lambda D: 512 * (D + 8) + 512),
 }
 
 
