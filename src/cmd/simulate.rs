@@ -96,7 +96,7 @@ fn default_hardware(name: &str) -> PathBuf {
 
 #[allow(clippy::too_many_arguments)]
 fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst: Bytes, holds: bool, took: f64) -> Report {
-    let lane_time = |k: models::trace::SpanKind| t.spans.iter().filter(|x| x.kind == k).map(|x| (x.end - x.start).0).sum();
+    let lane_time = |k: models::trace::SpanKind| t.spans.iter().filter(|x| x.kind == k).map(|x| (x.end - x.start).0).sum::<f64>() + 0.0;
     Report {
         schedule: path.display().to_string(),
         model: s.model.name.clone(),

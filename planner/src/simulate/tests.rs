@@ -545,3 +545,52 @@ proptest! {
         prop_assert!(t.peak_allocated + h.fixed_overhead <= s.budget);
     }
 }
+
+/// Random planner decisions for `p`: every owner and layer group picks one allowed choice.
+fn random_decisions(p: &Program, picks: &[usize]) -> crate::Decisions {
+    let mut d = crate::Decisions::all_gpu(p);
+    let mut k = 0;
+    let mut pick = |n: usize| {
+        k += 1;
+        picks[k % picks.len()] % n
+    };
+    for o in p.inventory.owners() {
+        let all = crate::decisions::OwnerChoice::all(p, o);
+        d.set_owner(o, all[pick(all.len())]);
+    }
+    let acts = crate::decisions::ActChoice::all();
+    for l in 0..d.layers.len() {
+        d.layers[l] = acts[pick(acts.len())];
+    }
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Invariants 1 and 2 on the planner's own schedules (planner::emit of random decisions):
+    /// under any durations no op runs before its inputs arrive, and the peak never exceeds the
+    /// simulated plan's.
+    #[test]
+    fn perturbed_planner_schedules_keep_their_invariants(
+        picks in prop::collection::vec(0usize..64, 1..40),
+        untied in any::<bool>(),
+        scale in scales(),
+    ) {
+        let mut cfg = config("gpt2-tiny");
+        cfg.tied_embeddings = !untied;
+        let p = Program::build(&cfg);
+        let h = hw();
+        let d = random_decisions(&p, &picks);
+        let mut s = crate::emit::emit(&p, &h, &d, Bytes(80 * GIB)).unwrap();
+        let nominal = simulate(&p, &h, &s);
+        prop_assert!(nominal.is_ok(), "{:?}: {}", d, nominal.unwrap_err());
+        let nominal = nominal.unwrap();
+        // The planner orders every allocation after the frees it reuses: no timing can do worse.
+        let (worst, _) = worst_case_peak(&p, &h, &s).unwrap();
+        prop_assert_eq!(nominal.peak_allocated, worst);
+        s.budget = nominal.peak_allocated + h.fixed_overhead;
+        let t = simulate_with_timing(&p, &h, &s, &|i| scale[i % scale.len()]);
+        prop_assert!(t.is_ok(), "{:?}: {}", d, t.unwrap_err());
+    }
+}
