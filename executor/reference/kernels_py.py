@@ -134,7 +134,14 @@ def roundup32(x):
 ATTN_FILE = os.environ.get("OFFPLAN_ATTN_FILE", "attention.cu")
 ATTN_SMEM = {
     "attention.cu": (lambda D: 640 * (D + 8), lambda D: 512 * (D + 8) + 512),
+    "attention_v3.cu": (lambda D: (16 * _fwd_warps("attention_v3.cu", D) + 256) * (D + 8) * 2,
+                        lambda D: 512 * (D + 8) + 512),
 }
+
+
+def _fwd_warps(f, D):
+    """Warps (of 16 query rows each) per forward block."""
+    return 8 if (f == "attention_v3.cu" and D == 128) else 4
 
 
 def flash_fwd_smem(D, f=None):
@@ -230,7 +237,8 @@ def attention_backward_delta(delta, dout, out, B, T, NH, D):
 
 def flash_forward(out, lse, qkv, B, T, NH, D, scale, f=None):
     f = f or ATTN_FILE
-    launch(f, f"flash_attention_forward_d{D}", (cdiv(T, 64), B * NH), 128,
+    nw = _fwd_warps(f, D)
+    launch(f, f"flash_attention_forward_d{D}", (cdiv(T, 16 * nw), B * NH), 32 * nw,
            (out, lse, qkv, I32(B), I32(T), I32(NH), F32(scale)), smem=flash_fwd_smem(D, f))
 
 
