@@ -88,3 +88,66 @@ fn bad_usage_exits_2() {
     let o = offplan(&["inspect"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+// ---- offplan simulate
+
+/// The module-queue schedule of gpt2-tiny on the H100 profile, written to a scratch folder.
+fn tiny_schedule(dir: &Path, edit: impl FnOnce(&mut models::Schedule)) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = models::GptConfig::load(&root.join(config("gpt2-tiny"))).unwrap();
+    let hw = models::HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+    let program = models::Program::build(&cfg);
+    let mut s = planner::heuristic_schedule(planner::Heuristic::ModuleQueue, &program, &hw, models::Bytes::gib(80.0)).unwrap();
+    edit(&mut s);
+    let path = dir.join("schedule.ron");
+    s.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn simulate_prints_the_step_and_agrees_with_the_schedule() {
+    let dir = scratch_dir("simulate");
+    let path = tiny_schedule(&dir, |_| {});
+    let o = offplan(&["simulate", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for want in ["step time", "peak allocated", "host -> device", "transfer exposed", "holds under any timing"] {
+        assert!(t.contains(want), "{want}: {t}");
+    }
+    let o = offplan(&["simulate", path.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = models::Schedule::load(&path).unwrap();
+    assert_eq!(v["peak_allocated_bytes"].as_u64().unwrap(), s.prediction.peak_allocated.0);
+    assert!((v["step_time_s"].as_f64().unwrap() - s.prediction.step_time.0).abs() <= 1e-12);
+    assert!(v["h2d_bytes"].as_u64().unwrap() > 0, "the module queue streams weights");
+    assert_eq!(v["budget_holds"], true);
+}
+
+#[test]
+fn simulate_reports_a_budget_that_does_not_hold() {
+    let dir = scratch_dir("simulate-budget");
+    let path = tiny_schedule(&dir, |s| s.budget = models::Bytes::mib(100.0));
+    let o = offplan(&["simulate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("DOES NOT HOLD") && t.contains("over its budget 100 MiB"), "{t}");
+}
+
+#[test]
+fn simulate_refuses_another_program_and_a_broken_schedule() {
+    let dir = scratch_dir("simulate-bad");
+    let path = tiny_schedule(&dir, |s| s.model.batch += 1);
+    let o = offplan(&["simulate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("re-plan"), "{}", text(&o));
+    // Drop the first wait on the compute lane: an op runs before its weights arrive.
+    let path = tiny_schedule(&dir, |s| {
+        let i = s.actions.iter().position(|a| matches!(a, models::Action::Wait(_, models::Lane::Compute))).unwrap();
+        s.actions.remove(i);
+    });
+    let o = offplan(&["simulate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("action ") && (t.contains("not on the GPU yet") || t.contains("no Record/Wait orders them")), "{t}");
+}
