@@ -78,11 +78,9 @@ impl Order {
         let mut locs: Vec<Access> = vec![Access::default(); 2 * n_t];
         let mut check = |me: &Order, loc: usize, a: usize, write: bool| -> Result<(), SimError> {
             let acc = &mut locs[loc];
-            let mut earlier: Vec<usize> = acc.write.into_iter().collect();
-            if write {
-                earlier.extend(acc.reads.iter().flatten());
-            }
-            if let Some(&o) = earlier.iter().find(|&&o| !me.happens_before(o, a)) {
+            let reads = if write { &acc.reads[..] } else { &[] };
+            let unordered = acc.write.iter().chain(reads.iter().flatten()).find(|&&o| !me.happens_before(o, a));
+            if let Some(&o) = unordered {
                 let t = TensorId((loc / 2) as u32);
                 return Err(SimError::Race {
                     action: a,

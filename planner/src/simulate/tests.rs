@@ -594,3 +594,35 @@ proptest! {
         prop_assert!(t.is_ok(), "{:?}: {}", d, t.unwrap_err());
     }
 }
+
+#[test]
+fn recomputed_and_offloaded_activations_show_in_block_residency() {
+    let p = tiny();
+    let h = hw();
+    let block = |k: models::BlockKind| p.inventory.find_block(k).unwrap().id;
+    let inner = block(models::BlockKind::LayerActivations(0));
+    let states = |t: &Trace| -> std::collections::HashSet<BlockState> {
+        t.blocks.iter().filter(|x| x.block == inner).map(|x| x.state).collect()
+    };
+    let mut d = crate::Decisions::all_gpu(&p);
+    d.layers[0] = crate::decisions::ActChoice::RECOMPUTE;
+    let s = crate::emit::emit(&p, &h, &d, Bytes(80 * GIB)).unwrap();
+    let t = simulate(&p, &h, &s).unwrap();
+    assert!(states(&t).contains(&BlockState::Recomputed), "{:?}", states(&t));
+    assert!(t.spans.iter().any(|x| x.kind == SpanKind::Recompute && x.lane == Lane::Compute));
+    let pr = prediction_from_trace(&t, &s, &p, &h);
+    assert!(pr.compute_time.0 > all_gpu_step_time(&p, &h).0, "recomputation adds compute");
+
+    d.layers[0] = crate::decisions::ActChoice::OFFLOAD;
+    let s = crate::emit::emit(&p, &h, &d, Bytes(80 * GIB)).unwrap();
+    let t = simulate(&p, &h, &s).unwrap();
+    let st = states(&t);
+    assert!(st.contains(&BlockState::Host) && st.contains(&BlockState::InFlight) && !st.contains(&BlockState::Recomputed), "{st:?}");
+    // Spans of a block never overlap and lie within the step.
+    let mut spans: Vec<_> = t.blocks.iter().filter(|x| x.block == inner).collect();
+    spans.sort_by(|a, b| a.start.0.total_cmp(&b.start.0));
+    for w in spans.windows(2) {
+        assert!(w[0].end.0 <= w[1].start.0 + 1e-15);
+    }
+    assert!(spans.last().unwrap().end.0 <= t.step_time.0);
+}
