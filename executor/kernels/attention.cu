@@ -7,9 +7,10 @@
 // flash_attention_forward_d{32,64,80,96,128}(bf16* out, float* lse, const bf16* qkv,
 //                                            int B, int T, int NH, float scale)
 //   reads qkv; writes out = softmax(scale q k^T, causal) v and lse[b,h,t] = natural log of
-//   sum_{j<=t} exp(scale q_t.k_j). grid (ceil(T/64), B*NH), block 128 (4 warps x 16 query rows),
-//   dynamic shared memory 640*(D+8) bytes (Q tile + two K and two V tiles: the next key tile
-//   loads while this one is used); set the attribute when > 48 KiB (D >= 72).
+//   sum_{j<=t} exp(scale q_t.k_j). NW warps of 16 query rows each: NW = 8 for D = 128, NW = 4
+//   otherwise. grid (ceil(T/(16*NW)), B*NH), block 32*NW, dynamic shared memory
+//   (16*NW + 256)*(D+8)*2 bytes (Q tile + two K and two V tiles of 64 keys: the next key tile
+//   loads while this one is used): D=64: 46080, D=128: 104448; set the attribute when > 48 KiB.
 //
 // attention_backward_delta(float* delta, const bf16* dout, const bf16* out, int B, int T,
 //                          int NH, int D)
@@ -124,12 +125,12 @@ __device__ __forceinline__ const bf16 *frag_bt(const bf16 *m, int ld, int n0, in
     return m + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + col + ((lane >> 3) & 1) * 8;
 }
 
-template <int D>
+template <int D, int NW>
 __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T,
                                           int NH, float scale) {
-    constexpr int BQ = 64, BK = 64, LD = D + 8;
+    constexpr int BQ = 16 * NW, BK = 64, LD = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);  // [64][LD]
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);  // [BQ][LD]
     bf16 *Kb = Qs + BQ * LD;                         // [2][64][LD]
     bf16 *Vb = Kb + 2 * BK * LD;                     // [2][64][LD]
     const int qb = gridDim.x - 1 - blockIdx.x;  // heaviest tiles first
@@ -159,11 +160,12 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
     const float sl2 = scale * LOG2E;
     const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
 
-    for (int kb = 0; kb <= qb; kb++) {
+    const int last = min((q0 + BQ - 1) / BK, (T - 1) / BK);  // last key tile any row needs
+    for (int kb = 0; kb <= last; kb++) {
         const int k0 = kb * BK;
         const bf16 *Ks = Kb + (kb & 1) * BK * LD;
         const bf16 *Vs = Vb + (kb & 1) * BK * LD;
-        if (kb < qb) {
+        if (kb < last) {
             async_rows<D>(Kb + ((kb + 1) & 1) * BK * LD, LD, kbase, 3 * C, k0 + BK, BK, T);
             async_rows<D>(Vb + ((kb + 1) & 1) * BK * LD, LD, vbase, 3 * C, k0 + BK, BK, T);
             cp_async_commit();
@@ -172,6 +174,10 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (k0 > q0 + warp * 16 + 15) {  // every key of this tile is after this warp's rows
+            __syncthreads();
+            continue;
+        }
         float s[BK / 8][4];
 #pragma unroll
         for (int nt = 0; nt < BK / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
@@ -185,7 +191,7 @@ __device__ __forceinline__ void flash_fwd(bf16 *out, float *lse, const bf16 *qkv
                 mma16816(s[2 * np + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b2, b3);
             }
         }
-        const bool diag = (kb == qb);
+        const bool diag = (k0 + BK - 1 > q0 + warp * 16);
         float mx0 = NEG_INF, mx1 = NEG_INF;
 #pragma unroll
         for (int nt = 0; nt < BK / 8; nt++) {
@@ -502,11 +508,11 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
     }
 }
 
-#define FLASH_INSTANCES(D)                                                                       \
-    extern "C" __global__ void __launch_bounds__(128)                                            \
+#define FLASH_INSTANCES(D, NW, MINB)                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * NW, MINB)                                  \
         flash_attention_forward_d##D(bf16 *out, float *lse, const bf16 *qkv, int B, int T,       \
                                      int NH, float scale) {                                      \
-        flash_fwd<D>(out, lse, qkv, B, T, NH, scale);                                            \
+        flash_fwd<D, NW>(out, lse, qkv, B, T, NH, scale);                                        \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) flash_attention_backward_d##D(            \
         bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,     \
@@ -514,8 +520,10 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
         flash_bwd<D>(dqkv, dout, qkv, lse, delta, B, T, NH, scale);                              \
     }
 
-FLASH_INSTANCES(32)
-FLASH_INSTANCES(64)
-FLASH_INSTANCES(80)
-FLASH_INSTANCES(96)
-FLASH_INSTANCES(128)
+// Forward: NW warps of 16 query rows each (block 32*NW threads, grid (ceil(T/(16*NW)), B*NH),
+// dynamic shared memory (16*NW + 256)*(D+8)*2 bytes); backward: always 4 warps.
+FLASH_INSTANCES(32, 4, 4)
+FLASH_INSTANCES(64, 4, 4)
+FLASH_INSTANCES(80, 4, 1)
+FLASH_INSTANCES(96, 4, 1)
+FLASH_INSTANCES(128, 8, 1)

@@ -133,15 +133,14 @@ def roundup32(x):
 # dynamic shared memory each variant's kernels take (executor/kernels/README.md).
 ATTN_FILE = os.environ.get("OFFPLAN_ATTN_FILE", "attention.cu")
 ATTN_SMEM = {
-    "attention.cu": (lambda D: 640 * (D + 8), lambda D: 512 * (D + 8) + 512),
-    "attention_v3.cu": (lambda D: (16 * _fwd_warps("attention_v3.cu", D) + 256) * (D + 8) * 2,
-                        lambda D: 512 * (D + 8) + 512),
+    "attention.cu": (lambda D: (16 * _fwd_warps("attention.cu", D) + 256) * (D + 8) * 2,
+                     lambda D: 512 * (D + 8) + 512),
 }
 
 
 def _fwd_warps(f, D):
-    """Warps (of 16 query rows each) per forward block."""
-    return 8 if (f == "attention_v3.cu" and D == 128) else 4
+    """Warps (of 16 query rows each) per forward block: 8 for D = 128, else 4."""
+    return 8 if D == 128 else 4
 
 
 def flash_fwd_smem(D, f=None):

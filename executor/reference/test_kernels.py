@@ -427,7 +427,7 @@ def main():
     run(test_ce, 33, 1000, 1024, 4, "small")
     run(test_ce, 33, 1000, 1024, 1, "small")
     run(test_adamw, 10001, "small")
-    variants = [f for f in ("attention.cu", "attention_v3.cu") if os.path.exists(os.path.join(K.KERNEL_DIR, f))]
+    variants = [f for f in ("attention.cu",) if os.path.exists(os.path.join(K.KERNEL_DIR, f))]
     for f in variants:
         for D in (32, 64, 80, 96, 128):
             run(test_flash, 2, 200, 2, D, f"small B2 T200 NH2 D{D}", f=f)
