@@ -185,10 +185,14 @@ pub fn worst_case_peak(program: &Program, hw: &HardwareProfile, schedule: &Sched
         }
     }
     let start: u64 = intervals.iter().filter(|x| x.0.is_none()).map(|x| x.2).sum();
+    // Resident all step long (most of a step's bytes): live at every moment.
+    let always: u64 = intervals.iter().filter(|x| x.0.is_none() && x.1.is_none()).map(|x| x.2).sum();
+    intervals.retain(|x| x.0.is_some() || x.1.is_some());
     let mut best = (start, 0usize);
     for &(a, _, _) in &intervals {
         let Some(a) = a else { continue };
-        let live: u64 = intervals
+        let live: u64 = always
+            + intervals
             .iter()
             .filter(|(s, f, _)| {
                 let after = s.is_some_and(|s| s != a && order.happens_before(a, s));
@@ -196,7 +200,7 @@ pub fn worst_case_peak(program: &Program, hw: &HardwareProfile, schedule: &Sched
                 !after && !freed
             })
             .map(|x| x.2)
-            .sum();
+            .sum::<u64>();
         if live > best.0 {
             best = (live, a);
         }
