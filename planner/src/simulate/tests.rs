@@ -514,8 +514,19 @@ fn a_hand_made_offload_schedule_saves_memory_and_costs_copies() {
     assert!(states.contains(&BlockState::Host) && states.contains(&BlockState::Gpu) && states.contains(&BlockState::InFlight), "{states:?}");
 }
 
-fn scales() -> impl Strategy<Value = Vec<f64>> {
-    prop::collection::vec(0.2f64..5.0, 64)
+/// A seed for `scale_of`: every action's duration gets its own factor.
+fn scales() -> impl Strategy<Value = u64> {
+    any::<u64>()
+}
+
+/// A factor in 0.2..5.0 for action `i`, log-uniform (splitmix64 of seed and index).
+fn scale_of(seed: u64, i: usize) -> f64 {
+    let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    (0.2f64.ln() + u * (5.0f64.ln() - 0.2f64.ln())).exp()
 }
 
 proptest! {
@@ -538,7 +549,7 @@ proptest! {
         s.budget = worst + h.fixed_overhead;
         let nominal = simulate(&p, &h, &s).unwrap();
         prop_assert!(nominal.peak_allocated <= worst);
-        let t = simulate_with_timing(&p, &h, &s, &|i| scale[i % scale.len()]);
+        let t = simulate_with_timing(&p, &h, &s, &|i| scale_of(scale, i));
         prop_assert!(t.is_ok(), "{}", t.unwrap_err());
         let t = t.unwrap();
         prop_assert!(t.peak_allocated <= worst);
@@ -590,7 +601,7 @@ proptest! {
         let (worst, _) = worst_case_peak(&p, &h, &s).unwrap();
         prop_assert_eq!(nominal.peak_allocated, worst);
         s.budget = nominal.peak_allocated + h.fixed_overhead;
-        let t = simulate_with_timing(&p, &h, &s, &|i| scale[i % scale.len()]);
+        let t = simulate_with_timing(&p, &h, &s, &|i| scale_of(scale, i));
         prop_assert!(t.is_ok(), "{:?}: {}", d, t.unwrap_err());
     }
 }
