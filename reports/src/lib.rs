@@ -62,11 +62,13 @@ pub fn write_plan_pictures(dir: &Path, program: &Program, schedule: &Schedule, t
     ])
 }
 
-/// Writes `sweep.svg` and `sweep.csv` into `dir` (created if missing); returns the paths.
+/// Writes `sweep.svg`, `sweep.png` and `sweep.csv` into `dir` (created if missing); returns the
+/// paths.
 pub fn write_sweep(dir: &Path, title: &str, points: &[SweepPoint]) -> Result<Vec<PathBuf>, ReportError> {
     if points.is_empty() {
         return Err(ReportError::Empty { path: dir.join("sweep.svg"), message: "no budgets were swept".into() });
     }
     create_dir(dir)?;
-    Ok(vec![svg(dir, "sweep.svg", &SweepChart::new(title.to_string(), points))?, write(&dir.join("sweep.csv"), sweep_csv(points).as_bytes())?])
+    let chart = SweepChart::new(title.to_string(), points);
+    Ok(vec![svg(dir, "sweep.svg", &chart)?, png(dir, "sweep.png", &chart)?, write(&dir.join("sweep.csv"), sweep_csv(points).as_bytes())?])
 }

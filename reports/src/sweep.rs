@@ -139,8 +139,21 @@ impl Chart for SweepChart {
             let color = method_color(i, name);
             let width = if name == "planner" { 3 } else { 2 };
             chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width))).map_err(err)?;
-            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(err)?;
-            let label = if pts.is_empty() { format!("{name} (never feasible)") } else { name.clone() };
+            // A different marker per method, so points that coincide (all methods agree at the
+            // top budget) stay distinguishable.
+            let style = color.stroke_width(2);
+            match i % 4 {
+                0 => chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map(|_| ()),
+                1 => chart.draw_series(pts.iter().map(|p| Circle::new(*p, 9, style))).map(|_| ()),
+                2 => chart.draw_series(pts.iter().map(|p| TriangleMarker::new(*p, 8, style))).map(|_| ()),
+                _ => chart.draw_series(pts.iter().map(|p| Cross::new(*p, 7, style))).map(|_| ()),
+            }
+            .map_err(err)?;
+            let label = match pts.len() {
+                0 => format!("{name} (never feasible)"),
+                1 => format!("{name} (1 point)"),
+                _ => name.clone(),
+            };
             entries.push((label, color, Mark::Line));
         }
         style::draw_legend(&legend.margin(60, 0, 0, 0), "method", &entries)

@@ -1,8 +1,275 @@
-//! `offplan explain` (being built; see the open issues).
+//! `offplan explain SCHEDULE BLOCK`: why a block sits where it does. Re-emits the schedule with
+//! that one block's placement changed (everything else as planned), simulates each variant, and
+//! says what the step would cost and which constraint binds: memory at the peak against the
+//! budget, or exposed transfer / recomputation time.
+
+use super::load_hardware;
+use anyhow::Context;
+use models::inventory::{Block, BlockKind};
+use models::schedule::{Lane, Placement};
+use models::trace::{SpanKind, Trace};
+use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
+use planner::decisions::{ActChoice, Decisions, OwnerChoice};
+use planner::{simulate, SimError};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// A schedule written by `offplan plan` (schedule.ron).
+    #[arg(value_name = "SCHEDULE")]
+    pub schedule: PathBuf,
+    /// The block, by name (`layer3.activations`, `chunk0.weights`) or number.
+    #[arg(value_name = "BLOCK")]
+    pub block: String,
+    /// Hardware profile (default: models/hardware/<the schedule's hardware>.ron).
+    #[arg(long, value_name = "PATH")]
+    pub hardware: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`offplan explain` is not built yet")
+/// The decisions a schedule carries, read back from its per-block placements.
+pub fn decisions_of(program: &Program, schedule: &Schedule) -> Decisions {
+    let mut d = Decisions::all_gpu(program);
+    for bd in &schedule.decisions {
+        let Some(b) = program.inventory.blocks.get(bd.block.index()) else { continue };
+        match b.kind {
+            BlockKind::Weights(o) => {
+                let c = d.owner(o);
+                d.set_owner(o, OwnerChoice { weights: bd.placement, ..c });
+            }
+            BlockKind::Optimizer(o) => {
+                let c = d.owner(o);
+                d.set_owner(o, OwnerChoice { optimizer: bd.placement, ..c });
+            }
+            BlockKind::LayerInput(l) => d.layers[l as usize].input = bd.placement,
+            BlockKind::LayerActivations(l) => d.layers[l as usize].inner = bd.placement,
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The other placements this block may take with the rest of its group as planned, each with a
+/// label and the whole plan's decisions. Gradients follow their optimizer state (on the host
+/// when the update runs there), so their alternatives are optimizer placements that move them.
+pub fn alternatives(program: &Program, d: &Decisions, block: &Block) -> Vec<(String, Decisions)> {
+    let mut out = Vec::new();
+    match block.kind {
+        BlockKind::Weights(o) | BlockKind::Optimizer(o) => {
+            let cur = d.owner(o);
+            let weights = matches!(block.kind, BlockKind::Weights(_));
+            let all = OwnerChoice::all(program, o);
+            for c in &all {
+                let (this, other, cur_this, cur_other) =
+                    if weights { (c.weights, c.optimizer, cur.weights, cur.optimizer) } else { (c.optimizer, c.weights, cur.optimizer, cur.weights) };
+                // The same other half, unless this placement allows only one pairing (the CPU
+                // embedding puts both halves on the host).
+                let pairings = all.iter().filter(|x| if weights { x.weights == this } else { x.optimizer == this }).count();
+                if this != cur_this && (other == cur_other || pairings == 1) {
+                    let mut nd = d.clone();
+                    nd.set_owner(o, *c);
+                    let label = if other == cur_other { this.label().to_string() } else { format!("{} (both halves)", this.label()) };
+                    out.push((label, nd));
+                }
+            }
+        }
+        BlockKind::Grads(o) => {
+            let cur = d.owner(o);
+            for c in OwnerChoice::all(program, o) {
+                if c.weights == cur.weights && c.grads() != cur.grads() {
+                    let mut nd = d.clone();
+                    nd.set_owner(o, c);
+                    out.push((format!("{} (optimizer {})", c.grads().label(), c.optimizer.label()), nd));
+                }
+            }
+        }
+        BlockKind::LayerInput(l) | BlockKind::LayerActivations(l) => {
+            let cur = d.layers[l as usize];
+            let input = matches!(block.kind, BlockKind::LayerInput(_));
+            for c in ActChoice::all() {
+                let differs = if input { c.input != cur.input && c.inner == cur.inner } else { c.inner != cur.inner && c.input == cur.input };
+                if differs {
+                    let mut nd = d.clone();
+                    nd.layers[l as usize] = c;
+                    out.push(((if input { c.input } else { c.inner }).label().to_string(), nd));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Where a placement puts a block, in words.
+fn whereabouts(p: Placement) -> &'static str {
+    match p {
+        Placement::Gpu => "on the GPU",
+        Placement::Streamed => "streamed (kept in host memory, brought to the GPU around each use)",
+        Placement::Host => "on the host (used there)",
+        Placement::Offloaded => "offloaded (sent to the host after forward, brought back for backward)",
+        Placement::Recomputed => "recomputed (dropped after forward, rebuilt in backward)",
+    }
+}
+
+/// What one variant costs.
+#[derive(Debug)]
+pub struct Outcome {
+    pub placement: String,
+    pub step_time: Seconds,
+    pub peak_device: Bytes,
+    pub exposed: Seconds,
+    pub compute: Seconds,
+    pub fits: bool,
+}
+
+fn measure(placement: String, hw: &HardwareProfile, trace: &Trace, fits: bool) -> Outcome {
+    let lane = |k| Seconds::from_ms(reports::timeline::lane_time_ms(trace, Lane::Compute, k));
+    Outcome {
+        placement,
+        step_time: trace.step_time,
+        peak_device: trace.peak_allocated + hw.fixed_overhead,
+        exposed: lane(SpanKind::Wait),
+        compute: lane(SpanKind::Op) + lane(SpanKind::Recompute),
+        fits,
+    }
+}
+
+/// Simulates a schedule, keeping the trace when it only fails on the budget.
+fn simulate_any(program: &Program, hw: &HardwareProfile, s: &Schedule) -> anyhow::Result<(Trace, bool)> {
+    match simulate(program, hw, s) {
+        Ok(t) => Ok((t, true)),
+        Err(SimError::OverBudget { trace, .. }) => Ok((*trace, false)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn find_block<'p>(program: &'p Program, name: &str) -> anyhow::Result<&'p Block> {
+    let inv = &program.inventory;
+    let b = match name.parse::<usize>() {
+        Ok(i) => inv.blocks.get(i),
+        Err(_) => inv.blocks.iter().find(|b| b.name() == name),
+    };
+    b.with_context(|| {
+        let names: Vec<String> = inv.blocks.iter().filter(|b| b.kind.placeable()).take(8).map(|b| b.name()).collect();
+        format!("no block `{name}` in this model; placeable blocks are named like {} ...", names.join(", "))
+    })
+}
+
+fn default_hardware(name: &str) -> PathBuf {
+    let rel = Path::new("models/hardware").join(format!("{name}.ron"));
+    if rel.exists() {
+        return rel;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn signed_ms(d: f64) -> String {
+    if d.abs() < 0.005 {
+        "±0".into()
+    } else {
+        format!("{d:+.2} ms")
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let schedule = Schedule::load(&args.schedule)?;
+    let program = Program::build(&schedule.model);
+    schedule.check_digest(&models::digest::program_digest(&program), &args.schedule)?;
+    let hw_path = args.hardware.clone().unwrap_or_else(|| default_hardware(&schedule.hardware));
+    let hw = load_hardware(&hw_path)?;
+    let block = find_block(&program, &args.block)?;
+    let name = block.name();
+    let current = schedule.decisions.iter().find(|d| d.block == block.id).map(|d| d.placement);
+    let Some(current) = current else {
+        println!("{name} ({}) is not placeable: {} always stay on the GPU.", block.bytes, name);
+        return Ok(());
+    };
+
+    let (trace, fits) = simulate_any(&program, &hw, &schedule).context("simulating the schedule as planned")?;
+    let mut base_label = current.label().to_string();
+    if let BlockKind::Grads(o) = block.kind {
+        base_label = format!("{base_label} (optimizer {})", decisions_of(&program, &schedule).owner(o).optimizer.label());
+    }
+    let base = measure(base_label, &hw, &trace, fits);
+    let d = decisions_of(&program, &schedule);
+    let alts = alternatives(&program, &d, block);
+    let mut outcomes = Vec::new();
+    for (placement, nd) in &alts {
+        let s = planner::emit::emit(&program, &hw, nd, schedule.budget).with_context(|| format!("emitting {name} as {placement}"))?;
+        let (t, fits) = simulate_any(&program, &hw, &s).with_context(|| format!("simulating {name} as {placement}"))?;
+        outcomes.push(measure(placement.clone(), &hw, &t, fits));
+    }
+
+    println!("{name} ({}) is {} in this plan ({} on {}, budget {}).", block.bytes, whereabouts(current), schedule.model.name, schedule.hardware, schedule.budget);
+    let headroom = schedule.budget.0 as i128 - base.peak_device.0 as i128;
+    println!(
+        "As planned: step {}, peak {} ({} {} the budget), compute {}, compute waited {} for copies.",
+        base.step_time,
+        base.peak_device,
+        Bytes(headroom.unsigned_abs() as u64),
+        if headroom >= 0 { "under" } else { "over" },
+        base.compute,
+        base.exposed
+    );
+    println!();
+    let w = outcomes.iter().map(|o| o.placement.len()).chain([base.placement.len() + 2, 9]).max().unwrap_or(12);
+    println!("{:<w$} {:>12} {:>12} {:>12} {:>18} {:>12} {:>12}", "placement", "step", "vs plan", "peak", "vs budget", "compute", "waited");
+    let row = |o: &Outcome, tag: &str| {
+        let over = o.peak_device.0 as i128 - schedule.budget.0 as i128;
+        let vs_budget = if over > 0 { format!("{} over", Bytes(over as u64)) } else { format!("{} under", Bytes((-over) as u64)) };
+        println!(
+            "{:<w$} {:>12} {:>12} {:>12} {:>18} {:>12} {:>12}",
+            format!("{}{tag}", o.placement),
+            o.step_time.to_string(),
+            if tag.is_empty() { signed_ms((o.step_time - base.step_time).ms()) } else { "-".into() },
+            o.peak_device.to_string(),
+            vs_budget,
+            o.compute.to_string(),
+            o.exposed.to_string()
+        );
+    };
+    row(&base, " *");
+    for o in &outcomes {
+        row(o, "");
+    }
+    println!();
+    for line in verdict(&name, &base, &outcomes, schedule.budget, &schedule.prediction.peak_at) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Which constraint binds, in words.
+pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, peak_at: &str) -> Vec<String> {
+    let eps = 1e-6;
+    let mut v = Vec::new();
+    if outcomes.is_empty() {
+        v.push(format!("{name} has no other placement the planner may choose."));
+        return v;
+    }
+    for o in outcomes {
+        let dt = (o.step_time - base.step_time).ms();
+        let d_exposed = (o.exposed - base.exposed).ms();
+        let d_compute = (o.compute - base.compute).ms();
+        let why_time = format!("exposed transfer {}, compute {}", signed_ms(d_exposed), signed_ms(d_compute));
+        let p = &o.placement;
+        let line = if (o.step_time.0 - base.step_time.0).abs() <= eps && o.fits {
+            format!("- {p}: fits and takes the same time ({why_time}): neither memory nor time prefers one; the plan's choice is a tie-break.")
+        } else if o.step_time.0 < base.step_time.0 - eps && !o.fits {
+            format!(
+                "- {p}: {} faster, but its peak {} exceeds the budget {} by {}: memory binds (the plan's peak is at {peak_at}).",
+                signed_ms(-dt).trim_start_matches('+'),
+                o.peak_device,
+                budget,
+                o.peak_device - budget
+            )
+        } else if o.step_time.0 < base.step_time.0 - eps {
+            format!("- {p}: fits and is {} faster ({why_time}): the plan is not optimal for this block (solver gap or time limit).", signed_ms(-dt).trim_start_matches('+'))
+        } else if !o.fits {
+            format!("- {p}: slower by {} ({why_time}) and over the budget by {}: both time and memory rule it out.", signed_ms(dt), o.peak_device - budget)
+        } else {
+            format!("- {p}: fits, but slower by {} ({why_time}): time binds, not memory.", signed_ms(dt))
+        };
+        v.push(line);
+    }
+    v
 }

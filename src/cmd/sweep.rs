@@ -1,8 +1,208 @@
-//! `offplan sweep` (being built; see the open issues).
+//! `offplan sweep`: plans at budgets from the feasible floor to the all-on-GPU peak with the
+//! planner and each heuristic, in parallel, and charts step time against budget.
+
+use super::{load_hardware, ModelArgs};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use models::{Bytes, HardwareProfile, Program, Schedule};
+use planner::{heuristic_schedule, Heuristic, PlanOptions};
+use rayon::prelude::*;
+use reports::SweepPoint;
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Hardware profile (models/hardware/*.ron).
+    #[arg(long, value_name = "PATH")]
+    pub hardware: PathBuf,
+    /// Folder for sweep.svg and sweep.csv (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Smallest budget (default: the feasible floor).
+    #[arg(long, value_name = "SIZE")]
+    pub from: Option<Bytes>,
+    /// Largest budget (default: the all-on-GPU peak plus the fixed overhead).
+    #[arg(long, value_name = "SIZE")]
+    pub to: Option<Bytes>,
+    /// Number of budgets, evenly spaced from --from to --to.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub points: usize,
+    /// Solver time limit per budget, in seconds (its best plan so far is kept, with its gap).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15.0)]
+    pub time_limit: f64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`offplan sweep` is not built yet")
+/// `n` budgets evenly spaced from `from` to `to` (both included), rounded to whole MiB.
+pub fn budgets(from: Bytes, to: Bytes, n: usize) -> Vec<Bytes> {
+    let mib = models::units::MIB;
+    if n <= 1 || to <= from {
+        return vec![to.max(from)];
+    }
+    (0..n)
+        .map(|i| {
+            let x = from.0 as f64 + (to.0 - from.0) as f64 * i as f64 / (n - 1) as f64;
+            // Both ends exact; inner budgets rounded to whole MiB for readable files.
+            if i == 0 {
+                from
+            } else if i == n - 1 {
+                to
+            } else {
+                Bytes(((x / mib as f64).round() as u64 * mib).clamp(from.0, to.0))
+            }
+        })
+        .collect()
+}
+
+/// One unit of work: a method at a budget.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Planner,
+    Heuristic(Heuristic),
+}
+
+impl Method {
+    fn name(self) -> String {
+        match self {
+            Method::Planner => "planner".into(),
+            // The heuristic picks its best N itself; say so on the chart.
+            Method::Heuristic(Heuristic::OffloadFirstN) => "offload the first N layers (best N)".into(),
+            Method::Heuristic(h) => h.label().to_string(),
+        }
+    }
+}
+
+/// Plans `method` at `budget`: the simulated step time and device peak, or why it does not fit.
+fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method, opts: &PlanOptions) -> SweepPoint {
+    let result: Result<Schedule, planner::PlanError> = match method {
+        Method::Planner => planner::plan(program, hw, budget, opts).map(|p| p.schedule),
+        Method::Heuristic(h) => heuristic_schedule(h, program, hw, budget),
+    };
+    match result {
+        Ok(s) => {
+            let p = &s.prediction;
+            let note = match (&p.solver, method) {
+                (Some(r), _) => format!("{}, gap {:.2}%, {:.1} s", r.status, r.gap * 100.0, r.solve_seconds),
+                (None, Method::Heuristic(Heuristic::OffloadFirstN)) => {
+                    let n = s.decisions.iter().filter(|d| d.placement == models::Placement::Offloaded && d.name.ends_with(".activations")).count();
+                    format!("N = {n}")
+                }
+                _ => String::new(),
+            };
+            SweepPoint { method: method.name(), budget, step_time: Some(p.step_time), peak: Some(p.peak_device()), note }
+        }
+        Err(planner::PlanError::Infeasible { reason, .. }) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: reason },
+        Err(e) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: e.to_string() },
+    }
+}
+
+/// Device memory of the all-on-GPU schedule as simulated (allocator rounding included), so the
+/// top budget is one that "keep everything" fits in; the program's live bytes if it fails.
+fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
+    let lifetime = planner::LifetimeGraph::build(program).peak().0 + hw.fixed_overhead;
+    match heuristic_schedule(Heuristic::KeepAll, program, hw, Bytes(u64::MAX / 4)) {
+        Ok(s) => s.prediction.peak_device().max(lifetime),
+        Err(_) => lifetime,
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cfg = args.model.load()?;
+    let hw = load_hardware(&args.hardware)?;
+    let program = Program::build(&cfg);
+    if args.points == 0 {
+        anyhow::bail!("--points must be at least 1");
+    }
+    let floor = planner::feasible_floor(&program, &hw);
+    let all_gpu = all_gpu_peak(&program, &hw);
+    let from = args.from.unwrap_or(floor);
+    let to = args.to.unwrap_or(all_gpu);
+    if to < from {
+        anyhow::bail!("--to {to} is below --from {from}");
+    }
+    let budgets = budgets(from, to, args.points);
+
+    let mut methods = vec![Method::Planner];
+    methods.extend(Heuristic::ALL.iter().map(|h| Method::Heuristic(*h)));
+    // One solver thread per plan: the budgets themselves run in parallel across cores.
+    let opts = PlanOptions { time_limit: models::Seconds(args.time_limit), threads: 1, ..PlanOptions::default() };
+    // Planner solves first: they are the long ones, so the short ones fill the gaps at the end.
+    let work: Vec<(usize, Bytes, Method)> = methods
+        .iter()
+        .enumerate()
+        .flat_map(|(m, method)| budgets.iter().map(move |b| (m, *b, *method)))
+        .collect();
+
+    eprintln!(
+        "sweeping {} budgets from {from} to {to} (floor {floor}, all-on-GPU {}) with {} methods on {} threads",
+        budgets.len(),
+        all_gpu,
+        methods.len(),
+        rayon::current_num_threads()
+    );
+    let bar = ProgressBar::new(work.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} plans {msg}").expect("valid template").progress_chars("=> "));
+    let mut points: Vec<(usize, SweepPoint)> = work
+        .par_iter()
+        .map(|(m, budget, method)| {
+            let p = point(&program, &hw, *budget, *method, &opts);
+            bar.inc(1);
+            (*m, p)
+        })
+        .collect();
+    bar.finish_and_clear();
+    points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.budget.cmp(&b.1.budget)));
+    let points: Vec<SweepPoint> = points.into_iter().map(|(_, p)| p).collect();
+
+    let title = format!("{} on {}: predicted step time against budget ({} x {})", cfg.name, hw.name, cfg.batch, cfg.seq);
+    let files = reports::write_sweep(&args.out, &title, &points).context("writing the sweep")?;
+    print_table(&budgets, &methods, &points);
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    println!("{} plans in {:.1} s", points.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Step time per budget (rows) and method (columns); "-" where infeasible.
+fn print_table(budgets: &[Bytes], methods: &[Method], points: &[SweepPoint]) {
+    let names: Vec<String> = methods.iter().map(|m| m.name()).collect();
+    print!("{:>12}", "budget");
+    for n in &names {
+        print!(" {:>w$}", n, w = n.len().max(10));
+    }
+    println!();
+    for b in budgets {
+        print!("{:>12}", b.to_string());
+        for n in &names {
+            let cell = points
+                .iter()
+                .find(|p| p.method == *n && p.budget == *b)
+                .and_then(|p| p.step_time)
+                .map_or("-".to_string(), |t| format!("{:.2} ms", t.ms()));
+            print!(" {:>w$}", cell, w = n.len().max(10));
+        }
+        println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_span_the_range_and_never_fall_below_the_floor() {
+        let from = Bytes(10 * models::units::GIB + 12345);
+        let to = Bytes(40 * models::units::GIB);
+        let b = budgets(from, to, 12);
+        assert_eq!(b.len(), 12);
+        assert_eq!(b[0], from);
+        assert!(b[1..11].iter().all(|x| x.0 % models::units::MIB == 0));
+        assert_eq!(*b.last().unwrap(), to);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(budgets(from, to, 1), vec![to]);
+    }
 }
