@@ -273,3 +273,91 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::inventory::Owner;
+    use models::GptConfig;
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn tiny() -> (Program, HardwareProfile) {
+        let cfg = GptConfig::load(&root().join("models/configs/gpt2-tiny.ron")).unwrap();
+        let hw = HardwareProfile::load(&root().join("models/hardware/h100-sxm.ron")).unwrap();
+        (Program::build(&cfg), hw)
+    }
+
+    fn mixed(program: &Program) -> Decisions {
+        let mut d = planner::heuristics::offload_first(program, 1);
+        d.layers[1] = ActChoice::RECOMPUTE;
+        d.set_owner(Owner::Layer(0), OwnerChoice { weights: Placement::Streamed, optimizer: Placement::Host });
+        d.set_owner(Owner::OutputChunk(1), OwnerChoice { weights: Placement::Gpu, optimizer: Placement::Streamed });
+        d
+    }
+
+    #[test]
+    fn decisions_read_back_from_an_emitted_schedule() {
+        let (p, hw) = tiny();
+        let d = mixed(&p);
+        let s = planner::emit::emit(&p, &hw, &d, Bytes(u64::MAX / 4)).unwrap();
+        assert_eq!(decisions_of(&p, &s), d);
+    }
+
+    #[test]
+    fn alternatives_change_only_the_block_asked_about() {
+        let (p, _) = tiny();
+        let d = mixed(&p);
+        let inv = &p.inventory;
+        let acts1 = inv.find_block(BlockKind::LayerActivations(1)).unwrap();
+        let alts = alternatives(&p, &d, acts1);
+        assert_eq!(alts.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), ["gpu", "offloaded"]);
+        for (_, nd) in &alts {
+            assert_eq!(nd.owners, d.owners);
+            assert_eq!(nd.layers[0], d.layers[0]);
+            assert_eq!(nd.layers[1].input, d.layers[1].input);
+        }
+        // Layer 0's gradients go to the host with its host AdamW; bringing them back means an
+        // optimizer on the GPU or streamed, with the weights as planned.
+        let g0 = inv.find_block(BlockKind::Grads(Owner::Layer(0))).unwrap();
+        let alts = alternatives(&p, &d, g0);
+        assert_eq!(alts.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), ["gpu (optimizer gpu)", "gpu (optimizer streamed)"]);
+        assert!(alts.iter().all(|(_, nd)| nd.owner(Owner::Layer(0)).weights == Placement::Streamed));
+        let w0 = inv.find_block(BlockKind::Weights(Owner::Layer(0))).unwrap();
+        let alts = alternatives(&p, &d, w0);
+        assert_eq!(alts.len(), 1);
+        assert_eq!(alts[0].1.owner(Owner::Layer(0)), OwnerChoice { weights: Placement::Gpu, optimizer: Placement::Host });
+        let head = inv.find_block(BlockKind::HeadActivations).unwrap();
+        assert!(alternatives(&p, &d, head).is_empty());
+    }
+
+    fn outcome(label: &str, ms: f64, peak_gib: f64, fits: bool) -> Outcome {
+        Outcome {
+            placement: label.into(),
+            step_time: Seconds::from_ms(ms),
+            peak_device: Bytes::gib(peak_gib),
+            exposed: Seconds::ZERO,
+            compute: Seconds::from_ms(ms),
+            fits,
+        }
+    }
+
+    #[test]
+    fn verdict_names_the_binding_constraint() {
+        let base = outcome("offloaded", 100.0, 11.9, true);
+        let v = verdict(
+            "layer5.activations",
+            &base,
+            &[outcome("gpu", 95.0, 12.2, false), outcome("recomputed", 104.0, 11.5, true), outcome("x", 100.0, 11.0, true), outcome("y", 90.0, 11.0, true)],
+            Bytes::gib(12.0),
+            "layer5.fc",
+        );
+        assert!(v[0].contains("5.00 ms faster") && v[0].contains("memory binds") && v[0].contains("layer5.fc"), "{}", v[0]);
+        assert!(v[1].contains("+4.00 ms") && v[1].contains("time binds"), "{}", v[1]);
+        assert!(v[2].contains("tie-break"), "{}", v[2]);
+        assert!(v[3].contains("not optimal"), "{}", v[3]);
+        assert!(verdict("head.activations", &base, &[], Bytes::gib(12.0), "")[0].contains("no other placement"));
+    }
+}

@@ -108,6 +108,34 @@ fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
     }
 }
 
+/// The planner, then every heuristic.
+fn methods() -> Vec<Method> {
+    let mut m = vec![Method::Planner];
+    m.extend(Heuristic::ALL.iter().map(|h| Method::Heuristic(*h)));
+    m
+}
+
+/// Every method at every budget, in parallel; ordered by method, then budget.
+fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts: &PlanOptions, bar: &ProgressBar) -> Vec<SweepPoint> {
+    // Planner solves are queued first: they are the long ones, and the short heuristic
+    // evaluations then fill the gaps at the end.
+    let work: Vec<(usize, Bytes, Method)> = methods()
+        .into_iter()
+        .enumerate()
+        .flat_map(|(m, method)| budgets.iter().map(move |b| (m, *b, method)))
+        .collect();
+    let mut points: Vec<(usize, SweepPoint)> = work
+        .par_iter()
+        .map(|(m, budget, method)| {
+            let p = point(program, hw, *budget, *method, opts);
+            bar.inc(1);
+            (*m, p)
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.budget.cmp(&b.1.budget)));
+    points.into_iter().map(|(_, p)| p).collect()
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let cfg = args.model.load()?;
@@ -125,17 +153,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let budgets = budgets(from, to, args.points);
 
-    let mut methods = vec![Method::Planner];
-    methods.extend(Heuristic::ALL.iter().map(|h| Method::Heuristic(*h)));
+    let methods = methods();
     // One solver thread per plan: the budgets themselves run in parallel across cores.
     let opts = PlanOptions { time_limit: models::Seconds(args.time_limit), threads: 1, ..PlanOptions::default() };
-    // Planner solves first: they are the long ones, so the short ones fill the gaps at the end.
-    let work: Vec<(usize, Bytes, Method)> = methods
-        .iter()
-        .enumerate()
-        .flat_map(|(m, method)| budgets.iter().map(move |b| (m, *b, *method)))
-        .collect();
-
     eprintln!(
         "sweeping {} budgets from {from} to {to} (floor {floor}, all-on-GPU {}) with {} methods on {} threads",
         budgets.len(),
@@ -143,19 +163,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         methods.len(),
         rayon::current_num_threads()
     );
-    let bar = ProgressBar::new(work.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} plans {msg}").expect("valid template").progress_chars("=> "));
-    let mut points: Vec<(usize, SweepPoint)> = work
-        .par_iter()
-        .map(|(m, budget, method)| {
-            let p = point(&program, &hw, *budget, *method, &opts);
-            bar.inc(1);
-            (*m, p)
-        })
-        .collect();
+    let bar = ProgressBar::new((budgets.len() * methods.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} plans").expect("valid template").progress_chars("=> "));
+    let points = sweep_points(&program, &hw, &budgets, &opts, &bar);
     bar.finish_and_clear();
-    points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.budget.cmp(&b.1.budget)));
-    let points: Vec<SweepPoint> = points.into_iter().map(|(_, p)| p).collect();
 
     let title = format!("{} on {}: predicted step time against budget ({} x {})", cfg.name, hw.name, cfg.batch, cfg.seq);
     let files = reports::write_sweep(&args.out, &title, &points).context("writing the sweep")?;
@@ -192,6 +203,45 @@ fn print_table(budgets: &[Bytes], methods: &[Method], points: &[SweepPoint]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_planner_is_never_slower_than_a_heuristic_that_fits() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = models::GptConfig::load(&root.join("models/configs/gpt2-tiny.ron")).unwrap();
+        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+        let program = Program::build(&cfg);
+        let floor = planner::feasible_floor(&program, &hw);
+        let top = all_gpu_peak(&program, &hw);
+        let b = budgets(floor, top, 4);
+        let opts = PlanOptions { time_limit: models::Seconds(20.0), threads: 1, ..PlanOptions::default() };
+        let points = sweep_points(&program, &hw, &b, &opts, &ProgressBar::hidden());
+        assert_eq!(points.len(), 4 * methods().len());
+        let names: Vec<String> = methods().iter().map(|m| m.name()).collect();
+        for (i, chunk) in points.chunks(4).enumerate() {
+            assert!(chunk.iter().all(|p| p.method == names[i]));
+            assert_eq!(chunk.iter().map(|p| p.budget).collect::<Vec<_>>(), b);
+        }
+        for p in &points {
+            if let Some(peak) = p.peak {
+                assert!(peak <= p.budget, "{} at {}: peak {peak}", p.method, p.budget);
+            } else {
+                assert!(!p.note.is_empty(), "an infeasible point says why");
+            }
+        }
+        for budget in &b {
+            let at: Vec<&SweepPoint> = points.iter().filter(|p| p.budget == *budget).collect();
+            let planner = at[0].step_time.expect("the planner fits at every budget from the floor up");
+            for h in &at[1..] {
+                if let Some(t) = h.step_time {
+                    assert!(planner.0 <= t.0 * 1.01, "{}: planner {planner} vs {} {t}", budget, h.method);
+                }
+            }
+        }
+        let keep_all = points.iter().find(|p| p.method == Method::Heuristic(Heuristic::KeepAll).name() && p.budget == top).unwrap();
+        assert!(keep_all.step_time.is_some(), "keep everything fits at the top budget: {}", keep_all.note);
+        let csv = reports::sweep_csv(&points);
+        assert_eq!(csv.lines().count(), points.len() + 1);
+    }
 
     #[test]
     fn budgets_span_the_range_and_never_fall_below_the_floor() {
