@@ -1,1 +1,2 @@
 //! executor
+pub mod host;

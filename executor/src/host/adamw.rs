@@ -1,0 +1,212 @@
+//! Host AdamW over one owner's flat parameters (`OpKind::Adam(owner)` on the CPU).
+//!
+//! Layout (models/src/inventory.rs): `weights` and `grads` are the owner's bf16 tensors of `n`
+//! elements with the parameter views inside; `optimizer` is one fp32 tensor `[master | m | v]`,
+//! `n` elements each. Each view gets its own weight decay: the configured value for 2-D views
+//! (matrices), 0 for 1-D views (biases, layer-norm weights), as the runtime launches
+//! `adamw_update` per view.
+//!
+//! Arithmetic: that of adamw.cu, operation for operation, in f32:
+//! ```text
+//! bc1 = 1 - b1^step; bc2 = 1 - b2^step; step_size = lr / bc1; bc2_sqrt = sqrt(bc2)
+//! decay = 1 - lr*wd
+//! p = master*decay; m = b1*m + (1-b1)*g; v = b2*v + ((1-b2)*g)*g
+//! p = p - (step_size*m) / (sqrt(v)/bc2_sqrt + eps); master = p; weights = bf16_rn(p)
+//! ```
+//! Tolerance against the GPU: Rust never fuses a multiply and an add; NVRTC (default
+//! `--fmad=true`) may contract `b1*m + (1-b1)*g`, `b2*v + ..` and `master*decay - ..` into FMAs,
+//! and CUDA's `powf` is within 2 ulp (this uses the host libm's). So m, v and master agree to a
+//! few fp32 ulp (relative ~1e-6 at worst, typically exact), and the bf16 weights are equal
+//! except, rarely, 1 bf16 ulp where `p` sits at a rounding boundary. Sqrt and division are IEEE
+//! on both sides (no fast-math). The host result is bitwise the same for any thread count.
+
+use super::bf16::{bf16, bf16_to_f32, f32_to_bf16};
+use super::{check_len, HostError};
+use models::inventory::View;
+use rayon::prelude::*;
+
+/// AdamW hyper-parameters (PyTorch AdamW, no amsgrad).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Applied to 2-D views only (see [`view_weight_decay`]).
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// PyTorch's AdamW defaults, except the GPT-2 weight decay 0.1.
+    fn default() -> Self {
+        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// Weight decay of one view: the configured value for matrices (2-D views: qkv_w, attproj_w,
+/// fc_w, fcproj_w, wte, wpe, output chunks), 0 for 1-D views (biases, layer-norm weights).
+pub fn view_weight_decay(view: &View, weight_decay: f32) -> f32 {
+    if view.shape.len() == 2 {
+        weight_decay
+    } else {
+        0.0
+    }
+}
+
+/// Elements per rayon task: 28 bytes each read + written, ~0.9 MiB of traffic per task.
+pub const CHUNK: usize = 32 * 1024;
+
+/// The per-launch scalars, computed as the kernel computes them (f32).
+#[derive(Clone, Copy, Debug)]
+struct Scalars {
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl Scalars {
+    fn new(h: &AdamW, step: u32) -> Scalars {
+        let bc1 = 1.0f32 - h.beta1.powf(step as f32);
+        let bc2 = 1.0f32 - h.beta2.powf(step as f32);
+        Scalars {
+            beta1: h.beta1,
+            beta2: h.beta2,
+            one_minus_beta1: 1.0f32 - h.beta1,
+            one_minus_beta2: 1.0f32 - h.beta2,
+            step_size: h.lr / bc1,
+            bc2_sqrt: bc2.sqrt(),
+            eps: h.eps,
+        }
+    }
+}
+
+/// The inner loop over one range with one weight decay (serial). Equal-length slices.
+#[inline(always)]
+fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
+    let n = w.len();
+    let (master, m, v, g) = (&mut master[..n], &mut m[..n], &mut v[..n], &g[..n]);
+    for i in 0..n {
+        let gi = bf16_to_f32(g[i]);
+        let mut p = master[i] * decay;
+        let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+        let vi = s.beta2 * v[i] + s.one_minus_beta2 * gi * gi;
+        p -= s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);
+        m[i] = mi;
+        v[i] = vi;
+        master[i] = p;
+        w[i] = f32_to_bf16(p);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn update_avx2(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
+    // The same code compiled with 8-lane vectors. No `fma` feature: LLVM never contracts
+    // without it being asked, but keeping it off makes that obvious. Bitwise equal to `update`.
+    update(w, master, m, v, g, s, decay)
+}
+
+fn update_dispatch(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { update_avx2(w, master, m, v, g, s, decay) };
+        }
+    }
+    update(w, master, m, v, g, s, decay)
+}
+
+/// AdamW over one flat range with one weight decay, on the calling thread: `adamw_update` of
+/// adamw.cu. All slices have the same length. `step >= 1`.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_range(
+    weights: &mut [bf16],
+    master: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[bf16],
+    h: &AdamW,
+    weight_decay: f32,
+    step: u32,
+) -> Result<(), HostError> {
+    const OP: &str = "adamw_range";
+    let n = weights.len();
+    check_len(OP, "master", n, master.len())?;
+    check_len(OP, "m", n, m.len())?;
+    check_len(OP, "v", n, v.len())?;
+    check_len(OP, "grads", n, grads.len())?;
+    check_step(OP, step)?;
+    let decay = 1.0f32 - h.lr * weight_decay;
+    update_dispatch(weights, master, m, v, grads, Scalars::new(h, step), decay);
+    Ok(())
+}
+
+/// AdamW over one owner: `weights`/`grads` of `n` elements, `optimizer` = `[master | m | v]` of
+/// `3n`, `views` the owner's parameter views (in order, tiling `0..n` exactly, as the inventory
+/// emits them), each with [`view_weight_decay`]. Runs on all threads of the current rayon pool,
+/// in tasks of [`CHUNK`] elements; allocates nothing.
+pub fn adamw_owner(
+    weights: &mut [bf16],
+    grads: &[bf16],
+    optimizer: &mut [f32],
+    views: &[View],
+    h: &AdamW,
+    step: u32,
+) -> Result<(), HostError> {
+    const OP: &str = "adamw_owner";
+    let n = weights.len();
+    check_len(OP, "grads", n, grads.len())?;
+    check_len(OP, "optimizer [master | m | v]", 3 * n, optimizer.len())?;
+    check_step(OP, step)?;
+    let mut end = 0u64;
+    for view in views {
+        if view.offset != end {
+            return Err(HostError::Invalid {
+                op: OP,
+                message: format!("view {} starts at element {}, expected {end}: views must tile the tensor in order", view.name, view.offset),
+            });
+        }
+        end += view.elems();
+    }
+    if end != n as u64 {
+        return Err(HostError::Invalid { op: OP, message: format!("views cover {end} elements, the tensor has {n}") });
+    }
+
+    let s = Scalars::new(h, step);
+    let (master, rest) = optimizer.split_at_mut(n);
+    let (m, v) = rest.split_at_mut(n);
+    weights
+        .par_chunks_mut(CHUNK)
+        .zip(master.par_chunks_mut(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(grads.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, ((((w, ma), mm), vv), g))| {
+            let start = i * CHUNK;
+            let stop = start + w.len();
+            for view in views {
+                let a = (view.offset as usize).max(start);
+                let b = ((view.offset + view.elems()) as usize).min(stop);
+                if a < b {
+                    let r = a - start..b - start;
+                    let decay = 1.0f32 - h.lr * view_weight_decay(view, h.weight_decay);
+                    update_dispatch(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s, decay);
+                }
+            }
+        });
+    Ok(())
+}
+
+fn check_step(op: &'static str, step: u32) -> Result<(), HostError> {
+    if step == 0 {
+        Err(HostError::Invalid { op, message: "step counts from 1 (bias correction divides by 1 - beta^step)".into() })
+    } else {
+        Ok(())
+    }
+}

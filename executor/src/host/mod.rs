@@ -1,0 +1,37 @@
+//! Host-side compute that a schedule may place on the CPU (`models::cost::runs_on_host`):
+//! AdamW over one owner's parameters (`OpKind::Adam`), the CPU embedding gather (`OpKind::Embed`)
+//! and scatter-add (`OpKind::EmbedBwd`), and bf16 conversion.
+//!
+//! Every function does the GPU kernel's fp32 arithmetic in the kernel's order (adamw.cu,
+//! encoder.cu; see `executor/kernels/README.md`), so a step with these ops on the host gives the
+//! GPU's numbers (tolerances in each module). All of it runs on the current rayon pool (call
+//! inside `ThreadPool::install` to choose the threads); results do not depend on the number of
+//! threads (bitwise). No GPU, no `unsafe`: this module builds with and without `cuda`.
+
+pub mod adamw;
+pub mod bf16;
+pub mod embedding;
+
+pub use adamw::{adamw_owner, adamw_range, view_weight_decay, AdamW};
+pub use embedding::{embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
+
+/// Bad arguments to a host op (lengths that do not match the shapes, views that do not tile
+/// the owner's tensor, a step of 0).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("{op}: {what} has {got} elements, expected {expected}")]
+    Length { op: &'static str, what: &'static str, expected: usize, got: usize },
+    #[error("{op}: {message}")]
+    Invalid { op: &'static str, message: String },
+}
+
+pub(crate) fn check_len(op: &'static str, what: &'static str, expected: usize, got: usize) -> Result<(), HostError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(HostError::Length { op, what, expected, got })
+    }
+}
+
+#[cfg(test)]
+mod tests;
