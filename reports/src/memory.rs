@@ -8,6 +8,7 @@ use models::trace::Trace;
 use models::units::{Bytes, GIB};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 fn gib(b: Bytes) -> f64 {
     b.0 as f64 / GIB as f64
@@ -46,6 +47,7 @@ pub struct MemoryChart {
     /// Bottom to top: fixed overhead first, then the categories.
     pub bands: Vec<Band>,
     pub budget_gib: f64,
+    pub budget_label: String,
     /// (ms, GiB) of the peak, fixed overhead included.
     pub peak: (f64, f64),
     pub peak_label: String,
@@ -70,6 +72,7 @@ impl MemoryChart {
             ),
             bands,
             budget_gib: gib(schedule.budget),
+            budget_label: format!("budget {}", schedule.budget),
             peak: (trace.peak_time.ms(), gib(trace.peak_allocated + fixed)),
             peak_label: format!("peak {} at {}", trace.peak_allocated + fixed, schedule.prediction.peak_at),
             step_ms: trace.step_time.ms(),
@@ -148,11 +151,13 @@ impl Chart for MemoryChart {
                 style::BUDGET.stroke_width(2),
             )))
             .map_err(err)?;
+        // Right-aligned under the line, away from the peak label above the stack.
+        let budget_style = (FONT, 14).into_font().color(&style::BUDGET).pos(Pos::new(HPos::Right, VPos::Top));
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("budget {:.2} GiB", self.budget_gib),
-                (x_max * 0.01, self.budget_gib + y_max * 0.012),
-                (FONT, 14).into_font().color(&style::BUDGET),
+                self.budget_label.clone(),
+                (x_max * 0.995, self.budget_gib - y_max * 0.008),
+                budget_style,
             )))
             .map_err(err)?;
         chart

@@ -57,9 +57,13 @@ pub fn span_label(k: SpanKind) -> &'static str {
         SpanKind::HostOp => "host op",
         SpanKind::Prefetch => "prefetch (H2D)",
         SpanKind::Evict => "evict (D2H)",
-        SpanKind::Wait => "wait (exposed)",
+        SpanKind::Wait => "compute waits (exposed)",
     }
 }
+
+/// A copy or host lane waiting on another lane's event: idle, not exposed time.
+pub const IDLE_WAIT: RGBColor = RGBColor(215, 215, 215);
+pub const IDLE_WAIT_LABEL: &str = "copy/host lane waits";
 
 pub fn state_color(s: BlockState) -> RGBColor {
     match s {

@@ -102,13 +102,15 @@ impl Chart for TimelineChart {
             .draw()
             .map_err(err)?;
         let px_per_ms = (PLOT_W as f64 - 120.0) / x_max;
-        for (i, (_, bars)) in self.lanes.iter().enumerate() {
+        for (i, (lane, bars)) in self.lanes.iter().enumerate() {
             let y = (n - 1 - i) as f64;
+            // Only the compute lane's waits cost step time; other lanes waiting are just idle.
+            let color = |k: SpanKind| if k == SpanKind::Wait && *lane != Lane::Compute { style::IDLE_WAIT } else { style::span_color(k) };
             chart
                 .draw_series(bars.iter().map(|b| {
                     // Waits are thinner so work on the same lane stays readable beside them.
                     let h = if b.kind == SpanKind::Wait { 0.18 } else { 0.34 };
-                    Rectangle::new([(b.start_ms, y - h), (b.end_ms, y + h)], style::span_color(b.kind).filled())
+                    Rectangle::new([(b.start_ms, y - h), (b.end_ms, y + h)], color(b.kind).filled())
                 }))
                 .map_err(err)?;
             chart
@@ -125,8 +127,9 @@ impl Chart for TimelineChart {
                 .map_err(err)?;
         }
         let kinds = [SpanKind::Op, SpanKind::Recompute, SpanKind::HostOp, SpanKind::Prefetch, SpanKind::Evict, SpanKind::Wait];
-        let entries: Vec<(String, RGBColor, Mark)> =
+        let mut entries: Vec<(String, RGBColor, Mark)> =
             kinds.iter().map(|k| (style::span_label(*k).to_string(), style::span_color(*k), Mark::Box)).collect();
+        entries.push((style::IDLE_WAIT_LABEL.to_string(), style::IDLE_WAIT, Mark::Box));
         style::draw_legend(&legend.margin(60, 0, 0, 0), "span kind", &entries)
     }
 }

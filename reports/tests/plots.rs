@@ -180,7 +180,7 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
     }
     let timeline = read(&out.join("timeline.svg"));
     assert_eq!(common::check_xml(&timeline), Ok("svg".into()));
-    for text in ["time in the step (ms)", "compute", "H2D", "D2H", "host", "wait (exposed)", "prefetch (H2D)"] {
+    for text in ["time in the step (ms)", "compute", "H2D", "D2H", "host", "compute waits (exposed)", "copy/host lane waits", "prefetch (H2D)"] {
         assert!(timeline.contains(text), "timeline.svg lacks {text:?}");
     }
     let placement = read(&out.join("placement.svg"));
@@ -218,7 +218,8 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
 fn sweep_files_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_sweep(dir.path(), "gpt test sweep", &points()).unwrap();
-    assert_eq!(files.len(), 2);
+    assert_eq!(files.len(), 3);
+    assert!(std::fs::read(dir.path().join("sweep.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
     let svg = read(&dir.path().join("sweep.svg"));
     assert_eq!(common::check_xml(&svg), Ok("svg".into()));
     for text in ["GPU memory budget (GiB)", "predicted step time (ms)", "planner", "offload first N", "keep all (never feasible)"] {
