@@ -116,7 +116,13 @@ fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
     v.push(d);
     v.push(floor_of(model).2);
     v.retain(|d| model.evaluate(d).peak.0 <= model.capacity(budget));
-    v
+    let mut unique: Vec<Decisions> = Vec::new();
+    for d in v {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
 }
 
 /// Plans one step of `program` on `hw` within `budget` (device bytes, fixed overhead included).
@@ -126,11 +132,10 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
-    let warm = warm_candidates(&model, budget)
-        .into_iter()
-        .min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0));
+    let starts = warm_candidates(&model, budget);
+    let warm = starts.iter().min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0)).cloned();
     let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
-    let outcome = crate::solve::solve(&model, budget, warm.as_ref(), &limits)?;
+    let outcome = crate::solve::solve(&model, budget, &starts, &limits)?;
     let mut decisions = outcome.decisions;
     let mut report = outcome.report;
     // Never worse than where the solver started (a time limit can stop it early).

@@ -89,12 +89,18 @@ const MIB: f64 = (1u64 << 20) as f64;
 
 /// Solves for the decisions minimising the stage model's step time within `budget`.
 /// `warm` must be feasible (the caller checks it); it becomes HiGHS's first incumbent.
-pub fn solve(model: &StageModel, budget: Bytes, warm: Option<&Decisions>, limits: &SolveLimits) -> Result<SolveOutcome, PlanError> {
+/// `starts` must fit the budget; each is improved by local search (a fifth of the time limit
+/// shared between them) and the best becomes HiGHS's first incumbent.
+pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &SolveLimits) -> Result<SolveOutcome, PlanError> {
     let t0 = Instant::now();
     let fixed = model.fixed();
     let groups = enumerate(model);
-    let improved = warm.map(|w| improve(model, &groups, w, model.capacity(budget)));
-    let warm = improved.as_ref();
+    let share = (limits.time_limit * 0.1).min(2.0) / starts.len().max(1) as f64;
+    let warm = starts
+        .iter()
+        .map(|w| improve(model, &groups, w, model.capacity(budget), Instant::now() + std::time::Duration::from_secs_f64(share)))
+        .min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0));
+    let warm = warm.as_ref();
     let cap = model.capacity(budget) as f64;
     let n_slots = model.n_slots();
     let n_stages = model.n_stages();
@@ -203,6 +209,39 @@ pub fn solve(model: &StageModel, budget: Bytes, warm: Option<&Decisions>, limits
         if any(&|q| q.host) || any(&|q| q.after_host) {
             rows.push((t[s] - lin(&|q| q.feed / r.d2h_dup + q.host + q.after_host / r.h2d_dup)).geq(0.0));
         }
+        // Disjunctive cuts: the relaxation may overlap a fraction of a copy with all of a
+        // stage's compute; no 0/1 choice can. With each group's coefficients shifted so its
+        // smallest is 0 (exact, one choice per group), A(x) = A0 + sum a x and T >= A, T >= B >= B0:
+        //   T >= m + sum (a - (m - A0))^+ x,  m = max(A0, B0),
+        // valid because a chosen set with any positive term gives at most A(x), and none gives m.
+        let fns: [&dyn Fn(&StageTerms) -> f64; 4] = [
+            &|q| q.compute,
+            &|q| q.d2h / r.d2h + q.h2d * r.k1,
+            &|q| q.h2d / r.h2d + q.d2h * r.k2,
+            &|q| q.feed / r.d2h_dup + q.host + q.after_host / r.h2d_dup,
+        ];
+        let shifted: Vec<(f64, Vec<(usize, usize, f64)>)> = fns.iter().map(|f| shift(&groups, c0, vs, *f)).collect();
+        let floor_t = shifted.iter().map(|(c, _)| *c).fold(0.0, f64::max);
+        for (a0, a) in &shifted {
+            {
+                let m = floor_t;
+                if m <= *a0 {
+                    continue; // no stronger than T >= A
+                }
+                let mut e = Expression::from(m * MS);
+                let mut any_term = false;
+                for (gi, k, v) in a {
+                    let c = v - (m - a0);
+                    if c > 0.0 {
+                        e += x[*gi][*k] * (c * MS);
+                        any_term = true;
+                    }
+                }
+                if any_term {
+                    rows.push((t[s] - e).geq(0.0));
+                }
+            }
+        }
     }
 
     let mut problem = highs(vars.minimise(objective.clone()));
@@ -211,7 +250,7 @@ pub fn solve(model: &StageModel, budget: Bytes, warm: Option<&Decisions>, limits
     }
     let mut m = problem.into_inner();
     m.set_option("output_flag", false);
-    m.set_option("time_limit", limits.time_limit.max(0.01));
+    m.set_option("time_limit", (limits.time_limit - t0.elapsed().as_secs_f64()).max(0.01));
     m.set_option("mip_rel_gap", limits.mip_rel_gap);
     m.set_option("threads", limits.threads.max(1) as i32);
     let n_cols = x.iter().map(Vec::len).sum::<usize>() + n_stages;
@@ -276,7 +315,7 @@ fn add_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
 /// Local search on the stage model from `start`: move one group at a time to the choice that
 /// lowers the step time most while every slot stays within `cap` bytes, until no move helps.
 /// Gives HiGHS a strong first incumbent (and is what a time-limited solve falls back on).
-pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, cap: u64) -> Decisions {
+pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, cap: u64, deadline: Instant) -> Decisions {
     let fixed = model.fixed();
     let r = model.rates;
     let mut pick: Vec<usize> = groups.iter().map(|g| g.index_in(start)).collect();
@@ -295,57 +334,108 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
         }
     }
     let cap = cap as i64;
-    for _pass in 0..20 {
+    // Time change of moving groups to new choices (exact over the stages they touch).
+    let delta_of = |terms: &[StageTerms], pick: &[usize], moves: &[(usize, usize)]| -> f64 {
+        let mut touched: Vec<usize> = moves
+            .iter()
+            .flat_map(|(gi, k)| groups[*gi].contributions[pick[*gi]].stages.iter().chain(&groups[*gi].contributions[*k].stages))
+            .map(|(s, _)| *s)
+            .collect();
+        touched.sort();
+        touched.dedup();
+        let mut delta = 0.0;
+        for s in touched {
+            let mut t = terms[s].clone();
+            let before = r.stage_time(&t);
+            for (gi, k) in moves {
+                if let Some((_, q)) = groups[*gi].contributions[pick[*gi]].stages.iter().find(|(x, _)| *x == s) {
+                    t = sub_terms(&t, q);
+                }
+                if let Some((_, q)) = groups[*gi].contributions[*k].stages.iter().find(|(x, _)| *x == s) {
+                    t = add_terms(&t, q);
+                }
+            }
+            delta += r.stage_time(&t) - before;
+        }
+        delta
+    };
+    let fits = |live: &[i64], pick: &[usize], moves: &[(usize, usize)]| -> bool {
+        (0..live.len()).all(|p| {
+            let mut l = live[p];
+            for (gi, k) in moves {
+                l += groups[*gi].contributions[*k].live[p] as i64 - groups[*gi].contributions[pick[*gi]].live[p] as i64;
+            }
+            l <= cap
+        })
+    };
+    let apply = |live: &mut Vec<i64>, terms: &mut Vec<StageTerms>, pick: &mut Vec<usize>, moves: &[(usize, usize)]| {
+        for (gi, k) in moves {
+            let (old, new) = (&groups[*gi].contributions[pick[*gi]], &groups[*gi].contributions[*k]);
+            for (p, l) in live.iter_mut().enumerate() {
+                *l += new.live[p] as i64 - old.live[p] as i64;
+            }
+            for (s, q) in &old.stages {
+                terms[*s] = sub_terms(&terms[*s], q);
+            }
+            for (s, q) in &new.stages {
+                terms[*s] = add_terms(&terms[*s], q);
+            }
+            pick[*gi] = *k;
+        }
+    };
+    for _pass in 0..50 {
         let mut improved = false;
-        for (gi, g) in groups.iter().enumerate() {
-            let cur = &g.contributions[pick[gi]];
+        // Single moves that fit.
+        for gi in 0..groups.len() {
             let mut best: Option<(f64, usize)> = None;
-            for k in 0..g.len() {
-                if k == pick[gi] {
+            for k in 0..groups[gi].len() {
+                if k == pick[gi] || !fits(&live, &pick, &[(gi, k)]) {
                     continue;
                 }
-                let new = &g.contributions[k];
-                let fits = live.iter().enumerate().all(|(p, l)| l - cur.live[p] as i64 + new.live[p] as i64 <= cap);
-                if !fits {
-                    continue;
-                }
-                // Time change over the stages either choice touches.
-                let mut touched: Vec<usize> = cur.stages.iter().chain(&new.stages).map(|(s, _)| *s).collect();
-                touched.sort();
-                touched.dedup();
-                let mut delta = 0.0;
-                for s in touched {
-                    let mut t = terms[s].clone();
-                    let before = r.stage_time(&t);
-                    if let Some((_, q)) = cur.stages.iter().find(|(x, _)| *x == s) {
-                        t = sub_terms(&t, q);
-                    }
-                    if let Some((_, q)) = new.stages.iter().find(|(x, _)| *x == s) {
-                        t = add_terms(&t, q);
-                    }
-                    delta += r.stage_time(&t) - before;
-                }
+                let delta = delta_of(&terms, &pick, &[(gi, k)]);
                 if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) {
                     best = Some((delta, k));
                 }
             }
             if let Some((_, k)) = best {
-                let (old, new) = (&g.contributions[pick[gi]], &g.contributions[k]);
-                for (p, l) in live.iter_mut().enumerate() {
-                    *l += new.live[p] as i64 - old.live[p] as i64;
-                }
-                for (s, q) in &old.stages {
-                    terms[*s] = sub_terms(&terms[*s], q);
-                }
-                for (s, q) in &new.stages {
-                    terms[*s] = add_terms(&terms[*s], q);
-                }
-                pick[gi] = k;
+                apply(&mut live, &mut terms, &mut pick, &[(gi, k)]);
                 improved = true;
             }
         }
-        if !improved {
-            break;
+        if improved {
+            continue;
+        }
+        // Pair moves: a faster choice that does not fit alone, with another group giving way.
+        let mut best: Option<(f64, [(usize, usize); 2])> = None;
+        for gi in 0..groups.len() {
+            for k in 0..groups[gi].len() {
+                if k == pick[gi] || delta_of(&terms, &pick, &[(gi, k)]) >= -1e-12 {
+                    continue;
+                }
+                for hj in 0..groups.len() {
+                    if hj == gi {
+                        continue;
+                    }
+                    for k2 in 0..groups[hj].len() {
+                        if k2 == pick[hj] {
+                            continue;
+                        }
+                        let moves = [(gi, k), (hj, k2)];
+                        let delta = delta_of(&terms, &pick, &moves);
+                        if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) && fits(&live, &pick, &moves) {
+                            best = Some((delta, moves));
+                        }
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, moves)) if Instant::now() < deadline => apply(&mut live, &mut terms, &mut pick, &moves),
+            Some((_, moves)) => {
+                apply(&mut live, &mut terms, &mut pick, &moves);
+                break;
+            }
+            None => break,
         }
     }
     let mut d = start.clone();
@@ -364,4 +454,25 @@ fn sub_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
         host: a.host - b.host,
         after_host: a.after_host - b.after_host,
     }
+}
+
+/// A stage's linear term with each group's coefficients shifted so its smallest choice adds 0
+/// (the shift goes into the constant; exact because every group takes one choice).
+fn shift(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize, usize, StageTerms)], f: &dyn Fn(&StageTerms) -> f64) -> (f64, Vec<(usize, usize, f64)>) {
+    let mut per_group: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+    for (gi, k, q) in vs {
+        per_group.entry(*gi).or_insert_with(|| vec![0.0; groups[*gi].len()])[*k] += f(q);
+    }
+    let mut a0 = f(c0);
+    let mut terms = Vec::new();
+    for (gi, coefs) in per_group {
+        let lo = coefs.iter().copied().fold(f64::INFINITY, f64::min);
+        a0 += lo;
+        for (k, c) in coefs.into_iter().enumerate() {
+            if c - lo > 0.0 {
+                terms.push((gi, k, c - lo));
+            }
+        }
+    }
+    (a0, terms)
 }
