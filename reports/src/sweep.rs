@@ -1,7 +1,7 @@
 //! `sweep.svg` and `sweep.csv`: predicted step time against budget, the planner's curve and each
 //! heuristic's on one chart; infeasible points are left out of the chart and kept in the CSV.
 
-use crate::style::{self, err, Chart, Mark, FONT};
+use crate::style::{self, err, Chart, FONT};
 use models::units::{Bytes, Seconds, GIB};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -104,6 +104,20 @@ fn method_color(i: usize, name: &str) -> RGBColor {
     }
 }
 
+/// Draws marker `i` (one shape per method) centred on pixel `(x, y)` of `area`.
+fn draw_marker<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, i: usize, (x, y): (i32, i32), color: RGBColor) -> Result<(), String> {
+    let (line, fill) = (color.stroke_width(2), color.filled());
+    match i % 6 {
+        0 => area.draw(&Circle::new((x, y), 4, fill)),
+        1 => area.draw(&Circle::new((x, y), 8, line)),
+        2 => area.draw(&TriangleMarker::new((x, y), 8, line)),
+        3 => area.draw(&Cross::new((x, y), 6, line)),
+        4 => area.draw(&Rectangle::new([(x - 4, y - 4), (x + 4, y + 4)], fill)),
+        _ => area.draw(&Rectangle::new([(x - 7, y - 7), (x + 7, y + 7)], line)),
+    }
+    .map_err(err)
+}
+
 impl Chart for SweepChart {
     fn size(&self) -> (u32, u32) {
         (1300, 720)
@@ -141,21 +155,25 @@ impl Chart for SweepChart {
             chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width))).map_err(err)?;
             // A different marker per method, so points that coincide (all methods agree at the
             // top budget) stay distinguishable.
-            let style = color.stroke_width(2);
-            match i % 4 {
-                0 => chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map(|_| ()),
-                1 => chart.draw_series(pts.iter().map(|p| Circle::new(*p, 9, style))).map(|_| ()),
-                2 => chart.draw_series(pts.iter().map(|p| TriangleMarker::new(*p, 8, style))).map(|_| ()),
-                _ => chart.draw_series(pts.iter().map(|p| Cross::new(*p, 7, style))).map(|_| ()),
+            // `plot` is the left part of the root, so backend pixels are its own pixels.
+            for p in pts {
+                draw_marker(&plot, i, chart.backend_coord(p), color)?;
             }
-            .map_err(err)?;
             let label = match pts.len() {
                 0 => format!("{name} (never feasible)"),
                 1 => format!("{name} (1 point)"),
                 _ => name.clone(),
             };
-            entries.push((label, color, Mark::Line));
+            entries.push((label, color));
         }
-        style::draw_legend(&legend.margin(60, 0, 0, 0), "method", &entries)
+        let legend = legend.margin(60, 0, 0, 0);
+        style::draw_legend(&legend, "method", &[])?;
+        for (i, (label, color)) in entries.into_iter().enumerate() {
+            let y = 42 + 22 * i as i32;
+            legend.draw(&PathElement::new(vec![(4, y), (34, y)], color.stroke_width(2))).map_err(err)?;
+            draw_marker(&legend, i, (19, y), color)?;
+            legend.draw(&Text::new(label, (42, y - 8), (FONT, 15).into_font())).map_err(err)?;
+        }
+        Ok(())
     }
 }
