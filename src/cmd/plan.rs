@@ -48,9 +48,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The single place where the plan's pictures (memory.svg, timeline.svg, placement.svg) are
-/// written; the reports crate fills it in.
-fn write_pictures(_dir: &Path, _program: &Program, _plan: &planner::Plan) -> anyhow::Result<()> {
+/// The single place where the plan's pictures (memory.svg/png, timeline.svg, placement.svg) and
+/// summary.md are written.
+fn write_pictures(dir: &Path, program: &Program, plan: &planner::Plan) -> anyhow::Result<()> {
+    reports::write_plan_pictures(dir, program, &plan.schedule, &plan.trace)
+        .with_context(|| format!("writing pictures into {}", dir.display()))?;
     Ok(())
 }
 
