@@ -1,2 +1,37 @@
-//! executor
+//! The executor: runs a GPT training step on a real GPU (NVRTC kernels of `executor/kernels`,
+//! cuBLASLt products, the stream-ordered allocator) and measures it.
+//!
+//! CUDA sits behind the `cuda` feature, and all `unsafe` in [`gpu`]; without the feature (or
+//! without a device) everything else builds and tests, and [`train::run_all_on_gpu`] answers
+//! [`ExecError::NoGpu`].
+
+pub mod data;
+pub mod export;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod host;
+pub mod init;
+#[cfg(feature = "cuda")]
+pub mod step;
+pub mod train;
+
+pub use train::{run_all_on_gpu, AdamWParams, RunOptions, RunResult, StepReport};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No usable CUDA device (or a build without CUDA).
+    #[error("no CUDA device: {0}")]
+    NoGpu(String),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] gpu::GpuError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("the executor cannot run this config: {0}")]
+    Unsupported(String),
+    #[error("writing the export: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the loss is {loss} at step {step}")]
+    Diverged { step: u32, loss: f64 },
+}

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod memory;
 pub mod placement;
+pub mod record;
 pub mod style;
 pub mod summary;
 pub mod sweep;

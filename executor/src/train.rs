@@ -1,0 +1,204 @@
+//! Training steps all on the GPU: the public entry point [`run_all_on_gpu`]. Built with the
+//! `cuda` feature it opens the device; without it (or with no device) it fails with
+//! [`ExecError::NoGpu`], which the command line turns into its "no CUDA device" exit code.
+
+use crate::data::{tokenize_corpus, Batches};
+use crate::ExecError;
+use models::program::Program;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// AdamW hyper-parameters of the run (PyTorch AdamW semantics; weight decay on 2-D views only).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWParams {
+    /// lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 (as the kernel self-test uses).
+    fn default() -> Self {
+        AdamWParams { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub steps: u32,
+    pub seed: u64,
+    pub adamw: AdamWParams,
+    /// Write the reference export (weights, optimizer, batches, step-1 gradients, losses) here.
+    pub export: Option<PathBuf>,
+    /// Peak dense bf16 FLOP/s of the device, for MFU.
+    pub peak_flops: f64,
+}
+
+/// One measured step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepReport {
+    pub step: u32,
+    pub loss: f64,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunResult {
+    pub device: String,
+    pub driver: String,
+    pub steps: Vec<StepReport>,
+    /// Stream-ordered pool: CU_MEMPOOL_ATTR_USED_MEM_HIGH over the run.
+    pub pool_used_high: u64,
+    /// CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH over the run.
+    pub pool_reserved_high: u64,
+    /// Device memory in use (total - free, cuMemGetInfo), the most seen after any step.
+    pub device_used_high: u64,
+    /// Device memory in use right after the context was created, before any allocation.
+    pub device_used_at_start: u64,
+    pub device_total: u64,
+    /// Tokens of the corpus.
+    pub corpus_tokens: usize,
+}
+
+/// Runs `opts.steps` training steps of `program`, everything on the GPU, on batches of the
+/// shipped corpus; calls `on_step` after each.
+pub fn run_all_on_gpu(program: &Program, opts: &RunOptions, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+    let cfg = &program.config;
+    let tokens = tokenize_corpus()?;
+    let batches = Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
+    imp::run(program, opts, batches, on_step)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(_: &Program, _: &RunOptions, _: Batches, _: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+        Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::*;
+    use crate::export::{bf16_bytes, f32_bytes, i32_bytes, ExportWriter};
+    use crate::gpu::{elapsed_ms, record, Gpu, GpuError};
+    use crate::init::init_params;
+    use crate::step::{Capture, Step};
+
+    fn no_gpu(e: GpuError) -> ExecError {
+        match e {
+            GpuError::NoDevice(m) => ExecError::NoGpu(m),
+            other => ExecError::Gpu(other),
+        }
+    }
+
+    pub fn run(program: &Program, opts: &RunOptions, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+        let cfg = &program.config;
+        let inv = &program.inventory;
+        let gpu = Gpu::new().map_err(no_gpu)?;
+        let device = gpu.name()?;
+        let driver = gpu.driver_version()?;
+        let (free0, total) = gpu.mem_info()?;
+        let device_used_at_start = total - free0;
+        println!("device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use before allocating", total as f64 / (1u64 << 30) as f64, device_used_at_start as f64 / (1u64 << 20) as f64);
+        gpu.reset_pool_highs()?;
+
+        let mut step = Step::new(&gpu, program, opts.adamw)?;
+        // initial weights and optimizer state
+        let params = init_params(inv, cfg.layers, opts.seed);
+        for p in &params {
+            let t = inv.params(p.owner);
+            step.upload(&gpu, t.weights, &bf16_bytes(&p.weights))?;
+            step.upload(&gpu, t.optimizer, &f32_bytes(&p.optimizer))?;
+        }
+        let mut export = match &opts.export {
+            Some(dir) => {
+                let mut w = ExportWriter::new(dir)?;
+                for p in &params {
+                    let t = inv.params(p.owner);
+                    let views = inv.tensor(t.weights).views.clone();
+                    let n = p.weights.len() as u64;
+                    w.add(&format!("{}.weights", p.owner), "bf16", vec![n], &bf16_bytes(&p.weights), views)?;
+                    w.add(&format!("{}.optimizer", p.owner), "f32", vec![3, n], &f32_bytes(&p.optimizer), vec![])?;
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        drop(params);
+
+        let (b, t) = (cfg.batch as u64, cfg.seq as u64);
+        let flops = program.model_flops().0;
+        let start = gpu.timing_event()?;
+        let end = gpu.timing_event()?;
+        let mut reports = Vec::new();
+        let mut device_used_high = 0u64;
+        let mut losses_host = vec![0u8; (b * t * 4) as usize];
+        for s in 1..=opts.steps {
+            let batch = batches.next_batch();
+            step.upload(&gpu, inv.io.tokens, &i32_bytes(&batch.inputs))?;
+            step.upload(&gpu, inv.io.targets, &i32_bytes(&batch.targets))?;
+            if let Some(w) = export.as_mut() {
+                let i = s - 1;
+                if s == 1 {
+                    w.add("tokens", "i32", vec![b, t], &i32_bytes(&batch.inputs), vec![])?;
+                    w.add("targets", "i32", vec![b, t], &i32_bytes(&batch.targets), vec![])?;
+                }
+                w.add(&format!("tokens_step{i}"), "i32", vec![b, t], &i32_bytes(&batch.inputs), vec![])?;
+                w.add(&format!("targets_step{i}"), "i32", vec![b, t], &i32_bytes(&batch.targets), vec![])?;
+            }
+            let mut capture = Capture::default();
+            let capturing = export.is_some() && s == 1;
+            record(&start, &gpu.compute)?;
+            step.run(&gpu, s, if capturing { Some(&mut capture) } else { None })?;
+            record(&end, &gpu.compute)?;
+            let ms = elapsed_ms(&start, &end)? as f64;
+            gpu.download(&gpu.compute, &mut losses_host, step.ptr(inv.io.losses)?)?;
+            let loss = losses_host.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).sum::<f64>() / (b * t) as f64;
+            let (free, _) = gpu.mem_info()?;
+            device_used_high = device_used_high.max(total - free);
+            let tokens_per_s = (b * t) as f64 / (ms / 1e3);
+            let mfu = flops / (ms / 1e3) / opts.peak_flops;
+            let r = StepReport { step: s, loss, ms, tokens_per_s, mfu };
+            on_step(&r);
+            reports.push(r);
+            if capturing {
+                let w = export.as_mut().expect("capturing implies export");
+                w.add("loss", "f32", vec![1], &f32_bytes(&[loss as f32]), vec![])?;
+                if let Some(l) = &capture.logits {
+                    w.add("logits", "bf16", vec![b, t, (cfg.padded_vocab / cfg.output_chunks) as u64], l, vec![])?;
+                }
+                for (owner, g) in &capture.grads {
+                    let gt = inv.params(*owner).grads;
+                    let views = inv.tensor(gt).views.clone();
+                    w.add(&format!("{owner}.grads"), "bf16", vec![inv.params(*owner).params], g, views)?;
+                }
+            }
+            if !loss.is_finite() {
+                return Err(ExecError::Diverged { step: s, loss });
+            }
+        }
+        gpu.synchronize()?;
+        let pool = gpu.pool_stats()?;
+        if let Some(w) = export {
+            w.finish(cfg, &opts.adamw, reports.iter().map(|r| r.loss).collect())?;
+        }
+        Ok(RunResult {
+            device,
+            driver,
+            steps: reports,
+            pool_used_high: pool.used_high,
+            pool_reserved_high: pool.reserved_high,
+            device_used_high,
+            device_used_at_start,
+            device_total: total,
+            corpus_tokens: batches.len_tokens(),
+        })
+    }
+}
