@@ -127,7 +127,12 @@ impl Chart for SweepChart {
         let (plot, legend) = root.split_horizontally(1010);
         let lo = self.budgets.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = self.budgets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0).max(0.0), lo.max(1.0)) };
+        // One budget: centre it in a 1 GiB window.
+        let (lo, hi) = match (lo.is_finite(), hi > lo) {
+            (true, true) => (lo, hi),
+            (true, false) => (lo - 0.5, lo + 0.5),
+            _ => (0.0, 1.0),
+        };
         let pad = (hi - lo) * 0.04;
         let t_max = self.series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.0, f64::max);
         let t_min = self.series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(f64::INFINITY, f64::min);

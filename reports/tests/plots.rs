@@ -244,3 +244,13 @@ fn summary_reports_the_solver_when_there_is_one() {
     assert!(md.contains("## Solver"), "{md}");
     assert!(md.contains("| highs | optimal within gap | 12.50 ms | 12.00 ms | 4.00% | 1.25 s |"), "{md}");
 }
+
+#[test]
+fn a_sweep_of_one_budget_still_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = vec![points().remove(0)];
+    write_sweep(dir.path(), "one budget", &one).unwrap();
+    let svg = read(&dir.path().join("sweep.svg"));
+    assert_eq!(common::check_xml(&svg), Ok("svg".into()));
+    assert!(svg.contains("planner (1 point)"));
+}
