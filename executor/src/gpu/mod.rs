@@ -428,6 +428,17 @@ struct PlanKey {
     ldd: i64,
     out: MatType,
     bias: bool,
+    /// Alignment in bytes (power of two, at most 256) of A, B, C, D: the heuristic assumes
+    /// 256 unless told, and an algorithm chosen for 256 may refuse less.
+    align: [u32; 4],
+}
+
+fn alignment(ptr: u64) -> u32 {
+    if ptr == 0 {
+        256
+    } else {
+        (1u64 << ptr.trailing_zeros().min(8)) as u32
+    }
 }
 
 struct Plan {
@@ -491,6 +502,15 @@ impl Lt {
                 &ws as *const u64 as *const c_void,
                 8,
             )?;
+            use lts::cublasLtMatmulPreferenceAttributes_t::*;
+            for (attr, al) in [
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[0]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[1]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[3]),
+            ] {
+                ltr::set_matmul_pref_attribute(pref, attr, &al as *const u32 as *const c_void, 4)?;
+            }
             let h = ltr::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, pref);
             ltr::destroy_matmul_pref(pref)?;
             h
@@ -502,7 +522,8 @@ impl Lt {
 
     /// Enqueues one product on `stream`.
     pub fn matmul(&self, stream: &CudaStream, g: &Gemm) -> Result<()> {
-        let key = PlanKey { m: g.m, n: g.n, k: g.k, ta: g.trans_a, tb: g.trans_b, lda: g.lda, ldb: g.ldb, ldd: g.ldd, out: g.out, bias: g.bias.is_some() };
+        let align = [alignment(g.a), alignment(g.b), alignment(g.c.unwrap_or(g.d)), alignment(g.d)];
+        let key = PlanKey { m: g.m, n: g.n, k: g.k, ta: g.trans_a, tb: g.trans_b, lda: g.lda, ldb: g.ldb, ldd: g.ldd, out: g.out, bias: g.bias.is_some(), align };
         self.plan(key)?;
         let plans = self.plans.borrow();
         let p = &plans[&key];
