@@ -202,3 +202,42 @@ mod imp {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::GptConfig;
+
+    /// The highest live bytes of the all-on-GPU program (persistent tensors plus allocations in
+    /// program order), as the planner's lifetime graph counts them.
+    fn live_peak(p: &Program) -> u64 {
+        let inv = &p.inventory;
+        let mut live: u64 = inv.tensors.iter().filter(|t| t.persistent).map(|t| t.bytes.0).sum();
+        let mut peak = live;
+        for op in &p.ops {
+            live += op.allocs.iter().map(|t| inv.tensor(*t).bytes.0).sum::<u64>();
+            peak = peak.max(live);
+            live -= op.frees.iter().map(|t| inv.tensor(*t).bytes.0).sum::<u64>();
+        }
+        peak
+    }
+
+    /// Three steps of gpt2-tiny on the GPU: every loss is finite, and the pool's
+    /// USED_MEM_HIGH equals the program's peak of live bytes. Skips (passes, with a message)
+    /// where there is no GPU, as in CI.
+    #[test]
+    fn tiny_steps_on_the_gpu_or_skip() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
+        let program = Program::build(&GptConfig::load(&path).unwrap());
+        let opts = RunOptions { steps: 3, seed: 1, adamw: AdamWParams { lr: 1e-3, ..AdamWParams::default() }, export: None, peak_flops: 989e12 };
+        match run_all_on_gpu(&program, &opts, &mut |_| {}) {
+            Err(ExecError::NoGpu(m)) => eprintln!("skipped: no CUDA device ({m})"),
+            Err(e) => panic!("{e}"),
+            Ok(r) => {
+                assert_eq!(r.steps.len(), 3);
+                assert!(r.steps.iter().all(|s| s.loss.is_finite()));
+                assert_eq!(r.pool_used_high, live_peak(&program));
+            }
+        }
+    }
+}
