@@ -95,7 +95,7 @@ impl<'p> Step<'p> {
         let cfg = &program.config;
         let d = cfg.hidden / cfg.heads;
         let vc = cfg.padded_vocab / cfg.output_chunks;
-        if cfg.hidden % 8 != 0 || vc % 8 != 0 {
+        if !cfg.hidden.is_multiple_of(8) || !vc.is_multiple_of(8) {
             return Err(crate::ExecError::Unsupported(format!("the kernels need C % 8 == 0 and Vp/k % 8 == 0 (C {}, Vp/k {vc})", cfg.hidden)));
         }
         match cfg.attention {
@@ -229,6 +229,7 @@ impl<'p> Step<'p> {
     }
 
     /// dW (o, i) = dy^T (o, rows) x (rows, i).
+    #[allow(clippy::too_many_arguments)]
     fn matmul_dw(&self, gpu: &Gpu, dw: u64, dy: u64, x: u64, rows: u64, i: u64, o: u64) -> Result<()> {
         self.lt.matmul(
             &gpu.compute,
