@@ -151,3 +151,50 @@ fn simulate_refuses_another_program_and_a_broken_schedule() {
     let t = text(&o);
     assert!(t.contains("action ") && (t.contains("not on the GPU yet") || t.contains("no Record/Wait orders them")), "{t}");
 }
+
+#[test]
+fn plan_writes_schedule_pictures_and_summary() {
+    let dir = scratch_dir("plan");
+    let out = dir.join("out");
+    let o = offplan(&["plan", "--model", &config("gpt2-tiny"), "--hardware", "models/hardware/h100-sxm.ron", "--budget", "1GiB", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["schedule.ron", "memory.svg", "memory.png", "timeline.svg", "placement.svg", "summary.md"] {
+        let p = out.join(f);
+        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let schedule = models::Schedule::load(&out.join("schedule.ron")).unwrap();
+    assert!(schedule.prediction.peak_device() <= schedule.budget);
+    // The simulator agrees with what plan wrote.
+    let o = offplan(&["simulate", out.join("schedule.ron").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn plan_below_the_floor_exits_3_and_writes_nothing() {
+    let dir = scratch_dir("floor");
+    let out = dir.join("out");
+    let o = offplan(&["plan", "--model", &config("gpt2-tiny"), "--hardware", "models/hardware/h100-sxm.ron", "--budget", "100MiB", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("floor"), "{}", text(&o));
+    assert!(!out.join("schedule.ron").exists());
+    let o = offplan(&["plan", "--model", &config("gpt2-tiny"), "--hardware", "models/hardware/h100-sxm.ron", "--budget", "lots", "--out", out.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o).contains("not a size"), "{}", text(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn run_without_a_gpu_says_so_and_exits_4() {
+    let dir = scratch_dir("run");
+    let out = dir.join("out");
+    let o = offplan(&["run", "--model", &config("gpt2-tiny"), "--steps", "1", "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    if !t.contains("no CUDA device") {
+        eprintln!("skipped: a CUDA device is present, this test checks the no-GPU path");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(4), "{t}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "nothing written");
+    std::fs::remove_dir_all(dir).unwrap();
+}
