@@ -21,7 +21,10 @@ use super::{check_len, HostError};
 use rayon::prelude::*;
 
 /// Channels summed at once in the backward passes (an f32 accumulator tile on the stack).
-const TILE: usize = 512;
+/// (C <= 4096, every model here, sums a row in one pass.)
+const TILE: usize = 4096;
+/// Rows ahead that the gather and the scatter prefetch (random rows: latency, not bandwidth).
+const AHEAD: usize = 2;
 /// Output rows per forward task.
 const FWD_ROWS: usize = 16;
 /// Positions below which the wte scatter stops splitting and runs serially.
@@ -68,17 +71,19 @@ pub fn embedding_forward(
     out.par_chunks_mut(FWD_ROWS * c).enumerate().for_each(|(i, rows)| {
         for (r, row) in rows.chunks_exact_mut(c).enumerate() {
             let pos = i * FWD_ROWS + r;
+            if let Some(&next) = tokens.get(pos + AHEAD) {
+                let next = next as i64 - v_begin as i64;
+                if next >= 0 && next < v_count as i64 {
+                    kernels::prefetch(&wte[next as usize * c..next as usize * c + c]);
+                }
+            }
             let tok = tokens[pos] as i64 - v_begin as i64;
             if tok < 0 || tok >= v_count as i64 {
                 continue;
             }
             let tok = tok as usize;
-            let a = &wte[tok * c..tok * c + c];
             let p = (pos % t) * c;
-            let b = &wpe[p..p + c];
-            for ((o, x), y) in row.iter_mut().zip(a).zip(b) {
-                *o = f32_to_bf16(bf16_to_f32(*x) + bf16_to_f32(*y));
-            }
+            kernels::sum_rows(row, &wte[tok * c..tok * c + c], &wpe[p..p + c]);
         }
     });
     Ok(())
@@ -95,25 +100,20 @@ pub fn embedding_backward_wpe(dwpe: &mut [bf16], dout: &[bf16], b: usize, t: usi
     if t > max_seq {
         return Err(HostError::Invalid { op: OP, message: format!("T = {t} exceeds max_seq = {max_seq}") });
     }
-    dwpe.par_chunks_mut(c).enumerate().for_each(|(pos, row)| {
+    dwpe.par_chunks_mut(c).enumerate().for_each_init(|| [0.0f32; TILE], |acc, (pos, row)| {
         if pos >= t {
             row.fill(bf16::ZERO);
             return;
         }
-        let mut acc = [0.0f32; TILE];
         for (k, out) in row.chunks_mut(TILE).enumerate() {
             let c0 = k * TILE;
             let acc = &mut acc[..out.len()];
             acc.fill(0.0);
             for bi in 0..b {
                 let base = (bi * t + pos) * c + c0;
-                for (s, x) in acc.iter_mut().zip(&dout[base..base + out.len()]) {
-                    *s += bf16_to_f32(*x);
-                }
+                kernels::accumulate(acc, &dout[base..base + out.len()]);
             }
-            for (o, s) in out.iter_mut().zip(acc.iter()) {
-                *o = f32_to_bf16(*s);
-            }
+            kernels::store(out, acc);
         }
     });
     Ok(())
@@ -209,21 +209,109 @@ fn scatter(keys: &[u64], rows: &mut [bf16], row0: usize, dout: &[bf16], c: usize
             j += 1;
         }
         let group = &keys[i..j];
+        if let Some(next) = keys.get(j) {
+            let r = key_row(*next) - row0;
+            kernels::prefetch(&rows[r * c..(r + 1) * c]);
+        }
         let dst = &mut rows[(row - row0) * c..(row - row0 + 1) * c];
         for (k, out) in dst.chunks_mut(TILE).enumerate() {
             let c0 = k * TILE;
             let acc = &mut acc[..out.len()];
             acc.fill(0.0);
-            for key in group {
-                let base = key_pos(*key) * c + c0;
-                for (s, x) in acc.iter_mut().zip(&dout[base..base + out.len()]) {
-                    *s += bf16_to_f32(*x);
+            for (g, key) in group.iter().enumerate() {
+                if let Some(next) = keys.get(i + g + AHEAD) {
+                    let b = key_pos(*next) * c + c0;
+                    kernels::prefetch(&dout[b..b + out.len()]);
                 }
+                let base = key_pos(*key) * c + c0;
+                kernels::accumulate(acc, &dout[base..base + out.len()]);
             }
-            for (o, s) in out.iter_mut().zip(acc.iter()) {
+            kernels::add_store(out, acc);
+        }
+        i = j;
+    }
+}
+
+/// The row loops, each compiled twice: for the baseline ISA and with AVX2 (chosen at run time).
+/// Element-wise f32 adds and bf16 rounding only: both versions give the same bits.
+mod kernels {
+    use super::{bf16, bf16_to_f32, f32_to_bf16};
+
+    macro_rules! dispatched {
+        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+            $(#[$doc])*
+            #[inline]
+            pub(super) fn $name($($arg: $ty),*) {
+                #[inline(always)]
+                fn portable($($arg: $ty),*) $body
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU has AVX2 (checked just above).
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                portable($($arg),*)
+            }
+        };
+    }
+
+    /// Asks for `row` in cache (a hint: no effect on results).
+    #[inline(always)]
+    pub(super) fn prefetch(row: &[bf16]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = row.as_ptr() as *const i8;
+            let mut off = 0;
+            while off < row.len() * 2 {
+                // SAFETY: a prefetch never faults; the address lies inside `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+                off += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = row;
+    }
+
+    dispatched! {
+        /// `out = bf16(a + b)` (f32 sum).
+        fn sum_rows(out: &mut [bf16], a: &[bf16], b: &[bf16]) {
+            for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                *o = f32_to_bf16(bf16_to_f32(*x) + bf16_to_f32(*y));
+            }
+        }
+    }
+
+    dispatched! {
+        /// `acc += x`.
+        fn accumulate(acc: &mut [f32], x: &[bf16]) {
+            for (s, v) in acc.iter_mut().zip(x) {
+                *s += bf16_to_f32(*v);
+            }
+        }
+    }
+
+    dispatched! {
+        /// `out = bf16(acc)`.
+        fn store(out: &mut [bf16], acc: &[f32]) {
+            for (o, s) in out.iter_mut().zip(acc) {
+                *o = f32_to_bf16(*s);
+            }
+        }
+    }
+
+    dispatched! {
+        /// `out = bf16(out + acc)`.
+        fn add_store(out: &mut [bf16], acc: &[f32]) {
+            for (o, s) in out.iter_mut().zip(acc) {
                 *o = f32_to_bf16(bf16_to_f32(*o) + *s);
             }
         }
-        i = j;
     }
 }
