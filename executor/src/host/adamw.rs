@@ -102,25 +102,6 @@ fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn update_avx2(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
-    // The same code compiled with 8-lane vectors. No `fma` feature: LLVM never contracts
-    // without it being asked, but keeping it off makes that obvious. Bitwise equal to `update`.
-    update(w, master, m, v, g, s, decay)
-}
-
-fn update_dispatch(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { update_avx2(w, master, m, v, g, s, decay) };
-        }
-    }
-    update(w, master, m, v, g, s, decay)
-}
-
 /// AdamW over one flat range with one weight decay, on the calling thread: `adamw_update` of
 /// adamw.cu. All slices have the same length. `step >= 1`.
 #[allow(clippy::too_many_arguments)]
@@ -142,7 +123,7 @@ pub fn adamw_range(
     check_len(OP, "grads", n, grads.len())?;
     check_step(OP, step)?;
     let decay = 1.0f32 - h.lr * weight_decay;
-    update_dispatch(weights, master, m, v, grads, Scalars::new(h, step), decay);
+    update(weights, master, m, v, grads, Scalars::new(h, step), decay);
     Ok(())
 }
 
@@ -196,7 +177,7 @@ pub fn adamw_owner(
                 if a < b {
                     let r = a - start..b - start;
                     let decay = 1.0f32 - h.lr * view_weight_decay(view, h.weight_decay);
-                    update_dispatch(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s, decay);
+                    update(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s, decay);
                 }
             }
         });
@@ -208,34 +189,5 @@ fn check_step(op: &'static str, step: u32) -> Result<(), HostError> {
         Err(HostError::Invalid { op, message: "step counts from 1 (bias correction divides by 1 - beta^step)".into() })
     } else {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vector_paths_equal_the_portable_loop_bitwise() {
-        // the dispatched path (AVX2 where the CPU has it) against the baseline-ISA loop, on
-        // values that cover tiny, large, zero and negative gradients and odd lengths
-        let h = AdamW { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-        for n in [1usize, 7, 8, 9, 1000, 4099] {
-            let g: Vec<bf16> = (0..n).map(|i| f32_to_bf16(((i * 37 % 101) as f32 - 50.0) * 10f32.powi((i % 9) as i32 - 6))).collect();
-            let master: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.01).collect();
-            let m: Vec<f32> = (0..n).map(|i| ((i % 5) as f32 - 2.0) * 1e-4).collect();
-            let v: Vec<f32> = (0..n).map(|i| (i % 3) as f32 * 1e-8).collect();
-            let mut a = (vec![bf16::ZERO; n], master.clone(), m.clone(), v.clone());
-            let mut b = (vec![bf16::ZERO; n], master, m, v);
-            for step in [1, 2, 1000] {
-                let s = Scalars::new(&h, step);
-                update(&mut a.0, &mut a.1, &mut a.2, &mut a.3, &g, s, 0.99994);
-                update_dispatch(&mut b.0, &mut b.1, &mut b.2, &mut b.3, &g, s, 0.99994);
-                assert_eq!(a.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-                for (x, y) in [(&a.1, &b.1), (&a.2, &b.2), (&a.3, &b.3)] {
-                    assert_eq!(x.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), y.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-                }
-            }
-        }
     }
 }

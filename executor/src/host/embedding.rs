@@ -23,8 +23,6 @@ use rayon::prelude::*;
 /// Channels summed at once in the backward passes (an f32 accumulator tile on the stack).
 /// (C <= 4096, every model here, sums a row in one pass.)
 const TILE: usize = 4096;
-/// Rows ahead that the gather and the scatter prefetch (random rows: latency, not bandwidth).
-const AHEAD: usize = 2;
 /// Output rows per forward task.
 const FWD_ROWS: usize = 16;
 /// Positions below which the wte scatter stops splitting and runs serially.
@@ -71,12 +69,6 @@ pub fn embedding_forward(
     out.par_chunks_mut(FWD_ROWS * c).enumerate().for_each(|(i, rows)| {
         for (r, row) in rows.chunks_exact_mut(c).enumerate() {
             let pos = i * FWD_ROWS + r;
-            if let Some(&next) = tokens.get(pos + AHEAD) {
-                let next = next as i64 - v_begin as i64;
-                if next >= 0 && next < v_count as i64 {
-                    kernels::prefetch(&wte[next as usize * c..next as usize * c + c]);
-                }
-            }
             let tok = tokens[pos] as i64 - v_begin as i64;
             if tok < 0 || tok >= v_count as i64 {
                 continue;
@@ -209,20 +201,12 @@ fn scatter(keys: &[u64], rows: &mut [bf16], row0: usize, dout: &[bf16], c: usize
             j += 1;
         }
         let group = &keys[i..j];
-        if let Some(next) = keys.get(j) {
-            let r = key_row(*next) - row0;
-            kernels::prefetch(&rows[r * c..(r + 1) * c]);
-        }
         let dst = &mut rows[(row - row0) * c..(row - row0 + 1) * c];
         for (k, out) in dst.chunks_mut(TILE).enumerate() {
             let c0 = k * TILE;
             let acc = &mut acc[..out.len()];
             acc.fill(0.0);
-            for (g, key) in group.iter().enumerate() {
-                if let Some(next) = keys.get(i + g + AHEAD) {
-                    let b = key_pos(*next) * c + c0;
-                    kernels::prefetch(&dout[b..b + out.len()]);
-                }
+            for key in group {
                 let base = key_pos(*key) * c + c0;
                 kernels::accumulate(acc, &dout[base..base + out.len()]);
             }
@@ -232,51 +216,18 @@ fn scatter(keys: &[u64], rows: &mut [bf16], row0: usize, dout: &[bf16], c: usize
     }
 }
 
-/// The row loops, each compiled twice: for the baseline ISA and with AVX2 (chosen at run time).
-/// Element-wise f32 adds and bf16 rounding only: both versions give the same bits.
+/// The row loops: element-wise f32 adds and bf16 rounding only.
 mod kernels {
     use super::{bf16, bf16_to_f32, f32_to_bf16};
 
+    // Portable loops only: `unsafe` (target features, prefetch intrinsics) lives in the gpu
+    // module alone.
     macro_rules! dispatched {
         ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
             $(#[$doc])*
             #[inline]
-            pub(super) fn $name($($arg: $ty),*) {
-                #[inline(always)]
-                fn portable($($arg: $ty),*) $body
-                #[cfg(target_arch = "x86_64")]
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) {
-                    portable($($arg),*)
-                }
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: the CPU has AVX2 (checked just above).
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                portable($($arg),*)
-            }
+            pub(super) fn $name($($arg: $ty),*) $body
         };
-    }
-
-    /// Asks for `row` in cache (a hint: no effect on results).
-    #[inline(always)]
-    pub(super) fn prefetch(row: &[bf16]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = row.as_ptr() as *const i8;
-            let mut off = 0;
-            while off < row.len() * 2 {
-                // SAFETY: a prefetch never faults; the address lies inside `row`.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-                off += 64;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = row;
     }
 
     dispatched! {
