@@ -15,7 +15,8 @@ pub mod init;
 pub mod step;
 pub mod train;
 
-pub use train::{run_all_on_gpu, AdamWParams, RunOptions, RunResult, StepReport};
+pub use host::AdamW;
+pub use train::{run_all_on_gpu, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! [`crate::gpu`].
 
 use crate::gpu::{Arg, DeviceBuffer, Gemm, Gpu, GpuError, Kernels, Lt, MatType};
-use crate::train::AdamWParams;
+use crate::host::AdamW;
 use models::config::Attention;
 use models::inventory::{Owner, TensorClass, TensorId};
 use models::program::{Op, OpKind, Program};
@@ -77,7 +77,7 @@ pub struct Step<'p> {
     lt: Lt,
     /// Live device memory of each tensor (None: not allocated now).
     bufs: Vec<Option<DeviceBuffer>>,
-    pub adamw: AdamWParams,
+    pub adamw: AdamW,
 }
 
 /// Host copies of tensors a step captured for the reference export.
@@ -91,7 +91,7 @@ pub struct Capture {
 impl<'p> Step<'p> {
     /// Checks the shapes the kernels need, compiles them, allocates the persistent tensors
     /// (printing "allocating N MiB" per class) and creates cuBLASLt on the workspace tensor.
-    pub fn new(gpu: &Gpu, program: &'p Program, adamw: AdamWParams) -> std::result::Result<Step<'p>, crate::ExecError> {
+    pub fn new(gpu: &Gpu, program: &'p Program, adamw: AdamW) -> std::result::Result<Step<'p>, crate::ExecError> {
         let cfg = &program.config;
         let d = cfg.hidden / cfg.heads;
         let vc = cfg.padded_vocab / cfg.output_chunks;

@@ -3,34 +3,18 @@
 //! [`ExecError::NoGpu`], which the command line turns into its "no CUDA device" exit code.
 
 use crate::data::{tokenize_corpus, Batches};
+use crate::host::AdamW;
 use crate::ExecError;
 use models::program::Program;
 use serde::Serialize;
 use std::path::PathBuf;
-
-/// AdamW hyper-parameters of the run (PyTorch AdamW semantics; weight decay on 2-D views only).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct AdamWParams {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-}
-
-impl Default for AdamWParams {
-    /// lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 (as the kernel self-test uses).
-    fn default() -> Self {
-        AdamWParams { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
-    }
-}
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub steps: u32,
     pub seed: u64,
-    pub adamw: AdamWParams,
+    pub adamw: AdamW,
     /// Write the reference export (weights, optimizer, batches, step-1 gradients, losses) here.
     pub export: Option<PathBuf>,
     /// Peak dense bf16 FLOP/s of the device, for MFU.
@@ -229,7 +213,7 @@ mod tests {
     fn tiny_steps_on_the_gpu_or_skip() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
         let program = Program::build(&GptConfig::load(&path).unwrap());
-        let opts = RunOptions { steps: 3, seed: 1, adamw: AdamWParams { lr: 1e-3, ..AdamWParams::default() }, export: None, peak_flops: 989e12 };
+        let opts = RunOptions { steps: 3, seed: 1, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 };
         match run_all_on_gpu(&program, &opts, &mut |_| {}) {
             Err(ExecError::NoGpu(m)) => eprintln!("skipped: no CUDA device ({m})"),
             Err(e) => panic!("{e}"),

@@ -4,7 +4,7 @@
 
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
-use executor::{AdamWParams, ExecError, RunOptions};
+use executor::{AdamW, ExecError, RunOptions};
 use models::{HardwareProfile, Program};
 use planner::LifetimeGraph;
 use reports::record::{steady_median_ms, MemoryPeaks, Record, StepRecord, RECORD_VERSION};
@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), args.hardware.display());
 
-    let adamw = AdamWParams { lr: args.lr, ..AdamWParams::default() };
+    let adamw = AdamW { lr: args.lr, ..AdamW::default() };
     let opts = RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 };
     let n = args.steps;
     let mut print_step = |r: &executor::StepReport| {

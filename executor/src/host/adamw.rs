@@ -25,8 +25,8 @@ use super::{check_len, HostError};
 use models::inventory::View;
 use rayon::prelude::*;
 
-/// AdamW hyper-parameters (PyTorch AdamW, no amsgrad).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// AdamW hyper-parameters (PyTorch AdamW, no amsgrad), for the GPU kernel and the host alike.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct AdamW {
     pub lr: f32,
     pub beta1: f32,
@@ -37,9 +37,10 @@ pub struct AdamW {
 }
 
 impl Default for AdamW {
-    /// PyTorch's AdamW defaults, except the GPT-2 weight decay 0.1.
+    /// lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 (GPT-3's betas; the kernel
+    /// self-test and the PyTorch reference use the same).
     fn default() -> Self {
-        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 }
+        AdamW { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
     }
 }
 
