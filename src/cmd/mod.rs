@@ -53,6 +53,22 @@ impl ModelArgs {
     }
 }
 
+/// A model and the hardware it is planned for, as plan and sweep take them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Hardware profile (models/hardware/*.ron).
+    #[arg(long, value_name = "PATH")]
+    pub hardware: PathBuf,
+}
+
+impl TargetArgs {
+    pub fn load(&self) -> anyhow::Result<(GptConfig, HardwareProfile)> {
+        Ok((self.model.load()?, load_hardware(&self.hardware)?))
+    }
+}
+
 pub fn load_hardware(path: &Path) -> anyhow::Result<HardwareProfile> {
     HardwareProfile::load(path).with_context(|| "loading the hardware profile".to_string())
 }

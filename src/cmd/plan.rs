@@ -1,7 +1,7 @@
 //! `offplan plan`: solve where every block lives under a budget, write `schedule.ron`, print a
 //! summary.
 
-use super::{load_hardware, CodedError, ModelArgs, EXIT_INFEASIBLE};
+use super::{CodedError, TargetArgs, EXIT_INFEASIBLE};
 use anyhow::Context;
 use models::schedule::{BlockDecision, Schedule};
 use models::{Bytes, Placement, Program, Seconds};
@@ -13,10 +13,7 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Hardware profile (models/hardware/*.ron).
-    #[arg(long, value_name = "PATH")]
-    pub hardware: PathBuf,
+    pub target: TargetArgs,
     /// Device memory the step may use, fixed overhead included (24GiB, 22.5GB, ...).
     #[arg(long, value_name = "SIZE")]
     pub budget: Bytes,
@@ -32,8 +29,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = args.model.load()?;
-    let hw = load_hardware(&args.hardware)?;
+    let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
     let opts = PlanOptions { time_limit: Seconds(args.time_limit), mip_rel_gap: args.gap, threads: 2 };
     let plan = solve_with_spinner(&program, &hw, args.budget, &opts).map_err(|e| match e {

@@ -1,7 +1,7 @@
 //! `offplan sweep`: plans at budgets from the feasible floor to the all-on-GPU peak with the
 //! planner and each heuristic, in parallel, and charts step time against budget.
 
-use super::{load_hardware, ModelArgs};
+use super::TargetArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{Bytes, HardwareProfile, Program, Schedule};
@@ -14,10 +14,7 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Hardware profile (models/hardware/*.ron).
-    #[arg(long, value_name = "PATH")]
-    pub hardware: PathBuf,
+    pub target: TargetArgs,
     /// Folder for sweep.svg and sweep.csv (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -138,8 +135,7 @@ fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let cfg = args.model.load()?;
-    let hw = load_hardware(&args.hardware)?;
+    let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
     if args.points == 0 {
         anyhow::bail!("--points must be at least 1");
