@@ -1,7 +1,7 @@
 //! `placement.svg`: the placeable blocks as rows over the step, coloured by where each block is
 //! (GPU, host, in flight, dropped for recomputation).
 
-use crate::style::{self, err, Chart, Mark, FONT};
+use crate::style::{self, err, row_label, Chart, Mark, FONT};
 use models::inventory::BlockId;
 use models::program::Program;
 use models::schedule::Schedule;
@@ -90,14 +90,7 @@ impl Chart for PlacementChart {
             .y_label_style((FONT, 10))
             .disable_y_mesh()
             .y_labels(n)
-            .y_label_formatter(&|y: &f64| {
-                let r = y.round();
-                if (y - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < names.len() {
-                    names[names.len() - 1 - r as usize].to_string()
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&|y: &f64| row_label(&names, *y))
             .light_line_style(RGBColor(240, 240, 240))
             .draw()
             .map_err(err)?;

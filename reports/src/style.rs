@@ -125,6 +125,18 @@ pub fn render_png(chart: &impl Chart) -> Result<Vec<u8>, String> {
 }
 
 /// Maps any plotters error to text.
+/// The label of the row drawn at height `y` in a chart whose rows are listed top first (row i
+/// sits at y = n - 1 - i); empty between rows and outside them.
+pub(crate) fn row_label<S: AsRef<str>>(names: &[S], y: f64) -> String {
+    let r = y.round();
+    let n = names.len();
+    if (y - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
+        names[n - 1 - r as usize].as_ref().to_string()
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
@@ -157,4 +169,17 @@ pub fn draw_legend<DB: DrawingBackend>(
         area.draw(&Text::new(label.clone(), (32, y - 8), font.clone())).map_err(err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_labels_count_from_the_top() {
+        let names = ["a", "b", "c"];
+        assert_eq!(super::row_label(&names, 2.0), "a");
+        assert_eq!(super::row_label(&names, 0.0), "c");
+        assert_eq!(super::row_label(&names, 0.5), "");
+        assert_eq!(super::row_label(&names, 3.0), "");
+        assert_eq!(super::row_label(&names, -1.0), "");
+    }
 }

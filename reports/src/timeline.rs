@@ -2,7 +2,7 @@
 //! coloured by kind, op names where they fit, and the compute lane's waits in their own colour so
 //! exposed transfer time shows.
 
-use crate::style::{self, err, Chart, Mark, FONT};
+use crate::style::{self, err, row_label, Chart, Mark, FONT};
 use models::schedule::{Lane, Schedule};
 use models::trace::{SpanKind, Trace};
 use plotters::coord::Shift;
@@ -90,14 +90,7 @@ impl Chart for TimelineChart {
             .label_style((FONT, 14))
             .disable_y_mesh()
             .y_labels(n)
-            .y_label_formatter(&|y: &f64| {
-                let r = y.round();
-                if (y - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
-                    names[n - 1 - r as usize].to_string()
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&|y: &f64| row_label(&names, *y))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(err)?;
