@@ -172,12 +172,79 @@ impl Decisions {
             .collect()
     }
 
+    /// The inverse of [`Decisions::block_decisions`]: the decisions a schedule file (or a run
+    /// record) carries, back as one choice per group. Blocks are found by name (ids may shift
+    /// when the inventory changes); a placeable block the list leaves out stays on the GPU, so
+    /// an empty list is [`Decisions::all_gpu`]. Prefetch distances are the emitter's own and are
+    /// not read. Errors: a block this program does not have, a block listed twice with
+    /// different placements, gradients that disagree with their optimizer's placement, or a
+    /// combination [`Decisions::validate`] refuses.
+    pub fn from_block_decisions(program: &Program, decisions: &[BlockDecision]) -> Result<Decisions, PlanError> {
+        let inv = &program.inventory;
+        let mut d = Decisions::all_gpu(program);
+        let mut grads: Vec<(Owner, Placement, String)> = Vec::new();
+        let mut seen: std::collections::HashMap<BlockKind, Placement> = std::collections::HashMap::new();
+        for bd in decisions {
+            let block = inv
+                .blocks
+                .iter()
+                .find(|b| b.kind.placeable() && b.name() == bd.name)
+                .ok_or_else(|| PlanError::BadDecisions(format!("{}: no placeable block of that name in {} (re-plan)", bd.name, program.config.name)))?;
+            if let Some(p) = seen.insert(block.kind, bd.placement) {
+                if p != bd.placement {
+                    return Err(PlanError::BadDecisions(format!("{} is listed twice, {} and {}", bd.name, p.label(), bd.placement.label())));
+                }
+            }
+            let bad = |what: &str| PlanError::BadDecisions(format!("{}: {} is not a placement for {what}", bd.name, bd.placement.label()));
+            match block.kind {
+                BlockKind::Weights(o) => {
+                    let c = d.owner(o);
+                    d.set_owner(o, OwnerChoice { weights: bd.placement, ..c });
+                }
+                BlockKind::Optimizer(o) => {
+                    let c = d.owner(o);
+                    d.set_owner(o, OwnerChoice { optimizer: bd.placement, ..c });
+                }
+                BlockKind::Grads(o) => grads.push((o, bd.placement, bd.name.clone())),
+                BlockKind::LayerInput(l) => d.layers[l as usize].input = bd.placement,
+                BlockKind::LayerActivations(l) => d.layers[l as usize].inner = bd.placement,
+                BlockKind::HeadActivations => {
+                    if bd.placement != Placement::Gpu {
+                        return Err(bad("the head's activations (always on the GPU)"));
+                    }
+                }
+                BlockKind::Io | BlockKind::Workspace | BlockKind::Scratch => unreachable!("only placeable blocks are looked up"),
+            }
+        }
+        for (o, p, name) in grads {
+            let implied = d.owner(o).grads();
+            if p != implied {
+                return Err(PlanError::BadDecisions(format!(
+                    "{name}: gradients are {} but the optimizer placement {} implies {}",
+                    p.label(),
+                    d.owner(o).optimizer.label(),
+                    implied.label()
+                )));
+            }
+        }
+        d.validate(program)?;
+        Ok(d)
+    }
+
     /// Groups in a fixed order (owners, then layers' activations).
     pub fn groups(program: &Program) -> Vec<Group> {
         let mut g: Vec<Group> = program.inventory.owners().into_iter().map(Group::Owner).collect();
         g.extend((0..program.config.layers).map(Group::Acts));
         g
     }
+}
+
+/// Emits and simulates a recorded schedule's block decisions again with today's code (a run
+/// record's `decisions`; empty = all on the GPU) under `budget`: `plan::finish` of
+/// [`Decisions::from_block_decisions`].
+pub fn replan_record(program: &Program, hw: &models::HardwareProfile, budget: models::Bytes, decisions: &[BlockDecision]) -> Result<crate::Plan, PlanError> {
+    let d = Decisions::from_block_decisions(program, decisions)?;
+    crate::plan::finish(program, hw, budget, &d, None)
 }
 
 #[cfg(test)]
@@ -207,5 +274,106 @@ mod tests {
         let mut d = Decisions::all_gpu(&p);
         d.set_owner(Owner::Embedding, OwnerChoice { weights: Placement::Host, optimizer: Placement::Host });
         assert!(d.validate(&p).is_err());
+    }
+
+    fn config(name: &str) -> Program {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"));
+        Program::build(&GptConfig::load(&p).unwrap())
+    }
+
+    /// Decision sets that touch every kind of choice: each owner and layer gets a different
+    /// allowed combination, cycling through them.
+    fn varied(p: &Program, shift: usize) -> Decisions {
+        let mut d = Decisions::all_gpu(p);
+        for (i, (o, c)) in d.owners.iter_mut().enumerate() {
+            let all = OwnerChoice::all(p, *o);
+            *c = all[(i + shift) % all.len()];
+        }
+        let acts = ActChoice::all();
+        for (l, a) in d.layers.iter_mut().enumerate() {
+            *a = acts[(l + shift) % acts.len()];
+        }
+        d
+    }
+
+    #[test]
+    fn block_decisions_round_trip() {
+        for name in ["gpt2-tiny", "gpt2-124m", "gpt3-1.3b"] {
+            let p = config(name);
+            let mut sets = vec![
+                Decisions::all_gpu(&p),
+                Decisions::all_gpu(&p).with_optimizer(Placement::Host),
+                Decisions::all_gpu(&p).with_optimizer(Placement::Streamed),
+            ];
+            let mut streamed = Decisions::all_gpu(&p);
+            for (_, c) in &mut streamed.owners {
+                c.weights = Placement::Streamed;
+            }
+            streamed.layers.iter_mut().for_each(|a| *a = ActChoice::OFFLOAD);
+            sets.push(streamed);
+            let mut recompute = Decisions::all_gpu(&p);
+            recompute.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
+            sets.push(recompute);
+            for shift in 0..7 {
+                sets.push(varied(&p, shift));
+            }
+            if !p.config.tied_embeddings {
+                let mut cpu_emb = Decisions::all_gpu(&p);
+                cpu_emb.set_owner(Owner::Embedding, OwnerChoice { weights: Placement::Host, optimizer: Placement::Host });
+                assert_eq!(cpu_emb.owner(Owner::Embedding).weights, Placement::Host);
+                sets.push(cpu_emb);
+            }
+            for d in sets {
+                d.validate(&p).unwrap();
+                let blocks = d.block_decisions(&p);
+                let back = Decisions::from_block_decisions(&p, &blocks).unwrap();
+                assert_eq!(back, d, "{name}");
+                assert_eq!(back.block_decisions(&p), blocks);
+            }
+            assert_eq!(Decisions::from_block_decisions(&p, &[]).unwrap(), Decisions::all_gpu(&p));
+        }
+        // gpt3-1.3b is untied, so the CPU embedding case above ran.
+        assert!(!config("gpt3-1.3b").config.tied_embeddings);
+    }
+
+    #[test]
+    fn bad_block_decisions_are_refused() {
+        let p = config("gpt3-1.3b");
+        let d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
+        let blocks = d.block_decisions(&p);
+        // An unknown block.
+        let mut b = blocks.clone();
+        b[0].name = "layer999.weights".into();
+        let e = Decisions::from_block_decisions(&p, &b).unwrap_err().to_string();
+        assert!(e.contains("layer999.weights"), "{e}");
+        // Gradients on the GPU while the update runs on the host.
+        let mut b = blocks.clone();
+        let g = b.iter_mut().find(|x| matches!(p.inventory.block(x.block).kind, BlockKind::Grads(_))).unwrap();
+        g.placement = Placement::Gpu;
+        assert!(Decisions::from_block_decisions(&p, &b).is_err());
+        // A placement the group does not allow (weights recomputed).
+        let mut b = blocks.clone();
+        let w = b.iter_mut().find(|x| matches!(p.inventory.block(x.block).kind, BlockKind::Weights(Owner::Layer(_)))).unwrap();
+        w.placement = Placement::Recomputed;
+        assert!(Decisions::from_block_decisions(&p, &b).is_err());
+        // The same block twice, placed two ways.
+        let mut b = blocks.clone();
+        let mut dup = b.iter().find(|x| matches!(p.inventory.block(x.block).kind, BlockKind::LayerActivations(0))).unwrap().clone();
+        dup.placement = Placement::Recomputed;
+        b.push(dup);
+        assert!(Decisions::from_block_decisions(&p, &b).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn replan_record_matches_finish() {
+        let p = config("gpt2-tiny");
+        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap();
+        let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
+        d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
+        let budget = models::Bytes(80 << 30);
+        let a = replan_record(&p, &hw, budget, &d.block_decisions(&p)).unwrap();
+        let b = crate::plan::finish(&p, &hw, budget, &d, None).unwrap();
+        assert_eq!(a.schedule.prediction, b.schedule.prediction);
+        assert!(a.schedule.prediction.peak_allocated < replan_record(&p, &hw, budget, &[]).unwrap().schedule.prediction.peak_allocated);
     }
 }

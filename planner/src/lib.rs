@@ -11,6 +11,6 @@ pub mod solve;
 
 pub use lifetime::LifetimeGraph;
 pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, SimError};
-pub use decisions::Decisions;
+pub use decisions::{replan_record, Decisions};
 pub use heuristics::{heuristic_schedule, Heuristic};
 pub use plan::{feasible_floor, plan, Plan, PlanError, PlanOptions};

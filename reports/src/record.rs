@@ -1,13 +1,25 @@
 //! The record of one real run on a GPU: what was run (config, schedule and its digest), where
 //! (device, driver, commit), what was predicted and what was measured (peak memory by the
 //! pool's and the driver's counts, step times, losses). Written as RON, atomically.
+//!
+//! Version 2 adds what re-planning a record needs (hardware profile, budget, strategy, the
+//! schedule's block decisions) and the step time broken into lanes, predicted and measured.
+//! Every v2 field has a serde default, so v1 files load as all-on-GPU runs on "h100-sxm".
 
+use models::schedule::{BlockDecision, Lane, Prediction};
+use models::trace::{SpanKind, Trace};
 use models::GptConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Format version of [`Record`].
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
+
+/// The hardware profile a v1 record (which did not name one) was planned for.
+pub const V1_HARDWARE: &str = "h100-sxm";
+
+/// The strategy of a record with no schedule.
+pub const ALL_ON_GPU: &str = "all-on-gpu";
 
 /// Memory figures in bytes, predicted or measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,6 +32,61 @@ pub struct MemoryPeaks {
     /// Device memory the process uses (cuMemGetInfo total - free); predicted: allocated plus
     /// the hardware profile's fixed overhead.
     pub device_bytes: u64,
+}
+
+/// One step's time, broken into lanes: predicted (simulator) or measured (events).
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// The whole step, ms.
+    pub step_ms: f64,
+    /// Compute-lane busy time (ops and recomputation), ms.
+    pub compute_ms: f64,
+    /// Bytes copied host to device in the step.
+    pub h2d_bytes: u64,
+    /// Bytes copied device to host in the step.
+    pub d2h_bytes: u64,
+    /// H2D copy-lane busy time, ms.
+    pub h2d_ms: f64,
+    /// D2H copy-lane busy time, ms.
+    pub d2h_ms: f64,
+    /// Host-lane busy time (CPU embedding, host AdamW), ms.
+    pub host_ms: f64,
+    /// Time the compute lane spent waiting on other lanes, ms (predicted: the prediction's
+    /// exposed transfer).
+    pub compute_wait_ms: f64,
+}
+
+impl StepTimes {
+    /// The simulator's step times: busy time of each lane from the trace's spans (waits apart),
+    /// bytes and exposed transfer from the prediction.
+    pub fn predicted(prediction: &Prediction, trace: &Trace) -> StepTimes {
+        let busy = |lane: Lane| -> f64 {
+            trace.spans.iter().filter(|s| s.lane == lane && s.kind != SpanKind::Wait).map(|s| (s.end.0 - s.start.0) * 1e3).sum()
+        };
+        StepTimes {
+            step_ms: prediction.step_time.0 * 1e3,
+            compute_ms: prediction.compute_time.0 * 1e3,
+            h2d_bytes: prediction.h2d_bytes.0,
+            d2h_bytes: prediction.d2h_bytes.0,
+            h2d_ms: busy(Lane::HostToDevice),
+            d2h_ms: busy(Lane::DeviceToHost),
+            host_ms: busy(Lane::Host),
+            compute_wait_ms: prediction.exposed_transfer.0 * 1e3,
+        }
+    }
+}
+
+/// Errors reading records.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read the record {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{} is not a run record (format v{RECORD_VERSION} or older): {message}; records are written by `offplan run`, move it out of the records folder or re-run", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{} was written by a newer offplan (record format v{version}, this one reads up to v{RECORD_VERSION}); update offplan", path.display())]
+    TooNew { path: PathBuf, version: u32 },
+    #[error("the records folder {} does not exist or is not a folder: give the folder that holds the `run-*.ron` records `offplan run --out` wrote (e.g. reports/records)", path.display())]
+    NoDir { path: PathBuf },
 }
 
 /// One step as measured.
@@ -62,6 +129,26 @@ pub struct Record {
     pub median_tokens_per_s: f64,
     /// Free-form notes (e.g. what ran besides).
     pub notes: Vec<String>,
+    /// Hardware profile name planned for (`models/hardware/<name>.ron`); "" in v1 records
+    /// (see [`Record::hardware_name`]).
+    #[serde(default)]
+    pub hardware: String,
+    /// The schedule's budget, device bytes; None for an all-on-GPU run.
+    #[serde(default)]
+    pub budget_bytes: Option<u64>,
+    /// "all-on-gpu", "planner", or a strategy name such as "offload-all"; "" in v1 records
+    /// (see [`Record::strategy_name`]).
+    #[serde(default)]
+    pub strategy: String,
+    /// The schedule's block decisions; empty = everything on the GPU.
+    #[serde(default)]
+    pub decisions: Vec<BlockDecision>,
+    /// The step time the plan predicted, by lane.
+    #[serde(default)]
+    pub predicted_time: Option<StepTimes>,
+    /// The step time measured, by lane.
+    #[serde(default)]
+    pub measured_time: Option<StepTimes>,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.
@@ -107,6 +194,34 @@ impl Record {
         ron::from_str(text)
     }
 
+    /// The hardware profile's name: [`V1_HARDWARE`] where the record names none.
+    pub fn hardware_name(&self) -> &str {
+        if self.hardware.is_empty() {
+            V1_HARDWARE
+        } else {
+            &self.hardware
+        }
+    }
+
+    /// The strategy: [`ALL_ON_GPU`] where the record names none (v1).
+    pub fn strategy_name(&self) -> &str {
+        if self.strategy.is_empty() {
+            ALL_ON_GPU
+        } else {
+            &self.strategy
+        }
+    }
+
+    /// Reads one record.
+    pub fn load(path: &Path) -> Result<Record, RecordError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RecordError::Io { path: path.to_path_buf(), source: e })?;
+        let r = Record::from_ron(&text).map_err(|e| RecordError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        if r.version > RECORD_VERSION {
+            return Err(RecordError::TooNew { path: path.to_path_buf(), version: r.version });
+        }
+        Ok(r)
+    }
+
     /// Writes the record into `dir` (created if missing) under [`Record::file_name`],
     /// atomically; returns the path.
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
@@ -116,6 +231,24 @@ impl Record {
         models::io::write_atomic(&path, text.as_bytes())?;
         Ok(path)
     }
+}
+
+/// Every `*.ron` record in `dir`, sorted by file name (other files are left alone). An empty
+/// folder gives an empty list; a file that does not parse is an error naming it.
+pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, Record)>, RecordError> {
+    if !dir.is_dir() {
+        return Err(RecordError::NoDir { path: dir.to_path_buf() });
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| RecordError::Io { path: dir.to_path_buf(), source: e })?;
+    let mut paths = Vec::new();
+    for e in entries {
+        let p = e.map_err(|e| RecordError::Io { path: dir.to_path_buf(), source: e })?.path();
+        if p.is_file() && p.extension().is_some_and(|x| x == "ron") {
+            paths.push(p);
+        }
+    }
+    paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    paths.into_iter().map(|p| Record::load(&p).map(|r| (p, r))).collect()
 }
 
 #[cfg(test)]
@@ -144,6 +277,17 @@ mod tests {
             median_tokens_per_s: 1e5,
             steps,
             notes: vec![],
+            hardware: "h100-sxm".into(),
+            budget_bytes: Some(40 << 30),
+            strategy: "offload-all".into(),
+            decisions: vec![BlockDecision {
+                block: models::inventory::BlockId(3),
+                name: "layer0.weights".into(),
+                placement: models::Placement::Streamed,
+                prefetch_distance: Some(2),
+            }],
+            predicted_time: Some(StepTimes { step_ms: 12.0, compute_ms: 10.0, h2d_bytes: 7, ..StepTimes::default() }),
+            measured_time: None,
         }
     }
 
@@ -159,5 +303,54 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    fn records_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("records")
+    }
+
+    #[test]
+    fn v1_records_load_as_all_on_gpu_runs_on_the_h100() {
+        let all = load_dir(&records_dir()).unwrap();
+        assert!(!all.is_empty());
+        let names: Vec<_> = all.iter().map(|(p, _)| p.file_name().unwrap().to_owned()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        for (p, r) in &all {
+            assert!(p.extension().unwrap() == "ron");
+            if r.version == 1 {
+                assert_eq!(r.hardware, "");
+                assert_eq!(r.hardware_name(), V1_HARDWARE);
+                assert_eq!(r.strategy_name(), ALL_ON_GPU);
+                assert!(r.decisions.is_empty() && r.budget_bytes.is_none() && r.measured_time.is_none());
+            }
+            // What is written back is v2 and reads back the same.
+            let mut v2 = r.clone();
+            v2.version = RECORD_VERSION;
+            assert_eq!(Record::from_ron(&v2.to_ron().unwrap()).unwrap(), v2);
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_dir(dir.path()).unwrap().is_empty());
+        let missing = dir.path().join("nope");
+        let e = load_dir(&missing).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+        let r = sample();
+        r.write(dir.path()).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a record").unwrap();
+        assert_eq!(load_dir(dir.path()).unwrap().len(), 1);
+        std::fs::write(dir.path().join("a-broken.ron"), "(version: 2, command: ").unwrap();
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a-broken.ron") && e.contains("not a run record"), "{e}");
+        std::fs::remove_file(dir.path().join("a-broken.ron")).unwrap();
+        let mut newer = r.clone();
+        newer.version = RECORD_VERSION + 1;
+        std::fs::write(dir.path().join("b-newer.ron"), newer.to_ron().unwrap()).unwrap();
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("b-newer.ron") && e.contains("newer offplan"), "{e}");
     }
 }

@@ -139,6 +139,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         median_ms,
         median_tokens_per_s: median_tps,
         notes: vec![format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens)],
+        hardware: String::new(),
+        budget_bytes: None,
+        strategy: reports::record::ALL_ON_GPU.into(),
+        decisions: Vec::new(),
+        predicted_time: None,
+        measured_time: None,
     };
     let path = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     println!("record: {}", path.display());
