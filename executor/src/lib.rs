@@ -5,17 +5,20 @@
 //! without a device) everything else builds and tests, and [`train::run_all_on_gpu`] answers
 //! [`ExecError::NoGpu`].
 
+pub mod calibrate;
 pub mod data;
 pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod host;
 pub mod init;
+pub mod runner;
 #[cfg(feature = "cuda")]
 pub mod step;
 pub mod train;
 
 pub use host::AdamW;
+pub use runner::{run_schedule, LaneTimes, MemoryPoint, ScheduleRunResult};
 pub use train::{run_all_on_gpu, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.
@@ -33,6 +36,23 @@ pub enum ExecError {
     Unsupported(String),
     #[error("writing the export: {0}")]
     Io(#[from] std::io::Error),
+    /// The schedule cannot run here (format, program digest, budget larger than free memory).
+    #[error("refusing the schedule: {0}")]
+    Refused(String),
+    /// Host work (CPU embedding, host AdamW) failed inside a step.
+    #[error("host work failed: {0}")]
+    Host(String),
     #[error("the loss is {loss} at step {step}")]
     Diverged { step: u32, loss: f64 },
+}
+
+#[cfg(feature = "cuda")]
+impl ExecError {
+    /// Opening the device: no driver or device is [`ExecError::NoGpu`], anything else a GPU error.
+    pub(crate) fn opening(e: gpu::GpuError) -> ExecError {
+        match e {
+            gpu::GpuError::NoDevice(m) => ExecError::NoGpu(m),
+            other => ExecError::Gpu(other),
+        }
+    }
 }

@@ -62,7 +62,7 @@ fn cdiv(a: u64, b: u64) -> u32 {
 }
 
 /// Flash-attention forward warps per block (the contract: 8 for D = 128, else 4).
-fn fwd_warps(d: u32) -> u32 {
+pub fn fwd_warps(d: u32) -> u32 {
     if d == 128 {
         8
     } else {
@@ -92,6 +92,12 @@ impl<'p> Step<'p> {
     /// Checks the shapes the kernels need, compiles them, allocates the persistent tensors
     /// (printing "allocating N MiB" per class) and creates cuBLASLt on the workspace tensor.
     pub fn new(gpu: &Gpu, program: &'p Program, adamw: AdamW) -> std::result::Result<Step<'p>, crate::ExecError> {
+        Step::with_host_resident(gpu, program, adamw, &[])
+    }
+
+    /// As [`Step::new`], but the persistent tensors in `host_resident` get no device memory
+    /// (a schedule brings them in when it needs them).
+    pub fn with_host_resident(gpu: &Gpu, program: &'p Program, adamw: AdamW, host_resident: &[TensorId]) -> std::result::Result<Step<'p>, crate::ExecError> {
         let cfg = &program.config;
         let d = cfg.hidden / cfg.heads;
         let vc = cfg.padded_vocab / cfg.output_chunks;
@@ -126,19 +132,45 @@ impl<'p> Step<'p> {
         let inv = &program.inventory;
         let mut bufs: Vec<Option<DeviceBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
         for class in [TensorClass::Weights, TensorClass::OptimizerState, TensorClass::Io, TensorClass::Workspace] {
-            let ts: Vec<&models::Tensor> = inv.tensors.iter().filter(|t| t.persistent && t.class == class).collect();
+            let ts: Vec<&models::Tensor> = inv.tensors.iter().filter(|t| t.persistent && t.class == class && !host_resident.contains(&t.id)).collect();
             let bytes: u64 = ts.iter().map(|t| t.bytes.0).sum();
             println!("allocating {:>8.1} MiB for {:?} ({} tensors)", bytes as f64 / (1u64 << 20) as f64, class, ts.len());
             for t in ts {
                 bufs[t.id.index()] = Some(gpu.alloc(&gpu.compute, t.bytes.0)?);
             }
         }
-        if let Some(t) = inv.tensors.iter().find(|t| t.persistent && bufs[t.id.index()].is_none()) {
+        if let Some(t) = inv.tensors.iter().find(|t| t.persistent && bufs[t.id.index()].is_none() && !host_resident.contains(&t.id)) {
             return Err(crate::ExecError::Unsupported(format!("persistent tensor {} of class {:?} has no start-up allocation", t.name, t.class)));
         }
         let ws = bufs[inv.io.workspace.index()].as_ref().expect("workspace allocated above");
         let lt = Lt::new(ws)?;
         Ok(Step { program, kernels, lt, bufs, adamw })
+    }
+
+    /// The device buffer of a live tensor.
+    pub fn buffer(&self, t: TensorId) -> Result<&DeviceBuffer> {
+        self.bufs[t.index()].as_ref().ok_or_else(|| GpuError::Invalid(format!("tensor {} is not on the GPU", self.program.inventory.tensor(t).name)))
+    }
+
+    /// Takes device memory for `t`, ordered on `stream`.
+    pub fn alloc_tensor(&mut self, gpu: &Gpu, t: TensorId, stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> Result<()> {
+        let tensor = self.program.inventory.tensor(t);
+        if self.bufs[t.index()].is_some() {
+            return Err(GpuError::Invalid(format!("{} is already allocated", tensor.name)));
+        }
+        self.bufs[t.index()] = Some(gpu.alloc(stream, tensor.bytes.0)?);
+        Ok(())
+    }
+
+    /// Gives `t`'s device memory back, ordered on `stream`.
+    pub fn free_tensor(&mut self, t: TensorId, stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> Result<()> {
+        match self.bufs[t.index()].take() {
+            Some(b) => {
+                b.free_on(stream);
+                Ok(())
+            }
+            None => Err(GpuError::Invalid(format!("free of {}, which is not allocated", self.program.inventory.tensor(t).name))),
+        }
     }
 
     /// Device pointer of a live tensor (invariant 1: every op finds its tensors on the GPU).
@@ -319,7 +351,8 @@ impl<'p> Step<'p> {
         Ok(())
     }
 
-    fn dispatch(&self, gpu: &Gpu, op: &Op, step: u32) -> Result<()> {
+    /// Launches `op`'s kernels on the compute stream (its tensors must be on the GPU).
+    pub fn dispatch(&self, gpu: &Gpu, op: &Op, step: u32) -> Result<()> {
         use OpKind::*;
         let cfg = &self.program.config;
         let inv = &self.program.inventory;

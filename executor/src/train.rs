@@ -71,21 +71,14 @@ mod imp {
 mod imp {
     use super::*;
     use crate::export::{bf16_bytes, f32_bytes, i32_bytes, ExportWriter};
-    use crate::gpu::{elapsed_ms, record, Gpu, GpuError};
+    use crate::gpu::{elapsed_ms, record, Gpu};
     use crate::init::init_params;
     use crate::step::{Capture, Step};
-
-    fn no_gpu(e: GpuError) -> ExecError {
-        match e {
-            GpuError::NoDevice(m) => ExecError::NoGpu(m),
-            other => ExecError::Gpu(other),
-        }
-    }
 
     pub fn run(program: &Program, opts: &RunOptions, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
         let cfg = &program.config;
         let inv = &program.inventory;
-        let gpu = Gpu::new().map_err(no_gpu)?;
+        let gpu = Gpu::new().map_err(ExecError::opening)?;
         let device = gpu.name()?;
         let driver = gpu.driver_version()?;
         let (free0, total) = gpu.mem_info()?;

@@ -186,6 +186,10 @@ pub struct Schedule {
     pub hardware: String,
     /// Pool bytes plus fixed overhead the plan must stay under.
     pub budget: Bytes,
+    /// How the placement was chosen: "planner" (the solver) or the presets applied
+    /// (`offplan plan --strategy`). Empty in files written before it existed.
+    #[serde(default)]
+    pub strategy: String,
     pub decisions: Vec<BlockDecision>,
     /// Persistent tensors that start (and end) the step on the host; all others start on the GPU.
     pub host_resident: Vec<TensorId>,

@@ -594,6 +594,7 @@ pub fn emit(program: &Program, hw: &HardwareProfile, decisions: &Decisions, budg
         model: program.config.clone(),
         hardware: hw.name.clone(),
         budget,
+        strategy: "planner".into(),
         decisions: decisions.block_decisions(program),
         host_resident: host_resident(program, &items),
         actions,

@@ -106,6 +106,7 @@ pub fn heuristic_schedule(h: Heuristic, program: &Program, hw: &HardwareProfile,
         }
     })?;
     let mut s = crate::emit::emit(program, hw, &d, budget)?;
+    s.strategy = h.label().into();
     let trace = crate::simulate(program, hw, &s)?;
     s.prediction = crate::prediction_from_trace(&trace, &s, program, hw);
     Ok(s)

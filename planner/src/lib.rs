@@ -8,6 +8,7 @@ pub mod emit;
 pub mod heuristics;
 pub mod plan;
 pub mod solve;
+pub mod strategy;
 
 pub use lifetime::LifetimeGraph;
 pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, SimError};

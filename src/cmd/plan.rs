@@ -26,13 +26,24 @@ pub struct Args {
     /// Stop the solver once the proved gap is at most this fraction.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.005)]
     pub gap: f64,
+    /// Instead of solving, place blocks by named presets applied left to right, e.g.
+    /// `offload-all`, `host-optimizer,cpu-embedding`, `offload-first=4` (see `planner::strategy`).
+    #[arg(long, value_name = "NAMES")]
+    pub strategy: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
     let opts = PlanOptions { time_limit: Seconds(args.time_limit), mip_rel_gap: args.gap, threads: 2 };
-    let plan = solve_with_spinner(&program, &hw, args.budget, &opts).map_err(|e| match e {
+    let planned = match &args.strategy {
+        Some(names) => {
+            let presets = planner::strategy::parse_strategy(names).map_err(|m| CodedError { code: super::EXIT_USAGE, message: m })?;
+            planner::strategy::strategy_plan(&program, &hw, args.budget, names, &presets)
+        }
+        None => solve_with_spinner(&program, &hw, args.budget, &opts),
+    };
+    let plan = planned.map_err(|e| match e {
         PlanError::Infeasible { .. } => anyhow::Error::new(CodedError { code: EXIT_INFEASIBLE, message: e.to_string() }),
         other => anyhow::Error::new(other).context("planning failed"),
     })?;

@@ -1,31 +1,46 @@
-//! `offplan run`: training steps on the GPU with everything on the GPU (no schedule yet),
-//! measured: loss, step time (CUDA events), tokens/s, MFU per step; at the end the pool's and
-//! the driver's peak memory next to the planner's prediction; a record (RON) under `--out`.
+//! `offplan run`: training steps on the GPU, measured. With a SCHEDULE it carries out every
+//! action the plan names (offload, prefetch, recompute, host work) and compares the measured
+//! memory and lane times with the simulator's; with `--model` it runs everything on the GPU.
+//! Per-step loss, ms, tokens/s and MFU; a record (RON) and, for a schedule, `memory.svg` (the
+//! measured pool memory over the step on the prediction) under `--out`.
 
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
-use executor::{AdamW, ExecError, RunOptions};
+use executor::{AdamW, ExecError, RunOptions, StepReport};
+use models::schedule::Schedule;
 use models::{HardwareProfile, Program};
 use planner::LifetimeGraph;
-use reports::record::{steady_median_ms, MemoryPeaks, Record, StepRecord, RECORD_VERSION};
-use std::path::PathBuf;
+use reports::record::{steady_median_ms, MemoryPeaks, Record, StepRecord, StepTimes, RECORD_VERSION};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Training steps to run.
+    /// A schedule written by `offplan plan` (DIR/schedule.ron); without it, `--model` runs
+    /// everything on the GPU.
+    #[arg(value_name = "SCHEDULE", required_unless_present = "model", conflicts_with = "model")]
+    pub schedule: Option<PathBuf>,
+    /// GPT config file, to run everything on the GPU (no schedule).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Micro-batch size (overrides the config; with --model).
+    #[arg(long, value_name = "B", requires = "model")]
+    pub batch: Option<u32>,
+    /// Sequence length (overrides the config; with --model).
+    #[arg(long, value_name = "T", requires = "model")]
+    pub seq: Option<u32>,
+    /// Training steps to run (a schedule run adds one more, measured action by action).
     #[arg(long, default_value_t = 10)]
     pub steps: u32,
     /// Folder for the record (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Also write the PyTorch reference export here (executor/reference/README.md).
-    #[arg(long, value_name = "DIR")]
+    /// Also write the PyTorch reference export here (all-on-GPU runs only).
+    #[arg(long, value_name = "DIR", requires = "model")]
     pub export: Option<PathBuf>,
-    /// Hardware profile, for the fixed device-memory overhead in the prediction.
-    #[arg(long, value_name = "PATH", default_value = "models/hardware/h100-sxm.ron")]
-    pub hardware: PathBuf,
+    /// Hardware profile: the fixed overhead of an all-on-GPU prediction; for a schedule, the
+    /// profile it was planned for is read from models/hardware/<name>.ron unless this is given.
+    #[arg(long, value_name = "PATH")]
+    pub hardware: Option<PathBuf>,
     /// Peak dense bf16 TFLOP/s for MFU (llm.c's H100 SXM figure by default).
     #[arg(long, default_value_t = 989.0)]
     pub peak_tflops: f64,
@@ -56,24 +71,16 @@ fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = args.model.load()?;
-    let program = Program::build(&cfg);
-    program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
-    let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
-    let hw: Option<HardwareProfile> = HardwareProfile::load(&args.hardware).ok();
-    let fixed = hw.as_ref().map(|h| h.fixed_overhead.0).unwrap_or(0);
-    let digest = models::digest::program_digest(&program);
-    println!(
-        "{}: {} layers, C {}, {} heads, B {} x T {}, {} output chunks, {:?} attention; {} steps, all on the GPU",
-        cfg.name, cfg.layers, cfg.hidden, cfg.heads, cfg.batch, cfg.seq, cfg.output_chunks, cfg.attention, args.steps
-    );
-    println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), args.hardware.display());
+fn pct(m: f64, p: f64) -> f64 {
+    if p > 0.0 {
+        100.0 * (m - p) / p
+    } else {
+        0.0
+    }
+}
 
-    let adamw = AdamW { lr: args.lr, ..AdamW::default() };
-    let opts = RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 };
-    let n = args.steps;
-    let mut print_step = |r: &executor::StepReport| {
+fn print_step(n: u32) -> impl FnMut(&StepReport) {
+    move |r: &StepReport| {
         println!(
             "step {:>4}/{n} | loss {:.6} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
             r.step,
@@ -82,38 +89,71 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.tokens_per_s,
             100.0 * r.mfu
         );
-    };
-    let result = match executor::run_all_on_gpu(&program, &opts, &mut print_step) {
-        Ok(r) => r,
-        Err(ExecError::NoGpu(m)) => return Err(CodedError { code: EXIT_NO_GPU, message: format!("no CUDA device: {m}") }.into()),
-        Err(e) => return Err(e).context("running the step on the GPU"),
-    };
+    }
+}
 
-    let predicted = MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
-    let measured = MemoryPeaks {
-        allocated_bytes: result.pool_used_high,
-        reserved_bytes: result.pool_reserved_high,
-        device_bytes: result.device_used_high,
-    };
-    let pct = |m: u64, p: u64| if p > 0 { 100.0 * (m as f64 - p as f64) / p as f64 } else { 0.0 };
+fn gpu_error(e: ExecError) -> anyhow::Error {
+    match e {
+        ExecError::NoGpu(m) => CodedError { code: EXIT_NO_GPU, message: format!("no CUDA device: {m}") }.into(),
+        ExecError::Refused(m) => anyhow::anyhow!("refusing the schedule: {m}"),
+        other => anyhow::Error::new(other).context("running the step on the GPU"),
+    }
+}
+
+fn print_memory(measured: &MemoryPeaks, predicted: &MemoryPeaks) {
     println!("memory (measured vs predicted):");
     for (what, m, p) in [
         ("pool USED_MEM_HIGH", measured.allocated_bytes, predicted.allocated_bytes),
         ("pool RESERVED_MEM_HIGH", measured.reserved_bytes, predicted.reserved_bytes),
         ("device in use (cuMemGetInfo)", measured.device_bytes, predicted.device_bytes),
     ] {
-        println!("  {what:<30} {:>14} vs {:>14}  ({:+.2}%)", mib(m), mib(p), pct(m, p));
+        println!("  {what:<30} {:>14} vs {:>14}  ({:+.2}%)", mib(m), mib(p), pct(m as f64, p as f64));
     }
-    println!("  device in use before allocating: {}", mib(result.device_used_at_start));
+}
 
-    let steps: Vec<StepRecord> = result
-        .steps
-        .iter()
-        .map(|s| StepRecord { step: s.step, loss: s.loss, ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
-        .collect();
+fn steps_of(reports: &[StepReport]) -> Vec<StepRecord> {
+    reports.iter().map(|s| StepRecord { step: s.step, loss: s.loss, ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu }).collect()
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.schedule.clone() {
+        Some(path) => run_schedule(&args, &path),
+        None => run_all_on_gpu(&args),
+    }
+}
+
+fn options(args: &Args) -> RunOptions {
+    let adamw = AdamW { lr: args.lr, ..AdamW::default() };
+    RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 }
+}
+
+fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
+    let model = args.model.clone().expect("clap requires --model without a schedule");
+    let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
+    let program = Program::build(&cfg);
+    program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
+    let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
+    let hw_path = args.hardware.clone().unwrap_or_else(|| PathBuf::from("models/hardware/h100-sxm.ron"));
+    let hw: Option<HardwareProfile> = HardwareProfile::load(&hw_path).ok();
+    let fixed = hw.as_ref().map(|h| h.fixed_overhead.0).unwrap_or(0);
+    println!(
+        "{}: {} layers, C {}, {} heads, B {} x T {}, {} output chunks, {:?} attention; {} steps, all on the GPU",
+        cfg.name, cfg.layers, cfg.hidden, cfg.heads, cfg.batch, cfg.seq, cfg.output_chunks, cfg.attention, args.steps
+    );
+    println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
+    let result = executor::run_all_on_gpu(&program, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
+
+    let predicted = MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
+    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
+    print_memory(&measured, &predicted);
+    println!("  device in use before allocating: {}", mib(result.device_used_at_start));
+    let steps = steps_of(&result.steps);
     let median_ms = steady_median_ms(&steps);
-    let tokens = cfg.tokens() as f64;
-    let median_tps = if median_ms > 0.0 { tokens / (median_ms / 1e3) } else { 0.0 };
+    let median_tps = if median_ms > 0.0 { cfg.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
     println!(
         "median step (after the first): {:.2} ms, {:.0} tok/s, MFU {:.1}%",
         median_ms,
@@ -125,11 +165,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         config: cfg.clone(),
         schedule: "all-on-gpu".into(),
-        schedule_digest: digest,
+        schedule_digest: models::digest::program_digest(&program),
         device: result.device.clone(),
         driver: result.driver.clone(),
         commit: commit(),
-        unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        unix_time: unix_time(),
         predicted,
         measured,
         device_bytes_at_start: result.device_used_at_start,
@@ -139,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         median_ms,
         median_tokens_per_s: median_tps,
         notes: vec![format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens)],
-        hardware: String::new(),
+        hardware: hw.map(|h| h.name).unwrap_or_default(),
         budget_bytes: None,
         strategy: reports::record::ALL_ON_GPU.into(),
         decisions: Vec::new(),
@@ -151,5 +191,115 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(d) = &args.export {
         println!("reference export: {}", d.display());
     }
+    Ok(())
+}
+
+/// The hardware profile a schedule was planned for.
+fn schedule_hardware(args: &Args, schedule: &Schedule) -> anyhow::Result<HardwareProfile> {
+    let path = args.hardware.clone().unwrap_or_else(|| PathBuf::from(format!("models/hardware/{}.ron", schedule.hardware)));
+    HardwareProfile::load(&path).with_context(|| {
+        format!("loading the hardware profile `{}` the schedule was planned for (give its file with --hardware)", schedule.hardware)
+    })
+}
+
+fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
+    let schedule = Schedule::load(path)?;
+    let program = Program::build(&schedule.model);
+    schedule.check_digest(&models::digest::program_digest(&program), path)?;
+    let hw = schedule_hardware(args, &schedule)?;
+    // The simulator checks the schedule (every op's inputs on the GPU, no races between lanes,
+    // the budget under any timing) before anything runs, and gives the prediction to compare.
+    let trace = planner::simulate(&program, &hw, &schedule).with_context(|| format!("{} does not simulate", path.display()))?;
+    let cfg = &program.config;
+    let p = &schedule.prediction;
+    println!(
+        "{}: {} layers, B {} x T {}, {} output chunks; schedule {} ({}), budget {}; {} steps + 1 measured",
+        cfg.name,
+        cfg.layers,
+        cfg.batch,
+        cfg.seq,
+        cfg.output_chunks,
+        path.display(),
+        if schedule.strategy.is_empty() { "unnamed strategy" } else { &schedule.strategy },
+        schedule.budget,
+        args.steps
+    );
+    println!("predicted: pool peak {} at {}, step {}", p.peak_allocated, p.peak_at, p.step_time);
+    let result = executor::run_schedule(&program, &schedule, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
+
+    let predicted = MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: p.peak_device().0 };
+    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
+    print_memory(&measured, &predicted);
+    println!("  device in use before allocating: {}; pinned host memory {}", mib(result.device_used_at_start), mib(result.pinned_bytes));
+    if measured.device_bytes > schedule.budget.0 {
+        println!("  WARNING: the device used {} more than the budget", mib(measured.device_bytes - schedule.budget.0));
+    }
+
+    let steps = steps_of(&result.steps);
+    let median_ms = steady_median_ms(&steps);
+    let median_tps = if median_ms > 0.0 { cfg.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
+    let l = result.lanes;
+    let predicted_time = StepTimes::predicted(p, &trace);
+    let measured_time = StepTimes {
+        step_ms: median_ms,
+        compute_ms: l.compute_ms,
+        h2d_bytes: l.h2d_bytes,
+        d2h_bytes: l.d2h_bytes,
+        h2d_ms: l.h2d_ms,
+        d2h_ms: l.d2h_ms,
+        host_ms: l.host_ms,
+        compute_wait_ms: l.compute_wait_ms,
+    };
+    println!("lanes (step {} measured action by action: {:.2} ms) vs the simulator:", result.measured_step, l.step_ms);
+    for (what, m, pr) in [
+        ("step (median of the timed steps)", measured_time.step_ms, predicted_time.step_ms),
+        ("compute busy", measured_time.compute_ms, predicted_time.compute_ms),
+        ("compute waiting on other lanes", measured_time.compute_wait_ms, predicted_time.compute_wait_ms),
+        ("host-to-device busy", measured_time.h2d_ms, predicted_time.h2d_ms),
+        ("device-to-host busy", measured_time.d2h_ms, predicted_time.d2h_ms),
+        ("host work", measured_time.host_ms, predicted_time.host_ms),
+    ] {
+        println!("  {what:<34} {m:>10.2} ms vs {pr:>10.2} ms  ({:+.1}%)", pct(m, pr));
+    }
+    println!("  bytes: {} H2D, {} D2H", mib(l.h2d_bytes), mib(l.d2h_bytes));
+    println!("median step (after the first): {:.2} ms, {:.0} tok/s", median_ms, median_tps);
+
+    let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.pool_used)).collect();
+    let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &result.device);
+    reports::measured::write_measured_memory(&args.out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
+
+    let record = Record {
+        version: RECORD_VERSION,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        config: cfg.clone(),
+        schedule: path.display().to_string(),
+        schedule_digest: schedule.inventory_digest.clone(),
+        device: result.device.clone(),
+        driver: result.driver.clone(),
+        commit: commit(),
+        unix_time: unix_time(),
+        predicted,
+        measured,
+        device_bytes_at_start: result.device_used_at_start,
+        peak_flops: args.peak_tflops * 1e12,
+        model_flops: program.model_flops().0,
+        steps,
+        median_ms,
+        median_tokens_per_s: median_tps,
+        notes: vec![
+            format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens),
+            format!("pinned host memory: {} bytes", result.pinned_bytes),
+            format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
+        ],
+        hardware: schedule.hardware.clone(),
+        budget_bytes: Some(schedule.budget.0),
+        strategy: if schedule.strategy.is_empty() { "unnamed".into() } else { schedule.strategy.clone() },
+        decisions: schedule.decisions.clone(),
+        predicted_time: Some(predicted_time),
+        measured_time: Some(measured_time),
+    };
+    let rec = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
+    println!("record: {}", rec.display());
+    println!("memory chart: {}", args.out.join("memory.svg").display());
     Ok(())
 }

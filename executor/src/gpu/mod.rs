@@ -18,6 +18,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+pub mod lanes;
+pub use lanes::HostView;
+
 /// What can go wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

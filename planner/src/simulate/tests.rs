@@ -49,6 +49,7 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
         model: p.config.clone(),
         hardware: "test".into(),
         budget: Bytes(80 * GIB),
+        strategy: String::new(),
         decisions: Vec::new(),
         host_resident,
         actions,

@@ -130,6 +130,7 @@ pub fn fixture() -> Fixture {
         model: cfg,
         hardware: hw.name.clone(),
         budget: peak + hw.fixed_overhead + Bytes::mib(64.0),
+        strategy: String::new(),
         decisions,
         host_resident: Vec::new(),
         actions: program.ops.iter().map(|o| Action::Run(o.id)).collect(),

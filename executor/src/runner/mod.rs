@@ -1,0 +1,230 @@
+//! Runs any schedule on the GPU: every action of `Schedule::actions` on its lane (compute, the
+//! two copy streams, and a host stream whose work runs through cuLaunchHostFunc), with the
+//! schedule's events between lanes; blocks that live off the GPU in pinned host memory; the CPU
+//! embedding and host AdamW on the host's cores. One step is measured action by action (events
+//! around every op, copy, wait and allocation) for the lane times and the memory over time.
+//!
+//! The portable part (what a run reports, which tensors need host copies, the schedule checks)
+//! builds without CUDA; the issuing is in `issue` behind the `cuda` feature.
+
+#[cfg(feature = "cuda")]
+mod issue;
+
+use crate::train::{RunOptions, StepReport};
+use crate::ExecError;
+use models::program::{OpKind, Program};
+use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
+use models::TensorId;
+use serde::Serialize;
+
+/// Busy time and bytes of each lane over one measured step (ms, bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LaneTimes {
+    pub step_ms: f64,
+    /// Kernels and recomputation on the compute stream.
+    pub compute_ms: f64,
+    pub h2d_bytes: u64,
+    pub d2h_bytes: u64,
+    pub h2d_ms: f64,
+    pub d2h_ms: f64,
+    /// Host work (CPU embedding, host AdamW), as the host functions timed themselves.
+    pub host_ms: f64,
+    /// Time the compute stream sat in `Wait`s for other lanes.
+    pub compute_wait_ms: f64,
+}
+
+/// The pool's bytes in use right after an allocation or free of the measured step, at the time
+/// the compute stream reached it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct MemoryPoint {
+    pub action: usize,
+    pub ms: f64,
+    pub pool_used: u64,
+}
+
+/// What a schedule run measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScheduleRunResult {
+    pub device: String,
+    pub driver: String,
+    pub steps: Vec<StepReport>,
+    pub pool_used_high: u64,
+    pub pool_reserved_high: u64,
+    pub device_used_high: u64,
+    pub device_used_at_start: u64,
+    pub device_free_at_start: u64,
+    pub device_total: u64,
+    /// Pinned host memory the run holds for off-GPU blocks.
+    pub pinned_bytes: u64,
+    /// The step measured action by action (its time is in `lanes.step_ms`, not in `steps`).
+    pub measured_step: u32,
+    pub lanes: LaneTimes,
+    pub memory: Vec<MemoryPoint>,
+    pub corpus_tokens: usize,
+}
+
+/// Checks that `schedule` is one this executor can run for `program`: its format version and
+/// program digest, and that every event is recorded before any wait on it.
+pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), ExecError> {
+    if schedule.format_version != SCHEDULE_FORMAT_VERSION {
+        return Err(ExecError::Refused(format!(
+            "the schedule is format {}, this offplan runs format {SCHEDULE_FORMAT_VERSION}: re-plan it with this offplan (offplan plan ...)",
+            schedule.format_version
+        )));
+    }
+    let digest = models::digest::program_digest(program);
+    if schedule.inventory_digest != digest {
+        return Err(ExecError::Refused(format!(
+            "the schedule was planned for program {}, this offplan builds {digest} for its model: the config or offplan changed since; re-plan it (offplan plan ...)",
+            schedule.inventory_digest
+        )));
+    }
+    let mut recorded = std::collections::HashSet::new();
+    for (i, a) in schedule.actions.iter().enumerate() {
+        match a {
+            Action::Record(e, _) => {
+                recorded.insert(*e);
+            }
+            Action::Wait(e, _) if !recorded.contains(e) => {
+                return Err(ExecError::Refused(format!("action {i} waits on event {} before any action records it", e.0)));
+            }
+            Action::Run(op) | Action::Recompute(op) | Action::HostRun(op) if op.index() >= program.ops.len() => {
+                return Err(ExecError::Refused(format!("action {i} names op {}, the program has {}", op.0, program.ops.len())));
+            }
+            Action::HostRun(op) if !matches!(program.op(*op).kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_)) => {
+                return Err(ExecError::Refused(format!("action {i} runs {} on the host; only the embedding and AdamW run there", program.op(*op).name)));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Tensors that need a pinned host copy: those that start on the host, those copied either
+/// way, and those host work reads or writes (the token ids excepted: the host has the batch).
+pub fn host_tensors(program: &Program, schedule: &Schedule) -> Vec<TensorId> {
+    let inv = &program.inventory;
+    let mut need = vec![false; inv.tensors.len()];
+    for t in &schedule.host_resident {
+        need[t.index()] = true;
+    }
+    for a in &schedule.actions {
+        match a {
+            Action::Prefetch(t) | Action::Evict(t) => need[t.index()] = true,
+            Action::HostRun(op) => {
+                for t in program.op(*op).touches() {
+                    need[t.index()] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    need[inv.io.tokens.index()] = schedule.actions.iter().any(|a| matches!(a, Action::Prefetch(t) | Action::Evict(t) if *t == inv.io.tokens));
+    inv.tensors.iter().filter(|t| need[t.id.index()]).map(|t| t.id).collect()
+}
+
+/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `on_step` after each.
+/// Refuses a schedule of another format or program, and one whose budget (less the fixed
+/// overhead it assumes) exceeds the device's free memory.
+pub fn run_schedule(program: &Program, schedule: &Schedule, opts: &RunOptions, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+    check_schedule(program, schedule)?;
+    let cfg = &program.config;
+    let tokens = crate::data::tokenize_corpus()?;
+    let batches = crate::data::Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
+    imp(program, schedule, opts, batches, on_step)
+}
+
+#[cfg(feature = "cuda")]
+fn imp(program: &Program, schedule: &Schedule, opts: &RunOptions, batches: crate::data::Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+    issue::run(program, schedule, opts, batches, on_step)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn imp(_: &Program, _: &Schedule, _: &RunOptions, _: crate::data::Batches, _: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+    Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::schedule::{EventId, Lane};
+    use models::GptConfig;
+
+    fn tiny() -> Program {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
+        Program::build(&GptConfig::load(&path).unwrap())
+    }
+
+    fn empty_schedule(p: &Program) -> Schedule {
+        Schedule {
+            format_version: SCHEDULE_FORMAT_VERSION,
+            inventory_digest: models::digest::program_digest(p),
+            model: p.config.clone(),
+            hardware: "h100-sxm".into(),
+            budget: models::Bytes::gib(80.0),
+            strategy: String::new(),
+            decisions: vec![],
+            host_resident: vec![],
+            actions: p.ops.iter().map(|o| Action::Run(o.id)).collect(),
+            prediction: models::schedule::Prediction {
+                peak_allocated: models::Bytes(0),
+                peak_action: 0,
+                peak_at: String::new(),
+                fixed_overhead: models::Bytes(0),
+                step_time: models::Seconds(0.0),
+                compute_time: models::Seconds(0.0),
+                h2d_bytes: models::Bytes(0),
+                d2h_bytes: models::Bytes(0),
+                exposed_transfer: models::Seconds(0.0),
+                hidden_transfer: models::Seconds(0.0),
+                solver: None,
+            },
+        }
+    }
+
+    #[test]
+    fn refuses_other_versions_digests_and_waits_before_records() {
+        let p = tiny();
+        let ok = empty_schedule(&p);
+        check_schedule(&p, &ok).unwrap();
+
+        let mut s = ok.clone();
+        s.format_version += 1;
+        let e = check_schedule(&p, &s).unwrap_err().to_string();
+        assert!(e.contains("format") && e.contains("re-plan"), "{e}");
+
+        let mut s = ok.clone();
+        s.inventory_digest = "0000".into();
+        let e = check_schedule(&p, &s).unwrap_err().to_string();
+        assert!(e.contains("0000") && e.contains("re-plan"), "{e}");
+
+        let mut s = ok.clone();
+        s.actions.insert(0, Action::Wait(EventId(7), Lane::Compute));
+        s.actions.push(Action::Record(EventId(7), Lane::HostToDevice));
+        let e = check_schedule(&p, &s).unwrap_err().to_string();
+        assert!(e.contains("event 7"), "{e}");
+
+        let mut s = ok;
+        let ln1 = p.find(OpKind::Ln1(0)).unwrap().id;
+        s.actions.push(Action::HostRun(ln1));
+        assert!(check_schedule(&p, &s).unwrap_err().to_string().contains("on the host"));
+    }
+
+    #[test]
+    fn host_copies_for_resident_copied_and_host_touched_tensors() {
+        let p = tiny();
+        let inv = &p.inventory;
+        let mut s = empty_schedule(&p);
+        let l0 = inv.layers[0];
+        let a1 = inv.acts[1];
+        s.host_resident = vec![l0.optimizer];
+        s.actions.push(Action::Evict(a1.ln1));
+        let adam = p.find(OpKind::Adam(models::inventory::Owner::Layer(1))).unwrap().id;
+        s.actions.push(Action::HostRun(adam));
+        let got = host_tensors(&p, &s);
+        let l1 = inv.layers[1];
+        let mut want = vec![l0.optimizer, a1.ln1, l1.weights, l1.grads, l1.optimizer];
+        want.sort();
+        assert_eq!(got, want);
+    }
+}
