@@ -3,6 +3,7 @@
 //! `timeline_lanes`, `placement_rows`, `sweep_series`) so tests check numbers, not pixels.
 //! Every file is written atomically (`models::io::write_atomic`).
 
+pub mod calibration;
 pub mod error;
 pub mod memory;
 pub mod placement;
@@ -12,6 +13,7 @@ pub mod summary;
 pub mod sweep;
 pub mod timeline;
 
+pub use calibration::{report_markdown, Case};
 pub use error::ReportError;
 pub use memory::{memory_series, MemoryChart};
 pub use placement::{placement_rows, PlacementChart};
@@ -72,4 +74,23 @@ pub fn write_sweep(dir: &Path, title: &str, points: &[SweepPoint]) -> Result<Vec
     create_dir(dir)?;
     let chart = SweepChart::new(title.to_string(), points);
     Ok(vec![svg(dir, "sweep.svg", &chart)?, png(dir, "sweep.png", &chart)?, write(&dir.join("sweep.csv"), sweep_csv(points).as_bytes())?])
+}
+
+/// Writes `report.md`, `peak.svg`, `peak.png`, `step.svg` and `step.png` into `dir` (created if
+/// missing) for `cases` (worst first: the table's row numbers label the charts' points);
+/// returns the paths.
+pub fn write_calibration(dir: &Path, cases: &[Case], loss_pairs: usize, loss_issues: &[String]) -> Result<Vec<PathBuf>, ReportError> {
+    if cases.is_empty() {
+        return Err(ReportError::Empty { path: dir.join("report.md"), message: "no records".into() });
+    }
+    create_dir(dir)?;
+    let peak = calibration::peak_chart(cases);
+    let step = calibration::step_chart(cases);
+    Ok(vec![
+        write(&dir.join("report.md"), report_markdown(cases, loss_pairs, loss_issues).as_bytes())?,
+        svg(dir, "peak.svg", &peak)?,
+        png(dir, "peak.png", &peak)?,
+        svg(dir, "step.svg", &step)?,
+        png(dir, "step.png", &step)?,
+    ])
 }

@@ -3,6 +3,7 @@
 pub mod explain;
 pub mod inspect;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod simulate;
 pub mod sweep;

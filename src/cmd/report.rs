@@ -1,0 +1,66 @@
+//! `offplan report RECORDS_DIR --out DIR`: every run record re-planned with today's code and
+//! compared with what the run measured: `report.md` (one row per record, worst first, with the
+//! term of the model that is off) and the `peak` and `step` scatter charts (predicted against
+//! measured, with the y = x line).
+
+use anyhow::Context;
+use models::{Bytes, HardwareProfile, Program};
+use reports::calibration::{loss_mismatches, worst_first, Case};
+use reports::record::{load_dir, Record};
+use std::path::{Path, PathBuf};
+
+/// The budget a record without one (an all-on-GPU run) is re-planned under: no limit.
+pub const NO_BUDGET: Bytes = Bytes(1 << 50);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folder of run records (`run-*.ron`, as `offplan run --out` writes them).
+    #[arg(value_name = "RECORDS_DIR")]
+    pub records: PathBuf,
+    /// Folder for report.md, peak.svg/png and step.svg/png (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Folder of hardware profiles; a record planned for profile NAME is re-planned with
+    /// DIR/NAME.ron.
+    #[arg(long, value_name = "DIR", default_value = "models/hardware")]
+    pub hardware_dir: PathBuf,
+}
+
+/// Re-plans `record` with today's code and sets it against what it measured.
+pub fn case_of(file: &str, record: &Record, hardware_dir: &Path) -> Case {
+    let path = hardware_dir.join(format!("{}.ron", record.hardware_name()));
+    let hw = match HardwareProfile::load(&path) {
+        Ok(hw) => hw,
+        Err(e) => return Case::failed(file, record, format!("hardware profile {}: {e}", path.display())),
+    };
+    let program = Program::build(&record.config);
+    let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
+    match planner::replan_record(&program, &hw, budget, &record.decisions) {
+        Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace),
+        Err(e) => Case::failed(file, record, e.to_string()),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let records = load_dir(&args.records)?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no run records (*.ron) in {}: records are written by `offplan run --out {}` on a GPU; give the folder that holds them (e.g. reports/records)",
+            args.records.display(),
+            args.records.display()
+        );
+    }
+    let named: Vec<(String, &Record)> = records.iter().map(|(p, r)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), r)).collect();
+    let cases = worst_first(named.iter().map(|(f, r)| case_of(f, r, &args.hardware_dir)).collect());
+    let (pairs, issues) = loss_mismatches(&named);
+    let written = reports::write_calibration(&args.out, &cases, pairs, &issues).with_context(|| format!("writing the report into {}", args.out.display()))?;
+    let pass = cases.iter().filter(|c| c.passes()).count();
+    println!("{} records, {pass} within target; {} loss comparisons, {} disagreeing steps", cases.len(), pairs, issues.len());
+    for c in cases.iter().filter(|c| !c.passes()) {
+        println!("{}", c.explain());
+    }
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
