@@ -27,6 +27,8 @@ enum Command {
     Explain(cmd::explain::Args),
     /// Run training steps on the GPU (all on the GPU, or as a schedule says) and measure.
     Run(cmd::run::Args),
+    /// Measure the GPU and the host (copy rates, products, kernels, overheads); write a hardware profile.
+    Calibrate(cmd::calibrate::Args),
     /// Re-plan every run record with today's code: predicted against measured, table and charts.
     Report(cmd::report::Args),
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Explain(a) => cmd::explain::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Report(a) => cmd::report::run(a),
     };
     match result {
