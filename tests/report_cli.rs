@@ -25,6 +25,51 @@ fn table_rows(md: &str) -> Vec<&str> {
     md.lines().skip_while(|l| !l.starts_with("| # |")).skip(2).take_while(|l| l.starts_with('|')).collect()
 }
 
+/// Parses the markup far enough to check it is well formed: tags nest and close in order under
+/// one root; returns the root element's name.
+fn svg_root(text: &str) -> Result<String, String> {
+    let mut open: Vec<&str> = Vec::new();
+    let mut root: Option<&str> = None;
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        let tail = &rest[start + 1..];
+        let end = tail.find('>').ok_or_else(|| "a tag is never closed".to_string())?;
+        let tag = &tail[..end];
+        rest = &tail[end + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(closing) = tag.strip_prefix('/') {
+            match open.pop() {
+                Some(o) if o == closing.trim() => continue,
+                o => return Err(format!("</{closing}> closes {o:?}")),
+            }
+        }
+        let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("");
+        if open.is_empty() {
+            if root.is_some() {
+                return Err(format!("a second root element <{name}>"));
+            }
+            root = Some(name);
+        }
+        if !tag.ends_with('/') {
+            open.push(name);
+        }
+    }
+    if !open.is_empty() {
+        return Err(format!("never closed: {open:?}"));
+    }
+    root.map(str::to_string).ok_or_else(|| "no element".to_string())
+}
+
+#[test]
+fn svg_root_refuses_broken_markup() {
+    assert_eq!(svg_root("<?xml?><svg a='1'><g><rect/></g></svg>"), Ok("svg".into()));
+    assert!(svg_root("<svg><g></svg>").is_err());
+    assert!(svg_root("<svg></svg><svg></svg>").is_err());
+    assert!(svg_root("<svg><g>").is_err());
+}
+
 #[test]
 fn report_writes_the_table_and_charts_for_every_record() {
     let tmp = tempfile::tempdir().unwrap();
@@ -58,10 +103,7 @@ fn report_writes_the_table_and_charts_for_every_record() {
     for chart in ["peak.svg", "step.svg"] {
         let svg = std::fs::read_to_string(out.join(chart)).unwrap();
         assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{chart}");
-        // Well-formed enough: every element opened is closed.
-        let opens = svg.matches('<').count();
-        let closes = svg.matches('>').count();
-        assert_eq!(opens, closes, "{chart}");
+        assert_eq!(svg_root(&svg), Ok("svg".to_string()), "{chart}");
         assert!(svg.contains("predicted (") && svg.contains("measured (") && svg.contains("y = x"), "{chart}");
     }
     assert!(std::fs::read(out.join("peak.png")).unwrap().starts_with(b"\x89PNG"));
