@@ -42,6 +42,14 @@ fn case_of(file: &str, record: &Record) -> Case {
     let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
     match planner::replan_record(&program, &hw, budget, &record.decisions) {
         Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace),
+        // Over the recorded budget: plan the same decisions without a cap, so the case still
+        // shows which term grew.
+        Err(planner::PlanError::Simulation(e)) if matches!(*e, planner::SimError::OverBudget { .. }) => {
+            match planner::replan_record(&program, &hw, NO_BUDGET, &record.decisions) {
+                Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace).with_over_budget(e.to_string()),
+                Err(e) => Case::failed(file, record, e.to_string()),
+            }
+        }
         Err(e) => Case::failed(file, record, e.to_string()),
     }
 }
@@ -114,4 +122,84 @@ fn live_records_on_the_gpu() {
             }
         }
     }
+}
+
+/// The suite on a v2 record with block decisions (host AdamW, recomputation, streamed layer
+/// weights) whose measurement matched its prediction: it passes through the RON file, fails when
+/// the measured pool peak is 3% higher (naming the pool term) and when the recorded budget is
+/// below today's plan.
+#[test]
+fn a_v2_record_with_decisions_is_replanned_from_its_file() {
+    use planner::decisions::{ActChoice, OwnerChoice};
+    use reports::record::{MemoryPeaks, StepRecord, StepTimes, RECORD_VERSION};
+    let cfg = models::GptConfig::load(&root().join("models/configs/gpt3-1.3b.ron")).unwrap().with_shape(Some(1), Some(256), None).unwrap();
+    let program = Program::build(&cfg);
+    let hw = HardwareProfile::load(&root().join("models/hardware/h100-sxm.ron")).unwrap();
+    let mut d = planner::Decisions::all_gpu(&program).with_optimizer(models::Placement::Host);
+    d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
+    for (o, c) in &mut d.owners {
+        if matches!(o, models::Owner::Layer(_)) {
+            *c = OwnerChoice { weights: models::Placement::Streamed, optimizer: c.optimizer };
+        }
+    }
+    let plan = planner::plan::finish(&program, &hw, NO_BUDGET, &d, None).unwrap();
+    let p = &plan.schedule.prediction;
+    let peaks = MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: p.peak_device().0 };
+    let times = StepTimes::predicted(p, &plan.trace);
+    let record = Record {
+        version: RECORD_VERSION,
+        command: "offplan run --schedule s.ron".into(),
+        config: cfg,
+        schedule: "s.ron".into(),
+        schedule_digest: plan.schedule.inventory_digest.clone(),
+        device: "test".into(),
+        driver: "test".into(),
+        commit: "unknown".into(),
+        unix_time: 0,
+        predicted: peaks.clone(),
+        measured: peaks,
+        device_bytes_at_start: 0,
+        peak_flops: 989e12,
+        model_flops: program.model_flops().0,
+        steps: vec![StepRecord { step: 1, loss: 11.0, ms: times.step_ms, tokens_per_s: 1.0, mfu: 0.0 }],
+        median_ms: times.step_ms,
+        median_tokens_per_s: 1.0,
+        notes: vec![],
+        hardware: "h100-sxm".into(),
+        budget_bytes: Some(p.peak_device().0 + (64 << 20)),
+        strategy: "host-optimizer,recompute-all,stream-weights".into(),
+        decisions: plan.schedule.decisions.clone(),
+        predicted_time: Some(times.clone()),
+        measured_time: Some(times),
+    };
+    assert!(!record.decisions.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = record.write(dir.path()).unwrap();
+    let loaded = Record::load(&path).unwrap();
+    assert_eq!(loaded, record);
+    let case = case_of("v2.ron", &loaded);
+    assert!(case.passes(), "{}", case.explain());
+    assert_eq!(case.predicted_pool, p.peak_allocated.0);
+    assert!(case.step_checked() && case.step_error().abs() < 1e-9);
+    // Dropping the decisions (all on the GPU) changes the prediction: they were used.
+    let mut all_gpu = loaded.clone();
+    all_gpu.decisions.clear();
+    assert!(case_of("g.ron", &all_gpu).predicted_pool > case.predicted_pool);
+    // Measured 3% above the prediction: the pool term is named.
+    let mut higher = loaded.clone();
+    higher.measured.allocated_bytes += higher.measured.allocated_bytes * 3 / 100;
+    let c = case_of("h.ron", &higher);
+    assert!(!c.passes() && c.terms_off().starts_with("pool peak"), "{}", c.explain());
+    // A recorded budget below today's plan: over budget, still broken into terms.
+    let mut tight = loaded.clone();
+    tight.budget_bytes = Some(p.peak_device().0 / 2);
+    let c = case_of("t.ron", &tight);
+    assert!(c.over_budget.is_some() && !c.passes() && c.explain().contains("pool peak"), "{}", c.explain());
+    // Measured step 20% slower on the compute lane: the step and compute terms are named.
+    let mut slow = loaded;
+    let m = slow.measured_time.as_mut().unwrap();
+    m.step_ms *= 1.25;
+    m.compute_ms += m.step_ms * 0.2;
+    let c = case_of("s.ron", &slow);
+    assert!(!c.passes() && c.terms_off().contains("step time") && c.terms_off().contains("compute lane"), "{}", c.explain());
 }

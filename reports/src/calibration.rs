@@ -91,6 +91,9 @@ pub struct Case {
     pub budget: Option<u64>,
     /// Why re-planning failed (then the predicted figures are zero).
     pub error: Option<String>,
+    /// Today's plan of the record does not fit the record's budget (the simulator's message);
+    /// the figures are then those of the same decisions planned without a cap.
+    pub over_budget: Option<String>,
     pub predicted_pool: u64,
     pub measured_pool: u64,
     pub measured_reserved: u64,
@@ -125,6 +128,7 @@ impl Case {
             hardware: record.hardware_name().to_string(),
             budget: record.budget_bytes,
             error: Some(error),
+            over_budget: None,
             predicted_pool: 0,
             measured_pool: record.measured.allocated_bytes,
             measured_reserved: record.measured.reserved_bytes,
@@ -220,17 +224,23 @@ impl Case {
         ]
     }
 
-    /// Whether the case meets its targets: re-planned, pool peak within 1%, and the step
-    /// within 10% where it is checked.
+    /// The same case, marked as over its recorded budget with the simulator's `message`.
+    pub fn with_over_budget(mut self, message: String) -> Case {
+        self.over_budget = Some(message);
+        self
+    }
+
+    /// Whether the case meets its targets: re-planned within its budget, pool peak within 1%,
+    /// and the step within 10% where it is checked.
     pub fn passes(&self) -> bool {
-        self.error.is_none() && self.peak_error().abs() <= PEAK_TOLERANCE && (!self.step_checked() || self.step_error().abs() <= STEP_TOLERANCE)
+        self.error.is_none() && self.over_budget.is_none() && self.peak_error().abs() <= PEAK_TOLERANCE && (!self.step_checked() || self.step_error().abs() <= STEP_TOLERANCE)
     }
 
     /// How far outside its targets the case is, for worst-first order: the larger of the peak
     /// and (checked) step errors, each in units of its tolerance; infinite when re-planning
     /// failed.
     pub fn severity(&self) -> f64 {
-        if self.error.is_some() {
+        if self.error.is_some() || self.over_budget.is_some() {
             return f64::INFINITY;
         }
         let peak = self.peak_error().abs() / PEAK_TOLERANCE;
@@ -249,6 +259,9 @@ impl Case {
             return format!("re-planning failed: {e}");
         }
         let mut off: Vec<&str> = self.memory_terms().into_iter().chain(self.time_terms()).filter(|t| !t.ok).map(|t| t.name).collect();
+        if self.over_budget.is_some() {
+            off.insert(0, "budget (today's plan exceeds the recorded budget)");
+        }
         if !self.step_checked() && self.step_error().abs() > STEP_TOLERANCE {
             off.push("step time vs median (unchecked: the record has no lane times)");
         }
@@ -272,6 +285,9 @@ impl Case {
         if let Some(e) = &self.error {
             let _ = write!(s, "\n  re-planning failed: {e}");
             return s;
+        }
+        if let Some(e) = &self.over_budget {
+            let _ = write!(s, "\n  OFF budget: today's plan of these decisions does not fit: {e} (figures below: planned without a cap)");
         }
         for t in self.memory_terms().into_iter().chain(self.time_terms()) {
             let _ = write!(s, "\n  {}", t.line());
@@ -637,6 +653,10 @@ mod tests {
         assert_eq!(order[1], c);
         assert!((order[2].peak_error() - 0.015).abs() < 1e-12);
         assert!(order[3].passes());
+        // Over its recorded budget: fails, first among planned cases, and says so.
+        let over = case(1000 << 20, 598 << 20, 10.0, None).with_over_budget("peak exceeds the budget".into());
+        assert!(!over.passes() && over.terms_off().starts_with("budget"));
+        assert!(over.explain().contains("OFF budget"), "{}", over.explain());
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub fn case_of(file: &str, record: &Record, hardware_dir: &Path) -> Case {
     let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
     match planner::replan_record(&program, &hw, budget, &record.decisions) {
         Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace),
+        // Over the recorded budget: plan the same decisions without a cap, so the case still
+        // shows which term grew.
+        Err(planner::PlanError::Simulation(e)) if matches!(*e, planner::SimError::OverBudget { .. }) => {
+            match planner::replan_record(&program, &hw, NO_BUDGET, &record.decisions) {
+                Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace).with_over_budget(e.to_string()),
+                Err(e) => Case::failed(file, record, e.to_string()),
+            }
+        }
         Err(e) => Case::failed(file, record, e.to_string()),
     }
 }
