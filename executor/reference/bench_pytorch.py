@@ -152,6 +152,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--json", help="also write the results as JSON to this file")
+    ap.add_argument("--budget-gib", type=float,
+                    help="cap the caching allocator at this many GiB (set_per_process_memory_fraction); "
+                         "a mode that needs more is reported as OOM. The CUDA context is not counted, so "
+                         "PyTorch gets about 0.5 GiB more than an offplan schedule of the same budget")
     args = ap.parse_args()
     cfg = parse_ron(args.config)
     if args.batch:
@@ -160,6 +164,9 @@ def main():
         cfg["seq"] = args.seq
     torch.backends.cuda.matmul.allow_tf32 = True
     props = torch.cuda.get_device_properties(0)
+    if args.budget_gib:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * 2**30 / props.total_memory))
+        print(f"# budget: caching allocator capped at {args.budget_gib} GiB", flush=True)
     print(f"# device: {props.name} ({props.total_memory / 2**30:.1f} GiB), torch {torch.__version__}, "
           f"cuda {torch.version.cuda}, date {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}", flush=True)
     print(f"# model {cfg['name']}: L{cfg['layers']} C{cfg['hidden']} NH{cfg['heads']} V{cfg['vocab']} "
@@ -179,7 +186,7 @@ def main():
               f"loss {r['last_loss']:.4f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": props.name, "torch": torch.__version__, "results": out}, f, indent=1)
+            json.dump({"device": props.name, "torch": torch.__version__, "budget_gib": args.budget_gib, "results": out}, f, indent=1)
     return 0
 
 

@@ -60,35 +60,36 @@ pub struct OwnerInit {
 }
 
 /// Initial weights of every owner, in inventory order, from `seed` (each owner has its own
-/// stream derived from the seed and its position, so owners can be made independently).
+/// stream derived from the seed and its position, so owners can be made independently; they are
+/// made in parallel).
 pub fn init_params(inv: &Inventory, layers: u32, seed: u64) -> Vec<OwnerInit> {
-    inv.owners()
-        .into_iter()
-        .enumerate()
-        .map(|(i, owner)| {
-            let p = inv.params(owner);
-            let views = &inv.tensor(p.weights).views;
-            let n = p.params as usize;
-            let mut rng = Rng::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(i as u64 + 1)));
-            let mut weights = vec![bf16::ZERO; n];
-            for v in views {
-                let range = v.offset as usize..(v.offset + v.elems()) as usize;
-                match view_init(v, layers) {
-                    Init::Const(c) => weights[range].fill(bf16::from_f32(c)),
-                    Init::Normal(std) => {
-                        for w in &mut weights[range] {
-                            *w = bf16::from_f64(rng.normal() * std);
-                        }
-                    }
+    use rayon::prelude::*;
+    inv.owners().into_par_iter().enumerate().map(|(i, owner)| init_owner(inv, layers, seed, i, owner)).collect()
+}
+
+/// The initial weights of `owner`, the `index`-th of `Inventory::owners()`.
+pub fn init_owner(inv: &Inventory, layers: u32, seed: u64, index: usize, owner: Owner) -> OwnerInit {
+    let p = inv.params(owner);
+    let views = &inv.tensor(p.weights).views;
+    let n = p.params as usize;
+    let mut rng = Rng::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(index as u64 + 1)));
+    let mut weights = vec![bf16::ZERO; n];
+    for v in views {
+        let range = v.offset as usize..(v.offset + v.elems()) as usize;
+        match view_init(v, layers) {
+            Init::Const(c) => weights[range].fill(bf16::from_f32(c)),
+            Init::Normal(std) => {
+                for w in &mut weights[range] {
+                    *w = bf16::from_f64(rng.normal() * std);
                 }
             }
-            let mut optimizer = vec![0.0f32; 3 * n];
-            for (m, w) in optimizer[..n].iter_mut().zip(&weights) {
-                *m = w.to_f32();
-            }
-            OwnerInit { owner, weights, optimizer }
-        })
-        .collect()
+        }
+    }
+    let mut optimizer = vec![0.0f32; 3 * n];
+    for (m, w) in optimizer[..n].iter_mut().zip(&weights) {
+        *m = w.to_f32();
+    }
+    OwnerInit { owner, weights, optimizer }
 }
 
 #[cfg(test)]

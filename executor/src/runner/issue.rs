@@ -7,7 +7,8 @@ use crate::export::{bf16_bytes, f32_bytes, i32_bytes};
 use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
 use crate::host::bf16::{as_bf16, as_bf16_mut};
 use crate::host::{self, AdamW, WteScratch};
-use crate::init::init_params;
+use crate::init::init_owner;
+use rayon::prelude::*;
 use crate::step::Step;
 use crate::train::{RunOptions, StepReport};
 use crate::ExecError;
@@ -117,17 +118,25 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
     println!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.1} s", mib(pinned_bytes), t0.elapsed().as_secs_f64());
 
     // Initial weights and optimizer state, wherever the step starts them.
-    for p in init_params(inv, cfg.layers, opts.seed) {
-        let t = inv.params(p.owner);
-        for (tensor, bytes) in [(t.weights, bf16_bytes(&p.weights)), (t.optimizer, f32_bytes(&p.optimizer))] {
-            if !schedule.host_resident.contains(&tensor) {
-                step.upload(&gpu, tensor, &bytes)?;
-            }
-            if let Some(buf) = copies.bufs[tensor.index()].as_mut() {
-                buf.as_mut_slice().copy_from_slice(&bytes);
+    // Made 16 owners at a time in parallel, so a large model's initial state is never all in
+    // host memory at once.
+    let t0 = Instant::now();
+    let owners: Vec<(usize, models::Owner)> = inv.owners().into_iter().enumerate().collect();
+    for group in owners.chunks(16) {
+        let made: Vec<_> = group.par_iter().map(|(i, o)| init_owner(inv, cfg.layers, opts.seed, *i, *o)).collect();
+        for p in made {
+            let t = inv.params(p.owner);
+            for (tensor, bytes) in [(t.weights, bf16_bytes(&p.weights)), (t.optimizer, f32_bytes(&p.optimizer))] {
+                if !schedule.host_resident.contains(&tensor) {
+                    step.upload(&gpu, tensor, &bytes)?;
+                }
+                if let Some(buf) = copies.bufs[tensor.index()].as_mut() {
+                    buf.as_mut_slice().copy_from_slice(&bytes);
+                }
             }
         }
     }
+    println!("initial weights and optimizer state in place in {:.1} s", t0.elapsed().as_secs_f64());
 
     let n_events = schedule.actions.iter().filter_map(|a| if let Action::Record(e, _) = a { Some(e.0 as usize + 1) } else { None }).max().unwrap_or(0);
     let events: Vec<CudaEvent> = (0..n_events).map(|_| gpu.sync_event()).collect::<Result<_, _>>()?;
