@@ -5,6 +5,7 @@
 
 pub mod calibration;
 pub mod error;
+pub mod measured;
 pub mod memory;
 pub mod placement;
 pub mod record;

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument groups and exit codes here.
 
+pub mod calibrate;
 pub mod explain;
 pub mod inspect;
 pub mod plan;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Exit codes: 1 any error, 2 bad usage (clap), 3 budget below the feasible floor,
 /// 4 no usable GPU.
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_INFEASIBLE: u8 = 3;
 pub const EXIT_NO_GPU: u8 = 4;
 
