@@ -100,7 +100,7 @@ pub fn feasible_floor(program: &Program, hw: &HardwareProfile) -> Bytes {
 }
 
 /// Candidate starting points: the heuristics that fit, and a few mixed presets.
-fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
+pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
     let program = model.program;
     let mut v: Vec<Decisions> = Heuristic::ALL.iter().filter_map(|h| heuristic_decisions(*h, model, budget)).collect();
     // Streamed optimizer with everything else resident, then with recomputation, then leaner.

@@ -85,6 +85,8 @@ pub struct SolveLimits {
 }
 
 const MS: f64 = 1e3;
+/// Most class combinations a stage may have for its exact local formulation.
+const HULL_LIMIT: usize = 4096;
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// Solves for the decisions minimising the stage model's step time within `budget`.
@@ -95,6 +97,8 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     let t0 = Instant::now();
     let fixed = model.fixed();
     let groups = enumerate(model);
+    let mut starts = starts.to_vec();
+    starts.extend(patterns(model, &fixed, &groups, &starts, model.capacity(budget)));
     let share = (limits.time_limit * 0.1).min(2.0) / starts.len().max(1) as f64;
     let warm = starts
         .iter()
@@ -188,7 +192,54 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
             }
         }
     }
+    // Stages whose time gets the exact local formulation (see `local_hull`).
+    let ext_limit: usize = std::env::var("OFFPLAN_EXT_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(HULL_LIMIT);
+    let mut hulls: Vec<Option<LocalHull>> = Vec::with_capacity(n_stages);
+    for (c0, vs) in &terms {
+        hulls.push(local_hull(&groups, c0, vs, &r, ext_limit));
+    }
+    let mut z: Vec<Vec<Variable>> = Vec::with_capacity(n_stages);
+    let mut zi: Vec<Vec<usize>> = Vec::with_capacity(n_stages);
+    let mut zcol = col + n_stages;
+    for h in &hulls {
+        let n = h.as_ref().map_or(0, |h| h.times.len());
+        z.push((0..n).map(|_| vars.add(variable().min(0.0))).collect());
+        zi.push((0..n).map(|_| { zcol += 1; zcol - 1 }).collect());
+    }
+    for (s, h) in hulls.iter().enumerate() {
+        let Some(h) = h else { continue };
+        // T_s >= sum_c z_c time_c, and the combinations' marginals are the groups' choices.
+        let mut e = Expression::from(0.0);
+        for (c, tc) in h.times.iter().enumerate() {
+            e += z[s][c] * (tc * MS);
+        }
+        rows.push((t[s] - e).geq(0.0));
+        for (j, (gi, classes)) in h.groups.iter().enumerate() {
+            let n_classes = classes.iter().copied().max().map_or(0, |m| m + 1);
+            let stride: usize = h.groups[j + 1..].iter().map(|(_, cl)| cl.iter().copied().max().map_or(0, |m| m + 1)).product();
+            for q in 0..n_classes {
+                if j > 0 && q + 1 == n_classes {
+                    continue; // implied by the other classes and the first group's rows
+                }
+                let mut e = Expression::from(0.0);
+                for c in 0..h.times.len() {
+                    if (c / stride) % n_classes == q {
+                        e += z[s][c];
+                    }
+                }
+                for (k, cl) in classes.iter().enumerate() {
+                    if *cl == q {
+                        e -= x[*gi][k];
+                    }
+                }
+                rows.push(e.eq(0.0));
+            }
+        }
+    }
     for (s, (c0, vs)) in terms.iter().enumerate() {
+        if hulls[s].is_some() {
+            continue;
+        }
         let lin = |f: &dyn Fn(&StageTerms) -> f64| -> Expression {
             let mut e = Expression::from(f(c0) * MS);
             for (gi, k, st) in vs {
@@ -249,15 +300,40 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
         problem.add_constraint(row);
     }
     let mut m = problem.into_inner();
-    m.set_option("output_flag", false);
+    m.set_option("output_flag", std::env::var("OFFPLAN_HIGHS_LOG").is_ok());
+    m.set_option("log_to_console", std::env::var("OFFPLAN_HIGHS_LOG").is_ok());
     m.set_option("time_limit", (limits.time_limit - t0.elapsed().as_secs_f64()).max(0.01));
     m.set_option("mip_rel_gap", limits.mip_rel_gap);
     m.set_option("threads", limits.threads.max(1) as i32);
-    let n_cols = x.iter().map(Vec::len).sum::<usize>() + n_stages;
+    if let Ok(opts) = std::env::var("OFFPLAN_HIGHS_OPTS") {
+        for kv in opts.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap();
+            if let Ok(i) = v.parse::<i32>() {
+                m.set_option(k, i);
+            } else if let Ok(f) = v.parse::<f64>() {
+                m.set_option(k, f);
+            } else if v == "true" || v == "false" {
+                m.set_option(k, v == "true");
+            } else {
+                m.set_option(k, v);
+            }
+        }
+    }
+    let n_cols = zcol;
     if let Some(w) = warm {
         let mut cols = vec![0.0; n_cols];
         for (gi, g) in groups.iter().enumerate() {
             cols[xi[gi][g.index_in(w)]] = 1.0;
+        }
+        for (s, h) in hulls.iter().enumerate() {
+            if let Some(h) = h {
+                let mut c = 0;
+                for (gi, classes) in &h.groups {
+                    let n_classes = classes.iter().copied().max().map_or(0, |m| m + 1);
+                    c = c * n_classes + classes[groups[*gi].index_in(w)];
+                }
+                cols[zi[s][c]] = 1.0;
+            }
         }
         let eval = model.evaluate(w);
         for (s, v) in eval.stage_times.iter().enumerate() {
@@ -475,4 +551,150 @@ fn shift(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize, usize, StageTer
         }
     }
     (a0, terms)
+}
+
+/// The exact time of one stage over every combination of its groups' local choices.
+struct LocalHull {
+    /// The groups with a term in this stage, each with its choices' class (equal terms here).
+    groups: Vec<(usize, Vec<usize>)>,
+    /// Stage time of each combination of classes (mixed radix, first group most significant).
+    times: Vec<f64>,
+}
+
+/// The convex hull of T_s >= stage_time(terms) over the groups touching stage s: one weight per
+/// combination of the groups' local classes, whose marginals are the groups' choices. Exact for
+/// integral choices, and its relaxation cannot hide part of a copy behind compute. None when the
+/// stage has no group or more than `limit` combinations.
+fn local_hull(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize, usize, StageTerms)], r: &super::model::Rates, limit: usize) -> Option<LocalHull> {
+    let mut per_group: std::collections::BTreeMap<usize, Vec<StageTerms>> = Default::default();
+    for (gi, k, q) in vs {
+        let e = per_group.entry(*gi).or_insert_with(|| vec![StageTerms::default(); groups[*gi].len()]);
+        e[*k] = add_terms(&e[*k], q);
+    }
+    let same = |a: &StageTerms, b: &StageTerms| {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs()));
+        close(a.compute, b.compute) && close(a.h2d, b.h2d) && close(a.d2h, b.d2h) && close(a.feed, b.feed) && close(a.host, b.host) && close(a.after_host, b.after_host)
+    };
+    let mut hull_groups = Vec::new();
+    let mut reps: Vec<Vec<StageTerms>> = Vec::new();
+    let mut n = 1usize;
+    for (gi, ts) in per_group {
+        let mut classes = Vec::with_capacity(ts.len());
+        let mut rep: Vec<StageTerms> = Vec::new();
+        for t in &ts {
+            match rep.iter().position(|u| same(u, t)) {
+                Some(q) => classes.push(q),
+                None => {
+                    classes.push(rep.len());
+                    rep.push(t.clone());
+                }
+            }
+        }
+        if rep.len() < 2 {
+            continue; // the same here under every choice: constant
+        }
+        n = n.saturating_mul(rep.len());
+        hull_groups.push((gi, classes));
+        reps.push(rep);
+    }
+    if hull_groups.is_empty() || n > limit {
+        return None;
+    }
+    // Constant part: the fixed terms plus the single class of groups left out.
+    let mut base = c0.clone();
+    for (gi, k, q) in vs {
+        if !hull_groups.iter().any(|(g, _)| g == gi) && *k == 0 {
+            base = add_terms(&base, q);
+        }
+    }
+    let mut times = Vec::with_capacity(n);
+    for c in 0..n {
+        let mut t = base.clone();
+        let mut rest = c;
+        for rep in reps.iter().rev() {
+            t = add_terms(&t, &rep[rest % rep.len()]);
+            rest /= rep.len();
+        }
+        times.push(r.stage_time(&t));
+    }
+    Some(LocalHull { groups: hull_groups, times })
+}
+
+/// Step time and peak bytes of one choice per group (`fixed` included).
+fn eval_picks(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], pick: &[usize]) -> (f64, u64) {
+    let mut live = fixed.live.clone();
+    let mut terms = vec![StageTerms::default(); model.n_stages()];
+    for (s, t) in &fixed.stages {
+        terms[*s] = add_terms(&terms[*s], t);
+    }
+    for (g, k) in groups.iter().zip(pick) {
+        let c = &g.contributions[*k];
+        for (l, x) in live.iter_mut().zip(&c.live) {
+            *l += x;
+        }
+        for (s, t) in &c.stages {
+            terms[*s] = add_terms(&terms[*s], t);
+        }
+    }
+    let r = model.rates;
+    (terms.iter().map(|t| r.stage_time(t)).sum(), live.into_iter().max().unwrap_or(0))
+}
+
+/// Periodic starting points: every layer's owner choice alternating between two choices (odd and
+/// even layers), with one activation choice for every layer, the other groups as in the best
+/// start or at their leanest. Single-group moves cannot reach such patterns (the optimum of a
+/// budget that binds often alternates: a layer streaming its weights next to one streaming its
+/// optimizer state shares the link best). Returns the two fastest that fit.
+fn patterns(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], starts: &[Decisions], cap: u64) -> Vec<Decisions> {
+    let best = starts.iter().min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0));
+    let lean: Vec<usize> = groups
+        .iter()
+        .map(|g| (0..g.len()).min_by_key(|k| (g.contributions[*k].live.iter().max().copied().unwrap_or(0), g.contributions[*k].live.iter().sum::<u64>())).unwrap_or(0))
+        .collect();
+    let mut bases = vec![lean];
+    if let Some(b) = best {
+        bases.push(groups.iter().map(|g| g.index_in(b)).collect());
+    }
+    let layer_owner = |g: &GroupChoices| match g.group {
+        Group::Owner(models::Owner::Layer(l)) => Some(l),
+        _ => None,
+    };
+    let Some(proto) = groups.iter().find(|g| layer_owner(g).is_some()) else { return Vec::new() };
+    let n_owner = proto.len();
+    let n_acts = ActChoice::all().len();
+    let mut found: Vec<(f64, Vec<usize>)> = Vec::new();
+    for base in &bases {
+        for a in 0..n_owner {
+            for b in 0..n_owner {
+                for u in 0..n_acts {
+                    let mut pick = base.clone();
+                    for (gi, g) in groups.iter().enumerate() {
+                        match g.group {
+                            Group::Owner(models::Owner::Layer(l)) if g.len() == n_owner => pick[gi] = if l % 2 == 0 { a } else { b },
+                            Group::Acts(_) => pick[gi] = u,
+                            _ => {}
+                        }
+                    }
+                    let (t, peak) = eval_picks(model, fixed, groups, &pick);
+                    if peak <= cap {
+                        found.push((t, pick));
+                    }
+                }
+            }
+        }
+    }
+    found.sort_by(|x, y| x.0.total_cmp(&y.0));
+    found.dedup_by(|x, y| x.1 == y.1);
+    let template = starts.first().cloned().unwrap_or_else(|| Decisions::all_gpu(model.program));
+    found
+        .into_iter()
+        .take(2)
+        .map(|(_, pick)| {
+            let mut d = template.clone();
+            for (g, k) in groups.iter().zip(&pick) {
+                g.apply(*k, &mut d);
+            }
+            d
+        })
+        .collect()
 }

@@ -6,3 +6,95 @@ pub mod model;
 
 pub use milp::{solve, SolveOutcome};
 pub use model::{Evaluation, StageModel};
+
+#[cfg(test)]
+mod timing {
+    //! `cargo test -p planner --release --lib solve::timing -- --ignored --nocapture`:
+    //! solve time and gap of the benchmark problems (OFFPLAN_SOLVE_LIMIT, OFFPLAN_REPS).
+    use crate::{plan, PlanOptions};
+    use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
+    use std::path::Path;
+
+    fn load(name: &str) -> (Program, HardwareProfile) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
+        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+        (Program::build(&cfg), hw)
+    }
+
+    #[test]
+    #[ignore]
+    fn solve_times() {
+        let limit: f64 = std::env::var("OFFPLAN_SOLVE_LIMIT").ok().and_then(|s| s.parse().ok()).unwrap_or(60.0);
+        let reps: usize = std::env::var("OFFPLAN_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+        let which = std::env::var("OFFPLAN_WHICH").unwrap_or_default();
+        let opts = PlanOptions { time_limit: Seconds(limit), mip_rel_gap: 0.01, threads: 2 };
+        for (name, budget) in [("gpt3-2.7b", 24.0), ("gpt3-175b", 80.0)] {
+            if !which.is_empty() && !name.contains(&which) {
+                continue;
+            }
+            let (p, hw) = load(name);
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                let once = plan(&p, &hw, Bytes::gib(budget), &opts).unwrap();
+                let r = once.schedule.prediction.solver.clone().unwrap();
+                eprintln!(
+                    "{name} @ {budget} GiB: objective {:.6} s (simulated {:.6}), bound {:.6}, gap {:.3}%, solve {:.2} s, plan {:.2} s, {} | {}",
+                    r.objective.0, once.schedule.prediction.step_time.0, r.bound.0, r.gap * 100.0, r.solve_seconds, t.elapsed().as_secs_f64(), r.status, r.solver
+                );
+                if std::env::var("OFFPLAN_RESOLVE").is_ok() {
+                    let model = super::StageModel::new(&p, &hw);
+                    let starts = crate::plan::warm_candidates(&model, Bytes::gib(budget));
+                    let limits = super::milp::SolveLimits { time_limit: limit, mip_rel_gap: 0.01, threads: 2 };
+                    let first = super::solve(&model, Bytes::gib(budget), &starts, &limits).unwrap();
+                    let again = super::solve(&model, Bytes::gib(budget), &[first.decisions.clone()], &limits).unwrap();
+                    for d in &first.decisions.layers { eprint!("{:?}/{:?} ", d.input, d.inner); }
+                    eprintln!();
+                    for (o, c) in &first.decisions.owners { eprint!("{o}:{:?}/{:?} ", c.weights, c.optimizer); }
+                    eprintln!();
+                    let r = again.report;
+                    eprintln!("  re-solved from its own answer: objective {:.6} bound {:.6} gap {:.3}% solve {:.2} s", r.objective.0, r.bound.0, r.gap * 100.0, r.solve_seconds);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod diag {
+    use super::milp::enumerate;
+    use super::StageModel;
+    use models::{GptConfig, HardwareProfile, Program};
+    use std::path::Path;
+
+    #[test]
+    #[ignore]
+    fn stage_incidence() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let name = std::env::var("OFFPLAN_WHICH").unwrap_or("gpt3-2.7b".into());
+        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
+        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+        let p = Program::build(&cfg);
+        let m = StageModel::new(&p, &hw);
+        let groups = enumerate(&m);
+        for s in 0..m.n_stages() {
+            let mut desc = Vec::new();
+            let mut combos = 1usize;
+            for g in &groups {
+                let mut classes: Vec<String> = Vec::new();
+                let mut nonzero = false;
+                for c in &g.contributions {
+                    let t = c.stages.iter().find(|(x, _)| *x == s).map(|(_, t)| t.clone()).unwrap_or_default();
+                    if t.compute != 0.0 || t.h2d != 0.0 || t.d2h != 0.0 || t.host != 0.0 { nonzero = true; }
+                    let k = format!("{:?}", t);
+                    if !classes.contains(&k) { classes.push(k); }
+                }
+                if nonzero {
+                    desc.push(format!("{:?}:{}", g.group, classes.len()));
+                    combos *= classes.len();
+                }
+            }
+            eprintln!("stage {s} {}: combos {combos}: {}", m.router.stages.stages[s].name, desc.join(" "));
+        }
+    }
+}
