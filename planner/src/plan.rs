@@ -133,14 +133,14 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
     let starts = warm_candidates(&model, budget);
-    let warm = starts.iter().min_by(|a, b| model.evaluate(a).step_time.0.total_cmp(&model.evaluate(b).step_time.0)).cloned();
+    let warm = starts.iter().map(|d| (model.evaluate(d).step_time.0, d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(t, d)| (t, d.clone()));
     let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
     let outcome = crate::solve::solve(&model, budget, &starts, &limits)?;
     let mut decisions = outcome.decisions;
     let mut report = outcome.report;
     // Never worse than where the solver started (a time limit can stop it early).
-    if let Some(w) = warm {
-        if model.evaluate(&w).step_time.0 < model.evaluate(&decisions).step_time.0 {
+    if let Some((t, w)) = warm {
+        if t < model.evaluate(&decisions).step_time.0 {
             decisions = w;
             report.status = format!("{} (warm start kept)", report.status);
         }

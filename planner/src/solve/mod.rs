@@ -29,7 +29,8 @@ mod timing {
         let reps: usize = std::env::var("OFFPLAN_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
         let which = std::env::var("OFFPLAN_WHICH").unwrap_or_default();
         let opts = PlanOptions { time_limit: Seconds(limit), mip_rel_gap: 0.01, threads: 2 };
-        for (name, budget) in [("gpt3-2.7b", 24.0), ("gpt3-175b", 80.0)] {
+        let extra: f64 = std::env::var("OFFPLAN_BUDGET").ok().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        for (name, budget) in [("gpt3-2.7b", if extra > 0.0 { extra } else { 24.0 }), ("gpt3-175b", 80.0)] {
             if !which.is_empty() && !name.contains(&which) {
                 continue;
             }
