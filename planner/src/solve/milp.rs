@@ -21,6 +21,11 @@
 //! group at its largest choice are dropped; times are in milliseconds and memory in MiB so the
 //! rows are well scaled. HiGHS gets the best heuristic as a starting incumbent and proves a
 //! bound (its branch and bound on the LP relaxation).
+//!
+//! Knobs for measuring (environment, read per solve): OFFPLAN_HIGHS_LOG (HiGHS log on stderr),
+//! OFFPLAN_SOLVE_TRACE (phase times), OFFPLAN_HIGHS_OPTS ("key=value,..." HiGHS options),
+//! OFFPLAN_EXT_LIMIT (the largest stage given the exact formulation; 0: none, as before),
+//! OFFPLAN_NO_PATTERNS (no periodic starting points), OFFPLAN_LS_SECONDS (local search time).
 
 use super::model::{Contribution, StageModel, StageTerms};
 use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};

@@ -10,7 +10,9 @@ pub use model::{Evaluation, StageModel};
 #[cfg(test)]
 mod timing {
     //! `cargo test -p planner --release --lib solve::timing -- --ignored --nocapture`:
-    //! solve time and gap of the benchmark problems (OFFPLAN_SOLVE_LIMIT, OFFPLAN_REPS).
+    //! solve time and gap of the benchmark problems. OFFPLAN_SOLVE_LIMIT (s), OFFPLAN_REPS,
+    //! OFFPLAN_WHICH (name filter), OFFPLAN_BUDGET (GiB for gpt3-2.7b), OFFPLAN_RESOLVE (solve
+    //! again from the answer, print it).
     use crate::{plan, PlanOptions};
     use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
     use std::path::Path;
@@ -57,45 +59,6 @@ mod timing {
                     eprintln!("  re-solved from its own answer: objective {:.6} bound {:.6} gap {:.3}% solve {:.2} s", r.objective.0, r.bound.0, r.gap * 100.0, r.solve_seconds);
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod diag {
-    use super::milp::enumerate;
-    use super::StageModel;
-    use models::{GptConfig, HardwareProfile, Program};
-    use std::path::Path;
-
-    #[test]
-    #[ignore]
-    fn stage_incidence() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let name = std::env::var("OFFPLAN_WHICH").unwrap_or("gpt3-2.7b".into());
-        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
-        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
-        let p = Program::build(&cfg);
-        let m = StageModel::new(&p, &hw);
-        let groups = enumerate(&m);
-        for s in 0..m.n_stages() {
-            let mut desc = Vec::new();
-            let mut combos = 1usize;
-            for g in &groups {
-                let mut classes: Vec<String> = Vec::new();
-                let mut nonzero = false;
-                for c in &g.contributions {
-                    let t = c.stages.iter().find(|(x, _)| *x == s).map(|(_, t)| t.clone()).unwrap_or_default();
-                    if t.compute != 0.0 || t.h2d != 0.0 || t.d2h != 0.0 || t.host != 0.0 { nonzero = true; }
-                    let k = format!("{:?}", t);
-                    if !classes.contains(&k) { classes.push(k); }
-                }
-                if nonzero {
-                    desc.push(format!("{:?}:{}", g.group, classes.len()));
-                    combos *= classes.len();
-                }
-            }
-            eprintln!("stage {s} {}: combos {combos}: {}", m.router.stages.stages[s].name, desc.join(" "));
         }
     }
 }
