@@ -2,26 +2,9 @@
 //! "no GPU" code 4 and writes nothing; bad arguments fail before any device work.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn offplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_offplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("offplan runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("offplan-calibrate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{offplan, text, scratch_dir};
 
 fn entries(d: &PathBuf) -> Vec<String> {
     std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()

@@ -1,29 +1,12 @@
 //! End-to-end tests of the `offplan` command: they drive the built executable.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn offplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_offplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("offplan runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{offplan, text, scratch_dir};
 
 fn config(name: &str) -> String {
     format!("models/configs/{name}.ron")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("offplan-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

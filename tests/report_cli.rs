@@ -2,19 +2,9 @@
 //! and on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn offplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_offplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("offplan runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{offplan, text};
 
 fn records_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "ron")).count()

@@ -261,6 +261,10 @@ impl OpsBuilder<'_> {
             let c = self.cfg;
             let rows = 2 * c.tokens() * c.hidden as u64 * 2;
             bytes = rows + 2 * c.tokens() * c.hidden as u64 + c.tokens() * 4;
+            if s.kind == OpKind::EmbedBwd && !c.tied_embeddings {
+                // The untied table's gradient is zeroed whole before the scatter adds rows.
+                bytes += c.padded_vocab as u64 * c.hidden as u64 * 2;
+            }
         }
         let id = OpId(self.ops.len() as u32);
         self.ops.push(Op {

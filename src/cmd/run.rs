@@ -56,19 +56,9 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// The commit this binary was built from (build.rs).
 fn commit() -> String {
-    if let Some(c) = option_env!("OFFPLAN_COMMIT") {
-        return c.to_string();
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    env!("OFFPLAN_BUILD_COMMIT").to_string()
 }
 
 fn pct(m: f64, p: f64) -> f64 {
@@ -119,6 +109,39 @@ fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// What both kinds of run record the same way; the caller sets what the schedule adds.
+#[allow(clippy::too_many_arguments)]
+fn new_record(args: &Args, program: &Program, device: &str, driver: &str, predicted: MemoryPeaks, measured: MemoryPeaks, device_at_start: u64, steps: Vec<StepRecord>, notes: Vec<String>) -> Record {
+    let median_ms = steady_median_ms(&steps);
+    let median_tokens_per_s = if median_ms > 0.0 { program.config.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
+    Record {
+        version: RECORD_VERSION,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        config: program.config.clone(),
+        schedule: "all-on-gpu".into(),
+        schedule_digest: models::digest::program_digest(program),
+        device: device.to_string(),
+        driver: driver.to_string(),
+        commit: commit(),
+        unix_time: unix_time(),
+        predicted,
+        measured,
+        device_bytes_at_start: device_at_start,
+        peak_flops: args.peak_tflops * 1e12,
+        model_flops: program.model_flops().0,
+        steps,
+        median_ms,
+        median_tokens_per_s,
+        notes,
+        hardware: String::new(),
+        budget_bytes: None,
+        strategy: reports::record::ALL_ON_GPU.into(),
+        decisions: Vec::new(),
+        predicted_time: None,
+        measured_time: None,
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.schedule.clone() {
         Some(path) => run_schedule(&args, &path),
@@ -160,32 +183,9 @@ fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
         median_tps,
         100.0 * program.model_flops().0 / (median_ms / 1e3) / (args.peak_tflops * 1e12)
     );
-    let record = Record {
-        version: RECORD_VERSION,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        config: cfg.clone(),
-        schedule: "all-on-gpu".into(),
-        schedule_digest: models::digest::program_digest(&program),
-        device: result.device.clone(),
-        driver: result.driver.clone(),
-        commit: commit(),
-        unix_time: unix_time(),
-        predicted,
-        measured,
-        device_bytes_at_start: result.device_used_at_start,
-        peak_flops: args.peak_tflops * 1e12,
-        model_flops: program.model_flops().0,
-        steps,
-        median_ms,
-        median_tokens_per_s: median_tps,
-        notes: vec![format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens)],
-        hardware: hw.map(|h| h.name).unwrap_or_default(),
-        budget_bytes: None,
-        strategy: reports::record::ALL_ON_GPU.into(),
-        decisions: Vec::new(),
-        predicted_time: None,
-        measured_time: None,
-    };
+    let notes = vec![format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens)];
+    let mut record = new_record(args, &program, &result.device, &result.driver, predicted, measured, result.device_used_at_start, steps, notes);
+    record.hardware = hw.map(|h| h.name).unwrap_or_default();
     let path = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     println!("record: {}", path.display());
     if let Some(d) = &args.export {
@@ -268,36 +268,20 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &result.device);
     reports::measured::write_measured_memory(&args.out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
 
-    let record = Record {
-        version: RECORD_VERSION,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        config: cfg.clone(),
-        schedule: path.display().to_string(),
-        schedule_digest: schedule.inventory_digest.clone(),
-        device: result.device.clone(),
-        driver: result.driver.clone(),
-        commit: commit(),
-        unix_time: unix_time(),
-        predicted,
-        measured,
-        device_bytes_at_start: result.device_used_at_start,
-        peak_flops: args.peak_tflops * 1e12,
-        model_flops: program.model_flops().0,
-        steps,
-        median_ms,
-        median_tokens_per_s: median_tps,
-        notes: vec![
-            format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens),
-            format!("pinned host memory: {} bytes", result.pinned_bytes),
-            format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
-        ],
-        hardware: schedule.hardware.clone(),
-        budget_bytes: Some(schedule.budget.0),
-        strategy: if schedule.strategy.is_empty() { "unnamed".into() } else { schedule.strategy.clone() },
-        decisions: schedule.decisions.clone(),
-        predicted_time: Some(predicted_time),
-        measured_time: Some(measured_time),
-    };
+    let notes = vec![
+        format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens),
+        format!("pinned host memory: {} bytes", result.pinned_bytes),
+        format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
+    ];
+    let mut record = new_record(args, &program, &result.device, &result.driver, predicted, measured, result.device_used_at_start, steps, notes);
+    record.schedule = path.display().to_string();
+    record.schedule_digest = schedule.inventory_digest.clone();
+    record.hardware = schedule.hardware.clone();
+    record.budget_bytes = Some(schedule.budget.0);
+    record.strategy = if schedule.strategy.is_empty() { "unnamed".into() } else { schedule.strategy.clone() };
+    record.decisions = schedule.decisions.clone();
+    record.predicted_time = Some(predicted_time);
+    record.measured_time = Some(measured_time);
     let rec = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     println!("record: {}", rec.display());
     println!("memory chart: {}", args.out.join("memory.svg").display());

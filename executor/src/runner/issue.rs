@@ -357,7 +357,8 @@ fn host_work(program: &Program, op: OpId, copies: &HostCopies, tokens: Arc<Vec<i
             Box::new(move || {
                 let g = as_bf16_mut(g.u16s_mut());
                 let dres = as_bf16(dres.u16s());
-                g[wte.clone()].fill(half::bf16::ZERO);
+                // The table is large (V x C): zero it on all threads.
+                g[wte.clone()].par_chunks_mut(1 << 16).for_each(|rows| rows.fill(half::bf16::ZERO));
                 host::embedding_backward_wte(&mut g[wte], dres, &tokens, 0, vp, c, &mut WteScratch::with_capacity(b * t))?;
                 host::embedding_backward_wpe(&mut g[wpe], dres, b, t, c, max_seq)
             })
