@@ -103,6 +103,29 @@ fn every_record_is_predicted_within_target() {
     assert!(!off.passes() && off.terms_off().starts_with("pool peak"), "{}", off.explain());
 }
 
+/// The budget holds on the device: for every record, the measured device peak is within what
+/// the planner reserves for the measured pool peak (fixed overhead plus the room for the pool's
+/// fragmentation, `HardwareProfile::budget_for`), so a plan whose pool peak fits its capacity
+/// fits its budget.
+#[test]
+fn every_recorded_device_peak_fits_the_planners_allowance() {
+    let mut over = Vec::new();
+    for (file, r) in records() {
+        let hw = hardware(&r).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let allowed = hw.budget_for(Bytes(r.measured.allocated_bytes));
+        if r.measured.device_bytes > allowed.0 {
+            over.push(format!(
+                "{file}: device {} above {allowed} (pool {} + fixed {} + slack); reserved - used was {}",
+                Bytes(r.measured.device_bytes),
+                Bytes(r.measured.allocated_bytes),
+                hw.fixed_overhead,
+                Bytes(r.measured.reserved_bytes.saturating_sub(r.measured.allocated_bytes))
+            ));
+        }
+    }
+    assert!(over.is_empty(), "the profile's pool_slack is too small for:\n{}", over.join("\n"));
+}
+
 #[test]
 fn every_strategy_gives_the_losses_of_all_on_gpu() {
     let records = records();

@@ -577,6 +577,10 @@ impl Calibration {
             alloc_granularity: Bytes(self.alloc.granularity()),
             host_memory_bandwidth: BytesPerSecond(self.host_copy.rate()),
             host_adam_params_per_second: self.host_adam.rate(),
+            // Fragmentation depends on the schedule, not the device: it is read off run
+            // records (RESERVED - USED), not measured here.
+            pool_slack: Bytes(0),
+            pool_slack_fraction: 0.0,
         };
         hw.validate()
             .map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;

@@ -46,9 +46,28 @@ pub struct HardwareProfile {
     pub host_memory_bandwidth: BytesPerSecond,
     /// Parameters per second the host's AdamW updates (all cores).
     pub host_adam_params_per_second: f64,
+    /// Room the planner leaves for the stream-ordered pool's fragmentation (memory it reserves
+    /// beyond the bytes handed out): this much, plus `pool_slack_fraction` of the pool's peak.
+    /// Measured per run as RESERVED_MEM_HIGH - USED_MEM_HIGH (reports/records). 0 when absent.
+    #[serde(default)]
+    pub pool_slack: Bytes,
+    #[serde(default)]
+    pub pool_slack_fraction: f64,
 }
 
 impl HardwareProfile {
+    /// The largest pool peak a plan may reach under `budget`: what is left after the fixed
+    /// overhead and the room for the pool's fragmentation.
+    pub fn pool_capacity(&self, budget: Bytes) -> Bytes {
+        let left = budget.saturating_sub(self.fixed_overhead).saturating_sub(self.pool_slack);
+        Bytes((left.0 as f64 / (1.0 + self.pool_slack_fraction)).floor() as u64)
+    }
+
+    /// The budget a pool peak of `peak` needs: the inverse of [`Self::pool_capacity`].
+    pub fn budget_for(&self, peak: Bytes) -> Bytes {
+        peak + self.fixed_overhead + self.pool_slack + Bytes((peak.0 as f64 * self.pool_slack_fraction).ceil() as u64)
+    }
+
     pub fn load(path: &Path) -> Result<HardwareProfile, ModelError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
@@ -88,6 +107,9 @@ impl HardwareProfile {
         if self.fixed_overhead >= self.memory {
             return Err(("fixed_overhead", "`fixed_overhead` must be below `memory`".into()));
         }
+        if !(self.pool_slack_fraction.is_finite() && (0.0..1.0).contains(&self.pool_slack_fraction)) {
+            return Err(("pool_slack_fraction", format!("`pool_slack_fraction` must be in [0, 1), got {}", self.pool_slack_fraction)));
+        }
         if !(self.launch_overhead.0 >= 0.0) {
             return Err(("launch_overhead", "`launch_overhead` must be zero or more".into()));
         }
@@ -98,6 +120,23 @@ impl HardwareProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_capacity_and_budget_for_are_inverse_and_leave_the_slack() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+        let mut hw = HardwareProfile::load(&dir.join("h100-sxm.ron")).unwrap();
+        hw.pool_slack = Bytes::mib(256.0);
+        hw.pool_slack_fraction = 0.05;
+        let budget = Bytes::gib(24.0);
+        let cap = hw.pool_capacity(budget);
+        assert!(hw.budget_for(cap) <= budget, "the capacity fits the budget");
+        assert!(hw.budget_for(cap + Bytes(64)) > budget, "and is the largest that does");
+        let room = budget.0 - hw.fixed_overhead.0 - cap.0;
+        assert!(room >= Bytes::mib(256.0).0 + cap.0 / 20, "slack of {room} bytes left");
+        hw.pool_slack = Bytes::ZERO;
+        hw.pool_slack_fraction = 0.0;
+        assert_eq!(hw.pool_capacity(budget), budget.saturating_sub(hw.fixed_overhead));
+    }
 
     #[test]
     fn shipped_profiles_load() {

@@ -67,7 +67,7 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         g.apply(best, &mut d);
     }
     let e = model.evaluate(&d);
-    let floor = e.peak + model.hw.fixed_overhead;
+    let floor = model.hw.budget_for(e.peak);
     // What sets it: the largest op working set, and where the lean plan peaks.
     let inv = &program.inventory;
     let (op, ws) = program
@@ -83,10 +83,11 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         .max_by_key(|(_, b)| *b)
         .expect("a program has ops");
     let reason = format!(
-        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead); the largest single op, {}, needs {} of operands",
+        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} of room for the pool's fragmentation); the largest single op, {}, needs {} of operands",
         e.peak,
         model.slot_label(e.peak_slot),
         model.hw.fixed_overhead,
+        model.hw.budget_for(e.peak).saturating_sub(e.peak + model.hw.fixed_overhead),
         op.name,
         ws
     );

@@ -111,15 +111,16 @@ pub fn strategy_decisions(program: &Program, presets: &[Preset]) -> Result<Decis
     Ok(d)
 }
 
-/// The schedule of a strategy, simulated; `Infeasible` when its predicted peak (fixed overhead
-/// included) exceeds `budget`.
+/// The schedule of a strategy, simulated; `Infeasible` when its predicted peak, with the fixed
+/// overhead and the room for the pool's fragmentation, exceeds `budget`.
 pub fn strategy_plan(program: &Program, hw: &HardwareProfile, budget: Bytes, name: &str, presets: &[Preset]) -> Result<Plan, PlanError> {
     let d = strategy_decisions(program, presets)?;
     // Simulated without a cap, so that an over-budget strategy is reported with its peak.
     let mut plan = finish(program, hw, Bytes(u64::MAX / 4), &d, None)?;
     plan.schedule.budget = budget;
     plan.schedule.strategy = name.to_string();
-    let need = plan.schedule.prediction.peak_device();
+    // What the plan needs with the room for the pool's fragmentation, as the solver counts it.
+    let need = hw.budget_for(plan.schedule.prediction.peak_allocated);
     if need > budget {
         return Err(PlanError::Infeasible {
             budget,
@@ -165,9 +166,10 @@ mod tests {
         let hw = HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap();
         let ok = strategy_plan(&p, &hw, Bytes::gib(80.0), "offload-all", &[Preset::OffloadAll]).unwrap();
         assert!(ok.schedule.prediction.h2d_bytes.0 > 0, "offloading copies something back");
-        let tight = Bytes(ok.schedule.prediction.peak_device().0 - 1);
+        let need = hw.budget_for(ok.schedule.prediction.peak_allocated);
+        let tight = Bytes(need.0 - 1);
         match strategy_plan(&p, &hw, tight, "offload-all", &[Preset::OffloadAll]) {
-            Err(PlanError::Infeasible { floor, .. }) => assert_eq!(floor, ok.schedule.prediction.peak_device()),
+            Err(PlanError::Infeasible { floor, .. }) => assert_eq!(floor, need),
             other => panic!("expected Infeasible, got {:?}", other.map(|_| ())),
         }
     }

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = args.out.join("schedule.ron");
     plan.schedule.save(&path).with_context(|| format!("writing {}", path.display()))?;
     write_pictures(&args.out, &program, &plan)?;
-    print_summary(&program, &plan.schedule, &path);
+    print_summary(&program, &hw, &plan.schedule, &path);
     Ok(())
 }
 
@@ -138,7 +138,7 @@ fn decision_lines(ds: &[BlockDecision]) -> Vec<String> {
     lines
 }
 
-fn print_summary(program: &Program, s: &Schedule, path: &Path) {
+fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, path: &Path) {
     let p = &s.prediction;
     let c = &program.config;
     println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget);
@@ -149,6 +149,13 @@ fn print_summary(program: &Program, s: &Schedule, path: &Path) {
     let off: Vec<&BlockDecision> = s.decisions.iter().filter(|d| d.placement != Placement::Gpu).collect();
     println!("  ({} of {} blocks off the GPU or recomputed)", off.len(), s.decisions.len());
     println!("predicted peak     {} allocated + {} fixed = {} at {}", p.peak_allocated, p.fixed_overhead, p.peak_device(), p.peak_at);
+    println!(
+        "left for the pool {} under the budget ({} kept for its fragmentation at this peak: {} + {:.1}% of the pool, from the profile)",
+        s.budget.saturating_sub(p.peak_device()),
+        hw.budget_for(p.peak_allocated).saturating_sub(p.peak_device()),
+        hw.pool_slack,
+        100.0 * hw.pool_slack_fraction
+    );
     println!("predicted step     {} (compute {})", p.step_time, p.compute_time);
     println!("transfers          {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!("transfer time      {} hidden behind compute, {} exposed", p.hidden_transfer, p.exposed_transfer);

@@ -95,12 +95,12 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
     }
 }
 
-/// Device memory of the all-on-GPU schedule as simulated (allocator rounding included), so the
-/// top budget is one that "keep everything" fits in; the program's live bytes if it fails.
+/// The budget the all-on-GPU schedule needs as simulated (allocator rounding and the pool's
+/// fragmentation room included), so the top budget is one that "keep everything" fits in.
 fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
-    let lifetime = planner::LifetimeGraph::build(program).peak().0 + hw.fixed_overhead;
+    let lifetime = hw.budget_for(planner::LifetimeGraph::build(program).peak().0);
     match heuristic_schedule(Heuristic::KeepAll, program, hw, Bytes(u64::MAX / 4)) {
-        Ok(s) => s.prediction.peak_device().max(lifetime),
+        Ok(s) => hw.budget_for(s.prediction.peak_allocated).max(lifetime),
         Err(_) => lifetime,
     }
 }

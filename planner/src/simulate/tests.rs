@@ -39,6 +39,8 @@ fn hw() -> HardwareProfile {
         alloc_granularity: Bytes(512),
         host_memory_bandwidth: BytesPerSecond(20e9),
         host_adam_params_per_second: 1e9,
+        pool_slack: Bytes::ZERO,
+        pool_slack_fraction: 0.0,
     }
 }
 

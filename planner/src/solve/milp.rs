@@ -166,8 +166,8 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     if let Some((p, b)) = base.iter().enumerate().find(|(_, b)| **b > cap) {
         return Err(PlanError::Infeasible {
             budget,
-            floor: Bytes(*b as u64) + model.hw.fixed_overhead,
-            reason: format!("at {} even the leanest choices hold {} (plus {} fixed overhead)", model.slot_label(p), Bytes(*b as u64), model.hw.fixed_overhead),
+            floor: model.hw.budget_for(Bytes(*b as u64)),
+            reason: format!("at {} even the leanest choices hold {} (plus {} fixed overhead and the pool's fragmentation room)", model.slot_label(p), Bytes(*b as u64), model.hw.fixed_overhead),
         });
     }
     let coef = |gi: usize, k: usize, p: usize| (groups[gi].contributions[k].live[p] - mins[gi][p]) as f64;

@@ -135,7 +135,7 @@ impl<'a> StageModel<'a> {
 
     /// Memory available to the pool under `budget`.
     pub fn capacity(&self, budget: Bytes) -> u64 {
-        budget.saturating_sub(self.hw.fixed_overhead).0
+        self.hw.pool_capacity(budget).0
     }
 
     pub fn slot_label(&self, slot: usize) -> String {
