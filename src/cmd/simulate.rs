@@ -49,6 +49,9 @@ struct Report {
     hidden_transfer_s: f64,
     planned_step_time_s: f64,
     planned_peak_allocated_bytes: u64,
+    /// Bytes one arena laid out statically (planner::arena) would need; None when the schedule
+    /// allocates on another lane.
+    static_arena_bytes: Option<u64>,
     simulate_seconds: f64,
 }
 
@@ -67,7 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed().as_secs_f64();
     let (worst, _) = worst_case_peak(&program, &hw, &schedule)?;
     let p = prediction_from_trace(&trace, &schedule, &program, &hw);
-    let report = report(&args.schedule, &schedule, &hw.name, &trace, &p, worst, holds, took);
+    let mut report = report(&args.schedule, &schedule, &hw.name, &trace, &p, worst, holds, took);
+    report.static_arena_bytes = planner::arena::plan_arena(&program, &schedule, hw.alloc_granularity).ok().map(|a| a.size.0);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -121,6 +125,7 @@ fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst:
         hidden_transfer_s: p.hidden_transfer.0,
         planned_step_time_s: s.prediction.step_time.0,
         planned_peak_allocated_bytes: s.prediction.peak_allocated.0,
+        static_arena_bytes: None,
         simulate_seconds: took,
     }
 }
@@ -136,6 +141,10 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule) {
     println!("  host -> device    {:>12}   in {}", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
     println!("  device -> host    {:>12}   in {}", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
     println!("  transfer exposed  {:>12}   (compute waited on copies); hidden {}", secs(r.exposed_transfer_s), secs(r.hidden_transfer_s));
+    if let Some(a) = r.static_arena_bytes {
+        let over = 100.0 * (a as f64 - p.peak_allocated.0 as f64) / (p.peak_allocated.0 as f64).max(1.0);
+        println!("  static arena      {:>12}   would hold every allocation at a planned offset ({over:+.2}% over the peak)", Bytes(a).to_string());
+    }
     let worst_device = Bytes(r.worst_case_peak_allocated_bytes) + p.fixed_overhead;
     let verdict = if !r.budget_holds {
         "DOES NOT HOLD".to_string()
