@@ -68,13 +68,13 @@ fn baseline(program: &Program) -> Option<Vec<f64>> {
 fn losses_of(program: &Program, schedule: &models::Schedule) -> Vec<f64> {
     let r = executor::run_schedule(program, schedule, &opts(), &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
     assert!(
-        r.pool_used_high <= schedule.prediction.peak_allocated.0,
+        r.run.pool_used_high <= schedule.prediction.peak_allocated.0,
         "{}: pool peak {} above the predicted {}",
         schedule.strategy,
-        r.pool_used_high,
+        r.run.pool_used_high,
         schedule.prediction.peak_allocated.0
     );
-    r.steps.iter().map(|s| s.loss).collect()
+    r.run.steps.iter().map(|s| s.loss).collect()
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {

@@ -200,6 +200,20 @@ impl<'p> Step<'p> {
         gpu.upload(&gpu.compute, self.ptr(t)?, bytes)
     }
 
+    /// Puts one batch's token ids and targets on the GPU.
+    pub fn upload_batch(&self, gpu: &Gpu, batch: &crate::data::Batch) -> Result<()> {
+        let io = self.program.inventory.io;
+        self.upload(gpu, io.tokens, &crate::export::i32_bytes(&batch.inputs))?;
+        self.upload(gpu, io.targets, &crate::export::i32_bytes(&batch.targets))
+    }
+
+    /// The step's loss: the mean of the per-token losses the loss op wrote.
+    pub fn mean_loss(&self, gpu: &Gpu) -> Result<f64> {
+        let bytes = self.download(gpu, self.program.inventory.io.losses)?;
+        let n = bytes.len() / 4;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).sum::<f64>() / n as f64)
+    }
+
     pub fn download(&self, gpu: &Gpu, t: TensorId) -> Result<Vec<u8>> {
         let tensor = self.program.inventory.tensor(t);
         let mut out = vec![0u8; tensor.bytes.0 as usize];

@@ -31,6 +31,15 @@ pub struct StepReport {
     pub mfu: f64,
 }
 
+impl StepReport {
+    /// A step of `tokens` tokens that took `ms`, with the model's FLOPs per step against the
+    /// device's peak rate (MFU).
+    pub fn new(step: u32, loss: f64, ms: f64, tokens: u64, model_flops: f64, peak_flops: f64) -> StepReport {
+        let secs = ms / 1e3;
+        StepReport { step, loss, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
+    }
+}
+
 /// What a run measured.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunResult {
@@ -116,11 +125,9 @@ mod imp {
         let end = gpu.timing_event()?;
         let mut reports = Vec::new();
         let mut device_used_high = 0u64;
-        let mut losses_host = vec![0u8; (b * t * 4) as usize];
         for s in 1..=opts.steps {
             let batch = batches.next_batch();
-            step.upload(&gpu, inv.io.tokens, &i32_bytes(&batch.inputs))?;
-            step.upload(&gpu, inv.io.targets, &i32_bytes(&batch.targets))?;
+            step.upload_batch(&gpu, &batch)?;
             if let Some(w) = export.as_mut() {
                 let i = s - 1;
                 if s == 1 {
@@ -136,13 +143,10 @@ mod imp {
             step.run(&gpu, s, if capturing { Some(&mut capture) } else { None })?;
             record(&end, &gpu.compute)?;
             let ms = elapsed_ms(&start, &end)? as f64;
-            gpu.download(&gpu.compute, &mut losses_host, step.ptr(inv.io.losses)?)?;
-            let loss = losses_host.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).sum::<f64>() / (b * t) as f64;
+            let loss = step.mean_loss(&gpu)?;
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
-            let tokens_per_s = (b * t) as f64 / (ms / 1e3);
-            let mfu = flops / (ms / 1e3) / opts.peak_flops;
-            let r = StepReport { step: s, loss, ms, tokens_per_s, mfu };
+            let r = StepReport::new(s, loss, ms, b * t, flops, opts.peak_flops);
             on_step(&r);
             reports.push(r);
             if capturing {

@@ -2,7 +2,7 @@
 //! use after every allocation and free of the measured step (at the time the compute stream
 //! reached it, from events), against the simulator's live bytes over its own time line.
 
-use crate::style::{self, err, Chart, Mark, FONT};
+use crate::style::{self, err, Chart, Mark};
 use models::schedule::Schedule;
 use models::trace::Trace;
 use plotters::coord::Shift;
@@ -44,15 +44,10 @@ impl MeasuredMemoryChart {
     }
 }
 
-/// A step line through `pts`, held to `end`.
+/// A step line through `pts`, each value held to the next sample and the last to `end`.
 fn step_line(pts: &[(f64, f64)], end: f64) -> Vec<(f64, f64)> {
-    let mut v = Vec::with_capacity(2 * pts.len());
-    for (i, p) in pts.iter().enumerate() {
-        let next = pts.get(i + 1).map_or(end.max(p.0), |q| q.0);
-        v.push(*p);
-        v.push((next, p.1));
-    }
-    v
+    let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    style::step_function(pts, &ys, end)
 }
 
 const MEASURED: RGBColor = RGBColor(255, 127, 14);
@@ -68,22 +63,7 @@ impl Chart for MeasuredMemoryChart {
         let top = self.predicted.iter().map(|p| p.1).fold(self.measured_peak(), f64::max).max(self.pool_budget_gib);
         let y_max = (top * 1.12).max(1e-3);
         let x_max = self.predicted_ms.max(self.measured_ms).max(1e-6);
-        let mut chart = ChartBuilder::on(&plot)
-            .caption(&self.title, (FONT, 20))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("time in the step (ms)")
-            .y_desc("pool memory in use (GiB)")
-            .axis_desc_style((FONT, 16))
-            .label_style((FONT, 14))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
+        let mut chart = style::step_axes(&plot, &self.title, x_max, y_max, "pool memory in use (GiB)")?;
         chart
             .draw_series(std::iter::once(PathElement::new(step_line(&self.predicted, self.predicted_ms), PREDICTED.stroke_width(2))))
             .map_err(err)?;

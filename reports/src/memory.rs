@@ -95,8 +95,8 @@ impl MemoryChart {
         let mut out = Vec::new();
         for band in &self.bands {
             let above: Vec<f64> = (0..n).map(|i| below[i] + band.points[i].1).collect();
-            let top = steps(&band.points, &above, self.step_ms);
-            let bottom = steps(&band.points, &below, self.step_ms);
+            let top = style::step_function(&band.points, &above, self.step_ms);
+            let bottom = style::step_function(&band.points, &below, self.step_ms);
             let mut poly = top;
             poly.extend(bottom.into_iter().rev());
             out.push(poly);
@@ -104,17 +104,6 @@ impl MemoryChart {
         }
         out
     }
-}
-
-/// The step function through `ys` at the sample times of `pts`, held to `end`.
-fn steps(pts: &[(f64, f64)], ys: &[f64], end: f64) -> Vec<(f64, f64)> {
-    let mut v = Vec::with_capacity(2 * pts.len());
-    for (i, (t, _)) in pts.iter().enumerate() {
-        let next = pts.get(i + 1).map_or(end.max(*t), |p| p.0);
-        v.push((*t, ys[i]));
-        v.push((next, ys[i]));
-    }
-    v
 }
 
 impl Chart for MemoryChart {
@@ -126,22 +115,7 @@ impl Chart for MemoryChart {
         let (plot, legend) = root.split_horizontally(1130);
         let y_max = (self.budget_gib.max(self.peak.1) * 1.12).max(1e-3);
         let x_max = self.step_ms.max(1e-6);
-        let mut chart = ChartBuilder::on(&plot)
-            .caption(&self.title, (FONT, 20))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("time in the step (ms)")
-            .y_desc("device memory (GiB)")
-            .axis_desc_style((FONT, 16))
-            .label_style((FONT, 14))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
+        let mut chart = style::step_axes(&plot, &self.title, x_max, y_max, "device memory (GiB)")?;
         for (band, poly) in self.bands.iter().zip(self.polygons()) {
             chart.draw_series(std::iter::once(Polygon::new(poly, band.color.mix(0.85).filled()))).map_err(err)?;
         }

@@ -124,6 +124,46 @@ pub fn render_png(chart: &impl Chart) -> Result<Vec<u8>, String> {
     Ok(png_bytes)
 }
 
+/// Axes of a chart over one step: time in the step (ms) across, `y_desc` up, both from 0, with
+/// the charts' shared caption, margins, fonts and light grid.
+pub fn step_axes<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_max: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("time in the step (ms)")
+        .y_desc(y_desc)
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// The step function through `ys` at the sample times of `pts`, each value held to the next
+/// sample and the last to `end`.
+pub(crate) fn step_function(pts: &[(f64, f64)], ys: &[f64], end: f64) -> Vec<(f64, f64)> {
+    let mut v = Vec::with_capacity(2 * pts.len());
+    for (i, (t, _)) in pts.iter().enumerate() {
+        let next = pts.get(i + 1).map_or(end.max(*t), |p| p.0);
+        v.push((*t, ys[i]));
+        v.push((next, ys[i]));
+    }
+    v
+}
+
 /// Maps any plotters error to text.
 /// The label of the row drawn at height `y` in a chart whose rows are listed top first (row i
 /// sits at y = n - 1 - i); empty between rows and outside them.

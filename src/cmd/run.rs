@@ -6,7 +6,7 @@
 
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
-use executor::{AdamW, ExecError, RunOptions, StepReport};
+use executor::{AdamW, ExecError, RunOptions, RunResult, StepReport};
 use models::schedule::Schedule;
 use models::{HardwareProfile, Program};
 use planner::LifetimeGraph;
@@ -109,24 +109,29 @@ fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// What both kinds of run record the same way; the caller sets what the schedule adds.
-#[allow(clippy::too_many_arguments)]
-fn new_record(args: &Args, program: &Program, device: &str, driver: &str, predicted: MemoryPeaks, measured: MemoryPeaks, device_at_start: u64, steps: Vec<StepRecord>, notes: Vec<String>) -> Record {
+/// What both kinds of run record the same way, from what the run measured: its measured
+/// peaks (printed against `predicted`), steps, medians and corpus; the caller sets what a
+/// schedule adds.
+fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: MemoryPeaks, mut notes: Vec<String>) -> Record {
+    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
+    print_memory(&measured, &predicted);
+    let steps = steps_of(&result.steps);
     let median_ms = steady_median_ms(&steps);
     let median_tokens_per_s = if median_ms > 0.0 { program.config.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
+    notes.insert(0, format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens));
     Record {
         version: RECORD_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         config: program.config.clone(),
         schedule: "all-on-gpu".into(),
         schedule_digest: models::digest::program_digest(program),
-        device: device.to_string(),
-        driver: driver.to_string(),
+        device: result.device.clone(),
+        driver: result.driver.clone(),
         commit: commit(),
         unix_time: unix_time(),
         predicted,
         measured,
-        device_bytes_at_start: device_at_start,
+        device_bytes_at_start: result.device_used_at_start,
         peak_flops: args.peak_tflops * 1e12,
         model_flops: program.model_flops().0,
         steps,
@@ -171,20 +176,14 @@ fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
     let result = executor::run_all_on_gpu(&program, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
 
     let predicted = MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
-    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
-    print_memory(&measured, &predicted);
+    let mut record = new_record(args, &program, &result, predicted, Vec::new());
     println!("  device in use before allocating: {}", mib(result.device_used_at_start));
-    let steps = steps_of(&result.steps);
-    let median_ms = steady_median_ms(&steps);
-    let median_tps = if median_ms > 0.0 { cfg.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
     println!(
         "median step (after the first): {:.2} ms, {:.0} tok/s, MFU {:.1}%",
-        median_ms,
-        median_tps,
-        100.0 * program.model_flops().0 / (median_ms / 1e3) / (args.peak_tflops * 1e12)
+        record.median_ms,
+        record.median_tokens_per_s,
+        100.0 * program.model_flops().0 / (record.median_ms / 1e3) / (args.peak_tflops * 1e12)
     );
-    let notes = vec![format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens)];
-    let mut record = new_record(args, &program, &result.device, &result.driver, predicted, measured, result.device_used_at_start, steps, notes);
     record.hardware = hw.map(|h| h.name).unwrap_or_default();
     let path = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     println!("record: {}", path.display());
@@ -227,21 +226,22 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     println!("predicted: pool peak {} at {}, step {}", p.peak_allocated, p.peak_at, p.step_time);
     let result = executor::run_schedule(&program, &schedule, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
 
+    let run = &result.run;
+    let l = result.lanes;
     let predicted = MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: p.peak_device().0 };
-    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
-    print_memory(&measured, &predicted);
-    println!("  device in use before allocating: {}; pinned host memory {}", mib(result.device_used_at_start), mib(result.pinned_bytes));
-    if measured.device_bytes > schedule.budget.0 {
-        println!("  WARNING: the device used {} more than the budget", mib(measured.device_bytes - schedule.budget.0));
+    let notes = vec![
+        format!("pinned host memory: {} bytes", result.pinned_bytes),
+        format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
+    ];
+    let mut record = new_record(args, &program, run, predicted, notes);
+    println!("  device in use before allocating: {}; pinned host memory {}", mib(run.device_used_at_start), mib(result.pinned_bytes));
+    if record.measured.device_bytes > schedule.budget.0 {
+        println!("  WARNING: the device used {} more than the budget", mib(record.measured.device_bytes - schedule.budget.0));
     }
 
-    let steps = steps_of(&result.steps);
-    let median_ms = steady_median_ms(&steps);
-    let median_tps = if median_ms > 0.0 { cfg.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
-    let l = result.lanes;
     let predicted_time = StepTimes::predicted(p, &trace);
     let measured_time = StepTimes {
-        step_ms: median_ms,
+        step_ms: record.median_ms,
         compute_ms: l.compute_ms,
         h2d_bytes: l.h2d_bytes,
         d2h_bytes: l.d2h_bytes,
@@ -262,18 +262,12 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
         println!("  {what:<34} {m:>10.2} ms vs {pr:>10.2} ms  ({:+.1}%)", pct(m, pr));
     }
     println!("  bytes: {} H2D, {} D2H", mib(l.h2d_bytes), mib(l.d2h_bytes));
-    println!("median step (after the first): {:.2} ms, {:.0} tok/s", median_ms, median_tps);
+    println!("median step (after the first): {:.2} ms, {:.0} tok/s", record.median_ms, record.median_tokens_per_s);
 
     let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.pool_used)).collect();
-    let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &result.device);
+    let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &run.device);
     reports::measured::write_measured_memory(&args.out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
 
-    let notes = vec![
-        format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens),
-        format!("pinned host memory: {} bytes", result.pinned_bytes),
-        format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
-    ];
-    let mut record = new_record(args, &program, &result.device, &result.driver, predicted, measured, result.device_used_at_start, steps, notes);
     record.schedule = path.display().to_string();
     record.schedule_digest = schedule.inventory_digest.clone();
     record.hardware = schedule.hardware.clone();

@@ -3,14 +3,14 @@
 
 use super::{host_tensors, LaneTimes, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
-use crate::export::{bf16_bytes, f32_bytes, i32_bytes};
+use crate::export::{bf16_bytes, f32_bytes};
 use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
 use crate::host::bf16::{as_bf16, as_bf16_mut};
 use crate::host::{self, AdamW, WteScratch};
 use crate::init::init_owner;
 use rayon::prelude::*;
 use crate::step::Step;
-use crate::train::{RunOptions, StepReport};
+use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
 use cudarc::driver::{CudaEvent, CudaStream};
 use models::inventory::View;
@@ -144,18 +144,15 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
     let ends: Vec<CudaEvent> = (0..4).map(|_| gpu.timing_event()).collect::<Result<_, _>>()?;
     let sink = Arc::new(HostSink::default());
 
-    let (b, t) = (cfg.batch as u64, cfg.seq as u64);
     let flops = program.model_flops().0;
     let mut reports = Vec::new();
     let mut device_used_high = 0u64;
-    let mut losses_host = vec![0u8; (b * t * 4) as usize];
     let measured_step = opts.steps + 1;
     let mut lane_times = LaneTimes::default();
     let mut memory = Vec::new();
     for s in 1..=measured_step {
         let batch = batches.next_batch();
-        step.upload(&gpu, inv.io.tokens, &i32_bytes(&batch.inputs))?;
-        step.upload(&gpu, inv.io.targets, &i32_bytes(&batch.targets))?;
+        step.upload_batch(&gpu, &batch)?;
         let tokens = Arc::new(batch.inputs);
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
@@ -177,8 +174,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
         for end in &ends {
             ms = ms.max(elapsed_ms(&start, end)? as f64);
         }
-        gpu.download(&gpu.compute, &mut losses_host, step.ptr(inv.io.losses)?)?;
-        let loss = losses_host.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).sum::<f64>() / (b * t) as f64;
+        let loss = step.mean_loss(&gpu)?;
         if !loss.is_finite() {
             return Err(ExecError::Diverged { step: s, loss });
         }
@@ -186,7 +182,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
         device_used_high = device_used_high.max(total - free);
         match sampler {
             None => {
-                let r = StepReport { step: s, loss, ms, tokens_per_s: (b * t) as f64 / (ms / 1e3), mfu: flops / (ms / 1e3) / opts.peak_flops };
+                let r = StepReport::new(s, loss, ms, cfg.tokens(), flops, opts.peak_flops);
                 on_step(&r);
                 reports.push(r);
             }
@@ -209,20 +205,22 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
     }
     let pool = gpu.pool_stats()?;
     Ok(ScheduleRunResult {
-        device,
-        driver,
-        steps: reports,
-        pool_used_high: pool.used_high,
-        pool_reserved_high: pool.reserved_high,
-        device_used_high,
-        device_used_at_start: total - free0,
+        run: RunResult {
+            device,
+            driver,
+            steps: reports,
+            pool_used_high: pool.used_high,
+            pool_reserved_high: pool.reserved_high,
+            device_used_high,
+            device_used_at_start: total - free0,
+            device_total: total,
+            corpus_tokens: batches.len_tokens(),
+        },
         device_free_at_start: free0,
-        device_total: total,
         pinned_bytes,
         measured_step,
         lanes: lane_times,
         memory,
-        corpus_tokens: batches.len_tokens(),
     })
 }
 

@@ -10,7 +10,7 @@
 #[cfg(feature = "cuda")]
 mod issue;
 
-use crate::train::{RunOptions, StepReport};
+use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
@@ -42,25 +42,18 @@ pub struct MemoryPoint {
     pub pool_used: u64,
 }
 
-/// What a schedule run measured.
+/// What a schedule run measured: what any run measures, and what running a schedule adds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ScheduleRunResult {
-    pub device: String,
-    pub driver: String,
-    pub steps: Vec<StepReport>,
-    pub pool_used_high: u64,
-    pub pool_reserved_high: u64,
-    pub device_used_high: u64,
-    pub device_used_at_start: u64,
+    /// Device, steps, pool and device peaks, as an all-on-GPU run reports them.
+    pub run: RunResult,
     pub device_free_at_start: u64,
-    pub device_total: u64,
     /// Pinned host memory the run holds for off-GPU blocks.
     pub pinned_bytes: u64,
-    /// The step measured action by action (its time is in `lanes.step_ms`, not in `steps`).
+    /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`).
     pub measured_step: u32,
     pub lanes: LaneTimes,
     pub memory: Vec<MemoryPoint>,
-    pub corpus_tokens: usize,
 }
 
 /// Checks that `schedule` is one this executor can run for `program`: its format version and
