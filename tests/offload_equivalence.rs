@@ -7,7 +7,7 @@
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
 //! --no-run`), and finds the configs from the working directory.
 
-use executor::{AdamW, ExecError, RunOptions};
+use executor::{AdamW, Allocator, ExecError, RunOptions};
 use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
 use std::path::PathBuf;
 
@@ -65,16 +65,20 @@ fn baseline(program: &Program) -> Option<Vec<f64>> {
     }
 }
 
-fn losses_of(program: &Program, schedule: &models::Schedule) -> Vec<f64> {
-    let r = executor::run_schedule(program, schedule, &opts(), &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
-    assert!(
-        r.run.pool_used_high <= schedule.prediction.peak_allocated.0,
-        "{}: pool peak {} above the predicted {}",
-        schedule.strategy,
-        r.run.pool_used_high,
-        schedule.prediction.peak_allocated.0
-    );
+/// The losses of `schedule` run with `allocator`; its pool peak held to the prediction (the
+/// arena, or the live peak).
+fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Allocator) -> Vec<f64> {
+    let r = executor::run_schedule(program, schedule, &opts(), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
+    let predicted = match allocator {
+        Allocator::Arena => schedule.prediction.tensor_bytes().0,
+        Allocator::Pool => schedule.prediction.peak_allocated.0,
+    };
+    assert!(r.run.pool_used_high <= predicted, "{} ({}): pool peak {} above the predicted {predicted}", schedule.strategy, allocator.label(), r.run.pool_used_high);
     r.run.steps.iter().map(|s| s.loss).collect()
+}
+
+fn losses_of(program: &Program, schedule: &models::Schedule) -> Vec<f64> {
+    losses_with(program, schedule, Allocator::Arena)
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -120,4 +124,7 @@ fn the_planners_mixed_plan_under_a_tight_budget_trains_like_the_all_on_gpu_step(
     let d = max_diff(&losses, &base);
     eprintln!("planner at {budget} ({off} blocks off the GPU, host work: {host}): max |loss diff| {d:.3e}");
     assert!(d <= if host { HOST_TOLERANCE } else { 0.0 }, "planner's plan: losses differ by {d}");
+    // Where the memory comes from changes nothing either: the pool gives the same losses.
+    let pooled = losses_with(&program, &plan.schedule, Allocator::Pool);
+    assert_eq!(pooled, losses, "the arena and the pool give different losses");
 }

@@ -98,6 +98,17 @@ impl<'p> Step<'p> {
     /// As [`Step::new`], but the persistent tensors in `host_resident` get no device memory
     /// (a schedule brings them in when it needs them).
     pub fn with_host_resident(gpu: &Gpu, program: &'p Program, adamw: AdamW, host_resident: &[TensorId]) -> std::result::Result<Step<'p>, crate::ExecError> {
+        Step::with_allocator(gpu, program, adamw, host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0))
+    }
+
+    /// As [`Step::with_host_resident`], the persistent tensors' memory taken by `alloc`.
+    pub fn with_allocator(
+        gpu: &Gpu,
+        program: &'p Program,
+        adamw: AdamW,
+        host_resident: &[TensorId],
+        alloc: &mut dyn FnMut(&models::Tensor) -> Result<DeviceBuffer>,
+    ) -> std::result::Result<Step<'p>, crate::ExecError> {
         let cfg = &program.config;
         let d = cfg.hidden / cfg.heads;
         let vc = cfg.padded_vocab / cfg.output_chunks;
@@ -136,7 +147,7 @@ impl<'p> Step<'p> {
             let bytes: u64 = ts.iter().map(|t| t.bytes.0).sum();
             println!("allocating {:>8.1} MiB for {:?} ({} tensors)", bytes as f64 / (1u64 << 20) as f64, class, ts.len());
             for t in ts {
-                bufs[t.id.index()] = Some(gpu.alloc(&gpu.compute, t.bytes.0)?);
+                bufs[t.id.index()] = Some(alloc(t)?);
             }
         }
         if let Some(t) = inv.tensors.iter().find(|t| t.persistent && bufs[t.id.index()].is_none() && !host_resident.contains(&t.id)) {
@@ -159,6 +170,19 @@ impl<'p> Step<'p> {
             return Err(GpuError::Invalid(format!("{} is already allocated", tensor.name)));
         }
         self.bufs[t.index()] = Some(gpu.alloc(stream, tensor.bytes.0)?);
+        Ok(())
+    }
+
+    /// Gives `t` the device memory `buf` (a range of an arena the caller planned).
+    pub fn put_tensor(&mut self, t: TensorId, buf: DeviceBuffer) -> Result<()> {
+        let tensor = self.program.inventory.tensor(t);
+        if self.bufs[t.index()].is_some() {
+            return Err(GpuError::Invalid(format!("{} is already allocated", tensor.name)));
+        }
+        if buf.bytes() != tensor.bytes.0 {
+            return Err(GpuError::Invalid(format!("{} needs {} bytes, not {}", tensor.name, tensor.bytes.0, buf.bytes())));
+        }
+        self.bufs[t.index()] = Some(buf);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! What is trained and on what: GPT configs, hardware profiles, the step program, the tensor
 //! inventory, the time model, and the schedule format every other crate speaks.
 
+pub mod arena;
 pub mod config;
 pub mod cost;
 pub mod digest;

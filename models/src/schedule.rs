@@ -160,12 +160,23 @@ pub struct Prediction {
     /// Copy time overlapped with compute.
     pub hidden_transfer: Seconds,
     pub solver: Option<SolverReport>,
+    /// Bytes of the one arena the executor takes for the step, every allocation at the offset
+    /// `models::arena` plans (at least `peak_allocated`: a static layout cannot always reuse
+    /// every gap). None for a schedule that cannot be laid out statically, or one written
+    /// before arenas.
+    #[serde(default)]
+    pub arena: Option<Bytes>,
 }
 
 impl Prediction {
-    /// Device memory the process needs: pool peak plus fixed overhead.
+    /// Device bytes the executor takes for tensors: the arena, or else the pool's peak.
+    pub fn tensor_bytes(&self) -> Bytes {
+        self.arena.unwrap_or(self.peak_allocated)
+    }
+
+    /// Device memory the process needs: the tensors' memory plus fixed overhead.
     pub fn peak_device(&self) -> Bytes {
-        self.peak_allocated + self.fixed_overhead
+        self.tensor_bytes() + self.fixed_overhead
     }
 }
 

@@ -587,6 +587,7 @@ pub fn emit(program: &Program, hw: &HardwareProfile, decisions: &Decisions, budg
         exposed_transfer: eval.exposed,
         hidden_transfer: eval.hidden,
         solver: None,
+        arena: None,
     };
     Ok(Schedule {
         format_version: SCHEDULE_FORMAT_VERSION,

@@ -3,7 +3,6 @@
 
 pub mod lifetime;
 pub mod simulate;
-pub mod arena;
 pub mod decisions;
 pub mod emit;
 pub mod heuristics;

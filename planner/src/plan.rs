@@ -127,16 +127,43 @@ pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decision
 }
 
 /// Plans one step of `program` on `hw` within `budget` (device bytes, fixed overhead included).
+/// The solver counts live bytes; the executor lays them out in one arena (`models::arena`),
+/// which a static layout can make slightly larger. When that arena would not fit, the solve is
+/// repeated with the capacity cut by the excess, so the schedule's device peak is within budget.
 pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let model = StageModel::new(program, hw);
     let (floor, reason, _) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
-    let starts = warm_candidates(&model, budget);
+    let mut target = budget;
+    let mut last = None;
+    for _ in 0..4 {
+        let (decisions, report) = solve_within(&model, target, opts)?;
+        let plan = finish(program, hw, budget, &decisions, Some(report))?;
+        let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
+        if over == Bytes::ZERO {
+            return Ok(plan);
+        }
+        last = Some(plan.schedule.prediction.peak_device());
+        target = target.saturating_sub(over + hw.alloc_granularity);
+        if target < floor {
+            break;
+        }
+    }
+    Err(PlanError::Infeasible {
+        budget,
+        floor: last.unwrap_or(floor),
+        reason: "the plans that fit the budget in live bytes need more once laid out in one arena; give a little more".into(),
+    })
+}
+
+/// The solver's best decisions for `target` (never worse than its best starting point).
+fn solve_within(model: &StageModel, target: Bytes, opts: &PlanOptions) -> Result<(Decisions, SolverReport), PlanError> {
+    let starts = warm_candidates(model, target);
     let warm = starts.iter().map(|d| (model.evaluate(d).step_time.0, d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(t, d)| (t, d.clone()));
     let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
-    let outcome = crate::solve::solve(&model, budget, &starts, &limits)?;
+    let outcome = crate::solve::solve(model, target, &starts, &limits)?;
     let mut decisions = outcome.decisions;
     let mut report = outcome.report;
     // Never worse than where the solver started (a time limit can stop it early).
@@ -146,7 +173,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
             report.status = format!("{} (warm start kept)", report.status);
         }
     }
-    finish(program, hw, budget, &decisions, Some(report))
+    Ok((decisions, report))
 }
 
 /// Emits and simulates `decisions`, filling the prediction from the trace.

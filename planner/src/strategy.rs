@@ -111,16 +111,15 @@ pub fn strategy_decisions(program: &Program, presets: &[Preset]) -> Result<Decis
     Ok(d)
 }
 
-/// The schedule of a strategy, simulated; `Infeasible` when its predicted peak, with the fixed
-/// overhead and the room for the pool's fragmentation, exceeds `budget`.
+/// The schedule of a strategy, simulated; `Infeasible` when its device peak (the arena its
+/// tensors are laid out in, and the fixed overhead) exceeds `budget`.
 pub fn strategy_plan(program: &Program, hw: &HardwareProfile, budget: Bytes, name: &str, presets: &[Preset]) -> Result<Plan, PlanError> {
     let d = strategy_decisions(program, presets)?;
     // Simulated without a cap, so that an over-budget strategy is reported with its peak.
     let mut plan = finish(program, hw, Bytes(u64::MAX / 4), &d, None)?;
     plan.schedule.budget = budget;
     plan.schedule.strategy = name.to_string();
-    // What the plan needs with the room for the pool's fragmentation, as the solver counts it.
-    let need = hw.budget_for(plan.schedule.prediction.peak_allocated);
+    let need = plan.schedule.prediction.peak_device();
     if need > budget {
         return Err(PlanError::Infeasible {
             budget,
@@ -166,7 +165,7 @@ mod tests {
         let hw = HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap();
         let ok = strategy_plan(&p, &hw, Bytes::gib(80.0), "offload-all", &[Preset::OffloadAll]).unwrap();
         assert!(ok.schedule.prediction.h2d_bytes.0 > 0, "offloading copies something back");
-        let need = hw.budget_for(ok.schedule.prediction.peak_allocated);
+        let need = ok.schedule.prediction.peak_device();
         let tight = Bytes(need.0 - 1);
         match strategy_plan(&p, &hw, tight, "offload-all", &[Preset::OffloadAll]) {
             Err(PlanError::Infeasible { floor, .. }) => assert_eq!(floor, need),

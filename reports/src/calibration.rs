@@ -113,7 +113,8 @@ impl Case {
     pub fn new(file: &str, record: &Record, hw: &HardwareProfile, prediction: &Prediction, trace: &Trace) -> Case {
         let mut c = Case::failed(file, record, String::new());
         c.error = None;
-        c.predicted_pool = prediction.peak_allocated.0;
+        // An arena run's pool hands out the arena alone; a pool run's, its live peak.
+        c.predicted_pool = if record.used_arena() { prediction.tensor_bytes().0 } else { prediction.peak_allocated.0 };
         c.fixed_overhead = hw.fixed_overhead.0;
         c.predicted_time = StepTimes::predicted(prediction, trace);
         c
@@ -610,6 +611,7 @@ mod tests {
             decisions: vec![],
             predicted_time: None,
             measured_time: None,
+            allocator: String::new(),
         }
     }
 

@@ -149,6 +149,11 @@ pub struct Record {
     /// The step time measured, by lane.
     #[serde(default)]
     pub measured_time: Option<StepTimes>,
+    /// How the run gave tensors device memory: "arena" (one allocation at planned offsets, so
+    /// the measured pool peak is the arena) or "pool" (an allocation per tensor); "" in records
+    /// written before arenas, which all used the pool (see [`Record::allocator_name`]).
+    #[serde(default)]
+    pub allocator: String,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.
@@ -210,6 +215,20 @@ impl Record {
         } else {
             &self.strategy
         }
+    }
+
+    /// The allocator of the run: "pool" where the record names none (written before arenas).
+    pub fn allocator_name(&self) -> &str {
+        if self.allocator.is_empty() {
+            "pool"
+        } else {
+            &self.allocator
+        }
+    }
+
+    /// Whether the run laid its tensors out in one arena.
+    pub fn used_arena(&self) -> bool {
+        self.allocator_name() == "arena"
     }
 
     /// Reads one record.
@@ -288,6 +307,7 @@ mod tests {
             }],
             predicted_time: Some(StepTimes { step_ms: 12.0, compute_ms: 10.0, h2d_bytes: 7, ..StepTimes::default() }),
             measured_time: None,
+            allocator: String::new(),
         }
     }
 

@@ -50,6 +50,26 @@ pub struct Args {
     /// Seed of the initial weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where a schedule's tensors get device memory: `arena` (one allocation, every tensor at a
+    /// planned offset: the device holds exactly the predicted bytes) or `pool` (CUDA's
+    /// stream-ordered pool per allocation, which can fragment past the budget).
+    #[arg(long, value_enum, default_value_t = AllocatorArg::Arena)]
+    pub allocator: AllocatorArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorArg {
+    Arena,
+    Pool,
+}
+
+impl From<AllocatorArg> for executor::Allocator {
+    fn from(a: AllocatorArg) -> Self {
+        match a {
+            AllocatorArg::Arena => executor::Allocator::Arena,
+            AllocatorArg::Pool => executor::Allocator::Pool,
+        }
+    }
 }
 
 fn mib(b: u64) -> String {
@@ -144,6 +164,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         decisions: Vec::new(),
         predicted_time: None,
         measured_time: None,
+        allocator: String::new(),
     }
 }
 
@@ -223,17 +244,33 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
         schedule.budget,
         args.steps
     );
-    println!("predicted: pool peak {} at {}, step {}", p.peak_allocated, p.peak_at, p.step_time);
-    let result = executor::run_schedule(&program, &schedule, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
+    let allocator = executor::Allocator::from(args.allocator);
+    println!(
+        "predicted: live peak {} at {}, {} for tensors with the {} allocator, {} on the device, step {}",
+        p.peak_allocated,
+        p.peak_at,
+        if allocator == executor::Allocator::Arena { p.tensor_bytes() } else { p.peak_allocated },
+        allocator.label(),
+        if allocator == executor::Allocator::Arena { p.peak_device() } else { p.peak_allocated + p.fixed_overhead },
+        p.step_time
+    );
+    let result = executor::run_schedule(&program, &schedule, &options(args), allocator, &mut print_step(args.steps)).map_err(gpu_error)?;
 
     let run = &result.run;
     let l = result.lanes;
-    let predicted = MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: p.peak_device().0 };
-    let notes = vec![
+    // With an arena the pool hands out the arena alone; with the pool, its peak of live bytes.
+    let tensors = if allocator == executor::Allocator::Arena { p.tensor_bytes() } else { p.peak_allocated };
+    let predicted = MemoryPeaks { allocated_bytes: tensors.0, reserved_bytes: tensors.0, device_bytes: (tensors + p.fixed_overhead).0 };
+    let mut notes = vec![
         format!("pinned host memory: {} bytes", result.pinned_bytes),
         format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
+        format!("allocator: {}; predicted live peak {} bytes", allocator.label(), p.peak_allocated.0),
     ];
+    if let Some(a) = result.arena_bytes {
+        notes.push(format!("arena: {a} bytes"));
+    }
     let mut record = new_record(args, &program, run, predicted, notes);
+    record.allocator = allocator.label().to_string();
     println!("  device in use before allocating: {}; pinned host memory {}", mib(run.device_used_at_start), mib(result.pinned_bytes));
     if record.measured.device_bytes > schedule.budget.0 {
         println!("  WARNING: the device used {} more than the budget", mib(record.measured.device_bytes - schedule.budget.0));
@@ -264,7 +301,7 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     println!("  bytes: {} H2D, {} D2H", mib(l.h2d_bytes), mib(l.d2h_bytes));
     println!("median step (after the first): {:.2} ms, {:.0} tok/s", record.median_ms, record.median_tokens_per_s);
 
-    let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.pool_used)).collect();
+    let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.used)).collect();
     let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &run.device);
     reports::measured::write_measured_memory(&args.out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
 

@@ -49,9 +49,9 @@ struct Report {
     hidden_transfer_s: f64,
     planned_step_time_s: f64,
     planned_peak_allocated_bytes: u64,
-    /// Bytes one arena laid out statically (planner::arena) would need; None when the schedule
-    /// allocates on another lane.
-    static_arena_bytes: Option<u64>,
+    /// Bytes of the arena the executor lays every tensor out in (models::arena); None when the
+    /// schedule cannot be laid out statically.
+    arena_bytes: Option<u64>,
     simulate_seconds: f64,
 }
 
@@ -70,8 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed().as_secs_f64();
     let (worst, _) = worst_case_peak(&program, &hw, &schedule)?;
     let p = prediction_from_trace(&trace, &schedule, &program, &hw);
-    let mut report = report(&args.schedule, &schedule, &hw.name, &trace, &p, worst, holds, took);
-    report.static_arena_bytes = planner::arena::plan_arena(&program, &schedule, hw.alloc_granularity).ok().map(|a| a.size.0);
+    let report = report(&args.schedule, &schedule, &hw.name, &trace, &p, worst, holds, took);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -125,7 +124,7 @@ fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst:
         hidden_transfer_s: p.hidden_transfer.0,
         planned_step_time_s: s.prediction.step_time.0,
         planned_peak_allocated_bytes: s.prediction.peak_allocated.0,
-        static_arena_bytes: None,
+        arena_bytes: p.arena.map(|a| a.0),
         simulate_seconds: took,
     }
 }
@@ -136,15 +135,15 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule) {
     println!("  step time         {:>12}   (planned {})", secs(r.step_time_s), s.prediction.step_time);
     println!("  compute busy      {:>12}   ({:.1}% of the step)", secs(r.compute_time_s), 100.0 * r.compute_time_s / r.step_time_s.max(1e-30));
     println!("  peak allocated    {:>12}   at {} ({}), action {}", p.peak_allocated.to_string(), p.peak_at, secs(r.peak_time_s), r.peak_action);
+    if let Some(a) = r.arena_bytes {
+        let over = 100.0 * (a as f64 - p.peak_allocated.0 as f64) / (p.peak_allocated.0 as f64).max(1.0);
+        println!("  arena             {:>12}   every tensor at a planned offset in one allocation ({over:+.2}% over the peak)", Bytes(a).to_string());
+    }
     println!("  + fixed overhead  {:>12}   = {} on the device (planned {} allocated)", p.fixed_overhead.to_string(), p.peak_device(), s.prediction.peak_allocated);
     println!("  worst timing      {:>12}   allocated, the most any timing the waits allow can reach", Bytes(r.worst_case_peak_allocated_bytes).to_string());
     println!("  host -> device    {:>12}   in {}", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
     println!("  device -> host    {:>12}   in {}", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
     println!("  transfer exposed  {:>12}   (compute waited on copies); hidden {}", secs(r.exposed_transfer_s), secs(r.hidden_transfer_s));
-    if let Some(a) = r.static_arena_bytes {
-        let over = 100.0 * (a as f64 - p.peak_allocated.0 as f64) / (p.peak_allocated.0 as f64).max(1.0);
-        println!("  static arena      {:>12}   would hold every allocation at a planned offset ({over:+.2}% over the peak)", Bytes(a).to_string());
-    }
     let worst_device = Bytes(r.worst_case_peak_allocated_bytes) + p.fixed_overhead;
     let verdict = if !r.budget_holds {
         "DOES NOT HOLD".to_string()

@@ -134,8 +134,11 @@ impl Gpu {
 
 impl DeviceBuffer {
     /// Gives the memory back ordered on `stream` instead of the stream it was taken on.
+    /// (A range of an arena frees nothing.)
     pub fn free_on(mut self, stream: &Arc<CudaStream>) {
-        self.stream = stream.clone();
+        if let super::Backing::Pool(s) = &mut self.backing {
+            *s = stream.clone();
+        }
         drop(self);
     }
 }

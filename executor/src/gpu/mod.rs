@@ -152,7 +152,7 @@ impl Gpu {
         // SAFETY: a live stream of this context; the memory is uninitialised and only used
         // through raw pointers by kernels on the compute stream.
         let ptr = unsafe { result::malloc_async(stream.cu_stream(), n) }?;
-        Ok(DeviceBuffer { ptr, bytes, stream: stream.clone() })
+        Ok(DeviceBuffer { ptr, bytes, backing: Backing::Pool(stream.clone()) })
     }
 
     /// Page-locked host memory of `bytes`.
@@ -227,11 +227,19 @@ impl Gpu {
     }
 }
 
-/// Device memory from the stream-ordered pool; freed (stream-ordered) when dropped.
+/// Device memory: an allocation of the stream-ordered pool, freed (stream-ordered) when
+/// dropped, or a range of such an allocation (an arena) that holds the arena alive.
 pub struct DeviceBuffer {
     ptr: sys::CUdeviceptr,
     bytes: u64,
-    stream: Arc<CudaStream>,
+    backing: Backing,
+}
+
+enum Backing {
+    /// Its own pool allocation, freed on this stream.
+    Pool(Arc<CudaStream>),
+    /// Bytes of an arena, which it keeps alive; nothing of its own to free.
+    Arena { _arena: Arc<DeviceBuffer> },
 }
 
 impl DeviceBuffer {
@@ -241,15 +249,28 @@ impl DeviceBuffer {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// `bytes` of `arena` from `offset`: a buffer that frees nothing when dropped. Reusing a
+    /// range is ordered the way the pool orders reuse: the caller hands out a range only after
+    /// every use of its previous holder is ordered before (the schedule's `Free` on the compute
+    /// lane, as `models::arena` plans it).
+    pub fn arena_range(arena: &Arc<DeviceBuffer>, offset: u64, bytes: u64) -> Result<DeviceBuffer> {
+        if offset.checked_add(bytes).is_none_or(|end| end > arena.bytes) {
+            return Err(GpuError::Invalid(format!("arena range {offset}+{bytes} outside an arena of {} bytes", arena.bytes)));
+        }
+        Ok(DeviceBuffer { ptr: arena.ptr + offset, bytes, backing: Backing::Arena { _arena: arena.clone() } })
+    }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated by cuMemAllocAsync; every use was enqueued on `stream` before this
-        // free, so the free is ordered after them.
-        let r = unsafe { result::free_async(self.ptr, self.stream.cu_stream()) };
-        if let Err(e) = r {
-            eprintln!("warning: cuMemFreeAsync failed: {e}");
+        if let Backing::Pool(stream) = &self.backing {
+            // SAFETY: allocated by cuMemAllocAsync; every use was enqueued on `stream` (or
+            // ordered before it by events) before this free, so the free is ordered after them.
+            let r = unsafe { result::free_async(self.ptr, stream.cu_stream()) };
+            if let Err(e) = r {
+                eprintln!("warning: cuMemFreeAsync failed: {e}");
+            }
         }
     }
 }

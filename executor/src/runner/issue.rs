@@ -1,7 +1,8 @@
 //! Issues a schedule's actions on the device's lanes, step after step, and measures one step
 //! action by action.
 
-use super::{host_tensors, LaneTimes, MemoryPoint, ScheduleRunResult};
+use super::arena::Arena;
+use super::{host_tensors, Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
 use crate::export::{bf16_bytes, f32_bytes};
 use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
@@ -77,7 +78,7 @@ struct Sampler {
     d2h_bytes: u64,
 }
 
-pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
     let cfg = &program.config;
     let inv = &program.inventory;
     let gpu = Gpu::new().map_err(ExecError::opening)?;
@@ -103,7 +104,18 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
     }
     gpu.reset_pool_highs()?;
 
-    let mut step = Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?;
+    let mut arena = match allocator {
+        Allocator::Arena => {
+            let a = Arena::take(&gpu, program, schedule, free0)?;
+            println!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
+            Some(a)
+        }
+        Allocator::Pool => None,
+    };
+    let mut step = match arena.as_mut() {
+        Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| a.resident(t).map_err(|e| crate::gpu::GpuError::Invalid(e.to_string())))?,
+        None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
+    };
     let lanes = Lanes { compute: gpu.compute.clone(), h2d: gpu.h2d.clone(), d2h: gpu.d2h.clone(), host: gpu.new_stream()? };
 
     // Pinned host copies.
@@ -158,7 +170,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, &lanes.compute)?;
         for (i, a) in schedule.actions.iter().enumerate() {
-            issue(&gpu, program, &lanes, &mut step, &copies, &events, &sink, &tokens, &opts.adamw, s, i, a, sampler.as_mut())?;
+            issue(&gpu, program, &lanes, &mut step, arena.as_mut(), &copies, &events, &sink, &tokens, &opts.adamw, s, i, a, sampler.as_mut())?;
         }
         for (lane, end) in Lane::ALL.iter().zip(&ends) {
             record(end, lanes.of(*lane))?;
@@ -198,7 +210,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
                     }
                 }
                 for (action, ev, used) in &smp.memory {
-                    memory.push(MemoryPoint { action: *action, ms: elapsed_ms(&start, ev)? as f64, pool_used: *used });
+                    memory.push(MemoryPoint { action: *action, ms: elapsed_ms(&start, ev)? as f64, used: *used });
                 }
             }
         }
@@ -217,6 +229,8 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, mut batche
             corpus_tokens: batches.len_tokens(),
         },
         device_free_at_start: free0,
+        allocator,
+        arena_bytes: arena.as_ref().map(|a| a.bytes()),
         pinned_bytes,
         measured_step,
         lanes: lane_times,
@@ -239,6 +253,7 @@ fn issue(
     program: &Program,
     lanes: &Lanes,
     step: &mut Step,
+    mut arena: Option<&mut Arena>,
     copies: &HostCopies,
     events: &[CudaEvent],
     sink: &Arc<HostSink>,
@@ -273,15 +288,23 @@ fn issue(
             gpu.launch_host(&lanes.host, work)?;
         }
         Action::Alloc(t, lane) | Action::Free(t, lane) => {
-            if matches!(a, Action::Alloc(..)) {
-                step.alloc_tensor(gpu, t, lanes.of(lane))?;
-            } else {
-                step.free_tensor(t, lanes.of(lane))?;
+            match (a, arena.as_deref_mut()) {
+                (Action::Alloc(..), Some(arena)) => step.put_tensor(t, arena.at_action(i, inv.tensor(t))?)?,
+                (Action::Alloc(..), None) => step.alloc_tensor(gpu, t, lanes.of(lane))?,
+                (_, Some(arena)) => {
+                    step.free_tensor(t, lanes.of(lane))?;
+                    arena.freed(t, program);
+                }
+                (_, None) => step.free_tensor(t, lanes.of(lane))?,
             }
             if let Some(smp) = sampler {
                 let ev = gpu.timing_event()?;
                 record(&ev, lanes.of(lane))?;
-                smp.memory.push((i, ev, gpu.pool_stats()?.used_current));
+                let used = match arena {
+                    Some(a) => a.live(),
+                    None => gpu.pool_stats()?.used_current,
+                };
+                smp.memory.push((i, ev, used));
             }
         }
         Action::Prefetch(t) => {

@@ -8,6 +8,8 @@
 //! builds without CUDA; the issuing is in `issue` behind the `cuda` feature.
 
 #[cfg(feature = "cuda")]
+mod arena;
+#[cfg(feature = "cuda")]
 mod issue;
 
 use crate::train::{RunOptions, RunResult, StepReport};
@@ -16,6 +18,27 @@ use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
 use models::TensorId;
 use serde::Serialize;
+
+/// Where a schedule's tensors get device memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Allocator {
+    /// One allocation for the step, each tensor at the offset `models::arena` plans: the device
+    /// holds exactly the predicted bytes.
+    #[default]
+    Arena,
+    /// Each `Alloc` from CUDA's stream-ordered pool, which may reserve more than it hands out
+    /// (fragmentation: 3-5% on the H100 records) and so exceed the budget.
+    Pool,
+}
+
+impl Allocator {
+    pub fn label(self) -> &'static str {
+        match self {
+            Allocator::Arena => "arena",
+            Allocator::Pool => "pool",
+        }
+    }
+}
 
 /// Busy time and bytes of each lane over one measured step (ms, bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -33,13 +56,14 @@ pub struct LaneTimes {
     pub compute_wait_ms: f64,
 }
 
-/// The pool's bytes in use right after an allocation or free of the measured step, at the time
-/// the compute stream reached it.
+/// Tensor bytes in use right after an allocation or free of the measured step, at the time the
+/// compute stream reached it: the pool's used bytes, or with an arena the bytes of the tensors
+/// the executor holds in it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct MemoryPoint {
     pub action: usize,
     pub ms: f64,
-    pub pool_used: u64,
+    pub used: u64,
 }
 
 /// What a schedule run measured: what any run measures, and what running a schedule adds.
@@ -48,6 +72,9 @@ pub struct ScheduleRunResult {
     /// Device, steps, pool and device peaks, as an all-on-GPU run reports them.
     pub run: RunResult,
     pub device_free_at_start: u64,
+    pub allocator: Allocator,
+    /// Bytes of the arena, when the run used one.
+    pub arena_bytes: Option<u64>,
     /// Pinned host memory the run holds for off-GPU blocks.
     pub pinned_bytes: u64,
     /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`).
@@ -119,21 +146,21 @@ pub fn host_tensors(program: &Program, schedule: &Schedule) -> Vec<TensorId> {
 /// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `on_step` after each.
 /// Refuses a schedule of another format or program, and one whose budget (less the fixed
 /// overhead it assumes) exceeds the device's free memory.
-pub fn run_schedule(program: &Program, schedule: &Schedule, opts: &RunOptions, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+pub fn run_schedule(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
     let cfg = &program.config;
     let tokens = crate::data::tokenize_corpus()?;
     let batches = crate::data::Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
-    imp(program, schedule, opts, batches, on_step)
+    imp(program, schedule, opts, allocator, batches, on_step)
 }
 
 #[cfg(feature = "cuda")]
-fn imp(program: &Program, schedule: &Schedule, opts: &RunOptions, batches: crate::data::Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
-    issue::run(program, schedule, opts, batches, on_step)
+fn imp(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, batches: crate::data::Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+    issue::run(program, schedule, opts, allocator, batches, on_step)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn imp(_: &Program, _: &Schedule, _: &RunOptions, _: crate::data::Batches, _: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+fn imp(_: &Program, _: &Schedule, _: &RunOptions, _: Allocator, _: crate::data::Batches, _: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
     Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
 }
 
@@ -171,6 +198,7 @@ mod tests {
                 exposed_transfer: models::Seconds(0.0),
                 hidden_transfer: models::Seconds(0.0),
                 solver: None,
+                arena: None,
             },
         }
     }

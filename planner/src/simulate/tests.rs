@@ -67,6 +67,7 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
             exposed_transfer: Seconds::ZERO,
             hidden_transfer: Seconds::ZERO,
             solver: None,
+            arena: None,
         },
     }
 }

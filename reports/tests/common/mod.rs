@@ -123,6 +123,7 @@ pub fn fixture() -> Fixture {
         exposed_transfer: prefetch_wait,
         hidden_transfer: Seconds::from_ms(0.02),
         solver: None,
+        arena: None,
     };
     let schedule = Schedule {
         format_version: SCHEDULE_FORMAT_VERSION,

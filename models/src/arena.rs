@@ -9,13 +9,19 @@
 //! old tensor is ordered before its `Free`. Persistent tensors that start on the GPU live from
 //! the first action to the last.
 
-use models::schedule::{Action, Lane, Schedule};
-use models::{Bytes, Program, TensorId};
+use crate::schedule::{Action, Lane, Schedule};
+use crate::{Bytes, Program, TensorId};
+
+/// The alignment of every range of an arena: the pool's granularity, and more than any kernel
+/// or cuBLASLt needs (16 bytes). Planner and executor both lay out with it.
+pub const ARENA_ALIGN: Bytes = Bytes(512);
 
 /// One allocation's place in the arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
     pub tensor: TensorId,
+    /// Index of the `Alloc` action that takes it; None for a tensor on the GPU from the start.
+    pub alloc_action: Option<usize>,
     /// Action index of its `Alloc` (0 for a tensor resident from the start).
     pub start: usize,
     /// Action index of its `Free` (the action count for one live to the end).
@@ -47,17 +53,20 @@ impl ArenaPlan {
 
 /// Lays out every allocation of `schedule` in one arena, each aligned to `align` bytes: largest
 /// first, each at the lowest offset free over its whole lifetime. Errors when an allocation or
-/// free is ordered on another lane than the compute lane, or the list frees what it did not
-/// allocate.
+/// free is ordered on another lane than the compute lane, the list frees what it did not
+/// allocate, or it frees a tensor that is on the GPU when the step starts (the next step would
+/// find it at its first offset, so it could not move).
 pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Result<ArenaPlan, String> {
     let inv = &program.inventory;
     let align = align.0.max(1);
     let round = |b: u64| b.div_ceil(align) * align;
     let n = schedule.actions.len();
     let mut open: Vec<Option<usize>> = vec![None; inv.tensors.len()];
+    let mut resident = vec![false; inv.tensors.len()];
     let mut intervals: Vec<(TensorId, usize, usize)> = Vec::new();
     for t in inv.tensors.iter().filter(|t| t.persistent && !schedule.host_resident.contains(&t.id)) {
         open[t.id.index()] = Some(0);
+        resident[t.id.index()] = true;
     }
     for (i, a) in schedule.actions.iter().enumerate() {
         match *a {
@@ -69,6 +78,9 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
                     return Err(format!("action {i} allocates {}, which is already allocated", inv.tensor(t).name));
                 }
                 open[t.index()] = Some(i);
+            }
+            Action::Free(t, _) if resident[t.index()] => {
+                return Err(format!("action {i} frees {}, which is on the GPU when the step starts: an arena cannot move it between steps", inv.tensor(t).name));
             }
             Action::Free(t, _) => match open[t.index()].take() {
                 Some(s) => intervals.push((t, s, i)),
@@ -112,62 +124,11 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
             }
             offset = offset.max(b);
         }
-        placed.push(Placed { tensor, start, end, offset, bytes });
+        let alloc_action = (!resident[tensor.index()]).then_some(start);
+        placed.push(Placed { tensor, alloc_action, start, end, offset, bytes });
     }
     let size = placed.iter().map(|p| p.offset + p.bytes).max().unwrap_or(0);
     Ok(ArenaPlan { placed, size: Bytes(size), live_peak: Bytes(live_peak as u64) })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::strategy::{parse_strategy, strategy_plan};
-    use models::{GptConfig, HardwareProfile};
-    use std::path::Path;
-
-    fn load(name: &str) -> (Program, HardwareProfile) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
-        (Program::build(&cfg), HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap())
-    }
-
-    fn assert_disjoint(plan: &ArenaPlan) {
-        for (i, a) in plan.placed.iter().enumerate() {
-            for b in &plan.placed[i + 1..] {
-                let same_time = a.start <= b.end && b.start <= a.end;
-                let same_bytes = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
-                assert!(!(same_time && same_bytes), "{a:?} and {b:?} overlap");
-            }
-        }
-    }
-
-    #[test]
-    fn tensors_live_together_never_share_bytes_and_the_arena_is_near_the_live_peak() {
-        let (p, hw) = load("gpt2-tiny");
-        for names in ["keep-all", "offload-all", "recompute-all,stream-weights", "offload-all,host-optimizer,stream-output,streamed-optimizer"] {
-            let plan = strategy_plan(&p, &hw, Bytes::gib(80.0), names, &parse_strategy(names).unwrap()).unwrap();
-            let arena = plan_arena(&p, &plan.schedule, hw.alloc_granularity).unwrap();
-            assert_disjoint(&arena);
-            assert!(arena.size >= arena.live_peak, "{names}");
-            // The simulator's peak is the same count of live bytes (allocator rounding included).
-            assert_eq!(arena.live_peak, plan.trace.peak_allocated, "{names}");
-            assert!(arena.overhead() < 0.10, "{names}: arena {} for a live peak of {}", arena.size, arena.live_peak);
-        }
-    }
-
-    #[test]
-    fn frees_of_what_is_not_allocated_and_other_lanes_are_refused() {
-        let (p, hw) = load("gpt2-tiny");
-        let plan = strategy_plan(&p, &hw, Bytes::gib(80.0), "keep-all", &parse_strategy("keep-all").unwrap()).unwrap();
-        let mut s = plan.schedule.clone();
-        let t = p.inventory.acts[0].ln1;
-        s.actions.insert(0, Action::Free(t, Lane::Compute));
-        assert!(plan_arena(&p, &s, hw.alloc_granularity).unwrap_err().contains("not allocated"));
-        let mut s = plan.schedule.clone();
-        let k = s.actions.iter().position(|a| matches!(a, Action::Alloc(..))).unwrap();
-        if let Action::Alloc(t, _) = s.actions[k] {
-            s.actions[k] = Action::Alloc(t, Lane::HostToDevice);
-        }
-        assert!(plan_arena(&p, &s, hw.alloc_granularity).unwrap_err().contains("compute lane"));
-    }
-}
+// Tested in planner/tests/arena.rs, on the schedules the planner and its strategies emit.
