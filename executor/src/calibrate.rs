@@ -389,6 +389,35 @@ impl AllocProbe {
     }
 }
 
+/// What one large allocation reserved, and what pinning host memory took on the device.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReserveProbe {
+    /// Bytes of one allocation (not a multiple of any likely reservation unit).
+    pub requested: u64,
+    /// RESERVED_MEM_CURRENT growth for it.
+    pub reserved: u64,
+    /// Pinned host bytes, and the device memory in use that pinning them added.
+    pub pinned: u64,
+    pub pinned_device: u64,
+}
+
+impl ReserveProbe {
+    /// The pool's reservation unit: the smallest power of two from 2 MiB whose multiple of the
+    /// request is what it reserved (0 when none up to 1 GiB fits).
+    pub fn granularity(&self) -> u64 {
+        (21..=30).map(|k| 1u64 << k).find(|g| self.requested.div_ceil(*g) * g == self.reserved).unwrap_or(0)
+    }
+
+    /// Device bytes per pinned host byte.
+    pub fn pinned_fraction(&self) -> f64 {
+        if self.pinned == 0 {
+            0.0
+        } else {
+            self.pinned_device as f64 / self.pinned as f64
+        }
+    }
+}
+
 /// Everything one calibration measured.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Calibration {
@@ -415,6 +444,7 @@ pub struct Calibration {
     /// Pool RESERVED_MEM_CURRENT at that moment.
     pub pool_reserved_after: u64,
     pub alloc: AllocProbe,
+    pub reserve: ReserveProbe,
     /// Host copy on all threads, bytes read + written.
     pub host_copy: Timed,
     /// Host copy on one thread, bytes read + written.
@@ -577,10 +607,12 @@ impl Calibration {
             alloc_granularity: Bytes(self.alloc.granularity()),
             host_memory_bandwidth: BytesPerSecond(self.host_copy.rate()),
             host_adam_params_per_second: self.host_adam.rate(),
-            // Fragmentation depends on the schedule, not the device: it is read off run
-            // records (RESERVED - USED), not measured here.
+            // The room the planner leaves beyond the live peak depends on the schedules, not
+            // the device: it is read off run records, not measured here.
             pool_slack: Bytes(0),
             pool_slack_fraction: 0.0,
+            pool_reserve_granularity: Bytes(self.reserve.granularity()),
+            pinned_device_fraction: self.reserve.pinned_fraction(),
         };
         hw.validate()
             .map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
@@ -770,6 +802,16 @@ impl Calibration {
             size_label(self.alloc.reserved_growth),
             self.alloc.pointer_spacing,
             self.alloc.granularity()
+        );
+        let _ = writeln!(
+            s,
+            "  one allocation of {} reserved {} (reservation unit {}); pinning {} of host memory took {} of device memory ({:.5} per byte)",
+            size_label(self.reserve.requested),
+            size_label(self.reserve.reserved),
+            size_label(self.reserve.granularity()),
+            size_label(self.reserve.pinned),
+            size_label(self.reserve.pinned_device),
+            self.reserve.pinned_fraction()
         );
         for w in self.warnings() {
             let _ = writeln!(s, "check: {w}");
@@ -987,6 +1029,31 @@ mod imp {
             alloc.used_per_alloc,
             size_label(alloc.reserved_growth),
             N = alloc.allocations
+        );
+
+        // ---- one large allocation (an arena) and pinned host memory
+        let reserve = {
+            gpu.synchronize()?;
+            let requested = 1000 * MIB + 1;
+            let before = gpu.pool_stats()?.reserved_current;
+            let big = gpu.alloc(&gpu.compute, requested)?;
+            gpu.synchronize()?;
+            let reserved = gpu.pool_stats()?.reserved_current.saturating_sub(before);
+            drop(big);
+            gpu.synchronize()?;
+            let (free_before, _) = gpu.mem_info()?;
+            let pinned = 4096 * MIB;
+            let host = gpu.pinned(pinned as usize)?;
+            let (free_after, _) = gpu.mem_info()?;
+            drop(host);
+            ReserveProbe { requested, reserved, pinned, pinned_device: free_before.saturating_sub(free_after) }
+        };
+        println!(
+            "pool: one allocation of {} reserves {}; {} pinned on the host take {} on the device",
+            size_label(reserve.requested),
+            size_label(reserve.reserved),
+            size_label(reserve.pinned),
+            size_label(reserve.pinned_device)
         );
 
         // ---- kernels and cuBLASLt, as Step::new sets them up
@@ -1706,6 +1773,7 @@ mod imp {
             device_used_after,
             pool_reserved_after,
             alloc,
+            reserve,
             host_copy,
             host_copy_one_thread,
             host_adam,
@@ -1890,6 +1958,7 @@ mod tests {
                 reserved_growth: 2 * MIB,
                 pointer_spacing: 512,
             },
+            reserve: ReserveProbe { requested: 1000 * MIB + 1, reserved: 1024 * MIB, pinned: 4096 * MIB, pinned_device: 8 * MIB },
             host_copy: t("host copy", 2e9, 0.05, 0),
             host_copy_one_thread: t("host copy 1", 2e9, 0.2, 0),
             host_adam: t("host adam", 256e6, 0.128, 0),

@@ -53,6 +53,14 @@ pub struct HardwareProfile {
     pub pool_slack: Bytes,
     #[serde(default)]
     pub pool_slack_fraction: f64,
+    /// The pool reserves device memory for one large allocation (the executor's arena) in
+    /// multiples of this (32 MiB on the H100). 0 when absent: no rounding.
+    #[serde(default)]
+    pub pool_reserve_granularity: Bytes,
+    /// Device memory the driver takes per byte of pinned host memory: the page tables that map
+    /// it for the copy engines (8 bytes per 4 KiB page is 1/512). 0 when absent.
+    #[serde(default)]
+    pub pinned_device_fraction: f64,
 }
 
 impl HardwareProfile {
@@ -61,6 +69,13 @@ impl HardwareProfile {
     pub fn pool_capacity(&self, budget: Bytes) -> Bytes {
         let left = budget.saturating_sub(self.fixed_overhead).saturating_sub(self.pool_slack);
         Bytes((left.0 as f64 / (1.0 + self.pool_slack_fraction)).floor() as u64)
+    }
+
+    /// Device memory a run holds: the fixed overhead, `tensors` bytes as the pool reserves them,
+    /// and the device memory that maps `pinned` bytes of pinned host memory.
+    pub fn device_bytes(&self, tensors: Bytes, pinned: Bytes) -> Bytes {
+        let g = self.pool_reserve_granularity.0.max(1);
+        self.fixed_overhead + Bytes(tensors.0.div_ceil(g) * g) + Bytes((pinned.0 as f64 * self.pinned_device_fraction).ceil() as u64)
     }
 
     /// The budget a pool peak of `peak` needs: the inverse of [`Self::pool_capacity`].
@@ -109,6 +124,9 @@ impl HardwareProfile {
         }
         if !(self.pool_slack_fraction.is_finite() && (0.0..1.0).contains(&self.pool_slack_fraction)) {
             return Err(("pool_slack_fraction", format!("`pool_slack_fraction` must be in [0, 1), got {}", self.pool_slack_fraction)));
+        }
+        if !(self.pinned_device_fraction.is_finite() && (0.0..0.5).contains(&self.pinned_device_fraction)) {
+            return Err(("pinned_device_fraction", format!("`pinned_device_fraction` must be in [0, 0.5), got {}", self.pinned_device_fraction)));
         }
         if !(self.launch_overhead.0 >= 0.0) {
             return Err(("launch_overhead", "`launch_overhead` must be zero or more".into()));

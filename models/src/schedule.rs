@@ -166,6 +166,13 @@ pub struct Prediction {
     /// before arenas.
     #[serde(default)]
     pub arena: Option<Bytes>,
+    /// Pinned host memory the executor holds for the schedule (`Schedule::pinned_bytes`).
+    #[serde(default)]
+    pub pinned_host: Bytes,
+    /// Device memory the run holds at its peak (`HardwareProfile::device_bytes` of the arena
+    /// and the pinned memory); None in schedules written before it.
+    #[serde(default)]
+    pub device: Option<Bytes>,
 }
 
 impl Prediction {
@@ -174,9 +181,10 @@ impl Prediction {
         self.arena.unwrap_or(self.peak_allocated)
     }
 
-    /// Device memory the process needs: the tensors' memory plus fixed overhead.
+    /// Device memory the process needs: the tensors' memory plus fixed overhead (and, where
+    /// predicted, the pool's rounding and the mapping of pinned host memory).
     pub fn peak_device(&self) -> Bytes {
-        self.tensor_bytes() + self.fixed_overhead
+        self.device.unwrap_or(self.tensor_bytes() + self.fixed_overhead)
     }
 }
 
@@ -260,6 +268,34 @@ impl Schedule {
 }
 
 impl Schedule {
+    /// Tensors that need a pinned host copy: those that start on the host, those copied either
+    /// way, and those host work reads or writes (the token ids excepted: the host has the batch).
+    pub fn pinned_tensors(&self, program: &crate::Program) -> Vec<TensorId> {
+        let inv = &program.inventory;
+        let mut need = vec![false; inv.tensors.len()];
+        for t in &self.host_resident {
+            need[t.index()] = true;
+        }
+        for a in &self.actions {
+            match a {
+                Action::Prefetch(t) | Action::Evict(t) => need[t.index()] = true,
+                Action::HostRun(op) => {
+                    for t in program.op(*op).touches() {
+                        need[t.index()] = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        need[inv.io.tokens.index()] = self.actions.iter().any(|a| matches!(a, Action::Prefetch(t) | Action::Evict(t) if *t == inv.io.tokens));
+        inv.tensors.iter().filter(|t| need[t.id.index()]).map(|t| t.id).collect()
+    }
+
+    /// Bytes of pinned host memory the executor holds for this schedule.
+    pub fn pinned_bytes(&self, program: &crate::Program) -> Bytes {
+        self.pinned_tensors(program).iter().map(|t| program.inventory.tensor(*t).bytes).sum()
+    }
+
     /// Writes the schedule as RON, atomically.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         crate::io::write_atomic(path, self.to_ron().as_bytes())

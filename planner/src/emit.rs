@@ -588,6 +588,8 @@ pub fn emit(program: &Program, hw: &HardwareProfile, decisions: &Decisions, budg
         hidden_transfer: eval.hidden,
         solver: None,
         arena: None,
+        pinned_host: models::Bytes(0),
+        device: None,
     };
     Ok(Schedule {
         format_version: SCHEDULE_FORMAT_VERSION,

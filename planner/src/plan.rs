@@ -83,7 +83,7 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         .max_by_key(|(_, b)| *b)
         .expect("a program has ops");
     let reason = format!(
-        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} of room for the pool's fragmentation); the largest single op, {}, needs {} of operands",
+        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} of room for the arena's layout and the device memory outside the pool); the largest single op, {}, needs {} of operands",
         e.peak,
         model.slot_label(e.peak_slot),
         model.hw.fixed_overhead,

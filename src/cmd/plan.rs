@@ -148,11 +148,17 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, 
     }
     let off: Vec<&BlockDecision> = s.decisions.iter().filter(|d| d.placement != Placement::Gpu).collect();
     println!("  ({} of {} blocks off the GPU or recomputed)", off.len(), s.decisions.len());
-    println!("predicted peak     {} allocated + {} fixed = {} at {}", p.peak_allocated, p.fixed_overhead, p.peak_device(), p.peak_at);
+    println!("predicted peak     {} of live tensors at {}", p.peak_allocated, p.peak_at);
     println!(
-        "left for the pool {} under the budget ({} kept for its fragmentation at this peak: {} + {:.1}% of the pool, from the profile)",
+        "device memory      {} arena (every tensor at a planned offset) + {} fixed + the pool's rounding and the mapping of {} pinned host memory = {}",
+        p.tensor_bytes(),
+        p.fixed_overhead,
+        p.pinned_host,
+        p.peak_device()
+    );
+    println!(
+        "left               {} under the budget (the profile keeps {} + {:.1}% of the pool for the layout and the memory outside the pool)",
         s.budget.saturating_sub(p.peak_device()),
-        hw.budget_for(p.peak_allocated).saturating_sub(p.peak_device()),
         hw.pool_slack,
         100.0 * hw.pool_slack_fraction
     );

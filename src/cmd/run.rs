@@ -259,8 +259,13 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     let run = &result.run;
     let l = result.lanes;
     // With an arena the pool hands out the arena alone; with the pool, its peak of live bytes.
-    let tensors = if allocator == executor::Allocator::Arena { p.tensor_bytes() } else { p.peak_allocated };
-    let predicted = MemoryPeaks { allocated_bytes: tensors.0, reserved_bytes: tensors.0, device_bytes: (tensors + p.fixed_overhead).0 };
+    let predicted = match allocator {
+        executor::Allocator::Arena => {
+            let g = hw.pool_reserve_granularity.0.max(1);
+            MemoryPeaks { allocated_bytes: p.tensor_bytes().0, reserved_bytes: p.tensor_bytes().0.div_ceil(g) * g, device_bytes: p.peak_device().0 }
+        }
+        executor::Allocator::Pool => MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: (p.peak_allocated + p.fixed_overhead).0 },
+    };
     let mut notes = vec![
         format!("pinned host memory: {} bytes", result.pinned_bytes),
         format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),

@@ -2,7 +2,7 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{host_tensors, Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
+use super::{Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
 use crate::export::{bf16_bytes, f32_bytes};
 use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
@@ -122,7 +122,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
     let t0 = Instant::now();
     let mut copies = HostCopies { bufs: (0..inv.tensors.len()).map(|_| None).collect() };
     let mut pinned_bytes = 0u64;
-    for t in host_tensors(program, schedule) {
+    for t in schedule.pinned_tensors(program) {
         let bytes = inv.tensor(t).bytes.0;
         copies.bufs[t.index()] = Some(gpu.pinned(bytes as usize)?);
         pinned_bytes += bytes;

@@ -16,7 +16,6 @@ use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
-use models::TensorId;
 use serde::Serialize;
 
 /// Where a schedule's tensors get device memory.
@@ -120,29 +119,6 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
     Ok(())
 }
 
-/// Tensors that need a pinned host copy: those that start on the host, those copied either
-/// way, and those host work reads or writes (the token ids excepted: the host has the batch).
-pub fn host_tensors(program: &Program, schedule: &Schedule) -> Vec<TensorId> {
-    let inv = &program.inventory;
-    let mut need = vec![false; inv.tensors.len()];
-    for t in &schedule.host_resident {
-        need[t.index()] = true;
-    }
-    for a in &schedule.actions {
-        match a {
-            Action::Prefetch(t) | Action::Evict(t) => need[t.index()] = true,
-            Action::HostRun(op) => {
-                for t in program.op(*op).touches() {
-                    need[t.index()] = true;
-                }
-            }
-            _ => {}
-        }
-    }
-    need[inv.io.tokens.index()] = schedule.actions.iter().any(|a| matches!(a, Action::Prefetch(t) | Action::Evict(t) if *t == inv.io.tokens));
-    inv.tensors.iter().filter(|t| need[t.id.index()]).map(|t| t.id).collect()
-}
-
 /// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `on_step` after each.
 /// Refuses a schedule of another format or program, and one whose budget (less the fixed
 /// overhead it assumes) exceeds the device's free memory.
@@ -199,8 +175,30 @@ mod tests {
                 hidden_transfer: models::Seconds(0.0),
                 solver: None,
                 arena: None,
+                pinned_host: models::Bytes(0),
+                device: None,
             },
         }
+    }
+
+    /// `Schedule::pinned_tensors` is what the runner pins (tested here, where schedules are
+    /// built by hand).
+    #[test]
+    fn host_copies_for_resident_copied_and_host_touched_tensors() {
+        let p = tiny();
+        let inv = &p.inventory;
+        let mut s = empty_schedule(&p);
+        let l0 = inv.layers[0];
+        let a1 = inv.acts[1];
+        s.host_resident = vec![l0.optimizer];
+        s.actions.push(Action::Evict(a1.ln1));
+        let adam = p.find(OpKind::Adam(models::inventory::Owner::Layer(1))).unwrap().id;
+        s.actions.push(Action::HostRun(adam));
+        let got = s.pinned_tensors(&p);
+        let l1 = inv.layers[1];
+        let mut want = vec![l0.optimizer, a1.ln1, l1.weights, l1.grads, l1.optimizer];
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -229,23 +227,5 @@ mod tests {
         let ln1 = p.find(OpKind::Ln1(0)).unwrap().id;
         s.actions.push(Action::HostRun(ln1));
         assert!(check_schedule(&p, &s).unwrap_err().to_string().contains("on the host"));
-    }
-
-    #[test]
-    fn host_copies_for_resident_copied_and_host_touched_tensors() {
-        let p = tiny();
-        let inv = &p.inventory;
-        let mut s = empty_schedule(&p);
-        let l0 = inv.layers[0];
-        let a1 = inv.acts[1];
-        s.host_resident = vec![l0.optimizer];
-        s.actions.push(Action::Evict(a1.ln1));
-        let adam = p.find(OpKind::Adam(models::inventory::Owner::Layer(1))).unwrap().id;
-        s.actions.push(Action::HostRun(adam));
-        let got = host_tensors(&p, &s);
-        let l1 = inv.layers[1];
-        let mut want = vec![l0.optimizer, a1.ln1, l1.weights, l1.grads, l1.optimizer];
-        want.sort();
-        assert_eq!(got, want);
     }
 }

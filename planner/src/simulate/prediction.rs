@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 /// Fills a prediction from a trace: peak and where, fixed overhead, step time, compute busy time,
 /// bytes each way, exposed transfer (time the compute lane waited on events recorded on a copy
-/// lane), hidden transfer (copy time not exposed) and the arena's size. `solver` is left `None`.
+/// lane), hidden transfer (copy time not exposed), the arena's size, the pinned host memory and the
+/// device memory it all takes. `solver` is left `None`.
 pub fn prediction_from_trace(trace: &Trace, schedule: &Schedule, program: &Program, hw: &HardwareProfile) -> Prediction {
     let inv = &program.inventory;
     let (mut h2d, mut d2h) = (Bytes::ZERO, Bytes::ZERO);
@@ -43,6 +44,8 @@ pub fn prediction_from_trace(trace: &Trace, schedule: &Schedule, program: &Progr
             _ => {}
         }
     }
+    let arena = models::arena::plan_arena(program, schedule, models::arena::ARENA_ALIGN).ok().map(|a| a.size);
+    let pinned = schedule.pinned_bytes(program);
     Prediction {
         peak_allocated: trace.peak_allocated,
         peak_action: trace.peak_action,
@@ -55,6 +58,8 @@ pub fn prediction_from_trace(trace: &Trace, schedule: &Schedule, program: &Progr
         exposed_transfer: exposed,
         hidden_transfer: (copying - exposed).max(Seconds::ZERO),
         solver: None,
-        arena: models::arena::plan_arena(program, schedule, models::arena::ARENA_ALIGN).ok().map(|a| a.size),
+        arena,
+        pinned_host: pinned,
+        device: Some(hw.device_bytes(arena.unwrap_or(trace.peak_allocated), pinned)),
     }
 }

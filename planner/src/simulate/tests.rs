@@ -41,6 +41,8 @@ fn hw() -> HardwareProfile {
         host_adam_params_per_second: 1e9,
         pool_slack: Bytes::ZERO,
         pool_slack_fraction: 0.0,
+        pool_reserve_granularity: Bytes::ZERO,
+        pinned_device_fraction: 0.0,
     }
 }
 
@@ -68,6 +70,8 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
             hidden_transfer: Seconds::ZERO,
             solver: None,
             arena: None,
+            pinned_host: models::Bytes(0),
+            device: None,
         },
     }
 }

@@ -124,6 +124,8 @@ pub fn fixture() -> Fixture {
         hidden_transfer: Seconds::from_ms(0.02),
         solver: None,
         arena: None,
+        pinned_host: models::Bytes(0),
+        device: None,
     };
     let schedule = Schedule {
         format_version: SCHEDULE_FORMAT_VERSION,
