@@ -67,7 +67,11 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         g.apply(best, &mut d);
     }
     let e = model.evaluate(&d);
-    let floor = model.hw.budget_for(e.peak);
+    // The lean plan pins most of the model on the host, and the driver maps pinned memory in
+    // device memory: count that, and the pool's rounding of the arena.
+    let hw = model.hw;
+    let pinned = crate::emit::emit(program, hw, &d, Bytes(u64::MAX / 4)).map(|s| s.pinned_bytes(program)).unwrap_or(Bytes::ZERO);
+    let floor = hw.budget_for(e.peak) + hw.device_bytes(Bytes::ZERO, pinned).saturating_sub(hw.fixed_overhead) + hw.pool_reserve_granularity;
     // What sets it: the largest op working set, and where the lean plan peaks.
     let inv = &program.inventory;
     let (op, ws) = program
@@ -83,11 +87,11 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         .max_by_key(|(_, b)| *b)
         .expect("a program has ops");
     let reason = format!(
-        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} of room for the arena's layout and the device memory outside the pool); the largest single op, {}, needs {} of operands",
+        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} for the arena's layout, the pool's rounding and the device memory that maps pinned host memory); the largest single op, {}, needs {} of operands",
         e.peak,
         model.slot_label(e.peak_slot),
         model.hw.fixed_overhead,
-        model.hw.budget_for(e.peak).saturating_sub(e.peak + model.hw.fixed_overhead),
+        floor.saturating_sub(e.peak + model.hw.fixed_overhead),
         op.name,
         ws
     );
