@@ -54,7 +54,9 @@ pub struct Plan {
 
 /// The leanest choice of every group (each group's smallest memory at its own peak, then its
 /// smallest total), the device memory it needs, and what holds memory at its peak.
-pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
+/// Also returns the device memory that maps the lean plan's pinned host memory (no plan pins
+/// more), with the pool's rounding of the arena.
+pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions, Bytes) {
     let program = model.program;
     let mut d = Decisions::all_gpu(program);
     for g in enumerate(model) {
@@ -71,7 +73,8 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
     // device memory: count that, and the pool's rounding of the arena.
     let hw = model.hw;
     let pinned = crate::emit::emit(program, hw, &d, Bytes(u64::MAX / 4)).map(|s| s.pinned_bytes(program)).unwrap_or(Bytes::ZERO);
-    let floor = hw.budget_for(e.peak) + hw.device_bytes(Bytes::ZERO, pinned).saturating_sub(hw.fixed_overhead) + hw.pool_reserve_granularity;
+    let outside = hw.device_bytes(Bytes::ZERO, pinned).saturating_sub(hw.fixed_overhead) + hw.pool_reserve_granularity;
+    let floor = hw.budget_for(e.peak) + outside;
     // What sets it: the largest op working set, and where the lean plan peaks.
     let inv = &program.inventory;
     let (op, ws) = program
@@ -95,7 +98,13 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions) {
         op.name,
         ws
     );
-    (floor, reason, d)
+    (floor, reason, d, outside)
+}
+
+/// The budget the solver is given for `budget`: less the device memory that would map the
+/// lean plan's pinned host memory and the pool's rounding, which its memory rows do not count.
+pub fn solver_budget(model: &StageModel, budget: Bytes) -> Bytes {
+    budget.saturating_sub(floor_of(model).3)
 }
 
 /// The smallest budget any schedule of this planner fits in (device bytes, fixed overhead
@@ -136,11 +145,11 @@ pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decision
 /// repeated with the capacity cut by the excess, so the schedule's device peak is within budget.
 pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let model = StageModel::new(program, hw);
-    let (floor, reason, _) = floor_of(&model);
+    let (floor, reason, _, outside) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
-    let mut target = budget;
+    let mut target = budget.saturating_sub(outside);
     let mut last = None;
     for _ in 0..4 {
         let (decisions, report) = solve_within(&model, target, opts)?;
@@ -151,7 +160,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
         }
         last = Some(plan.schedule.prediction.peak_device());
         target = target.saturating_sub(over + hw.alloc_granularity);
-        if target < floor {
+        if target + outside < floor {
             break;
         }
     }
