@@ -4,10 +4,17 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=OFFPLAN_COMMIT");
-    for f in [".git/HEAD", ".git/index"] {
-        if std::path::Path::new(f).exists() {
-            println!("cargo:rerun-if-changed={f}");
-        }
+    // HEAD and the index of this work tree (a linked worktree has its own), and the branch
+    // ref HEAD names: a commit moves the ref, a checkout moves HEAD.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_string())
+    };
+    let mut watched: Vec<String> = ["HEAD", "index"].iter().filter_map(|f| git(&["rev-parse", "--git-path", f])).collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.extend(git(&["rev-parse", "--git-path", &branch]));
+    }
+    for f in watched.iter().filter(|f| std::path::Path::new(f).exists()) {
+        println!("cargo:rerun-if-changed={f}");
     }
     let commit = std::env::var("OFFPLAN_COMMIT").ok().filter(|s| !s.is_empty()).or_else(|| {
         std::process::Command::new("git")
