@@ -109,5 +109,14 @@ pub fn heuristic_schedule(h: Heuristic, program: &Program, hw: &HardwareProfile,
     s.strategy = h.label().into();
     let trace = crate::simulate(program, hw, &s)?;
     s.prediction = crate::prediction_from_trace(&trace, &s, program, hw);
+    // Fits as the device counts it: the arena as reserved, the fixed overhead, the mapping of
+    // its pinned memory.
+    if s.prediction.peak_device() > budget {
+        return Err(PlanError::Infeasible {
+            budget,
+            floor: s.prediction.peak_device(),
+            reason: format!("{} needs {} on the device", h.label(), s.prediction.peak_device()),
+        });
+    }
     Ok(s)
 }

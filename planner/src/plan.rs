@@ -150,13 +150,15 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
     let mut target = budget.saturating_sub(outside);
+    let mut found: Option<Plan> = None;
     let mut last = None;
     for _ in 0..4 {
         let (decisions, report) = solve_within(&model, target, opts)?;
         let plan = finish(program, hw, budget, &decisions, Some(report))?;
         let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
         if over == Bytes::ZERO {
-            return Ok(plan);
+            found = Some(plan);
+            break;
         }
         last = Some(plan.schedule.prediction.peak_device());
         target = target.saturating_sub(over + hw.alloc_granularity);
@@ -164,7 +166,25 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
             break;
         }
     }
-    Err(PlanError::Infeasible {
+    // Never slower than a starting point that fits the budget on the device: the solver's
+    // budget leaves room for the most pinned memory any plan could map, which a plan that pins
+    // less does not need.
+    for d in warm_candidates(&model, budget) {
+        let better = |p: &Plan| found.as_ref().is_none_or(|f| p.schedule.prediction.step_time < f.schedule.prediction.step_time);
+        if found.as_ref().is_some_and(|f| model.evaluate(&d).step_time >= f.schedule.prediction.step_time) {
+            continue;
+        }
+        let report = found.as_ref().and_then(|f| f.schedule.prediction.solver.clone()).map(|mut r| {
+            r.status = format!("{} (a starting point kept)", r.status);
+            r
+        });
+        if let Ok(p) = finish(program, hw, budget, &d, report) {
+            if p.schedule.prediction.peak_device() <= budget && better(&p) {
+                found = Some(p);
+            }
+        }
+    }
+    found.ok_or_else(|| PlanError::Infeasible {
         budget,
         floor: last.unwrap_or(floor),
         reason: "the plans that fit the budget in live bytes need more once laid out in one arena; give a little more".into(),

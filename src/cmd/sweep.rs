@@ -100,7 +100,7 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
 fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
     let lifetime = hw.budget_for(planner::LifetimeGraph::build(program).peak().0);
     match heuristic_schedule(Heuristic::KeepAll, program, hw, Bytes(u64::MAX / 4)) {
-        Ok(s) => hw.budget_for(s.prediction.peak_allocated).max(lifetime),
+        Ok(s) => s.prediction.peak_device().max(lifetime),
         Err(_) => lifetime,
     }
 }
