@@ -58,8 +58,10 @@ pub fn module_queue(program: &Program) -> Decisions {
     d
 }
 
+/// Whether `d` can fit `budget`: its live peak and the fixed overhead within it (what any
+/// schedule needs at least; `heuristic_schedule` checks the finished schedule's device peak).
 fn fits(model: &StageModel, d: &Decisions, budget: Bytes) -> bool {
-    model.evaluate(d).peak.0 <= model.capacity(budget)
+    model.evaluate(d).peak + model.hw.fixed_overhead <= budget
 }
 
 /// The decisions of `h` for `model`'s program under `budget`, or None when they do not fit.

@@ -113,8 +113,19 @@ pub fn feasible_floor(program: &Program, hw: &HardwareProfile) -> Bytes {
     floor_of(&StageModel::new(program, hw)).0
 }
 
-/// Candidate starting points: the heuristics that fit, and a few mixed presets.
+/// Candidate starting points: the heuristics that fit, and a few mixed presets, each within
+/// the solver's capacity for `budget`.
 pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
+    candidates(model, budget, |peak| peak.0 <= model.capacity(budget))
+}
+
+/// The same candidates, kept where their live peak and the fixed overhead fit `budget` (what
+/// any schedule needs at least; the device check of the finished schedule decides).
+fn fallback_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
+    candidates(model, budget, |peak| peak + model.hw.fixed_overhead <= budget)
+}
+
+fn candidates(model: &StageModel, budget: Bytes, keep: impl Fn(Bytes) -> bool) -> Vec<Decisions> {
     let program = model.program;
     let mut v: Vec<Decisions> = Heuristic::ALL.iter().filter_map(|h| heuristic_decisions(*h, model, budget)).collect();
     // Streamed optimizer with everything else resident, then with recomputation, then leaner.
@@ -129,7 +140,7 @@ pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decision
     }
     v.push(d);
     v.push(floor_of(model).2);
-    v.retain(|d| model.evaluate(d).peak.0 <= model.capacity(budget));
+    v.retain(|d| keep(model.evaluate(d).peak));
     let mut unique: Vec<Decisions> = Vec::new();
     for d in v {
         if !unique.contains(&d) {
@@ -169,7 +180,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
     // Never slower than a starting point that fits the budget on the device: the solver's
     // budget leaves room for the most pinned memory any plan could map, which a plan that pins
     // less does not need.
-    for d in warm_candidates(&model, budget) {
+    for d in fallback_candidates(&model, budget) {
         let better = |p: &Plan| found.as_ref().is_none_or(|f| p.schedule.prediction.step_time < f.schedule.prediction.step_time);
         if found.as_ref().is_some_and(|f| model.evaluate(&d).step_time >= f.schedule.prediction.step_time) {
             continue;
