@@ -185,8 +185,15 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
         if found.as_ref().is_some_and(|f| model.evaluate(&d).step_time >= f.schedule.prediction.step_time) {
             continue;
         }
+        // The report then describes the kept plan: its objective in the solver's model; the
+        // solver's bound was for its smaller budget, so it bounds nothing here and is dropped
+        // to the objective's (gap unknown: 0 is not claimed, the status says why).
+        let objective = model.evaluate(&d).step_time;
         let report = found.as_ref().and_then(|f| f.schedule.prediction.solver.clone()).map(|mut r| {
-            r.status = format!("{} (a starting point kept)", r.status);
+            r.status = format!("{} (a starting point that fits the device was faster and kept; no bound for it)", r.status);
+            r.objective = objective;
+            r.bound = Seconds::ZERO;
+            r.gap = 1.0;
             r
         });
         if let Ok(p) = finish(program, hw, budget, &d, report) {
