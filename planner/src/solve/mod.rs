@@ -1,6 +1,8 @@
 //! Choosing the decisions: a MILP over one choice per group (owner, layer activations) on the
-//! stage model, warm-started from the best heuristic, with HiGHS.
+//! stage model, warm-started from the best heuristic; its gap proved by a Lagrangian bound
+//! (`dual`: a dynamic program over the stages) or by HiGHS's branch and bound.
 
+pub mod dual;
 pub mod milp;
 pub mod model;
 
@@ -62,3 +64,4 @@ mod timing {
         }
     }
 }
+
