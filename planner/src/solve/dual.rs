@@ -542,7 +542,7 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
             if let Some((_, p)) = &best {
                 seeds.push(p.clone());
             }
-            let r = column_generation(model, fixed, groups, dp, rows, Some(&allowed), cap, &seeds, ub, gap, threads, deadline, false, None);
+            let r = column_generation(model, fixed, groups, dp, rows, Some(&allowed), cap, &seeds, ub, gap, threads, deadline, false, Some(&mut *round));
             nodes += 1;
             iterations += r.iterations;
             if let Some((t, p)) = r.best {
@@ -552,12 +552,15 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
                 }
             }
             if trace {
-                eprintln!("dual: node {nodes} ({:?} = {k}) at {:.2} s: bound {:.4} ub {ub:.4}", groups[g].group, t0.elapsed().as_secs_f64(), r.bound);
+                eprintln!("dual: node {nodes} ({:?} = {k}) at {:.2} s: bound {:.4} ub {ub:.4}", groups[g].group, t0.elapsed().as_secs_f64(), r.bound.max(node.bound));
             }
-            if ub - r.bound <= gap * ub {
-                closed_min = closed_min.min(r.bound);
+            // A part's bound is at least its parent's (it holds fewer plans); a part the deadline
+            // left unpriced keeps the parent's.
+            let bound = r.bound.max(node.bound);
+            if ub - bound <= gap * ub {
+                closed_min = closed_min.min(bound);
             } else {
-                open.push(Node { bound: r.bound, allowed, xbar: r.xbar, columns: r.columns });
+                open.push(Node { bound, allowed, xbar: r.xbar, columns: r.columns });
             }
         }
     }
@@ -569,7 +572,7 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
 }
 
 /// Most nodes of a branch and price.
-const MAX_NODES: usize = 64;
+const MAX_NODES: usize = 32;
 
 #[cfg(test)]
 mod tests {
