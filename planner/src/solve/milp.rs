@@ -118,7 +118,7 @@ const MS: f64 = 1e3;
 /// Most class combinations a stage may have for its exact local formulation.
 const HULL_LIMIT: usize = 4096;
 /// Wall-clock seconds of local search on the starting points, shared between them.
-const LOCAL_SEARCH_SECONDS: f64 = 0.2;
+const LOCAL_SEARCH_SECONDS: f64 = 0.05;
 /// Wall-clock seconds of the Lagrangian bound before falling back on branch and bound.
 const DUAL_SECONDS: f64 = 3.0;
 /// Seconds for making a rounded mixture fit, and for improving it (0.1 s measured as good
