@@ -18,7 +18,18 @@ use std::path::{Path, PathBuf};
 /// Records whose step time the model is known to miss, with the reason. Their pool peak is held
 /// to target like every other record's; their step time must still be outside target, so that
 /// a fix of the model has to take them off this list.
+const HOST_LANE_SLOW: &str = "device runs 5 and 6 (machine instances after run 4): the host lane ran 17-62% over its calibrated rate and compute waited 2-7x longer than modelled, with the arena and the pool alike (same schedule, same session: gpt3-2.7b 491 vs 486 ms, 508 vs 479 ms); run 4 measured the same configs within 6%";
+
 const KNOWN_STEP_MISSES: &[(&str, &str)] = &[
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795459954.ron", HOST_LANE_SLOW),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460534.ron", HOST_LANE_SLOW),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460541.ron", HOST_LANE_SLOW),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460548.ron", HOST_LANE_SLOW),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460032.ron", HOST_LANE_SLOW),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460358.ron", HOST_LANE_SLOW),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460635.ron", HOST_LANE_SLOW),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460711.ron", HOST_LANE_SLOW),
+    ("run-gpt3-6.7b-nvidia-h100-80gb-hbm3-1795460249.ron", HOST_LANE_SLOW),
     (
         "run-gpt3-125m-nvidia-h100-80gb-hbm3-1795448560.ron",
         "CPU embedding: the host lane ran 20.8 ms against 9.8 ms predicted; the executor zeroed the untied table gradient (77 MB) on one thread, which the cost model does not count",
@@ -104,7 +115,8 @@ fn every_record_is_predicted_within_target() {
 }
 
 /// The budget holds on the device. For every record, the device memory outside the pool (device
-/// peak less what the pool reserved) is the profile's fixed overhead within its `pool_slack`;
+/// peak less what the pool reserved) is the profile's fixed overhead and the mapping of the
+/// schedule's pinned host memory, within its `pool_slack`;
 /// for every run that laid its tensors out in an arena, the device peak is within the budget.
 /// Runs on the stream-ordered pool alone could exceed it by the pool's fragmentation (reserved
 /// less used), which is why the executor takes an arena: they are counted, not held.
@@ -114,9 +126,15 @@ fn every_recorded_device_peak_fits_the_planners_allowance() {
     let (mut arena_runs, mut pool_over) = (0, Vec::new());
     for (file, r) in records() {
         let hw = hardware(&r).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // The pinned host memory the schedule needs, whose mapping takes device memory.
+        let pinned = match r.budget_bytes {
+            Some(b) => planner::replan_record(&Program::build(&r.config), &hw, Bytes(b), &r.decisions).map(|p| p.schedule.prediction.pinned_host).unwrap_or_else(|e| panic!("{file}: {e}")),
+            None => Bytes::ZERO,
+        };
+        let allowed = hw.device_bytes(Bytes::ZERO, pinned) + hw.pool_slack;
         let outside = r.measured.device_bytes.saturating_sub(r.measured.reserved_bytes);
-        if outside > (hw.fixed_overhead + hw.pool_slack).0 {
-            wrong.push(format!("{file}: {} outside the pool, above the fixed overhead {} + slack {}", Bytes(outside), hw.fixed_overhead, hw.pool_slack));
+        if outside > allowed.0 {
+            wrong.push(format!("{file}: {} outside the pool, above the fixed overhead, the mapping of {pinned} pinned and the slack: {allowed}", Bytes(outside)));
         }
         let Some(budget) = r.budget_bytes else { continue };
         if r.used_arena() {
@@ -147,8 +165,7 @@ fn every_strategy_gives_the_losses_of_all_on_gpu() {
 
 /// On a GPU: runs every record's case again and holds the pool's high-water mark to today's
 /// prediction (1%): each config of the all-on-GPU records for 2 steps, and each schedule record
-/// planned again from its decisions and run for 1 step in an arena, whose device peak must also
-/// stay within the record's budget. OFFPLAN_LIVE_FILTER keeps the records whose file name
+/// planned again from its decisions and run for 1 step in an arena. OFFPLAN_LIVE_FILTER keeps the records whose file name
 /// contains it. Where there is no GPU it says so and passes.
 #[test]
 #[ignore = "needs a GPU; cargo test --test memory_regression -- --ignored"]
@@ -190,9 +207,10 @@ fn live_records_on_the_gpu() {
                 let err = reports::calibration::rel(predicted as f64, run.pool_used_high as f64);
                 eprintln!("{file} live: pool peak {} predicted {predicted} ({:+.2}%), device {}", run.pool_used_high, 100.0 * err, run.device_used_high);
                 assert!(err.abs() <= PEAK_TOLERANCE, "{file} live: predicted pool peak {predicted} vs measured {} ({:+.2}%)", run.pool_used_high, 100.0 * err);
-                if let (false, Some(b)) = (all_gpu, r.budget_bytes) {
-                    assert!(run.device_used_high <= b, "{file} live: device {} above the budget {b}", run.device_used_high);
-                }
+                // The device peak is not held here: the runs share one process, whose pool keeps
+                // what earlier runs reserved (run 5 saw 5.7 GB for a 1.7 GB budget after
+                // all-on-GPU runs). Each recorded run is a process of its own, and
+                // every_recorded_device_peak_fits_the_planners_allowance holds those.
                 checked += 1;
             }
         }
