@@ -14,7 +14,7 @@ mod timing {
     //! `cargo test -p planner --release --lib solve::timing -- --ignored --nocapture`:
     //! solve time and gap of the benchmark problems. OFFPLAN_SOLVE_LIMIT (s), OFFPLAN_REPS,
     //! OFFPLAN_WHICH (name filter), OFFPLAN_BUDGET (GiB for gpt3-2.7b), OFFPLAN_RESOLVE (solve
-    //! again from the answer, print it).
+    //! again from the answer, print it), OFFPLAN_BREAKDOWN (time plan()'s other phases).
     use crate::{plan, PlanOptions};
     use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
     use std::path::Path;
@@ -47,6 +47,19 @@ mod timing {
                     "{name} @ {budget} GiB: objective {:.6} s (simulated {:.6}), bound {:.6}, gap {:.3}%, solve {:.2} s, plan {:.2} s, {} | {}",
                     r.objective.0, once.schedule.prediction.step_time.0, r.bound.0, r.gap * 100.0, r.solve_seconds, t.elapsed().as_secs_f64(), r.status, r.solver
                 );
+                if std::env::var("OFFPLAN_BREAKDOWN").is_ok() {
+                    // Where plan() spends its time besides the solve.
+                    let t = std::time::Instant::now();
+                    let model = super::StageModel::new(&p, &hw);
+                    let t_model = t.elapsed().as_secs_f64();
+                    let _ = crate::plan::floor_of(&model);
+                    let t_floor = t.elapsed().as_secs_f64() - t_model;
+                    let starts = crate::plan::warm_candidates(&model, Bytes::gib(budget));
+                    let t_starts = t.elapsed().as_secs_f64() - t_model - t_floor;
+                    let t2 = std::time::Instant::now();
+                    let _ = crate::plan::finish(&p, &hw, Bytes::gib(budget), &starts[0], None);
+                    eprintln!("  plan() besides the solve: stage model {t_model:.2} s, floor {t_floor:.2} s, starting points {t_starts:.2} s ({}), emit + simulate + arena {:.2} s", starts.len(), t2.elapsed().as_secs_f64());
+                }
                 if std::env::var("OFFPLAN_RESOLVE").is_ok() {
                     let model = super::StageModel::new(&p, &hw);
                     let starts = crate::plan::warm_candidates(&model, Bytes::gib(budget));
