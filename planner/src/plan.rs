@@ -115,17 +115,16 @@ pub fn feasible_floor(program: &Program, hw: &HardwareProfile) -> Bytes {
 
 /// Candidate starting points: the heuristics that fit, and a few mixed presets, each within
 /// the solver's capacity for `budget`.
+#[cfg(test)]
 pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
-    candidates(model, budget, |peak| peak.0 <= model.capacity(budget))
+    let lean = floor_of(model).2;
+    candidates(model, budget, lean).into_iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(budget)).collect()
 }
 
-/// The same candidates, kept where their live peak and the fixed overhead fit `budget` (what
-/// any schedule needs at least; the device check of the finished schedule decides).
-fn fallback_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
-    candidates(model, budget, |peak| peak + model.hw.fixed_overhead <= budget)
-}
-
-fn candidates(model: &StageModel, budget: Bytes, keep: impl Fn(Bytes) -> bool) -> Vec<Decisions> {
+/// The heuristics that can fit `budget` (live peak and fixed overhead within it), a few mixed
+/// presets and the lean plan, unfiltered otherwise: `plan()` builds them once and keeps those
+/// its solves and its final check need.
+fn candidates(model: &StageModel, budget: Bytes, lean: Decisions) -> Vec<Decisions> {
     let program = model.program;
     let mut v: Vec<Decisions> = Heuristic::ALL.iter().filter_map(|h| heuristic_decisions(*h, model, budget)).collect();
     // Streamed optimizer with everything else resident, then with recomputation, then leaner.
@@ -139,8 +138,7 @@ fn candidates(model: &StageModel, budget: Bytes, keep: impl Fn(Bytes) -> bool) -
         }
     }
     v.push(d);
-    v.push(floor_of(model).2);
-    v.retain(|d| keep(model.evaluate(d).peak));
+    v.push(lean);
     let mut unique: Vec<Decisions> = Vec::new();
     for d in v {
         if !unique.contains(&d) {
@@ -156,15 +154,18 @@ fn candidates(model: &StageModel, budget: Bytes, keep: impl Fn(Bytes) -> bool) -
 /// repeated with the capacity cut by the excess, so the schedule's device peak is within budget.
 pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let model = StageModel::new(program, hw);
-    let (floor, reason, _, outside) = floor_of(&model);
+    let (floor, reason, lean, outside) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
+    // Built once: every retry and the final check pick from them.
+    let pool = candidates(&model, budget, lean);
     let mut target = budget.saturating_sub(outside);
     let mut found: Option<Plan> = None;
     let mut last = None;
     for _ in 0..4 {
-        let (decisions, report) = solve_within(&model, target, opts)?;
+        let starts: Vec<Decisions> = pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target)).cloned().collect();
+        let (decisions, report) = solve_within(&model, target, &starts, opts)?;
         let plan = finish(program, hw, budget, &decisions, Some(report))?;
         let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
         if over == Bytes::ZERO {
@@ -180,7 +181,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
     // Never slower than a starting point that fits the budget on the device: the solver's
     // budget leaves room for the most pinned memory any plan could map, which a plan that pins
     // less does not need.
-    for d in fallback_candidates(&model, budget) {
+    for d in pool.into_iter().filter(|d| model.evaluate(d).peak + hw.fixed_overhead <= budget) {
         let better = |p: &Plan| found.as_ref().is_none_or(|f| p.schedule.prediction.step_time < f.schedule.prediction.step_time);
         if found.as_ref().is_some_and(|f| model.evaluate(&d).step_time >= f.schedule.prediction.step_time) {
             continue;
@@ -210,11 +211,10 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
 }
 
 /// The solver's best decisions for `target` (never worse than its best starting point).
-fn solve_within(model: &StageModel, target: Bytes, opts: &PlanOptions) -> Result<(Decisions, SolverReport), PlanError> {
-    let starts = warm_candidates(model, target);
+fn solve_within(model: &StageModel, target: Bytes, starts: &[Decisions], opts: &PlanOptions) -> Result<(Decisions, SolverReport), PlanError> {
     let warm = starts.iter().map(|d| (model.evaluate(d).step_time.0, d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(t, d)| (t, d.clone()));
     let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
-    let outcome = crate::solve::solve(model, target, &starts, &limits)?;
+    let outcome = crate::solve::solve(model, target, starts, &limits)?;
     let mut decisions = outcome.decisions;
     let mut report = outcome.report;
     // Never worse than where the solver started (a time limit can stop it early).
