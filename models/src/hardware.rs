@@ -46,9 +46,9 @@ pub struct HardwareProfile {
     pub host_memory_bandwidth: BytesPerSecond,
     /// Parameters per second the host's AdamW updates (all cores).
     pub host_adam_params_per_second: f64,
-    /// Room the planner leaves for the stream-ordered pool's fragmentation (memory it reserves
-    /// beyond the bytes handed out): this much, plus `pool_slack_fraction` of the pool's peak.
-    /// Measured per run as RESERVED_MEM_HIGH - USED_MEM_HIGH (reports/records). 0 when absent.
+    /// Room the planner's solver leaves beyond a plan's live bytes: this much, plus
+    /// `pool_slack_fraction` of the live peak (the arena's layout can exceed the live peak; the
+    /// device memory outside the pool varies a little). Read off run records. 0 when absent.
     #[serde(default)]
     pub pool_slack: Bytes,
     #[serde(default)]
@@ -74,8 +74,18 @@ impl HardwareProfile {
     /// Device memory a run holds: the fixed overhead, `tensors` bytes as the pool reserves them,
     /// and the device memory that maps `pinned` bytes of pinned host memory.
     pub fn device_bytes(&self, tensors: Bytes, pinned: Bytes) -> Bytes {
+        self.fixed_overhead + self.pool_reserved(tensors) + self.pinned_mapping(pinned)
+    }
+
+    /// Device memory that maps `pinned` bytes of pinned host memory.
+    pub fn pinned_mapping(&self, pinned: Bytes) -> Bytes {
+        Bytes((pinned.0 as f64 * self.pinned_device_fraction).ceil() as u64)
+    }
+
+    /// What the pool reserves for one allocation of `bytes`: rounded up to its reservation unit.
+    pub fn pool_reserved(&self, bytes: Bytes) -> Bytes {
         let g = self.pool_reserve_granularity.0.max(1);
-        self.fixed_overhead + Bytes(tensors.0.div_ceil(g) * g) + Bytes((pinned.0 as f64 * self.pinned_device_fraction).ceil() as u64)
+        Bytes(bytes.0.div_ceil(g) * g)
     }
 
     /// The budget a pool peak of `peak` needs: the inverse of [`Self::pool_capacity`].

@@ -73,7 +73,7 @@ pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions, Bytes) {
     // device memory: count that, and the pool's rounding of the arena.
     let hw = model.hw;
     let pinned = crate::emit::emit(program, hw, &d, Bytes(u64::MAX / 4)).map(|s| s.pinned_bytes(program)).unwrap_or(Bytes::ZERO);
-    let outside = hw.device_bytes(Bytes::ZERO, pinned).saturating_sub(hw.fixed_overhead) + hw.pool_reserve_granularity;
+    let outside = hw.pinned_mapping(pinned) + hw.pool_reserve_granularity;
     let floor = hw.budget_for(e.peak) + outside;
     // What sets it: the largest op working set, and where the lean plan peaks.
     let inv = &program.inventory;

@@ -119,9 +119,8 @@ impl Case {
         c.error = None;
         // An arena run's pool hands out the arena alone; a pool run's, its live peak.
         if record.used_arena() {
-            let g = hw.pool_reserve_granularity.0.max(1);
             c.predicted_pool = prediction.tensor_bytes().0;
-            c.predicted_reserved = c.predicted_pool.div_ceil(g) * g;
+            c.predicted_reserved = hw.pool_reserved(prediction.tensor_bytes()).0;
             c.fixed_overhead = prediction.peak_device().0.saturating_sub(c.predicted_reserved);
         } else {
             c.predicted_pool = prediction.peak_allocated.0;

@@ -245,27 +245,24 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
         args.steps
     );
     let allocator = executor::Allocator::from(args.allocator);
+    // With an arena the pool hands out the arena alone; with the pool, its peak of live bytes.
+    let predicted = match allocator {
+        executor::Allocator::Arena => MemoryPeaks { allocated_bytes: p.tensor_bytes().0, reserved_bytes: hw.pool_reserved(p.tensor_bytes()).0, device_bytes: p.peak_device().0 },
+        executor::Allocator::Pool => MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: (p.peak_allocated + p.fixed_overhead).0 },
+    };
     println!(
         "predicted: live peak {} at {}, {} for tensors with the {} allocator, {} on the device, step {}",
         p.peak_allocated,
         p.peak_at,
-        if allocator == executor::Allocator::Arena { p.tensor_bytes() } else { p.peak_allocated },
+        models::Bytes(predicted.allocated_bytes),
         allocator.label(),
-        if allocator == executor::Allocator::Arena { p.peak_device() } else { p.peak_allocated + p.fixed_overhead },
+        models::Bytes(predicted.device_bytes),
         p.step_time
     );
     let result = executor::run_schedule(&program, &schedule, &options(args), allocator, &mut print_step(args.steps)).map_err(gpu_error)?;
 
     let run = &result.run;
     let l = result.lanes;
-    // With an arena the pool hands out the arena alone; with the pool, its peak of live bytes.
-    let predicted = match allocator {
-        executor::Allocator::Arena => {
-            let g = hw.pool_reserve_granularity.0.max(1);
-            MemoryPeaks { allocated_bytes: p.tensor_bytes().0, reserved_bytes: p.tensor_bytes().0.div_ceil(g) * g, device_bytes: p.peak_device().0 }
-        }
-        executor::Allocator::Pool => MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: (p.peak_allocated + p.fixed_overhead).0 },
-    };
     let mut notes = vec![
         format!("pinned host memory: {} bytes", result.pinned_bytes),
         format!("step {} measured action by action took {:.3} ms", result.measured_step, l.step_ms),
