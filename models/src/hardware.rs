@@ -61,6 +61,12 @@ pub struct HardwareProfile {
     /// it for the copy engines (8 bytes per 4 KiB page is 1/512). 0 when absent.
     #[serde(default)]
     pub pinned_device_fraction: f64,
+    /// Host memory traffic (bytes read + written per second) that host work and the copy
+    /// engines share: while their combined demand at full speed exceeds it, each runs slower in
+    /// the same proportion. Measured by running host AdamW during copies both ways. None when
+    /// absent: host work and copies do not slow each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_memory_traffic: Option<BytesPerSecond>,
 }
 
 impl HardwareProfile {
@@ -124,6 +130,11 @@ impl HardwareProfile {
         for (field, v) in rates {
             if !(v.is_finite() && v > 0.0) {
                 return Err((field, format!("`{field}` must be a positive rate, got {v}")));
+            }
+        }
+        if let Some(t) = self.host_memory_traffic {
+            if !(t.0.is_finite() && t.0 > 0.0) {
+                return Err(("host_memory_traffic", format!("`host_memory_traffic` must be a positive rate when given, got {}", t.0)));
             }
         }
         if self.memory.0 == 0 {

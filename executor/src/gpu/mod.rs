@@ -296,6 +296,20 @@ impl PinnedBuffer {
         // SAFETY: as above, uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
     }
+    /// As 16-bit words (bf16 bits); a trailing odd byte is left out.
+    pub fn as_mut_u16s(&mut self) -> &mut [u16] {
+        // SAFETY: cuMemHostAlloc returns page-aligned memory; uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u16, self.bytes / 2) }
+    }
+    /// As f32s; trailing bytes short of one are left out.
+    pub fn as_f32s(&self) -> &[f32] {
+        // SAFETY: page-aligned (as above); shared borrow, no writer.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const f32, self.bytes / 4) }
+    }
+    pub fn as_mut_f32s(&mut self) -> &mut [f32] {
+        // SAFETY: page-aligned (as above); uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut f32, self.bytes / 4) }
+    }
 }
 
 impl Drop for PinnedBuffer {

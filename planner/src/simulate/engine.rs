@@ -4,7 +4,7 @@
 use super::order::Order;
 use super::record::Recorder;
 use super::{action_label, SimError};
-use models::cost::{host_op_time, op_time, Direction};
+use models::cost::{host_memory_share, host_op_time, host_op_traffic, op_time, Direction};
 use models::inventory::TensorClass;
 use models::schedule::{Action, Lane};
 use models::trace::{BlockState, SpanKind, Trace};
@@ -42,6 +42,9 @@ enum LaneState {
     Ready,
     Busy { action: usize, start: f64, end: f64 },
     Copy { action: usize, start: f64, remaining: f64, dir: Direction },
+    /// Host work: `remaining` seconds at full speed, moving `demand` bytes of host memory per
+    /// second at full speed (it shares host memory with the copies).
+    Host { action: usize, start: f64, remaining: f64, demand: f64 },
     Waiting { action: usize, since: f64 },
     Done,
 }
@@ -155,13 +158,22 @@ impl<'a> Engine<'a> {
 
     /// Advances time to the next completion and completes what finishes then.
     fn step(&mut self) -> Result<(), SimError> {
-        let rates = [self.rate(Direction::HostToDevice), self.rate(Direction::DeviceToHost)];
-        let rate = |d: Direction| if d == Direction::HostToDevice { rates[0] } else { rates[1] };
+        let link = [self.rate(Direction::HostToDevice), self.rate(Direction::DeviceToHost)];
+        let link = |d: Direction| if d == Direction::HostToDevice { link[0] } else { link[1] };
+        // Copies and host work share host memory: all run at `share` of full speed.
+        let demands: [f64; 4] = std::array::from_fn(|l| match self.state[l] {
+            LaneState::Copy { dir, .. } => link(dir),
+            LaneState::Host { demand, .. } => demand,
+            _ => 0.0,
+        });
+        let share = host_memory_share(&demands, self.hw);
+        let rate = |d: Direction| link(d) * share;
         let mut finish = [f64::INFINITY; 4];
         for (l, s) in self.state.iter().enumerate() {
             finish[l] = match *s {
                 LaneState::Busy { end, .. } => end,
                 LaneState::Copy { remaining, dir, .. } => self.now + remaining / rate(dir),
+                LaneState::Host { remaining, .. } => self.now + remaining / share,
                 _ => f64::INFINITY,
             };
         }
@@ -174,8 +186,10 @@ impl<'a> Engine<'a> {
         let dt = next - self.now;
         self.now = next;
         for l in 0..4 {
-            if let LaneState::Copy { remaining, dir, .. } = &mut self.state[l] {
-                *remaining = (*remaining - rate(*dir) * dt).max(0.0);
+            match &mut self.state[l] {
+                LaneState::Copy { remaining, dir, .. } => *remaining = (*remaining - rate(*dir) * dt).max(0.0),
+                LaneState::Host { remaining, .. } => *remaining = (*remaining - share * dt).max(0.0),
+                _ => {}
             }
         }
         for l in 0..4 {
@@ -343,7 +357,9 @@ impl<'a> Engine<'a> {
                     };
                     return Err(SimError::NotOnHost { action: a, label: self.label(a), op: op.name.clone(), tensor: self.name(t), why });
                 }
-                self.state[l] = LaneState::Busy { action: a, start: now, end: now + d.0 * scale };
+                let traffic = host_op_traffic(op, self.program).expect("a host op has host traffic");
+                let demand = if d.0 > 0.0 { traffic.as_f64() / d.0 } else { 0.0 };
+                self.state[l] = LaneState::Host { action: a, start: now, remaining: d.0 * scale, demand };
                 self.cursor[l] += 1;
             }
             Action::Prefetch(t) => {
@@ -403,7 +419,7 @@ impl<'a> Engine<'a> {
     fn complete(&mut self, l: usize) {
         let now = self.now;
         let (a, start) = match self.state[l] {
-            LaneState::Busy { action, start, .. } | LaneState::Copy { action, start, .. } => (action, start),
+            LaneState::Busy { action, start, .. } | LaneState::Copy { action, start, .. } | LaneState::Host { action, start, .. } => (action, start),
             _ => return,
         };
         self.state[l] = LaneState::Ready;

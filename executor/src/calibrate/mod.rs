@@ -32,6 +32,10 @@
 //! The GPU part is behind the `cuda` feature; without it (or with no device) [`measure`] answers
 //! [`ExecError::NoGpu`]. Everything else (conversion, medians, the shapes) is plain Rust.
 
+mod shared_memory;
+
+pub use shared_memory::{Copies, SharedMemory, SharedRow, Slowdown};
+
 use crate::ExecError;
 use models::hardware::Provenance;
 use models::program::{OpKind, WorkClass};
@@ -449,8 +453,10 @@ pub struct Calibration {
     pub host_copy: Timed,
     /// Host copy on one thread, bytes read + written.
     pub host_copy_one_thread: Timed,
-    /// Host AdamW: amount = parameters.
+    /// Host AdamW on pageable memory: amount = parameters.
     pub host_adam: Timed,
+    /// Host AdamW on pinned memory alone and beside pinned copies.
+    pub shared: SharedMemory,
     pub host_threads: usize,
     pub unix_time: u64,
 }
@@ -606,13 +612,15 @@ impl Calibration {
             fixed_overhead: Bytes(self.fixed_overhead()),
             alloc_granularity: Bytes(self.alloc.granularity()),
             host_memory_bandwidth: BytesPerSecond(self.host_copy.rate()),
-            host_adam_params_per_second: self.host_adam.rate(),
+            // The executor's host copies are pinned.
+            host_adam_params_per_second: self.shared.adam_alone.rate(),
             // The room the planner leaves beyond the live peak depends on the schedules, not
             // the device: it is read off run records, not measured here.
             pool_slack: Bytes(0),
             pool_slack_fraction: 0.0,
             pool_reserve_granularity: Bytes(self.reserve.granularity()),
             pinned_device_fraction: self.reserve.pinned_fraction(),
+            host_memory_traffic: self.shared.traffic_limit().map(BytesPerSecond),
         };
         hw.validate()
             .map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
@@ -649,6 +657,9 @@ impl Calibration {
                     size_label(pair[1].bytes)
                 ));
             }
+        }
+        if let Ok(c) = self.large_copy() {
+            w.extend(self.shared.warnings(c));
         }
         if !(1..=MIB).contains(&self.alloc.pointer_spacing) {
             w.push(format!(
@@ -760,6 +771,13 @@ impl Calibration {
         );
         let _ = writeln!(
             s,
+            "  {:<44} {:>10.4} ms {:>9.3} G params/s",
+            self.shared.adam_alone.what,
+            self.shared.adam_alone.seconds * 1e3,
+            self.shared.adam_alone.rate() / 1e9
+        );
+        let _ = writeln!(
+            s,
             "  attention (forward + backward, overhead off)   {:>22.1} TFLOP/s",
             self.attention_rate() / 1e12
         );
@@ -773,7 +791,10 @@ impl Calibration {
             "  launch overhead                                {:>22.2} us",
             self.launch_overhead * 1e6
         );
-        let _ = writeln!(s, "\ndevice memory");
+        if let Ok(c) = self.large_copy() {
+            let _ = writeln!(s, "\n{}", self.shared.report(c));
+        }
+        let _ = writeln!(s, "device memory");
         let _ = writeln!(
             s,
             "  in use after the context                     {:>10.1} MiB",
@@ -1648,6 +1669,24 @@ mod imp {
                 "the host-to-device copies did not bring the host's bytes".into(),
             ));
         }
+        // ---- host AdamW on pinned memory, alone and beside the copies
+        println!(
+            "host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...",
+            opts.host_adam_params >> 20
+        );
+        let shared = {
+            let big = copies.last().expect("checked non-empty");
+            let mut bufs = shared_memory::gpu::CopyBuffers {
+                h_src: &h_src,
+                h_dst: &mut h_dst,
+                d_dst: &d_a,
+                d_src: &d_b,
+                bytes: max_copy as usize,
+                h2d_rate: big.h2d,
+                d2h_rate: big.d2h,
+            };
+            shared_memory::gpu::measure(&gpu, &mut bufs, opts.host_adam_params, reps, rayon::current_num_threads())?
+        };
         // device-to-device
         let dcb = opts.device_copy_bytes as usize;
         let copy_d = || {
@@ -1778,6 +1817,7 @@ mod imp {
             host_copy,
             host_copy_one_thread,
             host_adam,
+            shared,
             host_threads,
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -1963,6 +2003,15 @@ mod tests {
             host_copy: t("host copy", 2e9, 0.05, 0),
             host_copy_one_thread: t("host copy 1", 2e9, 0.2, 0),
             host_adam: t("host adam", 256e6, 0.128, 0),
+            shared: SharedMemory {
+                adam_alone: t("host adam pinned", 256e6, 0.128, 0),
+                // every part slowed evenly: to 80%, 90% and 60% of its speed alone
+                rows: vec![
+                    SharedRow { copies: Copies::HostToDevice, adam: 1.6e9, h2d: 0.8 * 52e9, d2h: 0.0, passes: 20 },
+                    SharedRow { copies: Copies::DeviceToHost, adam: 1.8e9, h2d: 0.0, d2h: 0.9 * 54e9, passes: 20 },
+                    SharedRow { copies: Copies::Both, adam: 1.2e9, h2d: 0.6 * 47e9, d2h: 0.6 * 46e9, passes: 20 },
+                ],
+            },
             host_threads: 16,
             unix_time: 1_800_000_000,
         }
@@ -2000,6 +2049,9 @@ mod tests {
         assert_eq!(c2.to_profile("x").unwrap().alloc_granularity, Bytes(1));
         assert!((hw.host_memory_bandwidth.0 - 40e9).abs() < 1.0);
         assert!((hw.host_adam_params_per_second - 2e9).abs() < 1.0);
+        // AdamW's 1.2e9 params/s x 28 B beside 0.6 x (47 + 46) GB/s of copies
+        let traffic = hw.host_memory_traffic.expect("measured").0;
+        assert!((traffic - (1.2e9 * 28.0 + 0.6 * 93e9)).abs() < 1e3, "{traffic}");
         assert_eq!(hw.launch_overhead, Seconds(0.0));
         match &hw.provenance {
             Provenance::Measured(m) => {
@@ -2069,7 +2121,7 @@ mod tests {
     #[test]
     fn an_invalid_measurement_is_refused() {
         let mut c = sample();
-        c.host_adam.seconds = 0.0; // infinite rate
+        c.shared.adam_alone.seconds = 0.0; // infinite rate
         assert!(c
             .to_profile("x")
             .unwrap_err()

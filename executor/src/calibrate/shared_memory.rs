@@ -1,0 +1,393 @@
+//! Host memory that host work and the copy engines share: host AdamW on pinned memory (where
+//! the executor keeps host copies) timed alone, then while pinned copies run one way and both
+//! ways. The profile's `host_memory_traffic` is the traffic all three moved at once; the
+//! simulator slows host work and copies alike while their demand exceeds it
+//! (`models::cost::host_memory_share`).
+
+use super::{gb, CopyRow, Timed};
+use models::cost::HOST_ADAM_BYTES_PER_PARAM;
+use serde::Serialize;
+
+/// Which copies ran beside host AdamW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Copies {
+    HostToDevice,
+    DeviceToHost,
+    Both,
+}
+
+impl Copies {
+    pub const ALL: [Copies; 3] = [Copies::HostToDevice, Copies::DeviceToHost, Copies::Both];
+
+    pub fn h2d(self) -> bool {
+        self != Copies::DeviceToHost
+    }
+
+    pub fn d2h(self) -> bool {
+        self != Copies::HostToDevice
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Copies::HostToDevice => "H2D",
+            Copies::DeviceToHost => "D2H",
+            Copies::Both => "H2D+D2H",
+        }
+    }
+}
+
+/// Rates host AdamW and the copies reached while running at the same time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SharedRow {
+    pub copies: Copies,
+    /// Parameters per second (median over the AdamW passes that ran wholly inside the copies).
+    pub adam: f64,
+    /// Copy rates over the same window, bytes per second (0 for an idle direction).
+    pub h2d: f64,
+    pub d2h: f64,
+    /// AdamW passes the median is over.
+    pub passes: usize,
+}
+
+impl SharedRow {
+    /// Host memory bytes per second all of them moved together.
+    pub fn traffic(&self) -> f64 {
+        self.adam * HOST_ADAM_BYTES_PER_PARAM as f64 + self.h2d + self.d2h
+    }
+}
+
+/// Host AdamW alone on pinned memory, and beside each kind of copy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SharedMemory {
+    /// Host AdamW on pinned memory, nothing else running: amount = parameters.
+    pub adam_alone: Timed,
+    pub rows: Vec<SharedRow>,
+}
+
+/// Speeds of one row relative to each part running alone (1 = no slowdown).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slowdown {
+    pub adam: f64,
+    pub h2d: Option<f64>,
+    pub d2h: Option<f64>,
+}
+
+impl SharedMemory {
+    /// The profile's `host_memory_traffic`: what host AdamW and copies both ways moved at once.
+    pub fn traffic_limit(&self) -> Option<f64> {
+        self.rows.iter().find(|r| r.copies == Copies::Both).map(SharedRow::traffic)
+    }
+
+    /// Each row's rates as fractions of the same work alone (`alone`: the copy rates measured
+    /// without host work at the largest size; duplex rates for the row with both directions).
+    pub fn slowdowns(&self, alone: &CopyRow) -> Vec<(Copies, Slowdown)> {
+        let adam = self.adam_alone.rate();
+        self.rows
+            .iter()
+            .map(|r| {
+                let both = r.copies == Copies::Both;
+                let (h, d) = if both { (alone.h2d_duplex, alone.d2h_duplex) } else { (alone.h2d, alone.d2h) };
+                let s = Slowdown {
+                    adam: r.adam / adam,
+                    h2d: r.copies.h2d().then(|| r.h2d / h),
+                    d2h: r.copies.d2h().then(|| r.d2h / d),
+                };
+                (r.copies, s)
+            })
+            .collect()
+    }
+
+    /// What the model assumes and the measurement may contradict: that with every part
+    /// demanding its full speed, all slow by the same factor.
+    pub fn warnings(&self, alone: &CopyRow) -> Vec<String> {
+        let mut w = Vec::new();
+        for (c, s) in self.slowdowns(alone) {
+            let parts: Vec<f64> = [Some(s.adam), s.h2d, s.d2h].into_iter().flatten().collect();
+            let (lo, hi) = parts.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            if hi > 1.25 * lo {
+                w.push(format!(
+                    "beside {} copies host AdamW kept {:.0}% of its speed and the copies {}: host memory is not shared evenly, so host_memory_traffic is approximate",
+                    c.label(),
+                    100.0 * s.adam,
+                    [s.h2d.map(|x| format!("H2D {:.0}%", 100.0 * x)), s.d2h.map(|x| format!("D2H {:.0}%", 100.0 * x))]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        w
+    }
+
+    /// The table of the measurement.
+    pub fn report(&self, alone: &CopyRow) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "host AdamW on pinned memory beside pinned copies ({}: {:.3} G params/s = {:.1} GB/s of host memory alone)",
+            self.adam_alone.what,
+            self.adam_alone.rate() / 1e9,
+            gb(self.adam_alone.rate() * HOST_ADAM_BYTES_PER_PARAM as f64)
+        );
+        let _ = writeln!(s, "  copies     AdamW G params/s (speed)   H2D GB/s (speed)   D2H GB/s (speed)   host memory GB/s  passes");
+        let slow = self.slowdowns(alone);
+        for (r, (_, sd)) in self.rows.iter().zip(&slow) {
+            let pct = |x: Option<f64>| x.map(|x| format!("({:>3.0}%)", 100.0 * x)).unwrap_or_else(|| "      ".into());
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>10.3} {}        {:>8.2} {}    {:>8.2} {}   {:>12.1}  {:>6}",
+                r.copies.label(),
+                r.adam / 1e9,
+                pct(Some(sd.adam)),
+                gb(r.h2d),
+                pct(sd.h2d),
+                gb(r.d2h),
+                pct(sd.d2h),
+                gb(r.traffic()),
+                r.passes
+            );
+        }
+        if let Some(t) = self.traffic_limit() {
+            let _ = writeln!(s, "  host_memory_traffic (all three at once): {:.1} GB/s", gb(t));
+        }
+        s
+    }
+}
+
+/// The measurement on the GPU.
+#[cfg(feature = "cuda")]
+pub(super) mod gpu {
+    use super::{Copies, SharedMemory, SharedRow};
+    use crate::calibrate::{median, Timed};
+    use crate::gpu::{elapsed_ms, record, DeviceBuffer, Gpu, GpuError, PinnedBuffer};
+    use crate::host::bf16::{as_bf16, as_bf16_mut, f32_to_bf16};
+    use crate::host::AdamW;
+    use crate::ExecError;
+    use cudarc::driver::{CudaEvent, CudaStream};
+    use rayon::prelude::*;
+    use std::time::Instant;
+
+    type R<T> = std::result::Result<T, ExecError>;
+
+    fn bad(m: String) -> ExecError {
+        ExecError::Gpu(GpuError::Invalid(format!("calibration: {m}")))
+    }
+
+    /// Host AdamW over `n` parameters in pinned memory.
+    struct PinnedAdam {
+        w: PinnedBuffer,
+        g: PinnedBuffer,
+        opt: PinnedBuffer,
+        views: Vec<models::inventory::View>,
+        step: u32,
+    }
+
+    impl PinnedAdam {
+        fn new(gpu: &Gpu, n: usize) -> R<PinnedAdam> {
+            let mut w = gpu.pinned(2 * n)?;
+            let mut g = gpu.pinned(2 * n)?;
+            let mut opt = gpu.pinned(12 * n)?;
+            let (w0, g0) = (f32_to_bf16(0.01).to_bits(), f32_to_bf16(1e-3).to_bits());
+            w.as_mut_u16s().par_chunks_mut(1 << 16).for_each(|c| c.fill(w0));
+            g.as_mut_u16s().par_chunks_mut(1 << 16).for_each(|c| c.fill(g0));
+            let o = opt.as_mut_f32s();
+            o[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.01));
+            o[n..].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![n as u64], offset: 0 }];
+            Ok(PinnedAdam { w, g, opt, views, step: 0 })
+        }
+
+        /// One pass; its seconds.
+        fn pass(&mut self) -> R<f64> {
+            self.step += 1;
+            let t0 = Instant::now();
+            crate::host::adamw_owner(
+                as_bf16_mut(self.w.as_mut_u16s()),
+                as_bf16(self.g.as_mut_u16s()),
+                self.opt.as_mut_f32s(),
+                &self.views,
+                &AdamW::default(),
+                self.step,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            Ok(t0.elapsed().as_secs_f64())
+        }
+
+        fn check(&self, n: usize) -> R<()> {
+            let master = &self.opt.as_f32s()[..n];
+            if master.iter().step_by(4096).all(|x| x.is_finite() && *x < 0.01) {
+                Ok(())
+            } else {
+                Err(bad("host AdamW on pinned memory left non-finite or unchanged master weights".into()))
+            }
+        }
+    }
+
+    /// The copy buffers: pinned source and destination, device destination and source.
+    pub struct CopyBuffers<'a> {
+        pub h_src: &'a PinnedBuffer,
+        pub h_dst: &'a mut PinnedBuffer,
+        pub d_dst: &'a DeviceBuffer,
+        pub d_src: &'a DeviceBuffer,
+        pub bytes: usize,
+        /// Rates alone at `bytes`, to size the copy queues.
+        pub h2d_rate: f64,
+        pub d2h_rate: f64,
+    }
+
+    /// Host AdamW over `params` pinned parameters alone (`repeats` passes after a warm-up), then
+    /// beside each kind of copy.
+    pub fn measure(gpu: &Gpu, bufs: &mut CopyBuffers, params: usize, repeats: usize, threads: usize) -> R<SharedMemory> {
+        let mut adam = PinnedAdam::new(gpu, params)?;
+        adam.pass()?; // warm-up
+        let mut alone = Vec::new();
+        for _ in 0..repeats {
+            alone.push(adam.pass()?);
+        }
+        let alone_s = median(&alone).ok_or_else(|| bad("host AdamW on pinned memory took no finite time".into()))?;
+        let mut rows = Vec::new();
+        for copies in Copies::ALL {
+            rows.push(beside(gpu, bufs, &mut adam, copies, alone_s)?);
+        }
+        adam.check(params)?;
+        Ok(SharedMemory {
+            adam_alone: Timed {
+                what: format!("host AdamW, {} M params in pinned memory, {threads} threads", params >> 20),
+                amount: params as f64,
+                seconds: alone_s,
+                launches: 0,
+            },
+            rows,
+        })
+    }
+
+    /// Queues copies that last about 10 AdamW passes alone on each busy direction, runs AdamW
+    /// passes until the first direction drains, and takes each direction's rate over the copies
+    /// done by then and AdamW's over the passes that ended before.
+    fn beside(gpu: &Gpu, bufs: &mut CopyBuffers, adam: &mut PinnedAdam, copies: Copies, alone_s: f64) -> R<SharedRow> {
+        let span = (10.0 * alone_s).max(0.2);
+        let count = |rate: f64| ((span * rate / bufs.bytes as f64).ceil() as usize).clamp(4, 512);
+        let mut lanes: Vec<(&CudaStream, Vec<CudaEvent>)> = Vec::new();
+        if copies.h2d() {
+            let mut evs = vec![gpu.timing_event()?];
+            record(&evs[0], &gpu.h2d)?;
+            for _ in 0..count(bufs.h2d_rate) {
+                gpu.upload_pinned_async(&gpu.h2d, bufs.d_dst.ptr(), bufs.h_src, bufs.bytes)?;
+                let e = gpu.timing_event()?;
+                record(&e, &gpu.h2d)?;
+                evs.push(e);
+            }
+            lanes.push((gpu.h2d.as_ref(), evs));
+        }
+        if copies.d2h() {
+            let mut evs = vec![gpu.timing_event()?];
+            record(&evs[0], &gpu.d2h)?;
+            for _ in 0..count(bufs.d2h_rate) {
+                gpu.download_pinned_async(&gpu.d2h, bufs.h_dst, bufs.d_src.ptr(), bufs.bytes)?;
+                let e = gpu.timing_event()?;
+                record(&e, &gpu.d2h)?;
+                evs.push(e);
+            }
+            lanes.push((gpu.d2h.as_ref(), evs));
+        }
+        let drained = |lanes: &[(&CudaStream, Vec<CudaEvent>)]| -> R<bool> {
+            for (_, evs) in lanes {
+                if evs.last().expect("one event at least").try_is_complete().map_err(GpuError::from)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        let mut passes = Vec::new();
+        loop {
+            let s = adam.pass()?;
+            if drained(&lanes)? {
+                break;
+            }
+            passes.push(s);
+        }
+        for (stream, _) in &lanes {
+            stream.synchronize().map_err(GpuError::from)?;
+        }
+        if passes.len() < 3 {
+            return Err(bad(format!(
+                "the {} copies drained after {} host AdamW passes: too few to time AdamW beside them",
+                copies.label(),
+                passes.len()
+            )));
+        }
+        // The window: until the first direction finished its last copy.
+        let ends: Vec<f64> = lanes
+            .iter()
+            .map(|(_, evs)| elapsed_ms(&evs[0], evs.last().unwrap()).map(|ms| ms as f64 / 1e3))
+            .collect::<Result<_, _>>()?;
+        let window = ends.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut rates = Vec::new();
+        for (_, evs) in &lanes {
+            let mut done = (0, 0.0);
+            for (i, e) in evs.iter().enumerate().skip(1) {
+                let t = elapsed_ms(&evs[0], e)? as f64 / 1e3;
+                if t <= window * (1.0 + 1e-6) {
+                    done = (i, t);
+                }
+            }
+            if done.0 == 0 || done.1 <= 0.0 {
+                return Err(bad(format!("no {} copy finished inside the window", copies.label())));
+            }
+            rates.push(done.0 as f64 * bufs.bytes as f64 / done.1);
+        }
+        let mut it = rates.into_iter();
+        let h2d = if copies.h2d() { it.next().unwrap_or(0.0) } else { 0.0 };
+        let d2h = if copies.d2h() { it.next().unwrap_or(0.0) } else { 0.0 };
+        let s = median(&passes).ok_or_else(|| bad("host AdamW beside copies took no finite time".into()))?;
+        Ok(SharedRow { copies, adam: adam.views[0].shape[0] as f64 / s, h2d, d2h, passes: passes.len() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alone() -> CopyRow {
+        CopyRow { bytes: 1 << 30, h2d: 50e9, d2h: 50e9, h2d_duplex: 40e9, d2h_duplex: 50e9 }
+    }
+
+    fn shared(both: SharedRow) -> SharedMemory {
+        SharedMemory {
+            adam_alone: Timed { what: "adam".into(), amount: 4e9, seconds: 1.0, launches: 0 },
+            rows: vec![SharedRow { copies: Copies::HostToDevice, adam: 3e9, h2d: 45e9, d2h: 0.0, passes: 9 }, both],
+        }
+    }
+
+    #[test]
+    fn the_limit_is_what_adamw_and_both_copies_moved_together() {
+        let s = shared(SharedRow { copies: Copies::Both, adam: 2e9, h2d: 30e9, d2h: 35e9, passes: 9 });
+        // 2e9 params/s x 28 B + 30 + 35 GB/s
+        assert_eq!(s.traffic_limit(), Some(56e9 + 65e9));
+        let no_both = SharedMemory { rows: s.rows[..1].to_vec(), ..s.clone() };
+        assert_eq!(no_both.traffic_limit(), None);
+    }
+
+    #[test]
+    fn slowdowns_compare_with_the_same_copies_alone() {
+        let s = shared(SharedRow { copies: Copies::Both, adam: 2e9, h2d: 20e9, d2h: 25e9, passes: 9 });
+        let sd = s.slowdowns(&alone());
+        assert_eq!(sd[0].0, Copies::HostToDevice);
+        assert_eq!(sd[0].1, Slowdown { adam: 0.75, h2d: Some(0.9), d2h: None });
+        // both ways: against the duplex rates
+        assert_eq!(sd[1].1, Slowdown { adam: 0.5, h2d: Some(0.5), d2h: Some(0.5) });
+        assert!(s.warnings(&alone()).is_empty(), "{:?}", s.warnings(&alone()));
+        assert!(s.report(&alone()).contains("host_memory_traffic (all three at once): 101.0 GB/s"));
+    }
+
+    #[test]
+    fn uneven_sharing_is_reported() {
+        // the copies keep their speed, AdamW loses half: not an even share
+        let s = shared(SharedRow { copies: Copies::Both, adam: 2e9, h2d: 40e9, d2h: 50e9, passes: 9 });
+        let w = s.warnings(&alone());
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("H2D+D2H") && w[0].contains("AdamW kept 50%"), "{w:?}");
+    }
+}
