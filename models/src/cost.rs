@@ -38,7 +38,7 @@ pub fn runs_on_host(kind: OpKind) -> bool {
 pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
     match op.kind {
         OpKind::Embed | OpKind::EmbedBwd => Some(op.bytes / hw.host_memory_bandwidth),
-        OpKind::Adam(owner) => Some(Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second)),
+        OpKind::Adam(owner) => Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second)),
         _ => None,
     }
 }
@@ -46,31 +46,6 @@ pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<
 /// Host memory bytes one parameter's AdamW update reads and writes: the bf16 gradient read, the
 /// bf16 weight written, fp32 master, m and v each read and written (executor/src/host/adamw.rs).
 pub const HOST_ADAM_BYTES_PER_PARAM: u64 = 2 + 2 + 2 * 12;
-
-/// Host memory bytes an op run on the host reads plus writes. None for ops that only run on the
-/// GPU.
-pub fn host_op_traffic(op: &Op, program: &Program) -> Option<Bytes> {
-    match op.kind {
-        OpKind::Embed | OpKind::EmbedBwd => Some(op.bytes),
-        OpKind::Adam(owner) => Some(Bytes(host_adam_params(program, owner) * HOST_ADAM_BYTES_PER_PARAM)),
-        _ => None,
-    }
-}
-
-/// How fast work sharing host memory runs, as a fraction of its full speed (the same for each):
-/// 1 while the demands (bytes per second each piece of host work and each copy running now
-/// would move at full speed) fit the profile's `host_memory_traffic`, else that traffic over
-/// their sum. One piece alone always gets its full speed (it was measured alone).
-pub fn host_memory_share(demands: &[f64], hw: &HardwareProfile) -> f64 {
-    let Some(limit) = hw.host_memory_traffic else { return 1.0 };
-    let total: f64 = demands.iter().sum();
-    let limit = demands.iter().copied().fold(limit.0, f64::max);
-    if total > limit {
-        limit / total
-    } else {
-        1.0
-    }
-}
 
 fn host_adam_params(program: &Program, owner: Owner) -> u64 {
     program.inventory.params(owner).params

@@ -61,12 +61,54 @@ pub struct HardwareProfile {
     /// it for the copy engines (8 bytes per 4 KiB page is 1/512). 0 when absent.
     #[serde(default)]
     pub pinned_device_fraction: f64,
-    /// Host memory traffic (bytes read + written per second) that host work and the copy
-    /// engines share: while their combined demand at full speed exceeds it, each runs slower in
-    /// the same proportion. Measured by running host AdamW during copies both ways. None when
-    /// absent: host work and copies do not slow each other.
+    /// Time one host AdamW call takes beyond its parameters at `host_adam_params_per_second`
+    /// (waking the threads, splitting the work): it matters for small owners. 0 when absent.
+    #[serde(default)]
+    pub host_adam_call_overhead: Seconds,
+    /// How host work and copies slow each other (they share host memory). None when absent:
+    /// they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_memory_traffic: Option<BytesPerSecond>,
+    pub host_sharing: Option<HostSharing>,
+}
+
+/// The fractions of their speed alone that host work and copies keep while host work runs
+/// beside copies (measured by `offplan calibrate`: host AdamW on pinned memory beside pinned
+/// copies). Copies without host work run at the link rates (`h2d`, `h2d_duplex`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSharing {
+    /// Host work beside host-to-device copies only.
+    pub beside_h2d: Shares,
+    /// Host work beside device-to-host copies only.
+    pub beside_d2h: Shares,
+    /// Host work beside copies both ways (copy shares relative to the duplex rates).
+    pub beside_both: Shares,
+}
+
+/// Speed kept by each party, 1 = as fast as without host work beside it (or, for host work,
+/// without copies). A direction that is idle keeps 1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shares {
+    pub host: f64,
+    pub h2d: f64,
+    pub d2h: f64,
+}
+
+impl Shares {
+    pub const FULL: Shares = Shares { host: 1.0, h2d: 1.0, d2h: 1.0 };
+}
+
+impl HostSharing {
+    /// What each keeps with host work running (`host`) and copies each way busy or not.
+    pub fn shares(&self, host: bool, h2d: bool, d2h: bool) -> Shares {
+        match (host, h2d, d2h) {
+            (false, _, _) | (true, false, false) => Shares::FULL,
+            (true, true, false) => self.beside_h2d,
+            (true, false, true) => self.beside_d2h,
+            (true, true, true) => self.beside_both,
+        }
+    }
 }
 
 impl HardwareProfile {
@@ -132,9 +174,16 @@ impl HardwareProfile {
                 return Err((field, format!("`{field}` must be a positive rate, got {v}")));
             }
         }
-        if let Some(t) = self.host_memory_traffic {
-            if !(t.0.is_finite() && t.0 > 0.0) {
-                return Err(("host_memory_traffic", format!("`host_memory_traffic` must be a positive rate when given, got {}", t.0)));
+        if !(self.host_adam_call_overhead.0.is_finite() && (0.0..1.0).contains(&self.host_adam_call_overhead.0)) {
+            return Err(("host_adam_call_overhead", format!("`host_adam_call_overhead` must be in [0, 1) s, got {}", self.host_adam_call_overhead.0)));
+        }
+        if let Some(h) = &self.host_sharing {
+            for (which, sh) in [("beside_h2d", h.beside_h2d), ("beside_d2h", h.beside_d2h), ("beside_both", h.beside_both)] {
+                for v in [sh.host, sh.h2d, sh.d2h] {
+                    if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                        return Err(("host_sharing", format!("`host_sharing.{which}`: each share must be in (0, 1], got {v}")));
+                    }
+                }
             }
         }
         if self.memory.0 == 0 {

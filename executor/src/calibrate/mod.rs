@@ -620,7 +620,8 @@ impl Calibration {
             pool_slack_fraction: 0.0,
             pool_reserve_granularity: Bytes(self.reserve.granularity()),
             pinned_device_fraction: self.reserve.pinned_fraction(),
-            host_memory_traffic: self.shared.traffic_limit().map(BytesPerSecond),
+            host_sharing: self.shared.sharing(c),
+            host_adam_call_overhead: Seconds(self.shared.call_overhead()),
         };
         hw.validate()
             .map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
@@ -2005,6 +2006,7 @@ mod tests {
             host_adam: t("host adam", 256e6, 0.128, 0),
             shared: SharedMemory {
                 adam_alone: t("host adam pinned", 256e6, 0.128, 0),
+                adam_small: t("host adam small", 4e6, 0.0025, 0),
                 // every part slowed evenly: to 80%, 90% and 60% of its speed alone
                 rows: vec![
                     SharedRow { copies: Copies::HostToDevice, adam: 1.6e9, h2d: 0.8 * 52e9, d2h: 0.0, passes: 20 },
@@ -2049,9 +2051,13 @@ mod tests {
         assert_eq!(c2.to_profile("x").unwrap().alloc_granularity, Bytes(1));
         assert!((hw.host_memory_bandwidth.0 - 40e9).abs() < 1.0);
         assert!((hw.host_adam_params_per_second - 2e9).abs() < 1.0);
-        // AdamW's 1.2e9 params/s x 28 B beside 0.6 x (47 + 46) GB/s of copies
-        let traffic = hw.host_memory_traffic.expect("measured").0;
-        assert!((traffic - (1.2e9 * 28.0 + 0.6 * 93e9)).abs() < 1e3, "{traffic}");
+        // 4e6 params at 2e9/s take 2 ms; the calls took 2.5
+        assert!((hw.host_adam_call_overhead.0 - 0.5e-3).abs() < 1e-12);
+        let sharing = hw.host_sharing.expect("measured");
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(sharing.beside_h2d.host, 0.8) && near(sharing.beside_h2d.h2d, 0.8) && sharing.beside_h2d.d2h == 1.0);
+        assert!(near(sharing.beside_d2h.host, 0.9) && near(sharing.beside_d2h.d2h, 0.9));
+        assert!(near(sharing.beside_both.host, 0.6) && near(sharing.beside_both.h2d, 0.6) && near(sharing.beside_both.d2h, 0.6));
         assert_eq!(hw.launch_overhead, Seconds(0.0));
         match &hw.provenance {
             Provenance::Measured(m) => {

@@ -4,7 +4,8 @@
 use super::order::Order;
 use super::record::Recorder;
 use super::{action_label, SimError};
-use models::cost::{host_memory_share, host_op_time, host_op_traffic, op_time, Direction};
+use models::cost::{host_op_time, op_time, Direction};
+use models::hardware::Shares;
 use models::inventory::TensorClass;
 use models::schedule::{Action, Lane};
 use models::trace::{BlockState, SpanKind, Trace};
@@ -42,9 +43,8 @@ enum LaneState {
     Ready,
     Busy { action: usize, start: f64, end: f64 },
     Copy { action: usize, start: f64, remaining: f64, dir: Direction },
-    /// Host work: `remaining` seconds at full speed, moving `demand` bytes of host memory per
-    /// second at full speed (it shares host memory with the copies).
-    Host { action: usize, start: f64, remaining: f64, demand: f64 },
+    /// Host work: `remaining` seconds at full speed (copies beside it slow it).
+    Host { action: usize, start: f64, remaining: f64 },
     Waiting { action: usize, since: f64 },
     Done,
 }
@@ -160,14 +160,14 @@ impl<'a> Engine<'a> {
     fn step(&mut self) -> Result<(), SimError> {
         let link = [self.rate(Direction::HostToDevice), self.rate(Direction::DeviceToHost)];
         let link = |d: Direction| if d == Direction::HostToDevice { link[0] } else { link[1] };
-        // Copies and host work share host memory: all run at `share` of full speed.
-        let demands: [f64; 4] = std::array::from_fn(|l| match self.state[l] {
-            LaneState::Copy { dir, .. } => link(dir),
-            LaneState::Host { demand, .. } => demand,
-            _ => 0.0,
-        });
-        let share = host_memory_share(&demands, self.hw);
-        let rate = |d: Direction| link(d) * share;
+        // Host work and copies share host memory: each keeps its share of its speed.
+        let busy = |l: Lane| matches!(self.state[l as usize], LaneState::Copy { .. } | LaneState::Host { .. });
+        let shares = match &self.hw.host_sharing {
+            Some(h) => h.shares(busy(Lane::Host), busy(Lane::HostToDevice), busy(Lane::DeviceToHost)),
+            None => Shares::FULL,
+        };
+        let share = shares.host;
+        let rate = |d: Direction| link(d) * if d == Direction::HostToDevice { shares.h2d } else { shares.d2h };
         let mut finish = [f64::INFINITY; 4];
         for (l, s) in self.state.iter().enumerate() {
             finish[l] = match *s {
@@ -357,9 +357,7 @@ impl<'a> Engine<'a> {
                     };
                     return Err(SimError::NotOnHost { action: a, label: self.label(a), op: op.name.clone(), tensor: self.name(t), why });
                 }
-                let traffic = host_op_traffic(op, self.program).expect("a host op has host traffic");
-                let demand = if d.0 > 0.0 { traffic.as_f64() / d.0 } else { 0.0 };
-                self.state[l] = LaneState::Host { action: a, start: now, remaining: d.0 * scale, demand };
+                self.state[l] = LaneState::Host { action: a, start: now, remaining: d.0 * scale };
                 self.cursor[l] += 1;
             }
             Action::Prefetch(t) => {

@@ -43,7 +43,8 @@ fn hw() -> HardwareProfile {
         pool_slack_fraction: 0.0,
         pool_reserve_granularity: Bytes::ZERO,
         pinned_device_fraction: 0.0,
-        host_memory_traffic: None,
+        host_adam_call_overhead: Seconds::ZERO,
+        host_sharing: None,
     }
 }
 
@@ -648,7 +649,8 @@ fn recomputed_and_offloaded_activations_show_in_block_residency() {
 }
 
 #[test]
-fn host_work_and_copies_slow_each_other_past_the_host_memory_traffic() {
+fn host_work_and_copies_beside_it_keep_their_measured_shares() {
+    use models::hardware::{HostSharing, Shares};
     use Action::*;
     let p = tiny();
     let o = Owner::Layer(1);
@@ -657,29 +659,25 @@ fn host_work_and_copies_slow_each_other_past_the_host_memory_traffic() {
     let w0 = p.inventory.layers[0].weights;
     let h2d = Lane::HostToDevice;
     let s = schedule(&p, vec![HostRun(adam.id), Alloc(w0, h2d), Prefetch(w0), Free(w0, h2d)], vec![w0, pt.weights, pt.grads, pt.optimizer]);
-    let params = p.inventory.params(o).params as f64;
-    let ta = params / hw().host_adam_params_per_second;
+    let ta = pt.params as f64 / hw().host_adam_params_per_second;
     let tc = bytes(&p, w0) / hw().h2d.0;
-    let ends = |limit: Option<f64>| {
+    assert!(tc < ta);
+    let ends = |sharing: Option<HostSharing>| {
         let mut h = hw();
-        h.host_memory_traffic = limit.map(BytesPerSecond);
+        h.host_sharing = sharing;
         let t = simulate(&p, &h, &s).unwrap();
         (span_of(&t, SpanKind::HostOp).end.0, span_of(&t, SpanKind::Prefetch).end.0)
     };
-    // AdamW moves 28 B per parameter: 28 GB/s at 1e9 params/s, beside 10 GB/s of copy.
-    let demand = 28.0 * hw().host_adam_params_per_second + hw().h2d.0;
-    for limit in [None, Some(demand), Some(2.0 * demand)] {
-        let (a, c) = ends(limit);
-        assert!(close(a, ta) && close(c, tc), "{limit:?}: {a} {c} vs {ta} {tc}");
-    }
-    // Below the demand: both slow alike while both run; AdamW left alone then runs at its full
-    // speed, though it alone moves more than the limit (it was measured alone).
-    let limit = 30e9;
-    let share = limit / demand;
-    let (a, c) = ends(Some(limit));
-    assert!(tc < ta);
-    assert!(close(c, tc / share), "{c} vs {}", tc / share);
-    assert!(close(a, tc / share + (ta - tc)), "{a} vs {}", tc / share + (ta - tc));
-    let (a, _) = ends(Some(1e9));
-    assert!(close(a, tc / (28.0 / 38.0) + (ta - tc)), "{a}");
+    let (a, c) = ends(None);
+    assert!(close(a, ta) && close(c, tc), "{a} {c} vs {ta} {tc}");
+    // Beside H2D copies AdamW keeps 80% and the copy 50%; the D2H and both-way entries do not
+    // apply. Once the copy is done, AdamW runs at its full speed.
+    let other = Shares { host: 0.1, h2d: 0.1, d2h: 0.1 };
+    let sharing = HostSharing { beside_h2d: Shares { host: 0.8, h2d: 0.5, d2h: 1.0 }, beside_d2h: other, beside_both: other };
+    let (a, c) = ends(Some(sharing));
+    assert!(close(c, tc / 0.5), "{c} vs {}", tc / 0.5);
+    assert!(close(a, c + (ta - 0.8 * c)), "{a} vs {}", c + (ta - 0.8 * c));
+    assert_eq!(sharing.shares(false, true, true), Shares::FULL);
+    assert_eq!(sharing.shares(true, false, false), Shares::FULL);
+    assert_eq!(sharing.shares(true, true, true), other);
 }
