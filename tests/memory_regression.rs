@@ -18,25 +18,32 @@ use std::path::{Path, PathBuf};
 /// Records whose step time the model is known to miss, with the reason. Their pool peak is held
 /// to target like every other record's; their step time must still be outside target, so that
 /// a fix of the model has to take them off this list.
-const HOST_LANE_SLOW: &str = "device runs 5 and 6 (machine instances after run 4): the host lane ran 17-62% over its calibrated rate and compute waited 2-7x longer than modelled, with the arena and the pool alike (same schedule, same session: gpt3-2.7b 491 vs 486 ms, 508 vs 479 ms); run 4 measured the same configs within 6%";
-
+const RUN56_INSTANCE: &str = "device runs 5 and 6 ran on a machine slower than the one the profile was calibrated on (run 8): the host lane 7-31% and the D2H lane 7-17% over the model with host sharing; the same schedules on run 7's and run 8's machines are within target (gpt3-2.7b@24GiB -5.4% and -0.9%, gpt3-6.7b@40GiB -8.6% and +1.6%)";
+const HOST_LANE_NOISE: &str = "gpt2-124m@1.65GiB is bound by its host lane (host AdamW of 7 M parameters per layer): host work ran 22-48% over the model in these runs, and one schedule on one machine measured 46.9 and 57.1 ms minutes apart (run 7); six other runs of it (runs 4, 6, 7, 8) are within target (+6.4% to -8.0%)";
 const KNOWN_STEP_MISSES: &[(&str, &str)] = &[
-    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795459954.ron", HOST_LANE_SLOW),
-    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460534.ron", HOST_LANE_SLOW),
-    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460541.ron", HOST_LANE_SLOW),
-    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460548.ron", HOST_LANE_SLOW),
-    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460032.ron", HOST_LANE_SLOW),
-    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460358.ron", HOST_LANE_SLOW),
-    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460635.ron", HOST_LANE_SLOW),
-    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460711.ron", HOST_LANE_SLOW),
-    ("run-gpt3-6.7b-nvidia-h100-80gb-hbm3-1795460249.ron", HOST_LANE_SLOW),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795459954.ron", HOST_LANE_NOISE),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460534.ron", HOST_LANE_NOISE),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795460548.ron", HOST_LANE_NOISE),
+    ("run-gpt2-124m-nvidia-h100-80gb-hbm3-1795468911.ron", HOST_LANE_NOISE),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460032.ron", RUN56_INSTANCE),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460635.ron", RUN56_INSTANCE),
+    ("run-gpt3-2.7b-nvidia-h100-80gb-hbm3-1795460711.ron", RUN56_INSTANCE),
+    ("run-gpt3-6.7b-nvidia-h100-80gb-hbm3-1795460249.ron", RUN56_INSTANCE),
+    (
+        "run-gpt2-124m-nvidia-h100-80gb-hbm3-1795448547.ron",
+        "compute-bound stream-weights run: the compute lane ran 20.2 ms against 17.7 ms modelled; calibrate times the products at gpt3-1.3b's shapes, and gpt2-124m's smaller ones run slower (-9.2% with run 2's calibration, -10.7% with run 8's)",
+    ),
+    (
+        "run-gpt3-1.3b-nvidia-h100-80gb-hbm3-1795450183.ron",
+        "pool-allocator run of the second session: both copy lanes 11-14% slower than calibrated on that machine (H2D 520 vs 446 ms); the same config at the same budget on run 8's machine is within target (-4.4%)",
+    ),
     (
         "run-gpt3-125m-nvidia-h100-80gb-hbm3-1795448560.ron",
-        "CPU embedding: the host lane ran 20.8 ms against 9.8 ms predicted; the executor zeroed the untied table gradient (77 MB) on one thread, which the cost model does not count",
+        "CPU embedding: the host lane ran 20.8 ms against 9.8 ms predicted; the executor of the time zeroed the untied table gradient (77 MB) on one thread, which the cost model does not count (fixed since: the same strategy in run 4 is within target)",
     ),
     (
         "run-gpt3-125m-nvidia-h100-80gb-hbm3-1795448592.ron",
-        "host AdamW and the CPU embedding while every layer's activations stream both ways: the host lane ran 81 ms against 37 ms predicted (host memory shared with the copy engines, and the single-threaded zeroing above)",
+        "host AdamW and the CPU embedding while every layer's activations stream both ways, with the single-threaded zeroing above: the host lane ran 81 ms against 37 ms predicted; the same strategy in runs 4 and 7 is within target (+0.4%, -3.2%)",
     ),
 ];
 
@@ -94,12 +101,13 @@ fn every_record_is_predicted_within_target() {
     let failing: Vec<&Case> = cases.iter().filter(|c| !c.passes() && !known(c)).collect();
     let checked_steps = cases.iter().filter(|c| c.step_checked()).count();
     eprintln!(
-        "{} records ({} with measured lane times), {} within target (pool peak {:.0}%, step {:.0}%)",
+        "{} records ({} with measured lane times), {} within target (pool peak {:.0}%, step {:.0}%), {} known step-time misses",
         cases.len(),
         checked_steps,
-        cases.len() - failing.len(),
+        cases.iter().filter(|c| c.passes()).count(),
         100.0 * PEAK_TOLERANCE,
-        100.0 * STEP_TOLERANCE
+        100.0 * STEP_TOLERANCE,
+        KNOWN_STEP_MISSES.len()
     );
     assert!(
         failing.is_empty(),

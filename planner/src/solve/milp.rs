@@ -3,7 +3,7 @@
 //! minimise   sum_s T_s
 //! subject to sum_c x[g][c] = 1                                   every group g
 //!            base(p) + sum_{g,c} x[g][c] * live[g][c](p) <= cap   every slot p that can bind
-//!            T_s >= compute_s(x), copies_s(x) (two duplex rows), host_chain_s(x)
+//!            T_s >= each lane expression of model.rs (compute, two copy rows, two host rows)
 //!
 //! Stage times are written exactly per stage instead (the rows above remain only for a stage
 //! with more than `HULL_LIMIT` combinations): the groups with a term in stage s, each with its
@@ -43,7 +43,7 @@
 //! OFFPLAN_NO_DUAL (HiGHS alone, as before the Lagrangian bound), OFFPLAN_NO_DITHER (no
 //! rounding of the master's mixture), OFFPLAN_ROUND_SECONDS (local search after a rounding).
 
-use super::model::{Contribution, StageModel, StageTerms};
+use super::model::{Contribution, Rates, StageModel, StageTerms};
 use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
 use crate::PlanError;
 use good_lp::{highs, variable, Expression, ProblemVariables, SolverModel, Variable};
@@ -425,26 +425,26 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
             }
             e
         };
-        let compute = lin(&|q| q.compute);
-        rows.push((t[s] - compute).geq(0.0));
         let any = |f: &dyn Fn(&StageTerms) -> f64| f(c0) != 0.0 || vs.iter().any(|(_, _, q)| f(q) != 0.0);
-        if any(&|q| q.h2d) || any(&|q| q.d2h) {
-            rows.push((t[s] - lin(&|q| q.d2h / r.d2h + q.h2d * r.k1)).geq(0.0));
-            rows.push((t[s] - lin(&|q| q.h2d / r.h2d + q.d2h * r.k2)).geq(0.0));
-        }
-        if any(&|q| q.host) || any(&|q| q.after_host) {
-            rows.push((t[s] - lin(&|q| q.feed / r.d2h_dup + q.host + q.after_host / r.h2d_dup)).geq(0.0));
+        let copies = any(&|q| q.h2d) || any(&|q| q.d2h);
+        let host = any(&|q| q.host) || any(&|q| q.after_host);
+        // One row per lane expression (model.rs): compute always, the copy lanes with copies or
+        // host work, the host ones with host work.
+        let wanted = |i: usize| if Rates::HOST_LANES[i] { host } else { i == 0 || copies || host };
+        for i in (0..5).filter(|&i| wanted(i)) {
+            rows.push((t[s] - lin(&|q| r.lanes(q)[i])).geq(0.0));
         }
         // Disjunctive cuts: the relaxation may overlap a fraction of a copy with all of a
         // stage's compute; no 0/1 choice can. With each group's coefficients shifted so its
         // smallest is 0 (exact, one choice per group), A(x) = A0 + sum a x and T >= A, T >= B >= B0:
         //   T >= m + sum (a - (m - A0))^+ x,  m = max(A0, B0),
         // valid because a chosen set with any positive term gives at most A(x), and none gives m.
-        let fns: [&dyn Fn(&StageTerms) -> f64; 4] = [
-            &|q| q.compute,
-            &|q| q.d2h / r.d2h + q.h2d * r.k1,
-            &|q| q.h2d / r.h2d + q.d2h * r.k2,
-            &|q| q.feed / r.d2h_dup + q.host + q.after_host / r.h2d_dup,
+        let fns: [&dyn Fn(&StageTerms) -> f64; 5] = [
+            &|q| r.lanes(q)[0],
+            &|q| r.lanes(q)[1],
+            &|q| r.lanes(q)[2],
+            &|q| r.lanes(q)[3],
+            &|q| r.lanes(q)[4],
         ];
         let shifted: Vec<(f64, Vec<(usize, usize, f64)>)> = fns.iter().map(|f| shift(groups, c0, vs, *f)).collect();
         let floor_t = shifted.iter().map(|(c, _)| *c).fold(0.0, f64::max);

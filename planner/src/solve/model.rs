@@ -8,11 +8,14 @@
 //!              two copies that start together: k1 = (1 - d2h_dup/d2h)/h2d_dup, k2 likewise),
 //!              host chain: host-bound copies at the duplex rate + host work + copies that wait
 //!              for it )
-//! with a, b the stage's H2D and D2H bytes.
+//! with a, b the stage's H2D and D2H bytes; where the profile says host work and copies slow
+//! each other (`host_sharing`), the copy lanes and the host chain take the extra time of running
+//! beside each other ([`Rates::lanes`]).
 
 use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
 use crate::emit::{Item, Router};
 use models::cost::{host_op_time, op_time};
+use models::hardware::{HostSharing, Shares};
 use models::{Bytes, HardwareProfile, Program, Seconds};
 
 /// Linear per-stage quantities of one group choice (or of the fixed part).
@@ -61,11 +64,17 @@ pub struct Rates {
     pub d2h_dup: f64,
     pub k1: f64,
     pub k2: f64,
+    /// Host work beside copies one way (`HardwareProfile::host_sharing`; all 1 without): the
+    /// shares of their speed host work and the copies keep.
+    pub beside_h2d: Shares,
+    pub beside_d2h: Shares,
 }
 
 impl Rates {
     pub fn new(hw: &HardwareProfile) -> Rates {
         let (h2d, d2h, h2d_dup, d2h_dup) = (hw.h2d.0, hw.d2h.0, hw.h2d_duplex.0, hw.d2h_duplex.0);
+        let sharing = hw.host_sharing;
+        let pick = |f: fn(&HostSharing) -> Shares| sharing.as_ref().map(f).unwrap_or(Shares::FULL);
         Rates {
             h2d,
             d2h,
@@ -73,24 +82,42 @@ impl Rates {
             d2h_dup,
             k1: (1.0 - d2h_dup / d2h).max(0.0) / h2d_dup,
             k2: (1.0 - h2d_dup / h2d).max(0.0) / d2h_dup,
+            beside_h2d: pick(|h| h.beside_h2d),
+            beside_d2h: pick(|h| h.beside_d2h),
         }
     }
 
-    /// Time for both copy lanes to finish a stage's copies started together.
+    /// The stage's lane expressions, each linear in the terms; the stage lasts as long as the
+    /// largest (the host ones only count with host work). Copies and host work beside them slow
+    /// each other: for two parties started together, one keeping share s1 and the other s2, the
+    /// last ends at max(W1 + W2 (1 - s1)/s2, W2 + W1 (1 - s2)/s1) (W: time alone), exact like
+    /// the duplex rows; host work is paired with each direction's copies that do not feed it
+    /// or wait for it, at the shares measured beside that direction alone.
+    pub fn lanes(&self, t: &StageTerms) -> [f64; 5] {
+        let h2d_beside = (t.h2d - t.after_host) / self.h2d_dup;
+        let d2h_beside = (t.d2h - t.feed) / self.d2h_dup;
+        let chain = t.feed / self.d2h_dup + t.host + t.after_host / self.h2d_dup;
+        let (h, d) = (self.beside_h2d, self.beside_d2h);
+        [
+            t.compute,
+            t.d2h / self.d2h + t.h2d * self.k1 + t.host * (1.0 - d.d2h) / d.host,
+            t.h2d / self.h2d + t.d2h * self.k2 + t.host * (1.0 - h.h2d) / h.host,
+            chain + h2d_beside * (1.0 - h.host) / h.h2d,
+            chain + d2h_beside * (1.0 - d.host) / d.d2h,
+        ]
+    }
+
+    /// Which of [`Self::lanes`] are host lanes (zero without host work).
+    pub const HOST_LANES: [bool; 5] = [false, false, false, true, true];
+
+    /// Time for both copy lanes to finish a stage's copies started together (no host work).
     pub fn copies(&self, a: f64, b: f64) -> f64 {
         (b / self.d2h + a * self.k1).max(a / self.h2d + b * self.k2)
     }
 
-    /// The host chain of a stage (zero without host work).
-    pub fn host_chain(&self, t: &StageTerms) -> f64 {
-        if t.host <= 0.0 && t.after_host <= 0.0 {
-            return 0.0;
-        }
-        t.feed / self.d2h_dup + t.host + t.after_host / self.h2d_dup
-    }
-
     pub fn stage_time(&self, t: &StageTerms) -> f64 {
-        t.compute.max(self.copies(t.h2d, t.d2h)).max(self.host_chain(t))
+        let host = t.host > 0.0 || t.after_host > 0.0;
+        self.lanes(t).iter().zip(Self::HOST_LANES).filter(|(_, h)| host || !h).map(|(x, _)| *x).fold(0.0, f64::max)
     }
 }
 
