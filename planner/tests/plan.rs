@@ -30,10 +30,7 @@ fn assert_agrees(plan: &Plan, what: &str) {
     let pr = &plan.schedule.prediction;
     let obj = pr.solver.as_ref().expect("solver report").objective.0;
     let sim = pr.step_time.0;
-    // 2% until the H100 profile gained host sharing; the stage model pairs host work with each
-    // copy direction (model.rs), which the simulator does not: it comes out 0-2.4% above the
-    // simulator on the shipped configs (gpt3-175b at 80 GiB the most).
-    assert!((sim - obj).abs() <= 0.025 * sim, "{what}: simulated {sim} s vs solver objective {obj} s");
+    assert!((sim - obj).abs() <= 0.02 * sim, "{what}: simulated {sim} s vs solver objective {obj} s");
     assert!(pr.peak_device() <= plan.schedule.budget, "{what}: peak {} over budget {}", pr.peak_device(), plan.schedule.budget);
 }
 

@@ -94,7 +94,11 @@ impl Rates {
     /// the duplex rows; host work is paired with each direction's copies that do not feed it
     /// or wait for it, at the shares measured beside that direction alone.
     pub fn lanes(&self, t: &StageTerms) -> [f64; 5] {
-        let h2d_beside = (t.h2d - t.after_host) / self.h2d_dup;
+        // Host work starts once its feed is in: the H2D copies that started with the stage have
+        // run that long already (negative means none left beside it; the D2H row then binds,
+        // as it is never below the chain). The D2H lane moves the feed first, so the rest of
+        // its copies all run beside the host work.
+        let h2d_beside = (t.h2d - t.after_host) / self.h2d_dup - t.feed / self.d2h_dup;
         let d2h_beside = (t.d2h - t.feed) / self.d2h_dup;
         let chain = t.feed / self.d2h_dup + t.host + t.after_host / self.h2d_dup;
         let (h, d) = (self.beside_h2d, self.beside_d2h);
