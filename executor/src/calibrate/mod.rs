@@ -26,7 +26,12 @@
 //!   and of RESERVED_MEM_CURRENT (the pool's reservation chunk, 32 MiB there), which is not a
 //!   per-allocation size.
 //! - `host_memory_bandwidth`: a large host copy on all threads of the rayon pool (read + write).
-//! - `host_adam_params_per_second`: [`crate::host::adamw_owner`] on all threads.
+//! - `host_adam_params_per_second`: [`crate::host::adamw_owner`] on all threads, over pinned
+//!   memory as the executor's host copies are (pageable memory is timed and printed beside it).
+//! - `host_adam_call_overhead`: the same parameters in 64 calls over separate slices, less the
+//!   large-call time (`shared_memory.rs`).
+//! - `host_sharing`: host AdamW while pinned copies run one way, then both ways; the share of
+//!   its speed alone each kept (`shared_memory.rs`).
 //! - `memory`: the device's total memory.
 //!
 //! The GPU part is behind the `cuda` feature; without it (or with no device) [`measure`] answers
