@@ -569,20 +569,7 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
     let fixed = model.fixed();
     let r = model.rates;
     let mut pick: Vec<usize> = groups.iter().map(|g| g.index_in(start)).collect();
-    let mut live: Vec<i64> = fixed.live.iter().map(|b| *b as i64).collect();
-    let mut terms = vec![StageTerms::default(); model.n_stages()];
-    for (s, t) in &fixed.stages {
-        terms[*s] = add_terms(&terms[*s], t);
-    }
-    for (g, k) in groups.iter().zip(&pick) {
-        let c = &g.contributions[*k];
-        for (l, x) in live.iter_mut().zip(&c.live) {
-            *l += *x as i64;
-        }
-        for (s, t) in &c.stages {
-            terms[*s] = add_terms(&terms[*s], t);
-        }
-    }
+    let (mut live, mut terms) = totals(model, &fixed, groups, &pick);
     let cap = cap as i64;
     // Time change of moving groups to new choices (exact over the stages they touch).
     let delta_of = |terms: &[StageTerms], pick: &[usize], moves: &[(usize, usize)]| -> f64 {
@@ -802,7 +789,15 @@ pub(super) fn local_hull(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize,
 
 /// Step time and peak bytes of one choice per group (`fixed` included).
 pub(super) fn eval_picks(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], pick: &[usize]) -> (f64, u64) {
-    let mut live = fixed.live.clone();
+    let (live, terms) = totals(model, fixed, groups, pick);
+    let r = model.rates;
+    (terms.iter().map(|t| r.stage_time(t)).sum(), live.into_iter().max().unwrap_or(0) as u64)
+}
+
+/// Live bytes at every slot and terms of every stage of the fixed part plus one choice per
+/// group (`pick[g]`); live as i64 so that moves can subtract.
+fn totals(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], pick: &[usize]) -> (Vec<i64>, Vec<StageTerms>) {
+    let mut live: Vec<i64> = fixed.live.iter().map(|b| *b as i64).collect();
     let mut terms = vec![StageTerms::default(); model.n_stages()];
     for (s, t) in &fixed.stages {
         terms[*s] = add_terms(&terms[*s], t);
@@ -810,14 +805,13 @@ pub(super) fn eval_picks(model: &StageModel, fixed: &Contribution, groups: &[Gro
     for (g, k) in groups.iter().zip(pick) {
         let c = &g.contributions[*k];
         for (l, x) in live.iter_mut().zip(&c.live) {
-            *l += x;
+            *l += *x as i64;
         }
         for (s, t) in &c.stages {
             terms[*s] = add_terms(&terms[*s], t);
         }
     }
-    let r = model.rates;
-    (terms.iter().map(|t| r.stage_time(t)).sum(), live.into_iter().max().unwrap_or(0))
+    (live, terms)
 }
 
 /// Periodic starting points: every layer's owner choice alternating between two choices (odd and
@@ -915,20 +909,7 @@ pub(super) fn dither(groups: &[GroupChoices], xbar: &[Vec<f64>]) -> Vec<usize> {
 pub(super) fn repair(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], start: &[usize], cap: u64, deadline: Instant) -> Option<Vec<usize>> {
     let r = model.rates;
     let mut pick = start.to_vec();
-    let mut live: Vec<i64> = fixed.live.iter().map(|b| *b as i64).collect();
-    let mut terms = vec![StageTerms::default(); model.n_stages()];
-    for (s, t) in &fixed.stages {
-        terms[*s] = add_terms(&terms[*s], t);
-    }
-    for (g, k) in groups.iter().zip(&pick) {
-        let c = &g.contributions[*k];
-        for (l, x) in live.iter_mut().zip(&c.live) {
-            *l += *x as i64;
-        }
-        for (s, t) in &c.stages {
-            terms[*s] = add_terms(&terms[*s], t);
-        }
-    }
+    let (mut live, mut terms) = totals(model, fixed, groups, &pick);
     let cap = cap as i64;
     let excess = |live: &[i64]| -> i64 { live.iter().map(|l| (l - cap).max(0)).sum() };
     let mut ex = excess(&live);
