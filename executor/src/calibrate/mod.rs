@@ -39,7 +39,7 @@
 
 mod shared_memory;
 
-pub use shared_memory::{Copies, SharedMemory, SharedRow, Slowdown};
+pub use shared_memory::{Copies, SharedMemory, SharedRow, Slowdown, SMALL_CALLS};
 
 use crate::ExecError;
 use models::hardware::Provenance;

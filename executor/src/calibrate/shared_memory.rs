@@ -206,7 +206,7 @@ pub(super) mod gpu {
         w: PinnedBuffer,
         g: PinnedBuffer,
         opt: PinnedBuffer,
-        views: Vec<models::inventory::View>,
+        n: usize,
         step: u32,
     }
 
@@ -221,33 +221,20 @@ pub(super) mod gpu {
             let o = opt.as_mut_f32s();
             o[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.01));
             o[n..].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-            let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![n as u64], offset: 0 }];
-            Ok(PinnedAdam { w, g, opt, views, step: 0 })
+            Ok(PinnedAdam { w, g, opt, n, step: 0 })
         }
 
-        /// One pass; its seconds.
+        /// One pass over all parameters; its seconds.
         fn pass(&mut self) -> R<f64> {
-            self.step += 1;
-            let t0 = Instant::now();
-            crate::host::adamw_owner(
-                as_bf16_mut(self.w.as_mut_u16s()),
-                as_bf16(self.g.as_mut_u16s()),
-                self.opt.as_mut_f32s(),
-                &self.views,
-                &AdamW::default(),
-                self.step,
-            )
-            .map_err(|e| bad(e.to_string()))?;
-            Ok(t0.elapsed().as_secs_f64())
+            self.split_pass(1)
         }
 
         /// The parameters in `calls` calls over separate slices (weights, gradients and a
         /// `[master | m | v]` block of their own each); seconds per call.
         fn split_pass(&mut self, calls: usize) -> R<f64> {
             self.step += 1;
-            let n = self.views[0].shape[0] as usize;
-            let m = n / calls;
-            let views = vec![models::inventory::View { name: "calibration slice".into(), shape: vec![m as u64], offset: 0 }];
+            let m = self.n / calls;
+            let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![m as u64], offset: 0 }];
             let (w, g, opt) = (self.w.as_mut_u16s(), self.g.as_mut_u16s(), self.opt.as_mut_f32s());
             let t0 = Instant::now();
             for i in 0..calls {
@@ -264,8 +251,8 @@ pub(super) mod gpu {
             Ok(t0.elapsed().as_secs_f64() / calls as f64)
         }
 
-        fn check(&self, n: usize) -> R<()> {
-            let master = &self.opt.as_f32s()[..n];
+        fn check(&self) -> R<()> {
+            let master = &self.opt.as_f32s()[..self.n];
             if master.iter().step_by(4096).all(|x| x.is_finite() && *x < 0.01) {
                 Ok(())
             } else {
@@ -286,28 +273,25 @@ pub(super) mod gpu {
         pub d2h_rate: f64,
     }
 
+    /// The median of `repeats` timings of `f` (seconds) after one untimed warm-up call.
+    fn warm_median(repeats: usize, what: &str, mut f: impl FnMut() -> R<f64>) -> R<f64> {
+        f()?;
+        let times = (0..repeats).map(|_| f()).collect::<R<Vec<f64>>>()?;
+        median(&times).ok_or_else(|| bad(format!("{what} took no finite time")))
+    }
+
     /// Host AdamW over `params` pinned parameters alone (`repeats` passes after a warm-up), then
     /// beside each kind of copy.
     pub fn measure(gpu: &Gpu, bufs: &mut CopyBuffers, params: usize, repeats: usize, threads: usize) -> R<SharedMemory> {
         let mut adam = PinnedAdam::new(gpu, params)?;
-        adam.pass()?; // warm-up
-        let mut alone = Vec::new();
-        for _ in 0..repeats {
-            alone.push(adam.pass()?);
-        }
-        let alone_s = median(&alone).ok_or_else(|| bad("host AdamW on pinned memory took no finite time".into()))?;
+        let alone_s = warm_median(repeats, "host AdamW on pinned memory", || adam.pass())?;
         let mut rows = Vec::new();
         for copies in Copies::ALL {
             rows.push(beside(gpu, bufs, &mut adam, copies, alone_s)?);
         }
-        adam.check(params)?;
+        adam.check()?;
         let calls = SMALL_CALLS.min(params);
-        adam.split_pass(calls)?; // warm-up
-        let mut small = Vec::new();
-        for _ in 0..repeats {
-            small.push(adam.split_pass(calls)?);
-        }
-        let small_s = median(&small).ok_or_else(|| bad("host AdamW in small calls took no finite time".into()))?;
+        let small_s = warm_median(repeats, "host AdamW in small calls", || adam.split_pass(calls))?;
         Ok(SharedMemory {
             adam_alone: Timed {
                 what: format!("host AdamW, {} M params in pinned memory, {threads} threads", params >> 20),
@@ -404,7 +388,7 @@ pub(super) mod gpu {
         let h2d = if copies.h2d() { it.next().unwrap_or(0.0) } else { 0.0 };
         let d2h = if copies.d2h() { it.next().unwrap_or(0.0) } else { 0.0 };
         let s = median(&passes).ok_or_else(|| bad("host AdamW beside copies took no finite time".into()))?;
-        Ok(SharedRow { copies, adam: adam.views[0].shape[0] as f64 / s, h2d, d2h, passes: passes.len() })
+        Ok(SharedRow { copies, adam: adam.n as f64 / s, h2d, d2h, passes: passes.len() })
     }
 }
 
