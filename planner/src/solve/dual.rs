@@ -289,7 +289,7 @@ pub struct DualResult {
 /// (Single-row rounding cuts of the memory rows, tried here, cut off none of the benchmark
 /// problems' mixtures; branching on the large items is what closes the gap.)
 #[allow(clippy::too_many_arguments)]
-pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], allowed: Option<&[Vec<bool>]>, cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, deadline: Instant, trace: bool, mut round: Option<&mut Rounding>) -> DualResult {
+pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], allowed: Option<&[Vec<bool>]>, cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, effort: &mut super::milp::Effort, trace: bool, mut round: Option<&mut Rounding>) -> DualResult {
     const MS: f64 = 1e3;
     let t0 = Instant::now();
     // (The artificial column has no picks and no memory.)
@@ -335,7 +335,7 @@ pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[Gro
     let mut last_round = 0;
     let mut round_every = ROUND_EVERY;
     loop {
-        if Instant::now() >= deadline {
+        if !effort.spend() {
             break;
         }
         it += 1;
@@ -491,9 +491,9 @@ const FORBIDDEN: f64 = 1e15;
 /// bound is the least over the open parts: each part's L is a lower bound on the plans in it,
 /// and the parts cover every plan.
 #[allow(clippy::too_many_arguments)]
-pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, deadline: Instant, trace: bool, round: &mut Rounding) -> DualResult {
+pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, mut effort: super::milp::Effort, trace: bool, round: &mut Rounding) -> DualResult {
     let t0 = Instant::now();
-    let mut root = column_generation(model, fixed, groups, dp, rows, None, cap, starts, upper, gap, threads, deadline, trace, Some(round));
+    let mut root = column_generation(model, fixed, groups, dp, rows, None, cap, starts, upper, gap, threads, &mut effort, trace, Some(round));
     let mut ub = upper;
     let mut best = root.best.clone();
     if let Some((t, _)) = &best {
@@ -520,7 +520,7 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
     let mut closed_min = f64::INFINITY;
     let mut nodes = 1;
     let mut iterations = root.iterations;
-    while Instant::now() < deadline && nodes < MAX_NODES {
+    while !effort.spent() && nodes < MAX_NODES {
         let lb = open.iter().map(|n| n.bound).fold(closed_min, f64::min);
         if ub - lb <= gap * ub || open.is_empty() {
             break;
@@ -542,7 +542,7 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
             if let Some((_, p)) = &best {
                 seeds.push(p.clone());
             }
-            let r = column_generation(model, fixed, groups, dp, rows, Some(&allowed), cap, &seeds, ub, gap, threads, deadline, false, Some(&mut *round));
+            let r = column_generation(model, fixed, groups, dp, rows, Some(&allowed), cap, &seeds, ub, gap, threads, &mut effort, false, Some(&mut *round));
             nodes += 1;
             iterations += r.iterations;
             if let Some((t, p)) = r.best {
@@ -664,9 +664,9 @@ mod tests {
             let rows = memory_rows(&model, budget, &fixed, &groups).unwrap();
             let start = plans.iter().filter(|x| x.2 <= cap).max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0.clone();
             let upper = eval_picks(&model, &fixed, &groups, &start).0 * 1e3;
-            let deadline = Instant::now() + std::time::Duration::from_secs(20);
+            let effort = super::super::milp::Effort::new(u64::MAX, Instant::now() + std::time::Duration::from_secs(20));
             let mut none = |_: &[Vec<f64>]| None;
-            let r = branch_and_price(&model, &fixed, &groups, &dp, &rows, cap, &[start], upper, 0.0, 1, deadline, false, &mut none);
+            let r = branch_and_price(&model, &fixed, &groups, &dp, &rows, cap, &[start], upper, 0.0, 1, effort, false, &mut none);
             eprintln!("q {q}: {} plans, {} rows, optimum {opt:.4} ms, bound {:.4}, best {:?}", plans.len(), rows.len(), r.bound, r.best.as_ref().map(|b| b.0));
             assert!(r.bound <= opt * (1.0 + 1e-9), "q {q}: bound {} above the optimum {opt}", r.bound);
             if let Some((t, pick)) = r.best {

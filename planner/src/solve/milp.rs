@@ -118,14 +118,41 @@ pub struct SolveLimits {
 const MS: f64 = 1e3;
 /// Most class combinations a stage may have for its exact local formulation.
 const HULL_LIMIT: usize = 4096;
-/// Wall-clock seconds of local search on the starting points, shared between them.
-const LOCAL_SEARCH_SECONDS: f64 = 0.05;
-/// Wall-clock seconds of the Lagrangian bound before falling back on branch and bound.
-const DUAL_SECONDS: f64 = 3.0;
-/// Seconds for making a rounded mixture fit, and for improving it (0.1 s measured as good
-/// as 0.3 s on the benchmark problems).
-const REPAIR_SECONDS: f64 = 0.3;
-const ROUND_SECONDS: f64 = 0.1;
+/// Work of the solve's phases, counted rather than timed so that a plan is the same on every
+/// machine and under any load (the time limit only stops a phase early as a safety net): move
+/// evaluations of local search on the starting points, shared between them (about 0.05 s on
+/// this project's 2-core machine), and after each rounding of the master's mixture (0.1 s);
+/// column generation iterations of the Lagrangian bound before branch and bound (3 s on the
+/// largest shipped configs); moves that make a rounded mixture fit.
+const LOCAL_SEARCH_WORK: u64 = 150_000;
+const ROUND_WORK: u64 = 300_000;
+const DUAL_ITERATIONS: usize = 500;
+const REPAIR_MOVES_PER_GROUP: usize = 8;
+
+/// A phase's allowance: units of work, and the wall-clock deadline of the whole solve.
+#[derive(Clone, Copy, Debug)]
+pub struct Effort {
+    pub work: u64,
+    pub deadline: Instant,
+}
+
+impl Effort {
+    pub fn new(work: u64, deadline: Instant) -> Effort {
+        Effort { work, deadline }
+    }
+    /// Spends one unit; false once none is left or the deadline has passed.
+    pub fn spend(&mut self) -> bool {
+        if self.work == 0 || Instant::now() >= self.deadline {
+            self.work = 0;
+            return false;
+        }
+        self.work -= 1;
+        true
+    }
+    pub fn spent(&self) -> bool {
+        self.work == 0 || Instant::now() >= self.deadline
+    }
+}
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// Solves for the decisions minimising the stage model's step time within `budget`.
@@ -144,11 +171,11 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     }
     if trace { eprintln!("solve: patterns at {:.2} s", t0.elapsed().as_secs_f64()); }
     let cost = |d: &Decisions| eval_picks(model, &fixed, &groups, &groups.iter().map(|g| g.index_in(d)).collect::<Vec<_>>()).0;
-    let ls_total: f64 = std::env::var("OFFPLAN_LS_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(LOCAL_SEARCH_SECONDS);
-    let share = (limits.time_limit * 0.1).min(ls_total) / starts.len().max(1) as f64;
+    let deadline = t0 + std::time::Duration::from_secs_f64(limits.time_limit);
+    let share = LOCAL_SEARCH_WORK / starts.len().max(1) as u64;
     let warm = starts
         .iter()
-        .map(|w| improve(model, &groups, w, model.capacity(budget), Instant::now() + std::time::Duration::from_secs_f64(share)))
+        .map(|w| improve(model, &groups, w, model.capacity(budget), Effort::new(share, deadline)))
         .map(|d| (cost(&d), d))
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, d)| d);
@@ -174,29 +201,27 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
         if trace { eprintln!("solve: dp built ({}) in {:.3} s", dp.is_some(), td.elapsed().as_secs_f64()); }
         if let Some(dp) = dp {
             let upper = best.as_ref().map_or(f64::INFINITY, |b| b.0);
-            let dual_secs = (limits.time_limit * 0.5).min(DUAL_SECONDS);
-            let deadline = td + std::time::Duration::from_secs_f64(dual_secs);
+            let dual_effort = Effort::new(DUAL_ITERATIONS as u64, td + std::time::Duration::from_secs_f64(limits.time_limit * 0.5));
             let starts: Vec<Vec<usize>> = starts.iter().map(|d| groups.iter().map(|g| g.index_in(d)).collect()).collect();
             // Plans from the master's mixture: rounded along the layers, made to fit, improved.
             let no_round = std::env::var("OFFPLAN_NO_DITHER").is_ok();
-            let round_secs: f64 = std::env::var("OFFPLAN_ROUND_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUND_SECONDS);
             let mut round = |xbar: &[Vec<f64>]| -> Option<(f64, Vec<usize>)> {
                 if no_round || xbar.is_empty() {
                     return None;
                 }
                 let tr = Instant::now();
-                let p = repair(model, &fixed, &groups, &dither(&groups, xbar), cap, tr + std::time::Duration::from_secs_f64(REPAIR_SECONDS))?;
+                let p = repair(model, &fixed, &groups, &dither(&groups, xbar), cap, Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline))?;
                 let mut d = warm.cloned().unwrap_or_else(|| Decisions::all_gpu(model.program));
                 for (g, k) in groups.iter().zip(&p) {
                     g.apply(*k, &mut d);
                 }
-                let d = improve(model, &groups, &d, cap, Instant::now() + std::time::Duration::from_secs_f64(round_secs));
+                let d = improve(model, &groups, &d, cap, Effort::new(ROUND_WORK, deadline));
                 let p: Vec<usize> = groups.iter().map(|g| g.index_in(&d)).collect();
                 let (t, peak) = eval_picks(model, &fixed, &groups, &p);
                 if trace { eprintln!("solve: rounded mixture in {:.2} s", tr.elapsed().as_secs_f64()); }
                 (peak <= cap).then_some((t * MS, p))
             };
-            let res = super::dual::branch_and_price(model, &fixed, &groups, &dp, &mem_rows, cap, &starts, upper, limits.mip_rel_gap, limits.threads, deadline, trace, &mut round);
+            let res = super::dual::branch_and_price(model, &fixed, &groups, &dp, &mem_rows, cap, &starts, upper, limits.mip_rel_gap, limits.threads, dual_effort, trace, &mut round);
             if trace { eprintln!("solve: dual done at {:.2} s: bound {:.4} ms after {} iterations", t0.elapsed().as_secs_f64(), res.bound, res.iterations); }
             if res.bound > bound {
                 bound = res.bound;
@@ -565,14 +590,17 @@ pub(super) fn add_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
 /// Local search on the stage model from `start`: move one group at a time to the choice that
 /// lowers the step time most while every slot stays within `cap` bytes, until no move helps.
 /// Gives HiGHS a strong first incumbent (and is what a time-limited solve falls back on).
-pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, cap: u64, deadline: Instant) -> Decisions {
+pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, cap: u64, mut effort: Effort) -> Decisions {
     let fixed = model.fixed();
     let r = model.rates;
     let mut pick: Vec<usize> = groups.iter().map(|g| g.index_in(start)).collect();
     let (mut live, mut terms) = totals(model, &fixed, groups, &pick);
     let cap = cap as i64;
     // Time change of moving groups to new choices (exact over the stages they touch).
-    let delta_of = |terms: &[StageTerms], pick: &[usize], moves: &[(usize, usize)]| -> f64 {
+    let delta_of = |terms: &[StageTerms], pick: &[usize], moves: &[(usize, usize)], effort: &mut Effort| -> f64 {
+        if !effort.spend() {
+            return 0.0;
+        }
         let mut touched: Vec<usize> = moves
             .iter()
             .flat_map(|(gi, k)| groups[*gi].contributions[pick[*gi]].stages.iter().chain(&groups[*gi].contributions[*k].stages))
@@ -621,7 +649,7 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
         }
     };
     for _pass in 0..50 {
-        if Instant::now() >= deadline {
+        if effort.spent() {
             break;
         }
         let mut improved = false;
@@ -632,7 +660,7 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
                 if k == pick[gi] || !fits(&live, &pick, &[(gi, k)]) {
                     continue;
                 }
-                let delta = delta_of(&terms, &pick, &[(gi, k)]);
+                let delta = delta_of(&terms, &pick, &[(gi, k)], &mut effort);
                 if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) {
                     best = Some((delta, k));
                 }
@@ -648,11 +676,11 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
         // Pair moves: a faster choice that does not fit alone, with another group giving way.
         let mut best: Option<(f64, [(usize, usize); 2])> = None;
         for gi in 0..groups.len() {
-            if Instant::now() >= deadline {
+            if effort.spent() {
                 break;
             }
             for k in 0..groups[gi].len() {
-                if k == pick[gi] || delta_of(&terms, &pick, &[(gi, k)]) >= -1e-12 {
+                if k == pick[gi] || delta_of(&terms, &pick, &[(gi, k)], &mut effort) >= -1e-12 {
                     continue;
                 }
                 for hj in 0..groups.len() {
@@ -664,7 +692,7 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
                             continue;
                         }
                         let moves = [(gi, k), (hj, k2)];
-                        let delta = delta_of(&terms, &pick, &moves);
+                        let delta = delta_of(&terms, &pick, &moves, &mut effort);
                         if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) && fits(&live, &pick, &moves) {
                             best = Some((delta, moves));
                         }
@@ -673,7 +701,7 @@ pub fn improve(model: &StageModel, groups: &[GroupChoices], start: &Decisions, c
             }
         }
         match best {
-            Some((_, moves)) if Instant::now() < deadline => apply(&mut live, &mut terms, &mut pick, &moves),
+            Some((_, moves)) if !effort.spent() => apply(&mut live, &mut terms, &mut pick, &moves),
             Some((_, moves)) => {
                 apply(&mut live, &mut terms, &mut pick, &moves);
                 break;
@@ -906,7 +934,7 @@ pub(super) fn dither(groups: &[GroupChoices], xbar: &[Vec<f64>]) -> Vec<usize> {
 
 /// Makes a plan fit: while some slot is over `cap`, takes the move (one group to another
 /// choice) with the least time added per byte of excess removed. None if no move helps.
-pub(super) fn repair(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], start: &[usize], cap: u64, deadline: Instant) -> Option<Vec<usize>> {
+pub(super) fn repair(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], start: &[usize], cap: u64, mut effort: Effort) -> Option<Vec<usize>> {
     let r = model.rates;
     let mut pick = start.to_vec();
     let (mut live, mut terms) = totals(model, fixed, groups, &pick);
@@ -914,7 +942,7 @@ pub(super) fn repair(model: &StageModel, fixed: &Contribution, groups: &[GroupCh
     let excess = |live: &[i64]| -> i64 { live.iter().map(|l| (l - cap).max(0)).sum() };
     let mut ex = excess(&live);
     while ex > 0 {
-        if Instant::now() >= deadline {
+        if !effort.spend() {
             return None;
         }
         let mut best: Option<(f64, usize, usize)> = None;

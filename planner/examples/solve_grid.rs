@@ -1,0 +1,42 @@
+//! Solve time and proved gap over the grid of shipped configs, five budgets each (from the
+//! floor to the all-on-GPU peak, capped at the card's memory), on one hardware profile:
+//! `cargo run --release -p planner --example solve_grid [-- PROFILE]`. Prints a markdown table.
+
+use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
+use planner::{feasible_floor, plan, Decisions, PlanOptions};
+use std::path::Path;
+use std::time::Instant;
+
+const CONFIGS: [&str; 10] = ["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "gpt3-125m", "gpt3-1.3b", "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b"];
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let profile = std::env::args().nth(1).unwrap_or_else(|| "h100-sxm".into());
+    let hw = HardwareProfile::load(&root.join(format!("models/hardware/{profile}.ron"))).unwrap();
+    let opts = PlanOptions { time_limit: Seconds(60.0), mip_rel_gap: 0.005, threads: 2 };
+    println!("| config | budget | plan (s) | step (ms) | gap | how |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for name in CONFIGS {
+        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
+        let program = Program::build(&cfg);
+        let floor = feasible_floor(&program, &hw);
+        let keep = planner::plan::finish(&program, &hw, Bytes(u64::MAX / 4), &Decisions::all_gpu(&program), None).unwrap();
+        let top = keep.schedule.prediction.peak_device().min(hw.memory);
+        for i in 0..5 {
+            // Budgets at 10%, 30%, 50%, 70%, 90% of the way, rounded to 0.25 GiB.
+            let f = 0.1 + 0.2 * i as f64;
+            let b = floor.as_f64() + f * (top.as_f64() - floor.as_f64());
+            let budget = Bytes::gib(((b / (1u64 << 30) as f64) * 4.0).ceil() / 4.0);
+            let t = Instant::now();
+            match plan(&program, &hw, budget, &opts) {
+                Ok(p) => {
+                    let secs = t.elapsed().as_secs_f64();
+                    let r = p.schedule.prediction.solver.clone();
+                    let (gap, how) = r.map(|r| (format!("{:.2}%", r.gap * 100.0), format!("{}; {}", r.status, r.solver.rsplit("bound: ").next().unwrap_or("")))).unwrap_or_default();
+                    println!("| {name} | {budget} | {secs:.2} | {:.2} | {gap} | {how} | {} |", p.schedule.prediction.step_time.0 * 1e3, p.schedule.prediction.pinned_host);
+                }
+                Err(e) => println!("| {name} | {budget} | {:.2} | - | - | {e} |", t.elapsed().as_secs_f64()),
+            }
+        }
+    }
+}
