@@ -7,7 +7,13 @@ fn main() {
     // HEAD and the index of this work tree (a linked worktree has its own), and the branch
     // ref HEAD names: a commit moves the ref, a checkout moves HEAD.
     let git = |args: &[&str]| {
-        std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_string())
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
     };
     let mut watched: Vec<String> = ["HEAD", "index"].iter().filter_map(|f| git(&["rev-parse", "--git-path", f])).collect();
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {

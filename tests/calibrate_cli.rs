@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 mod common;
-use common::{offplan, text, scratch_dir};
+use common::{offplan, scratch_dir, text};
 
 fn entries(d: &PathBuf) -> Vec<String> {
     std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
@@ -43,7 +43,13 @@ fn calibrate_checks_its_arguments_before_the_device() {
     let cases: Vec<Vec<String>> = vec![
         vec!["calibrate".into(), "--out".into(), missing.to_string_lossy().into()],
         vec!["calibrate".into(), "--out".into(), dir.to_string_lossy().into()],
-        vec!["calibrate".into(), "--out".into(), dir.join("x.ron").to_string_lossy().into(), "--model".into(), "models/configs/nope.ron".into()],
+        vec![
+            "calibrate".into(),
+            "--out".into(),
+            dir.join("x.ron").to_string_lossy().into(),
+            "--model".into(),
+            "models/configs/nope.ron".into(),
+        ],
     ];
     for args in cases {
         let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();

@@ -96,7 +96,11 @@ fn every_record_is_predicted_within_target() {
         let why = KNOWN_STEP_MISSES.iter().find(|(f, _)| *f == c.file).map(|(_, w)| *w).unwrap_or_default();
         eprintln!("known step-time miss ({why}):\n{}", c.explain());
         assert!(c.error.is_none() && c.over_budget.is_none() && c.peak_error().abs() <= PEAK_TOLERANCE, "{}", c.explain());
-        assert!(c.step_checked() && c.step_error().abs() > STEP_TOLERANCE, "{} is now within target: take it off KNOWN_STEP_MISSES", c.file);
+        assert!(
+            c.step_checked() && c.step_error().abs() > STEP_TOLERANCE,
+            "{} is now within target: take it off KNOWN_STEP_MISSES",
+            c.file
+        );
     }
     let failing: Vec<&Case> = cases.iter().filter(|c| !c.passes() && !known(c)).collect();
     let checked_steps = cases.iter().filter(|c| c.step_checked()).count();
@@ -136,22 +140,35 @@ fn every_recorded_device_peak_fits_the_planners_allowance() {
         let hw = hardware(&r).unwrap_or_else(|e| panic!("{file}: {e}"));
         // The pinned host memory the schedule needs, whose mapping takes device memory.
         let pinned = match r.budget_bytes {
-            Some(b) => planner::replan_record(&Program::build(&r.config), &hw, Bytes(b), &r.decisions).map(|p| p.schedule.prediction.pinned_host).unwrap_or_else(|e| panic!("{file}: {e}")),
+            Some(b) => planner::replan_record(&Program::build(&r.config), &hw, Bytes(b), &r.decisions)
+                .map(|p| p.schedule.prediction.pinned_host)
+                .unwrap_or_else(|e| panic!("{file}: {e}")),
             None => Bytes::ZERO,
         };
         let allowed = hw.device_bytes(Bytes::ZERO, pinned) + hw.pool_slack;
         let outside = r.measured.device_bytes.saturating_sub(r.measured.reserved_bytes);
         if outside > allowed.0 {
-            wrong.push(format!("{file}: {} outside the pool, above the fixed overhead, the mapping of {pinned} pinned and the slack: {allowed}", Bytes(outside)));
+            wrong.push(format!(
+                "{file}: {} outside the pool, above the fixed overhead, the mapping of {pinned} pinned and the slack: {allowed}",
+                Bytes(outside)
+            ));
         }
         let Some(budget) = r.budget_bytes else { continue };
         if r.used_arena() {
             arena_runs += 1;
             if r.measured.device_bytes > budget {
-                wrong.push(format!("{file}: an arena run used {} on the device, above its budget {}", Bytes(r.measured.device_bytes), Bytes(budget)));
+                wrong.push(format!(
+                    "{file}: an arena run used {} on the device, above its budget {}",
+                    Bytes(r.measured.device_bytes),
+                    Bytes(budget)
+                ));
             }
         } else if r.measured.device_bytes > budget {
-            pool_over.push(format!("{file}: {} over (the pool reserved {} beyond what it handed out)", Bytes(r.measured.device_bytes - budget), Bytes(r.measured.reserved_bytes - r.measured.allocated_bytes)));
+            pool_over.push(format!(
+                "{file}: {} over (the pool reserved {} beyond what it handed out)",
+                Bytes(r.measured.device_bytes - budget),
+                Bytes(r.measured.reserved_bytes - r.measured.allocated_bytes)
+            ));
         }
     }
     eprintln!("{arena_runs} arena runs held to their budget; {} pool runs over theirs:\n{}", pool_over.len(), pool_over.join("\n"));
@@ -213,8 +230,18 @@ fn live_records_on_the_gpu() {
             Err(e) => panic!("{file}: {e}"),
             Ok(run) => {
                 let err = reports::calibration::rel(predicted as f64, run.pool_used_high as f64);
-                eprintln!("{file} live: pool peak {} predicted {predicted} ({:+.2}%), device {}", run.pool_used_high, 100.0 * err, run.device_used_high);
-                assert!(err.abs() <= PEAK_TOLERANCE, "{file} live: predicted pool peak {predicted} vs measured {} ({:+.2}%)", run.pool_used_high, 100.0 * err);
+                eprintln!(
+                    "{file} live: pool peak {} predicted {predicted} ({:+.2}%), device {}",
+                    run.pool_used_high,
+                    100.0 * err,
+                    run.device_used_high
+                );
+                assert!(
+                    err.abs() <= PEAK_TOLERANCE,
+                    "{file} live: predicted pool peak {predicted} vs measured {} ({:+.2}%)",
+                    run.pool_used_high,
+                    100.0 * err
+                );
                 // The device peak is not held here: the runs share one process, whose pool keeps
                 // what earlier runs reserved (run 5 saw 5.7 GB for a 1.7 GB budget after
                 // all-on-GPU runs). Each recorded run is a process of its own, and

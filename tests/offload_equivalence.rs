@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 /// Strategies whose ops run the same kernels on the same data as the all-on-GPU step: copies
 /// and recomputation reproduce every byte, so the losses are bitwise equal.
-const SAME_KERNELS: &[&str] = &["offload-all", "stream-weights", "stream-output", "recompute-all", "streamed-optimizer", "offload-first=3,recompute-all"];
+const SAME_KERNELS: &[&str] =
+    &["offload-all", "stream-weights", "stream-output", "recompute-all", "streamed-optimizer", "offload-first=3,recompute-all"];
 
 /// Strategies with work on the host. The CPU embedding's gather and scatter are exact, but host
 /// AdamW, while doing adamw.cu's fp32 operations in the same order, is not bitwise the GPU's:
@@ -68,12 +69,19 @@ fn baseline(program: &Program) -> Option<Vec<f64>> {
 /// The losses of `schedule` run with `allocator`; its pool peak held to the prediction (the
 /// arena, or the live peak).
 fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Allocator) -> Vec<f64> {
-    let r = executor::run_schedule(program, schedule, &opts(), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
+    let r =
+        executor::run_schedule(program, schedule, &opts(), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
     let predicted = match allocator {
         Allocator::Arena => schedule.prediction.tensor_bytes().0,
         Allocator::Pool => schedule.prediction.peak_allocated.0,
     };
-    assert!(r.run.pool_used_high <= predicted, "{} ({}): pool peak {} above the predicted {predicted}", schedule.strategy, allocator.label(), r.run.pool_used_high);
+    assert!(
+        r.run.pool_used_high <= predicted,
+        "{} ({}): pool peak {} above the predicted {predicted}",
+        schedule.strategy,
+        allocator.label(),
+        r.run.pool_used_high
+    );
     r.run.steps.iter().map(|s| s.loss).collect()
 }
 

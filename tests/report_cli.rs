@@ -87,7 +87,8 @@ fn report_writes_the_table_and_charts_for_every_record() {
     // Worst first: where no record is held to step time (all v1 today), the order is by the
     // magnitude of the pool error (8th column), non-increasing.
     if rows.iter().all(|r| r.contains("(median, unchecked)")) {
-        let errs: Vec<f64> = rows.iter().map(|r| r.split('|').nth(8).unwrap().trim().trim_end_matches('%').parse::<f64>().unwrap().abs()).collect();
+        let errs: Vec<f64> =
+            rows.iter().map(|r| r.split('|').nth(8).unwrap().trim().trim_end_matches('%').parse::<f64>().unwrap().abs()).collect();
         assert!(errs.windows(2).all(|w| w[0] >= w[1] - 1e-9), "{errs:?}");
     }
     for chart in ["peak.svg", "step.svg"] {

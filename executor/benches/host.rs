@@ -75,15 +75,11 @@ fn embedding(c: &mut Criterion) {
     let mut group = c.benchmark_group("host_embedding_gpt2_124m_B8_T1024");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Bytes(op_bytes));
-    group.bench_function("forward_gather", |bch| {
-        bch.iter(|| embedding_forward(&mut out, &tokens, &wte, 0, vp, &wpe, t, ch).unwrap())
-    });
+    group.bench_function("forward_gather", |bch| bch.iter(|| embedding_forward(&mut out, &tokens, &wte, 0, vp, &wpe, t, ch).unwrap()));
     group.bench_function("backward_wte_scatter_add", |bch| {
         bch.iter(|| embedding_backward_wte(&mut dwte, &dout, &tokens, 0, vp, ch, &mut scratch).unwrap())
     });
-    group.bench_function("backward_wpe", |bch| {
-        bch.iter(|| embedding_backward_wpe(&mut dwpe, &dout, b, t, ch, max_seq).unwrap())
-    });
+    group.bench_function("backward_wpe", |bch| bch.iter(|| embedding_backward_wpe(&mut dwpe, &dout, b, t, ch, max_seq).unwrap()));
     group.finish();
 }
 

@@ -44,7 +44,10 @@ impl ExportWriter {
         };
         let elems: u64 = shape.iter().product();
         if elems * size != bytes.len() as u64 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: {} bytes for shape {shape:?} of {dtype}", bytes.len())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name}: {} bytes for shape {shape:?} of {dtype}", bytes.len()),
+            ));
         }
         let file = format!("{}.bin", name.replace('/', "_"));
         models::io::write_atomic(&self.dir.join(&file), bytes)?;

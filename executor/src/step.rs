@@ -97,7 +97,12 @@ impl<'p> Step<'p> {
 
     /// As [`Step::new`], but the persistent tensors in `host_resident` get no device memory
     /// (a schedule brings them in when it needs them).
-    pub fn with_host_resident(gpu: &Gpu, program: &'p Program, adamw: AdamW, host_resident: &[TensorId]) -> std::result::Result<Step<'p>, crate::ExecError> {
+    pub fn with_host_resident(
+        gpu: &Gpu,
+        program: &'p Program,
+        adamw: AdamW,
+        host_resident: &[TensorId],
+    ) -> std::result::Result<Step<'p>, crate::ExecError> {
         Step::with_allocator(gpu, program, adamw, host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0))
     }
 
@@ -113,14 +118,21 @@ impl<'p> Step<'p> {
         let d = cfg.hidden / cfg.heads;
         let vc = cfg.padded_vocab / cfg.output_chunks;
         if !cfg.hidden.is_multiple_of(8) || !vc.is_multiple_of(8) {
-            return Err(crate::ExecError::Unsupported(format!("the kernels need C % 8 == 0 and Vp/k % 8 == 0 (C {}, Vp/k {vc})", cfg.hidden)));
+            return Err(crate::ExecError::Unsupported(format!(
+                "the kernels need C % 8 == 0 and Vp/k % 8 == 0 (C {}, Vp/k {vc})",
+                cfg.hidden
+            )));
         }
         match cfg.attention {
             Attention::Fused if ![32, 64, 80, 96, 128].contains(&d) => {
-                return Err(crate::ExecError::Unsupported(format!("fused attention has kernels for head sizes 32, 64, 80, 96, 128; this config has {d}")))
+                return Err(crate::ExecError::Unsupported(format!(
+                    "fused attention has kernels for head sizes 32, 64, 80, 96, 128; this config has {d}"
+                )))
             }
             Attention::Materialized if d > 256 => {
-                return Err(crate::ExecError::Unsupported(format!("materialised attention supports head sizes up to 256; this config has {d}")))
+                return Err(crate::ExecError::Unsupported(format!(
+                    "materialised attention supports head sizes up to 256; this config has {d}"
+                )))
             }
             _ => {}
         }
@@ -143,7 +155,8 @@ impl<'p> Step<'p> {
         let inv = &program.inventory;
         let mut bufs: Vec<Option<DeviceBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
         for class in [TensorClass::Weights, TensorClass::OptimizerState, TensorClass::Io, TensorClass::Workspace] {
-            let ts: Vec<&models::Tensor> = inv.tensors.iter().filter(|t| t.persistent && t.class == class && !host_resident.contains(&t.id)).collect();
+            let ts: Vec<&models::Tensor> =
+                inv.tensors.iter().filter(|t| t.persistent && t.class == class && !host_resident.contains(&t.id)).collect();
             let bytes: u64 = ts.iter().map(|t| t.bytes.0).sum();
             println!("allocating {:>8.1} MiB for {:?} ({} tensors)", bytes as f64 / (1u64 << 20) as f64, class, ts.len());
             for t in ts {
@@ -151,7 +164,10 @@ impl<'p> Step<'p> {
             }
         }
         if let Some(t) = inv.tensors.iter().find(|t| t.persistent && bufs[t.id.index()].is_none() && !host_resident.contains(&t.id)) {
-            return Err(crate::ExecError::Unsupported(format!("persistent tensor {} of class {:?} has no start-up allocation", t.name, t.class)));
+            return Err(crate::ExecError::Unsupported(format!(
+                "persistent tensor {} of class {:?} has no start-up allocation",
+                t.name, t.class
+            )));
         }
         let ws = bufs[inv.io.workspace.index()].as_ref().expect("workspace allocated above");
         let lt = Lt::new(ws)?;
@@ -160,7 +176,9 @@ impl<'p> Step<'p> {
 
     /// The device buffer of a live tensor.
     pub fn buffer(&self, t: TensorId) -> Result<&DeviceBuffer> {
-        self.bufs[t.index()].as_ref().ok_or_else(|| GpuError::Invalid(format!("tensor {} is not on the GPU", self.program.inventory.tensor(t).name)))
+        self.bufs[t.index()]
+            .as_ref()
+            .ok_or_else(|| GpuError::Invalid(format!("tensor {} is not on the GPU", self.program.inventory.tensor(t).name)))
     }
 
     /// Takes device memory for `t`, ordered on `stream`.
@@ -208,11 +226,8 @@ impl<'p> Step<'p> {
     /// Device pointer of a named view of a parameter tensor (element offset times the dtype size).
     fn view(&self, t: TensorId, name: &str) -> Result<u64> {
         let tensor = self.program.inventory.tensor(t);
-        let v = tensor
-            .views
-            .iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| GpuError::Invalid(format!("{} has no view {name}", tensor.name)))?;
+        let v =
+            tensor.views.iter().find(|v| v.name == name).ok_or_else(|| GpuError::Invalid(format!("{} has no view {name}", tensor.name)))?;
         Ok(self.ptr(t)? + v.offset * tensor.dtype.size())
     }
 
@@ -269,7 +284,11 @@ impl<'p> Step<'p> {
             }
             for t in &op.frees {
                 if self.bufs[t.index()].take().is_none() {
-                    return Err(GpuError::Invalid(format!("{}: frees {} which is not allocated", op.name, program.inventory.tensor(*t).name)));
+                    return Err(GpuError::Invalid(format!(
+                        "{}: frees {} which is not allocated",
+                        op.name,
+                        program.inventory.tensor(*t).name
+                    )));
                 }
             }
         }
@@ -282,10 +301,36 @@ impl<'p> Step<'p> {
 
     /// out (rows, o) = inp (rows, i) W^T (W: (o, i) row-major) [+ bias] [+ residual].
     #[allow(clippy::too_many_arguments)]
-    fn linear(&self, gpu: &Gpu, out: u64, inp: u64, w: u64, bias: Option<u64>, residual: Option<u64>, rows: u64, i: u64, o: u64) -> Result<()> {
+    fn linear(
+        &self,
+        gpu: &Gpu,
+        out: u64,
+        inp: u64,
+        w: u64,
+        bias: Option<u64>,
+        residual: Option<u64>,
+        rows: u64,
+        i: u64,
+        o: u64,
+    ) -> Result<()> {
         self.lt.matmul(
             &gpu.compute,
-            &Gemm { m: o, n: rows, k: i, trans_a: true, trans_b: false, a: w, lda: i as i64, b: inp, ldb: i as i64, c: residual, d: out, ldd: o as i64, out: MatType::Bf16, bias },
+            &Gemm {
+                m: o,
+                n: rows,
+                k: i,
+                trans_a: true,
+                trans_b: false,
+                a: w,
+                lda: i as i64,
+                b: inp,
+                ldb: i as i64,
+                c: residual,
+                d: out,
+                ldd: o as i64,
+                out: MatType::Bf16,
+                bias,
+            },
         )
     }
 
@@ -294,7 +339,22 @@ impl<'p> Step<'p> {
     fn matmul_dx(&self, gpu: &Gpu, dx: u64, dy: u64, w: u64, rows: u64, i: u64, o: u64, out: MatType, accumulate: bool) -> Result<()> {
         self.lt.matmul(
             &gpu.compute,
-            &Gemm { m: i, n: rows, k: o, trans_a: false, trans_b: false, a: w, lda: i as i64, b: dy, ldb: o as i64, c: accumulate.then_some(dx), d: dx, ldd: i as i64, out, bias: None },
+            &Gemm {
+                m: i,
+                n: rows,
+                k: o,
+                trans_a: false,
+                trans_b: false,
+                a: w,
+                lda: i as i64,
+                b: dy,
+                ldb: o as i64,
+                c: accumulate.then_some(dx),
+                d: dx,
+                ldd: i as i64,
+                out,
+                bias: None,
+            },
         )
     }
 
@@ -303,14 +363,43 @@ impl<'p> Step<'p> {
     fn matmul_dw(&self, gpu: &Gpu, dw: u64, dy: u64, x: u64, rows: u64, i: u64, o: u64) -> Result<()> {
         self.lt.matmul(
             &gpu.compute,
-            &Gemm { m: i, n: o, k: rows, trans_a: false, trans_b: true, a: x, lda: i as i64, b: dy, ldb: o as i64, c: None, d: dw, ldd: i as i64, out: MatType::Bf16, bias: None },
+            &Gemm {
+                m: i,
+                n: o,
+                k: rows,
+                trans_a: false,
+                trans_b: true,
+                a: x,
+                lda: i as i64,
+                b: dy,
+                ldb: o as i64,
+                c: None,
+                d: dw,
+                ldd: i as i64,
+                out: MatType::Bf16,
+                bias: None,
+            },
         )
     }
 
     fn colsum(&self, gpu: &Gpu, out: u64, x: u64, rows: u64, n: u64) -> Result<()> {
         let ws = self.ptr(self.program.inventory.io.workspace)?;
-        self.launch(gpu, "colsum_partial", (cdiv(n, 64), SPLITS as u32, 1), 256, 0, &[Arg::P(ws), Arg::P(x), Arg::I(rows as i32), Arg::I(n as i32)])?;
-        self.launch(gpu, "colsum_reduce", (cdiv(n, 256), 1, 1), 256, 0, &[Arg::P(out), Arg::P(ws), Arg::I(SPLITS), Arg::I(n as i32), Arg::I(0)])
+        self.launch(
+            gpu,
+            "colsum_partial",
+            (cdiv(n, 64), SPLITS as u32, 1),
+            256,
+            0,
+            &[Arg::P(ws), Arg::P(x), Arg::I(rows as i32), Arg::I(n as i32)],
+        )?;
+        self.launch(
+            gpu,
+            "colsum_reduce",
+            (cdiv(n, 256), 1, 1),
+            256,
+            0,
+            &[Arg::P(out), Arg::P(ws), Arg::I(SPLITS), Arg::I(n as i32), Arg::I(0)],
+        )
     }
 
     fn layernorm_fwd(&self, gpu: &Gpu, out: TensorId, stats: TensorId, x: TensorId, w: u64, b: u64) -> Result<()> {
@@ -323,13 +412,34 @@ impl<'p> Step<'p> {
             (cdiv(n, 8), 1, 1),
             256,
             0,
-            &[Arg::P(self.ptr(out)?), Arg::P(s), Arg::P(s + 4 * n), Arg::P(self.ptr(x)?), Arg::P(w), Arg::P(b), Arg::I(n as i32), Arg::I(c.hidden as i32)],
+            &[
+                Arg::P(self.ptr(out)?),
+                Arg::P(s),
+                Arg::P(s + 4 * n),
+                Arg::P(self.ptr(x)?),
+                Arg::P(w),
+                Arg::P(b),
+                Arg::I(n as i32),
+                Arg::I(c.hidden as i32),
+            ],
         )
     }
 
     /// dres (+)= LN backward dx; dw, db = the weight and bias gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_bwd(&self, gpu: &Gpu, dx: u64, dy: u64, f32dy: bool, x: TensorId, stats: TensorId, w: u64, dw: u64, db: u64, accumulate: bool) -> Result<()> {
+    fn layernorm_bwd(
+        &self,
+        gpu: &Gpu,
+        dx: u64,
+        dy: u64,
+        f32dy: bool,
+        x: TensorId,
+        stats: TensorId,
+        w: u64,
+        dw: u64,
+        db: u64,
+        accumulate: bool,
+    ) -> Result<()> {
         let c = &self.program.config;
         let (n, ch) = (c.tokens(), c.hidden as u64);
         let s = self.ptr(stats)?;
@@ -342,7 +452,17 @@ impl<'p> Step<'p> {
             (cdiv(n, 8), 1, 1),
             256,
             0,
-            &[Arg::P(dx), Arg::P(dy), Arg::P(x), Arg::P(s), Arg::P(s + 4 * n), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32), Arg::I(accumulate as i32)],
+            &[
+                Arg::P(dx),
+                Arg::P(dy),
+                Arg::P(x),
+                Arg::P(s),
+                Arg::P(s + 4 * n),
+                Arg::P(w),
+                Arg::I(n as i32),
+                Arg::I(ch as i32),
+                Arg::I(accumulate as i32),
+            ],
         )?;
         self.launch(
             gpu,
@@ -352,7 +472,14 @@ impl<'p> Step<'p> {
             0,
             &[Arg::P(ws), Arg::P(dy), Arg::P(x), Arg::P(s), Arg::P(s + 4 * n), Arg::I(n as i32), Arg::I(ch as i32)],
         )?;
-        self.launch(gpu, "layernorm_backward_dwdb_reduce", (cdiv(ch, 256), 1, 1), 256, 0, &[Arg::P(dw), Arg::P(db), Arg::P(ws), Arg::I(SPLITS), Arg::I(ch as i32)])
+        self.launch(
+            gpu,
+            "layernorm_backward_dwdb_reduce",
+            (cdiv(ch, 256), 1, 1),
+            256,
+            0,
+            &[Arg::P(dw), Arg::P(db), Arg::P(ws), Arg::I(SPLITS), Arg::I(ch as i32)],
+        )
     }
 
     fn adam(&self, gpu: &Gpu, owner: Owner, step: u32) -> Result<()> {
@@ -417,11 +544,25 @@ impl<'p> Step<'p> {
                 if tied {
                     for i in 0..k {
                         let w = self.ptr(inv.chunks[i as usize].weights)?;
-                        self.launch(gpu, "embedding_forward", grid, 256, 0, &[p(out), p(tokens), p(w), i32_(i * vc), i32_(vc), p(wpe), i32_(n), i32_(t), i32_(c)])?;
+                        self.launch(
+                            gpu,
+                            "embedding_forward",
+                            grid,
+                            256,
+                            0,
+                            &[p(out), p(tokens), p(w), i32_(i * vc), i32_(vc), p(wpe), i32_(n), i32_(t), i32_(c)],
+                        )?;
                     }
                 } else {
                     let wte = self.view(e, "wte")?;
-                    self.launch(gpu, "embedding_forward", grid, 256, 0, &[p(out), p(tokens), p(wte), i32_(0), i32_(cfg.padded_vocab as u64), p(wpe), i32_(n), i32_(t), i32_(c)])?;
+                    self.launch(
+                        gpu,
+                        "embedding_forward",
+                        grid,
+                        256,
+                        0,
+                        &[p(out), p(tokens), p(wte), i32_(0), i32_(cfg.padded_vocab as u64), p(wpe), i32_(n), i32_(t), i32_(c)],
+                    )?;
                 }
             }
             Ln1(l) => {
@@ -461,7 +602,17 @@ impl<'p> Step<'p> {
             }
             AttnProj(l) => {
                 let a = inv.acts[l as usize];
-                self.linear(gpu, self.ptr(a.x_mid)?, self.ptr(a.atty)?, lw(l, "attproj_w")?, Some(lw(l, "attproj_b")?), Some(self.ptr(a.x_in)?), n, c, c)?;
+                self.linear(
+                    gpu,
+                    self.ptr(a.x_mid)?,
+                    self.ptr(a.atty)?,
+                    lw(l, "attproj_w")?,
+                    Some(lw(l, "attproj_b")?),
+                    Some(self.ptr(a.x_in)?),
+                    n,
+                    c,
+                    c,
+                )?;
             }
             Ln2(l) => {
                 let a = inv.acts[l as usize];
@@ -474,12 +625,29 @@ impl<'p> Step<'p> {
             Gelu(l) => {
                 let a = inv.acts[l as usize];
                 let cnt = n * 4 * c;
-                self.launch(gpu, "gelu_forward", (cdiv(cnt / 8, 256), 1, 1), 256, 0, &[p(self.ptr(a.fch_gelu)?), p(self.ptr(a.fch)?), Arg::L(cnt as i64)])?;
+                self.launch(
+                    gpu,
+                    "gelu_forward",
+                    (cdiv(cnt / 8, 256), 1, 1),
+                    256,
+                    0,
+                    &[p(self.ptr(a.fch_gelu)?), p(self.ptr(a.fch)?), Arg::L(cnt as i64)],
+                )?;
             }
             FcProj(l) => {
                 let a = inv.acts[l as usize];
                 let next = inv.acts.get(l as usize + 1).map(|x| x.x_in).unwrap_or(h.x_out);
-                self.linear(gpu, self.ptr(next)?, self.ptr(a.fch_gelu)?, lw(l, "fcproj_w")?, Some(lw(l, "fcproj_b")?), Some(self.ptr(a.x_mid)?), n, 4 * c, c)?;
+                self.linear(
+                    gpu,
+                    self.ptr(next)?,
+                    self.ptr(a.fch_gelu)?,
+                    lw(l, "fcproj_w")?,
+                    Some(lw(l, "fcproj_b")?),
+                    Some(self.ptr(a.x_mid)?),
+                    n,
+                    4 * c,
+                    c,
+                )?;
             }
             LnF => {
                 let f = inv.final_norm.weights;
@@ -495,7 +663,16 @@ impl<'p> Step<'p> {
                     (n as u32, 1, 1),
                     256,
                     0,
-                    &[p(self.ptr(h.ce_stats)?), p(logits), p(self.ptr(io.targets)?), i32_(n), i32_(vc), i32_(i as u64 * vc), Arg::I(v), Arg::I((i == 0) as i32)],
+                    &[
+                        p(self.ptr(h.ce_stats)?),
+                        p(logits),
+                        p(self.ptr(io.targets)?),
+                        i32_(n),
+                        i32_(vc),
+                        i32_(i as u64 * vc),
+                        Arg::I(v),
+                        Arg::I((i == 0) as i32),
+                    ],
                 )?;
             }
             Loss => {
@@ -508,7 +685,16 @@ impl<'p> Step<'p> {
                         (n as u32, 1, 1),
                         256,
                         0,
-                        &[p(self.ptr(h.logits[0])?), p(stats), p(self.ptr(io.targets)?), i32_(n), i32_(vc), Arg::I(0), Arg::I(v), Arg::F(1.0 / n as f32)],
+                        &[
+                            p(self.ptr(h.logits[0])?),
+                            p(stats),
+                            p(self.ptr(io.targets)?),
+                            i32_(n),
+                            i32_(vc),
+                            Arg::I(0),
+                            Arg::I(v),
+                            Arg::F(1.0 / n as f32),
+                        ],
                     )?;
                 }
             }
@@ -524,7 +710,16 @@ impl<'p> Step<'p> {
                         (n as u32, 1, 1),
                         256,
                         0,
-                        &[p(logits), p(self.ptr(h.ce_stats)?), p(self.ptr(io.targets)?), i32_(n), i32_(vc), i32_(i as u64 * vc), Arg::I(v), Arg::F(1.0 / n as f32)],
+                        &[
+                            p(logits),
+                            p(self.ptr(h.ce_stats)?),
+                            p(self.ptr(io.targets)?),
+                            i32_(n),
+                            i32_(vc),
+                            i32_(i as u64 * vc),
+                            Arg::I(v),
+                            Arg::F(1.0 / n as f32),
+                        ],
                     )?;
                 }
                 // dlnf (fp32) = or += dlogits W; the last chunk (first in backward) starts it.
@@ -536,7 +731,18 @@ impl<'p> Step<'p> {
             }
             LnFBwd => {
                 let (f, g) = (inv.final_norm.weights, inv.final_norm.grads);
-                self.layernorm_bwd(gpu, self.ptr(h.dres)?, self.ptr(h.dlnf)?, true, h.x_out, h.lnf_stats, self.view(f, "lnf_w")?, self.view(g, "lnf_w")?, self.view(g, "lnf_b")?, false)?;
+                self.layernorm_bwd(
+                    gpu,
+                    self.ptr(h.dres)?,
+                    self.ptr(h.dlnf)?,
+                    true,
+                    h.x_out,
+                    h.lnf_stats,
+                    self.view(f, "lnf_w")?,
+                    self.view(g, "lnf_w")?,
+                    self.view(g, "lnf_b")?,
+                    false,
+                )?;
             }
             FcProjBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
@@ -548,7 +754,14 @@ impl<'p> Step<'p> {
             GeluBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
                 let cnt = n * 4 * c;
-                self.launch(gpu, "gelu_backward", (cdiv(cnt / 8, 256), 1, 1), 256, 0, &[p(self.ptr(s.dfch)?), p(self.ptr(a.fch)?), Arg::L(cnt as i64)])?;
+                self.launch(
+                    gpu,
+                    "gelu_backward",
+                    (cdiv(cnt / 8, 256), 1, 1),
+                    256,
+                    0,
+                    &[p(self.ptr(s.dfch)?), p(self.ptr(a.fch)?), Arg::L(cnt as i64)],
+                )?;
             }
             FcBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
@@ -559,7 +772,18 @@ impl<'p> Step<'p> {
             }
             Ln2Bwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                self.layernorm_bwd(gpu, self.ptr(h.dres)?, self.ptr(s.dln2)?, false, a.x_mid, a.ln2_stats, lw(l, "ln2_w")?, lg(l, "ln2_w")?, lg(l, "ln2_b")?, true)?;
+                self.layernorm_bwd(
+                    gpu,
+                    self.ptr(h.dres)?,
+                    self.ptr(s.dln2)?,
+                    false,
+                    a.x_mid,
+                    a.ln2_stats,
+                    lw(l, "ln2_w")?,
+                    lg(l, "ln2_w")?,
+                    lg(l, "ln2_b")?,
+                    true,
+                )?;
             }
             AttnProjBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
@@ -570,10 +794,18 @@ impl<'p> Step<'p> {
             }
             AttnBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let (datty, qkv, att, atty, dqkv, datt) = (self.ptr(s.datty)?, self.ptr(a.qkv)?, self.ptr(a.att)?, self.ptr(a.atty)?, self.ptr(s.dqkv)?, self.ptr(s.datt)?);
+                let (datty, qkv, att, atty, dqkv, datt) =
+                    (self.ptr(s.datty)?, self.ptr(a.qkv)?, self.ptr(a.att)?, self.ptr(a.atty)?, self.ptr(s.dqkv)?, self.ptr(s.datt)?);
                 match cfg.attention {
                     Attention::Fused => {
-                        self.launch(gpu, "attention_backward_delta", (cdiv(b * nh * t, 8), 1, 1), 256, 0, &[p(datt), p(datty), p(atty), i32_(b), i32_(t), i32_(nh), i32_(d)])?;
+                        self.launch(
+                            gpu,
+                            "attention_backward_delta",
+                            (cdiv(b * nh * t, 8), 1, 1),
+                            256,
+                            0,
+                            &[p(datt), p(datty), p(atty), i32_(b), i32_(t), i32_(nh), i32_(d)],
+                        )?;
                         self.launch(
                             gpu,
                             &format!("flash_attention_backward_d{d}"),
@@ -600,7 +832,18 @@ impl<'p> Step<'p> {
             }
             Ln1Bwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                self.layernorm_bwd(gpu, self.ptr(h.dres)?, self.ptr(s.dln1)?, false, a.x_in, a.ln1_stats, lw(l, "ln1_w")?, lg(l, "ln1_w")?, lg(l, "ln1_b")?, true)?;
+                self.layernorm_bwd(
+                    gpu,
+                    self.ptr(h.dres)?,
+                    self.ptr(s.dln1)?,
+                    false,
+                    a.x_in,
+                    a.ln1_stats,
+                    lw(l, "ln1_w")?,
+                    lg(l, "ln1_w")?,
+                    lg(l, "ln1_b")?,
+                    true,
+                )?;
             }
             EmbedBwd => {
                 let g = inv.embedding.grads;
@@ -618,13 +861,27 @@ impl<'p> Step<'p> {
                 if tied {
                     for i in 0..k {
                         let cg = self.ptr(inv.chunks[i as usize].grads)?;
-                        self.launch(gpu, "embedding_backward_wte", (n as u32, 1, 1), block, 0, &[p(cg), p(dres), p(tokens), i32_(i * vc), i32_(vc), i32_(n), i32_(c)])?;
+                        self.launch(
+                            gpu,
+                            "embedding_backward_wte",
+                            (n as u32, 1, 1),
+                            block,
+                            0,
+                            &[p(cg), p(dres), p(tokens), i32_(i * vc), i32_(vc), i32_(n), i32_(c)],
+                        )?;
                     }
                 } else {
                     let wte = self.view(g, "wte")?;
                     let cnt = cfg.padded_vocab as u64 * c;
                     self.launch(gpu, "fill_bf16", (cdiv(cnt, 256), 1, 1), 256, 0, &[p(wte), Arg::L(cnt as i64), Arg::F(0.0)])?;
-                    self.launch(gpu, "embedding_backward_wte", (n as u32, 1, 1), block, 0, &[p(wte), p(dres), p(tokens), Arg::I(0), i32_(cfg.padded_vocab as u64), i32_(n), i32_(c)])?;
+                    self.launch(
+                        gpu,
+                        "embedding_backward_wte",
+                        (n as u32, 1, 1),
+                        block,
+                        0,
+                        &[p(wte), p(dres), p(tokens), Arg::I(0), i32_(cfg.padded_vocab as u64), i32_(n), i32_(c)],
+                    )?;
                 }
             }
             Adam(o) => self.adam(gpu, o, step)?,

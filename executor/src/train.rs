@@ -84,7 +84,12 @@ mod imp {
     use crate::init::init_params;
     use crate::step::{Capture, Step};
 
-    pub fn run(program: &Program, opts: &RunOptions, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+    pub fn run(
+        program: &Program,
+        opts: &RunOptions,
+        mut batches: Batches,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<RunResult, ExecError> {
         let cfg = &program.config;
         let inv = &program.inventory;
         let gpu = Gpu::new().map_err(ExecError::opening)?;
@@ -92,7 +97,11 @@ mod imp {
         let driver = gpu.driver_version()?;
         let (free0, total) = gpu.mem_info()?;
         let device_used_at_start = total - free0;
-        println!("device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use before allocating", total as f64 / (1u64 << 30) as f64, device_used_at_start as f64 / (1u64 << 20) as f64);
+        println!(
+            "device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use before allocating",
+            total as f64 / (1u64 << 30) as f64,
+            device_used_at_start as f64 / (1u64 << 20) as f64
+        );
         gpu.reset_pool_highs()?;
 
         let mut step = Step::new(&gpu, program, opts.adamw)?;

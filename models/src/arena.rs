@@ -71,7 +71,11 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
     for (i, a) in schedule.actions.iter().enumerate() {
         match *a {
             Action::Alloc(t, lane) | Action::Free(t, lane) if lane != Lane::Compute => {
-                return Err(format!("action {i} orders {} on the {} lane; an arena plan needs every allocation on the compute lane", inv.tensor(t).name, lane.label()));
+                return Err(format!(
+                    "action {i} orders {} on the {} lane; an arena plan needs every allocation on the compute lane",
+                    inv.tensor(t).name,
+                    lane.label()
+                ));
             }
             Action::Alloc(t, _) => {
                 if open[t.index()].is_some() {
@@ -80,7 +84,10 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
                 open[t.index()] = Some(i);
             }
             Action::Free(t, _) if resident[t.index()] => {
-                return Err(format!("action {i} frees {}, which is on the GPU when the step starts: an arena cannot move it between steps", inv.tensor(t).name));
+                return Err(format!(
+                    "action {i} frees {}, which is on the GPU when the step starts: an arena cannot move it between steps",
+                    inv.tensor(t).name
+                ));
             }
             Action::Free(t, _) => match open[t.index()].take() {
                 Some(s) => intervals.push((t, s, i)),
@@ -115,7 +122,8 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
     for k in order {
         let (tensor, start, end) = intervals[k];
         let bytes = round(inv.tensor(tensor).bytes.0);
-        let mut taken: Vec<(u64, u64)> = placed.iter().filter(|p| p.start <= end && start <= p.end).map(|p| (p.offset, p.offset + p.bytes)).collect();
+        let mut taken: Vec<(u64, u64)> =
+            placed.iter().filter(|p| p.start <= end && start <= p.end).map(|p| (p.offset, p.offset + p.bytes)).collect();
         taken.sort_unstable();
         let mut offset = 0u64;
         for (a, b) in taken {

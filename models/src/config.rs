@@ -92,8 +92,7 @@ pub struct GptConfig {
 impl GptConfig {
     /// Loads and validates a config file; errors name the file, the line and what to fix.
     pub fn load(path: &Path) -> Result<GptConfig, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
         Self::parse(&text, path)
     }
 
@@ -138,20 +137,11 @@ impl GptConfig {
         if self.padded_vocab < self.vocab {
             return Err((
                 "padded_vocab",
-                format!(
-                    "padded_vocab {} is below vocab {}: padding may only add rows",
-                    self.padded_vocab, self.vocab
-                ),
+                format!("padded_vocab {} is below vocab {}: padding may only add rows", self.padded_vocab, self.vocab),
             ));
         }
         if self.seq > self.max_seq {
-            return Err((
-                "seq",
-                format!(
-                    "seq {} exceeds max_seq {}: the position table has only max_seq rows",
-                    self.seq, self.max_seq
-                ),
-            ));
+            return Err(("seq", format!("seq {} exceeds max_seq {}: the position table has only max_seq rows", self.seq, self.max_seq)));
         }
         if self.padded_vocab % self.output_chunks != 0 {
             return Err((
@@ -163,21 +153,13 @@ impl GptConfig {
             ));
         }
         if self.precision != Precision::default() {
-            return Err((
-                "precision",
-                "only the policy (weights: Bf16, grads: Bf16, master: F32, adam: F32) is supported".into(),
-            ));
+            return Err(("precision", "only the policy (weights: Bf16, grads: Bf16, master: F32, adam: F32) is supported".into()));
         }
         Ok(())
     }
 
     /// The same config trained on another micro-batch shape or chunking; validated again.
-    pub fn with_shape(
-        &self,
-        batch: Option<u32>,
-        seq: Option<u32>,
-        output_chunks: Option<u32>,
-    ) -> Result<GptConfig, String> {
+    pub fn with_shape(&self, batch: Option<u32>, seq: Option<u32>, output_chunks: Option<u32>) -> Result<GptConfig, String> {
         let mut c = self.clone();
         if let Some(b) = batch {
             c.batch = b;

@@ -38,7 +38,9 @@ pub fn runs_on_host(kind: OpKind) -> bool {
 pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
     match op.kind {
         OpKind::Embed | OpKind::EmbedBwd => Some(op.bytes / hw.host_memory_bandwidth),
-        OpKind::Adam(owner) => Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second)),
+        OpKind::Adam(owner) => {
+            Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second))
+        }
         _ => None,
     }
 }

@@ -17,26 +17,16 @@ pub enum ModelError {
 impl ModelError {
     pub(crate) fn parse(path: &Path, e: ron::error::SpannedError) -> ModelError {
         let hint = match &e.code {
-            ron::Error::NoSuchStructField { .. } => {
-                " (remove the field or fix its spelling; see models/configs/ for examples)"
-            }
+            ron::Error::NoSuchStructField { .. } => " (remove the field or fix its spelling; see models/configs/ for examples)",
             ron::Error::MissingStructField { .. } => " (add the field; see models/configs/ for examples)",
             _ => "",
         };
-        ModelError::Parse {
-            path: path.to_path_buf(),
-            line: e.span.start.line,
-            col: e.span.start.col,
-            message: format!("{}{hint}", e.code),
-        }
+        ModelError::Parse { path: path.to_path_buf(), line: e.span.start.line, col: e.span.start.col, message: format!("{}{hint}", e.code) }
     }
 }
 
 /// The 1-based line where `field:` first appears, or 1 if it is absent.
 pub(crate) fn field_line(text: &str, field: &str) -> usize {
     let key = format!("{field}:");
-    text.lines()
-        .position(|l| l.trim_start().starts_with(&key))
-        .map(|i| i + 1)
-        .unwrap_or(1)
+    text.lines().position(|l| l.trim_start().starts_with(&key)).map(|i| i + 1).unwrap_or(1)
 }

@@ -142,8 +142,7 @@ impl HardwareProfile {
     }
 
     pub fn load(path: &Path) -> Result<HardwareProfile, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
         Self::parse(&text, path)
     }
 
@@ -175,7 +174,10 @@ impl HardwareProfile {
             }
         }
         if !(self.host_adam_call_overhead.0.is_finite() && (0.0..1.0).contains(&self.host_adam_call_overhead.0)) {
-            return Err(("host_adam_call_overhead", format!("`host_adam_call_overhead` must be in [0, 1) s, got {}", self.host_adam_call_overhead.0)));
+            return Err((
+                "host_adam_call_overhead",
+                format!("`host_adam_call_overhead` must be in [0, 1) s, got {}", self.host_adam_call_overhead.0),
+            ));
         }
         if let Some(h) = &self.host_sharing {
             for (which, sh) in [("beside_h2d", h.beside_h2d), ("beside_d2h", h.beside_d2h), ("beside_both", h.beside_both)] {
@@ -196,7 +198,10 @@ impl HardwareProfile {
             return Err(("pool_slack_fraction", format!("`pool_slack_fraction` must be in [0, 1), got {}", self.pool_slack_fraction)));
         }
         if !(self.pinned_device_fraction.is_finite() && (0.0..0.5).contains(&self.pinned_device_fraction)) {
-            return Err(("pinned_device_fraction", format!("`pinned_device_fraction` must be in [0, 0.5), got {}", self.pinned_device_fraction)));
+            return Err((
+                "pinned_device_fraction",
+                format!("`pinned_device_fraction` must be in [0, 0.5), got {}", self.pinned_device_fraction),
+            ));
         }
         if !(self.launch_overhead.0 >= 0.0) {
             return Err(("launch_overhead", "`launch_overhead` must be zero or more".into()));

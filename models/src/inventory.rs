@@ -333,11 +333,7 @@ impl Inventory {
     }
     /// Saved activation bytes of one transformer layer (input + the rest).
     pub fn layer_activation_bytes(&self, l: u32) -> Bytes {
-        [BlockKind::LayerInput(l), BlockKind::LayerActivations(l)]
-            .iter()
-            .filter_map(|k| self.find_block(*k))
-            .map(|b| b.bytes)
-            .sum()
+        [BlockKind::LayerInput(l), BlockKind::LayerActivations(l)].iter().filter_map(|k| self.find_block(*k)).map(|b| b.bytes).sum()
     }
 
     /// Builds the inventory of one training step of `cfg`.
@@ -487,8 +483,10 @@ impl<'a> Builder<'a> {
         let f32 = DType::F32;
 
         let io_kind = BlockKind::Io;
-        let tokens = self.tensor("tokens".into(), TensorClass::Io, DType::I32, vec![b, t], io_kind, true, Vec::new(), MemoryCategory::Workspace);
-        let targets = self.tensor("targets".into(), TensorClass::Io, DType::I32, vec![b, t], io_kind, true, Vec::new(), MemoryCategory::Workspace);
+        let tokens =
+            self.tensor("tokens".into(), TensorClass::Io, DType::I32, vec![b, t], io_kind, true, Vec::new(), MemoryCategory::Workspace);
+        let targets =
+            self.tensor("targets".into(), TensorClass::Io, DType::I32, vec![b, t], io_kind, true, Vec::new(), MemoryCategory::Workspace);
         let losses = self.tensor("losses".into(), TensorClass::Io, f32, vec![b, t], io_kind, true, Vec::new(), MemoryCategory::Workspace);
         let workspace = self.tensor(
             "matmul_workspace".into(),

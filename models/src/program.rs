@@ -62,9 +62,8 @@ impl OpKind {
     pub fn layer(self) -> Option<u32> {
         use OpKind::*;
         match self {
-            Ln1(l) | Qkv(l) | Attn(l) | AttnProj(l) | Ln2(l) | Fc(l) | Gelu(l) | FcProj(l)
-            | FcProjBwd(l) | GeluBwd(l) | FcBwd(l) | Ln2Bwd(l) | AttnProjBwd(l) | AttnBwd(l)
-            | QkvBwd(l) | Ln1Bwd(l) => Some(l),
+            Ln1(l) | Qkv(l) | Attn(l) | AttnProj(l) | Ln2(l) | Fc(l) | Gelu(l) | FcProj(l) | FcProjBwd(l) | GeluBwd(l) | FcBwd(l)
+            | Ln2Bwd(l) | AttnProjBwd(l) | AttnBwd(l) | QkvBwd(l) | Ln1Bwd(l) => Some(l),
             Adam(Owner::Layer(l)) => Some(l),
             _ => None,
         }
@@ -141,10 +140,7 @@ impl Program {
     /// The forward ops that rebuild layer `l`'s saved activations from its input (recomputation).
     pub fn recompute_ops(&self, l: u32) -> Vec<OpId> {
         use OpKind::*;
-        [Ln1(l), Qkv(l), Attn(l), AttnProj(l), Ln2(l), Fc(l), Gelu(l)]
-            .iter()
-            .filter_map(|k| self.find(*k).map(|o| o.id))
-            .collect()
+        [Ln1(l), Qkv(l), Attn(l), AttnProj(l), Ln2(l), Fc(l), Gelu(l)].iter().filter_map(|k| self.find(*k).map(|o| o.id)).collect()
     }
 
     pub fn total_flops(&self) -> Flops {
@@ -326,24 +322,124 @@ impl OpsBuilder<'_> {
             embed_reads.extend(&chunk_weights);
         }
         let x0 = inv.acts.first().map(|a| a.x_in).unwrap_or(h.x_out);
-        self.push(Spec { kind: Embed, phase: Forward, reads: &embed_reads, writes: &[], allocs: &[x0], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+        self.push(Spec {
+            kind: Embed,
+            phase: Forward,
+            reads: &embed_reads,
+            writes: &[],
+            allocs: &[x0],
+            frees: &[],
+            flops: 0.0,
+            work: Memory,
+            launches: 1,
+        });
         for l in 0..cfg.layers {
             let a = inv.acts[l as usize];
             let lw = w(Owner::Layer(l));
             let next = inv.acts.get(l as usize + 1).map(|n| n.x_in).unwrap_or(h.x_out);
-            self.push(Spec { kind: Ln1(l), phase: Forward, reads: &[a.x_in, lw], writes: &[], allocs: &[a.ln1, a.ln1_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
-            self.push(Spec { kind: Qkv(l), phase: Forward, reads: &[a.ln1, lw], writes: &[], allocs: &[a.qkv], frees: &[], flops: 2.0 * bt * c * 3.0 * c, work: Matmul, launches: 1 });
-            self.push(Spec { kind: Attn(l), phase: Forward, reads: &[a.qkv], writes: &[], allocs: &[a.att, a.atty], frees: &[], flops: attn_fwd, work: Attention, launches: 1 });
-            self.push(Spec { kind: AttnProj(l), phase: Forward, reads: &[a.atty, a.x_in, lw], writes: &[], allocs: &[a.x_mid], frees: &[], flops: 2.0 * bt * c * c, work: Matmul, launches: 1 });
-            self.push(Spec { kind: Ln2(l), phase: Forward, reads: &[a.x_mid, lw], writes: &[], allocs: &[a.ln2, a.ln2_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
-            self.push(Spec { kind: Fc(l), phase: Forward, reads: &[a.ln2, lw], writes: &[], allocs: &[a.fch], frees: &[], flops: 8.0 * bt * c * c, work: Matmul, launches: 1 });
-            self.push(Spec { kind: Gelu(l), phase: Forward, reads: &[a.fch], writes: &[], allocs: &[a.fch_gelu], frees: &[], flops: 0.0, work: Memory, launches: 1 });
-            self.push(Spec { kind: FcProj(l), phase: Forward, reads: &[a.fch_gelu, a.x_mid, lw], writes: &[], allocs: &[next], frees: &[], flops: 8.0 * bt * c * c, work: Matmul, launches: 1 });
+            self.push(Spec {
+                kind: Ln1(l),
+                phase: Forward,
+                reads: &[a.x_in, lw],
+                writes: &[],
+                allocs: &[a.ln1, a.ln1_stats],
+                frees: &[],
+                flops: 0.0,
+                work: Memory,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: Qkv(l),
+                phase: Forward,
+                reads: &[a.ln1, lw],
+                writes: &[],
+                allocs: &[a.qkv],
+                frees: &[],
+                flops: 2.0 * bt * c * 3.0 * c,
+                work: Matmul,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: Attn(l),
+                phase: Forward,
+                reads: &[a.qkv],
+                writes: &[],
+                allocs: &[a.att, a.atty],
+                frees: &[],
+                flops: attn_fwd,
+                work: Attention,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: AttnProj(l),
+                phase: Forward,
+                reads: &[a.atty, a.x_in, lw],
+                writes: &[],
+                allocs: &[a.x_mid],
+                frees: &[],
+                flops: 2.0 * bt * c * c,
+                work: Matmul,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: Ln2(l),
+                phase: Forward,
+                reads: &[a.x_mid, lw],
+                writes: &[],
+                allocs: &[a.ln2, a.ln2_stats],
+                frees: &[],
+                flops: 0.0,
+                work: Memory,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: Fc(l),
+                phase: Forward,
+                reads: &[a.ln2, lw],
+                writes: &[],
+                allocs: &[a.fch],
+                frees: &[],
+                flops: 8.0 * bt * c * c,
+                work: Matmul,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: Gelu(l),
+                phase: Forward,
+                reads: &[a.fch],
+                writes: &[],
+                allocs: &[a.fch_gelu],
+                frees: &[],
+                flops: 0.0,
+                work: Memory,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: FcProj(l),
+                phase: Forward,
+                reads: &[a.fch_gelu, a.x_mid, lw],
+                writes: &[],
+                allocs: &[next],
+                frees: &[],
+                flops: 8.0 * bt * c * c,
+                work: Matmul,
+                launches: 1,
+            });
         }
 
         // ---- head: final norm, output layer by chunk, loss
         let fnw = w(Owner::FinalNorm);
-        self.push(Spec { kind: LnF, phase: Head, reads: &[h.x_out, fnw], writes: &[], allocs: &[h.lnf, h.lnf_stats], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+        self.push(Spec {
+            kind: LnF,
+            phase: Head,
+            reads: &[h.x_out, fnw],
+            writes: &[],
+            allocs: &[h.lnf, h.lnf_stats],
+            frees: &[],
+            flops: 0.0,
+            work: Memory,
+            launches: 1,
+        });
         for i in 0..k {
             let logits = h.logits[i as usize];
             let mut allocs = vec![logits];
@@ -368,7 +464,17 @@ impl OpsBuilder<'_> {
         } else {
             (vec![h.ce_stats, io.targets, h.logits[0]], vec![io.losses, h.logits[0]])
         };
-        self.push(Spec { kind: Loss, phase: Head, reads: &loss_reads, writes: &loss_writes, allocs: &[], frees: &[], flops: 0.0, work: Memory, launches: 1 });
+        self.push(Spec {
+            kind: Loss,
+            phase: Head,
+            reads: &loss_reads,
+            writes: &loss_writes,
+            allocs: &[],
+            frees: &[],
+            flops: 0.0,
+            work: Memory,
+            launches: 1,
+        });
 
         // ---- backward
         for i in (0..k).rev() {
@@ -423,14 +529,94 @@ impl OpsBuilder<'_> {
             let s = inv.scratch[l as usize];
             let (lw, lg) = (w(o), g(o));
             let mm = |f: f64| 2.0 * f * bt * c * c; // dX and dW products of a C x f*C weight
-            self.push(Spec { kind: FcProjBwd(l), phase: Backward, reads: &[h.dres, a.fch_gelu, lw], writes: &[lg], allocs: &[s.dfch, lg], frees: &[a.fch_gelu], flops: mm(8.0), work: Matmul, launches: 3 });
-            self.push(Spec { kind: GeluBwd(l), phase: Backward, reads: &[s.dfch, a.fch], writes: &[s.dfch], allocs: &[], frees: &[a.fch], flops: 0.0, work: Memory, launches: 1 });
-            self.push(Spec { kind: FcBwd(l), phase: Backward, reads: &[s.dfch, a.ln2, lw], writes: &[lg], allocs: &[s.dln2], frees: &[s.dfch, a.ln2], flops: mm(8.0), work: Matmul, launches: 3 });
-            self.push(Spec { kind: Ln2Bwd(l), phase: Backward, reads: &[s.dln2, a.x_mid, a.ln2_stats, lw, h.dres], writes: &[h.dres, lg], allocs: &[], frees: &[s.dln2, a.x_mid, a.ln2_stats], flops: 0.0, work: Memory, launches: 2 });
-            self.push(Spec { kind: AttnProjBwd(l), phase: Backward, reads: &[h.dres, a.atty, lw], writes: &[lg], allocs: &[s.datty], frees: &[], flops: mm(2.0), work: Matmul, launches: 3 });
-            self.push(Spec { kind: AttnBwd(l), phase: Backward, reads: &[s.datty, a.qkv, a.att, a.atty], writes: &[], allocs: &[s.datt, s.dqkv], frees: &[s.datty, s.datt, a.att, a.atty], flops: attn_bwd, work: Attention, launches: 2 });
-            self.push(Spec { kind: QkvBwd(l), phase: Backward, reads: &[s.dqkv, a.ln1, lw], writes: &[lg], allocs: &[s.dln1], frees: &[s.dqkv, a.qkv, a.ln1], flops: mm(6.0), work: Matmul, launches: 3 });
-            self.push(Spec { kind: Ln1Bwd(l), phase: Backward, reads: &[s.dln1, a.x_in, a.ln1_stats, lw, h.dres], writes: &[h.dres, lg], allocs: &[], frees: &[s.dln1, a.x_in, a.ln1_stats], flops: 0.0, work: Memory, launches: 2 });
+            self.push(Spec {
+                kind: FcProjBwd(l),
+                phase: Backward,
+                reads: &[h.dres, a.fch_gelu, lw],
+                writes: &[lg],
+                allocs: &[s.dfch, lg],
+                frees: &[a.fch_gelu],
+                flops: mm(8.0),
+                work: Matmul,
+                launches: 3,
+            });
+            self.push(Spec {
+                kind: GeluBwd(l),
+                phase: Backward,
+                reads: &[s.dfch, a.fch],
+                writes: &[s.dfch],
+                allocs: &[],
+                frees: &[a.fch],
+                flops: 0.0,
+                work: Memory,
+                launches: 1,
+            });
+            self.push(Spec {
+                kind: FcBwd(l),
+                phase: Backward,
+                reads: &[s.dfch, a.ln2, lw],
+                writes: &[lg],
+                allocs: &[s.dln2],
+                frees: &[s.dfch, a.ln2],
+                flops: mm(8.0),
+                work: Matmul,
+                launches: 3,
+            });
+            self.push(Spec {
+                kind: Ln2Bwd(l),
+                phase: Backward,
+                reads: &[s.dln2, a.x_mid, a.ln2_stats, lw, h.dres],
+                writes: &[h.dres, lg],
+                allocs: &[],
+                frees: &[s.dln2, a.x_mid, a.ln2_stats],
+                flops: 0.0,
+                work: Memory,
+                launches: 2,
+            });
+            self.push(Spec {
+                kind: AttnProjBwd(l),
+                phase: Backward,
+                reads: &[h.dres, a.atty, lw],
+                writes: &[lg],
+                allocs: &[s.datty],
+                frees: &[],
+                flops: mm(2.0),
+                work: Matmul,
+                launches: 3,
+            });
+            self.push(Spec {
+                kind: AttnBwd(l),
+                phase: Backward,
+                reads: &[s.datty, a.qkv, a.att, a.atty],
+                writes: &[],
+                allocs: &[s.datt, s.dqkv],
+                frees: &[s.datty, s.datt, a.att, a.atty],
+                flops: attn_bwd,
+                work: Attention,
+                launches: 2,
+            });
+            self.push(Spec {
+                kind: QkvBwd(l),
+                phase: Backward,
+                reads: &[s.dqkv, a.ln1, lw],
+                writes: &[lg],
+                allocs: &[s.dln1],
+                frees: &[s.dqkv, a.qkv, a.ln1],
+                flops: mm(6.0),
+                work: Matmul,
+                launches: 3,
+            });
+            self.push(Spec {
+                kind: Ln1Bwd(l),
+                phase: Backward,
+                reads: &[s.dln1, a.x_in, a.ln1_stats, lw, h.dres],
+                writes: &[h.dres, lg],
+                allocs: &[],
+                frees: &[s.dln1, a.x_in, a.ln1_stats],
+                flops: 0.0,
+                work: Memory,
+                launches: 2,
+            });
             adam(&mut self, o);
         }
         let eo = Owner::Embedding;
@@ -438,7 +624,17 @@ impl OpsBuilder<'_> {
         if tied {
             embed_writes.extend((0..k).map(|i| g(Owner::OutputChunk(i))));
         }
-        self.push(Spec { kind: EmbedBwd, phase: Backward, reads: &[h.dres, io.tokens], writes: &embed_writes, allocs: &[g(eo)], frees: &[h.dres], flops: 0.0, work: Memory, launches: 2 });
+        self.push(Spec {
+            kind: EmbedBwd,
+            phase: Backward,
+            reads: &[h.dres, io.tokens],
+            writes: &embed_writes,
+            allocs: &[g(eo)],
+            frees: &[h.dres],
+            flops: 0.0,
+            work: Memory,
+            launches: 2,
+        });
         adam(&mut self, eo);
         if tied {
             for i in 0..k {
@@ -456,7 +652,17 @@ mod tests {
     use crate::inventory::{BlockKind, TensorClass};
     use proptest::prelude::*;
 
-    fn cfg(layers: u32, heads: u32, head_size: u32, batch: u32, seq: u32, vocab: u32, chunks: u32, tied: bool, attention: Attention) -> GptConfig {
+    fn cfg(
+        layers: u32,
+        heads: u32,
+        head_size: u32,
+        batch: u32,
+        seq: u32,
+        vocab: u32,
+        chunks: u32,
+        tied: bool,
+        attention: Attention,
+    ) -> GptConfig {
         GptConfig {
             name: "prop".into(),
             layers,
@@ -492,7 +698,17 @@ mod tests {
     }
 
     fn any_config() -> impl Strategy<Value = GptConfig> {
-        (1u32..5, 1u32..5, prop::sample::select(vec![8u32, 16, 32]), 1u32..4, prop::sample::select(vec![16u32, 32, 64]), 100u32..600, prop::sample::select(vec![1u32, 2, 4]), any::<bool>(), any::<bool>())
+        (
+            1u32..5,
+            1u32..5,
+            prop::sample::select(vec![8u32, 16, 32]),
+            1u32..4,
+            prop::sample::select(vec![16u32, 32, 64]),
+            100u32..600,
+            prop::sample::select(vec![1u32, 2, 4]),
+            any::<bool>(),
+            any::<bool>(),
+        )
             .prop_map(|(l, nh, hs, b, t, v, k, tied, fused)| {
                 cfg(l, nh, hs, b, t, v, k, tied, if fused { Attention::Fused } else { Attention::Materialized })
             })

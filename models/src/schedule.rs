@@ -262,8 +262,7 @@ impl Schedule {
 
     /// The schedule as RON text.
     pub fn to_ron(&self) -> String {
-        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default().compact_arrays(true))
-            .expect("schedule serialises")
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default().compact_arrays(true)).expect("schedule serialises")
     }
 }
 
@@ -287,7 +286,8 @@ impl Schedule {
                 _ => {}
             }
         }
-        need[inv.io.tokens.index()] = self.actions.iter().any(|a| matches!(a, Action::Prefetch(t) | Action::Evict(t) if *t == inv.io.tokens));
+        need[inv.io.tokens.index()] =
+            self.actions.iter().any(|a| matches!(a, Action::Prefetch(t) | Action::Evict(t) if *t == inv.io.tokens));
         inv.tensors.iter().filter(|t| need[t.id.index()]).map(|t| t.id).collect()
     }
 

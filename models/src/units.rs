@@ -122,9 +122,7 @@ impl FromStr for Bytes {
     fn from_str(s: &str) -> Result<Bytes, ParseBytesError> {
         let err = || ParseBytesError { input: s.to_string() };
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let num: f64 = num.replace('_', "").parse().map_err(|_| err())?;
         let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {

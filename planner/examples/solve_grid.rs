@@ -7,7 +7,8 @@ use planner::{feasible_floor, plan, Decisions, PlanOptions};
 use std::path::Path;
 use std::time::Instant;
 
-const CONFIGS: [&str; 10] = ["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "gpt3-125m", "gpt3-1.3b", "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b"];
+const CONFIGS: [&str; 10] =
+    ["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "gpt3-125m", "gpt3-1.3b", "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b"];
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -32,8 +33,16 @@ fn main() {
                 Ok(p) => {
                     let secs = t.elapsed().as_secs_f64();
                     let r = p.schedule.prediction.solver.clone();
-                    let (gap, how) = r.map(|r| (format!("{:.2}%", r.gap * 100.0), format!("{}; {}", r.status, r.solver.rsplit("bound: ").next().unwrap_or("")))).unwrap_or_default();
-                    println!("| {name} | {budget} | {secs:.2} | {:.2} | {gap} | {how} | {} |", p.schedule.prediction.step_time.0 * 1e3, p.schedule.prediction.pinned_host);
+                    let (gap, how) = r
+                        .map(|r| {
+                            (format!("{:.2}%", r.gap * 100.0), format!("{}; {}", r.status, r.solver.rsplit("bound: ").next().unwrap_or("")))
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "| {name} | {budget} | {secs:.2} | {:.2} | {gap} | {how} | {} |",
+                        p.schedule.prediction.step_time.0 * 1e3,
+                        p.schedule.prediction.pinned_host
+                    );
                 }
                 Err(e) => println!("| {name} | {budget} | {:.2} | - | - | {e} |", t.elapsed().as_secs_f64()),
             }

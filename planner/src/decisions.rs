@@ -185,14 +185,17 @@ impl Decisions {
         let mut grads: Vec<(Owner, Placement, String)> = Vec::new();
         let mut seen: std::collections::HashMap<BlockKind, Placement> = std::collections::HashMap::new();
         for bd in decisions {
-            let block = inv
-                .blocks
-                .iter()
-                .find(|b| b.kind.placeable() && b.name() == bd.name)
-                .ok_or_else(|| PlanError::BadDecisions(format!("{}: no placeable block of that name in {} (re-plan)", bd.name, program.config.name)))?;
+            let block = inv.blocks.iter().find(|b| b.kind.placeable() && b.name() == bd.name).ok_or_else(|| {
+                PlanError::BadDecisions(format!("{}: no placeable block of that name in {} (re-plan)", bd.name, program.config.name))
+            })?;
             if let Some(p) = seen.insert(block.kind, bd.placement) {
                 if p != bd.placement {
-                    return Err(PlanError::BadDecisions(format!("{} is listed twice, {} and {}", bd.name, p.label(), bd.placement.label())));
+                    return Err(PlanError::BadDecisions(format!(
+                        "{} is listed twice, {} and {}",
+                        bd.name,
+                        p.label(),
+                        bd.placement.label()
+                    )));
                 }
             }
             let bad = |what: &str| PlanError::BadDecisions(format!("{}: {} is not a placement for {what}", bd.name, bd.placement.label()));
@@ -242,7 +245,12 @@ impl Decisions {
 /// Emits and simulates a recorded schedule's block decisions again with today's code (a run
 /// record's `decisions`; empty = all on the GPU) under `budget`: `plan::finish` of
 /// [`Decisions::from_block_decisions`].
-pub fn replan_record(program: &Program, hw: &models::HardwareProfile, budget: models::Bytes, decisions: &[BlockDecision]) -> Result<crate::Plan, PlanError> {
+pub fn replan_record(
+    program: &Program,
+    hw: &models::HardwareProfile,
+    budget: models::Bytes,
+    decisions: &[BlockDecision],
+) -> Result<crate::Plan, PlanError> {
     let d = Decisions::from_block_decisions(program, decisions)?;
     crate::plan::finish(program, hw, budget, &d, None)
 }
@@ -367,7 +375,8 @@ mod tests {
     #[test]
     fn replan_record_matches_finish() {
         let p = config("gpt2-tiny");
-        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap();
+        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron"))
+            .unwrap();
         let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
         d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
         let budget = models::Bytes(80 << 30);

@@ -16,7 +16,7 @@
 //! as the slowest of its lanes: the step time is the sum over stages of that maximum, which is
 //! what the solver's model (`solve::model`) adds up.
 
-use crate::decisions::{Decisions, Group, OwnerChoice, ActChoice};
+use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
 use models::inventory::{Owner, TensorId};
 use models::program::OpKind;
 use models::schedule::{Action, EventId, Lane, Prediction, Schedule, SCHEDULE_FORMAT_VERSION};
@@ -52,15 +52,8 @@ pub struct Stages {
 impl Stages {
     pub fn build(program: &Program) -> Stages {
         let starts_stage = |k: OpKind| {
-            matches!(
-                k,
-                OpKind::Embed
-                    | OpKind::Ln1(_)
-                    | OpKind::LnF
-                    | OpKind::OutBwd(_)
-                    | OpKind::FcProjBwd(_)
-                    | OpKind::EmbedBwd
-            ) || matches!(k, OpKind::OutFwd(i) if i > 0)
+            matches!(k, OpKind::Embed | OpKind::Ln1(_) | OpKind::LnF | OpKind::OutBwd(_) | OpKind::FcProjBwd(_) | OpKind::EmbedBwd)
+                || matches!(k, OpKind::OutFwd(i) if i > 0)
         };
         let mut cuts: Vec<usize> = program.ops.iter().enumerate().filter(|(_, o)| starts_stage(o.kind)).map(|(i, _)| i).collect();
         if cuts.first() != Some(&0) {
@@ -195,12 +188,7 @@ impl<'a> Router<'a> {
             host_ops.extend([OpKind::Embed, OpKind::EmbedBwd].iter().filter_map(|k| self.program.find(*k).map(|o| o.id)));
         }
         let gpu_uses = |t: TensorId| -> Vec<usize> {
-            self.program
-                .ops
-                .iter()
-                .filter(|o| !host_ops.contains(&o.id) && o.touches().any(|x| x == t))
-                .map(|o| o.id.index())
-                .collect()
+            self.program.ops.iter().filter(|o| !host_ops.contains(&o.id) && o.touches().any(|x| x == t)).map(|o| o.id.index()).collect()
         };
         // Weights.
         match c.weights {
@@ -269,9 +257,8 @@ impl<'a> Router<'a> {
         let a = inv.acts[l as usize];
         let st = &self.stages;
         let mut out = Vec::new();
-        let uses = |t: TensorId| -> Vec<usize> {
-            self.program.ops.iter().filter(|o| o.touches().any(|x| x == t)).map(|o| o.id.index()).collect()
-        };
+        let uses =
+            |t: TensorId| -> Vec<usize> { self.program.ops.iter().filter(|o| o.touches().any(|x| x == t)).map(|o| o.id.index()).collect() };
         match c.input {
             Placement::Offloaded => self.off_gpu_route(a.x_in, &uses(a.x_in), &mut out),
             _ => self.program_route(a.x_in, &mut out),

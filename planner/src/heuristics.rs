@@ -101,11 +101,7 @@ pub fn heuristic_schedule(h: Heuristic, program: &Program, hw: &HardwareProfile,
     let model = StageModel::new(program, hw);
     let d = heuristic_decisions(h, &model, budget).ok_or_else(|| {
         let floor = crate::plan::floor_of(&model).0;
-        PlanError::Infeasible {
-            budget,
-            floor,
-            reason: format!("{} does not fit in {budget} on {}", h.label(), hw.name),
-        }
+        PlanError::Infeasible { budget, floor, reason: format!("{} does not fit in {budget} on {}", h.label(), hw.name) }
     })?;
     let mut s = crate::emit::emit(program, hw, &d, budget)?;
     s.strategy = h.label().into();

@@ -54,11 +54,7 @@ impl LifetimeGraph {
 
     /// The highest live bytes of the all-on-GPU schedule and the op where it is first reached.
     pub fn peak(&self) -> (Bytes, OpId) {
-        let (i, b) = self
-            .live_bytes
-            .iter()
-            .enumerate()
-            .fold((0, Bytes::ZERO), |(bi, bb), (i, b)| if *b > bb { (i, *b) } else { (bi, bb) });
+        let (i, b) = self.live_bytes.iter().enumerate().fold((0, Bytes::ZERO), |(bi, bb), (i, b)| if *b > bb { (i, *b) } else { (bi, bb) });
         (b, OpId(i as u32))
     }
 }

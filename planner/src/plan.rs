@@ -211,7 +211,12 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
 }
 
 /// The solver's best decisions for `target` (never worse than its best starting point).
-fn solve_within(model: &StageModel, target: Bytes, starts: &[Decisions], opts: &PlanOptions) -> Result<(Decisions, SolverReport), PlanError> {
+fn solve_within(
+    model: &StageModel,
+    target: Bytes,
+    starts: &[Decisions],
+    opts: &PlanOptions,
+) -> Result<(Decisions, SolverReport), PlanError> {
     let warm = starts.iter().map(|d| (model.evaluate(d).step_time.0, d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(t, d)| (t, d.clone()));
     let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
     let outcome = crate::solve::solve(model, target, starts, &limits)?;
@@ -228,7 +233,13 @@ fn solve_within(model: &StageModel, target: Bytes, starts: &[Decisions], opts: &
 }
 
 /// Emits and simulates `decisions`, filling the prediction from the trace.
-pub fn finish(program: &Program, hw: &HardwareProfile, budget: Bytes, decisions: &Decisions, report: Option<SolverReport>) -> Result<Plan, PlanError> {
+pub fn finish(
+    program: &Program,
+    hw: &HardwareProfile,
+    budget: Bytes,
+    decisions: &Decisions,
+    report: Option<SolverReport>,
+) -> Result<Plan, PlanError> {
     let mut schedule = crate::emit::emit(program, hw, decisions, budget)?;
     let trace = crate::simulate(program, hw, &schedule)?;
     let mut prediction = crate::prediction_from_trace(&trace, &schedule, program, hw);

@@ -76,11 +76,25 @@ impl Preset {
                 d.layers[..n as usize].copy_from_slice(&offload_first(program, n).layers[..n as usize]);
             }
             Preset::ModuleQueue => {
-                set_owners(d, &|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)), &|c| OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer });
+                set_owners(d, &|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)), &|c| OwnerChoice {
+                    weights: Placement::Streamed,
+                    optimizer: c.optimizer,
+                });
             }
-            Preset::StreamWeights => set_owners(d, &|o| matches!(o, Owner::Layer(_)), &|c| OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer }),
-            Preset::StreamOutput => set_owners(d, &|o| matches!(o, Owner::OutputChunk(_)), &|c| OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer }),
-            Preset::StreamedOptimizer => set_owners(d, &|_| true, &|c| if c.weights == Placement::Host { c } else { OwnerChoice { weights: c.weights, optimizer: Placement::Streamed } }),
+            Preset::StreamWeights => {
+                set_owners(d, &|o| matches!(o, Owner::Layer(_)), &|c| OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer })
+            }
+            Preset::StreamOutput => set_owners(d, &|o| matches!(o, Owner::OutputChunk(_)), &|c| OwnerChoice {
+                weights: Placement::Streamed,
+                optimizer: c.optimizer,
+            }),
+            Preset::StreamedOptimizer => set_owners(d, &|_| true, &|c| {
+                if c.weights == Placement::Host {
+                    c
+                } else {
+                    OwnerChoice { weights: c.weights, optimizer: Placement::Streamed }
+                }
+            }),
             Preset::HostOptimizer => set_owners(d, &|_| true, &|c| OwnerChoice { weights: c.weights, optimizer: Placement::Host }),
             Preset::CpuEmbedding => {
                 if program.config.tied_embeddings {

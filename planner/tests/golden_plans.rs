@@ -22,7 +22,8 @@ struct GoldenPlan {
     peak_device: Bytes,
 }
 
-const CONFIGS: [&str; 10] = ["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "gpt3-125m", "gpt3-1.3b", "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b"];
+const CONFIGS: [&str; 10] =
+    ["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "gpt3-125m", "gpt3-1.3b", "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -48,7 +49,8 @@ fn planned(name: &str, program: &Program, hw: &HardwareProfile, budget: Bytes) -
     let p = plan(program, hw, budget, &options()).map_err(|e| e.to_string())?;
     let s = &p.schedule;
     let by_dual = s.prediction.solver.as_ref().is_some_and(|r| !r.solver.contains("HiGHS"));
-    let off_gpu = s.decisions.iter().filter(|d| d.placement != Placement::Gpu).map(|d| format!("{} {}", d.name, d.placement.label())).collect();
+    let off_gpu =
+        s.decisions.iter().filter(|d| d.placement != Placement::Gpu).map(|d| format!("{} {}", d.name, d.placement.label())).collect();
     Ok((
         GoldenPlan {
             config: name.into(),
@@ -119,7 +121,12 @@ fn bless() {
                 continue;
             }
             let same = planned(name, &program, &hw, budget).is_ok_and(|(p, _)| p == first);
-            eprintln!("{name} @ {budget}: {:.2} s, {}, {}", t.elapsed().as_secs_f64(), if dual { "dual" } else { "HiGHS" }, if same { "stable" } else { "UNSTABLE" });
+            eprintln!(
+                "{name} @ {budget}: {:.2} s, {}, {}",
+                t.elapsed().as_secs_f64(),
+                if dual { "dual" } else { "HiGHS" },
+                if same { "stable" } else { "UNSTABLE" }
+            );
             if same {
                 stable.push((f, first, dual));
             }

@@ -187,7 +187,11 @@ fn plan_is_never_slower_than_a_heuristic_that_fits() {
                 // Planned on its own 4-chunk program; compared below on a 4-chunk config.
             }
             if let Ok(s) = heuristic_schedule(h, &p, &hw, budget) {
-                assert!(ours <= s.prediction.step_time.0 * (1.0 + 1e-9), "{budget}: plan {ours} slower than {h:?} {}", s.prediction.step_time.0);
+                assert!(
+                    ours <= s.prediction.step_time.0 * (1.0 + 1e-9),
+                    "{budget}: plan {ours} slower than {h:?} {}",
+                    s.prediction.step_time.0
+                );
                 compared += 1;
             }
         }

@@ -220,7 +220,8 @@ impl Case {
         let Some(m) = &self.measured_time else { return Vec::new() };
         let p = &self.predicted_time;
         let step = m.step_ms.max(1e-9);
-        let lane = |name, pv: f64, mv: f64| Term { name, predicted: pv, measured: mv, unit: "ms", ok: (pv - mv).abs() / step <= STEP_TOLERANCE };
+        let lane =
+            |name, pv: f64, mv: f64| Term { name, predicted: pv, measured: mv, unit: "ms", ok: (pv - mv).abs() / step <= STEP_TOLERANCE };
         vec![
             Term {
                 name: "step time",
@@ -246,7 +247,10 @@ impl Case {
     /// Whether the case meets its targets: re-planned within its budget, pool peak within 1%,
     /// and the step within 10% where it is checked.
     pub fn passes(&self) -> bool {
-        self.error.is_none() && self.over_budget.is_none() && self.peak_error().abs() <= PEAK_TOLERANCE && (!self.step_checked() || self.step_error().abs() <= STEP_TOLERANCE)
+        self.error.is_none()
+            && self.over_budget.is_none()
+            && self.peak_error().abs() <= PEAK_TOLERANCE
+            && (!self.step_checked() || self.step_error().abs() <= STEP_TOLERANCE)
     }
 
     /// How far outside its targets the case is, for worst-first order: the larger of the peak
@@ -306,7 +310,13 @@ impl Case {
             let _ = write!(s, "\n  {}", t.line());
         }
         if !self.step_checked() {
-            let _ = write!(s, "\n  step time not checked (no measured lane times): predicted {:.3} ms, median {:.3} ms ({})", self.predicted_time.step_ms, self.median_ms, pct(self.step_error()));
+            let _ = write!(
+                s,
+                "\n  step time not checked (no measured lane times): predicted {:.3} ms, median {:.3} ms ({})",
+                self.predicted_time.step_ms,
+                self.median_ms,
+                pct(self.step_error())
+            );
         }
         s
     }
@@ -340,7 +350,10 @@ fn flag<'a>(command: &'a str, name: &str) -> Option<&'a str> {
 /// Records that train the same thing: the same config (shape included), the same number of
 /// steps, and the same `--seed` and `--lr` on the command line (absent = the default).
 fn same_setup(a: &Record, b: &Record) -> bool {
-    a.config == b.config && a.steps.len() == b.steps.len() && flag(&a.command, "--seed") == flag(&b.command, "--seed") && flag(&a.command, "--lr") == flag(&b.command, "--lr")
+    a.config == b.config
+        && a.steps.len() == b.steps.len()
+        && flag(&a.command, "--seed") == flag(&b.command, "--seed")
+        && flag(&a.command, "--lr") == flag(&b.command, "--lr")
 }
 
 /// Every record whose setup matches an earlier all-on-GPU record's (in the order given) against
@@ -597,7 +610,8 @@ mod tests {
     use crate::record::{MemoryPeaks, StepRecord, RECORD_VERSION};
 
     fn record(strategy: &str, losses: &[f64]) -> Record {
-        let cfg = models::GptConfig::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
+        let cfg =
+            models::GptConfig::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
         Record {
             version: RECORD_VERSION,
             command: "offplan run --steps 3".into(),
@@ -613,7 +627,11 @@ mod tests {
             device_bytes_at_start: 0,
             peak_flops: 1.0,
             model_flops: 1.0,
-            steps: losses.iter().enumerate().map(|(i, l)| StepRecord { step: i as u32 + 1, loss: *l, ms: 10.0, tokens_per_s: 1.0, mfu: 0.0 }).collect(),
+            steps: losses
+                .iter()
+                .enumerate()
+                .map(|(i, l)| StepRecord { step: i as u32 + 1, loss: *l, ms: 10.0, tokens_per_s: 1.0, mfu: 0.0 })
+                .collect(),
             median_ms: 10.0,
             median_tokens_per_s: 1.0,
             notes: vec![],
@@ -681,7 +699,8 @@ mod tests {
         let far = record("planner", &[10.0, 9.0, 8.5]);
         let mut other_lr = record("planner", &[10.0, 5.0, 1.0]);
         other_lr.command = "offplan run --steps 3 --lr 1e-2".into();
-        let rs = [("a.ron".to_string(), &base), ("b.ron".to_string(), &close), ("c.ron".to_string(), &far), ("d.ron".to_string(), &other_lr)];
+        let rs =
+            [("a.ron".to_string(), &base), ("b.ron".to_string(), &close), ("c.ron".to_string(), &far), ("d.ron".to_string(), &other_lr)];
         let (pairs, issues) = loss_mismatches(&rs);
         assert_eq!(pairs, 2);
         assert_eq!(issues.len(), 1, "{issues:?}");
@@ -692,7 +711,10 @@ mod tests {
 
     #[test]
     fn charts_render_with_every_point_and_the_diagonal() {
-        let cases = vec![case(1000 << 20, 598 << 20, 10.0, None), case(1020 << 20, 598 << 20, 11.0, Some(StepTimes { step_ms: 10.0, ..StepTimes::default() }))];
+        let cases = vec![
+            case(1000 << 20, 598 << 20, 10.0, None),
+            case(1020 << 20, 598 << 20, 11.0, Some(StepTimes { step_ms: 10.0, ..StepTimes::default() })),
+        ];
         let peak = peak_chart(&cases);
         assert_eq!(peak.series.len(), 2);
         assert_eq!(peak.series[0].1.len(), 2);

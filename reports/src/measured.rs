@@ -29,7 +29,10 @@ impl MeasuredMemoryChart {
     /// `measured`: (ms, pool bytes in use) samples in time order; `measured_ms` the step's time.
     pub fn new(schedule: &Schedule, trace: &Trace, measured: &[(f64, u64)], measured_ms: f64, device: &str) -> MeasuredMemoryChart {
         MeasuredMemoryChart {
-            title: format!("{} under {} on {}: pool memory over one step, measured and predicted", schedule.model.name, schedule.budget, device),
+            title: format!(
+                "{} under {} on {}: pool memory over one step, measured and predicted",
+                schedule.model.name, schedule.budget, device
+            ),
             predicted: trace.memory.iter().map(|s| (s.time.ms(), gib(s.total().0))).collect(),
             measured: measured.iter().map(|(t, b)| (*t, gib(*b))).collect(),
             pool_budget_gib: gib(schedule.budget.0.saturating_sub(schedule.prediction.fixed_overhead.0)),
@@ -71,7 +74,10 @@ impl Chart for MeasuredMemoryChart {
             .draw_series(std::iter::once(PathElement::new(step_line(&self.measured, self.measured_ms), MEASURED.stroke_width(2))))
             .map_err(err)?;
         chart
-            .draw_series(std::iter::once(PathElement::new(vec![(0.0, self.pool_budget_gib), (x_max, self.pool_budget_gib)], style::BUDGET.stroke_width(2))))
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, self.pool_budget_gib), (x_max, self.pool_budget_gib)],
+                style::BUDGET.stroke_width(2),
+            )))
             .map_err(err)?;
         let entries = vec![
             ("measured (pool, events)".to_string(), MEASURED, Mark::Line),

@@ -21,11 +21,7 @@ pub fn memory_series(trace: &Trace) -> Vec<(MemoryCategory, Vec<(f64, f64)>)> {
         .iter()
         .filter(|c| trace.memory.iter().any(|s| s.by_category.get(c).is_some_and(|b| b.0 > 0)))
         .map(|c| {
-            let pts = trace
-                .memory
-                .iter()
-                .map(|s| (s.time.ms(), gib(s.by_category.get(c).copied().unwrap_or_default())))
-                .collect();
+            let pts = trace.memory.iter().map(|s| (s.time.ms(), gib(s.by_category.get(c).copied().unwrap_or_default()))).collect();
             (*c, pts)
         })
         .collect()
@@ -66,10 +62,7 @@ impl MemoryChart {
             bands.push(Band { label: c.label().into(), color: style::category_color(c), points });
         }
         MemoryChart {
-            title: format!(
-                "{} on {}: device memory over one step (budget {})",
-                schedule.model.name, schedule.hardware, schedule.budget
-            ),
+            title: format!("{} on {}: device memory over one step (budget {})", schedule.model.name, schedule.hardware, schedule.budget),
             bands,
             budget_gib: gib(schedule.budget),
             budget_label: format!("budget {}", schedule.budget),
@@ -82,9 +75,7 @@ impl MemoryChart {
     /// Stacked totals per sample (the top of the stack), (ms, GiB).
     pub fn totals(&self) -> Vec<(f64, f64)> {
         let n = self.bands.first().map_or(0, |b| b.points.len());
-        (0..n)
-            .map(|i| (self.bands[0].points[i].0, self.bands.iter().map(|b| b.points[i].1).sum()))
-            .collect()
+        (0..n).map(|i| (self.bands[0].points[i].0, self.bands.iter().map(|b| b.points[i].1).sum())).collect()
     }
 
     /// Each band as a polygon outline of its stacked step function: the top edge left to right,
@@ -134,9 +125,7 @@ impl Chart for MemoryChart {
                 budget_style,
             )))
             .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Circle::new(self.peak, 6, style::PEAK.filled())))
-            .map_err(err)?;
+        chart.draw_series(std::iter::once(Circle::new(self.peak, 6, style::PEAK.filled()))).map_err(err)?;
         // Keep the label inside the plot when the peak is near the right edge.
         let label_x = if self.peak.0 > x_max * 0.6 { self.peak.0 - x_max * 0.35 } else { self.peak.0 + x_max * 0.01 };
         chart
@@ -147,8 +136,7 @@ impl Chart for MemoryChart {
             )))
             .map_err(err)?;
 
-        let mut entries: Vec<(String, RGBColor, Mark)> =
-            self.bands.iter().rev().map(|b| (b.label.clone(), b.color, Mark::Box)).collect();
+        let mut entries: Vec<(String, RGBColor, Mark)> = self.bands.iter().rev().map(|b| (b.label.clone(), b.color, Mark::Box)).collect();
         entries.push(("budget".into(), style::BUDGET, Mark::Line));
         entries.push(("peak".into(), style::PEAK, Mark::Dot));
         style::draw_legend(&legend.margin(60, 0, 0, 0), "memory class", &entries)

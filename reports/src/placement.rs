@@ -25,12 +25,8 @@ pub fn placement_rows(program: &Program, trace: &Trace) -> Vec<PlacementRow> {
         .iter()
         .filter(|b| b.kind.placeable())
         .map(|b| {
-            let mut spans: Vec<(f64, f64, BlockState)> = trace
-                .blocks
-                .iter()
-                .filter(|s| s.block == b.id)
-                .map(|s| (s.start.ms(), s.end.ms(), s.state))
-                .collect();
+            let mut spans: Vec<(f64, f64, BlockState)> =
+                trace.blocks.iter().filter(|s| s.block == b.id).map(|s| (s.start.ms(), s.end.ms(), s.state)).collect();
             spans.sort_by(|x, y| x.0.total_cmp(&y.0));
             PlacementRow { block: b.id, name: b.name(), spans }
         })
@@ -54,7 +50,10 @@ pub struct PlacementChart {
 impl PlacementChart {
     pub fn new(program: &Program, schedule: &Schedule, trace: &Trace) -> PlacementChart {
         PlacementChart {
-            title: format!("{} on {}: where each block is over one step (budget {})", schedule.model.name, schedule.hardware, schedule.budget),
+            title: format!(
+                "{} on {}: where each block is over one step (budget {})",
+                schedule.model.name, schedule.hardware, schedule.budget
+            ),
             rows: placement_rows(program, trace),
             step_ms: trace.step_time.ms(),
         }
@@ -97,9 +96,9 @@ impl Chart for PlacementChart {
         for (i, row) in self.rows.iter().enumerate() {
             let y = (n - 1 - i) as f64;
             chart
-                .draw_series(row.spans.iter().map(|(a, b, s)| {
-                    Rectangle::new([(*a, y - 0.42), (*b, y + 0.42)], style::state_color(*s).filled())
-                }))
+                .draw_series(
+                    row.spans.iter().map(|(a, b, s)| Rectangle::new([(*a, y - 0.42), (*b, y + 0.42)], style::state_color(*s).filled())),
+                )
                 .map_err(err)?;
         }
         let entries: Vec<(String, RGBColor, Mark)> = [BlockState::Gpu, BlockState::Host, BlockState::InFlight, BlockState::Recomputed]

@@ -196,8 +196,7 @@ pub fn draw_legend<DB: DrawingBackend>(
     entries: &[(String, RGBColor, Mark)],
 ) -> Result<(), String> {
     let font = (FONT, 15).into_font();
-    area.draw(&Text::new(title.to_string(), (8, 14), (FONT, 16).into_font().style(FontStyle::Bold)))
-        .map_err(err)?;
+    area.draw(&Text::new(title.to_string(), (8, 14), (FONT, 16).into_font().style(FontStyle::Bold))).map_err(err)?;
     for (i, (label, color, mark)) in entries.iter().enumerate() {
         let y = 42 + 22 * i as i32;
         match mark {

@@ -113,7 +113,14 @@ pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -
     let _ = writeln!(s, "| peak device memory (pool peak + fixed overhead) | {} | {} |", peak_device, sim_peak);
     let _ = writeln!(s, "| pool peak (allocated) | {} | {} |", p.peak_allocated, trace.peak_allocated);
     let _ = writeln!(s, "| fixed overhead | {} | |", fixed);
-    let _ = writeln!(s, "| peak at | {} (action {}) | action {} at {:.3} ms |", p.peak_at, p.peak_action, trace.peak_action, trace.peak_time.ms());
+    let _ = writeln!(
+        s,
+        "| peak at | {} (action {}) | action {} at {:.3} ms |",
+        p.peak_at,
+        p.peak_action,
+        trace.peak_action,
+        trace.peak_time.ms()
+    );
     let _ = writeln!(s, "| headroom under the budget | {} | |", headroom);
     let _ = writeln!(s, "| step time | {} | {} |", p.step_time, trace.step_time);
     let _ = writeln!(s, "| compute time | {} | |", p.compute_time);

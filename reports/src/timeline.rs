@@ -107,12 +107,13 @@ impl Chart for TimelineChart {
                 }))
                 .map_err(err)?;
             chart
-                .draw_series(bars.iter().map(|b| {
-                    Rectangle::new([(b.start_ms, y - 0.34), (b.end_ms, y + 0.34)], WHITE.mix(0.6).stroke_width(1))
-                }))
+                .draw_series(
+                    bars.iter().map(|b| Rectangle::new([(b.start_ms, y - 0.34), (b.end_ms, y + 0.34)], WHITE.mix(0.6).stroke_width(1))),
+                )
                 .map_err(err)?;
             // An op name goes inside its span when it fits (about 7 px per character at 12 px).
-            let fits = bars.iter().filter(|b| b.kind != SpanKind::Wait && (b.end_ms - b.start_ms) * px_per_ms > 7.0 * b.label.len() as f64 + 6.0);
+            let fits =
+                bars.iter().filter(|b| b.kind != SpanKind::Wait && (b.end_ms - b.start_ms) * px_per_ms > 7.0 * b.label.len() as f64 + 6.0);
             chart
                 .draw_series(fits.map(|b| {
                     Text::new(b.label.clone(), (b.start_ms, y + 0.1), (FONT, 12).into_font().color(&WHITE).transform(FontTransform::None))

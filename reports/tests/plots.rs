@@ -27,7 +27,8 @@ fn memory_series_sum_to_the_trace_totals_at_every_sample() {
     // Golden: at the first sample only the persistent tensors are live, so the weights band is
     // exactly the layers' and final norm's bf16 weights.
     let inv = &f.program.inventory;
-    let weights: Bytes = inv.tensors.iter().filter(|t| t.persistent && t.category == models::MemoryCategory::Weights).map(|t| t.bytes).sum();
+    let weights: Bytes =
+        inv.tensors.iter().filter(|t| t.persistent && t.category == models::MemoryCategory::Weights).map(|t| t.bytes).sum();
     let w = series.iter().find(|(c, _)| *c == models::MemoryCategory::Weights).unwrap();
     assert!((w.1[0].1 - weights.0 as f64 / GIB as f64).abs() < EPS);
     // Categories never live are left out of the legend.
@@ -175,17 +176,38 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
 
     let memory = read(&out.join("memory.svg"));
     assert_eq!(common::check_xml(&memory), Ok("svg".into()));
-    for text in ["time in the step (ms)", "device memory (GiB)", "memory class", "fixed overhead", "weights", "optimizer state", "activations", "budget", "peak"] {
+    for text in [
+        "time in the step (ms)",
+        "device memory (GiB)",
+        "memory class",
+        "fixed overhead",
+        "weights",
+        "optimizer state",
+        "activations",
+        "budget",
+        "peak",
+    ] {
         assert!(memory.contains(text), "memory.svg lacks {text:?}");
     }
     let timeline = read(&out.join("timeline.svg"));
     assert_eq!(common::check_xml(&timeline), Ok("svg".into()));
-    for text in ["time in the step (ms)", "compute", "H2D", "D2H", "host", "compute waits (exposed)", "copy/host lane waits", "prefetch (H2D)"] {
+    for text in
+        ["time in the step (ms)", "compute", "H2D", "D2H", "host", "compute waits (exposed)", "copy/host lane waits", "prefetch (H2D)"]
+    {
         assert!(timeline.contains(text), "timeline.svg lacks {text:?}");
     }
     let placement = read(&out.join("placement.svg"));
     assert_eq!(common::check_xml(&placement), Ok("svg".into()));
-    for text in ["time in the step (ms)", "block", "layer0.activations", "embedding.weights", "on GPU", "on host", "in flight", "dropped / recomputed"] {
+    for text in [
+        "time in the step (ms)",
+        "block",
+        "layer0.activations",
+        "embedding.weights",
+        "on GPU",
+        "on host",
+        "in flight",
+        "dropped / recomputed",
+    ] {
         assert!(placement.contains(text), "placement.svg lacks {text:?}");
     }
     assert!(read(&out.join("summary.md")).starts_with("# Plan: gpt2-tiny on"));

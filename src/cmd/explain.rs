@@ -59,8 +59,11 @@ pub fn alternatives(program: &Program, d: &Decisions, block: &Block) -> Vec<(Str
             let weights = matches!(block.kind, BlockKind::Weights(_));
             let all = OwnerChoice::all(program, o);
             for c in &all {
-                let (this, other, cur_this, cur_other) =
-                    if weights { (c.weights, c.optimizer, cur.weights, cur.optimizer) } else { (c.optimizer, c.weights, cur.optimizer, cur.weights) };
+                let (this, other, cur_this, cur_other) = if weights {
+                    (c.weights, c.optimizer, cur.weights, cur.optimizer)
+                } else {
+                    (c.optimizer, c.weights, cur.optimizer, cur.weights)
+                };
                 // The same other half, unless this placement allows only one pairing (the CPU
                 // embedding puts both halves on the host).
                 let pairings = all.iter().filter(|x| if weights { x.weights == this } else { x.optimizer == this }).count();
@@ -86,7 +89,8 @@ pub fn alternatives(program: &Program, d: &Decisions, block: &Block) -> Vec<(Str
             let cur = d.layers[l as usize];
             let input = matches!(block.kind, BlockKind::LayerInput(_));
             for c in ActChoice::all() {
-                let differs = if input { c.input != cur.input && c.inner == cur.inner } else { c.inner != cur.inner && c.input == cur.input };
+                let differs =
+                    if input { c.input != cur.input && c.inner == cur.inner } else { c.inner != cur.inner && c.input == cur.input };
                 if differs {
                     let mut nd = d.clone();
                     nd.layers[l as usize] = c;
@@ -199,7 +203,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcomes.push(measure(placement.clone(), &hw, &t, fits));
     }
 
-    println!("{name} ({}) is {} in this plan ({} on {}, budget {}).", block.bytes, whereabouts(current), schedule.model.name, schedule.hardware, schedule.budget);
+    println!(
+        "{name} ({}) is {} in this plan ({} on {}, budget {}).",
+        block.bytes,
+        whereabouts(current),
+        schedule.model.name,
+        schedule.hardware,
+        schedule.budget
+    );
     let headroom = schedule.budget.0 as i128 - base.peak_device.0 as i128;
     println!(
         "As planned: step {}, peak {} ({} {} the budget), compute {}, compute waited {} for copies.",
@@ -253,7 +264,9 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
         let why_time = format!("exposed transfer {}, compute {}", signed_ms(d_exposed), signed_ms(d_compute));
         let p = &o.placement;
         let line = if (o.step_time.0 - base.step_time.0).abs() <= eps && o.fits {
-            format!("- {p}: fits and takes the same time ({why_time}): neither memory nor time prefers one; the plan's choice is a tie-break.")
+            format!(
+                "- {p}: fits and takes the same time ({why_time}): neither memory nor time prefers one; the plan's choice is a tie-break."
+            )
         } else if o.step_time.0 < base.step_time.0 - eps && !o.fits {
             format!(
                 "- {p}: {} faster, but its peak {} exceeds the budget {} by {}: memory binds (the plan's peak is at {peak_at}).",
@@ -263,9 +276,16 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
                 o.peak_device - budget
             )
         } else if o.step_time.0 < base.step_time.0 - eps {
-            format!("- {p}: fits and is {} faster ({why_time}): the plan is not optimal for this block (solver gap or time limit).", signed_ms(-dt).trim_start_matches('+'))
+            format!(
+                "- {p}: fits and is {} faster ({why_time}): the plan is not optimal for this block (solver gap or time limit).",
+                signed_ms(-dt).trim_start_matches('+')
+            )
         } else if !o.fits {
-            format!("- {p}: slower by {} ({why_time}) and over the budget by {}: both time and memory rule it out.", signed_ms(dt), o.peak_device - budget)
+            format!(
+                "- {p}: slower by {} ({why_time}) and over the budget by {}: both time and memory rule it out.",
+                signed_ms(dt),
+                o.peak_device - budget
+            )
         } else {
             format!("- {p}: fits, but slower by {} ({why_time}): time binds, not memory.", signed_ms(dt))
         };
@@ -350,7 +370,12 @@ mod tests {
         let v = verdict(
             "layer5.activations",
             &base,
-            &[outcome("gpu", 95.0, 12.2, false), outcome("recomputed", 104.0, 11.5, true), outcome("x", 100.0, 11.0, true), outcome("y", 90.0, 11.0, true)],
+            &[
+                outcome("gpu", 95.0, 12.2, false),
+                outcome("recomputed", 104.0, 11.5, true),
+                outcome("x", 100.0, 11.0, true),
+                outcome("y", 90.0, 11.0, true),
+            ],
             Bytes::gib(12.0),
             "layer5.fc",
         );

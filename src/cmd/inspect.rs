@@ -86,9 +86,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (c, b) in &i.bytes_per_class {
         println!("    {:<16} {:>12}", c, Bytes(*b).to_string());
     }
-    println!("  saved activations {:>12} per layer, {} head", Bytes(i.activation_bytes_per_layer).to_string(), Bytes(i.head_activation_bytes));
+    println!(
+        "  saved activations {:>12} per layer, {} head",
+        Bytes(i.activation_bytes_per_layer).to_string(),
+        Bytes(i.head_activation_bytes)
+    );
     let phase = if program.op(at).phase == Phase::Forward { "forward" } else { "head/backward" };
-    println!("  all-on-GPU peak   {:>12} at {} ({phase}); plus the device's fixed overhead", Bytes(i.all_gpu_peak_bytes).to_string(), i.all_gpu_peak_at);
+    println!(
+        "  all-on-GPU peak   {:>12} at {} ({phase}); plus the device's fixed overhead",
+        Bytes(i.all_gpu_peak_bytes).to_string(),
+        i.all_gpu_peak_at
+    );
     println!("  FLOPs per step    {:.3e} executed, {:.3e} model (6N + 6LTC per token)", i.program_flops, i.model_flops);
     println!("  {} ops, {} tensors, {} blocks", i.ops, i.tensors, i.blocks);
     Ok(())

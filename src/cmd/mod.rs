@@ -51,8 +51,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<GptConfig> {
         let cfg = GptConfig::load(&self.model)?;
-        cfg.with_shape(self.batch, self.seq, self.output_chunks)
-            .map_err(|m| anyhow::anyhow!("{}: {m}", self.model.display()))
+        cfg.with_shape(self.batch, self.seq, self.output_chunks).map_err(|m| anyhow::anyhow!("{}: {m}", self.model.display()))
     }
 }
 

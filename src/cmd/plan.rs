@@ -64,7 +64,12 @@ fn write_pictures(dir: &Path, program: &Program, plan: &planner::Plan) -> anyhow
 }
 
 /// Runs the planner, with a spinner once it has taken more than a second.
-fn solve_with_spinner(program: &Program, hw: &models::HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<planner::Plan, PlanError> {
+fn solve_with_spinner(
+    program: &Program,
+    hw: &models::HardwareProfile,
+    budget: Bytes,
+    opts: &PlanOptions,
+) -> Result<planner::Plan, PlanError> {
     std::thread::scope(|s| {
         let worker = s.spawn(|| planner::plan(program, hw, budget, opts));
         let start = std::time::Instant::now();
@@ -117,10 +122,8 @@ fn decision_lines(ds: &[BlockDecision]) -> Vec<String> {
         }
         others.push(format!("{:<24} {}", name, d.placement.label()));
     }
-    let mut lines: Vec<String> = layered
-        .into_iter()
-        .map(|((what, p), ls)| format!("{:<24} {:<10} layers {}", format!("layer.{what}"), p, ranges(ls)))
-        .collect();
+    let mut lines: Vec<String> =
+        layered.into_iter().map(|((what, p), ls)| format!("{:<24} {:<10} layers {}", format!("layer.{what}"), p, ranges(ls))).collect();
     // Output chunks and the rest: collapse identical chunk placements.
     let mut chunk: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
     for d in ds.iter().filter(|d| d.name.starts_with("chunk")) {

@@ -58,10 +58,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.records.display()
         );
     }
-    let named: Vec<(String, &Record)> = records.iter().map(|(p, r)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), r)).collect();
+    let named: Vec<(String, &Record)> =
+        records.iter().map(|(p, r)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), r)).collect();
     let cases = worst_first(named.iter().map(|(f, r)| case_of(f, r, &args.hardware_dir)).collect());
     let (pairs, issues) = loss_mismatches(&named);
-    let written = reports::write_calibration(&args.out, &cases, pairs, &issues).with_context(|| format!("writing the report into {}", args.out.display()))?;
+    let written = reports::write_calibration(&args.out, &cases, pairs, &issues)
+        .with_context(|| format!("writing the report into {}", args.out.display()))?;
     let pass = cases.iter().filter(|c| c.passes()).count();
     println!("{} records, {pass} within target; {} loss comparisons, {} disagreeing steps", cases.len(), pairs, issues.len());
     for c in cases.iter().filter(|c| !c.passes()) {

@@ -133,7 +133,11 @@ fn unix_time() -> u64 {
 /// peaks (printed against `predicted`), steps, medians and corpus; the caller sets what a
 /// schedule adds.
 fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: MemoryPeaks, mut notes: Vec<String>) -> Record {
-    let measured = MemoryPeaks { allocated_bytes: result.pool_used_high, reserved_bytes: result.pool_reserved_high, device_bytes: result.device_used_high };
+    let measured = MemoryPeaks {
+        allocated_bytes: result.pool_used_high,
+        reserved_bytes: result.pool_reserved_high,
+        device_bytes: result.device_used_high,
+    };
     print_memory(&measured, &predicted);
     let steps = steps_of(&result.steps);
     let median_ms = steady_median_ms(&steps);
@@ -196,7 +200,8 @@ fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
     let result = executor::run_all_on_gpu(&program, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
 
-    let predicted = MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
+    let predicted =
+        MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
     let mut record = new_record(args, &program, &result, predicted, Vec::new());
     println!("  device in use before allocating: {}", mib(result.device_used_at_start));
     println!(
@@ -247,8 +252,16 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     let allocator = executor::Allocator::from(args.allocator);
     // With an arena the pool hands out the arena alone; with the pool, its peak of live bytes.
     let predicted = match allocator {
-        executor::Allocator::Arena => MemoryPeaks { allocated_bytes: p.tensor_bytes().0, reserved_bytes: hw.pool_reserved(p.tensor_bytes()).0, device_bytes: p.peak_device().0 },
-        executor::Allocator::Pool => MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: (p.peak_allocated + p.fixed_overhead).0 },
+        executor::Allocator::Arena => MemoryPeaks {
+            allocated_bytes: p.tensor_bytes().0,
+            reserved_bytes: hw.pool_reserved(p.tensor_bytes()).0,
+            device_bytes: p.peak_device().0,
+        },
+        executor::Allocator::Pool => MemoryPeaks {
+            allocated_bytes: p.peak_allocated.0,
+            reserved_bytes: p.peak_allocated.0,
+            device_bytes: (p.peak_allocated + p.fixed_overhead).0,
+        },
     };
     println!(
         "predicted: live peak {} at {}, {} for tensors with the {} allocator, {} on the device, step {}",
@@ -305,7 +318,8 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
 
     let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.used)).collect();
     let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &run.device);
-    reports::measured::write_measured_memory(&args.out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
+    reports::measured::write_measured_memory(&args.out, &chart)
+        .with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
 
     record.schedule = path.display().to_string();
     record.schedule_digest = schedule.inventory_digest.clone();

@@ -133,14 +133,35 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule) {
     let secs = |x: f64| Seconds(x).to_string();
     println!("{} on {} — {} ({} actions), simulated in {}", r.model, r.hardware, r.schedule, r.actions, secs(r.simulate_seconds));
     println!("  step time         {:>12}   (planned {})", secs(r.step_time_s), s.prediction.step_time);
-    println!("  compute busy      {:>12}   ({:.1}% of the step)", secs(r.compute_time_s), 100.0 * r.compute_time_s / r.step_time_s.max(1e-30));
-    println!("  peak allocated    {:>12}   at {} ({}), action {}", p.peak_allocated.to_string(), p.peak_at, secs(r.peak_time_s), r.peak_action);
+    println!(
+        "  compute busy      {:>12}   ({:.1}% of the step)",
+        secs(r.compute_time_s),
+        100.0 * r.compute_time_s / r.step_time_s.max(1e-30)
+    );
+    println!(
+        "  peak allocated    {:>12}   at {} ({}), action {}",
+        p.peak_allocated.to_string(),
+        p.peak_at,
+        secs(r.peak_time_s),
+        r.peak_action
+    );
     if let Some(a) = r.arena_bytes {
         let over = 100.0 * (a as f64 - p.peak_allocated.0 as f64) / (p.peak_allocated.0 as f64).max(1.0);
-        println!("  arena             {:>12}   every tensor at a planned offset in one allocation ({over:+.2}% over the peak)", Bytes(a).to_string());
+        println!(
+            "  arena             {:>12}   every tensor at a planned offset in one allocation ({over:+.2}% over the peak)",
+            Bytes(a).to_string()
+        );
     }
-    println!("  + fixed overhead  {:>12}   = {} on the device (planned {} allocated)", p.fixed_overhead.to_string(), p.peak_device(), s.prediction.peak_allocated);
-    println!("  worst timing      {:>12}   allocated, the most any timing the waits allow can reach", Bytes(r.worst_case_peak_allocated_bytes).to_string());
+    println!(
+        "  + fixed overhead  {:>12}   = {} on the device (planned {} allocated)",
+        p.fixed_overhead.to_string(),
+        p.peak_device(),
+        s.prediction.peak_allocated
+    );
+    println!(
+        "  worst timing      {:>12}   allocated, the most any timing the waits allow can reach",
+        Bytes(r.worst_case_peak_allocated_bytes).to_string()
+    );
     println!("  host -> device    {:>12}   in {}", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
     println!("  device -> host    {:>12}   in {}", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
     println!("  transfer exposed  {:>12}   (compute waited on copies); hidden {}", secs(r.exposed_transfer_s), secs(r.hidden_transfer_s));

@@ -83,14 +83,20 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
             let note = match (&p.solver, method) {
                 (Some(r), _) => format!("{}, gap {:.2}%, {:.1} s", r.status, r.gap * 100.0, r.solve_seconds),
                 (None, Method::Heuristic(Heuristic::OffloadFirstN)) => {
-                    let n = s.decisions.iter().filter(|d| d.placement == models::Placement::Offloaded && d.name.ends_with(".activations")).count();
+                    let n = s
+                        .decisions
+                        .iter()
+                        .filter(|d| d.placement == models::Placement::Offloaded && d.name.ends_with(".activations"))
+                        .count();
                     format!("N = {n}")
                 }
                 _ => String::new(),
             };
             SweepPoint { method: method.name(), budget, step_time: Some(p.step_time), peak: Some(p.peak_device()), note }
         }
-        Err(planner::PlanError::Infeasible { reason, .. }) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: reason },
+        Err(planner::PlanError::Infeasible { reason, .. }) => {
+            SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: reason }
+        }
         Err(e) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: e.to_string() },
     }
 }
@@ -116,11 +122,8 @@ fn methods() -> Vec<Method> {
 fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts: &PlanOptions, bar: &ProgressBar) -> Vec<SweepPoint> {
     // Planner solves are queued first: they are the long ones, and the short heuristic
     // evaluations then fill the gaps at the end.
-    let work: Vec<(usize, Bytes, Method)> = methods()
-        .into_iter()
-        .enumerate()
-        .flat_map(|(m, method)| budgets.iter().map(move |b| (m, *b, method)))
-        .collect();
+    let work: Vec<(usize, Bytes, Method)> =
+        methods().into_iter().enumerate().flat_map(|(m, method)| budgets.iter().map(move |b| (m, *b, method))).collect();
     let mut points: Vec<(usize, SweepPoint)> = work
         .par_iter()
         .map(|(m, budget, method)| {
@@ -160,7 +163,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rayon::current_num_threads()
     );
     let bar = ProgressBar::new((budgets.len() * methods.len()) as u64);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} plans").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} plans").expect("valid template").progress_chars("=> "),
+    );
     let points = sweep_points(&program, &hw, &budgets, &opts, &bar);
     bar.finish_and_clear();
 

@@ -7,11 +7,7 @@ use std::process::{Command, Output};
 
 /// Runs the built `offplan` with `args` in the repository root.
 pub fn offplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_offplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("offplan runs")
+    Command::new(env!("CARGO_BIN_EXE_offplan")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("offplan runs")
 }
 
 /// Standard output and standard error together.

@@ -107,11 +107,7 @@ impl Options {
         if self.copy_sizes.windows(2).any(|w| w[0] >= w[1]) {
             return Err("copy sizes must be ascending".into());
         }
-        if self.device_copy_bytes == 0
-            || self.launches == 0
-            || self.host_copy_bytes == 0
-            || self.host_adam_params == 0
-        {
+        if self.device_copy_bytes == 0 || self.launches == 0 || self.host_copy_bytes == 0 || self.host_adam_params == 0 {
             return Err("sizes and counts must be positive".into());
         }
         Ok(())
@@ -127,11 +123,7 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    })
+    Some(if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) })
 }
 
 /// Time of the work itself: `measured` less `launches` launch overheads (the cost model adds
@@ -181,15 +173,7 @@ pub struct GemmShape {
 
 impl GemmShape {
     /// step.rs's `linear`: out (rows, o) = inp (rows, i) W^T [+ bias] [+ residual].
-    pub fn linear(
-        name: &str,
-        rows: u64,
-        i: u64,
-        o: u64,
-        bias: bool,
-        residual: bool,
-        per_step: u64,
-    ) -> GemmShape {
+    pub fn linear(name: &str, rows: u64, i: u64, o: u64, bias: bool, residual: bool, per_step: u64) -> GemmShape {
         GemmShape {
             name: name.into(),
             m: o,
@@ -209,15 +193,7 @@ impl GemmShape {
     }
 
     /// step.rs's `matmul_dx`: dx (rows, i) [+]= dy (rows, o) W.
-    pub fn dx(
-        name: &str,
-        rows: u64,
-        i: u64,
-        o: u64,
-        out: OutType,
-        accumulate: bool,
-        per_step: u64,
-    ) -> GemmShape {
+    pub fn dx(name: &str, rows: u64, i: u64, o: u64, out: OutType, accumulate: bool, per_step: u64) -> GemmShape {
         GemmShape {
             name: name.into(),
             m: i,
@@ -319,21 +295,12 @@ pub fn step_gemms(cfg: &GptConfig) -> Vec<GemmShape> {
 
 /// The step program's FLOPs of all `Matmul` ops (what the cost model divides by `matmul_flops`).
 pub fn program_matmul_flops(program: &Program) -> f64 {
-    program
-        .ops
-        .iter()
-        .filter(|o| o.work == WorkClass::Matmul)
-        .map(|o| o.flops.0)
-        .sum()
+    program.ops.iter().filter(|o| o.work == WorkClass::Matmul).map(|o| o.flops.0).sum()
 }
 
 /// (FLOPs, bytes, launches) of the first op of `kind` in the step program: the cost model's counts.
 pub fn program_op(program: &Program, kind: OpKind) -> Option<(f64, u64, u32)> {
-    program
-        .ops
-        .iter()
-        .find(|o| o.kind == kind)
-        .map(|o| (o.flops.0, o.bytes.0, o.launches))
+    program.ops.iter().find(|o| o.kind == kind).map(|o| (o.flops.0, o.bytes.0, o.launches))
 }
 
 /// Pinned copy rates at one size (bytes per second, medians).
@@ -498,11 +465,7 @@ pub fn utc_date(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        secs / 3600,
-        (secs % 3600) / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", secs / 3600, (secs % 3600) / 60)
 }
 
 /// A profile name from a device name: "NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3-calibrated".
@@ -527,10 +490,7 @@ pub fn default_name(device: &str) -> String {
 impl Calibration {
     /// The largest copy size's row (the one the profile takes).
     pub fn large_copy(&self) -> Result<&CopyRow, String> {
-        self.copies
-            .iter()
-            .max_by_key(|r| r.bytes)
-            .ok_or_else(|| "no copy sizes were measured".to_string())
+        self.copies.iter().max_by_key(|r| r.bytes).ok_or_else(|| "no copy sizes were measured".to_string())
     }
 
     /// Step FLOPs of all products over their time per step (launch overhead taken off each).
@@ -539,10 +499,7 @@ impl Calibration {
         let mut secs = 0.0;
         for g in &self.gemms {
             if !(g.seconds.is_finite() && g.seconds > 0.0) {
-                return Err(format!(
-                    "product {} has no valid time ({} s)",
-                    g.shape.name, g.seconds
-                ));
+                return Err(format!("product {} has no valid time ({} s)", g.shape.name, g.seconds));
             }
             flops += g.shape.per_step as f64 * g.shape.flops();
             secs += g.shape.per_step as f64 * work_seconds(g.seconds, 1, self.launch_overhead);
@@ -557,22 +514,19 @@ impl Calibration {
     pub fn attention_rate(&self) -> f64 {
         let (f, b) = (&self.attention_forward, &self.attention_backward);
         (f.amount + b.amount)
-            / (work_seconds(f.seconds, f.launches, self.launch_overhead)
-                + work_seconds(b.seconds, b.launches, self.launch_overhead))
+            / (work_seconds(f.seconds, f.launches, self.launch_overhead) + work_seconds(b.seconds, b.launches, self.launch_overhead))
     }
 
     /// GELU forward + backward bytes over their time, launch overhead taken off.
     pub fn memory_rate(&self) -> f64 {
         let (f, b) = (&self.gelu_forward, &self.gelu_backward);
         (f.amount + b.amount)
-            / (work_seconds(f.seconds, f.launches, self.launch_overhead)
-                + work_seconds(b.seconds, b.launches, self.launch_overhead))
+            / (work_seconds(f.seconds, f.launches, self.launch_overhead) + work_seconds(b.seconds, b.launches, self.launch_overhead))
     }
 
     /// Device memory in use that the pool does not account for.
     pub fn fixed_overhead(&self) -> u64 {
-        self.device_used_after
-            .saturating_sub(self.pool_reserved_after)
+        self.device_used_after.saturating_sub(self.pool_reserved_after)
     }
 
     pub fn provenance(&self) -> String {
@@ -628,15 +582,14 @@ impl Calibration {
             host_sharing: self.shared.sharing(c),
             host_adam_call_overhead: Seconds(self.shared.call_overhead()),
         };
-        hw.validate()
-            .map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
+        hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
     }
 
     /// The profile as a RON file, with a comment saying where it comes from.
     pub fn profile_ron(&self, hw: &HardwareProfile) -> Result<String, String> {
-        let body = ron::ser::to_string_pretty(hw, ron::ser::PrettyConfig::default())
-            .map_err(|e| format!("writing the profile as RON: {e}"))?;
+        let body =
+            ron::ser::to_string_pretty(hw, ron::ser::PrettyConfig::default()).map_err(|e| format!("writing the profile as RON: {e}"))?;
         Ok(format!(
             "// {}: measured by `offplan calibrate` on {} (driver {}) at {} UTC, with the shapes of {}.\n// Regenerate with `offplan calibrate --out PATH`; do not edit by hand.\n{body}\n",
             hw.name,
@@ -678,10 +631,7 @@ impl Calibration {
             w.push(format!("{:.0} MiB of device memory was in use before anything was allocated: another process may hold memory, and fixed_overhead includes it", mib(self.device_used_at_start)));
         }
         if self.launch_overhead > 20e-6 {
-            w.push(format!(
-                "launch overhead {:.1} us is high (a busy host?)",
-                self.launch_overhead * 1e6
-            ));
+            w.push(format!("launch overhead {:.1} us is high (a busy host?)", self.launch_overhead * 1e6));
         }
         w
     }
@@ -700,10 +650,7 @@ impl Calibration {
             self.memory_total as f64 / GIB as f64
         );
         let _ = writeln!(s, "medians of {} rounds\n", self.repeats);
-        let _ = writeln!(
-            s,
-            "pinned copies (GB/s)     H2D      D2H   H2D+D2H at once (each, sum)"
-        );
+        let _ = writeln!(s, "pinned copies (GB/s)     H2D      D2H   H2D+D2H at once (each, sum)");
         for r in &self.copies {
             let _ = writeln!(
                 s,
@@ -760,13 +707,7 @@ impl Calibration {
             (&self.host_copy, "GB/s", 1e9),
             (&self.host_copy_one_thread, "GB/s", 1e9),
         ] {
-            let _ = writeln!(
-                s,
-                "  {:<44} {:>10.4} ms {:>9.1} {unit}",
-                t.what,
-                t.seconds * 1e3,
-                t.rate() / scale
-            );
+            let _ = writeln!(s, "  {:<44} {:>10.4} ms {:>9.1} {unit}", t.what, t.seconds * 1e3, t.rate() / scale);
         }
         let _ = writeln!(
             s,
@@ -782,45 +723,17 @@ impl Calibration {
             self.shared.adam_alone.seconds * 1e3,
             self.shared.adam_alone.rate() / 1e9
         );
-        let _ = writeln!(
-            s,
-            "  attention (forward + backward, overhead off)   {:>22.1} TFLOP/s",
-            self.attention_rate() / 1e12
-        );
-        let _ = writeln!(
-            s,
-            "  memory rate (GELU fwd + bwd, overhead off)     {:>22.1} GB/s",
-            self.memory_rate() / 1e9
-        );
-        let _ = writeln!(
-            s,
-            "  launch overhead                                {:>22.2} us",
-            self.launch_overhead * 1e6
-        );
+        let _ = writeln!(s, "  attention (forward + backward, overhead off)   {:>22.1} TFLOP/s", self.attention_rate() / 1e12);
+        let _ = writeln!(s, "  memory rate (GELU fwd + bwd, overhead off)     {:>22.1} GB/s", self.memory_rate() / 1e9);
+        let _ = writeln!(s, "  launch overhead                                {:>22.2} us", self.launch_overhead * 1e6);
         if let Ok(c) = self.large_copy() {
             let _ = writeln!(s, "\n{}", self.shared.report(c));
         }
         let _ = writeln!(s, "device memory");
-        let _ = writeln!(
-            s,
-            "  in use after the context                     {:>10.1} MiB",
-            mib(self.device_used_at_start)
-        );
-        let _ = writeln!(
-            s,
-            "  in use after kernels, cuBLASLt, all work     {:>10.1} MiB",
-            mib(self.device_used_after)
-        );
-        let _ = writeln!(
-            s,
-            "  of which pool reserved                       {:>10.1} MiB",
-            mib(self.pool_reserved_after)
-        );
-        let _ = writeln!(
-            s,
-            "  fixed overhead (in use - pool reserved)      {:>10.1} MiB",
-            mib(self.fixed_overhead())
-        );
+        let _ = writeln!(s, "  in use after the context                     {:>10.1} MiB", mib(self.device_used_at_start));
+        let _ = writeln!(s, "  in use after kernels, cuBLASLt, all work     {:>10.1} MiB", mib(self.device_used_after));
+        let _ = writeln!(s, "  of which pool reserved                       {:>10.1} MiB", mib(self.pool_reserved_after));
+        let _ = writeln!(s, "  fixed overhead (in use - pool reserved)      {:>10.1} MiB", mib(self.fixed_overhead()));
         let _ = writeln!(
             s,
             "  {} 1-byte allocations: addresses {3} B apart (alloc granularity {4} B), USED +{1} B each, RESERVED +{2} in all (the pool's chunk)",
@@ -857,19 +770,14 @@ pub fn measure(cfg: &GptConfig, opts: &Options) -> Result<Calibration, ExecError
 mod imp {
     use super::*;
     pub fn measure(_: &GptConfig, _: &Options) -> Result<Calibration, ExecError> {
-        Err(ExecError::NoGpu(
-            "this offplan was built without the `cuda` feature".into(),
-        ))
+        Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
     }
 }
 
 #[cfg(feature = "cuda")]
 mod imp {
     use super::*;
-    use crate::gpu::{
-        elapsed_ms, record, Arg, DeviceBuffer, Gemm, Gpu, GpuError, Kernels, Lt, MatType,
-        PinnedBuffer,
-    };
+    use crate::gpu::{elapsed_ms, record, Arg, DeviceBuffer, Gemm, Gpu, GpuError, Kernels, Lt, MatType, PinnedBuffer};
     use crate::host::bf16::{bf16, f32_to_bf16};
     use crate::step::{bwd_smem, fwd_smem, fwd_warps, wanted_kernels};
     use cudarc::driver::{CudaEvent, CudaStream};
@@ -902,19 +810,11 @@ mod imp {
     }
 
     fn med(xs: &[f64], what: &str) -> R<f64> {
-        median(xs)
-            .filter(|m| *m > 0.0)
-            .ok_or_else(|| bad(format!("{what}: no valid samples")))
+        median(xs).filter(|m| *m > 0.0).ok_or_else(|| bad(format!("{what}: no valid samples")))
     }
 
     /// Times `iters` calls of `f` on `stream` between two events; seconds per call.
-    fn time_calls(
-        gpu: &Gpu,
-        stream: &CudaStream,
-        iters: u32,
-        what: &str,
-        f: &mut dyn FnMut() -> R<()>,
-    ) -> R<f64> {
+    fn time_calls(gpu: &Gpu, stream: &CudaStream, iters: u32, what: &str, f: &mut dyn FnMut() -> R<()>) -> R<f64> {
         let (a, b) = (gpu.timing_event()?, gpu.timing_event()?);
         record(&a, stream)?;
         for _ in 0..iters {
@@ -925,13 +825,7 @@ mod imp {
     }
 
     /// Warm-up (two calls), then the number of calls that makes a sample last `min_s`.
-    fn calibrate_iters(
-        gpu: &Gpu,
-        stream: &CudaStream,
-        min_s: f64,
-        what: &str,
-        f: &mut dyn FnMut() -> R<()>,
-    ) -> R<u32> {
+    fn calibrate_iters(gpu: &Gpu, stream: &CudaStream, min_s: f64, what: &str, f: &mut dyn FnMut() -> R<()>) -> R<u32> {
         f()?;
         f()?;
         gpu.synchronize()?;
@@ -972,24 +866,13 @@ mod imp {
         let mut host = vec![0u8; n];
         gpu.download(&gpu.compute, &mut host, ptr)?;
         let bad_count = match out {
-            OutType::Bf16 => host
-                .chunks_exact(2)
-                .filter(|c| {
-                    !bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))
-                        .to_f32()
-                        .is_finite()
-                })
-                .count(),
-            OutType::F32 => host
-                .chunks_exact(4)
-                .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
-                .count(),
+            OutType::Bf16 => {
+                host.chunks_exact(2).filter(|c| !bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().is_finite()).count()
+            }
+            OutType::F32 => host.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count(),
         };
         if bad_count > 0 {
-            return Err(bad(format!(
-                "{what}: {bad_count} of its first {} values are not finite",
-                n as u64 / out.size()
-            )));
+            return Err(bad(format!("{what}: {bad_count} of its first {} values are not finite", n as u64 / out.size())));
         }
         Ok(())
     }
@@ -1000,12 +883,12 @@ mod imp {
         let inv = &program.inventory;
         let d = cfg.hidden / cfg.heads;
         if cfg.attention == Attention::Fused && ![32, 64, 80, 96, 128].contains(&d) {
-            return Err(ExecError::Unsupported(format!("fused attention has kernels for head sizes 32, 64, 80, 96, 128; this config has {d}")));
+            return Err(ExecError::Unsupported(format!(
+                "fused attention has kernels for head sizes 32, 64, 80, 96, 128; this config has {d}"
+            )));
         }
         if cfg.attention == Attention::Materialized && d > 256 {
-            return Err(ExecError::Unsupported(format!(
-                "materialised attention supports head sizes up to 256; this config has {d}"
-            )));
+            return Err(ExecError::Unsupported(format!("materialised attention supports head sizes up to 256; this config has {d}")));
         }
 
         let gpu = Gpu::new().map_err(ExecError::opening)?;
@@ -1027,27 +910,18 @@ mod imp {
             gpu.synchronize()?;
             let before = gpu.pool_stats()?;
             const N: u64 = 16;
-            let bufs: Vec<DeviceBuffer> = (0..N)
-                .map(|_| gpu.alloc(&gpu.compute, 1))
-                .collect::<Result<_, _>>()?;
+            let bufs: Vec<DeviceBuffer> = (0..N).map(|_| gpu.alloc(&gpu.compute, 1)).collect::<Result<_, _>>()?;
             gpu.synchronize()?;
             let after = gpu.pool_stats()?;
             let mut ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr()).collect();
             ptrs.sort_unstable();
-            let spacing = ptrs
-                .windows(2)
-                .map(|w| w[1] - w[0])
-                .filter(|x| *x > 0)
-                .min()
-                .unwrap_or(0);
+            let spacing = ptrs.windows(2).map(|w| w[1] - w[0]).filter(|x| *x > 0).min().unwrap_or(0);
             drop(bufs);
             gpu.synchronize()?;
             AllocProbe {
                 allocations: N,
                 used_per_alloc: after.used_current.saturating_sub(before.used_current) / N,
-                reserved_growth: after
-                    .reserved_current
-                    .saturating_sub(before.reserved_current),
+                reserved_growth: after.reserved_current.saturating_sub(before.reserved_current),
                 pointer_spacing: spacing,
             }
         };
@@ -1086,21 +960,14 @@ mod imp {
 
         // ---- kernels and cuBLASLt, as Step::new sets them up
         let wanted = wanted_kernels(cfg);
-        let wanted_ref: Vec<(&'static str, &str)> =
-            wanted.iter().map(|(f, n)| (*f, n.as_str())).collect();
+        let wanted_ref: Vec<(&'static str, &str)> = wanted.iter().map(|(f, n)| (*f, n.as_str())).collect();
         let t0 = Instant::now();
         let kernels = Kernels::compile(&gpu, crate::gpu::KERNEL_FILES, &wanted_ref)?;
-        println!(
-            "compiled {} kernels with NVRTC in {:.1} s",
-            wanted.len(),
-            t0.elapsed().as_secs_f64()
-        );
+        println!("compiled {} kernels with NVRTC in {:.1} s", wanted.len(), t0.elapsed().as_secs_f64());
         match cfg.attention {
             Attention::Fused => {
-                kernels
-                    .set_max_dynamic_smem(&format!("flash_attention_forward_d{d}"), fwd_smem(d))?;
-                kernels
-                    .set_max_dynamic_smem(&format!("flash_attention_backward_d{d}"), bwd_smem(d))?;
+                kernels.set_max_dynamic_smem(&format!("flash_attention_forward_d{d}"), fwd_smem(d))?;
+                kernels.set_max_dynamic_smem(&format!("flash_attention_backward_d{d}"), bwd_smem(d))?;
             }
             Attention::Materialized => {
                 let smem = cfg.seq * 4;
@@ -1117,69 +984,32 @@ mod imp {
 
         // ---- launch overhead
         let tiny = gpu.alloc(s, 512)?;
-        let fill = || {
-            kernels
-                .launch(
-                    s,
-                    "fill_bf16",
-                    (1, 1, 1),
-                    256,
-                    0,
-                    &[Arg::P(tiny.ptr()), Arg::L(256), Arg::F(0.0)],
-                )
-                .map_err(ExecError::from)
-        };
+        let fill =
+            || kernels.launch(s, "fill_bf16", (1, 1, 1), 256, 0, &[Arg::P(tiny.ptr()), Arg::L(256), Arg::F(0.0)]).map_err(ExecError::from);
         for _ in 0..100 {
             fill()?;
         }
         gpu.synchronize()?;
         let mut launch = Vec::new();
         for _ in 0..reps {
-            launch.push(time_calls(
-                &gpu,
-                s,
-                opts.launches,
-                "fill_bf16 launches",
-                &mut || fill(),
-            )?);
+            launch.push(time_calls(&gpu, s, opts.launches, "fill_bf16 launches", &mut || fill())?);
         }
         let launch_overhead = med(&launch, "launch overhead")?;
-        println!(
-            "launch overhead: {:.2} us per launch ({} back-to-back launches)",
-            launch_overhead * 1e6,
-            opts.launches
-        );
+        println!("launch overhead: {:.2} us per launch ({} back-to-back launches)", launch_overhead * 1e6, opts.launches);
 
         // ---- random source data for every operand
         let gemms = step_gemms(cfg);
         let operand_bytes = |g: &GemmShape| {
             let a = align256(2 * g.a_elems());
             let b = align256(2 * g.b_elems());
-            let c = if g.with_c && !g.c_is_d {
-                align256(2 * g.d_elems())
-            } else {
-                0
-            };
+            let c = if g.with_c && !g.c_is_d { align256(2 * g.d_elems()) } else { 0 };
             let bias = if g.bias { align256(2 * g.m) } else { 0 };
             a + b + c + bias
         };
-        let src_bytes = gemms
-            .iter()
-            .map(operand_bytes)
-            .max()
-            .unwrap_or(0)
-            .max(64 * MIB);
+        let src_bytes = gemms.iter().map(operand_bytes).max().unwrap_or(0).max(64 * MIB);
         let d_bytes = gemms.iter().map(|g| g.d_bytes()).max().unwrap_or(0);
         let (free, _) = gpu.mem_info()?;
-        let need = src_bytes
-            + d_bytes
-            + 2 * opts
-                .copy_sizes
-                .iter()
-                .max()
-                .copied()
-                .unwrap_or(0)
-                .max(opts.device_copy_bytes);
+        let need = src_bytes + d_bytes + 2 * opts.copy_sizes.iter().max().copied().unwrap_or(0).max(opts.device_copy_bytes);
         if need > free / 10 * 9 {
             return Err(ExecError::Unsupported(format!(
                 "calibration needs about {:.0} MiB of device memory, {:.0} MiB is free: use --quick or a smaller --model/--batch",
@@ -1238,42 +1068,25 @@ mod imp {
                 }
             })
             .collect();
-        println!(
-            "timing {} products of one {} step ...",
-            gemms.len(),
-            cfg.name
-        );
+        println!("timing {} products of one {} step ...", gemms.len(), cfg.name);
         let mut iters = Vec::new();
         for (g, call) in gemms.iter().zip(&calls) {
             // an accumulating product needs finite values in D: start from zeros
             gpu.zero(s, dbuf.ptr(), d_bytes as usize)?;
-            iters.push(calibrate_iters(
-                &gpu,
-                s,
-                opts.min_sample_s,
-                &g.name,
-                &mut || lt.matmul(s, call).map_err(ExecError::from),
-            )?);
+            iters.push(calibrate_iters(&gpu, s, opts.min_sample_s, &g.name, &mut || lt.matmul(s, call).map_err(ExecError::from))?);
             gpu.synchronize()?;
             check_finite(&gpu, dbuf.ptr(), g.d_bytes(), g.out, &g.name)?;
         }
         let mut gemm_samples = vec![Vec::new(); gemms.len()];
         for _ in 0..reps {
             for (i, (g, call)) in gemms.iter().zip(&calls).enumerate() {
-                gemm_samples[i].push(time_calls(&gpu, s, iters[i], &g.name, &mut || {
-                    lt.matmul(s, call).map_err(ExecError::from)
-                })?);
+                gemm_samples[i].push(time_calls(&gpu, s, iters[i], &g.name, &mut || lt.matmul(s, call).map_err(ExecError::from))?);
             }
         }
         let gemm_rows: Vec<GemmRow> = gemms
             .iter()
             .zip(&gemm_samples)
-            .map(|(g, xs)| {
-                Ok(GemmRow {
-                    shape: g.clone(),
-                    seconds: med(xs, &g.name)?,
-                })
-            })
+            .map(|(g, xs)| Ok(GemmRow { shape: g.clone(), seconds: med(xs, &g.name)? }))
             .collect::<R<_>>()?;
         drop(dbuf);
 
@@ -1281,14 +1094,7 @@ mod imp {
         let a0 = inv.acts[0];
         let s0 = inv.scratch[0];
         let buf = |t: models::TensorId| gpu.alloc(s, inv.tensor(t).bytes.0);
-        let (qkv, att, atty, datty, datt, dqkv) = (
-            buf(a0.qkv)?,
-            buf(a0.att)?,
-            buf(a0.atty)?,
-            buf(s0.datty)?,
-            buf(s0.datt)?,
-            buf(s0.dqkv)?,
-        );
+        let (qkv, att, atty, datty, datt, dqkv) = (buf(a0.qkv)?, buf(a0.att)?, buf(a0.atty)?, buf(s0.datty)?, buf(s0.datt)?, buf(s0.dqkv)?);
         fill_from(&gpu, &qkv, &src)?;
         fill_from(&gpu, &datty, &src)?;
         let (b, t, nh) = (cfg.batch as u64, cfg.seq as u64, cfg.heads as u64);
@@ -1306,15 +1112,7 @@ mod imp {
                         (cdiv(t, 16 * nw as u64), (b * nh) as u32, 1),
                         32 * nw,
                         fwd_smem(d),
-                        &[
-                            p(atty.ptr()),
-                            p(att.ptr()),
-                            p(qkv.ptr()),
-                            i32_(b),
-                            i32_(t),
-                            i32_(nh),
-                            Arg::F(scale),
-                        ],
+                        &[p(atty.ptr()), p(att.ptr()), p(qkv.ptr()), i32_(b), i32_(t), i32_(nh), Arg::F(scale)],
                     )?;
                 }
                 Attention::Materialized => {
@@ -1324,16 +1122,7 @@ mod imp {
                         (t as u32, (b * nh) as u32, 1),
                         128,
                         (t * 4) as u32,
-                        &[
-                            p(atty.ptr()),
-                            p(att.ptr()),
-                            p(qkv.ptr()),
-                            i32_(b),
-                            i32_(t),
-                            i32_(nh),
-                            i32_(dd),
-                            Arg::F(scale),
-                        ],
+                        &[p(atty.ptr()), p(att.ptr()), p(qkv.ptr()), i32_(b), i32_(t), i32_(nh), i32_(dd), Arg::F(scale)],
                     )?;
                 }
             }
@@ -1348,15 +1137,7 @@ mod imp {
                         (cdiv(b * nh * t, 8), 1, 1),
                         256,
                         0,
-                        &[
-                            p(datt.ptr()),
-                            p(datty.ptr()),
-                            p(atty.ptr()),
-                            i32_(b),
-                            i32_(t),
-                            i32_(nh),
-                            i32_(dd),
-                        ],
+                        &[p(datt.ptr()), p(datty.ptr()), p(atty.ptr()), i32_(b), i32_(t), i32_(nh), i32_(dd)],
                     )?;
                     kernels.launch(
                         s,
@@ -1391,67 +1172,25 @@ mod imp {
                         i32_(dd),
                         Arg::F(scale),
                     ];
-                    kernels.launch(
-                        s,
-                        "attention_materialized_backward_dq",
-                        grid,
-                        128,
-                        (t * 4) as u32,
-                        &args,
-                    )?;
-                    kernels.launch(
-                        s,
-                        "attention_materialized_backward_dkdv",
-                        grid,
-                        128,
-                        0,
-                        &args,
-                    )?;
+                    kernels.launch(s, "attention_materialized_backward_dq", grid, 128, (t * 4) as u32, &args)?;
+                    kernels.launch(s, "attention_materialized_backward_dkdv", grid, 128, 0, &args)?;
                 }
             }
             Ok(())
         };
-        let (fwd_flops, _, fwd_launches) = program_op(&program, OpKind::Attn(0))
-            .ok_or_else(|| bad("the step program has no attention op".into()))?;
-        let (bwd_flops, _, bwd_launches) = program_op(&program, OpKind::AttnBwd(0))
-            .ok_or_else(|| bad("the step program has no attention backward op".into()))?;
-        let it_f = calibrate_iters(&gpu, s, opts.min_sample_s, "attention forward", &mut || {
-            attn_fwd()
-        })?;
-        let it_b = calibrate_iters(
-            &gpu,
-            s,
-            opts.min_sample_s,
-            "attention backward",
-            &mut || attn_bwd(),
-        )?;
+        let (fwd_flops, _, fwd_launches) =
+            program_op(&program, OpKind::Attn(0)).ok_or_else(|| bad("the step program has no attention op".into()))?;
+        let (bwd_flops, _, bwd_launches) =
+            program_op(&program, OpKind::AttnBwd(0)).ok_or_else(|| bad("the step program has no attention backward op".into()))?;
+        let it_f = calibrate_iters(&gpu, s, opts.min_sample_s, "attention forward", &mut || attn_fwd())?;
+        let it_b = calibrate_iters(&gpu, s, opts.min_sample_s, "attention backward", &mut || attn_bwd())?;
         gpu.synchronize()?;
-        check_finite(
-            &gpu,
-            atty.ptr(),
-            atty.bytes(),
-            OutType::Bf16,
-            "attention forward output",
-        )?;
-        check_finite(
-            &gpu,
-            dqkv.ptr(),
-            dqkv.bytes(),
-            OutType::Bf16,
-            "attention backward dqkv",
-        )?;
+        check_finite(&gpu, atty.ptr(), atty.bytes(), OutType::Bf16, "attention forward output")?;
+        check_finite(&gpu, dqkv.ptr(), dqkv.bytes(), OutType::Bf16, "attention backward dqkv")?;
         let (mut fs, mut bs) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            fs.push(time_calls(&gpu, s, it_f, "attention forward", &mut || {
-                attn_fwd()
-            })?);
-            bs.push(time_calls(
-                &gpu,
-                s,
-                it_b,
-                "attention backward",
-                &mut || attn_bwd(),
-            )?);
+            fs.push(time_calls(&gpu, s, it_f, "attention forward", &mut || attn_fwd())?);
+            bs.push(time_calls(&gpu, s, it_b, "attention backward", &mut || attn_bwd())?);
         }
         let attention_forward = Timed {
             what: format!("attention forward ({:?}, D {d})", cfg.attention),
@@ -1472,65 +1211,34 @@ mod imp {
         fill_from(&gpu, &fch, &src)?;
         fill_from(&gpu, &dfch, &src)?;
         let cnt = inv.tensor(a0.fch).bytes.0 / 2;
-        if !cnt.is_multiple_of(8)
-            || inv.tensor(a0.fch_gelu).bytes.0 != 2 * cnt
-            || inv.tensor(s0.dfch).bytes.0 != 2 * cnt
-        {
-            return Err(bad(format!(
-                "the GELU tensors are not {cnt} bf16 values (a multiple of 8)"
-            )));
+        if !cnt.is_multiple_of(8) || inv.tensor(a0.fch_gelu).bytes.0 != 2 * cnt || inv.tensor(s0.dfch).bytes.0 != 2 * cnt {
+            return Err(bad(format!("the GELU tensors are not {cnt} bf16 values (a multiple of 8)")));
         }
         let gelu_f = || {
             kernels
-                .launch(
-                    s,
-                    "gelu_forward",
-                    (cdiv(cnt / 8, 256), 1, 1),
-                    256,
-                    0,
-                    &[p(fch_gelu.ptr()), p(fch.ptr()), Arg::L(cnt as i64)],
-                )
+                .launch(s, "gelu_forward", (cdiv(cnt / 8, 256), 1, 1), 256, 0, &[p(fch_gelu.ptr()), p(fch.ptr()), Arg::L(cnt as i64)])
                 .map_err(ExecError::from)
         };
         // in place on dfch, as the step does; the values stay finite (|gelu'| < 1.13), and a
         // fresh copy each round keeps them from shrinking to zeros
         let gelu_b = || {
             kernels
-                .launch(
-                    s,
-                    "gelu_backward",
-                    (cdiv(cnt / 8, 256), 1, 1),
-                    256,
-                    0,
-                    &[p(dfch.ptr()), p(fch.ptr()), Arg::L(cnt as i64)],
-                )
+                .launch(s, "gelu_backward", (cdiv(cnt / 8, 256), 1, 1), 256, 0, &[p(dfch.ptr()), p(fch.ptr()), Arg::L(cnt as i64)])
                 .map_err(ExecError::from)
         };
-        let (_, gf_bytes, gf_launches) = program_op(&program, OpKind::Gelu(0))
-            .ok_or_else(|| bad("the step program has no GELU op".into()))?;
-        let (_, gb_bytes, gb_launches) = program_op(&program, OpKind::GeluBwd(0))
-            .ok_or_else(|| bad("the step program has no GELU backward op".into()))?;
+        let (_, gf_bytes, gf_launches) =
+            program_op(&program, OpKind::Gelu(0)).ok_or_else(|| bad("the step program has no GELU op".into()))?;
+        let (_, gb_bytes, gb_launches) =
+            program_op(&program, OpKind::GeluBwd(0)).ok_or_else(|| bad("the step program has no GELU backward op".into()))?;
         let it_gf = calibrate_iters(&gpu, s, opts.min_sample_s, "gelu_forward", &mut || gelu_f())?;
-        let it_gb = calibrate_iters(&gpu, s, opts.min_sample_s, "gelu_backward", &mut || {
-            gelu_b()
-        })?;
+        let it_gb = calibrate_iters(&gpu, s, opts.min_sample_s, "gelu_backward", &mut || gelu_b())?;
         gpu.synchronize()?;
-        check_finite(
-            &gpu,
-            fch_gelu.ptr(),
-            fch_gelu.bytes(),
-            OutType::Bf16,
-            "gelu_forward output",
-        )?;
+        check_finite(&gpu, fch_gelu.ptr(), fch_gelu.bytes(), OutType::Bf16, "gelu_forward output")?;
         let (mut gfs, mut gbs) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             fill_from(&gpu, &dfch, &src)?;
-            gfs.push(time_calls(&gpu, s, it_gf, "gelu_forward", &mut || {
-                gelu_f()
-            })?);
-            gbs.push(time_calls(&gpu, s, it_gb, "gelu_backward", &mut || {
-                gelu_b()
-            })?);
+            gfs.push(time_calls(&gpu, s, it_gf, "gelu_forward", &mut || gelu_f())?);
+            gbs.push(time_calls(&gpu, s, it_gb, "gelu_backward", &mut || gelu_b())?);
         }
         let gelu_forward = Timed {
             what: format!("gelu_forward ({} values)", cnt),
@@ -1551,11 +1259,7 @@ mod imp {
         let (free1, _) = gpu.mem_info()?;
         let device_used_after = total.saturating_sub(free1);
         let pool_reserved_after = gpu.pool_stats()?.reserved_current;
-        println!(
-            "device memory: {:.1} MiB in use, {:.1} MiB of it reserved by the pool",
-            mib(device_used_after),
-            mib(pool_reserved_after)
-        );
+        println!("device memory: {:.1} MiB in use, {:.1} MiB of it reserved by the pool", mib(device_used_after), mib(pool_reserved_after));
         if pool_reserved_after > device_used_after {
             return Err(bad(format!("the pool reserves {pool_reserved_after} B but only {device_used_after} B of the device is in use")));
         }
@@ -1563,21 +1267,12 @@ mod imp {
         // ---- pinned copies, and a device-to-device copy
         let max_copy = *opts.copy_sizes.last().expect("checked non-empty");
         let dev_bytes = max_copy.max(opts.device_copy_bytes);
-        println!(
-            "allocating 2 x {} of pinned host memory ...",
-            size_label(max_copy)
-        );
+        println!("allocating 2 x {} of pinned host memory ...", size_label(max_copy));
         let mut h_src: PinnedBuffer = gpu.pinned(max_copy as usize)?;
         let mut h_dst: PinnedBuffer = gpu.pinned(max_copy as usize)?;
-        h_src
-            .as_mut_slice()
-            .par_chunks_mut(1 << 20)
-            .for_each(|c| c.fill(0x3c));
+        h_src.as_mut_slice().par_chunks_mut(1 << 20).for_each(|c| c.fill(0x3c));
         // 0xff here, zeros on the device: the copies back must overwrite it
-        h_dst
-            .as_mut_slice()
-            .par_chunks_mut(1 << 20)
-            .for_each(|c| c.fill(0xff));
+        h_dst.as_mut_slice().par_chunks_mut(1 << 20).for_each(|c| c.fill(0xff));
         let d_a = gpu.alloc(s, dev_bytes)?;
         let d_b = gpu.alloc(s, dev_bytes)?;
         gpu.zero(s, d_b.ptr(), dev_bytes as usize)?;
@@ -1613,11 +1308,7 @@ mod imp {
                     (cdiv(gate_elems / 8, 256), 1, 1),
                     256,
                     0,
-                    &[
-                        p(gate_buf.ptr()),
-                        p(gate_buf.ptr()),
-                        Arg::L(gate_elems as i64),
-                    ],
+                    &[p(gate_buf.ptr()), p(gate_buf.ptr()), Arg::L(gate_elems as i64)],
                 )?;
             }
             record(&gate, s)?;
@@ -1647,9 +1338,7 @@ mod imp {
         for (&size, xs) in opts.copy_sizes.iter().zip(&copy_samples) {
             let col = |f: fn(&(f64, f64, f64, f64)) -> f64| xs.iter().map(f).collect::<Vec<f64>>();
             let what = size_label(size);
-            let rate = |v: Vec<f64>, dir: &str| -> R<f64> {
-                Ok(size as f64 / med(&v, &format!("{dir} copy of {what}"))?)
-            };
+            let rate = |v: Vec<f64>, dir: &str| -> R<f64> { Ok(size as f64 / med(&v, &format!("{dir} copy of {what}"))?) };
             copies.push(CopyRow {
                 bytes: size,
                 h2d: rate(col(|x| x.0), "host-to-device")?,
@@ -1659,27 +1348,16 @@ mod imp {
             });
         }
         let back = h_dst.as_slice();
-        if back[..16]
-            .iter()
-            .chain(&back[back.len() - 16..])
-            .any(|&x| x != 0)
-        {
-            return Err(bad(
-                "the device-to-host copies did not bring back the device's zeros".into(),
-            ));
+        if back[..16].iter().chain(&back[back.len() - 16..]).any(|&x| x != 0) {
+            return Err(bad("the device-to-host copies did not bring back the device's zeros".into()));
         }
         let mut probe = vec![0u8; 16];
         gpu.download(s, &mut probe, d_a.ptr() + max_copy - 16)?;
         if probe.iter().any(|&x| x != 0x3c) {
-            return Err(bad(
-                "the host-to-device copies did not bring the host's bytes".into(),
-            ));
+            return Err(bad("the host-to-device copies did not bring the host's bytes".into()));
         }
         // ---- host AdamW on pinned memory, alone and beside the copies
-        println!(
-            "host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...",
-            opts.host_adam_params >> 20
-        );
+        println!("host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...", opts.host_adam_params >> 20);
         let shared = {
             let big = copies.last().expect("checked non-empty");
             let mut bufs = shared_memory::gpu::CopyBuffers {
@@ -1695,10 +1373,7 @@ mod imp {
         };
         // device-to-device
         let dcb = opts.device_copy_bytes as usize;
-        let copy_d = || {
-            gpu.copy_d2d(s, d_b.ptr(), d_a.ptr(), dcb)
-                .map_err(ExecError::from)
-        };
+        let copy_d = || gpu.copy_d2d(s, d_b.ptr(), d_a.ptr(), dcb).map_err(ExecError::from);
         let it_dc = calibrate_iters(&gpu, s, opts.min_sample_s, "device copy", &mut || copy_d())?;
         let mut dcs = Vec::new();
         for _ in 0..reps {
@@ -1727,11 +1402,7 @@ mod imp {
         let hb = opts.host_copy_bytes;
         let hsrc = vec![1u8; hb];
         let mut hdst = vec![0u8; hb];
-        let par_copy = |dst: &mut [u8]| {
-            dst.par_chunks_mut(1 << 20)
-                .zip(hsrc.par_chunks(1 << 20))
-                .for_each(|(d, s)| d.copy_from_slice(s))
-        };
+        let par_copy = |dst: &mut [u8]| dst.par_chunks_mut(1 << 20).zip(hsrc.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
         par_copy(&mut hdst); // first touch
         let (mut hp, mut h1) = (Vec::new(), Vec::new());
         for _ in 0..reps {
@@ -1747,10 +1418,7 @@ mod imp {
         }
         drop((hsrc, hdst));
         let host_copy = Timed {
-            what: format!(
-                "host copy of {}, {host_threads} threads",
-                size_label(hb as u64)
-            ),
+            what: format!("host copy of {}, {host_threads} threads", size_label(hb as u64)),
             amount: 2.0 * hb as f64,
             seconds: med(&hp, "host copy")?,
             launches: 0,
@@ -1767,29 +1435,17 @@ mod imp {
         let g = vec![f32_to_bf16(1e-3); n];
         let mut opt = vec![0.0f32; 3 * n];
         opt[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.01));
-        let views = vec![models::inventory::View {
-            name: "calibration".into(),
-            shape: vec![n as u64],
-            offset: 0,
-        }];
+        let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![n as u64], offset: 0 }];
         let h = crate::host::AdamW::default();
-        crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 1)
-            .map_err(|e| bad(e.to_string()))?; // warm-up, first touch
+        crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 1).map_err(|e| bad(e.to_string()))?; // warm-up, first touch
         let mut ad = Vec::new();
         for r in 0..reps {
             let t0 = Instant::now();
-            crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 2 + r as u32)
-                .map_err(|e| bad(e.to_string()))?;
+            crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 2 + r as u32).map_err(|e| bad(e.to_string()))?;
             ad.push(t0.elapsed().as_secs_f64());
         }
-        if !opt[..n]
-            .iter()
-            .step_by(4096)
-            .all(|x| x.is_finite() && *x < 0.01)
-        {
-            return Err(bad(
-                "host AdamW left non-finite or unchanged master weights".into(),
-            ));
+        if !opt[..n].iter().step_by(4096).all(|x| x.is_finite() && *x < 0.01) {
+            return Err(bad("host AdamW left non-finite or unchanged master weights".into()));
         }
         let host_adam = Timed {
             what: format!("host AdamW, {} M params, {host_threads} threads", n >> 20),
@@ -1825,10 +1481,7 @@ mod imp {
             host_adam,
             shared,
             host_threads,
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
     }
 }
@@ -1839,10 +1492,7 @@ mod tests {
     use std::path::Path;
 
     fn config(name: &str) -> GptConfig {
-        GptConfig::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron")),
-        )
-        .unwrap()
+        GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"))).unwrap()
     }
 
     #[test]
@@ -1887,15 +1537,9 @@ mod tests {
                     continue;
                 };
                 let program = Program::build(&cfg);
-                let ours: f64 = step_gemms(&cfg)
-                    .iter()
-                    .map(|g| g.per_step as f64 * g.flops())
-                    .sum();
+                let ours: f64 = step_gemms(&cfg).iter().map(|g| g.per_step as f64 * g.flops()).sum();
                 let theirs = program_matmul_flops(&program);
-                assert!(
-                    (ours - theirs).abs() <= 1e-9 * theirs,
-                    "{name} k {k}: {ours} vs {theirs}"
-                );
+                assert!((ours - theirs).abs() <= 1e-9 * theirs, "{name} k {k}: {ours} vs {theirs}");
             }
         }
     }
@@ -1921,10 +1565,7 @@ mod tests {
         // dx into fp32 dlnf, accumulating for all but the first chunk
         let vc = (cfg.padded_vocab / cfg.output_chunks) as u64;
         let dx = by("out_dx");
-        assert_eq!(
-            (dx.m, dx.n, dx.k, dx.out, dx.with_c, dx.per_step),
-            (c, n, vc, OutType::F32, false, 1)
-        );
+        assert_eq!((dx.m, dx.n, dx.k, dx.out, dx.with_c, dx.per_step), (c, n, vc, OutType::F32, false, 1));
         let acc = by("out_dx_acc");
         assert!(acc.with_c && acc.c_is_d);
         assert_eq!(acc.per_step, cfg.output_chunks as u64 - 1);
@@ -1954,18 +1595,10 @@ mod tests {
             .into_iter()
             .map(|g| {
                 let rate = if g.name == "qkv" { 250e12 } else { 500e12 };
-                GemmRow {
-                    seconds: g.flops() / rate,
-                    shape: g,
-                }
+                GemmRow { seconds: g.flops() / rate, shape: g }
             })
             .collect();
-        let t = |what: &str, amount: f64, seconds: f64, launches: u32| Timed {
-            what: what.into(),
-            amount,
-            seconds,
-            launches,
-        };
+        let t = |what: &str, amount: f64, seconds: f64, launches: u32| Timed { what: what.into(), amount, seconds, launches };
         Calibration {
             device: "NVIDIA H100 80GB HBM3".into(),
             driver: "13.0".into(),
@@ -1974,20 +1607,8 @@ mod tests {
             repeats: 7,
             memory_total: 81559 * MIB,
             copies: vec![
-                CopyRow {
-                    bytes: 8 * MIB,
-                    h2d: 40e9,
-                    d2h: 42e9,
-                    h2d_duplex: 35e9,
-                    d2h_duplex: 36e9,
-                },
-                CopyRow {
-                    bytes: GIB,
-                    h2d: 52e9,
-                    d2h: 54e9,
-                    h2d_duplex: 47e9,
-                    d2h_duplex: 46e9,
-                },
+                CopyRow { bytes: 8 * MIB, h2d: 40e9, d2h: 42e9, h2d_duplex: 35e9, d2h_duplex: 36e9 },
+                CopyRow { bytes: GIB, h2d: 52e9, d2h: 54e9, h2d_duplex: 47e9, d2h_duplex: 46e9 },
             ],
             gemms: gemm_rows,
             attention_forward: t("attention forward", 100e9, 0.4e-3, 1),
@@ -1999,12 +1620,7 @@ mod tests {
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
             pool_reserved_after: 400 * MIB,
-            alloc: AllocProbe {
-                allocations: 16,
-                used_per_alloc: 512,
-                reserved_growth: 2 * MIB,
-                pointer_spacing: 512,
-            },
+            alloc: AllocProbe { allocations: 16, used_per_alloc: 512, reserved_growth: 2 * MIB, pointer_spacing: 512 },
             reserve: ReserveProbe { requested: 1000 * MIB + 1, reserved: 1024 * MIB, pinned: 4096 * MIB, pinned_device: 8 * MIB },
             host_copy: t("host copy", 2e9, 0.05, 0),
             host_copy_one_thread: t("host copy 1", 2e9, 0.2, 0),
@@ -2031,22 +1647,14 @@ mod tests {
         assert_eq!(hw.name, "h100-test");
         assert_eq!(hw.memory, Bytes(81559 * MIB));
         // the largest copy size's rates
-        assert_eq!(
-            (hw.h2d.0, hw.d2h.0, hw.h2d_duplex.0, hw.d2h_duplex.0),
-            (52e9, 54e9, 47e9, 46e9)
-        );
+        assert_eq!((hw.h2d.0, hw.d2h.0, hw.h2d_duplex.0, hw.d2h_duplex.0), (52e9, 54e9, 47e9, 46e9));
         assert!((hw.attention_flops.0 - 350e9 / 1.6e-3).abs() < 1.0);
         assert!((hw.memory_bandwidth.0 - 2e12).abs() < 1.0);
         assert_eq!(hw.fixed_overhead, Bytes(700 * MIB));
         assert_eq!(hw.alloc_granularity, Bytes(512));
         // what the H100 showed: USED counts requested bytes, addresses 512 apart
         let mut c2 = c.clone();
-        c2.alloc = AllocProbe {
-            allocations: 16,
-            used_per_alloc: 1,
-            reserved_growth: 32 * MIB,
-            pointer_spacing: 512,
-        };
+        c2.alloc = AllocProbe { allocations: 16, used_per_alloc: 1, reserved_growth: 32 * MIB, pointer_spacing: 512 };
         assert_eq!(c2.to_profile("x").unwrap().alloc_granularity, Bytes(512));
         c2.alloc.pointer_spacing = 0;
         assert_eq!(c2.to_profile("x").unwrap().alloc_granularity, Bytes(1));
@@ -2066,12 +1674,7 @@ mod tests {
         assert_eq!(hw.launch_overhead, Seconds(0.0));
         match &hw.provenance {
             Provenance::Measured(m) => {
-                assert!(
-                    m.contains("NVIDIA H100 80GB HBM3")
-                        && m.contains("13.0")
-                        && m.contains("2027-01-15"),
-                    "{m}"
-                );
+                assert!(m.contains("NVIDIA H100 80GB HBM3") && m.contains("13.0") && m.contains("2027-01-15"), "{m}");
             }
             p => panic!("{p:?}"),
         }
@@ -2080,17 +1683,8 @@ mod tests {
     #[test]
     fn matmul_rate_is_flop_weighted_over_the_step() {
         let c = sample();
-        let total: f64 = c
-            .gemms
-            .iter()
-            .map(|g| g.shape.per_step as f64 * g.shape.flops())
-            .sum();
-        let qkv: f64 = c
-            .gemms
-            .iter()
-            .filter(|g| g.shape.name == "qkv")
-            .map(|g| g.shape.per_step as f64 * g.shape.flops())
-            .sum();
+        let total: f64 = c.gemms.iter().map(|g| g.shape.per_step as f64 * g.shape.flops()).sum();
+        let qkv: f64 = c.gemms.iter().filter(|g| g.shape.name == "qkv").map(|g| g.shape.per_step as f64 * g.shape.flops()).sum();
         // time = qkv/250 + rest/500
         let expect = total / (qkv / 250e12 + (total - qkv) / 500e12);
         let got = c.matmul_rate().unwrap();
@@ -2133,10 +1727,7 @@ mod tests {
     fn an_invalid_measurement_is_refused() {
         let mut c = sample();
         c.shared.adam_alone.seconds = 0.0; // infinite rate
-        assert!(c
-            .to_profile("x")
-            .unwrap_err()
-            .contains("host_adam_params_per_second"));
+        assert!(c.to_profile("x").unwrap_err().contains("host_adam_params_per_second"));
         let mut c = sample();
         c.copies.clear();
         assert!(c.to_profile("x").is_err());
@@ -2164,14 +1755,8 @@ mod tests {
 
     #[test]
     fn names_dates_and_sizes() {
-        assert_eq!(
-            default_name("NVIDIA H100 80GB HBM3"),
-            "h100-80gb-hbm3-calibrated"
-        );
-        assert_eq!(
-            default_name("NVIDIA GeForce RTX 4090"),
-            "geforce-rtx-4090-calibrated"
-        );
+        assert_eq!(default_name("NVIDIA H100 80GB HBM3"), "h100-80gb-hbm3-calibrated");
+        assert_eq!(default_name("NVIDIA GeForce RTX 4090"), "geforce-rtx-4090-calibrated");
         assert_eq!(default_name(""), "gpu-calibrated");
         assert_eq!(utc_date(1_800_000_000), "2027-01-15 08:00");
         assert_eq!(utc_date(0), "1970-01-01 00:00");

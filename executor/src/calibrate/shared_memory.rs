@@ -115,11 +115,7 @@ impl SharedMemory {
             .map(|r| {
                 let both = r.copies == Copies::Both;
                 let (h, d) = if both { (alone.h2d_duplex, alone.d2h_duplex) } else { (alone.h2d, alone.d2h) };
-                let s = Slowdown {
-                    adam: r.adam / adam,
-                    h2d: r.copies.h2d().then(|| r.h2d / h),
-                    d2h: r.copies.d2h().then(|| r.d2h / d),
-                };
+                let s = Slowdown { adam: r.adam / adam, h2d: r.copies.h2d().then(|| r.h2d / h), d2h: r.copies.d2h().then(|| r.d2h / d) };
                 (r.copies, s)
             })
             .collect()
@@ -131,7 +127,11 @@ impl SharedMemory {
         for (c, s) in self.slowdowns(alone) {
             for (part, v) in [("host AdamW", Some(s.adam)), ("H2D", s.h2d), ("D2H", s.d2h)] {
                 if let Some(v) = v.filter(|v| *v > 1.1) {
-                    w.push(format!("beside {} copies {part} ran at {:.0}% of its speed alone: the timing is suspect", c.label(), 100.0 * v));
+                    w.push(format!(
+                        "beside {} copies {part} ran at {:.0}% of its speed alone: the timing is suspect",
+                        c.label(),
+                        100.0 * v
+                    ));
                 }
             }
         }
@@ -176,7 +176,13 @@ impl SharedMemory {
         }
         if let Some(h) = self.sharing(alone) {
             let f = |x: Shares| format!("host {:.2}, H2D {:.2}, D2H {:.2}", x.host, x.h2d, x.d2h);
-            let _ = writeln!(s, "  host_sharing: beside H2D ({}); beside D2H ({}); beside both ({})", f(h.beside_h2d), f(h.beside_d2h), f(h.beside_both));
+            let _ = writeln!(
+                s,
+                "  host_sharing: beside H2D ({}); beside D2H ({}); beside both ({})",
+                f(h.beside_h2d),
+                f(h.beside_d2h),
+                f(h.beside_both)
+            );
         }
         s
     }
@@ -365,10 +371,8 @@ pub(super) mod gpu {
             )));
         }
         // The window: until the first direction finished its last copy.
-        let ends: Vec<f64> = lanes
-            .iter()
-            .map(|(_, evs)| elapsed_ms(&evs[0], evs.last().unwrap()).map(|ms| ms as f64 / 1e3))
-            .collect::<Result<_, _>>()?;
+        let ends: Vec<f64> =
+            lanes.iter().map(|(_, evs)| elapsed_ms(&evs[0], evs.last().unwrap()).map(|ms| ms as f64 / 1e3)).collect::<Result<_, _>>()?;
         let window = ends.iter().copied().fold(f64::INFINITY, f64::min);
         let mut rates = Vec::new();
         for (_, evs) in &lanes {

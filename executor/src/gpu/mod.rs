@@ -387,10 +387,7 @@ impl Kernels {
 
     /// Sets a kernel's maximum dynamic shared memory (needed above 48 KiB).
     pub fn set_max_dynamic_smem(&self, name: &str, bytes: u32) -> Result<()> {
-        self.func(name)?.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )?;
+        self.func(name)?.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
         Ok(())
     }
 
@@ -512,17 +509,43 @@ impl Lt {
         }
         use lts::cublasLtMatmulDescAttributes_t::*;
         let desc = ltr::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType::CUDA_R_32F)?;
-        let op = |t: bool| if t { cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T } else { cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let (ta, tb) = (op(key.ta), op(key.tb));
         // SAFETY: attribute buffers of the documented types and sizes.
         unsafe {
-            ltr::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const _ as *const c_void, std::mem::size_of_val(&ta))?;
-            ltr::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const _ as *const c_void, std::mem::size_of_val(&tb))?;
+            ltr::set_matmul_desc_attribute(
+                desc,
+                CUBLASLT_MATMUL_DESC_TRANSA,
+                &ta as *const _ as *const c_void,
+                std::mem::size_of_val(&ta),
+            )?;
+            ltr::set_matmul_desc_attribute(
+                desc,
+                CUBLASLT_MATMUL_DESC_TRANSB,
+                &tb as *const _ as *const c_void,
+                std::mem::size_of_val(&tb),
+            )?;
             if key.bias {
                 let epi = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-                ltr::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi))?;
+                ltr::set_matmul_desc_attribute(
+                    desc,
+                    CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epi as *const _ as *const c_void,
+                    std::mem::size_of_val(&epi),
+                )?;
                 let bt = lts::cudaDataType::CUDA_R_16BF;
-                ltr::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt as *const _ as *const c_void, std::mem::size_of_val(&bt))?;
+                ltr::set_matmul_desc_attribute(
+                    desc,
+                    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &bt as *const _ as *const c_void,
+                    std::mem::size_of_val(&bt),
+                )?;
             }
         }
         let (ar, ac) = if key.ta { (key.k, key.m) } else { (key.m, key.k) };
@@ -561,7 +584,19 @@ impl Lt {
     /// Enqueues one product on `stream`.
     pub fn matmul(&self, stream: &CudaStream, g: &Gemm) -> Result<()> {
         let align = [alignment(g.a), alignment(g.b), alignment(g.c.unwrap_or(g.d)), alignment(g.d)];
-        let key = PlanKey { m: g.m, n: g.n, k: g.k, ta: g.trans_a, tb: g.trans_b, lda: g.lda, ldb: g.ldb, ldd: g.ldd, out: g.out, bias: g.bias.is_some(), align };
+        let key = PlanKey {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            ta: g.trans_a,
+            tb: g.trans_b,
+            lda: g.lda,
+            ldb: g.ldb,
+            ldd: g.ldd,
+            out: g.out,
+            bias: g.bias.is_some(),
+            align,
+        };
         self.plan(key)?;
         let plans = self.plans.borrow();
         let p = &plans[&key];

@@ -150,7 +150,10 @@ pub fn adamw_owner(
         if view.offset != end {
             return Err(HostError::Invalid {
                 op: OP,
-                message: format!("view {} starts at element {}, expected {end}: views must tile the tensor in order", view.name, view.offset),
+                message: format!(
+                    "view {} starts at element {}, expected {end}: views must tile the tensor in order",
+                    view.name, view.offset
+                ),
             });
         }
         end += view.elems();

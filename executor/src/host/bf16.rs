@@ -6,8 +6,8 @@
 //! NaN: both keep the payload's top bits and set the quiet bit; the GPU's `cvt.rn.bf16.f32`
 //! returns the canonical 0x7FFF instead. Only NaN inputs differ.
 
-use half::slice::HalfBitsSliceExt;
 pub use half::bf16;
+use half::slice::HalfBitsSliceExt;
 
 /// f32 -> bf16, round to nearest, ties to even.
 #[inline(always)]
@@ -55,12 +55,7 @@ mod tests {
     use super::*;
 
     fn same(x: f32) {
-        assert_eq!(
-            f32_to_bf16(x).to_bits(),
-            bf16::from_f32(x).to_bits(),
-            "{x:e} ({:#010x})",
-            x.to_bits()
-        );
+        assert_eq!(f32_to_bf16(x).to_bits(), bf16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
     }
 
     #[test]

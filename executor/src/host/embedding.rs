@@ -64,7 +64,10 @@ pub fn embedding_forward(
     check_len(OP, "out (N x C)", n * c, out.len())?;
     check_len(OP, "wte (v_count x C)", v_count * c, wte.len())?;
     if t == 0 || n % t != 0 || wpe.len() < t * c {
-        return Err(HostError::Invalid { op: OP, message: format!("N = {n} is not a multiple of T = {t}, or wpe ({} elements) has fewer than T rows of C = {c}", wpe.len()) });
+        return Err(HostError::Invalid {
+            op: OP,
+            message: format!("N = {n} is not a multiple of T = {t}, or wpe ({} elements) has fewer than T rows of C = {c}", wpe.len()),
+        });
     }
     out.par_chunks_mut(FWD_ROWS * c).enumerate().for_each(|(i, rows)| {
         for (r, row) in rows.chunks_exact_mut(c).enumerate() {
@@ -92,22 +95,25 @@ pub fn embedding_backward_wpe(dwpe: &mut [bf16], dout: &[bf16], b: usize, t: usi
     if t > max_seq {
         return Err(HostError::Invalid { op: OP, message: format!("T = {t} exceeds max_seq = {max_seq}") });
     }
-    dwpe.par_chunks_mut(c).enumerate().for_each_init(|| [0.0f32; TILE], |acc, (pos, row)| {
-        if pos >= t {
-            row.fill(bf16::ZERO);
-            return;
-        }
-        for (k, out) in row.chunks_mut(TILE).enumerate() {
-            let c0 = k * TILE;
-            let acc = &mut acc[..out.len()];
-            acc.fill(0.0);
-            for bi in 0..b {
-                let base = (bi * t + pos) * c + c0;
-                kernels::accumulate(acc, &dout[base..base + out.len()]);
+    dwpe.par_chunks_mut(c).enumerate().for_each_init(
+        || [0.0f32; TILE],
+        |acc, (pos, row)| {
+            if pos >= t {
+                row.fill(bf16::ZERO);
+                return;
             }
-            kernels::store(out, acc);
-        }
-    });
+            for (k, out) in row.chunks_mut(TILE).enumerate() {
+                let c0 = k * TILE;
+                let acc = &mut acc[..out.len()];
+                acc.fill(0.0);
+                for bi in 0..b {
+                    let base = (bi * t + pos) * c + c0;
+                    kernels::accumulate(acc, &dout[base..base + out.len()]);
+                }
+                kernels::store(out, acc);
+            }
+        },
+    );
     Ok(())
 }
 

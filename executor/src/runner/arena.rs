@@ -25,10 +25,14 @@ impl Arena {
     /// schedule whose layout differs from the one its prediction counted (another offplan
     /// wrote it) or that does not fit in `free` device bytes.
     pub fn take(gpu: &Gpu, program: &Program, schedule: &Schedule, free: u64) -> Result<Arena, ExecError> {
-        let plan = plan_arena(program, schedule, ARENA_ALIGN).map_err(|e| ExecError::Refused(format!("the schedule cannot be laid out in one arena ({e}); run it with --allocator pool")))?;
+        let plan = plan_arena(program, schedule, ARENA_ALIGN)
+            .map_err(|e| ExecError::Refused(format!("the schedule cannot be laid out in one arena ({e}); run it with --allocator pool")))?;
         if let Some(predicted) = schedule.prediction.arena {
             if predicted != plan.size {
-                return Err(ExecError::Refused(format!("the schedule predicts an arena of {predicted}, this offplan lays it out in {}: re-plan it (offplan plan ...)", plan.size)));
+                return Err(ExecError::Refused(format!(
+                    "the schedule predicts an arena of {predicted}, this offplan lays it out in {}: re-plan it (offplan plan ...)",
+                    plan.size
+                )));
             }
         }
         if plan.size.0 > free {
@@ -68,7 +72,10 @@ impl Arena {
 
     /// The range the `Alloc` at `action` takes for `t`.
     pub fn at_action(&mut self, action: usize, t: &models::Tensor) -> Result<DeviceBuffer, ExecError> {
-        let offset = *self.at_action.get(&action).ok_or_else(|| ExecError::Refused(format!("action {action} (allocating {}) has no place in the arena", t.name)))?;
+        let offset = *self
+            .at_action
+            .get(&action)
+            .ok_or_else(|| ExecError::Refused(format!("action {action} (allocating {}) has no place in the arena", t.name)))?;
         self.range(offset, t.bytes.0)
     }
 

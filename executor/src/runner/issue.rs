@@ -9,7 +9,6 @@ use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
 use crate::host::bf16::{as_bf16, as_bf16_mut};
 use crate::host::{self, AdamW, WteScratch};
 use crate::init::init_owner;
-use rayon::prelude::*;
 use crate::step::Step;
 use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
@@ -18,6 +17,7 @@ use models::inventory::View;
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Lane, Schedule};
 use models::{OpId, TensorId};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -78,7 +78,14 @@ struct Sampler {
     d2h_bytes: u64,
 }
 
-pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, mut batches: Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+pub fn run(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    mut batches: Batches,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<ScheduleRunResult, ExecError> {
     let cfg = &program.config;
     let inv = &program.inventory;
     let gpu = Gpu::new().map_err(ExecError::opening)?;
@@ -86,12 +93,7 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
     let driver = gpu.driver_version()?;
     let (free0, total) = gpu.mem_info()?;
     let pool_budget = schedule.budget.0.saturating_sub(schedule.prediction.fixed_overhead.0);
-    println!(
-        "device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use, {:.0} MiB free",
-        gib(total),
-        mib(total - free0),
-        mib(free0)
-    );
+    println!("device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use, {:.0} MiB free", gib(total), mib(total - free0), mib(free0));
     if pool_budget > free0 {
         return Err(ExecError::Refused(format!(
             "its budget is {} of which {} is for tensors (the rest is the {} fixed overhead it assumes), but the device has only {} free: plan again with a budget of at most {}",
@@ -113,7 +115,9 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
         Allocator::Pool => None,
     };
     let mut step = match arena.as_mut() {
-        Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| a.resident(t).map_err(|e| crate::gpu::GpuError::Invalid(e.to_string())))?,
+        Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| {
+            a.resident(t).map_err(|e| crate::gpu::GpuError::Invalid(e.to_string()))
+        })?,
         None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
     };
     let lanes = Lanes { compute: gpu.compute.clone(), h2d: gpu.h2d.clone(), d2h: gpu.d2h.clone(), host: gpu.new_stream()? };
@@ -150,7 +154,8 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
     }
     println!("initial weights and optimizer state in place in {:.1} s", t0.elapsed().as_secs_f64());
 
-    let n_events = schedule.actions.iter().filter_map(|a| if let Action::Record(e, _) = a { Some(e.0 as usize + 1) } else { None }).max().unwrap_or(0);
+    let n_events =
+        schedule.actions.iter().filter_map(|a| if let Action::Record(e, _) = a { Some(e.0 as usize + 1) } else { None }).max().unwrap_or(0);
     let events: Vec<CudaEvent> = (0..n_events).map(|_| gpu.sync_event()).collect::<Result<_, _>>()?;
     let start = gpu.timing_event()?;
     let ends: Vec<CudaEvent> = (0..4).map(|_| gpu.timing_event()).collect::<Result<_, _>>()?;
@@ -170,7 +175,22 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, &lanes.compute)?;
         for (i, a) in schedule.actions.iter().enumerate() {
-            issue(&gpu, program, &lanes, &mut step, arena.as_mut(), &copies, &events, &sink, &tokens, &opts.adamw, s, i, a, sampler.as_mut())?;
+            issue(
+                &gpu,
+                program,
+                &lanes,
+                &mut step,
+                arena.as_mut(),
+                &copies,
+                &events,
+                &sink,
+                &tokens,
+                &opts.adamw,
+                s,
+                i,
+                a,
+                sampler.as_mut(),
+            )?;
         }
         for (lane, end) in Lane::ALL.iter().zip(&ends) {
             record(end, lanes.of(*lane))?;
@@ -199,7 +219,13 @@ pub fn run(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator:
                 reports.push(r);
             }
             Some(smp) => {
-                lane_times = LaneTimes { step_ms: ms, host_ms: sink.nanos.load(Ordering::Relaxed) as f64 / 1e6, h2d_bytes: smp.h2d_bytes, d2h_bytes: smp.d2h_bytes, ..LaneTimes::default() };
+                lane_times = LaneTimes {
+                    step_ms: ms,
+                    host_ms: sink.nanos.load(Ordering::Relaxed) as f64 / 1e6,
+                    h2d_bytes: smp.h2d_bytes,
+                    d2h_bytes: smp.d2h_bytes,
+                    ..LaneTimes::default()
+                };
                 for (kind, before, after) in &smp.spans {
                     let d = elapsed_ms(before, after)? as f64;
                     match kind {
@@ -264,7 +290,11 @@ fn issue(
     a: &Action,
     mut sampler: Option<&mut Sampler>,
 ) -> Result<(), ExecError> {
-    let timed = |sampler: &mut Option<&mut Sampler>, kind: Timed, stream: &CudaStream, f: &mut dyn FnMut() -> Result<(), ExecError>| -> Result<(), ExecError> {
+    let timed = |sampler: &mut Option<&mut Sampler>,
+                 kind: Timed,
+                 stream: &CudaStream,
+                 f: &mut dyn FnMut() -> Result<(), ExecError>|
+     -> Result<(), ExecError> {
         match sampler {
             Some(smp) => {
                 let (before, after) = (gpu.timing_event()?, gpu.timing_event()?);
@@ -345,7 +375,15 @@ fn view_range(views: &[View], name: &str) -> Result<std::ops::Range<usize>, Exec
 
 /// The host work of one `HostRun`: the CPU embedding's gather or scatter, or AdamW of one owner,
 /// on the pinned host copies. Errors go to `sink` (host work cannot return them).
-fn host_work(program: &Program, op: OpId, copies: &HostCopies, tokens: Arc<Vec<i32>>, h: AdamW, step: u32, sink: Arc<HostSink>) -> Result<Box<dyn FnOnce() + Send>, ExecError> {
+fn host_work(
+    program: &Program,
+    op: OpId,
+    copies: &HostCopies,
+    tokens: Arc<Vec<i32>>,
+    h: AdamW,
+    step: u32,
+    sink: Arc<HostSink>,
+) -> Result<Box<dyn FnOnce() + Send>, ExecError> {
     let inv = &program.inventory;
     let cfg = &program.config;
     let op = program.op(op);
@@ -361,7 +399,8 @@ fn host_work(program: &Program, op: OpId, copies: &HostCopies, tokens: Arc<Vec<i
             Box::new(move || host::adamw_owner(as_bf16_mut(w.u16s_mut()), as_bf16(g.u16s()), opt.f32s_mut(), &views, &h, step))
         }
         OpKind::Embed if !cfg.tied_embeddings => {
-            let out = copies.view(program, *op.allocs.first().ok_or_else(|| ExecError::Refused("the embedding op allocates nothing".into()))?)?;
+            let out =
+                copies.view(program, *op.allocs.first().ok_or_else(|| ExecError::Refused("the embedding op allocates nothing".into()))?)?;
             let w = copies.view(program, emb.weights)?;
             let views = inv.tensor(emb.weights).views.clone();
             let (wte, wpe) = (view_range(&views, "wte")?, view_range(&views, "wpe")?);

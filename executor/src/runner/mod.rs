@@ -111,7 +111,10 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
                 return Err(ExecError::Refused(format!("action {i} names op {}, the program has {}", op.0, program.ops.len())));
             }
             Action::HostRun(op) if !matches!(program.op(*op).kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_)) => {
-                return Err(ExecError::Refused(format!("action {i} runs {} on the host; only the embedding and AdamW run there", program.op(*op).name)));
+                return Err(ExecError::Refused(format!(
+                    "action {i} runs {} on the host; only the embedding and AdamW run there",
+                    program.op(*op).name
+                )));
             }
             _ => {}
         }
@@ -122,7 +125,13 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
 /// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `on_step` after each.
 /// Refuses a schedule of another format or program, and one whose budget (less the fixed
 /// overhead it assumes) exceeds the device's free memory.
-pub fn run_schedule(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+pub fn run_schedule(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
     let cfg = &program.config;
     let tokens = crate::data::tokenize_corpus()?;
@@ -131,12 +140,26 @@ pub fn run_schedule(program: &Program, schedule: &Schedule, opts: &RunOptions, a
 }
 
 #[cfg(feature = "cuda")]
-fn imp(program: &Program, schedule: &Schedule, opts: &RunOptions, allocator: Allocator, batches: crate::data::Batches, on_step: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+fn imp(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    batches: crate::data::Batches,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<ScheduleRunResult, ExecError> {
     issue::run(program, schedule, opts, allocator, batches, on_step)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn imp(_: &Program, _: &Schedule, _: &RunOptions, _: Allocator, _: crate::data::Batches, _: &mut dyn FnMut(&StepReport)) -> Result<ScheduleRunResult, ExecError> {
+fn imp(
+    _: &Program,
+    _: &Schedule,
+    _: &RunOptions,
+    _: Allocator,
+    _: crate::data::Batches,
+    _: &mut dyn FnMut(&StepReport),
+) -> Result<ScheduleRunResult, ExecError> {
     Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
 }
 

@@ -41,11 +41,27 @@ struct TState {
 #[derive(Clone, Copy, Debug)]
 enum LaneState {
     Ready,
-    Busy { action: usize, start: f64, end: f64 },
-    Copy { action: usize, start: f64, remaining: f64, dir: Direction },
+    Busy {
+        action: usize,
+        start: f64,
+        end: f64,
+    },
+    Copy {
+        action: usize,
+        start: f64,
+        remaining: f64,
+        dir: Direction,
+    },
     /// Host work: `remaining` seconds at full speed (copies beside it slow it).
-    Host { action: usize, start: f64, remaining: f64 },
-    Waiting { action: usize, since: f64 },
+    Host {
+        action: usize,
+        start: f64,
+        remaining: f64,
+    },
+    Waiting {
+        action: usize,
+        since: f64,
+    },
     Done,
 }
 
@@ -417,7 +433,9 @@ impl<'a> Engine<'a> {
     fn complete(&mut self, l: usize) {
         let now = self.now;
         let (a, start) = match self.state[l] {
-            LaneState::Busy { action, start, .. } | LaneState::Copy { action, start, .. } | LaneState::Host { action, start, .. } => (action, start),
+            LaneState::Busy { action, start, .. } | LaneState::Copy { action, start, .. } | LaneState::Host { action, start, .. } => {
+                (action, start)
+            }
             _ => return,
         };
         self.state[l] = LaneState::Ready;

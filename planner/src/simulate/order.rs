@@ -41,12 +41,7 @@ impl Order {
                 }
                 Action::Wait(e, w) => {
                     let Some(&r) = last_record.get(&e.0) else {
-                        return Err(SimError::UnrecordedEvent {
-                            action: i,
-                            label: action_label(program, a),
-                            event: e.0,
-                            lane: w.label(),
-                        });
+                        return Err(SimError::UnrecordedEvent { action: i, label: action_label(program, a), event: e.0, lane: w.label() });
                     };
                     wait_record[i] = Some(r);
                     let rc: &[u32; 4] = &clocks[r];
@@ -139,9 +134,7 @@ struct Access {
 fn check_ids(program: &Program, i: usize, a: &Action) -> Result<(), SimError> {
     let bad = |what: String| SimError::UnknownId { action: i, label: format!("{a:?}"), what };
     match *a {
-        Action::Run(o) | Action::Recompute(o) | Action::HostRun(o) if o.index() >= program.ops.len() => {
-            Err(bad(format!("op #{}", o.0)))
-        }
+        Action::Run(o) | Action::Recompute(o) | Action::HostRun(o) if o.index() >= program.ops.len() => Err(bad(format!("op #{}", o.0))),
         Action::Alloc(t, _) | Action::Free(t, _) | Action::Prefetch(t) | Action::Evict(t)
             if t.index() >= program.inventory.tensors.len() =>
         {
@@ -193,14 +186,14 @@ pub fn worst_case_peak(program: &Program, hw: &HardwareProfile, schedule: &Sched
         let Some(a) = a else { continue };
         let live: u64 = always
             + intervals
-            .iter()
-            .filter(|(s, f, _)| {
-                let after = s.is_some_and(|s| s != a && order.happens_before(a, s));
-                let freed = f.is_some_and(|f| order.happens_before(f, a));
-                !after && !freed
-            })
-            .map(|x| x.2)
-            .sum::<u64>();
+                .iter()
+                .filter(|(s, f, _)| {
+                    let after = s.is_some_and(|s| s != a && order.happens_before(a, s));
+                    let freed = f.is_some_and(|f| order.happens_before(f, a));
+                    !after && !freed
+                })
+                .map(|x| x.2)
+                .sum::<u64>();
         if live > best.0 {
             best = (live, a);
         }

@@ -515,13 +515,19 @@ fn a_hand_made_offload_schedule_saves_memory_and_costs_copies() {
     assert!(t.step_time.0 > all.step_time.0);
     let pr = prediction_from_trace(&t, &s, &p, &h);
     assert!(pr.h2d_bytes > Bytes::ZERO && pr.d2h_bytes > Bytes::ZERO);
-    assert!(close((pr.exposed_transfer + pr.hidden_transfer).0, t.spans.iter().filter(|x| matches!(x.kind, SpanKind::Prefetch | SpanKind::Evict)).map(|x| (x.end - x.start).0).sum()));
+    assert!(close(
+        (pr.exposed_transfer + pr.hidden_transfer).0,
+        t.spans.iter().filter(|x| matches!(x.kind, SpanKind::Prefetch | SpanKind::Evict)).map(|x| (x.end - x.start).0).sum()
+    ));
     let (worst, _) = worst_case_peak(&p, &h, &s).unwrap();
     assert!(worst >= t.peak_allocated);
     // Every block that moves has host and GPU spans.
     let b = p.inventory.tensor(p.inventory.acts[0].fch).block;
     let states: std::collections::HashSet<_> = t.blocks.iter().filter(|x| x.block == b).map(|x| x.state).collect();
-    assert!(states.contains(&BlockState::Host) && states.contains(&BlockState::Gpu) && states.contains(&BlockState::InFlight), "{states:?}");
+    assert!(
+        states.contains(&BlockState::Host) && states.contains(&BlockState::Gpu) && states.contains(&BlockState::InFlight),
+        "{states:?}"
+    );
 }
 
 /// A seed for `scale_of`: every action's duration gets its own factor.
@@ -622,9 +628,8 @@ fn recomputed_and_offloaded_activations_show_in_block_residency() {
     let h = hw();
     let block = |k: models::BlockKind| p.inventory.find_block(k).unwrap().id;
     let inner = block(models::BlockKind::LayerActivations(0));
-    let states = |t: &Trace| -> std::collections::HashSet<BlockState> {
-        t.blocks.iter().filter(|x| x.block == inner).map(|x| x.state).collect()
-    };
+    let states =
+        |t: &Trace| -> std::collections::HashSet<BlockState> { t.blocks.iter().filter(|x| x.block == inner).map(|x| x.state).collect() };
     let mut d = crate::Decisions::all_gpu(&p);
     d.layers[0] = crate::decisions::ActChoice::RECOMPUTE;
     let s = crate::emit::emit(&p, &h, &d, Bytes(80 * GIB)).unwrap();

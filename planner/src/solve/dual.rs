@@ -85,7 +85,13 @@ fn join(parts: &[&Vec<usize>], n: usize) -> (Vec<usize>, Vec<usize>) {
 impl StageDp {
     /// Builds the stage factors (times in `scale` units) and an elimination order. None when a
     /// table would exceed `limit` entries.
-    pub fn new(groups: &[GroupChoices], stage_terms: &[(StageTerms, Vec<(usize, usize, StageTerms)>)], r: &super::model::Rates, scale: f64, limit: usize) -> Option<StageDp> {
+    pub fn new(
+        groups: &[GroupChoices],
+        stage_terms: &[(StageTerms, Vec<(usize, usize, StageTerms)>)],
+        r: &super::model::Rates,
+        scale: f64,
+        limit: usize,
+    ) -> Option<StageDp> {
         let mut factors = Vec::new();
         let mut constant = 0.0;
         for (c0, vs) in stage_terms {
@@ -104,7 +110,14 @@ impl StageDp {
                         e[*k] = super::milp::add_terms(&e[*k], q);
                     }
                     let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs()));
-                    let same = |a: &StageTerms, b: &StageTerms| close(a.compute, b.compute) && close(a.h2d, b.h2d) && close(a.d2h, b.d2h) && close(a.feed, b.feed) && close(a.host, b.host) && close(a.after_host, b.after_host);
+                    let same = |a: &StageTerms, b: &StageTerms| {
+                        close(a.compute, b.compute)
+                            && close(a.h2d, b.h2d)
+                            && close(a.d2h, b.d2h)
+                            && close(a.feed, b.feed)
+                            && close(a.host, b.host)
+                            && close(a.after_host, b.after_host)
+                    };
                     if per.values().any(|ts| ts.iter().any(|t| !same(t, &ts[0]))) {
                         return None;
                     }
@@ -118,7 +131,8 @@ impl StageDp {
         }
         let n_choices: Vec<usize> = groups.iter().map(|g| g.len()).collect();
         // Greedy order: the group whose elimination makes the smallest table.
-        let mut active: Vec<Option<(Vec<usize>, Vec<Vec<usize>>)>> = factors.iter().map(|f| Some((f.scope.clone(), f.parts.clone()))).collect();
+        let mut active: Vec<Option<(Vec<usize>, Vec<Vec<usize>>)>> =
+            factors.iter().map(|f| Some((f.scope.clone(), f.parts.clone()))).collect();
         let mut left: Vec<bool> = vec![true; groups.len()];
         let mut steps = Vec::new();
         for _ in 0..groups.len() {
@@ -147,8 +161,10 @@ impl StageDp {
     }
 
     fn shape(active: &[Option<(Vec<usize>, Vec<Vec<usize>>)>], g: usize, n_choices: &[usize]) -> Option<Step> {
-        let inputs: Vec<usize> = active.iter().enumerate().filter(|(_, f)| f.as_ref().is_some_and(|(s, _)| s.contains(&g))).map(|(i, _)| i).collect();
-        let mut scope: Vec<usize> = inputs.iter().flat_map(|i| active[*i].as_ref().unwrap().0.iter().copied()).filter(|h| *h != g).collect();
+        let inputs: Vec<usize> =
+            active.iter().enumerate().filter(|(_, f)| f.as_ref().is_some_and(|(s, _)| s.contains(&g))).map(|(i, _)| i).collect();
+        let mut scope: Vec<usize> =
+            inputs.iter().flat_map(|i| active[*i].as_ref().unwrap().0.iter().copied()).filter(|h| *h != g).collect();
         scope.sort();
         scope.dedup();
         let mut parts = Vec::new();
@@ -184,7 +200,8 @@ impl StageDp {
             let g = step.group;
             let nk = self.n_choices[g];
             let size: usize = step.radix.iter().product();
-            let ins: Vec<&Factor> = step.inputs.iter().map(|i| if *i < n_stage { &self.factors[*i] } else { &made[*i - n_stage] }).collect();
+            let ins: Vec<&Factor> =
+                step.inputs.iter().map(|i| if *i < n_stage { &self.factors[*i] } else { &made[*i - n_stage] }).collect();
             // Per input: the offset each choice of g adds, and per new scope position and class
             // the offset that position adds (0 where the input does not mention the group).
             let mut gk: Vec<usize> = Vec::with_capacity(ins.len() * nk);
@@ -289,11 +306,32 @@ pub struct DualResult {
 /// (Single-row rounding cuts of the memory rows, tried here, cut off none of the benchmark
 /// problems' mixtures; branching on the large items is what closes the gap.)
 #[allow(clippy::too_many_arguments)]
-pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], allowed: Option<&[Vec<bool>]>, cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, effort: &mut super::milp::Effort, trace: bool, mut round: Option<&mut Rounding>) -> DualResult {
+pub fn column_generation(
+    model: &StageModel,
+    fixed: &Contribution,
+    groups: &[GroupChoices],
+    dp: &StageDp,
+    rows: &[MemRow],
+    allowed: Option<&[Vec<bool>]>,
+    cap: u64,
+    starts: &[Vec<usize>],
+    upper: f64,
+    gap: f64,
+    threads: u32,
+    effort: &mut super::milp::Effort,
+    trace: bool,
+    mut round: Option<&mut Rounding>,
+) -> DualResult {
     const MS: f64 = 1e3;
     let t0 = Instant::now();
     // (The artificial column has no picks and no memory.)
-    let value_of = |row: &MemRow, pick: &[usize]| -> f64 { if pick.is_empty() { 0.0 } else { row.terms.iter().filter(|(gi, k, _)| pick[*gi] == *k).map(|t| t.2).sum() } };
+    let value_of = |row: &MemRow, pick: &[usize]| -> f64 {
+        if pick.is_empty() {
+            0.0
+        } else {
+            row.terms.iter().filter(|(gi, k, _)| pick[*gi] == *k).map(|t| t.2).sum()
+        }
+    };
     // Columns: time (ms), each row's value, picks.
     let mut cols: Vec<(f64, Vec<f64>, Vec<usize>)> = Vec::new();
     let mut ub = upper;
@@ -323,7 +361,14 @@ pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[Gro
     let mut n_hrows = 1usize;
     macro_rules! add {
         ($m:expr, $c:expr) => {
-            $m.add_col($c.0, 0.0.., hrow.iter().zip(&$c.1).filter_map(|(h, v): (&Option<(_, usize)>, &f64)| h.filter(|_| *v != 0.0).map(|(r, _)| (r, *v))).chain(std::iter::once((conv, 1.0))))
+            $m.add_col(
+                $c.0,
+                0.0..,
+                hrow.iter()
+                    .zip(&$c.1)
+                    .filter_map(|(h, v): (&Option<(_, usize)>, &f64)| h.filter(|_| *v != 0.0).map(|(r, _)| (r, *v)))
+                    .chain(std::iter::once((conv, 1.0))),
+            )
         };
     }
     for c in &cols[1..] {
@@ -432,7 +477,13 @@ pub fn column_generation(model: &StageModel, fixed: &Contribution, groups: &[Gro
             }
         }
         if trace && (it <= 3 || it % 20 == 0) {
-            eprintln!("dual: it {it} at {:.2} s: master {master:.4} best {best_bound:.4} ub {ub:.4} gap {:.3}% cols {} rows {} priced {priced}", t0.elapsed().as_secs_f64(), (ub - best_bound) / ub * 100.0, cols.len(), n_hrows - 1);
+            eprintln!(
+                "dual: it {it} at {:.2} s: master {master:.4} best {best_bound:.4} ub {ub:.4} gap {:.3}% cols {} rows {} priced {priced}",
+                t0.elapsed().as_secs_f64(),
+                (ub - best_bound) / ub * 100.0,
+                cols.len(),
+                n_hrows - 1
+            );
         }
         if (ub - best_bound) <= gap * ub {
             break;
@@ -491,9 +542,24 @@ const FORBIDDEN: f64 = 1e15;
 /// bound is the least over the open parts: each part's L is a lower bound on the plans in it,
 /// and the parts cover every plan.
 #[allow(clippy::too_many_arguments)]
-pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], dp: &StageDp, rows: &[MemRow], cap: u64, starts: &[Vec<usize>], upper: f64, gap: f64, threads: u32, mut effort: super::milp::Effort, trace: bool, round: &mut Rounding) -> DualResult {
+pub fn branch_and_price(
+    model: &StageModel,
+    fixed: &Contribution,
+    groups: &[GroupChoices],
+    dp: &StageDp,
+    rows: &[MemRow],
+    cap: u64,
+    starts: &[Vec<usize>],
+    upper: f64,
+    gap: f64,
+    threads: u32,
+    mut effort: super::milp::Effort,
+    trace: bool,
+    round: &mut Rounding,
+) -> DualResult {
     let t0 = Instant::now();
-    let mut root = column_generation(model, fixed, groups, dp, rows, None, cap, starts, upper, gap, threads, &mut effort, trace, Some(round));
+    let mut root =
+        column_generation(model, fixed, groups, dp, rows, None, cap, starts, upper, gap, threads, &mut effort, trace, Some(round));
     let mut ub = upper;
     let mut best = root.best.clone();
     if let Some((t, _)) = &best {
@@ -516,7 +582,12 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
         columns: Vec<Vec<usize>>,
     }
     let root_xbar = root.xbar.clone();
-    let mut open = vec![Node { bound: root.bound, allowed: groups.iter().map(|g| vec![true; g.len()]).collect(), xbar: std::mem::take(&mut root.xbar), columns: std::mem::take(&mut root.columns) }];
+    let mut open = vec![Node {
+        bound: root.bound,
+        allowed: groups.iter().map(|g| vec![true; g.len()]).collect(),
+        xbar: std::mem::take(&mut root.xbar),
+        columns: std::mem::take(&mut root.columns),
+    }];
     let mut closed_min = f64::INFINITY;
     let mut nodes = 1;
     let mut iterations = root.iterations;
@@ -542,7 +613,22 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
             if let Some((_, p)) = &best {
                 seeds.push(p.clone());
             }
-            let r = column_generation(model, fixed, groups, dp, rows, Some(&allowed), cap, &seeds, ub, gap, threads, &mut effort, false, Some(&mut *round));
+            let r = column_generation(
+                model,
+                fixed,
+                groups,
+                dp,
+                rows,
+                Some(&allowed),
+                cap,
+                &seeds,
+                ub,
+                gap,
+                threads,
+                &mut effort,
+                false,
+                Some(&mut *round),
+            );
             nodes += 1;
             iterations += r.iterations;
             if let Some((t, p)) = r.best {
@@ -552,7 +638,12 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
                 }
             }
             if trace {
-                eprintln!("dual: node {nodes} ({:?} = {k}) at {:.2} s: bound {:.4} ub {ub:.4}", groups[g].group, t0.elapsed().as_secs_f64(), r.bound.max(node.bound));
+                eprintln!(
+                    "dual: node {nodes} ({:?} = {k}) at {:.2} s: bound {:.4} ub {ub:.4}",
+                    groups[g].group,
+                    t0.elapsed().as_secs_f64(),
+                    r.bound.max(node.bound)
+                );
             }
             // A part's bound is at least its parent's (it holds fewer plans); a part the deadline
             // left unpriced keeps the parent's.
@@ -566,7 +657,12 @@ pub fn branch_and_price(model: &StageModel, fixed: &Contribution, groups: &[Grou
     }
     let bound = open.iter().map(|n| n.bound).fold(closed_min, f64::min);
     if trace {
-        eprintln!("dual: branch and price ended at {:.2} s: {nodes} nodes, {} open, bound {bound:.4} ub {ub:.4} gap {:.3}%", t0.elapsed().as_secs_f64(), open.len(), (ub - bound) / ub * 100.0);
+        eprintln!(
+            "dual: branch and price ended at {:.2} s: {nodes} nodes, {} open, bound {bound:.4} ub {ub:.4} gap {:.3}%",
+            t0.elapsed().as_secs_f64(),
+            open.len(),
+            (ub - bound) / ub * 100.0
+        );
     }
     DualResult { bound, best, iterations, xbar: root_xbar, columns: Vec::new(), nodes }
 }
@@ -667,7 +763,13 @@ mod tests {
             let effort = super::super::milp::Effort::new(u64::MAX, Instant::now() + std::time::Duration::from_secs(20));
             let mut none = |_: &[Vec<f64>]| None;
             let r = branch_and_price(&model, &fixed, &groups, &dp, &rows, cap, &[start], upper, 0.0, 1, effort, false, &mut none);
-            eprintln!("q {q}: {} plans, {} rows, optimum {opt:.4} ms, bound {:.4}, best {:?}", plans.len(), rows.len(), r.bound, r.best.as_ref().map(|b| b.0));
+            eprintln!(
+                "q {q}: {} plans, {} rows, optimum {opt:.4} ms, bound {:.4}, best {:?}",
+                plans.len(),
+                rows.len(),
+                r.bound,
+                r.best.as_ref().map(|b| b.0)
+            );
             assert!(r.bound <= opt * (1.0 + 1e-9), "q {q}: bound {} above the optimum {opt}", r.bound);
             if let Some((t, pick)) = r.best {
                 let (t2, peak) = eval_picks(&model, &fixed, &groups, &pick);

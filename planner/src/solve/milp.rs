@@ -164,12 +164,16 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     let trace = std::env::var("OFFPLAN_SOLVE_TRACE").is_ok();
     let fixed = model.fixed();
     let groups = enumerate(model);
-    if trace { eprintln!("solve: enumerated at {:.2} s", t0.elapsed().as_secs_f64()); }
+    if trace {
+        eprintln!("solve: enumerated at {:.2} s", t0.elapsed().as_secs_f64());
+    }
     let mut starts = starts.to_vec();
     if std::env::var("OFFPLAN_NO_PATTERNS").is_err() {
         starts.extend(patterns(model, &fixed, &groups, &starts, model.capacity(budget)));
     }
-    if trace { eprintln!("solve: patterns at {:.2} s", t0.elapsed().as_secs_f64()); }
+    if trace {
+        eprintln!("solve: patterns at {:.2} s", t0.elapsed().as_secs_f64());
+    }
     let cost = |d: &Decisions| eval_picks(model, &fixed, &groups, &groups.iter().map(|g| g.index_in(d)).collect::<Vec<_>>()).0;
     let deadline = t0 + std::time::Duration::from_secs_f64(limits.time_limit);
     let share = LOCAL_SEARCH_WORK / starts.len().max(1) as u64;
@@ -180,7 +184,9 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, d)| d);
     let warm = warm.as_ref();
-    if trace { eprintln!("solve: warm start at {:.2} s", t0.elapsed().as_secs_f64()); }
+    if trace {
+        eprintln!("solve: warm start at {:.2} s", t0.elapsed().as_secs_f64());
+    }
     let cap = model.capacity(budget);
     let mem_rows = memory_rows(model, budget, &fixed, &groups)?;
     let terms = stage_terms(model, &fixed, &groups);
@@ -198,7 +204,9 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     if std::env::var("OFFPLAN_NO_DUAL").is_err() {
         let td = Instant::now();
         let dp = super::dual::StageDp::new(&groups, &terms, &model.rates, MS, 1 << 16);
-        if trace { eprintln!("solve: dp built ({}) in {:.3} s", dp.is_some(), td.elapsed().as_secs_f64()); }
+        if trace {
+            eprintln!("solve: dp built ({}) in {:.3} s", dp.is_some(), td.elapsed().as_secs_f64());
+        }
         if let Some(dp) = dp {
             let upper = best.as_ref().map_or(f64::INFINITY, |b| b.0);
             let dual_effort = Effort::new(DUAL_ITERATIONS as u64, td + std::time::Duration::from_secs_f64(limits.time_limit * 0.5));
@@ -210,7 +218,14 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
                     return None;
                 }
                 let tr = Instant::now();
-                let p = repair(model, &fixed, &groups, &dither(&groups, xbar), cap, Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline))?;
+                let p = repair(
+                    model,
+                    &fixed,
+                    &groups,
+                    &dither(&groups, xbar),
+                    cap,
+                    Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline),
+                )?;
                 let mut d = warm.cloned().unwrap_or_else(|| Decisions::all_gpu(model.program));
                 for (g, k) in groups.iter().zip(&p) {
                     g.apply(*k, &mut d);
@@ -218,11 +233,34 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
                 let d = improve(model, &groups, &d, cap, Effort::new(ROUND_WORK, deadline));
                 let p: Vec<usize> = groups.iter().map(|g| g.index_in(&d)).collect();
                 let (t, peak) = eval_picks(model, &fixed, &groups, &p);
-                if trace { eprintln!("solve: rounded mixture in {:.2} s", tr.elapsed().as_secs_f64()); }
+                if trace {
+                    eprintln!("solve: rounded mixture in {:.2} s", tr.elapsed().as_secs_f64());
+                }
                 (peak <= cap).then_some((t * MS, p))
             };
-            let res = super::dual::branch_and_price(model, &fixed, &groups, &dp, &mem_rows, cap, &starts, upper, limits.mip_rel_gap, limits.threads, dual_effort, trace, &mut round);
-            if trace { eprintln!("solve: dual done at {:.2} s: bound {:.4} ms after {} iterations", t0.elapsed().as_secs_f64(), res.bound, res.iterations); }
+            let res = super::dual::branch_and_price(
+                model,
+                &fixed,
+                &groups,
+                &dp,
+                &mem_rows,
+                cap,
+                &starts,
+                upper,
+                limits.mip_rel_gap,
+                limits.threads,
+                dual_effort,
+                trace,
+                &mut round,
+            );
+            if trace {
+                eprintln!(
+                    "solve: dual done at {:.2} s: bound {:.4} ms after {} iterations",
+                    t0.elapsed().as_secs_f64(),
+                    res.bound,
+                    res.iterations
+                );
+            }
             if res.bound > bound {
                 bound = res.bound;
                 how = vec![format!("Lagrangian bound of the memory rows by stage DP ({} columns, {} nodes)", res.iterations, res.nodes)];
@@ -239,7 +277,20 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     let proved_early = best.as_ref().is_some_and(|b| gap_ok(b.0, bound));
     if !proved_early {
         let left = limits.time_limit - t0.elapsed().as_secs_f64();
-        let r = branch_and_bound(model, budget, &groups, &mem_rows, &terms, best.as_ref().map(|b| b.1.as_slice()), None, target, left, limits.mip_rel_gap, limits.threads, trace)?;
+        let r = branch_and_bound(
+            model,
+            budget,
+            &groups,
+            &mem_rows,
+            &terms,
+            best.as_ref().map(|b| b.1.as_slice()),
+            None,
+            target,
+            left,
+            limits.mip_rel_gap,
+            limits.threads,
+            trace,
+        )?;
         status = r.status.clone();
         let t = eval_picks(model, &fixed, &groups, &r.picks);
         if t.1 <= cap && best.as_ref().is_none_or(|b| t.0 * MS < b.0) {
@@ -266,7 +317,12 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
     Ok(SolveOutcome {
         decisions,
         report: SolverReport {
-            solver: format!("stage model: {binaries} choices, {} stage times, {} memory rows; bound: {}", model.n_stages(), mem_rows.len(), how.join(", ")),
+            solver: format!(
+                "stage model: {binaries} choices, {} stage times, {} memory rows; bound: {}",
+                model.n_stages(),
+                mem_rows.len(),
+                how.join(", ")
+            ),
             objective: Seconds(objective),
             bound: Seconds(bound),
             gap,
@@ -278,7 +334,12 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], limits: &S
 
 /// The memory rows that can bind: coefficients (MiB) of what each choice adds over its group's
 /// leanest, against the room the leanest choices leave at that slot.
-pub(super) fn memory_rows(model: &StageModel, budget: Bytes, fixed: &Contribution, groups: &[GroupChoices]) -> Result<Vec<super::dual::MemRow>, PlanError> {
+pub(super) fn memory_rows(
+    model: &StageModel,
+    budget: Bytes,
+    fixed: &Contribution,
+    groups: &[GroupChoices],
+) -> Result<Vec<super::dual::MemRow>, PlanError> {
     let cap = model.capacity(budget) as f64;
     let n_slots = model.n_slots();
     // Memory rows.
@@ -297,7 +358,12 @@ pub(super) fn memory_rows(model: &StageModel, budget: Bytes, fixed: &Contributio
         return Err(PlanError::Infeasible {
             budget,
             floor: model.hw.budget_for(Bytes(*b as u64)),
-            reason: format!("at {} even the leanest choices hold {} (plus {} fixed overhead and the pool's fragmentation room)", model.slot_label(p), Bytes(*b as u64), model.hw.fixed_overhead),
+            reason: format!(
+                "at {} even the leanest choices hold {} (plus {} fixed overhead and the pool's fragmentation room)",
+                model.slot_label(p),
+                Bytes(*b as u64),
+                model.hw.fixed_overhead
+            ),
         });
     }
     let coef = |gi: usize, k: usize, p: usize| (groups[gi].contributions[k].live[p] - mins[gi][p]) as f64;
@@ -318,7 +384,8 @@ pub(super) fn memory_rows(model: &StageModel, budget: Bytes, fixed: &Contributio
     candidates = kept;
     let mut mem_rows: Vec<super::dual::MemRow> = Vec::new();
     for &p in &candidates {
-        let worst: f64 = base[p] + groups.iter().enumerate().map(|(gi, g)| (0..g.len()).map(|k| coef(gi, k, p)).fold(0.0, f64::max)).sum::<f64>();
+        let worst: f64 =
+            base[p] + groups.iter().enumerate().map(|(gi, g)| (0..g.len()).map(|k| coef(gi, k, p)).fold(0.0, f64::max)).sum::<f64>();
         if worst <= cap {
             continue;
         }
@@ -336,9 +403,12 @@ pub(super) fn memory_rows(model: &StageModel, budget: Bytes, fixed: &Contributio
     Ok(mem_rows)
 }
 
-
 /// Each stage's fixed terms and the terms each (group, choice) adds to it.
-pub(super) fn stage_terms(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices]) -> Vec<(StageTerms, Vec<(usize, usize, StageTerms)>)> {
+pub(super) fn stage_terms(
+    model: &StageModel,
+    fixed: &Contribution,
+    groups: &[GroupChoices],
+) -> Vec<(StageTerms, Vec<(usize, usize, StageTerms)>)> {
     let n_stages = model.n_stages();
     // Every term as constant + sum of x * coefficient.
     let mut terms: Vec<(StageTerms, Vec<(usize, usize, StageTerms)>)> = vec![(StageTerms::default(), Vec::new()); n_stages];
@@ -365,16 +435,47 @@ struct BranchAndBound {
 /// The MILP of the module's top comment with HiGHS, from `warm` (picks), over the choices
 /// `allowed` leaves (all when None), for at most `time_limit` seconds.
 #[allow(clippy::too_many_arguments)]
-fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], mem_rows: &[super::dual::MemRow], terms: &[(StageTerms, Vec<(usize, usize, StageTerms)>)], warm: Option<&[usize]>, allowed: Option<&[Vec<bool>]>, target: Option<f64>, time_limit: f64, mip_rel_gap: f64, threads: u32, trace: bool) -> Result<BranchAndBound, PlanError> {
+fn branch_and_bound(
+    model: &StageModel,
+    budget: Bytes,
+    groups: &[GroupChoices],
+    mem_rows: &[super::dual::MemRow],
+    terms: &[(StageTerms, Vec<(usize, usize, StageTerms)>)],
+    warm: Option<&[usize]>,
+    allowed: Option<&[Vec<bool>]>,
+    target: Option<f64>,
+    time_limit: f64,
+    mip_rel_gap: f64,
+    threads: u32,
+    trace: bool,
+) -> Result<BranchAndBound, PlanError> {
     let t0 = Instant::now();
     let n_stages = model.n_stages();
     let r = model.rates;
     let mut vars = ProblemVariables::new();
-    let x: Vec<Vec<Variable>> = groups.iter().enumerate().map(|(gi, g)| (0..g.len()).map(|k| vars.add(if allowed.is_none_or(|a| a[gi][k]) { variable().binary() } else { variable().binary().max(0.0) })).collect()).collect();
+    let x: Vec<Vec<Variable>> = groups
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| {
+            (0..g.len())
+                .map(|k| vars.add(if allowed.is_none_or(|a| a[gi][k]) { variable().binary() } else { variable().binary().max(0.0) }))
+                .collect()
+        })
+        .collect();
     let t: Vec<Variable> = (0..n_stages).map(|_| vars.add(variable().min(0.0))).collect();
     // Column indices, in the order the variables were added (HiGHS columns follow it).
     let mut col = 0usize;
-    let xi: Vec<Vec<usize>> = x.iter().map(|xs| xs.iter().map(|_| { col += 1; col - 1 }).collect()).collect();
+    let xi: Vec<Vec<usize>> = x
+        .iter()
+        .map(|xs| {
+            xs.iter()
+                .map(|_| {
+                    col += 1;
+                    col - 1
+                })
+                .collect()
+        })
+        .collect();
     let ti: Vec<usize> = (0..n_stages).map(|s| col + s).collect();
     let objective: Expression = t.iter().copied().sum();
     let mut rows: Vec<good_lp::Constraint> = Vec::new();
@@ -404,7 +505,14 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
     for h in &hulls {
         let n = h.as_ref().map_or(0, |h| h.times.len());
         z.push((0..n).map(|_| vars.add(variable().min(0.0))).collect());
-        zi.push((0..n).map(|_| { zcol += 1; zcol - 1 }).collect());
+        zi.push(
+            (0..n)
+                .map(|_| {
+                    zcol += 1;
+                    zcol - 1
+                })
+                .collect(),
+        );
     }
     for (s, h) in hulls.iter().enumerate() {
         let Some(h) = h else { continue };
@@ -464,13 +572,8 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
         // smallest is 0 (exact, one choice per group), A(x) = A0 + sum a x and T >= A, T >= B >= B0:
         //   T >= m + sum (a - (m - A0))^+ x,  m = max(A0, B0),
         // valid because a chosen set with any positive term gives at most A(x), and none gives m.
-        let fns: [&dyn Fn(&StageTerms) -> f64; 5] = [
-            &|q| r.lanes(q)[0],
-            &|q| r.lanes(q)[1],
-            &|q| r.lanes(q)[2],
-            &|q| r.lanes(q)[3],
-            &|q| r.lanes(q)[4],
-        ];
+        let fns: [&dyn Fn(&StageTerms) -> f64; 5] =
+            [&|q| r.lanes(q)[0], &|q| r.lanes(q)[1], &|q| r.lanes(q)[2], &|q| r.lanes(q)[3], &|q| r.lanes(q)[4]];
         let shifted: Vec<(f64, Vec<(usize, usize, f64)>)> = fns.iter().map(|f| shift(groups, c0, vs, *f)).collect();
         let floor_t = shifted.iter().map(|(c, _)| *c).fold(0.0, f64::max);
         for (a0, a) in &shifted {
@@ -500,7 +603,9 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
         problem.add_constraint(row);
     }
     let mut m = problem.into_inner();
-    if trace { eprintln!("solve: model built at {:.2} s", t0.elapsed().as_secs_f64()); }
+    if trace {
+        eprintln!("solve: model built at {:.2} s", t0.elapsed().as_secs_f64());
+    }
     m.set_option("output_flag", std::env::var("OFFPLAN_HIGHS_LOG").is_ok());
     m.set_option("log_to_console", std::env::var("OFFPLAN_HIGHS_LOG").is_ok());
     m.set_option("time_limit", (time_limit - t0.elapsed().as_secs_f64()).max(0.01));
@@ -556,7 +661,9 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
         let _ = m.try_set_solution(Some(&cols), None, None, None);
     }
     let solved = m.try_solve().map_err(|e| PlanError::Solver(format!("HiGHS: {e:?}")))?;
-    if trace { eprintln!("solve: HiGHS done at {:.2} s", t0.elapsed().as_secs_f64()); }
+    if trace {
+        eprintln!("solve: HiGHS done at {:.2} s", t0.elapsed().as_secs_f64());
+    }
     let status = format!("{:?}", solved.status());
     if status.contains("Infeasible") {
         return Err(PlanError::Infeasible {
@@ -569,7 +676,11 @@ fn branch_and_bound(model: &StageModel, budget: Bytes, groups: &[GroupChoices], 
     if cols.len() != n_cols || !format!("{:?}", solved.primal_solution_status()).contains("Feasible") {
         return Err(PlanError::Solver(format!("HiGHS found no solution (status {status})")));
     }
-    let picks: Vec<usize> = groups.iter().enumerate().map(|(gi, g)| (0..g.len()).max_by(|a, b| cols[xi[gi][*a]].total_cmp(&cols[xi[gi][*b]])).unwrap_or(0)).collect();
+    let picks: Vec<usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| (0..g.len()).max_by(|a, b| cols[xi[gi][*a]].total_cmp(&cols[xi[gi][*b]])).unwrap_or(0))
+        .collect();
     let objective = solved.objective_value();
     let bound = solved.double_info_value(c"mip_dual_bound").unwrap_or(f64::NAN);
     let bound = if bound.is_finite() { bound.min(objective) } else { objective * (1.0 - solved.mip_gap().clamp(0.0, 1.0)) };
@@ -729,7 +840,12 @@ fn sub_terms(a: &StageTerms, b: &StageTerms) -> StageTerms {
 
 /// A stage's linear term with each group's coefficients shifted so its smallest choice adds 0
 /// (the shift goes into the constant; exact because every group takes one choice).
-fn shift(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize, usize, StageTerms)], f: &dyn Fn(&StageTerms) -> f64) -> (f64, Vec<(usize, usize, f64)>) {
+fn shift(
+    groups: &[GroupChoices],
+    c0: &StageTerms,
+    vs: &[(usize, usize, StageTerms)],
+    f: &dyn Fn(&StageTerms) -> f64,
+) -> (f64, Vec<(usize, usize, f64)>) {
     let mut per_group: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
     for (gi, k, q) in vs {
         per_group.entry(*gi).or_insert_with(|| vec![0.0; groups[*gi].len()])[*k] += f(q);
@@ -760,7 +876,13 @@ pub(super) struct LocalHull {
 /// combination of the groups' local classes, whose marginals are the groups' choices. Exact for
 /// integral choices, and its relaxation cannot hide part of a copy behind compute. None when the
 /// stage has no group or more than `limit` combinations.
-pub(super) fn local_hull(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize, usize, StageTerms)], r: &super::model::Rates, limit: usize) -> Option<LocalHull> {
+pub(super) fn local_hull(
+    groups: &[GroupChoices],
+    c0: &StageTerms,
+    vs: &[(usize, usize, StageTerms)],
+    r: &super::model::Rates,
+    limit: usize,
+) -> Option<LocalHull> {
     let mut per_group: std::collections::BTreeMap<usize, Vec<StageTerms>> = Default::default();
     for (gi, k, q) in vs {
         let e = per_group.entry(*gi).or_insert_with(|| vec![StageTerms::default(); groups[*gi].len()]);
@@ -768,7 +890,12 @@ pub(super) fn local_hull(groups: &[GroupChoices], c0: &StageTerms, vs: &[(usize,
     }
     let same = |a: &StageTerms, b: &StageTerms| {
         let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs()));
-        close(a.compute, b.compute) && close(a.h2d, b.h2d) && close(a.d2h, b.d2h) && close(a.feed, b.feed) && close(a.host, b.host) && close(a.after_host, b.after_host)
+        close(a.compute, b.compute)
+            && close(a.h2d, b.h2d)
+            && close(a.d2h, b.d2h)
+            && close(a.feed, b.feed)
+            && close(a.host, b.host)
+            && close(a.after_host, b.after_host)
     };
     let mut hull_groups = Vec::new();
     let mut reps: Vec<Vec<StageTerms>> = Vec::new();
@@ -852,7 +979,11 @@ fn patterns(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], s
     let best = starts.iter().map(|d| (cost(d), d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, d)| d);
     let lean: Vec<usize> = groups
         .iter()
-        .map(|g| (0..g.len()).min_by_key(|k| (g.contributions[*k].live.iter().max().copied().unwrap_or(0), g.contributions[*k].live.iter().sum::<u64>())).unwrap_or(0))
+        .map(|g| {
+            (0..g.len())
+                .min_by_key(|k| (g.contributions[*k].live.iter().max().copied().unwrap_or(0), g.contributions[*k].live.iter().sum::<u64>()))
+                .unwrap_or(0)
+        })
         .collect();
     let mut bases = vec![lean];
     if let Some(b) = best {
@@ -934,7 +1065,14 @@ pub(super) fn dither(groups: &[GroupChoices], xbar: &[Vec<f64>]) -> Vec<usize> {
 
 /// Makes a plan fit: while some slot is over `cap`, takes the move (one group to another
 /// choice) with the least time added per byte of excess removed. None if no move helps.
-pub(super) fn repair(model: &StageModel, fixed: &Contribution, groups: &[GroupChoices], start: &[usize], cap: u64, mut effort: Effort) -> Option<Vec<usize>> {
+pub(super) fn repair(
+    model: &StageModel,
+    fixed: &Contribution,
+    groups: &[GroupChoices],
+    start: &[usize],
+    cap: u64,
+    mut effort: Effort,
+) -> Option<Vec<usize>> {
     let r = model.rates;
     let mut pick = start.to_vec();
     let (mut live, mut terms) = totals(model, fixed, groups, &pick);

@@ -66,15 +66,24 @@ mod timing {
                     let limits = super::milp::SolveLimits { time_limit: limit, mip_rel_gap: 0.01, threads: 2 };
                     let first = super::solve(&model, Bytes::gib(budget), &starts, &limits).unwrap();
                     let again = super::solve(&model, Bytes::gib(budget), &[first.decisions.clone()], &limits).unwrap();
-                    for d in &first.decisions.layers { eprint!("{:?}/{:?} ", d.input, d.inner); }
+                    for d in &first.decisions.layers {
+                        eprint!("{:?}/{:?} ", d.input, d.inner);
+                    }
                     eprintln!();
-                    for (o, c) in &first.decisions.owners { eprint!("{o}:{:?}/{:?} ", c.weights, c.optimizer); }
+                    for (o, c) in &first.decisions.owners {
+                        eprint!("{o}:{:?}/{:?} ", c.weights, c.optimizer);
+                    }
                     eprintln!();
                     let r = again.report;
-                    eprintln!("  re-solved from its own answer: objective {:.6} bound {:.6} gap {:.3}% solve {:.2} s", r.objective.0, r.bound.0, r.gap * 100.0, r.solve_seconds);
+                    eprintln!(
+                        "  re-solved from its own answer: objective {:.6} bound {:.6} gap {:.3}% solve {:.2} s",
+                        r.objective.0,
+                        r.bound.0,
+                        r.gap * 100.0,
+                        r.solve_seconds
+                    );
                 }
             }
         }
     }
 }
-

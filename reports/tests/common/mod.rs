@@ -45,7 +45,14 @@ pub fn fixture() -> Fixture {
     for (i, op) in program.ops.iter().enumerate() {
         if i == bwd0 {
             // The prefetch of layer0's activations is late: the compute lane waits for it.
-            spans.push(Span { lane: Lane::Compute, kind: SpanKind::Wait, start: t, end: t + prefetch_wait, label: "wait prefetch".into(), action: i });
+            spans.push(Span {
+                lane: Lane::Compute,
+                kind: SpanKind::Wait,
+                start: t,
+                end: t + prefetch_wait,
+                label: "wait prefetch".into(),
+                action: i,
+            });
             t += prefetch_wait;
         }
         op_start.push(t);
@@ -78,9 +85,30 @@ pub fn fixture() -> Fixture {
     let evict_end = fwd_end + Seconds::from_ms(0.02);
     let bwd_start = op_start[bwd0];
     let prefetch_start = bwd_start - Seconds::from_ms(0.03);
-    spans.push(Span { lane: Lane::DeviceToHost, kind: SpanKind::Evict, start: fwd_end, end: evict_end, label: "layer0.activations".into(), action: 0 });
-    spans.push(Span { lane: Lane::HostToDevice, kind: SpanKind::Prefetch, start: prefetch_start, end: bwd_start, label: "layer0.activations".into(), action: 0 });
-    spans.push(Span { lane: Lane::Host, kind: SpanKind::HostOp, start: Seconds::ZERO, end: Seconds::from_ms(0.01), label: "embed".into(), action: 0 });
+    spans.push(Span {
+        lane: Lane::DeviceToHost,
+        kind: SpanKind::Evict,
+        start: fwd_end,
+        end: evict_end,
+        label: "layer0.activations".into(),
+        action: 0,
+    });
+    spans.push(Span {
+        lane: Lane::HostToDevice,
+        kind: SpanKind::Prefetch,
+        start: prefetch_start,
+        end: bwd_start,
+        label: "layer0.activations".into(),
+        action: 0,
+    });
+    spans.push(Span {
+        lane: Lane::Host,
+        kind: SpanKind::HostOp,
+        start: Seconds::ZERO,
+        end: Seconds::from_ms(0.01),
+        label: "embed".into(),
+        action: 0,
+    });
     let mut blocks = Vec::new();
     let mut decisions = Vec::new();
     let off = inv.find_block(BlockKind::LayerActivations(0)).unwrap().id;
