@@ -125,7 +125,7 @@ impl GptConfig {
                 return Err((field, format!("`{field}` is 0: it must be at least 1")));
             }
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return Err((
                 "heads",
                 format!(
@@ -143,7 +143,7 @@ impl GptConfig {
         if self.seq > self.max_seq {
             return Err(("seq", format!("seq {} exceeds max_seq {}: the position table has only max_seq rows", self.seq, self.max_seq)));
         }
-        if self.padded_vocab % self.output_chunks != 0 {
+        if !self.padded_vocab.is_multiple_of(self.output_chunks) {
             return Err((
                 "output_chunks",
                 format!(

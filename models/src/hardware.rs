@@ -203,8 +203,8 @@ impl HardwareProfile {
                 format!("`pinned_device_fraction` must be in [0, 0.5), got {}", self.pinned_device_fraction),
             ));
         }
-        if !(self.launch_overhead.0 >= 0.0) {
-            return Err(("launch_overhead", "`launch_overhead` must be zero or more".into()));
+        if !(self.launch_overhead.0.is_finite() && self.launch_overhead.0 >= 0.0) {
+            return Err(("launch_overhead", "`launch_overhead` must be a finite number of seconds, zero or more".into()));
         }
         Ok(())
     }

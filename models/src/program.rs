@@ -652,6 +652,8 @@ mod tests {
     use crate::inventory::{BlockKind, TensorClass};
     use proptest::prelude::*;
 
+    // One argument per field the property test varies.
+    #[allow(clippy::too_many_arguments)]
     fn cfg(
         layers: u32,
         heads: u32,
@@ -683,8 +685,8 @@ mod tests {
     /// Saved activation bytes of one layer, written out (2 bytes per bf16 element, s = T, b = B,
     /// h = C, a = NH). Korthikanti et al. count 34sbh + 5as^2b with dropout; we have no dropout,
     /// so their two 1-byte dropout masks (attention output, MLP output: 2sbh) go, leaving 32sbh:
-    /// LN1 input 2 + QKV input 2 + Q,K,V 6 + projection input 2 + LN2 input 2 + fc input 2
-    /// + GELU input 8 + fc-projection input 8. For attention they keep softmax output (2as^2b),
+    /// LN1 input 2, QKV input 2, Q,K,V 6, projection input 2, LN2 input 2, fc input 2,
+    /// GELU input 8 and fc-projection input 8. For attention they keep softmax output (2as^2b),
     /// its dropout mask (as^2b) and dropout output (2as^2b); materialised attention here keeps
     /// the softmax output only (2as^2b), fused keeps the fp32 log-sum-exp per row (4abs).
     /// Both layer norms also keep fp32 mean and rstd (16sb), which the paper neglects.

@@ -148,9 +148,9 @@ impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Exact byte counts: a readable unit only when it is exact.
         let b = self.0;
-        let text = if b > 0 && b % GIB == 0 {
+        let text = if b > 0 && b.is_multiple_of(GIB) {
             format!("{}GiB", b / GIB)
-        } else if b > 0 && b % MIB == 0 {
+        } else if b > 0 && b.is_multiple_of(MIB) {
             format!("{}MiB", b / MIB)
         } else {
             format!("{b}")

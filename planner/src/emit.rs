@@ -275,7 +275,7 @@ impl<'a> Router<'a> {
                 let s = st.stage_of_op[bwd];
                 for t in inner {
                     let u = uses(t);
-                    let fwd_last = *u.iter().filter(|i| st.stage_of_op[**i] < s).last().expect("forward use");
+                    let fwd_last = *u.iter().rfind(|i| st.stage_of_op[**i] < s).expect("forward use");
                     let alloc = *u.first().expect("allocated");
                     out.push(Item::Alloc { slot: st.slot_of_op[alloc], tensor: t });
                     out.push(Item::Free { slot: st.slot_of_op[fwd_last], tensor: t });

@@ -148,7 +148,7 @@ fn bless() {
             }
         }
         assert!(picked.len() >= 3, "{name}: only {} stable budgets", picked.len());
-        picked.sort_by(|a, b| a.1.budget.cmp(&b.1.budget));
+        picked.sort_by_key(|a| a.1.budget);
         out.extend(picked.into_iter().map(|p| p.1));
     }
     let text = ron::ser::to_string_pretty(&out, ron::ser::PrettyConfig::default()).unwrap();

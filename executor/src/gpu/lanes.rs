@@ -36,7 +36,7 @@ impl HostView {
     }
     fn check_align(&self, align: usize) {
         // Pinned allocations are page aligned; a misaligned view is a bug in this module.
-        assert!(self.ptr % align == 0 && self.bytes % align == 0, "host view not aligned to {align}");
+        assert!(self.ptr.is_multiple_of(align) && self.bytes.is_multiple_of(align), "host view not aligned to {align}");
     }
     /// The bytes, read-only.
     pub fn bytes(&self) -> &[u8] {
@@ -77,7 +77,7 @@ unsafe extern "C" fn run_host_work(data: *mut c_void) {
     let work: Box<HostWork> = unsafe { Box::from_raw(data as *mut HostWork) };
     // A panic must not unwind into the driver: report it; the runner's error sink (set by the
     // work itself) or the missing result tells the step it failed.
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || work())).is_err() {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
         eprintln!("error: host work on a stream panicked");
     }
 }

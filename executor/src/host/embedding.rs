@@ -63,7 +63,7 @@ pub fn embedding_forward(
     let n = tokens.len();
     check_len(OP, "out (N x C)", n * c, out.len())?;
     check_len(OP, "wte (v_count x C)", v_count * c, wte.len())?;
-    if t == 0 || n % t != 0 || wpe.len() < t * c {
+    if t == 0 || !n.is_multiple_of(t) || wpe.len() < t * c {
         return Err(HostError::Invalid {
             op: OP,
             message: format!("N = {n} is not a multiple of T = {t}, or wpe ({} elements) has fewer than T rows of C = {c}", wpe.len()),

@@ -262,7 +262,8 @@ fn adamw_matches_the_inventory_layout() {
 
 // ---------------------------------------------------------------- embedding
 
-/// encoder.cu's embedding_forward as a plain loop.
+/// encoder.cu's embedding_forward as a plain loop (the kernel's arguments, one for one).
+#[allow(clippy::too_many_arguments)]
 fn forward_reference(out: &mut [bf16], tokens: &[i32], wte: &[bf16], v_begin: i32, v_count: usize, wpe: &[bf16], t: usize, c: usize) {
     for (n, &tok) in tokens.iter().enumerate() {
         let r = tok - v_begin;

@@ -83,7 +83,7 @@ impl Order {
                     other: o,
                     other_label: action_label(program, &actions[o]),
                     tensor: program.inventory.tensor(t).name.clone(),
-                    place: if loc % 2 == 0 { "its GPU buffer" } else { "its host copy" },
+                    place: if loc.is_multiple_of(2) { "its GPU buffer" } else { "its host copy" },
                 });
             }
             if write {
