@@ -48,7 +48,7 @@ const KNOWN_STEP_MISSES: &[(&str, &str)] = &[
 ];
 
 /// The budget a record without one (an all-on-GPU run) is re-planned under: no limit.
-const NO_BUDGET: Bytes = Bytes(1 << 50);
+const NO_BUDGET: Bytes = Bytes::UNLIMITED;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,20 +70,14 @@ fn case_of(file: &str, record: &Record) -> Case {
         Ok(hw) => hw,
         Err(e) => return Case::failed(file, record, e),
     };
-    let program = Program::build(&record.config);
     let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
-    match planner::replan_record(&program, &hw, budget, &record.decisions) {
-        Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace),
-        // Over the recorded budget: plan the same decisions without a cap, so the case still
-        // shows which term grew.
-        Err(planner::PlanError::Simulation(e)) if matches!(*e, planner::SimError::OverBudget { .. }) => {
-            match planner::replan_record(&program, &hw, NO_BUDGET, &record.decisions) {
-                Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace).with_over_budget(e.to_string()),
-                Err(e) => Case::failed(file, record, e.to_string()),
-            }
-        }
-        Err(e) => Case::failed(file, record, e.to_string()),
-    }
+    let plan = planner::replan_uncapped(&Program::build(&record.config), &hw, budget, &record.decisions);
+    Case::replanned(
+        file,
+        record,
+        &hw,
+        plan.as_ref().map(|(p, over)| (&p.schedule.prediction, &p.trace, over.clone())).map_err(|e| e.to_string()),
+    )
 }
 
 #[test]
@@ -259,19 +253,15 @@ fn live_records_on_the_gpu() {
 /// below today's plan.
 #[test]
 fn a_v2_record_with_decisions_is_replanned_from_its_file() {
-    use planner::decisions::{ActChoice, OwnerChoice};
+    use planner::ActChoice;
     use reports::record::{MemoryPeaks, StepRecord, StepTimes, RECORD_VERSION};
     let cfg = models::GptConfig::load(&root().join("models/configs/gpt3-1.3b.ron")).unwrap().with_shape(Some(1), Some(256), None).unwrap();
     let program = Program::build(&cfg);
     let hw = HardwareProfile::load(&root().join("models/hardware/h100-sxm.ron")).unwrap();
     let mut d = planner::Decisions::all_gpu(&program).with_optimizer(models::Placement::Host);
     d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
-    for (o, c) in &mut d.owners {
-        if matches!(o, models::Owner::Layer(_)) {
-            *c = OwnerChoice { weights: models::Placement::Streamed, optimizer: c.optimizer };
-        }
-    }
-    let plan = planner::plan::finish(&program, &hw, NO_BUDGET, &d, None).unwrap();
+    let d = d.with_streamed_weights(|o| matches!(o, models::Owner::Layer(_)));
+    let plan = planner::finish(&program, &hw, NO_BUDGET, &d, None).unwrap();
     let p = &plan.schedule.prediction;
     let peaks = MemoryPeaks { allocated_bytes: p.peak_allocated.0, reserved_bytes: p.peak_allocated.0, device_bytes: p.peak_device().0 };
     let times = StepTimes::predicted(p, &plan.trace);

@@ -122,7 +122,7 @@ fn the_planners_mixed_plan_under_a_tight_budget_trains_like_the_all_on_gpu_step(
     let all = planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll]).unwrap();
     // Halfway between the floor and everything on the GPU: the plan must mix placements.
     let budget = Bytes((floor.0 + all.schedule.prediction.peak_device().0) / 2);
-    let opts_plan = planner::PlanOptions { time_limit: Seconds(20.0), mip_rel_gap: 0.01, threads: 2 };
+    let opts_plan = planner::SolveOptions::new().with_time_limit(Seconds(20.0)).unwrap().with_gap(0.01).unwrap();
     let plan = planner::plan(&program, &hw, budget, &opts_plan).unwrap();
     let off = plan.schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
     assert!(off > 0, "a budget below keep-all must move something off the GPU");

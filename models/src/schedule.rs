@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Bumped on any change that an older reader would misread.
-pub const SCHEDULE_FORMAT_VERSION: u32 = 1;
+pub const SCHEDULE_FORMAT_VERSION: u32 = 2;
 
 /// Where work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -125,18 +125,49 @@ pub struct BlockDecision {
     pub prefetch_distance: Option<u32>,
 }
 
+/// How a solve ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SolveStatus {
+    /// The plan is proved within the requested gap of the best plan of the solver's model.
+    Proved,
+    /// The time limit stopped the search first: the gap is what was proved by then.
+    TimeLimit,
+    /// A starting point that fits the device was faster than the solver's answer and was kept.
+    /// The solver worked under a smaller budget (room for the most pinned memory any plan
+    /// maps), so its bound does not hold for this plan's budget: the gap is unknown.
+    StartingPointKept,
+}
+
+impl SolveStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            SolveStatus::Proved => "proved within the gap",
+            SolveStatus::TimeLimit => "stopped at the time limit",
+            SolveStatus::StartingPointKept => "a faster starting point that fits the device was kept (no bound for it)",
+        }
+    }
+}
+
 /// What the solver reports about its answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolverReport {
+    /// The solver's model (its size) and what proved the bound.
     pub solver: String,
     /// Objective of the chosen plan in the solver's model.
     pub objective: Seconds,
-    /// Best lower bound the solver proved.
-    pub bound: Seconds,
-    /// (objective - bound) / objective.
-    pub gap: f64,
+    /// Best lower bound proved for this plan's budget; None where none holds.
+    pub bound: Option<Seconds>,
+    /// (objective - bound) / objective; None where no bound holds.
+    pub gap: Option<f64>,
     pub solve_seconds: f64,
-    pub status: String,
+    pub status: SolveStatus,
+}
+
+impl SolverReport {
+    /// "1.23%", or "unknown" without a bound.
+    pub fn gap_label(&self) -> String {
+        self.gap.map_or_else(|| "unknown".into(), |g| format!("{:.2}%", g * 100.0))
+    }
 }
 
 /// What the plan predicts for one step.

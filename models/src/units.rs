@@ -17,6 +17,8 @@ pub const GIB: u64 = 1 << 30;
 pub struct Bytes(pub u64);
 
 impl Bytes {
+    /// A budget with no limit (a quarter of the range, so that sums of a few never overflow).
+    pub const UNLIMITED: Bytes = Bytes(u64::MAX / 4);
     pub const ZERO: Bytes = Bytes(0);
 
     pub fn gib(x: f64) -> Bytes {

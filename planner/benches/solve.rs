@@ -1,10 +1,10 @@
 //! Solve time of the planner's MILP (stage model, HiGHS) on gpt3-2.7b (32 layers, batch 2 x
-//! 2048, 24 GiB) and gpt3-175b (96 layers, batch 1 x 2048, 80 GiB) on the H100 profile, gap 1%.
+//! 2048, 24 GiB) and gpt3-175b (96 layers, batch 1 x 2048, 76 GiB) on the H100 profile, gap 1%.
 //! Prints each solve's gap and bound once before timing.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
-use planner::{plan, PlanOptions};
+use models::{Bytes, GptConfig, HardwareProfile, Program};
+use planner::{plan, SolveOptions};
 use std::path::Path;
 
 fn load(name: &str) -> (Program, HardwareProfile) {
@@ -15,23 +15,21 @@ fn load(name: &str) -> (Program, HardwareProfile) {
 }
 
 fn bench(c: &mut Criterion) {
-    let limit: f64 = std::env::var("OFFPLAN_SOLVE_LIMIT").ok().and_then(|s| s.parse().ok()).unwrap_or(60.0);
-    let opts = PlanOptions { time_limit: Seconds(limit), mip_rel_gap: 0.01, threads: 2 };
+    let opts = SolveOptions::new().with_gap(0.01).unwrap();
     let mut g = c.benchmark_group("solve");
     g.sample_size(10);
-    for (name, budget) in [("gpt3-2.7b", 24.0), ("gpt3-175b", 80.0)] {
+    for (name, budget) in [("gpt3-2.7b", 24.0), ("gpt3-175b", 76.0)] {
         let (p, hw) = load(name);
         let budget = Bytes::gib(budget);
         let once = plan(&p, &hw, budget, &opts).unwrap();
         let r = once.schedule.prediction.solver.clone().unwrap();
         eprintln!(
-            "{name} @ {budget}: step {} (simulated {}), bound {}, gap {:.2}%, {:.2} s, {}",
+            "{name} @ {budget}: step {} (simulated {}), gap {}, {:.2} s, {}",
             r.objective,
             once.schedule.prediction.step_time,
-            r.bound,
-            r.gap * 100.0,
+            r.gap_label(),
             r.solve_seconds,
-            r.status
+            r.status.label()
         );
         g.bench_function(name, |b| b.iter(|| plan(&p, &hw, budget, &opts).unwrap()));
     }

@@ -2,8 +2,8 @@
 //! floor to the all-on-GPU peak, capped at the card's memory), on one hardware profile:
 //! `cargo run --release -p planner --example solve_grid [-- PROFILE]`. Prints a markdown table.
 
-use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
-use planner::{feasible_floor, plan, Decisions, PlanOptions};
+use models::{Bytes, GptConfig, HardwareProfile, Program};
+use planner::{feasible_floor, finish, plan, Decisions, SolveOptions};
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,14 +14,14 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let profile = std::env::args().nth(1).unwrap_or_else(|| "h100-sxm".into());
     let hw = HardwareProfile::load(&root.join(format!("models/hardware/{profile}.ron"))).unwrap();
-    let opts = PlanOptions { time_limit: Seconds(60.0), mip_rel_gap: 0.005, threads: 2 };
+    let opts = SolveOptions::new();
     println!("| config | budget | plan (s) | step (ms) | gap | how |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for name in CONFIGS {
         let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
         let program = Program::build(&cfg);
         let floor = feasible_floor(&program, &hw);
-        let keep = planner::plan::finish(&program, &hw, Bytes(u64::MAX / 4), &Decisions::all_gpu(&program), None).unwrap();
+        let keep = finish(&program, &hw, Bytes::UNLIMITED, &Decisions::all_gpu(&program), None).unwrap();
         let top = keep.schedule.prediction.peak_device().min(hw.memory);
         for i in 0..5 {
             // Budgets at 10%, 30%, 50%, 70%, 90% of the way, rounded to 0.25 GiB.
@@ -34,9 +34,7 @@ fn main() {
                     let secs = t.elapsed().as_secs_f64();
                     let r = p.schedule.prediction.solver.clone();
                     let (gap, how) = r
-                        .map(|r| {
-                            (format!("{:.2}%", r.gap * 100.0), format!("{}; {}", r.status, r.solver.rsplit("bound: ").next().unwrap_or("")))
-                        })
+                        .map(|r| (r.gap_label(), format!("{}; {}", r.status.label(), r.solver.rsplit("bound: ").next().unwrap_or(""))))
                         .unwrap_or_default();
                     println!(
                         "| {name} | {budget} | {secs:.2} | {:.2} | {gap} | {how} | {} |",

@@ -14,6 +14,9 @@ use models::schedule::BlockDecision;
 use models::{Placement, Program};
 use serde::{Deserialize, Serialize};
 
+/// How many stages ahead of its first use a streamed or offloaded block is fetched.
+pub const PREFETCH_STAGES: u32 = 1;
+
 /// Placement of one owner's weights and optimizer state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OwnerChoice {
@@ -122,6 +125,17 @@ impl Decisions {
         self
     }
 
+    /// Streams the weights of every owner `which` selects, keeping its optimizer placement
+    /// (the module queue streams layers and output chunks).
+    pub fn with_streamed_weights(mut self, which: impl Fn(Owner) -> bool) -> Decisions {
+        for (o, c) in &mut self.owners {
+            if which(*o) {
+                c.weights = Placement::Streamed;
+            }
+        }
+        self
+    }
+
     /// Checks every choice is allowed for this program.
     pub fn validate(&self, program: &Program) -> Result<(), PlanError> {
         if self.layers.len() != program.config.layers as usize {
@@ -151,7 +165,7 @@ impl Decisions {
     pub fn block_decisions(&self, program: &Program) -> Vec<BlockDecision> {
         let inv = &program.inventory;
         let distance = |p: Placement| match p {
-            Placement::Streamed | Placement::Offloaded => Some(crate::emit::PREFETCH_STAGES),
+            Placement::Streamed | Placement::Offloaded => Some(PREFETCH_STAGES),
             _ => None,
         };
         inv.blocks
@@ -240,19 +254,6 @@ impl Decisions {
         g.extend((0..program.config.layers).map(Group::Acts));
         g
     }
-}
-
-/// Emits and simulates a recorded schedule's block decisions again with today's code (a run
-/// record's `decisions`; empty = all on the GPU) under `budget`: `plan::finish` of
-/// [`Decisions::from_block_decisions`].
-pub fn replan_record(
-    program: &Program,
-    hw: &models::HardwareProfile,
-    budget: models::Bytes,
-    decisions: &[BlockDecision],
-) -> Result<crate::Plan, PlanError> {
-    let d = Decisions::from_block_decisions(program, decisions)?;
-    crate::plan::finish(program, hw, budget, &d, None)
 }
 
 #[cfg(test)]
@@ -370,19 +371,5 @@ mod tests {
         dup.placement = Placement::Recomputed;
         b.push(dup);
         assert!(Decisions::from_block_decisions(&p, &b).unwrap_err().to_string().contains("twice"));
-    }
-
-    #[test]
-    fn replan_record_matches_finish() {
-        let p = config("gpt2-tiny");
-        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron"))
-            .unwrap();
-        let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
-        d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
-        let budget = models::Bytes(80 << 30);
-        let a = replan_record(&p, &hw, budget, &d.block_decisions(&p)).unwrap();
-        let b = crate::plan::finish(&p, &hw, budget, &d, None).unwrap();
-        assert_eq!(a.schedule.prediction, b.schedule.prediction);
-        assert!(a.schedule.prediction.peak_allocated < replan_record(&p, &hw, budget, &[]).unwrap().schedule.prediction.peak_allocated);
     }
 }

@@ -1,7 +1,7 @@
 //! The placements people choose by hand today, as decision presets emitted like any plan.
 
-use crate::decisions::{ActChoice, Decisions, OwnerChoice};
-use crate::solve::StageModel;
+use crate::decisions::{ActChoice, Decisions};
+use crate::model::StageModel;
 use crate::PlanError;
 use models::inventory::Owner;
 use models::{Bytes, HardwareProfile, Placement, Program, Schedule};
@@ -49,13 +49,7 @@ pub fn offload_first(program: &Program, n: u32) -> Decisions {
 
 /// Layer weights and output chunks streamed, activations kept, optimizer on the GPU.
 pub fn module_queue(program: &Program) -> Decisions {
-    let mut d = Decisions::all_gpu(program);
-    for (o, c) in &mut d.owners {
-        if matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)) {
-            *c = OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer };
-        }
-    }
-    d
+    Decisions::all_gpu(program).with_streamed_weights(|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)))
 }
 
 /// Whether `d` can fit `budget`: its live peak and the fixed overhead within it (what any
@@ -100,13 +94,11 @@ pub fn heuristic_schedule(h: Heuristic, program: &Program, hw: &HardwareProfile,
     };
     let model = StageModel::new(program, hw);
     let d = heuristic_decisions(h, &model, budget).ok_or_else(|| {
-        let floor = crate::plan::floor_of(&model).0;
+        let floor = crate::floor::floor_of(&model).0;
         PlanError::Infeasible { budget, floor, reason: format!("{} does not fit in {budget} on {}", h.label(), hw.name) }
     })?;
-    let mut s = crate::emit::emit(program, hw, &d, budget)?;
+    let mut s = crate::planned::finish(program, hw, budget, &d, None)?.schedule;
     s.strategy = h.label().into();
-    let trace = crate::simulate(program, hw, &s)?;
-    s.prediction = crate::prediction_from_trace(&trace, &s, program, hw);
     // Fits as the device counts it: the arena as reserved, the fixed overhead, the mapping of
     // its pinned memory.
     if s.prediction.peak_device() > budget {

@@ -1,17 +1,39 @@
-//! When each tensor lives where: the lifetime graph, the LP/MILP placement, schedule emission and
+//! When each tensor lives where: the lifetime graph, the placement solver, schedule emission and
 //! the simulator.
+//!
+//! Layers, each importing only those above it in this list:
+//! - `error`, `decisions`: the vocabulary (what the planner decides, why it fails);
+//! - `lifetime`: the lifetime graph of the all-on-GPU program;
+//! - `route`: what each decision puts into which stage of the step;
+//! - `model`: the stage model, memory and time as linear functions of the decisions;
+//! - `solve`: the solvers over the stage model;
+//! - `emit`, `simulate`: the schedule of a set of decisions, and its event simulation;
+//! - `planned`: a schedule emitted and simulated, with the simulator's prediction;
+//! - `floor`, `heuristics`, `strategy`: the feasible floor, the policies people use, presets;
+//! - `plan`: the entry point.
 
-pub mod decisions;
-pub mod emit;
-pub mod heuristics;
-pub mod lifetime;
-pub mod plan;
+mod decisions;
+mod emit;
+mod error;
+mod floor;
+mod heuristics;
+mod lifetime;
+mod model;
+mod plan;
+mod planned;
+mod route;
 pub mod simulate;
-pub mod solve;
+mod solve;
 pub mod strategy;
 
-pub use decisions::{replan_record, Decisions};
-pub use heuristics::{heuristic_schedule, Heuristic};
+pub use decisions::{ActChoice, Decisions, OwnerChoice};
+pub use emit::emit;
+pub use error::PlanError;
+pub use floor::feasible_floor;
+pub use heuristics::{heuristic_schedule, offload_first, Heuristic};
 pub use lifetime::LifetimeGraph;
-pub use plan::{feasible_floor, plan, Plan, PlanError, PlanOptions};
+pub use model::StageModel;
+pub use plan::plan;
+pub use planned::{finish, replan_record, replan_uncapped, Plan};
 pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, SimError};
+pub use solve::SolveOptions;

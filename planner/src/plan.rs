@@ -1,125 +1,16 @@
-//! The planner's entry point: floor check, heuristics as a warm start, the MILP, emission, and
-//! the simulator's prediction.
+//! The planner's entry point: the floor check, heuristics as starting points, the solver, and
+//! the plan emitted and simulated.
 
-use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
+use crate::decisions::{ActChoice, Decisions};
+use crate::floor::floor_of;
 use crate::heuristics::{heuristic_decisions, Heuristic};
-use crate::solve::milp::{enumerate, SolveLimits};
-use crate::solve::StageModel;
+use crate::model::StageModel;
+use crate::planned::{finish, Plan};
+use crate::solve::{solve, SolveError, SolveOptions};
+use crate::PlanError;
 use models::inventory::Owner;
-use models::schedule::SolverReport;
-use models::trace::Trace;
-use models::{Bytes, HardwareProfile, Placement, Program, Schedule, Seconds};
-
-/// Why no plan came out.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("budget {budget} is below the {floor} floor: {reason}")]
-    Infeasible { budget: Bytes, floor: Bytes, reason: String },
-    #[error("invalid decisions: {0}")]
-    BadDecisions(String),
-    #[error("the solver failed: {0}")]
-    Solver(String),
-    #[error("the emitted schedule does not simulate: {0}")]
-    Simulation(Box<crate::SimError>),
-}
-
-impl From<crate::SimError> for PlanError {
-    fn from(e: crate::SimError) -> Self {
-        PlanError::Simulation(Box::new(e))
-    }
-}
-
-/// How hard to solve.
-#[derive(Clone, Debug)]
-pub struct PlanOptions {
-    /// Wall-clock limit of the MILP; the best plan found by then is used, with its gap.
-    pub time_limit: Seconds,
-    /// Stop when the proved gap is at most this.
-    pub mip_rel_gap: f64,
-    pub threads: u32,
-}
-
-impl Default for PlanOptions {
-    fn default() -> Self {
-        PlanOptions { time_limit: Seconds(60.0), mip_rel_gap: 0.005, threads: 2 }
-    }
-}
-
-/// A schedule and its simulated trace.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub schedule: Schedule,
-    pub trace: Trace,
-}
-
-/// The leanest choice of every group (each group's smallest memory at its own peak, then its
-/// smallest total), the device memory it needs, and what holds memory at its peak.
-/// Also returns the device memory that maps the lean plan's pinned host memory (no plan pins
-/// more), with the pool's rounding of the arena.
-pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions, Bytes) {
-    let program = model.program;
-    let mut d = Decisions::all_gpu(program);
-    for g in enumerate(model) {
-        let best = (0..g.len())
-            .min_by_key(|k| {
-                let live = &g.contributions[*k].live;
-                (live.iter().max().copied().unwrap_or(0), live.iter().sum::<u64>())
-            })
-            .unwrap_or(0);
-        g.apply(best, &mut d);
-    }
-    let e = model.evaluate(&d);
-    // The lean plan pins most of the model on the host, and the driver maps pinned memory in
-    // device memory: count that, and the pool's rounding of the arena.
-    let hw = model.hw;
-    let pinned = crate::emit::emit(program, hw, &d, Bytes(u64::MAX / 4)).map(|s| s.pinned_bytes(program)).unwrap_or(Bytes::ZERO);
-    let outside = hw.pinned_mapping(pinned) + hw.pool_reserve_granularity;
-    let floor = hw.budget_for(e.peak) + outside;
-    // What sets it: the largest op working set, and where the lean plan peaks.
-    let inv = &program.inventory;
-    let (op, ws) = program
-        .ops
-        .iter()
-        .filter(|o| !models::cost::runs_on_host(o.kind))
-        .map(|o| {
-            let mut ts: Vec<_> = o.touches().collect();
-            ts.sort();
-            ts.dedup();
-            (o, ts.iter().map(|t| inv.tensor(*t).bytes).sum::<Bytes>())
-        })
-        .max_by_key(|(_, b)| *b)
-        .expect("a program has ops");
-    let reason = format!(
-        "with every layer's weights streamed, optimizer state on the host and activations recomputed from an offloaded input, the peak is {} at {} (plus {} fixed overhead and {} for the arena's layout, the pool's rounding and the device memory that maps pinned host memory); the largest single op, {}, needs {} of operands",
-        e.peak,
-        model.slot_label(e.peak_slot),
-        model.hw.fixed_overhead,
-        floor.saturating_sub(e.peak + model.hw.fixed_overhead),
-        op.name,
-        ws
-    );
-    (floor, reason, d, outside)
-}
-
-/// The budget the solver is given for `budget`: less the device memory that would map the
-/// lean plan's pinned host memory and the pool's rounding, which its memory rows do not count.
-pub fn solver_budget(model: &StageModel, budget: Bytes) -> Bytes {
-    budget.saturating_sub(floor_of(model).3)
-}
-
-/// The smallest budget any schedule of this planner fits in (device bytes, fixed overhead
-/// included).
-pub fn feasible_floor(program: &Program, hw: &HardwareProfile) -> Bytes {
-    floor_of(&StageModel::new(program, hw)).0
-}
-
-/// Candidate starting points: the heuristics that fit, and a few mixed presets, each within
-/// the solver's capacity for `budget`.
-#[cfg(test)]
-pub(crate) fn warm_candidates(model: &StageModel, budget: Bytes) -> Vec<Decisions> {
-    let lean = floor_of(model).2;
-    candidates(model, budget, lean).into_iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(budget)).collect()
-}
+use models::schedule::{SolveStatus, SolverReport};
+use models::{Bytes, HardwareProfile, Placement, Program};
 
 /// The heuristics that can fit `budget` (live peak and fixed overhead within it), a few mixed
 /// presets and the lean plan, unfiltered otherwise: `plan()` builds them once and keeps those
@@ -132,12 +23,7 @@ fn candidates(model: &StageModel, budget: Bytes, lean: Decisions) -> Vec<Decisio
     v.push(d.clone());
     d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
     v.push(d.clone());
-    for (o, c) in &mut d.owners {
-        if matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)) {
-            *c = OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer };
-        }
-    }
-    v.push(d);
+    v.push(d.with_streamed_weights(|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_))));
     v.push(lean);
     let mut unique: Vec<Decisions> = Vec::new();
     for d in v {
@@ -152,7 +38,7 @@ fn candidates(model: &StageModel, budget: Bytes, lean: Decisions) -> Vec<Decisio
 /// The solver counts live bytes; the executor lays them out in one arena (`models::arena`),
 /// which a static layout can make slightly larger. When that arena would not fit, the solve is
 /// repeated with the capacity cut by the excess, so the schedule's device peak is within budget.
-pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanOptions) -> Result<Plan, PlanError> {
+pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &SolveOptions) -> Result<Plan, PlanError> {
     let model = StageModel::new(program, hw);
     let (floor, reason, lean, outside) = floor_of(&model);
     if budget < floor {
@@ -165,7 +51,10 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
     let mut last = None;
     for _ in 0..4 {
         let starts: Vec<Decisions> = pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target)).cloned().collect();
-        let (decisions, report) = solve_within(&model, target, &starts, opts)?;
+        let (decisions, report) = solve_within(&model, target, &starts, opts).map_err(|e| match e {
+            SolveError::Infeasible(reason) => PlanError::Infeasible { budget, floor, reason },
+            other => PlanError::Solver(other.to_string()),
+        })?;
         let plan = finish(program, hw, budget, &decisions, Some(report))?;
         let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
         if over == Bytes::ZERO {
@@ -187,15 +76,14 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &PlanO
             continue;
         }
         // The report then describes the kept plan: its objective in the solver's model; the
-        // solver's bound was for its smaller budget, so it bounds nothing here and is dropped
-        // to the objective's (gap unknown: 0 is not claimed, the status says why).
+        // solver's bound was for its smaller budget, so it bounds nothing here.
         let objective = model.evaluate(&d).step_time;
-        let report = found.as_ref().and_then(|f| f.schedule.prediction.solver.clone()).map(|mut r| {
-            r.status = format!("{} (a starting point that fits the device was faster and kept; no bound for it)", r.status);
-            r.objective = objective;
-            r.bound = Seconds::ZERO;
-            r.gap = 1.0;
-            r
+        let report = found.as_ref().and_then(|f| f.schedule.prediction.solver.clone()).map(|r| SolverReport {
+            status: SolveStatus::StartingPointKept,
+            objective,
+            bound: None,
+            gap: None,
+            ..r
         });
         if let Ok(p) = finish(program, hw, budget, &d, report) {
             if p.schedule.prediction.peak_device() <= budget && better(&p) {
@@ -215,44 +103,116 @@ fn solve_within(
     model: &StageModel,
     target: Bytes,
     starts: &[Decisions],
-    opts: &PlanOptions,
-) -> Result<(Decisions, SolverReport), PlanError> {
-    let warm = starts.iter().map(|d| (model.evaluate(d).step_time.0, d)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(t, d)| (t, d.clone()));
-    let limits = SolveLimits { time_limit: opts.time_limit.0, mip_rel_gap: opts.mip_rel_gap, threads: opts.threads };
-    let outcome = crate::solve::solve(model, target, starts, &limits)?;
+    opts: &SolveOptions,
+) -> Result<(Decisions, SolverReport), SolveError> {
+    let warm = starts.iter().map(|d| (model.evaluate(d).step_time, d)).min_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
+    let outcome = solve(model, target, starts, opts)?;
     let mut decisions = outcome.decisions;
     let mut report = outcome.report;
-    // Never worse than where the solver started (a time limit can stop it early).
+    // Never worse than where the solver started (a time limit can stop it early): the report
+    // then gives the starting point's objective against the same bound.
     if let Some((t, w)) = warm {
-        if t < model.evaluate(&decisions).step_time.0 {
-            decisions = w;
-            report.status = format!("{} (warm start kept)", report.status);
+        if t < model.evaluate(&decisions).step_time {
+            decisions = w.clone();
+            report.objective = t;
+            report.gap = report.bound.map(|b| if t.0 > 0.0 { ((t.0 - b.0) / t.0).max(0.0) } else { 0.0 });
         }
     }
     Ok((decisions, report))
 }
 
-/// Emits and simulates `decisions`, filling the prediction from the trace.
-pub fn finish(
-    program: &Program,
-    hw: &HardwareProfile,
-    budget: Bytes,
-    decisions: &Decisions,
-    report: Option<SolverReport>,
-) -> Result<Plan, PlanError> {
-    let mut schedule = crate::emit::emit(program, hw, decisions, budget)?;
-    let trace = crate::simulate(program, hw, &schedule)?;
-    let mut prediction = crate::prediction_from_trace(&trace, &schedule, program, hw);
-    prediction.solver = report;
-    schedule.prediction = prediction;
-    Ok(Plan { schedule, trace })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decisions::OwnerChoice;
+    use models::{Attention, GptConfig, Precision, Seconds};
+    use std::path::Path;
 
-/// The group a block decision belongs to, for summaries.
-pub fn group_of_block(kind: models::BlockKind) -> Option<Group> {
-    match kind {
-        models::BlockKind::Weights(o) | models::BlockKind::Optimizer(o) | models::BlockKind::Grads(o) => Some(Group::Owner(o)),
-        models::BlockKind::LayerInput(l) | models::BlockKind::LayerActivations(l) => Some(Group::Acts(l)),
-        _ => None,
+    fn h100() -> HardwareProfile {
+        HardwareProfile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap()
+    }
+
+    fn tiny_one_layer() -> GptConfig {
+        GptConfig {
+            name: "one-layer".into(),
+            layers: 1,
+            hidden: 64,
+            heads: 4,
+            vocab: 1000,
+            padded_vocab: 1024,
+            max_seq: 64,
+            batch: 2,
+            seq: 64,
+            tied_embeddings: true,
+            attention: Attention::Materialized,
+            precision: Precision::default(),
+            output_chunks: 1,
+        }
+    }
+
+    /// Every combination of choices of a one-layer model, each emitted and simulated.
+    #[test]
+    fn milp_equals_exhaustive_search_on_a_tiny_model() {
+        let mut hw = h100();
+        // No room beyond live bytes (slack, the pool's rounding, the pinned-memory mapping): the
+        // solver then sees the budget itself, and its optimum is what exhaustive search finds.
+        hw.pool_slack = Bytes::ZERO;
+        hw.pool_slack_fraction = 0.0;
+        hw.pool_reserve_granularity = Bytes::ZERO;
+        hw.pinned_device_fraction = 0.0;
+        // A slow link so that placement matters for time.
+        hw.h2d.0 /= 1000.0;
+        hw.d2h.0 /= 1000.0;
+        hw.h2d_duplex.0 /= 1000.0;
+        hw.d2h_duplex.0 /= 1000.0;
+        let p = Program::build(&tiny_one_layer());
+        let floor = crate::floor::feasible_floor(&p, &hw);
+        let top = hw.budget_for(StageModel::new(&p, &hw).evaluate(&Decisions::all_gpu(&p)).peak) + hw.pool_reserve_granularity;
+        for frac in [0.3, 0.7] {
+            let budget = Bytes(floor.0 + ((top.0 - floor.0) as f64 * frac) as u64);
+            let owners = p.inventory.owners();
+            let choices: Vec<Vec<OwnerChoice>> = owners.iter().map(|o| OwnerChoice::all(&p, *o)).collect();
+            let acts = ActChoice::all();
+            let model = StageModel::new(&p, &hw);
+            // The capacity plan() gives the solver (room for the pinned memory's mapping taken off).
+            let cap = model.capacity(budget.saturating_sub(floor_of(&model).3));
+            let mut best: Option<(f64, Decisions)> = None;
+            let mut best_model: Option<f64> = None;
+            let mut count = 0;
+            let total: usize = choices.iter().map(Vec::len).product::<usize>() * acts.len();
+            for idx in 0..total {
+                let mut rest = idx;
+                let mut d = Decisions::all_gpu(&p);
+                for (o, cs) in owners.iter().zip(&choices) {
+                    d.set_owner(*o, cs[rest % cs.len()]);
+                    rest /= cs.len();
+                }
+                d.layers[0] = acts[rest % acts.len()];
+                let mut s = crate::emit::emit(&p, &hw, &d, budget).unwrap();
+                s.budget = Bytes::UNLIMITED;
+                let trace = crate::simulate(&p, &hw, &s).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+                count += 1;
+                let e = model.evaluate(&d);
+                if e.peak.0 <= cap && best_model.is_none_or(|t| e.step_time.0 < t) {
+                    best_model = Some(e.step_time.0);
+                }
+                // Fits as the planner counts it: the pool peak within the capacity the budget leaves.
+                if trace.peak_allocated.0 <= cap && best.as_ref().is_none_or(|(t, _)| trace.step_time.0 < *t) {
+                    best = Some((trace.step_time.0, d));
+                }
+            }
+            assert_eq!(count, total);
+            let (best_time, _) = best.expect("something fits above the floor");
+            let opts = SolveOptions::new().with_time_limit(Seconds(30.0)).unwrap().with_gap(0.0).unwrap().with_threads(1).unwrap();
+            let plan = plan(&p, &hw, budget, &opts).unwrap();
+            // Exactly the optimum of the model it solves...
+            let objective = plan.schedule.prediction.solver.as_ref().unwrap().objective.0;
+            let best_model = best_model.unwrap();
+            assert!((objective - best_model).abs() <= 1e-6 * best_model, "budget {budget}: MILP {objective} vs exhaustive {best_model}");
+            // ...and, simulated, within 0.1% of the best simulated plan (the model approximates
+            // host-work chains and a copy that waits for the host).
+            let got = plan.schedule.prediction.step_time.0;
+            assert!(got <= best_time * 1.001, "budget {budget}: MILP plan simulates to {got} vs exhaustive {best_time}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::decisions::{ActChoice, Decisions, OwnerChoice};
 use crate::heuristics::offload_first;
-use crate::plan::{finish, Plan, PlanError};
+use crate::planned::{finish, Plan};
+use crate::PlanError;
 use models::inventory::Owner;
 use models::{Bytes, HardwareProfile, Placement, Program};
 
@@ -58,13 +59,6 @@ impl Preset {
 
     /// Applies the preset to `d`.
     pub fn apply(self, program: &Program, d: &mut Decisions) -> Result<(), PlanError> {
-        let set_owners = |d: &mut Decisions, pick: &dyn Fn(Owner) -> bool, f: &dyn Fn(OwnerChoice) -> OwnerChoice| {
-            for (o, c) in &mut d.owners {
-                if pick(*o) {
-                    *c = f(*c);
-                }
-            }
-        };
         match self {
             Preset::KeepAll => *d = Decisions::all_gpu(program),
             Preset::RecomputeAll => d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE),
@@ -75,27 +69,11 @@ impl Preset {
                 }
                 d.layers[..n as usize].copy_from_slice(&offload_first(program, n).layers[..n as usize]);
             }
-            Preset::ModuleQueue => {
-                set_owners(d, &|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_)), &|c| OwnerChoice {
-                    weights: Placement::Streamed,
-                    optimizer: c.optimizer,
-                });
-            }
-            Preset::StreamWeights => {
-                set_owners(d, &|o| matches!(o, Owner::Layer(_)), &|c| OwnerChoice { weights: Placement::Streamed, optimizer: c.optimizer })
-            }
-            Preset::StreamOutput => set_owners(d, &|o| matches!(o, Owner::OutputChunk(_)), &|c| OwnerChoice {
-                weights: Placement::Streamed,
-                optimizer: c.optimizer,
-            }),
-            Preset::StreamedOptimizer => set_owners(d, &|_| true, &|c| {
-                if c.weights == Placement::Host {
-                    c
-                } else {
-                    OwnerChoice { weights: c.weights, optimizer: Placement::Streamed }
-                }
-            }),
-            Preset::HostOptimizer => set_owners(d, &|_| true, &|c| OwnerChoice { weights: c.weights, optimizer: Placement::Host }),
+            Preset::ModuleQueue => *d = d.clone().with_streamed_weights(|o| matches!(o, Owner::Layer(_) | Owner::OutputChunk(_))),
+            Preset::StreamWeights => *d = d.clone().with_streamed_weights(|o| matches!(o, Owner::Layer(_))),
+            Preset::StreamOutput => *d = d.clone().with_streamed_weights(|o| matches!(o, Owner::OutputChunk(_))),
+            Preset::StreamedOptimizer => *d = d.clone().with_optimizer(Placement::Streamed),
+            Preset::HostOptimizer => *d = d.clone().with_optimizer(Placement::Host),
             Preset::CpuEmbedding => {
                 if program.config.tied_embeddings {
                     return Err(PlanError::BadDecisions(format!(
@@ -130,7 +108,7 @@ pub fn strategy_decisions(program: &Program, presets: &[Preset]) -> Result<Decis
 pub fn strategy_plan(program: &Program, hw: &HardwareProfile, budget: Bytes, name: &str, presets: &[Preset]) -> Result<Plan, PlanError> {
     let d = strategy_decisions(program, presets)?;
     // Simulated without a cap, so that an over-budget strategy is reported with its peak.
-    let mut plan = finish(program, hw, Bytes(u64::MAX / 4), &d, None)?;
+    let mut plan = finish(program, hw, Bytes::UNLIMITED, &d, None)?;
     plan.schedule.budget = budget;
     plan.schedule.strategy = name.to_string();
     let need = plan.schedule.prediction.peak_device();

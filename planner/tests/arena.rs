@@ -5,7 +5,7 @@ use models::arena::{plan_arena, ArenaPlan};
 use models::schedule::{Action, Lane};
 use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
 use planner::strategy::{parse_strategy, strategy_plan};
-use planner::{plan, PlanOptions};
+use planner::{plan, SolveOptions};
 use std::path::Path;
 
 fn load(name: &str) -> (Program, HardwareProfile) {
@@ -53,7 +53,7 @@ fn every_strategy_lays_out_without_overlap_near_the_live_peak() {
 #[test]
 fn a_tight_plan_fits_its_arena_in_the_budget() {
     let (p, hw) = load("gpt2-124m");
-    let opts = PlanOptions { time_limit: Seconds(8.0), mip_rel_gap: 0.01, threads: 2 };
+    let opts = SolveOptions::new().with_time_limit(Seconds(8.0)).unwrap().with_gap(0.01).unwrap();
     let floor = planner::feasible_floor(&p, &hw);
     let plan = plan(&p, &hw, floor + Bytes::mib(64.0), &opts).unwrap();
     let pr = &plan.schedule.prediction;

@@ -7,7 +7,7 @@
 //! `cargo test --release -p planner --test golden_plans -- --ignored bless`.
 
 use models::{Bytes, GptConfig, HardwareProfile, Placement, Program, Seconds};
-use planner::{plan, PlanOptions};
+use planner::{plan, SolveOptions};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,8 @@ fn program(name: &str) -> Program {
     Program::build(&GptConfig::load(&root().join(format!("models/configs/{name}.ron"))).unwrap())
 }
 
-fn options() -> PlanOptions {
-    PlanOptions { time_limit: Seconds(60.0), mip_rel_gap: 0.005, threads: 2 }
+fn options() -> SolveOptions {
+    SolveOptions::new().with_time_limit(Seconds(60.0)).unwrap().with_gap(0.005).unwrap()
 }
 
 fn planned(name: &str, program: &Program, hw: &HardwareProfile, budget: Bytes) -> Result<(GoldenPlan, bool), String> {
@@ -105,7 +105,7 @@ fn bless() {
     for name in CONFIGS {
         let program = program(name);
         let floor = planner::feasible_floor(&program, &hw);
-        let keep = planner::plan::finish(&program, &hw, Bytes(u64::MAX / 4), &planner::Decisions::all_gpu(&program), None).unwrap();
+        let keep = planner::finish(&program, &hw, Bytes::UNLIMITED, &planner::Decisions::all_gpu(&program), None).unwrap();
         let top = keep.schedule.prediction.peak_device().min(hw.memory);
         let mut stable: Vec<(f64, GoldenPlan, bool)> = Vec::new();
         for i in 1..10 {

@@ -239,6 +239,27 @@ impl Case {
     }
 
     /// The same case, marked as over its recorded budget with the simulator's `message`.
+    /// The case of a record re-planned with today's code: its plan's prediction and trace, and
+    /// the over-budget message where the recorded budget no longer holds; or why it could not
+    /// be planned.
+    pub fn replanned(
+        file: &str,
+        record: &Record,
+        hw: &HardwareProfile,
+        plan: Result<(&Prediction, &Trace, Option<String>), String>,
+    ) -> Case {
+        match plan {
+            Ok((p, t, over)) => {
+                let c = Case::new(file, record, hw, p, t);
+                match over {
+                    Some(m) => c.with_over_budget(m),
+                    None => c,
+                }
+            }
+            Err(e) => Case::failed(file, record, e),
+        }
+    }
+
     pub fn with_over_budget(mut self, message: String) -> Case {
         self.over_budget = Some(message);
         self

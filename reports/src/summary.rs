@@ -135,12 +135,12 @@ pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -
         let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: |");
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2}% | {:.2} s |",
+            "| {} | {} | {} | {} | {} | {:.2} s |",
             r.solver,
-            r.status,
+            r.status.label(),
             r.objective,
-            r.bound,
-            r.gap * 100.0,
+            r.bound.map_or_else(|| "none".to_string(), |b| b.to_string()),
+            r.gap_label(),
             r.solve_seconds
         );
     }

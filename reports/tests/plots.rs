@@ -257,14 +257,14 @@ fn summary_reports_the_solver_when_there_is_one() {
     f.schedule.prediction.solver = Some(models::schedule::SolverReport {
         solver: "highs".into(),
         objective: Seconds::from_ms(12.5),
-        bound: Seconds::from_ms(12.0),
-        gap: 0.04,
+        bound: Some(Seconds::from_ms(12.0)),
+        gap: Some(0.04),
         solve_seconds: 1.25,
-        status: "optimal within gap".into(),
+        status: models::schedule::SolveStatus::Proved,
     });
     let md = summary_markdown(&f.program, &f.schedule, &f.trace);
     assert!(md.contains("## Solver"), "{md}");
-    assert!(md.contains("| highs | optimal within gap | 12.50 ms | 12.00 ms | 4.00% | 1.25 s |"), "{md}");
+    assert!(md.contains("| highs | proved within the gap | 12.50 ms | 12.00 ms | 4.00% | 1.25 s |"), "{md}");
 }
 
 #[test]

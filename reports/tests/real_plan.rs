@@ -16,10 +16,9 @@ fn planned(model: &str) -> (Program, planner::Plan) {
     let program = Program::build(&cfg);
     let floor = planner::feasible_floor(&program, &hw);
     // What everything on the GPU needs on the device (the pool's rounding included).
-    let top =
-        planner::heuristic_schedule(planner::Heuristic::KeepAll, &program, &hw, Bytes(u64::MAX / 4)).unwrap().prediction.peak_device();
+    let top = planner::heuristic_schedule(planner::Heuristic::KeepAll, &program, &hw, Bytes::UNLIMITED).unwrap().prediction.peak_device();
     let budget = Bytes(floor.0 + (top.0 - floor.0) / 2);
-    let opts = planner::PlanOptions { time_limit: models::Seconds(20.0), ..Default::default() };
+    let opts = planner::SolveOptions::new().with_time_limit(models::Seconds(20.0)).unwrap();
     let plan = planner::plan(&program, &hw, budget, &opts).unwrap();
     (program, plan)
 }

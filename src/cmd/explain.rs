@@ -9,8 +9,8 @@ use models::inventory::{Block, BlockKind};
 use models::schedule::{Lane, Placement};
 use models::trace::{SpanKind, Trace};
 use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
-use planner::decisions::{ActChoice, Decisions, OwnerChoice};
 use planner::{simulate, SimError};
+use planner::{ActChoice, Decisions, OwnerChoice};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -24,28 +24,6 @@ pub struct Args {
     /// Hardware profile (default: models/hardware/<the schedule's hardware>.ron).
     #[arg(long, value_name = "PATH")]
     pub hardware: Option<PathBuf>,
-}
-
-/// The decisions a schedule carries, read back from its per-block placements.
-pub fn decisions_of(program: &Program, schedule: &Schedule) -> Decisions {
-    let mut d = Decisions::all_gpu(program);
-    for bd in &schedule.decisions {
-        let Some(b) = program.inventory.blocks.get(bd.block.index()) else { continue };
-        match b.kind {
-            BlockKind::Weights(o) => {
-                let c = d.owner(o);
-                d.set_owner(o, OwnerChoice { weights: bd.placement, ..c });
-            }
-            BlockKind::Optimizer(o) => {
-                let c = d.owner(o);
-                d.set_owner(o, OwnerChoice { optimizer: bd.placement, ..c });
-            }
-            BlockKind::LayerInput(l) => d.layers[l as usize].input = bd.placement,
-            BlockKind::LayerActivations(l) => d.layers[l as usize].inner = bd.placement,
-            _ => {}
-        }
-    }
-    d
 }
 
 /// The other placements this block may take with the rest of its group as planned, each with a
@@ -189,16 +167,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let (trace, fits) = simulate_any(&program, &hw, &schedule).context("simulating the schedule as planned")?;
+    let d = Decisions::from_block_decisions(&program, &schedule.decisions)
+        .with_context(|| format!("reading the decisions of {}", args.schedule.display()))?;
     let mut base_label = current.label().to_string();
     if let BlockKind::Grads(o) = block.kind {
-        base_label = format!("{base_label} (optimizer {})", decisions_of(&program, &schedule).owner(o).optimizer.label());
+        base_label = format!("{base_label} (optimizer {})", d.owner(o).optimizer.label());
     }
     let base = measure(base_label, &hw, &trace, fits);
-    let d = decisions_of(&program, &schedule);
     let alts = alternatives(&program, &d, block);
     let mut outcomes = Vec::new();
     for (placement, nd) in &alts {
-        let s = planner::emit::emit(&program, &hw, nd, schedule.budget).with_context(|| format!("emitting {name} as {placement}"))?;
+        let s = planner::emit(&program, &hw, nd, schedule.budget).with_context(|| format!("emitting {name} as {placement}"))?;
         let (t, fits) = simulate_any(&program, &hw, &s).with_context(|| format!("simulating {name} as {placement}"))?;
         outcomes.push(measure(placement.clone(), &hw, &t, fits));
     }
@@ -311,19 +290,11 @@ mod tests {
     }
 
     fn mixed(program: &Program) -> Decisions {
-        let mut d = planner::heuristics::offload_first(program, 1);
+        let mut d = planner::offload_first(program, 1);
         d.layers[1] = ActChoice::RECOMPUTE;
         d.set_owner(Owner::Layer(0), OwnerChoice { weights: Placement::Streamed, optimizer: Placement::Host });
         d.set_owner(Owner::OutputChunk(1), OwnerChoice { weights: Placement::Gpu, optimizer: Placement::Streamed });
         d
-    }
-
-    #[test]
-    fn decisions_read_back_from_an_emitted_schedule() {
-        let (p, hw) = tiny();
-        let d = mixed(&p);
-        let s = planner::emit::emit(&p, &hw, &d, Bytes(u64::MAX / 4)).unwrap();
-        assert_eq!(decisions_of(&p, &s), d);
     }
 
     #[test]

@@ -71,6 +71,19 @@ impl TargetArgs {
     }
 }
 
+/// A usage error (exit code 2) with its message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(CodedError { code: EXIT_USAGE, message: message.into() })
+}
+
+/// Solver options from the command's flags; a bad value is a usage error naming the flag.
+pub fn solve_options(time_limit: f64, gap: f64, threads: u32) -> anyhow::Result<planner::SolveOptions> {
+    let o = planner::SolveOptions::new();
+    let o = o.with_time_limit(models::Seconds(time_limit)).map_err(|m| usage(format!("--time-limit: {m}")))?;
+    let o = o.with_gap(gap).map_err(|m| usage(format!("--gap: {m}")))?;
+    o.with_threads(threads).map_err(|m| usage(format!("threads: {m}")))
+}
+
 pub fn load_hardware(path: &Path) -> anyhow::Result<HardwareProfile> {
     HardwareProfile::load(path).with_context(|| "loading the hardware profile".to_string())
 }

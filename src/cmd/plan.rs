@@ -4,8 +4,8 @@
 use super::{CodedError, TargetArgs, EXIT_INFEASIBLE};
 use anyhow::Context;
 use models::schedule::{BlockDecision, Schedule};
-use models::{Bytes, Placement, Program, Seconds};
-use planner::{PlanError, PlanOptions};
+use models::{Bytes, Placement, Program};
+use planner::{PlanError, SolveOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
-    let opts = PlanOptions { time_limit: Seconds(args.time_limit), mip_rel_gap: args.gap, threads: 2 };
+    let opts = super::solve_options(args.time_limit, args.gap, 2)?;
     let planned = match &args.strategy {
         Some(names) => {
             let presets = planner::strategy::parse_strategy(names).map_err(|m| CodedError { code: super::EXIT_USAGE, message: m })?;
@@ -68,7 +68,7 @@ fn solve_with_spinner(
     program: &Program,
     hw: &models::HardwareProfile,
     budget: Bytes,
-    opts: &PlanOptions,
+    opts: &SolveOptions,
 ) -> Result<planner::Plan, PlanError> {
     std::thread::scope(|s| {
         let worker = s.spawn(|| planner::plan(program, hw, budget, opts));
@@ -78,7 +78,7 @@ fn solve_with_spinner(
             std::thread::sleep(Duration::from_millis(50));
             if bar.is_none() && start.elapsed() > Duration::from_secs(1) {
                 let b = indicatif::ProgressBar::new_spinner();
-                b.set_message(format!("solving placement for {} layers (limit {:.0} s)", program.config.layers, opts.time_limit.0));
+                b.set_message(format!("solving placement for {} layers (limit {:.0} s)", program.config.layers, opts.time_limit().0));
                 b.enable_steady_tick(Duration::from_millis(100));
                 bar = Some(b);
             }
@@ -169,14 +169,14 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, 
     println!("transfers          {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!("transfer time      {} hidden behind compute, {} exposed", p.hidden_transfer, p.exposed_transfer);
     if let Some(r) = &p.solver {
+        let bound = r.bound.map_or_else(|| "none".to_string(), |b| b.to_string());
         println!(
-            "solver             {}: objective {}, bound {}, gap {:.2}%, {:.2} s, {}",
+            "solver             {}: objective {}, bound {bound}, gap {}, {:.2} s, {}",
             r.solver,
             r.objective,
-            r.bound,
-            r.gap * 100.0,
+            r.gap_label(),
             r.solve_seconds,
-            r.status
+            r.status.label()
         );
     }
     println!("wrote {}", path.display());

@@ -9,9 +9,6 @@ use reports::calibration::{loss_mismatches, worst_first, Case};
 use reports::record::{load_dir, Record};
 use std::path::{Path, PathBuf};
 
-/// The budget a record without one (an all-on-GPU run) is re-planned under: no limit.
-pub const NO_BUDGET: Bytes = Bytes(1 << 50);
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Folder of run records (`run-*.ron`, as `offplan run --out` writes them).
@@ -33,20 +30,14 @@ pub fn case_of(file: &str, record: &Record, hardware_dir: &Path) -> Case {
         Ok(hw) => hw,
         Err(e) => return Case::failed(file, record, format!("hardware profile {}: {e}", path.display())),
     };
-    let program = Program::build(&record.config);
-    let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
-    match planner::replan_record(&program, &hw, budget, &record.decisions) {
-        Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace),
-        // Over the recorded budget: plan the same decisions without a cap, so the case still
-        // shows which term grew.
-        Err(planner::PlanError::Simulation(e)) if matches!(*e, planner::SimError::OverBudget { .. }) => {
-            match planner::replan_record(&program, &hw, NO_BUDGET, &record.decisions) {
-                Ok(plan) => Case::new(file, record, &hw, &plan.schedule.prediction, &plan.trace).with_over_budget(e.to_string()),
-                Err(e) => Case::failed(file, record, e.to_string()),
-            }
-        }
-        Err(e) => Case::failed(file, record, e.to_string()),
-    }
+    let budget = record.budget_bytes.map_or(Bytes::UNLIMITED, Bytes);
+    let plan = planner::replan_uncapped(&Program::build(&record.config), &hw, budget, &record.decisions);
+    Case::replanned(
+        file,
+        record,
+        &hw,
+        plan.as_ref().map(|(p, over)| (&p.schedule.prediction, &p.trace, over.clone())).map_err(|e| e.to_string()),
+    )
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use super::TargetArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{Bytes, HardwareProfile, Program, Schedule};
-use planner::{heuristic_schedule, Heuristic, PlanOptions};
+use planner::{heuristic_schedule, Heuristic, SolveOptions};
 use rayon::prelude::*;
 use reports::SweepPoint;
 use std::path::PathBuf;
@@ -72,7 +72,7 @@ impl Method {
 }
 
 /// Plans `method` at `budget`: the simulated step time and device peak, or why it does not fit.
-fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method, opts: &PlanOptions) -> SweepPoint {
+fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method, opts: &SolveOptions) -> SweepPoint {
     let result: Result<Schedule, planner::PlanError> = match method {
         Method::Planner => planner::plan(program, hw, budget, opts).map(|p| p.schedule),
         Method::Heuristic(h) => heuristic_schedule(h, program, hw, budget),
@@ -81,7 +81,7 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
         Ok(s) => {
             let p = &s.prediction;
             let note = match (&p.solver, method) {
-                (Some(r), _) => format!("{}, gap {:.2}%, {:.1} s", r.status, r.gap * 100.0, r.solve_seconds),
+                (Some(r), _) => format!("{}, gap {}, {:.1} s", r.status.label(), r.gap_label(), r.solve_seconds),
                 (None, Method::Heuristic(Heuristic::OffloadFirstN)) => {
                     let n = s
                         .decisions
@@ -105,7 +105,7 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
 /// fragmentation room included), so the top budget is one that "keep everything" fits in.
 fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
     let lifetime = hw.budget_for(planner::LifetimeGraph::build(program).peak().0);
-    match heuristic_schedule(Heuristic::KeepAll, program, hw, Bytes(u64::MAX / 4)) {
+    match heuristic_schedule(Heuristic::KeepAll, program, hw, Bytes::UNLIMITED) {
         Ok(s) => s.prediction.peak_device().max(lifetime),
         Err(_) => lifetime,
     }
@@ -119,7 +119,7 @@ fn methods() -> Vec<Method> {
 }
 
 /// Every method at every budget, in parallel; ordered by method, then budget.
-fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts: &PlanOptions, bar: &ProgressBar) -> Vec<SweepPoint> {
+fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts: &SolveOptions, bar: &ProgressBar) -> Vec<SweepPoint> {
     // Planner solves are queued first: they are the long ones, and the short heuristic
     // evaluations then fill the gaps at the end.
     let work: Vec<(usize, Bytes, Method)> =
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let methods = methods();
     // One solver thread per plan: the budgets themselves run in parallel across cores.
-    let opts = PlanOptions { time_limit: models::Seconds(args.time_limit), threads: 1, ..PlanOptions::default() };
+    let opts = super::solve_options(args.time_limit, SolveOptions::default().gap(), 1)?;
     eprintln!(
         "sweeping {} budgets from {from} to {to} (floor {floor}, all-on-GPU {}) with {} methods on {} threads",
         budgets.len(),
@@ -214,7 +214,7 @@ mod tests {
         let floor = planner::feasible_floor(&program, &hw);
         let top = all_gpu_peak(&program, &hw);
         let b = budgets(floor, top, 4);
-        let opts = PlanOptions { time_limit: models::Seconds(20.0), threads: 1, ..PlanOptions::default() };
+        let opts = SolveOptions::new().with_time_limit(models::Seconds(20.0)).unwrap().with_threads(1).unwrap();
         let points = sweep_points(&program, &hw, &b, &opts, &ProgressBar::hidden());
         assert_eq!(points.len(), 4 * methods().len());
         let names: Vec<String> = methods().iter().map(|m| m.name()).collect();

@@ -1,9 +1,10 @@
 //! The event loop: four lanes taking their actions in order, copies sharing the link, and the
 //! state of every tensor (allocated, where its current data is) checked as ops start.
 
+use super::error::SimError;
+use super::labels::action_label;
 use super::order::Order;
 use super::record::Recorder;
-use super::{action_label, SimError};
 use models::cost::{host_op_time, op_time, Direction};
 use models::hardware::Shares;
 use models::inventory::TensorClass;
@@ -208,8 +209,8 @@ impl<'a> Engine<'a> {
                 _ => {}
             }
         }
-        for l in 0..4 {
-            if finish[l] <= next {
+        for (l, f) in finish.iter().enumerate() {
+            if *f <= next {
                 self.complete(l);
             }
         }

@@ -26,60 +26,21 @@
 //! tests and `offplan simulate` to show that the budget holds under any timing).
 
 mod engine;
+mod error;
+mod labels;
 mod order;
 mod prediction;
 mod record;
 #[cfg(test)]
 mod tests;
 
+pub use error::SimError;
+pub use labels::{action_label, peak_label};
 pub use order::worst_case_peak;
 pub use prediction::prediction_from_trace;
 
-use models::schedule::{Action, Lane};
 use models::trace::Trace;
-use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
-
-/// Why a schedule does not simulate. Each names the action (index in `schedule.actions` and
-/// what it does), and the op and tensor concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("action {action} ({label}) refers to {what}, which this program does not have")]
-    UnknownId { action: usize, label: String, what: String },
-    #[error("action {action} ({label}) waits for event {event} on the {lane} lane, but no earlier action records it: the lane would wait forever (deadlock)")]
-    UnrecordedEvent { action: usize, label: String, event: u32, lane: &'static str },
-    #[error("the {lane} lane is stuck at action {action} ({label}): nothing left can record what it waits for (deadlock)")]
-    Deadlock { action: usize, label: String, lane: &'static str },
-    #[error("action {action} ({label}) and action {other} ({other_label}) both use {tensor} ({place}) and one writes it, but no Record/Wait orders them: some timing reorders them")]
-    Race { action: usize, label: String, other: usize, other_label: String, tensor: String, place: &'static str },
-    #[error("action {action} ({label}): op {op} uses {tensor}, which is not allocated on the GPU")]
-    NotAllocated { action: usize, label: String, op: String, tensor: String },
-    #[error("action {action} ({label}): op {op} starts at {at} but its input {tensor} is not on the GPU yet: {why}")]
-    NotArrived { action: usize, label: String, op: String, tensor: String, at: Seconds, why: String },
-    #[error("action {action} ({label}): host op {op} reads {tensor}, whose host copy is not current: {why}")]
-    NotOnHost { action: usize, label: String, op: String, tensor: String, why: String },
-    #[error("action {action} ({label}): op {op} cannot run on the host")]
-    NotAHostOp { action: usize, label: String, op: String },
-    #[error("action {action} ({label}): {tensor} has no GPU allocation to copy into; allocate it first")]
-    PrefetchUnallocated { action: usize, label: String, tensor: String },
-    #[error("action {action} ({label}): {tensor} has no current host copy to bring in")]
-    NoHostCopy { action: usize, label: String, tensor: String },
-    #[error("action {action} ({label}): {tensor} is not allocated on the GPU, there is nothing to evict")]
-    EvictUnallocated { action: usize, label: String, tensor: String },
-    #[error("action {action} ({label}): the GPU copy of {tensor} holds no data yet: {why}")]
-    EvictEmpty { action: usize, label: String, tensor: String, why: String },
-    #[error("action {action} ({label}): {tensor} is already allocated on the GPU (double alloc)")]
-    DoubleAlloc { action: usize, label: String, tensor: String },
-    #[error("action {action} ({label}): {tensor} is not allocated on the GPU (double free)")]
-    DoubleFree { action: usize, label: String, tensor: String },
-    #[error("action {action} ({label}) frees {tensor} while action {user} ({user_label}) still uses it")]
-    FreedInUse { action: usize, label: String, tensor: String, user: usize, user_label: String },
-    #[error("action {action} ({label}) frees {tensor}, a persistent tensor whose only current copy is on the GPU: evict it first")]
-    LostData { action: usize, label: String, tensor: String },
-    #[error("the step does not end where it began, so the next step would not find {tensor} where this one did: {why}")]
-    NotPeriodic { tensor: String, why: String },
-    #[error("peak {peak} allocated + {fixed_overhead} fixed overhead = {} exceeds the budget {budget}, at action {action} ({at})", *peak + *fixed_overhead)]
-    OverBudget { peak: Bytes, fixed_overhead: Bytes, budget: Bytes, action: usize, at: String, trace: Box<Trace> },
-}
+use models::{HardwareProfile, Program, Schedule};
 
 /// Simulates one step of `schedule` with the cost model's durations.
 pub fn simulate(program: &Program, hw: &HardwareProfile, schedule: &Schedule) -> Result<Trace, SimError> {
@@ -111,49 +72,4 @@ pub fn simulate_with_timing(
         });
     }
     Ok(trace)
-}
-
-/// What an action does, for messages: `Run layer0.qkv`, `Alloc layer0.fch on compute`.
-pub fn action_label(program: &Program, action: &Action) -> String {
-    let op = |o: models::OpId| program.ops.get(o.index()).map(|o| o.name.clone()).unwrap_or_else(|| format!("op #{}", o.0));
-    let t = |t: models::TensorId| {
-        program.inventory.tensors.get(t.index()).map(|t| t.name.clone()).unwrap_or_else(|| format!("tensor #{}", t.0))
-    };
-    match *action {
-        Action::Run(o) => format!("Run {}", op(o)),
-        Action::Recompute(o) => format!("Recompute {}", op(o)),
-        Action::HostRun(o) => format!("HostRun {}", op(o)),
-        Action::Alloc(x, l) => format!("Alloc {} on {}", t(x), l.label()),
-        Action::Free(x, l) => format!("Free {} on {}", t(x), l.label()),
-        Action::Prefetch(x) => format!("Prefetch {}", t(x)),
-        Action::Evict(x) => format!("Evict {}", t(x)),
-        Action::Record(e, l) => format!("Record event {} on {}", e.0, l.label()),
-        Action::Wait(e, l) => format!("Wait event {} on {}", e.0, l.label()),
-    }
-}
-
-/// Where the peak is, for people: the op its lane runs next after the allocation that reached
-/// it (`layer3.fc (Alloc layer3.fch on compute)`), or the action itself.
-pub fn peak_label(program: &Program, schedule: &Schedule, action: usize) -> String {
-    let Some(a) = schedule.actions.get(action) else { return "start of step".into() };
-    let lane = a.lane();
-    let next_op = schedule.actions[action..].iter().find_map(|b| match *b {
-        Action::Run(o) | Action::Recompute(o) | Action::HostRun(o) if b.lane() == lane => program.ops.get(o.index()),
-        _ => None,
-    });
-    match next_op {
-        Some(op) if !matches!(a, Action::Run(_) | Action::Recompute(_) | Action::HostRun(_)) => {
-            format!("{} ({})", op.name, action_label(program, a))
-        }
-        _ => action_label(program, a),
-    }
-}
-
-pub(crate) fn lane_index(l: Lane) -> usize {
-    match l {
-        Lane::Compute => 0,
-        Lane::HostToDevice => 1,
-        Lane::DeviceToHost => 2,
-        Lane::Host => 3,
-    }
 }

@@ -2,7 +2,8 @@
 //! plus `Record` -> `Wait`, as vector clocks), data races on tensors, and the worst peak any
 //! timing can reach.
 
-use super::{action_label, lane_index, SimError};
+use super::error::SimError;
+use super::labels::{action_label, lane_index};
 use models::schedule::Action;
 use models::{Bytes, HardwareProfile, Program, Schedule, TensorId};
 use std::collections::HashMap;

@@ -1,7 +1,6 @@
 //! A schedule's `Prediction` from its simulated trace.
 
-use super::lane_index;
-use super::peak_label;
+use super::labels::{lane_index, peak_label};
 use models::schedule::{Action, Lane, Prediction};
 use models::trace::{SpanKind, Trace};
 use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};

@@ -1,89 +1,182 @@
-//! Choosing the decisions: a MILP over one choice per group (owner, layer activations) on the
-//! stage model, warm-started from the best heuristic; its gap proved by a Lagrangian bound
-//! (`dual`: a dynamic program over the stages) or by HiGHS's branch and bound.
+//! Choosing the decisions: one choice per group (owner, layer activations) minimising the stage
+//! model's step time within the budget, with a proved gap.
+//!
+//! How a solve goes:
+//! 1. starting points (heuristics, periodic patterns) improved by local search (`local`): a
+//!    first plan;
+//! 2. the Lagrangian bound of `dual`: the memory rows priced, the rest minimised exactly by the
+//!    stage DP (`dp`), the prices found by column generation, the feasible set split on a large
+//!    item (the embedding table) when the bound alone leaves too wide a gap; the master's
+//!    mixture of plans rounded along the layers (`local::dither`), made to fit
+//!    (`local::repair`) and improved gives the plans. When the best plan is within the gap of
+//!    that bound, done: the reported bound is the Lagrangian one (valid for any multipliers);
+//! 3. otherwise HiGHS's branch and bound on the MILP (`milp`), from the best plan, stopping at
+//!    the first plan the Lagrangian bound proves (objective target) or at its own gap; the
+//!    bound reported is the larger of the two.
+//!
+//! Each phase counts its work (`effort`) rather than timing it, so a plan is the same on every
+//! machine; the time limit is a safety stop.
 
-pub mod dual;
-pub mod milp;
-pub mod model;
-
-pub use milp::{solve, SolveOutcome};
-pub use model::{Evaluation, StageModel};
-
+mod dp;
+mod dual;
+mod effort;
+mod local;
+mod master;
+mod milp;
+mod options;
+mod problem;
 #[cfg(test)]
-mod timing {
-    //! `cargo test -p planner --release --lib solve::timing -- --ignored --nocapture`:
-    //! solve time and gap of the benchmark problems. OFFPLAN_SOLVE_LIMIT (s), OFFPLAN_REPS,
-    //! OFFPLAN_WHICH (name filter), OFFPLAN_BUDGET (GiB for gpt3-2.7b), OFFPLAN_RESOLVE (solve
-    //! again from the answer, print it), OFFPLAN_BREAKDOWN (time plan()'s other phases).
-    use crate::{plan, PlanOptions};
-    use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
-    use std::path::Path;
+mod testing;
 
-    fn load(name: &str) -> (Program, HardwareProfile) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
-        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
-        (Program::build(&cfg), hw)
-    }
+pub use options::SolveOptions;
+pub use problem::enumerate;
 
-    #[test]
-    #[ignore]
-    fn solve_times() {
-        let limit: f64 = std::env::var("OFFPLAN_SOLVE_LIMIT").ok().and_then(|s| s.parse().ok()).unwrap_or(60.0);
-        let reps: usize = std::env::var("OFFPLAN_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-        let which = std::env::var("OFFPLAN_WHICH").unwrap_or_default();
-        let opts = PlanOptions { time_limit: Seconds(limit), mip_rel_gap: 0.01, threads: 2 };
-        let extra: f64 = std::env::var("OFFPLAN_BUDGET").ok().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-        for (name, budget) in [("gpt3-2.7b", if extra > 0.0 { extra } else { 24.0 }), ("gpt3-175b", 80.0)] {
-            if !which.is_empty() && !name.contains(&which) {
-                continue;
+use crate::decisions::Decisions;
+use crate::model::StageModel;
+use dual::Target;
+use effort::Effort;
+use models::schedule::{SolveStatus, SolverReport};
+use models::{Bytes, Seconds};
+use problem::{Problem, MS};
+use std::time::{Duration, Instant};
+
+/// Move evaluations of local search on the starting points, shared between them (about 0.05 s
+/// on this project's 2-core machine), and after each rounding of the master's mixture (0.1 s).
+const LOCAL_SEARCH_WORK: u64 = 150_000;
+const ROUND_WORK: u64 = 300_000;
+/// Column generation iterations of the Lagrangian bound before branch and bound (3 s on the
+/// largest shipped configs).
+const DUAL_ITERATIONS: u64 = 500;
+/// Moves that make a rounded mixture fit, per group.
+const REPAIR_MOVES_PER_GROUP: usize = 8;
+/// Largest table of the stage DP.
+const DP_TABLE_LIMIT: usize = 1 << 16;
+
+/// The decisions and how they were found.
+pub struct SolveOutcome {
+    pub decisions: Decisions,
+    pub report: SolverReport,
+}
+
+/// Why a solve gave no decisions.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// No combination of choices keeps every slot within the capacity.
+    #[error("{0}")]
+    Infeasible(String),
+    /// The search stopped before it had a plan that fits.
+    #[error("no plan found within the time limit")]
+    NoPlan,
+    /// The MILP back end failed.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// The decisions minimising the stage model's step time within `budget`. `starts` must fit;
+/// each is improved by local search and the best is the first incumbent.
+pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &SolveOptions) -> Result<SolveOutcome, SolveError> {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(opts.time_limit().0);
+    let problem = Problem::new(model, model.capacity(budget)).map_err(SolveError::Infeasible)?;
+    let groups = &problem.groups;
+    let target = Target { gap: opts.gap(), threads: opts.threads() };
+    let mut starts: Vec<Vec<usize>> = starts.iter().map(|d| problem.picks_of(d)).collect();
+    starts.extend(local::patterns(&problem, &starts));
+    let share = LOCAL_SEARCH_WORK / starts.len().max(1) as u64;
+    let warm: Option<Vec<usize>> = starts
+        .iter()
+        .map(|w| local::improve(&problem, w, Effort::new(share, deadline)))
+        .map(|p| (problem.eval(&p).0, p))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, p)| p);
+    tracing::debug!("solve: warm start at {:.2} s", t0.elapsed().as_secs_f64());
+    // Best plan known (ms, picks) and best bound proved (ms), with how it was proved.
+    let mut best: Option<(f64, Vec<usize>)> = warm.map(|p| (problem.eval(&p).0 * MS, p));
+    let mut bound = f64::NEG_INFINITY;
+    let mut how: Vec<String> = Vec::new();
+    let mut finished = true;
+    // A Lagrangian bound by dynamic programming over the stages (see `dual`): when it proves the
+    // best plan known within the gap, no branch and bound is needed.
+    let dp = dp::StageDp::new(groups, &problem.stages, problem.rates(), MS, DP_TABLE_LIMIT);
+    tracing::debug!("solve: stage DP built: {}", dp.is_some());
+    if let Some(dp) = dp {
+        let upper = best.as_ref().map_or(f64::INFINITY, |b| b.0);
+        let dual_effort = Effort::new(DUAL_ITERATIONS, Instant::now() + Duration::from_secs_f64(opts.time_limit().0 * 0.5));
+        // Plans from the master's mixture: rounded along the layers, made to fit, improved.
+        let mut round = |xbar: &[Vec<f64>]| -> Option<(f64, Vec<usize>)> {
+            if xbar.is_empty() {
+                return None;
             }
-            let (p, hw) = load(name);
-            for _ in 0..reps {
-                let t = std::time::Instant::now();
-                let once = plan(&p, &hw, Bytes::gib(budget), &opts).unwrap();
-                let r = once.schedule.prediction.solver.clone().unwrap();
-                eprintln!(
-                    "{name} @ {budget} GiB: objective {:.6} s (simulated {:.6}), bound {:.6}, gap {:.3}%, solve {:.2} s, plan {:.2} s, {} | {}",
-                    r.objective.0, once.schedule.prediction.step_time.0, r.bound.0, r.gap * 100.0, r.solve_seconds, t.elapsed().as_secs_f64(), r.status, r.solver
-                );
-                if std::env::var("OFFPLAN_BREAKDOWN").is_ok() {
-                    // Where plan() spends its time besides the solve.
-                    let t = std::time::Instant::now();
-                    let model = super::StageModel::new(&p, &hw);
-                    let t_model = t.elapsed().as_secs_f64();
-                    let _ = crate::plan::floor_of(&model);
-                    let t_floor = t.elapsed().as_secs_f64() - t_model;
-                    let starts = crate::plan::warm_candidates(&model, Bytes::gib(budget));
-                    let t_starts = t.elapsed().as_secs_f64() - t_model - t_floor;
-                    let t2 = std::time::Instant::now();
-                    let _ = crate::plan::finish(&p, &hw, Bytes::gib(budget), &starts[0], None);
-                    eprintln!("  plan() besides the solve: stage model {t_model:.2} s, floor {t_floor:.2} s, starting points {t_starts:.2} s ({}), emit + simulate + arena {:.2} s", starts.len(), t2.elapsed().as_secs_f64());
-                }
-                if std::env::var("OFFPLAN_RESOLVE").is_ok() {
-                    let model = super::StageModel::new(&p, &hw);
-                    let starts = crate::plan::warm_candidates(&model, Bytes::gib(budget));
-                    let limits = super::milp::SolveLimits { time_limit: limit, mip_rel_gap: 0.01, threads: 2 };
-                    let first = super::solve(&model, Bytes::gib(budget), &starts, &limits).unwrap();
-                    let again = super::solve(&model, Bytes::gib(budget), &[first.decisions.clone()], &limits).unwrap();
-                    for d in &first.decisions.layers {
-                        eprint!("{:?}/{:?} ", d.input, d.inner);
-                    }
-                    eprintln!();
-                    for (o, c) in &first.decisions.owners {
-                        eprint!("{o}:{:?}/{:?} ", c.weights, c.optimizer);
-                    }
-                    eprintln!();
-                    let r = again.report;
-                    eprintln!(
-                        "  re-solved from its own answer: objective {:.6} bound {:.6} gap {:.3}% solve {:.2} s",
-                        r.objective.0,
-                        r.bound.0,
-                        r.gap * 100.0,
-                        r.solve_seconds
-                    );
-                }
+            let repair = Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline);
+            let p = local::repair(&problem, &local::dither(groups, xbar), repair)?;
+            let p = local::improve(&problem, &p, Effort::new(ROUND_WORK, deadline));
+            let (t, peak) = problem.eval(&p);
+            (peak <= problem.cap).then_some((t * MS, p))
+        };
+        let res = dual::branch_and_price(&problem, &dp, &starts, upper, &target, dual_effort, &mut round);
+        tracing::debug!(
+            "solve: dual done at {:.2} s: bound {:.4} ms after {} iterations",
+            t0.elapsed().as_secs_f64(),
+            res.bound,
+            res.iterations
+        );
+        if res.bound > bound {
+            bound = res.bound;
+            how = vec![format!("Lagrangian bound of the memory rows by stage DP ({} columns, {} nodes)", res.iterations, res.nodes)];
+        }
+        if let Some((t, p)) = res.best {
+            if best.as_ref().is_none_or(|b| t < b.0) {
+                best = Some((t, p));
             }
         }
     }
+    let proved_early = best.as_ref().is_some_and(|b| target.met(b.0, bound));
+    if !proved_early {
+        // Any plan at or below this time is proved within the gap by the bound so far.
+        let objective_target = bound.is_finite().then(|| bound / (1.0 - opts.gap()) * (1.0 - 1e-9));
+        let limits = milp::MilpLimits {
+            time_limit: opts.time_limit().0 - t0.elapsed().as_secs_f64(),
+            gap: opts.gap(),
+            target: objective_target,
+            threads: opts.threads(),
+        };
+        let r = milp::branch_and_bound(&problem, best.as_ref().map(|b| b.1.as_slice()), &limits).map_err(|e| match e {
+            milp::MilpError::Infeasible => SolveError::Infeasible("no combination of placements keeps every slot within the budget".into()),
+            milp::MilpError::NoSolution(m) => SolveError::Backend(m),
+        })?;
+        finished = r.finished;
+        let (t, peak) = problem.eval(&r.picks);
+        if peak <= problem.cap && best.as_ref().is_none_or(|b| t * MS < b.0) {
+            best = Some((t * MS, r.picks));
+        }
+        if r.bound > bound {
+            bound = r.bound;
+            how = vec!["HiGHS branch and bound".into()];
+        } else {
+            how.push("HiGHS branch and bound".into());
+        }
+    }
+    let (objective, picks) = best.ok_or(SolveError::NoPlan)?;
+    let objective = objective / MS;
+    let bound = bound.is_finite().then(|| (bound / MS).min(objective));
+    let gap = bound.map(|b| if objective > 0.0 { ((objective - b) / objective).max(0.0) } else { 0.0 });
+    let proved = gap.is_some_and(|g| g <= opts.gap());
+    let status = if proved || finished { SolveStatus::Proved } else { SolveStatus::TimeLimit };
+    let binaries: usize = groups.iter().map(|g| g.len()).sum();
+    Ok(SolveOutcome {
+        decisions: problem.decisions(&picks),
+        report: SolverReport {
+            solver: format!(
+                "stage model: {binaries} choices, {} stage times, {} memory rows; bound: {}",
+                model.n_stages(),
+                problem.rows.len(),
+                how.join(", ")
+            ),
+            objective: Seconds(objective),
+            bound: bound.map(Seconds),
+            gap,
+            solve_seconds: t0.elapsed().as_secs_f64(),
+            status,
+        },
+    })
 }
