@@ -9,6 +9,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "offplan", version, about = "Memory-offload planner, simulator and GPU executor for GPT training")]
 struct Cli {
+    /// Show the libraries' diagnostics on standard error: -v what each phase did, -vv its
+    /// details, -vvv everything.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +39,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).without_time().init();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Plan(a) => cmd::plan::run(a),

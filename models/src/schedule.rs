@@ -132,6 +132,9 @@ pub enum SolveStatus {
     Proved,
     /// The time limit stopped the search first: the gap is what was proved by then.
     TimeLimit,
+    /// The search's work budget ran out first (it counts its work, so that its answer is the
+    /// same on every machine): the gap is what was proved by then; a larger effort searches on.
+    WorkLimit,
     /// A starting point that fits the device was faster than the solver's answer and was kept.
     /// The solver worked under a smaller budget (room for the most pinned memory any plan
     /// maps), so its bound does not hold for this plan's budget: the gap is unknown.
@@ -143,6 +146,7 @@ impl SolveStatus {
         match self {
             SolveStatus::Proved => "proved within the gap",
             SolveStatus::TimeLimit => "stopped at the time limit",
+            SolveStatus::WorkLimit => "stopped at its work budget",
             SolveStatus::StartingPointKept => "a faster starting point that fits the device was kept (no bound for it)",
         }
     }

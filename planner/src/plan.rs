@@ -46,6 +46,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     }
     // Built once: every retry and the final check pick from them.
     let pool = candidates(&model, budget, lean);
+    tracing::info!("floor {floor}; {} starting points", pool.len());
     let mut target = budget.saturating_sub(outside);
     let mut found: Option<Plan> = None;
     let mut last = None;
@@ -55,6 +56,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             SolveError::Infeasible(reason) => PlanError::Infeasible { budget, floor, reason },
             other => PlanError::Solver(other.to_string()),
         })?;
+        tracing::info!("solved for {target} in {:.2} s: {}, gap {}", report.solve_seconds, report.status.label(), report.gap_label());
         let plan = finish(program, hw, budget, &decisions, Some(report))?;
         let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
         if over == Bytes::ZERO {

@@ -1,10 +1,13 @@
 //! The golden plans: every shipped config at three budgets on the H100 profile, planned with
-//! today's code and held to the decisions and predictions recorded in `golden/plans.ron`. The
-//! budgets are ones where the solve is proved within its gap well inside its time limit (the
-//! solver counts its work instead of timing it, so a plan does not depend on the machine), so
-//! the test is deterministic and quick. Work that changes
-//! plans on purpose regenerates the file in the same commit and says why:
+//! today's code (the default build and options) and held to the decisions and predictions
+//! recorded in `golden/plans.ron`. The budgets are ones where the solve is proved within its gap
+//! well inside its limits (the solver counts its work instead of timing it, so a plan does not
+//! depend on the machine), so the test is deterministic and quick. Work that changes plans on
+//! purpose regenerates the file in the same commit and says why:
 //! `cargo test --release -p planner --test golden_plans -- --ignored bless`.
+//! With the `highs` feature the MILP back end may find other plans where the default build's
+//! search stops short of the gap: there each plan's step time is held within the gap of the
+//! golden one instead.
 
 use models::{Bytes, GptConfig, HardwareProfile, Placement, Program, Seconds};
 use planner::{plan, SolveOptions};
@@ -42,7 +45,7 @@ fn program(name: &str) -> Program {
 }
 
 fn options() -> SolveOptions {
-    SolveOptions::new().with_time_limit(Seconds(60.0)).unwrap().with_gap(0.005).unwrap()
+    SolveOptions::new()
 }
 
 fn planned(name: &str, program: &Program, hw: &HardwareProfile, budget: Bytes) -> Result<(GoldenPlan, bool), String> {
@@ -77,6 +80,7 @@ fn plans_match_the_golden_file() {
         let program = program(&g.config);
         match planned(&g.config, &program, &hw, g.budget) {
             Ok((now, _)) if now == *g => {}
+            Ok((now, _)) if cfg!(feature = "highs") && now.step_time.0 <= g.step_time.0 * (1.0 + options().gap()) => {}
             Ok((now, _)) => failures.push(format!(
                 "{} @ {}: step {} (golden {}), device {} (golden {}), off the GPU now but not before: {:?}, before but not now: {:?}",
                 g.config,

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub time_limit: f64,
     /// Stop the solver once the proved gap is at most this fraction.
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.005)]
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.01)]
     pub gap: f64,
     /// Instead of solving, place blocks by named presets applied left to right, e.g.
     /// `offload-all`, `host-optimizer,cpu-embedding`, `offload-first=4` (see `planner::strategy`).

@@ -46,13 +46,23 @@ struct Step {
     reps: Vec<Vec<usize>>,
 }
 
-/// The structure of the minimisation: stage factors, a constant, and the elimination steps.
-pub struct StageDp {
+/// One minimisation: stage factors, a constant, and the elimination steps.
+struct Elimination {
     factors: Vec<Factor>,
     constant: f64,
     steps: Vec<Step>,
     n_choices: Vec<usize>,
 }
+
+/// The minimisation, either one elimination or, where the tables would grow past the limit
+/// (a group that touches both ends of the step, such as a tied embedding), one elimination per
+/// class of that group with the group fixed (conditioning): the minimum over the classes.
+pub struct StageDp {
+    parts: Vec<(Option<Cut>, Elimination)>,
+}
+
+/// A group fixed to one of its classes: the group and the choices of that class.
+type Cut = (usize, Vec<usize>);
 
 /// Joins partitions of one group's choices (each `raw -> class`) into their common refinement.
 fn join(parts: &[&Vec<usize>], n: usize) -> (Vec<usize>, Vec<usize>) {
@@ -73,42 +83,127 @@ fn join(parts: &[&Vec<usize>], n: usize) -> (Vec<usize>, Vec<usize>) {
     (out, reps)
 }
 
+impl Factor {
+    /// This factor with group `g` fixed to its class `q` here: the entries where g's digit is
+    /// q, and g left out of the scope.
+    fn slice(&self, g: usize, q: usize) -> Factor {
+        let Some(j) = self.scope.iter().position(|x| *x == g) else { return self.clone() };
+        let st = self.strides();
+        let table = (0..self.table.len()).filter(|e| (e / st[j]) % self.radix[j] == q).map(|e| self.table[e]).collect();
+        let drop = |v: &[usize]| v.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, x)| *x).collect::<Vec<_>>();
+        let parts = self.parts.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, p)| p.clone()).collect();
+        Factor { scope: drop(&self.scope), parts, radix: drop(&self.radix), table }
+    }
+}
+
 impl StageDp {
-    /// Builds the stage factors (times in `scale` units) and an elimination order. None when a
-    /// table would exceed `limit` entries.
+    /// Builds the stage factors (times in `scale` units) and an elimination order, conditioning
+    /// on one group if it must. None when a table would still exceed `limit` entries.
     pub fn new(groups: &[GroupChoices], stages: &[StageLinear], r: &Rates, scale: f64, limit: usize) -> Option<StageDp> {
-        let mut factors = Vec::new();
-        let mut constant = 0.0;
-        for stage in stages {
-            match local_hull(groups, stage, r, limit) {
-                Some(h) => {
-                    let scope: Vec<usize> = h.groups.iter().map(|(g, _)| *g).collect();
-                    let parts: Vec<Vec<usize>> = h.groups.iter().map(|(_, c)| c.clone()).collect();
-                    let radix: Vec<usize> = parts.iter().map(|p| p.iter().copied().max().map_or(1, |m| m + 1)).collect();
-                    factors.push(Factor { scope, parts, radix, table: h.times.iter().map(|t| t * scale).collect() });
-                }
-                None => {
-                    // Either no group changes this stage (a constant) or too many combinations.
-                    let per = per_group_terms(groups, stage);
-                    if per.values().any(|ts| ts.iter().any(|t| !t.approx_eq(&ts[0]))) {
-                        return None;
+        let (factors, constant) = stage_factors(groups, stages, r, scale, limit)?;
+        let n_choices: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if let Some(e) = Elimination::order(factors.clone(), constant, n_choices.clone(), None, limit) {
+            return Some(StageDp { parts: vec![(None, e)] });
+        }
+        // Condition on the group in the most factors.
+        let g = (0..groups.len()).max_by_key(|g| factors.iter().filter(|f| f.scope.contains(g)).count())?;
+        Self::conditioned(&factors, constant, &n_choices, g, limit)
+    }
+
+    /// One elimination per class of group `g`, with `g` fixed to that class.
+    fn conditioned(factors: &[Factor], constant: f64, n_choices: &[usize], g: usize, limit: usize) -> Option<StageDp> {
+        let mentions: Vec<&Factor> = factors.iter().filter(|f| f.scope.contains(&g)).collect();
+        let own: Vec<&Vec<usize>> = mentions.iter().map(|f| &f.parts[f.scope.iter().position(|x| *x == g).unwrap()]).collect();
+        let (class_of, reps) = join(&own, n_choices[g]);
+        let mut parts = Vec::with_capacity(reps.len());
+        for (c, rep) in reps.iter().enumerate() {
+            let mut constant = constant;
+            let mut sliced = Vec::with_capacity(factors.len());
+            for f in factors {
+                match f.scope.iter().position(|x| *x == g) {
+                    Some(j) => {
+                        let s = f.slice(g, f.parts[j][*rep]);
+                        if s.scope.is_empty() {
+                            constant += s.table[0];
+                        } else {
+                            sliced.push(s);
+                        }
                     }
-                    let mut t = stage.constant.clone();
-                    for ts in per.values() {
-                        t = &t + &ts[0];
-                    }
-                    constant += r.stage_time(&t) * scale;
+                    None => sliced.push(f.clone()),
                 }
             }
+            let choices: Vec<usize> = (0..n_choices[g]).filter(|k| class_of[*k] == c).collect();
+            parts.push((Some((g, choices)), Elimination::order(sliced, constant, n_choices.to_vec(), Some(g), limit)?));
         }
-        let n_choices: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        Some(StageDp { parts })
+    }
+
+    /// Table entries one minimisation computes, times the choices each weighs: its work.
+    pub fn work(&self) -> u64 {
+        self.parts.iter().flat_map(|(_, e)| e.steps.iter().map(|s| (s.radix.iter().product::<usize>() * e.n_choices[s.group]) as u64)).sum()
+    }
+
+    /// min over one choice per group of the stage times plus `unary[g][k]`; returns the value
+    /// and a minimiser.
+    pub fn minimise(&self, unary: &[Vec<f64>]) -> (f64, Vec<usize>) {
+        let mut best: Option<(f64, Vec<usize>)> = None;
+        for (cut, e) in &self.parts {
+            let (mut v, mut pick) = e.minimise(unary);
+            if let Some((g, choices)) = cut {
+                let k = *choices.iter().min_by(|a, b| unary[*g][**a].total_cmp(&unary[*g][**b])).expect("a class has a choice");
+                v += unary[*g][k];
+                pick[*g] = k;
+            }
+            if best.as_ref().is_none_or(|(b, _)| v < *b) {
+                best = Some((v, pick));
+            }
+        }
+        best.expect("at least one part")
+    }
+}
+
+/// Each stage as a factor over the groups that change its time (times in `scale` units), and
+/// the constant of the stages no group changes. None when a stage has more than `limit`
+/// combinations of its groups' classes.
+fn stage_factors(groups: &[GroupChoices], stages: &[StageLinear], r: &Rates, scale: f64, limit: usize) -> Option<(Vec<Factor>, f64)> {
+    let mut factors = Vec::new();
+    let mut constant = 0.0;
+    for stage in stages {
+        match local_hull(groups, stage, r, limit) {
+            Some(h) => {
+                let scope: Vec<usize> = h.groups.iter().map(|(g, _)| *g).collect();
+                let parts: Vec<Vec<usize>> = h.groups.iter().map(|(_, c)| c.clone()).collect();
+                let radix: Vec<usize> = parts.iter().map(|p| p.iter().copied().max().map_or(1, |m| m + 1)).collect();
+                factors.push(Factor { scope, parts, radix, table: h.times.iter().map(|t| t * scale).collect() });
+            }
+            None => {
+                // Either no group changes this stage (a constant) or too many combinations.
+                let per = per_group_terms(groups, stage);
+                if per.values().any(|ts| ts.iter().any(|t| !t.approx_eq(&ts[0]))) {
+                    return None;
+                }
+                let mut t = stage.constant.clone();
+                for ts in per.values() {
+                    t = &t + &ts[0];
+                }
+                constant += r.stage_time(&t) * scale;
+            }
+        }
+    }
+    Some((factors, constant))
+}
+
+impl Elimination {
+    /// A greedy elimination order (the group whose elimination makes the smallest table), all
+    /// groups but `skip`; None when a table would exceed `limit` entries.
+    fn order(factors: Vec<Factor>, constant: f64, n_choices: Vec<usize>, skip: Option<usize>, limit: usize) -> Option<Elimination> {
         // Greedy order: the group whose elimination makes the smallest table.
         let mut active: Vec<Option<Scope>> = factors.iter().map(|f| Some((f.scope.clone(), f.parts.clone()))).collect();
-        let mut left: Vec<bool> = vec![true; groups.len()];
+        let mut left: Vec<bool> = (0..n_choices.len()).map(|g| Some(g) != skip).collect();
         let mut steps = Vec::new();
-        for _ in 0..groups.len() {
+        while left.iter().any(|l| *l) {
             let mut best: Option<(usize, usize)> = None;
-            for g in (0..groups.len()).filter(|g| left[*g]) {
+            for g in (0..n_choices.len()).filter(|g| left[*g]) {
                 let cost = Self::shape(&active, g, &n_choices).map(|s| s.radix.iter().product::<usize>() * n_choices[g]);
                 if let Some(c) = cost {
                     if best.is_none_or(|(bc, _)| c < bc) {
@@ -128,7 +223,7 @@ impl StageDp {
             left[g] = false;
             steps.push(step);
         }
-        Some(StageDp { factors, constant, steps, n_choices })
+        Some(Elimination { factors, constant, steps, n_choices })
     }
 
     fn shape(active: &[Option<Scope>], g: usize, n_choices: &[usize]) -> Option<Step> {
@@ -282,6 +377,16 @@ mod tests {
             let at = cost(&pick, plans.iter().find(|x| x.0 == pick).unwrap().1);
             assert!((v - brute).abs() <= 1e-9 * brute, "dp {v} vs exhaustive {brute}");
             assert!((at - brute).abs() <= 1e-9 * brute, "dp's minimiser costs {at} vs {brute}");
+            // Conditioned on any one group, the same minimum.
+            let (factors, constant) = stage_factors(&problem.groups, &problem.stages, &model.rates, MS, 1 << 16).unwrap();
+            let n_choices: Vec<usize> = problem.groups.iter().map(|g| g.len()).collect();
+            for g in 0..problem.groups.len() {
+                let c = StageDp::conditioned(&factors, constant, &n_choices, g, 1 << 16).unwrap();
+                let (vc, pc) = c.minimise(&unary);
+                assert!((vc - brute).abs() <= 1e-9 * brute, "conditioned on group {g}: {vc} vs exhaustive {brute}");
+                let atc = cost(&pc, plans.iter().find(|x| x.0 == pc).unwrap().1);
+                assert!((atc - brute).abs() <= 1e-9 * brute);
+            }
         }
     }
 }

@@ -17,12 +17,10 @@ use super::master::Master;
 use super::problem::{Problem, MS};
 use std::time::Instant;
 
-/// What a search is asked for: stop once the best plan is within `gap` (relative) of the bound;
-/// the LP's threads.
+/// What a search is asked for: stop once the best plan is within `gap` (relative) of the bound.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     pub gap: f64,
-    pub threads: u32,
 }
 
 impl Target {
@@ -52,6 +50,8 @@ pub struct DualResult {
     pub columns: Vec<Vec<usize>>,
     /// Branch and price: nodes solved.
     pub nodes: usize,
+    /// Work units spent.
+    pub work: u64,
 }
 
 /// A primal heuristic on the master's mixture: a plan that fits and its time (ms), if found.
@@ -63,7 +63,7 @@ const ROWS_PER_ROUND: usize = 8;
 /// Cost of a choice a branch forbids.
 const FORBIDDEN: f64 = 1e15;
 /// Most nodes of a branch and price.
-const MAX_NODES: usize = 32;
+const MAX_NODES: usize = 4000;
 
 /// The Lagrangian dual by column generation (Dantzig-Wolfe): a master LP mixes known plans
 /// (columns) under the memory rows; its row duals price the next plan, found by the stage DP.
@@ -100,7 +100,7 @@ pub fn column_generation(
     // The master, kept between iterations: the convexity row, then each memory row once the
     // master's mixture breaks it (a row left out has multiplier 0, so every L stays a valid
     // bound).
-    let mut m = Master::new(cols[0].0, target.threads);
+    let mut m = Master::new(cols[0].0);
     // Per memory row: its index among the master's rows once it has joined.
     let mut joined_as: Vec<Option<usize>> = vec![None; rows.len()];
     let entries = |joined_as: &[Option<usize>], values: &[f64]| -> Vec<(usize, f64)> {
@@ -115,12 +115,13 @@ pub fn column_generation(
     let mut last_round = 0;
     let mut round_every = ROUND_EVERY;
     loop {
-        if !effort.spend() {
+        if effort.spent() {
             break;
         }
         it += 1;
         let tm = Instant::now();
         let Some(solved) = m.solve() else { break };
+        effort.spend_units(solved.work);
         t_master += tm.elapsed().as_secs_f64();
         let master = solved.objective;
         let (duals, mu) = (solved.duals, solved.weights);
@@ -179,6 +180,7 @@ pub fn column_generation(
             }
             let tdp = Instant::now();
             let (v, pick) = dp.minimise(&unary);
+            effort.spend_units(dp.work());
             t_dp += tdp.elapsed().as_secs_f64();
             let value = v + constant;
             if !ok(&pick) {
@@ -245,7 +247,7 @@ pub fn column_generation(
     );
     let bound = best_bound - 1e-9 * best_bound.abs();
     let columns: Vec<Vec<usize>> = cols.into_iter().skip(1).map(|c| c.2).collect();
-    DualResult { bound, best: best_plan, iterations: it, xbar: last_xbar, columns, nodes: 1 }
+    DualResult { bound, best: best_plan, iterations: it, xbar: last_xbar, columns, nodes: 1, work: 0 }
 }
 
 /// Branch and price over a few groups: when the Lagrangian bound alone leaves too wide a gap,
@@ -265,6 +267,7 @@ pub fn branch_and_price(
 ) -> DualResult {
     let t0 = Instant::now();
     let groups = &problem.groups;
+    let budget = effort.left();
     let mut root = column_generation(problem, dp, &Node { allowed: None, starts, upper }, target, &mut effort, Some(round));
     let mut ub = upper;
     let mut best = root.best.clone();
@@ -272,6 +275,7 @@ pub fn branch_and_price(
         ub = ub.min(*t);
     }
     if target.met(ub, root.bound) || root.xbar.is_empty() {
+        root.work = budget - effort.left();
         return root;
     }
     // Each group's largest memory coefficient.
@@ -352,7 +356,7 @@ pub fn branch_and_price(
         open.len(),
         (ub - bound) / ub * 100.0
     );
-    DualResult { bound, best, iterations, xbar: root_xbar, columns: Vec::new(), nodes }
+    DualResult { bound, best, iterations, xbar: root_xbar, columns: Vec::new(), nodes, work: budget - effort.left() }
 }
 
 #[cfg(test)]
@@ -381,7 +385,7 @@ mod tests {
             let upper = problem.eval(&start).0 * MS;
             let effort = Effort::new(u64::MAX, Instant::now() + std::time::Duration::from_secs(20));
             let mut none = |_: &[Vec<f64>]| None;
-            let target = Target { gap: 0.0, threads: 1 };
+            let target = Target { gap: 0.0 };
             let r = branch_and_price(&problem, &dp, &[start], upper, &target, effort, &mut none);
             eprintln!(
                 "q {q}: {} plans, {} rows, optimum {opt:.4} ms, bound {:.4}, best {:?}",

@@ -18,12 +18,23 @@ impl Effort {
 
     /// Spends one unit; false once none is left or the deadline has passed.
     pub fn spend(&mut self) -> bool {
-        if self.work == 0 || Instant::now() >= self.deadline {
+        self.spend_units(1)
+    }
+
+    /// Spends `n` units (the last ones may be fewer); false once none is left or the deadline
+    /// has passed.
+    pub fn spend_units(&mut self, n: u64) -> bool {
+        if self.spent() {
             self.work = 0;
             return false;
         }
-        self.work -= 1;
+        self.work = self.work.saturating_sub(n);
         true
+    }
+
+    /// Units left.
+    pub fn left(&self) -> u64 {
+        self.work
     }
 
     pub fn spent(&self) -> bool {

@@ -19,11 +19,14 @@
 //! are what a choice adds over the group's leanest choice); times are in milliseconds and memory
 //! in MiB so the rows are well scaled.
 
-use super::problem::{local_hull, GroupChoices, LocalHull, Problem, HULL_LIMIT, MS};
+use super::problem::{local_hull, GroupChoices, LocalHull, Problem, MS};
 use crate::model::{Rates, StageTerms};
 use good_lp::{highs, variable, Expression, ProblemVariables, SolverModel, Variable};
 use highs::{HighsModelStatus, HighsSolutionStatus};
 use std::time::Instant;
+
+/// Most class combinations a stage may have for its exact local formulation.
+const HULL_LIMIT: usize = 4096;
 
 /// A lane expression with each group's coefficients shifted: (constant, (group, choice, what
 /// the choice adds over the group's smallest)).

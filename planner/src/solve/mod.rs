@@ -10,9 +10,11 @@
 //!    mixture of plans rounded along the layers (`local::dither`), made to fit
 //!    (`local::repair`) and improved gives the plans. When the best plan is within the gap of
 //!    that bound, done: the reported bound is the Lagrangian one (valid for any multipliers);
-//! 3. otherwise HiGHS's branch and bound on the MILP (`milp`), from the best plan, stopping at
-//!    the first plan the Lagrangian bound proves (objective target) or at its own gap; the
-//!    bound reported is the larger of the two.
+//! 3. otherwise, in a build with the `highs` feature, HiGHS's branch and bound on the MILP
+//!    (`milp`), from the best plan, stopping at the first plan the Lagrangian bound proves
+//!    (objective target) or at its own gap; the bound reported is the larger of the two. The
+//!    default build is pure Rust: the branch and price of step 2 takes the whole time limit and
+//!    its work budget, and reports the gap it proved.
 //!
 //! Each phase counts its work (`effort`) rather than timing it, so a plan is the same on every
 //! machine; the time limit is a safety stop.
@@ -22,6 +24,7 @@ mod dual;
 mod effort;
 mod local;
 mod master;
+#[cfg(feature = "highs")]
 mod milp;
 mod options;
 mod problem;
@@ -44,9 +47,10 @@ use std::time::{Duration, Instant};
 /// on this project's 2-core machine), and after each rounding of the master's mixture (0.1 s).
 const LOCAL_SEARCH_WORK: u64 = 150_000;
 const ROUND_WORK: u64 = 300_000;
-/// Column generation iterations of the Lagrangian bound before branch and bound (3 s on the
-/// largest shipped configs).
-const DUAL_ITERATIONS: u64 = 500;
+/// Work of the Lagrangian bound and its branch and price: the stage DP's table entries and the
+/// master LP's arithmetic (`StageDp::work`, `MasterSolution::work`); 1.5-2 s on this project's
+/// 2-core machine for the small configs, whose DP is fastest per unit.
+const DUAL_WORK: u64 = 300_000_000;
 /// Moves that make a rounded mixture fit, per group.
 const REPAIR_MOVES_PER_GROUP: usize = 8;
 /// Largest table of the stage DP.
@@ -68,6 +72,7 @@ pub enum SolveError {
     #[error("no plan found within the time limit")]
     NoPlan,
     /// The MILP back end failed.
+    #[cfg(feature = "highs")]
     #[error("{0}")]
     Backend(String),
 }
@@ -79,10 +84,10 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     let deadline = t0 + Duration::from_secs_f64(opts.time_limit().0);
     let problem = Problem::new(model, model.capacity(budget)).map_err(SolveError::Infeasible)?;
     let groups = &problem.groups;
-    let target = Target { gap: opts.gap(), threads: opts.threads() };
+    let target = Target { gap: opts.gap() };
     let mut starts: Vec<Vec<usize>> = starts.iter().map(|d| problem.picks_of(d)).collect();
     starts.extend(local::patterns(&problem, &starts));
-    let share = LOCAL_SEARCH_WORK / starts.len().max(1) as u64;
+    let share = opts.scaled(LOCAL_SEARCH_WORK) / starts.len().max(1) as u64;
     let warm: Option<Vec<usize>> = starts
         .iter()
         .map(|w| local::improve(&problem, w, Effort::new(share, deadline)))
@@ -94,14 +99,15 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     let mut best: Option<(f64, Vec<usize>)> = warm.map(|p| (problem.eval(&p).0 * MS, p));
     let mut bound = f64::NEG_INFINITY;
     let mut how: Vec<String> = Vec::new();
-    let mut finished = true;
     // A Lagrangian bound by dynamic programming over the stages (see `dual`): when it proves the
     // best plan known within the gap, no branch and bound is needed.
     let dp = dp::StageDp::new(groups, &problem.stages, problem.rates(), MS, DP_TABLE_LIMIT);
-    tracing::debug!("solve: stage DP built: {}", dp.is_some());
+    tracing::debug!("solve: stage DP built: {} (work {})", dp.is_some(), dp.as_ref().map_or(0, |d| d.work()));
     if let Some(dp) = dp {
         let upper = best.as_ref().map_or(f64::INFINITY, |b| b.0);
-        let dual_effort = Effort::new(DUAL_ITERATIONS, Instant::now() + Duration::from_secs_f64(opts.time_limit().0 * 0.5));
+        // With a MILP back end, leave it time; alone, the search may take it all.
+        let share = if cfg!(feature = "highs") { 0.5 } else { 1.0 };
+        let dual_effort = Effort::new(opts.scaled(DUAL_WORK), t0 + Duration::from_secs_f64(opts.time_limit().0 * share));
         // Plans from the master's mixture: rounded along the layers, made to fit, improved.
         let mut round = |xbar: &[Vec<f64>]| -> Option<(f64, Vec<usize>)> {
             if xbar.is_empty() {
@@ -109,11 +115,12 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
             }
             let repair = Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline);
             let p = local::repair(&problem, &local::dither(groups, xbar), repair)?;
-            let p = local::improve(&problem, &p, Effort::new(ROUND_WORK, deadline));
+            let p = local::improve(&problem, &p, Effort::new(opts.scaled(ROUND_WORK), deadline));
             let (t, peak) = problem.eval(&p);
             (peak <= problem.cap).then_some((t * MS, p))
         };
         let res = dual::branch_and_price(&problem, &dp, &starts, upper, &target, dual_effort, &mut round);
+        tracing::debug!("solve: dual spent {} work units in {:.3} s", res.work, t0.elapsed().as_secs_f64());
         tracing::debug!(
             "solve: dual done at {:.2} s: bound {:.4} ms after {} iterations",
             t0.elapsed().as_secs_f64(),
@@ -130,27 +137,21 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
             }
         }
     }
-    let proved_early = best.as_ref().is_some_and(|b| target.met(b.0, bound));
-    if !proved_early {
-        // Any plan at or below this time is proved within the gap by the bound so far.
-        let objective_target = bound.is_finite().then(|| bound / (1.0 - opts.gap()) * (1.0 - 1e-9));
-        let limits = milp::MilpLimits {
-            time_limit: opts.time_limit().0 - t0.elapsed().as_secs_f64(),
-            gap: opts.gap(),
-            target: objective_target,
-            threads: opts.threads(),
-        };
-        let r = milp::branch_and_bound(&problem, best.as_ref().map(|b| b.1.as_slice()), &limits).map_err(|e| match e {
-            milp::MilpError::Infeasible => SolveError::Infeasible("no combination of placements keeps every slot within the budget".into()),
-            milp::MilpError::NoSolution(m) => SolveError::Backend(m),
-        })?;
-        finished = r.finished;
-        let (t, peak) = problem.eval(&r.picks);
+    // Whether a MILP back end proved its answer within the gap by its own bound.
+    #[cfg(not(feature = "highs"))]
+    let finished = false;
+    #[cfg(feature = "highs")]
+    let mut finished = false;
+    #[cfg(feature = "highs")]
+    if !best.as_ref().is_some_and(|b| target.met(b.0, bound)) {
+        let (picks, hbound, done) = highs_after(&problem, best.as_ref(), bound, opts, t0)?;
+        finished = done;
+        let (t, peak) = problem.eval(&picks);
         if peak <= problem.cap && best.as_ref().is_none_or(|b| t * MS < b.0) {
-            best = Some((t * MS, r.picks));
+            best = Some((t * MS, picks));
         }
-        if r.bound > bound {
-            bound = r.bound;
+        if hbound > bound {
+            bound = hbound;
             how = vec!["HiGHS branch and bound".into()];
         } else {
             how.push("HiGHS branch and bound".into());
@@ -161,7 +162,13 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     let bound = bound.is_finite().then(|| (bound / MS).min(objective));
     let gap = bound.map(|b| if objective > 0.0 { ((objective - b) / objective).max(0.0) } else { 0.0 });
     let proved = gap.is_some_and(|g| g <= opts.gap());
-    let status = if proved || finished { SolveStatus::Proved } else { SolveStatus::TimeLimit };
+    let status = if proved || finished {
+        SolveStatus::Proved
+    } else if Instant::now() >= deadline {
+        SolveStatus::TimeLimit
+    } else {
+        SolveStatus::WorkLimit
+    };
     let binaries: usize = groups.iter().map(|g| g.len()).sum();
     Ok(SolveOutcome {
         decisions: problem.decisions(&picks),
@@ -179,4 +186,29 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
             status,
         },
     })
+}
+
+/// HiGHS's branch and bound after the Lagrangian bound: its plan, its bound (ms) and whether it
+/// proved its answer.
+#[cfg(feature = "highs")]
+fn highs_after(
+    problem: &Problem,
+    best: Option<&(f64, Vec<usize>)>,
+    bound: f64,
+    opts: &SolveOptions,
+    t0: Instant,
+) -> Result<(Vec<usize>, f64, bool), SolveError> {
+    // Any plan at or below this time is proved within the gap by the bound so far.
+    let objective_target = bound.is_finite().then(|| bound / (1.0 - opts.gap()) * (1.0 - 1e-9));
+    let limits = milp::MilpLimits {
+        time_limit: opts.time_limit().0 - t0.elapsed().as_secs_f64(),
+        gap: opts.gap(),
+        target: objective_target,
+        threads: opts.threads(),
+    };
+    let r = milp::branch_and_bound(problem, best.map(|b| b.1.as_slice()), &limits).map_err(|e| match e {
+        milp::MilpError::Infeasible => SolveError::Infeasible("no combination of placements keeps every slot within the budget".into()),
+        milp::MilpError::NoSolution(m) => SolveError::Backend(m),
+    })?;
+    Ok((r.picks, r.bound, r.finished))
 }

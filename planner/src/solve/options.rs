@@ -8,16 +8,17 @@ pub struct SolveOptions {
     time_limit: Seconds,
     gap: f64,
     threads: u32,
+    effort: f64,
 }
 
 impl Default for SolveOptions {
     fn default() -> Self {
-        SolveOptions { time_limit: Seconds(60.0), gap: 0.005, threads: 2 }
+        SolveOptions { time_limit: Seconds(60.0), gap: 0.01, threads: 2, effort: 1.0 }
     }
 }
 
 impl SolveOptions {
-    /// The defaults: 60 s, a proved gap of 0.5%, two threads.
+    /// The defaults: 60 s, a proved gap of 1%, two threads, the default effort.
     pub fn new() -> SolveOptions {
         SolveOptions::default()
     }
@@ -41,7 +42,18 @@ impl SolveOptions {
         Ok(self)
     }
 
-    /// Threads the LP solvers may use: 1 to 256.
+    /// How much work the search may do before it stops with the gap it has proved, as a
+    /// multiple of the default (the search counts its work, so its answer does not depend on
+    /// the machine): from 0.01 to 1000.
+    pub fn with_effort(mut self, effort: f64) -> Result<SolveOptions, String> {
+        if !(effort.is_finite() && (0.01..=1000.0).contains(&effort)) {
+            return Err(format!("the effort must be a multiple of the default from 0.01 to 1000, got {effort}"));
+        }
+        self.effort = effort;
+        Ok(self)
+    }
+
+    /// Threads the MILP back end may use: 1 to 256.
     pub fn with_threads(mut self, threads: u32) -> Result<SolveOptions, String> {
         if !(1..=256).contains(&threads) {
             return Err(format!("threads must be from 1 to 256, got {threads}"));
@@ -58,6 +70,13 @@ impl SolveOptions {
     }
     pub fn threads(&self) -> u32 {
         self.threads
+    }
+    pub fn effort(&self) -> f64 {
+        self.effort
+    }
+    /// `work` units scaled by the effort.
+    pub fn scaled(&self, work: u64) -> u64 {
+        (work as f64 * self.effort).round() as u64
     }
 }
 

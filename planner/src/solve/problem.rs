@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 pub const MS: f64 = 1e3;
 /// Scale of memory in the solvers' rows (MiB).
 pub const MIB: f64 = (1u64 << 20) as f64;
-/// Most class combinations a stage may have for its exact local formulation.
-pub const HULL_LIMIT: usize = 4096;
 
 /// One decision group's choices and their contributions.
 pub struct GroupChoices {
