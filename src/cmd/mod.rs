@@ -76,11 +76,24 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(CodedError { code: EXIT_USAGE, message: message.into() })
 }
 
+/// How hard the solver tries, as plan and sweep take it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SolveArgs {
+    /// Stop once the plan is proved within this fraction of the best (0.01 is 1%).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.01)]
+    pub gap: f64,
+    /// How much work the search may do before it stops with the gap it has proved, as a
+    /// multiple of the default (it counts its work, so a plan does not depend on the machine).
+    #[arg(long, value_name = "MULTIPLE", default_value_t = 1.0)]
+    pub effort: f64,
+}
+
 /// Solver options from the command's flags; a bad value is a usage error naming the flag.
-pub fn solve_options(time_limit: f64, gap: f64, threads: u32) -> anyhow::Result<planner::SolveOptions> {
+pub fn solve_options(time_limit: f64, args: &SolveArgs, threads: u32) -> anyhow::Result<planner::SolveOptions> {
     let o = planner::SolveOptions::new();
     let o = o.with_time_limit(models::Seconds(time_limit)).map_err(|m| usage(format!("--time-limit: {m}")))?;
-    let o = o.with_gap(gap).map_err(|m| usage(format!("--gap: {m}")))?;
+    let o = o.with_gap(args.gap).map_err(|m| usage(format!("--gap: {m}")))?;
+    let o = o.with_effort(args.effort).map_err(|m| usage(format!("--effort: {m}")))?;
     o.with_threads(threads).map_err(|m| usage(format!("threads: {m}")))
 }
 

@@ -23,9 +23,8 @@ pub struct Args {
     /// Stop the solver after this many seconds and keep its best plan (with its gap).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub time_limit: f64,
-    /// Stop the solver once the proved gap is at most this fraction.
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.01)]
-    pub gap: f64,
+    #[command(flatten)]
+    pub solve: super::SolveArgs,
     /// Instead of solving, place blocks by named presets applied left to right, e.g.
     /// `offload-all`, `host-optimizer,cpu-embedding`, `offload-first=4` (see `planner::strategy`).
     #[arg(long, value_name = "NAMES")]
@@ -35,7 +34,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
-    let opts = super::solve_options(args.time_limit, args.gap, 2)?;
+    let opts = super::solve_options(args.time_limit, &args.solve, 2)?;
     let planned = match &args.strategy {
         Some(names) => {
             let presets = planner::strategy::parse_strategy(names).map_err(|m| CodedError { code: super::EXIT_USAGE, message: m })?;

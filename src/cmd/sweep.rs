@@ -30,6 +30,8 @@ pub struct Args {
     /// Solver time limit per budget, in seconds (its best plan so far is kept, with its gap).
     #[arg(long, value_name = "SECONDS", default_value_t = 15.0)]
     pub time_limit: f64,
+    #[command(flatten)]
+    pub solve: super::SolveArgs,
 }
 
 /// `n` budgets evenly spaced from `from` to `to` (both included), rounded to whole MiB.
@@ -154,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let methods = methods();
     // One solver thread per plan: the budgets themselves run in parallel across cores.
-    let opts = super::solve_options(args.time_limit, SolveOptions::default().gap(), 1)?;
+    let opts = super::solve_options(args.time_limit, &args.solve, 1)?;
     eprintln!(
         "sweeping {} budgets from {from} to {to} (floor {floor}, all-on-GPU {}) with {} methods on {} threads",
         budgets.len(),
