@@ -59,13 +59,13 @@ pub const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io { path: PathBuf, action: &'static str, error: std::io::Error },
     #[error(
         "the disk is full writing {}: free some space (or save elsewhere); the previous checkpoint is whole and nothing of this one was kept",
         path.display()
     )]
-    DiskFull { path: PathBuf, source: std::io::Error },
+    DiskFull { path: PathBuf, error: std::io::Error },
     #[error("{}: not a checkpoint ({message})", path.display())]
     NotACheckpoint { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
@@ -102,11 +102,11 @@ pub enum CheckpointError {
 }
 
 /// An io error while reading or writing `path`; a full disk is [`CheckpointError::DiskFull`].
-pub(crate) fn io_error(path: &Path, action: &'static str, source: std::io::Error) -> CheckpointError {
-    if source.kind() == std::io::ErrorKind::StorageFull {
-        CheckpointError::DiskFull { path: path.to_path_buf(), source }
+pub(crate) fn io_error(path: &Path, action: &'static str, error: std::io::Error) -> CheckpointError {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        CheckpointError::DiskFull { path: path.to_path_buf(), error }
     } else {
-        CheckpointError::Io { path: path.to_path_buf(), action, source }
+        CheckpointError::Io { path: path.to_path_buf(), action, error }
     }
 }
 

@@ -40,8 +40,8 @@ pub enum DataError {
     TooSmall { have: usize, need: usize, batch: u32, seq: u32 },
     #[error("token {token} is outside the model's vocabulary of {vocab}")]
     Vocab { token: u32, vocab: u32 },
-    #[error("cannot read {}: {source} (check the path and that the file is readable)", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error} (check the path and that the file is readable)", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("`{pattern}` is not a valid glob pattern: {message}")]
     BadPattern { pattern: String, message: String },
     #[error(

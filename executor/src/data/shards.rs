@@ -78,7 +78,7 @@ pub struct Shard {
 impl Shard {
     /// Maps `path` and checks its header (llm.c) or its length (raw).
     pub fn open(path: &Path, format: ShardFormat) -> Result<Shard, DataError> {
-        let map = MappedFile::open(path).map_err(|source| DataError::Read { path: path.to_path_buf(), source })?;
+        let map = MappedFile::open(path).map_err(|error| DataError::Read { path: path.to_path_buf(), error })?;
         let (start, tokens) = layout(path, &map, format)?;
         Ok(Shard { path: path.to_path_buf(), storage: Storage::Mapped(map), start, tokens })
     }
@@ -175,7 +175,7 @@ impl ShardSet {
         let mut files = Vec::new();
         let mut folders = Vec::new();
         for p in paths {
-            let p = p.map_err(|e| DataError::Read { path: e.path().to_path_buf(), source: e.into() })?;
+            let p = p.map_err(|e| DataError::Read { path: e.path().to_path_buf(), error: e.into() })?;
             if p.is_dir() {
                 folders.push(p);
             } else {
@@ -186,7 +186,7 @@ impl ShardSet {
             return Err(match folders.into_iter().next() {
                 Some(dir) => DataError::Read {
                     path: dir,
-                    source: std::io::Error::other("it is a folder: give a pattern for the token files in it, such as DIR/train_*.bin"),
+                    error: std::io::Error::other("it is a folder: give a pattern for the token files in it, such as DIR/train_*.bin"),
                 },
                 None => DataError::NoMatch { pattern: pattern.into() },
             });

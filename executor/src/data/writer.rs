@@ -171,8 +171,8 @@ impl TokenizeSummary {
 pub enum TokenizeError {
     #[error("{0}")]
     Options(String),
-    #[error("cannot read {}: {source}", path.display())]
-    Input { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Input { path: PathBuf, error: std::io::Error },
     #[error("{} is not UTF-8 text (an invalid byte at offset {offset}): give UTF-8 text files", path.display())]
     NotUtf8 { path: PathBuf, offset: u64 },
     #[error("{} exists and is not a folder: give a folder for the shards", path.display())]
@@ -180,11 +180,11 @@ pub enum TokenizeError {
     #[error("{} already holds token shards ({name}, ...): remove them or choose another folder", path.display())]
     OutHasShards { path: PathBuf, name: String },
     #[error(
-        "cannot write {}: {source}{}; nothing was left in the output folder",
+        "cannot write {}: {error}{}; nothing was left in the output folder",
         path.display(),
-        if source.kind() == std::io::ErrorKind::StorageFull { " (the disk is full: free space or write elsewhere)" } else { "" }
+        if error.kind() == std::io::ErrorKind::StorageFull { " (the disk is full: free space or write elsewhere)" } else { "" }
     )]
-    Output { path: PathBuf, source: std::io::Error },
+    Output { path: PathBuf, error: std::io::Error },
     #[error("the {files} input file(s) hold no text: nothing to tokenize")]
     NoText { files: usize },
     #[error("the validation split took all of the input ({val_tokens} tokens), leaving no training tokens: lower the validation fraction or give more text")]
@@ -239,7 +239,7 @@ impl Chunker {
                 match self.file.read(&mut self.buf[old..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(source) => return Err(TokenizeError::Input { path: self.path.clone(), source }),
+                    Err(error) => return Err(TokenizeError::Input { path: self.path.clone(), error }),
                 }
             };
             self.buf.truncate(old + read);
@@ -310,6 +310,10 @@ impl Staging {
             Staging { out: out.to_path_buf(), dir: out.join(format!(".offplan-tokenize.{pid}.tmp")), out_existed: true }
         } else {
             let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            // a file where a folder of the path should be
+            if let Some(file) = parent.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+                return Err(TokenizeError::OutNotDir { path: file.to_path_buf() });
+            }
             std::fs::create_dir_all(parent).map_err(output(parent))?;
             let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
             Staging { out: out.to_path_buf(), dir: parent.join(format!(".{name}.offplan-tokenize.{pid}.tmp")), out_existed: false }
@@ -334,11 +338,11 @@ impl Staging {
         names.sort();
         let mut moved = Vec::new();
         for n in names {
-            if let Err(source) = std::fs::rename(self.dir.join(&n), self.out.join(&n)) {
+            if let Err(error) = std::fs::rename(self.dir.join(&n), self.out.join(&n)) {
                 for m in &moved {
                     let _ = std::fs::remove_file(self.out.join(m));
                 }
-                return Err(TokenizeError::Output { path: self.out.join(&n), source });
+                return Err(TokenizeError::Output { path: self.out.join(&n), error });
             }
             moved.push(n);
         }
@@ -353,7 +357,7 @@ impl Staging {
 
 /// The error of writing at `path`.
 fn output(path: &Path) -> impl Fn(std::io::Error) -> TokenizeError + '_ {
-    move |source| TokenizeError::Output { path: path.to_path_buf(), source }
+    move |error| TokenizeError::Output { path: path.to_path_buf(), error }
 }
 
 /// fsync of a folder (its entries), where the platform allows it.
@@ -389,7 +393,7 @@ pub fn tokenize_files(
     }
     let mut files = Vec::with_capacity(inputs.len());
     for p in inputs {
-        let input = |source| TokenizeError::Input { path: p.clone(), source };
+        let input = |error| TokenizeError::Input { path: p.clone(), error };
         let file = File::open(p).map_err(input)?;
         let meta = file.metadata().map_err(input)?;
         if meta.is_dir() {
@@ -612,8 +616,8 @@ mod tests {
         let e = tokenize_files(std::slice::from_ref(&word), &out, &opts, &mut quiet()).unwrap_err();
         assert!(matches!(e, TokenizeError::NoTrain { .. }), "{e}");
         // --out below a file cannot be made.
-        let e = tokenize_files(std::slice::from_ref(&word), &empty.join("out"), &opts, &mut quiet()).unwrap_err();
-        assert!(matches!(e, TokenizeError::Output { .. }), "{e}");
+        let e = tokenize_files(std::slice::from_ref(&word), &empty.join("sub/out"), &opts, &mut quiet()).unwrap_err();
+        assert!(matches!(&e, TokenizeError::OutNotDir { path } if *path == empty), "{e}");
         let e = tokenize_files(std::slice::from_ref(&word), &empty, &opts, &mut quiet()).unwrap_err();
         assert!(matches!(e, TokenizeError::OutNotDir { .. }), "{e}");
         for bad in [TokenizeOptions { val_fraction: 1.0, ..opts.clone() }, TokenizeOptions { shard_tokens: 0, ..opts.clone() }] {
