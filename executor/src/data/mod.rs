@@ -117,6 +117,16 @@ pub enum TrainData {
 }
 
 impl TrainData {
+    /// The files matching `pattern` (`--data`), or with none the shipped corpus, served as
+    /// batches of `batch` x (`seq` + 1) tokens checked against `vocab`; shards in the order
+    /// drawn from `seed`.
+    pub fn open(pattern: Option<&str>, format: ShardFormat, batch: u32, seq: u32, vocab: u32, seed: u64) -> Result<TrainData, DataError> {
+        Ok(match pattern {
+            Some(p) => TrainData::Shards(ShardLoader::open(p, format, batch, seq, vocab, seed)?),
+            None => TrainData::Corpus(Batches::new(tokenize_corpus()?, batch, seq, vocab)?),
+        })
+    }
+
     /// The next batch; an error for a token outside the vocabulary in it.
     pub fn next_batch(&mut self) -> Result<Batch, DataError> {
         match self {

@@ -106,7 +106,10 @@ impl Shard {
 
     /// Appends tokens `[first, first + len)` to `out`, each checked against `vocab`.
     pub fn read(&self, first: u64, len: usize, vocab: u32, out: &mut Vec<u32>) -> Result<(), DataError> {
-        debug_assert!(first + len as u64 <= self.tokens);
+        if first.saturating_add(len as u64) > self.tokens {
+            let (path, n) = (self.path.display(), self.tokens);
+            return Err(DataError::Position(format!("tokens {first}..{} are beyond the {n} of {path}", first + len as u64)));
+        }
         let at = self.start + 2 * first as usize;
         let bytes = &self.bytes()[at..at + 2 * len];
         for (k, pair) in bytes.chunks_exact(2).enumerate() {
@@ -502,6 +505,7 @@ mod tests {
         let mut out = Vec::new();
         s.read(10, 5, 1000, &mut out).unwrap();
         assert_eq!(out, vec![10, 11, 12, 13, 14]);
+        assert!(s.read(98, 5, 1000, &mut out).is_err());
     }
 
     #[test]
@@ -680,6 +684,31 @@ mod tests {
         let e = err.expect("the bad token is served within an epoch");
         assert!(matches!(e, DataError::TokenOutOfVocab { index: 57, token: 50257, vocab: 50257, .. }), "{e}");
         assert!(e.to_string().contains("train_000000.bin"), "{e}");
+    }
+
+    #[test]
+    fn train_data_serves_shards_or_the_corpus_and_restores_either() {
+        use crate::data::TrainData;
+        let d = tmp();
+        let toks: Vec<u16> = (0..2000).map(|i| (i % 50000) as u16).collect();
+        write_shard(&d.path().join("train_000000.bin"), &toks).unwrap();
+        write_shard(&d.path().join("train_000001.bin"), &toks[..700]).unwrap();
+        let pat = d.path().join("train_*.bin");
+        for pattern in [Some(pat.to_str().unwrap()), None] {
+            let open = || TrainData::open(pattern, ShardFormat::LlmC, 2, 16, 50257, 4).unwrap();
+            let mut a = open();
+            assert!(a.describe().contains(if pattern.is_some() { "2 llmc file(s)" } else { "corpus" }), "{}", a.describe());
+            for _ in 0..30 {
+                a.next_batch().unwrap();
+            }
+            let pos = a.position();
+            let mut b = open();
+            b.seek(&pos).unwrap();
+            for _ in 0..10 {
+                assert_eq!(a.next_batch().unwrap(), b.next_batch().unwrap());
+            }
+        }
+        assert!(TrainData::open(Some("/nonexistent/train_*.bin"), ShardFormat::LlmC, 2, 16, 50257, 4).is_err());
     }
 
     #[test]
