@@ -35,6 +35,8 @@ enum Command {
     Calibrate(cmd::calibrate::Args),
     /// Re-plan every run record with today's code: predicted against measured, table and charts.
     Report(cmd::report::Args),
+    /// Text files to llm.c token shards (GPT-2 BPE) for training on your own data.
+    Tokenize(cmd::tokenize::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

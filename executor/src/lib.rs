@@ -1,17 +1,19 @@
 //! The executor: runs a GPT training step on a real GPU (NVRTC kernels of `executor/kernels`,
 //! cuBLASLt products, the stream-ordered allocator) and measures it.
 //!
-//! CUDA sits behind the `cuda` feature, and all `unsafe` in [`gpu`]; without the feature (or
-//! without a device) everything else builds and tests, and [`train::run_all_on_gpu`] answers
-//! [`ExecError::NoGpu`].
+//! CUDA sits behind the `cuda` feature, and all `unsafe` in [`gpu`] (and the one memory map of
+//! `mmap`, for token shards and checkpoints); without the feature (or without a device)
+//! everything else builds and tests, and [`train::run_all_on_gpu`] answers [`ExecError::NoGpu`].
 
 pub mod calibrate;
+pub mod checkpoint;
 pub mod data;
 pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod host;
 pub mod init;
+mod mmap;
 pub mod runner;
 #[cfg(feature = "cuda")]
 pub mod step;
@@ -32,6 +34,8 @@ pub enum ExecError {
     Gpu(#[from] gpu::GpuError),
     #[error(transparent)]
     Data(#[from] data::DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("the executor cannot run this config: {0}")]
     Unsupported(String),
     #[error("writing the export: {0}")]

@@ -8,6 +8,7 @@ pub mod report;
 pub mod run;
 pub mod simulate;
 pub mod sweep;
+pub mod tokenize;
 
 use anyhow::Context;
 use models::{GptConfig, HardwareProfile};

@@ -1,34 +1,23 @@
-//! Training data: the corpus shipped in `executor/corpus/` (verbatim copies of free-software
-//! license texts, see its README), tokenised with the GPT-2 BPE (tiktoken's `r50k_base`, ranks
-//! bundled in the `tiktoken-rs` crate: no network at run time), served as batches of B x (T+1)
-//! consecutive tokens: inputs are the first T of each row, targets the last T.
+//! The default training data: the corpus shipped in `executor/corpus/` (verbatim copies of
+//! free-software license texts, see its README), tokenised with the GPT-2 BPE (tiktoken's
+//! `r50k_base`, ranks bundled in the `tiktoken-rs` crate: no network at run time), served as
+//! batches of B x (T+1) consecutive tokens: inputs are the first T of each row, targets the last T.
+
+use super::{Batch, DataError, DataPosition, EOT};
 
 /// The corpus files, carried in the binary (name, text).
 pub const CORPUS: &[(&str, &str)] = &[
-    ("Apache-2.0.txt", include_str!("../corpus/Apache-2.0.txt")),
-    ("Artistic.txt", include_str!("../corpus/Artistic.txt")),
-    ("BSD.txt", include_str!("../corpus/BSD.txt")),
-    ("CC0-1.0.txt", include_str!("../corpus/CC0-1.0.txt")),
-    ("GFDL-1.3.txt", include_str!("../corpus/GFDL-1.3.txt")),
-    ("GPL-2.txt", include_str!("../corpus/GPL-2.txt")),
-    ("GPL-3.txt", include_str!("../corpus/GPL-3.txt")),
-    ("LGPL-2.1.txt", include_str!("../corpus/LGPL-2.1.txt")),
-    ("LGPL-3.txt", include_str!("../corpus/LGPL-3.txt")),
-    ("MPL-2.0.txt", include_str!("../corpus/MPL-2.0.txt")),
+    ("Apache-2.0.txt", include_str!("../../corpus/Apache-2.0.txt")),
+    ("Artistic.txt", include_str!("../../corpus/Artistic.txt")),
+    ("BSD.txt", include_str!("../../corpus/BSD.txt")),
+    ("CC0-1.0.txt", include_str!("../../corpus/CC0-1.0.txt")),
+    ("GFDL-1.3.txt", include_str!("../../corpus/GFDL-1.3.txt")),
+    ("GPL-2.txt", include_str!("../../corpus/GPL-2.txt")),
+    ("GPL-3.txt", include_str!("../../corpus/GPL-3.txt")),
+    ("LGPL-2.1.txt", include_str!("../../corpus/LGPL-2.1.txt")),
+    ("LGPL-3.txt", include_str!("../../corpus/LGPL-3.txt")),
+    ("MPL-2.0.txt", include_str!("../../corpus/MPL-2.0.txt")),
 ];
-
-/// GPT-2's end-of-text token, put between documents.
-pub const EOT: u32 = 50256;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    #[error("the corpus has {have} tokens; one batch of {batch} x ({seq} + 1) needs {need}")]
-    TooSmall { have: usize, need: usize, batch: u32, seq: u32 },
-    #[error("token {token} is outside the model's vocabulary of {vocab}")]
-    Vocab { token: u32, vocab: u32 },
-}
 
 /// Tokenises every corpus document with r50k_base, documents separated by EOT.
 pub fn tokenize_corpus() -> Result<Vec<u32>, DataError> {
@@ -48,13 +37,7 @@ pub struct Batches {
     batch: u32,
     seq: u32,
     pos: usize,
-}
-
-/// One batch: inputs and targets, each B*T i32, row-major.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
-    pub inputs: Vec<i32>,
-    pub targets: Vec<i32>,
+    epoch: u64,
 }
 
 impl Batches {
@@ -66,7 +49,7 @@ impl Batches {
         if let Some(&t) = tokens.iter().find(|&&t| t >= vocab) {
             return Err(DataError::Vocab { token: t, vocab });
         }
-        Ok(Batches { tokens, batch, seq, pos: 0 })
+        Ok(Batches { tokens, batch, seq, pos: 0, epoch: 0 })
     }
 
     pub fn len_tokens(&self) -> usize {
@@ -81,6 +64,7 @@ impl Batches {
         for _ in 0..b {
             if self.pos + t + 1 > self.tokens.len() {
                 self.pos = 0;
+                self.epoch += 1;
             }
             let row = &self.tokens[self.pos..self.pos + t + 1];
             inputs.extend(row[..t].iter().map(|&x| x as i32));
@@ -88,6 +72,28 @@ impl Batches {
             self.pos += t + 1;
         }
         Batch { inputs, targets }
+    }
+
+    fn source(&self) -> String {
+        format!("shipped corpus, {} tokens", self.tokens.len())
+    }
+
+    /// Where the next batch starts (the corpus is read in order; no seed).
+    pub fn position(&self) -> DataPosition {
+        DataPosition { source: self.source(), seed: 0, epoch: self.epoch, shard: 0, offset: self.pos as u64, file: "shipped corpus".into() }
+    }
+
+    /// Continues from a position [`Batches::position`] gave on the same corpus.
+    pub fn seek(&mut self, pos: &DataPosition) -> Result<(), DataError> {
+        if pos.source != self.source() {
+            return Err(DataError::Position(format!("it was saved on {}, this run reads {}", pos.source, self.source())));
+        }
+        if pos.shard != 0 || pos.offset > self.tokens.len() as u64 {
+            return Err(DataError::Position(format!("offset {} in shard {} is outside the corpus", pos.offset, pos.shard)));
+        }
+        self.pos = pos.offset as usize;
+        self.epoch = pos.epoch;
+        Ok(())
     }
 }
 
@@ -124,5 +130,22 @@ mod tests {
         }
         assert!(Batches::new((0..5).collect(), 2, 4, 100).is_err());
         assert!(Batches::new(vec![7; 20], 1, 4, 5).is_err());
+    }
+
+    #[test]
+    fn position_restores_the_same_batches() {
+        let toks: Vec<u32> = (0..50).collect();
+        let mut a = Batches::new(toks.clone(), 2, 4, 100).unwrap();
+        for _ in 0..7 {
+            a.next_batch();
+        }
+        let pos = a.position();
+        assert!(pos.epoch > 0, "wrapped");
+        let next: Vec<_> = (0..5).map(|_| a.next_batch()).collect();
+        let mut b = Batches::new(toks, 2, 4, 100).unwrap();
+        b.seek(&pos).unwrap();
+        assert_eq!((0..5).map(|_| b.next_batch()).collect::<Vec<_>>(), next);
+        let mut other = Batches::new((0..60).collect(), 2, 4, 100).unwrap();
+        assert!(other.seek(&pos).unwrap_err().to_string().contains("60 tokens"));
     }
 }
