@@ -22,6 +22,14 @@ pub struct HardwareProfile {
     pub provenance: Provenance,
     /// Device memory in total.
     pub memory: Bytes,
+    /// The host's memory in total (None where the profile does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_memory: Option<Bytes>,
+    /// Host memory a run may pin for the plan's host copies (pinned blocks, host optimizer
+    /// state, staging): the host's memory less what the system and the run's own process need.
+    /// None where the profile does not say: plans are then not held to a host limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pinnable: Option<Bytes>,
     /// Pinned host-to-device copy rate with nothing else on the link.
     pub h2d: BytesPerSecond,
     /// Pinned device-to-host copy rate with nothing else on the link.
@@ -190,6 +198,17 @@ impl HardwareProfile {
         }
         if self.memory.0 == 0 {
             return Err(("memory", "`memory` must be positive".into()));
+        }
+        if self.host_memory.is_some_and(|m| m.0 == 0) {
+            return Err(("host_memory", "`host_memory` must be positive".into()));
+        }
+        if let Some(p) = self.host_pinnable {
+            if p.0 == 0 {
+                return Err(("host_pinnable", "`host_pinnable` must be positive".into()));
+            }
+            if let Some(m) = self.host_memory.filter(|m| p > *m) {
+                return Err(("host_pinnable", format!("`host_pinnable` ({p}) exceeds `host_memory` ({m})")));
+            }
         }
         if self.fixed_overhead >= self.memory {
             return Err(("fixed_overhead", "`fixed_overhead` must be below `memory`".into()));

@@ -39,11 +39,26 @@ fn candidates(model: &StageModel, budget: Bytes, lean: Decisions) -> Vec<Decisio
 /// which a static layout can make slightly larger. When that arena would not fit, the solve is
 /// repeated with the capacity cut by the excess, so the schedule's device peak is within budget.
 pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &SolveOptions) -> Result<Plan, PlanError> {
+    if budget > hw.memory {
+        return Err(PlanError::OverCard { budget, card: hw.memory, name: hw.name.clone() });
+    }
     let model = StageModel::new(program, hw);
     let (floor, reason, lean, outside) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
     }
+    let fits_host = |d: &Decisions| hw.host_pinnable.is_none_or(|h| model.evaluate(d).pinned <= h);
+    let lean_pinned = model.evaluate(&lean).pinned;
+    let host_error = |reason: String| {
+        PlanError::HostMemory {
+        budget,
+        pinnable: hw.host_pinnable.unwrap_or(Bytes::UNLIMITED),
+        source_of: format!("the host_pinnable of {}, or --host-memory", hw.name),
+        reason: format!(
+            "{reason}; the plan at the floor ({floor} of device memory) pins {lean_pinned} (give --host-memory of at least that), and a larger budget pins less"
+        ),
+    }
+    };
     // Built once: every retry and the final check pick from them.
     let pool = candidates(&model, budget, lean);
     tracing::info!("floor {floor}; {} starting points", pool.len());
@@ -51,8 +66,12 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     let mut found: Option<Plan> = None;
     let mut last = None;
     for _ in 0..4 {
-        let starts: Vec<Decisions> = pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target)).cloned().collect();
+        let starts: Vec<Decisions> =
+            pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target) && fits_host(d)).cloned().collect();
         let (decisions, report) = solve_within(&model, target, &starts, opts).map_err(|e| match e {
+            // The budget is at least the device floor: what does not fit is the host.
+            SolveError::Infeasible(reason) if hw.host_pinnable.is_some() => host_error(reason),
+            SolveError::NoPlan if hw.host_pinnable.is_some() => host_error("the search found no plan that fits both".into()),
             SolveError::Infeasible(reason) => PlanError::Infeasible { budget, floor, reason },
             other => PlanError::Solver(other.to_string()),
         })?;
@@ -72,7 +91,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     // Never slower than a starting point that fits the budget on the device: the solver's
     // budget leaves room for the most pinned memory any plan could map, which a plan that pins
     // less does not need.
-    for d in pool.into_iter().filter(|d| model.evaluate(d).peak + hw.fixed_overhead <= budget) {
+    for d in pool.into_iter().filter(|d| model.evaluate(d).peak + hw.fixed_overhead <= budget && fits_host(d)) {
         let better = |p: &Plan| found.as_ref().is_none_or(|f| p.schedule.prediction.step_time < f.schedule.prediction.step_time);
         if found.as_ref().is_some_and(|f| model.evaluate(&d).step_time >= f.schedule.prediction.step_time) {
             continue;

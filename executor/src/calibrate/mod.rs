@@ -560,6 +560,8 @@ impl Calibration {
             name: name.to_string(),
             provenance: Provenance::Measured(self.provenance()),
             memory: Bytes(self.memory_total),
+            host_memory: None,
+            host_pinnable: None,
             h2d: BytesPerSecond(c.h2d),
             d2h: BytesPerSecond(c.d2h),
             h2d_duplex: BytesPerSecond(c.h2d_duplex),

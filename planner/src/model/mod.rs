@@ -20,6 +20,8 @@ pub struct Contribution {
     pub frees_at: Vec<bool>,
     /// Sparse per-stage terms.
     pub stages: Vec<(usize, StageTerms)>,
+    /// Bytes of pinned host memory it needs (its tensors' host copies).
+    pub pinned: u64,
 }
 
 /// What a set of decisions gives under the stage model.
@@ -34,6 +36,8 @@ pub struct Evaluation {
     pub exposed: Seconds,
     pub hidden: Seconds,
     pub stage_times: Vec<f64>,
+    /// Pinned host memory the plan needs.
+    pub pinned: Bytes,
 }
 
 pub struct StageModel<'a> {
@@ -106,7 +110,16 @@ impl<'a> StageModel<'a> {
         let mut frees_at = vec![false; n];
         let mut stages: std::collections::BTreeMap<usize, StageTerms> = Default::default();
         let st = &self.router.stages;
+        // Tensors that need a pinned host copy: copied either way, or touched by host work
+        // (the token ids excepted: the host has the batch), as `Schedule::pinned_tensors`.
+        let mut pinned: Vec<models::TensorId> = Vec::new();
+        let tokens = self.program.inventory.io.tokens;
         for it in items {
+            match *it {
+                Item::H2D { tensor, .. } | Item::D2H { tensor, .. } => pinned.push(tensor),
+                Item::Host { op, .. } => pinned.extend(self.program.op(op).touches().filter(|t| *t != tokens)),
+                _ => {}
+            }
             match *it {
                 Item::Resident(t) => delta[0] += self.bytes[t.index()] as i64,
                 Item::Alloc { slot, tensor } => delta[slot] += self.bytes[tensor.index()] as i64,
@@ -149,7 +162,10 @@ impl<'a> StageModel<'a> {
             debug_assert!(acc >= 0, "negative live bytes at slot {s}");
             live[s] = acc.max(0) as u64;
         }
-        Contribution { live, frees_at, stages: stages.into_iter().collect() }
+        pinned.sort();
+        pinned.dedup();
+        let pinned = pinned.iter().map(|t| self.program.inventory.tensor(*t).bytes.0).sum();
+        Contribution { live, frees_at, stages: stages.into_iter().collect(), pinned }
     }
 
     /// Memory and time of a whole plan.
@@ -194,6 +210,43 @@ impl<'a> StageModel<'a> {
             exposed: Seconds((step - compute).max(0.0)),
             hidden: Seconds(hidden),
             stage_times,
+            pinned: Bytes(parts.iter().map(|p| p.pinned).sum()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decisions::{ActChoice, OwnerChoice};
+    use models::{GptConfig, Placement};
+
+    /// The pinned host memory the stage model counts, group by group, is what the emitted
+    /// schedule pins: no tensor is counted by two groups.
+    #[test]
+    fn pinned_memory_adds_up_to_the_schedules() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+        for name in ["gpt2-tiny", "gpt3-125m"] {
+            let p = Program::build(&GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap());
+            let model = StageModel::new(&p, &hw);
+            let owners = p.inventory.owners();
+            for shift in 0..12 {
+                let mut d = Decisions::all_gpu(&p);
+                for (i, o) in owners.iter().enumerate() {
+                    let all = OwnerChoice::all(&p, *o);
+                    d.set_owner(*o, all[(i * 5 + shift) % all.len()]);
+                }
+                let acts = ActChoice::all();
+                for (l, a) in d.layers.iter_mut().enumerate() {
+                    *a = acts[(l * 7 + shift) % acts.len()];
+                }
+                let s = crate::emit::emit(&p, &hw, &d, Bytes::UNLIMITED).unwrap();
+                assert_eq!(model.evaluate(&d).pinned, s.pinned_bytes(&p), "{name}, shift {shift}: {d:?}");
+            }
+            let lean = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
+            let s = crate::emit::emit(&p, &hw, &lean, Bytes::UNLIMITED).unwrap();
+            assert_eq!(model.evaluate(&lean).pinned, s.pinned_bytes(&p));
         }
     }
 }

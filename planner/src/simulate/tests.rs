@@ -30,6 +30,8 @@ fn hw() -> HardwareProfile {
         name: "test".into(),
         provenance: models::hardware::Provenance::Public("test".into()),
         memory: Bytes(80 * GIB),
+        host_memory: None,
+        host_pinnable: None,
         h2d: BytesPerSecond(10e9),
         d2h: BytesPerSecond(8e9),
         h2d_duplex: BytesPerSecond(6e9),

@@ -354,7 +354,7 @@ mod tests {
     fn stage_dp_is_the_exact_minimum() {
         let (p, hw) = small();
         let model = StageModel::new(&p, &hw);
-        let problem = Problem::new(&model, u64::MAX).unwrap();
+        let problem = Problem::new(&model, u64::MAX, None).unwrap();
         let dp = StageDp::new(&problem.groups, &problem.stages, &model.rates, MS, 1 << 16).unwrap();
         let plans = all_plans(&problem);
         let mut seed = 12345u64;

@@ -190,8 +190,8 @@ pub fn column_generation(
                 best_bound = value;
                 center = Some(lambda.clone());
             }
-            let (t, peak) = problem.eval(&pick);
-            if peak <= problem.cap && t * MS < ub {
+            let t = problem.eval(&pick).0;
+            if problem.feasible(&pick) && t * MS < ub {
                 ub = t * MS;
                 best_plan = Some((t * MS, pick.clone()));
             }
@@ -370,7 +370,7 @@ mod tests {
     fn lagrangian_bound_is_below_the_optimum() {
         let (p, hw) = small();
         let model = StageModel::new(&p, &hw);
-        let everything = Problem::new(&model, u64::MAX).unwrap();
+        let everything = Problem::new(&model, u64::MAX, None).unwrap();
         let plans = all_plans(&everything);
         let mut peaks: Vec<u64> = plans.iter().map(|x| x.2).collect();
         peaks.sort();
@@ -379,7 +379,7 @@ mod tests {
             let budget = hw.budget_for(Bytes(peaks[(peaks.len() as f64 * q) as usize]));
             let cap = model.capacity(budget);
             let Some(opt) = plans.iter().filter(|x| x.2 <= cap).map(|x| x.1).min_by(f64::total_cmp) else { continue };
-            let problem = Problem::new(&model, cap).unwrap();
+            let problem = Problem::new(&model, cap, None).unwrap();
             let dp = StageDp::new(&problem.groups, &problem.stages, &model.rates, MS, 1 << 16).unwrap();
             let start = plans.iter().filter(|x| x.2 <= cap).max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0.clone();
             let upper = problem.eval(&start).0 * MS;

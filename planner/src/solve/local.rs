@@ -13,12 +13,14 @@ struct State<'p, 'm, 'a> {
     pick: Vec<usize>,
     live: Vec<i64>,
     terms: Vec<StageTerms>,
+    /// Pinned host bytes.
+    pinned: i64,
 }
 
 impl<'p, 'm, 'a> State<'p, 'm, 'a> {
     fn new(problem: &'p Problem<'m, 'a>, pick: &[usize]) -> Self {
         let (live, terms) = problem.totals(pick);
-        State { problem, pick: pick.to_vec(), live, terms }
+        State { problem, pick: pick.to_vec(), live, terms, pinned: problem.pinned(pick) as i64 }
     }
 
     fn groups(&self) -> &'p [GroupChoices] {
@@ -63,14 +65,27 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
         l
     }
 
-    /// Whether every slot stays within `cap` after the moves.
-    fn fits(&self, moves: &[(usize, usize)], cap: i64) -> bool {
-        (0..self.live.len()).all(|p| self.live_after(p, moves) <= cap)
+    /// Pinned host bytes after the moves.
+    fn pinned_after(&self, moves: &[(usize, usize)]) -> i64 {
+        let groups = self.groups();
+        let mut h = self.pinned;
+        for (gi, k) in moves {
+            h += groups[*gi].contributions[*k].pinned as i64 - groups[*gi].contributions[self.pick[*gi]].pinned as i64;
+        }
+        h
     }
 
-    /// Bytes over `cap`, summed over the slots, after the moves.
+    /// Whether every slot stays within `cap`, and the pinned memory within the host's, after
+    /// the moves.
+    fn fits(&self, moves: &[(usize, usize)], cap: i64) -> bool {
+        self.problem.host_cap.is_none_or(|h| self.pinned_after(moves) <= h as i64)
+            && (0..self.live.len()).all(|p| self.live_after(p, moves) <= cap)
+    }
+
+    /// Bytes over `cap`, summed over the slots, and over the host's limit, after the moves.
     fn excess_after(&self, moves: &[(usize, usize)], cap: i64) -> i64 {
-        (0..self.live.len()).map(|p| (self.live_after(p, moves) - cap).max(0)).sum()
+        let host = self.problem.host_cap.map_or(0, |h| (self.pinned_after(moves) - h as i64).max(0));
+        host + (0..self.live.len()).map(|p| (self.live_after(p, moves) - cap).max(0)).sum::<i64>()
     }
 
     fn apply(&mut self, moves: &[(usize, usize)]) {
@@ -86,6 +101,7 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
             for (s, q) in &new.stages {
                 self.terms[*s] = &self.terms[*s] + q;
             }
+            self.pinned += new.pinned as i64 - old.pinned as i64;
             self.pick[*gi] = *k;
         }
     }
@@ -257,9 +273,8 @@ pub fn patterns(problem: &Problem, starts: &[Vec<usize>]) -> Vec<Vec<usize>> {
                             _ => {}
                         }
                     }
-                    let (t, peak) = problem.eval(&pick);
-                    if peak <= problem.cap {
-                        found.push((t, pick));
+                    if problem.feasible(&pick) {
+                        found.push((problem.eval(&pick).0, pick));
                     }
                 }
             }

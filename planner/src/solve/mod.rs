@@ -82,7 +82,8 @@ pub enum SolveError {
 pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &SolveOptions) -> Result<SolveOutcome, SolveError> {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(opts.time_limit().0);
-    let problem = Problem::new(model, model.capacity(budget)).map_err(SolveError::Infeasible)?;
+    let host_cap = model.hw.host_pinnable.map(|b| b.0);
+    let problem = Problem::new(model, model.capacity(budget), host_cap).map_err(SolveError::Infeasible)?;
     let groups = &problem.groups;
     let target = Target { gap: opts.gap() };
     let mut starts: Vec<Vec<usize>> = starts.iter().map(|d| problem.picks_of(d)).collect();
@@ -90,6 +91,7 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     let share = opts.scaled(LOCAL_SEARCH_WORK) / starts.len().max(1) as u64;
     let warm: Option<Vec<usize>> = starts
         .iter()
+        .filter(|w| problem.feasible(w))
         .map(|w| local::improve(&problem, w, Effort::new(share, deadline)))
         .map(|p| (problem.eval(&p).0, p))
         .min_by(|a, b| a.0.total_cmp(&b.0))
@@ -116,8 +118,7 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
             let repair = Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline);
             let p = local::repair(&problem, &local::dither(groups, xbar), repair)?;
             let p = local::improve(&problem, &p, Effort::new(opts.scaled(ROUND_WORK), deadline));
-            let (t, peak) = problem.eval(&p);
-            (peak <= problem.cap).then_some((t * MS, p))
+            problem.feasible(&p).then(|| (problem.eval(&p).0 * MS, p))
         };
         let res = dual::branch_and_price(&problem, &dp, &starts, upper, &target, dual_effort, &mut round);
         tracing::debug!("solve: dual spent {} work units in {:.3} s", res.work, t0.elapsed().as_secs_f64());
@@ -146,8 +147,8 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     if !best.as_ref().is_some_and(|b| target.met(b.0, bound)) {
         let (picks, hbound, done) = highs_after(&problem, best.as_ref(), bound, opts, t0)?;
         finished = done;
-        let (t, peak) = problem.eval(&picks);
-        if peak <= problem.cap && best.as_ref().is_none_or(|b| t * MS < b.0) {
+        let t = problem.eval(&picks).0;
+        if problem.feasible(&picks) && best.as_ref().is_none_or(|b| t * MS < b.0) {
             best = Some((t * MS, picks));
         }
         if hbound > bound {

@@ -90,6 +90,8 @@ pub struct Problem<'m, 'a> {
     pub groups: Vec<GroupChoices>,
     /// Bytes the pool may hold at any slot.
     pub cap: u64,
+    /// Bytes of host memory the plan may pin (None: no limit).
+    pub host_cap: Option<u64>,
     /// The memory rows that can bind.
     pub rows: Vec<MemRow>,
     /// Per stage.
@@ -97,14 +99,27 @@ pub struct Problem<'m, 'a> {
 }
 
 impl<'m, 'a> Problem<'m, 'a> {
-    /// The problem of placing `model`'s groups within `cap` pool bytes; Err with the reason
-    /// when even the leanest choices exceed it somewhere.
-    pub fn new(model: &'m StageModel<'a>, cap: u64) -> Result<Problem<'m, 'a>, String> {
+    /// The problem of placing `model`'s groups within `cap` pool bytes and `host_cap` bytes of
+    /// pinned host memory; Err with the reason when even the leanest choices exceed one of them.
+    pub fn new(model: &'m StageModel<'a>, cap: u64, host_cap: Option<u64>) -> Result<Problem<'m, 'a>, String> {
         let fixed = model.fixed();
         let groups = enumerate(model);
-        let rows = memory_rows(model, cap, &fixed, &groups)?;
+        let mut rows = memory_rows(model, cap, &fixed, &groups)?;
+        if let Some(h) = host_cap {
+            rows.extend(host_row(h, &fixed, &groups)?);
+        }
         let stages = stage_terms(model, &fixed, &groups);
-        Ok(Problem { model, fixed, groups, cap, rows, stages })
+        Ok(Problem { model, fixed, groups, cap, host_cap, rows, stages })
+    }
+
+    /// Pinned host bytes of one choice per group.
+    pub fn pinned(&self, pick: &[usize]) -> u64 {
+        self.fixed.pinned + self.groups.iter().zip(pick).map(|(g, k)| g.contributions[*k].pinned).sum::<u64>()
+    }
+
+    /// Whether one choice per group fits both memories.
+    pub fn feasible(&self, pick: &[usize]) -> bool {
+        self.eval(pick).1 <= self.cap && self.host_cap.is_none_or(|h| self.pinned(pick) <= h)
     }
 
     pub fn rates(&self) -> &Rates {
@@ -228,6 +243,33 @@ fn memory_rows(model: &StageModel, cap: u64, fixed: &Contribution, groups: &[Gro
         mem_rows.push(row);
     }
     Ok(mem_rows)
+}
+
+/// The row of the pinned host memory, where it can bind: coefficients (MiB) of what each choice
+/// pins over its group's least, against the room the least leave.
+fn host_row(host_cap: u64, fixed: &Contribution, groups: &[GroupChoices]) -> Result<Option<MemRow>, String> {
+    let mins: Vec<u64> = groups.iter().map(|g| g.contributions.iter().map(|c| c.pinned).min().unwrap_or(0)).collect();
+    let base = fixed.pinned + mins.iter().sum::<u64>();
+    if base > host_cap {
+        return Err(format!(
+            "even the placements that pin the least host memory pin {}, more than the {} the host allows",
+            models::Bytes(base),
+            models::Bytes(host_cap)
+        ));
+    }
+    let most = fixed.pinned + groups.iter().map(|g| g.contributions.iter().map(|c| c.pinned).max().unwrap_or(0)).sum::<u64>();
+    if most <= host_cap {
+        return Ok(None);
+    }
+    let mut row = MemRow { terms: Vec::new(), rhs: (host_cap - base) as f64 / MIB };
+    for (gi, g) in groups.iter().enumerate() {
+        for (k, c) in g.contributions.iter().enumerate() {
+            if c.pinned > mins[gi] {
+                row.terms.push((gi, k, (c.pinned - mins[gi]) as f64 / MIB));
+            }
+        }
+    }
+    Ok(Some(row))
 }
 
 /// Each stage's fixed terms and the terms each (group, choice) adds to it.
