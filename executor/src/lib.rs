@@ -18,7 +18,7 @@ pub mod step;
 pub mod train;
 
 pub use host::AdamW;
-pub use runner::{run_schedule, Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
+pub use runner::{run_schedule, Allocator, MemoryPoint, ScheduleRunResult};
 pub use train::{run_all_on_gpu, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.

@@ -2,7 +2,7 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
+use super::{Allocator, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
 use crate::export::{bf16_bytes, f32_bytes};
 use crate::gpu::{elapsed_ms, record, Gpu, HostView, PinnedBuffer};
@@ -16,6 +16,7 @@ use cudarc::driver::{CudaEvent, CudaStream};
 use models::inventory::View;
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Lane, Schedule};
+use models::trace::StepTimes;
 use models::{OpId, TensorId};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,7 +166,7 @@ pub fn run(
     let mut reports = Vec::new();
     let mut device_used_high = 0u64;
     let measured_step = opts.steps + 1;
-    let mut lane_times = LaneTimes::default();
+    let mut lane_times = StepTimes::default();
     let mut memory = Vec::new();
     for s in 1..=measured_step {
         let batch = batches.next_batch();
@@ -219,12 +220,12 @@ pub fn run(
                 reports.push(r);
             }
             Some(smp) => {
-                lane_times = LaneTimes {
+                lane_times = StepTimes {
                     step_ms: ms,
                     host_ms: sink.nanos.load(Ordering::Relaxed) as f64 / 1e6,
                     h2d_bytes: smp.h2d_bytes,
                     d2h_bytes: smp.d2h_bytes,
-                    ..LaneTimes::default()
+                    ..StepTimes::default()
                 };
                 for (kind, before, after) in &smp.spans {
                     let d = elapsed_ms(before, after)? as f64;

@@ -16,6 +16,7 @@ use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
+use models::trace::StepTimes;
 use serde::Serialize;
 
 /// Where a schedule's tensors get device memory.
@@ -39,22 +40,6 @@ impl Allocator {
     }
 }
 
-/// Busy time and bytes of each lane over one measured step (ms, bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct LaneTimes {
-    pub step_ms: f64,
-    /// Kernels and recomputation on the compute stream.
-    pub compute_ms: f64,
-    pub h2d_bytes: u64,
-    pub d2h_bytes: u64,
-    pub h2d_ms: f64,
-    pub d2h_ms: f64,
-    /// Host work (CPU embedding, host AdamW), as the host functions timed themselves.
-    pub host_ms: f64,
-    /// Time the compute stream sat in `Wait`s for other lanes.
-    pub compute_wait_ms: f64,
-}
-
 /// Tensor bytes in use right after an allocation or free of the measured step, at the time the
 /// compute stream reached it: the pool's used bytes, or with an arena the bytes of the tensors
 /// the executor holds in it.
@@ -76,9 +61,10 @@ pub struct ScheduleRunResult {
     pub arena_bytes: Option<u64>,
     /// Pinned host memory the run holds for off-GPU blocks.
     pub pinned_bytes: u64,
-    /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`).
+    /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`):
+    /// each lane's busy time and bytes, and the compute lane's waits.
     pub measured_step: u32,
-    pub lanes: LaneTimes,
+    pub lanes: StepTimes,
     pub memory: Vec<MemoryPoint>,
 }
 
