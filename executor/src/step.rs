@@ -90,7 +90,8 @@ pub struct Capture {
 
 impl<'p> Step<'p> {
     /// Checks the shapes the kernels need, compiles them, allocates the persistent tensors
-    /// (printing "allocating N MiB" per class) and creates cuBLASLt on the workspace tensor.
+    /// (reporting "allocating N MiB" per class as a `tracing` info event) and creates cuBLASLt on
+    /// the workspace tensor.
     pub fn new(gpu: &Gpu, program: &'p Program, adamw: AdamW) -> std::result::Result<Step<'p>, crate::ExecError> {
         Step::with_host_resident(gpu, program, adamw, &[])
     }
@@ -140,7 +141,7 @@ impl<'p> Step<'p> {
         let wanted_ref: Vec<(&'static str, &str)> = wanted.iter().map(|(f, n)| (*f, n.as_str())).collect();
         let t0 = std::time::Instant::now();
         let kernels = Kernels::compile(gpu, crate::gpu::KERNEL_FILES, &wanted_ref)?;
-        println!("compiled {} kernels with NVRTC in {:.1} s", wanted.len(), t0.elapsed().as_secs_f64());
+        tracing::info!("compiled {} kernels with NVRTC in {:.1} s", wanted.len(), t0.elapsed().as_secs_f64());
         if cfg.attention == Attention::Fused {
             kernels.set_max_dynamic_smem(&format!("flash_attention_forward_d{d}"), fwd_smem(d))?;
             kernels.set_max_dynamic_smem(&format!("flash_attention_backward_d{d}"), bwd_smem(d))?;
@@ -158,7 +159,7 @@ impl<'p> Step<'p> {
             let ts: Vec<&models::Tensor> =
                 inv.tensors.iter().filter(|t| t.persistent && t.class == class && !host_resident.contains(&t.id)).collect();
             let bytes: u64 = ts.iter().map(|t| t.bytes.0).sum();
-            println!("allocating {:>8.1} MiB for {:?} ({} tensors)", bytes as f64 / (1u64 << 20) as f64, class, ts.len());
+            tracing::info!("allocating {:>8.1} MiB for {:?} ({} tensors)", bytes as f64 / (1u64 << 20) as f64, class, ts.len());
             for t in ts {
                 bufs[t.id.index()] = Some(alloc(t)?);
             }

@@ -97,7 +97,7 @@ mod imp {
         let driver = gpu.driver_version()?;
         let (free0, total) = gpu.mem_info()?;
         let device_used_at_start = total - free0;
-        println!(
+        tracing::info!(
             "device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use before allocating",
             total as f64 / (1u64 << 30) as f64,
             device_used_at_start as f64 / (1u64 << 20) as f64
@@ -221,7 +221,7 @@ mod tests {
         let program = Program::build(&GptConfig::load(&path).unwrap());
         let opts = RunOptions { steps: 3, seed: 1, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 };
         match run_all_on_gpu(&program, &opts, &mut |_| {}) {
-            Err(ExecError::NoGpu(m)) => eprintln!("skipped: no CUDA device ({m})"),
+            Err(ExecError::NoGpu(m)) => etracing::info!("skipped: no CUDA device ({m})"),
             Err(e) => panic!("{e}"),
             Ok(r) => {
                 assert_eq!(r.steps.len(), 3);

@@ -760,7 +760,7 @@ impl Calibration {
     }
 }
 
-/// Measures everything on device 0. Prints progress to stdout.
+/// Measures everything on device 0; progress goes to `tracing` (info).
 pub fn measure(cfg: &GptConfig, opts: &Options) -> Result<Calibration, ExecError> {
     opts.check().map_err(ExecError::Unsupported)?;
     imp::measure(cfg, opts)
@@ -897,7 +897,7 @@ mod imp {
         let cc = gpu.compute_capability()?;
         let (free0, total) = gpu.mem_info()?;
         let device_used_at_start = total.saturating_sub(free0);
-        println!(
+        tracing::info!(
             "device: {device} (sm_{}{}, driver {driver}), {:.1} GiB, {:.0} MiB in use",
             cc.0,
             cc.1,
@@ -925,7 +925,7 @@ mod imp {
                 pointer_spacing: spacing,
             }
         };
-        println!(
+        tracing::info!(
             "pool: {N} 1-byte allocations use {} B each, reserve {} in all",
             alloc.used_per_alloc,
             size_label(alloc.reserved_growth),
@@ -950,7 +950,7 @@ mod imp {
             drop(host);
             ReserveProbe { requested, reserved, pinned, pinned_device: free_before.saturating_sub(free_after) }
         };
-        println!(
+        tracing::info!(
             "pool: one allocation of {} reserves {}; {} pinned on the host take {} on the device",
             size_label(reserve.requested),
             size_label(reserve.reserved),
@@ -963,7 +963,7 @@ mod imp {
         let wanted_ref: Vec<(&'static str, &str)> = wanted.iter().map(|(f, n)| (*f, n.as_str())).collect();
         let t0 = Instant::now();
         let kernels = Kernels::compile(&gpu, crate::gpu::KERNEL_FILES, &wanted_ref)?;
-        println!("compiled {} kernels with NVRTC in {:.1} s", wanted.len(), t0.elapsed().as_secs_f64());
+        tracing::info!("compiled {} kernels with NVRTC in {:.1} s", wanted.len(), t0.elapsed().as_secs_f64());
         match cfg.attention {
             Attention::Fused => {
                 kernels.set_max_dynamic_smem(&format!("flash_attention_forward_d{d}"), fwd_smem(d))?;
@@ -995,7 +995,7 @@ mod imp {
             launch.push(time_calls(&gpu, s, opts.launches, "fill_bf16 launches", &mut || fill())?);
         }
         let launch_overhead = med(&launch, "launch overhead")?;
-        println!("launch overhead: {:.2} us per launch ({} back-to-back launches)", launch_overhead * 1e6, opts.launches);
+        tracing::info!("launch overhead: {:.2} us per launch ({} back-to-back launches)", launch_overhead * 1e6, opts.launches);
 
         // ---- random source data for every operand
         let gemms = step_gemms(cfg);
@@ -1068,7 +1068,7 @@ mod imp {
                 }
             })
             .collect();
-        println!("timing {} products of one {} step ...", gemms.len(), cfg.name);
+        tracing::info!("timing {} products of one {} step ...", gemms.len(), cfg.name);
         let mut iters = Vec::new();
         for (g, call) in gemms.iter().zip(&calls) {
             // an accumulating product needs finite values in D: start from zeros
@@ -1259,7 +1259,11 @@ mod imp {
         let (free1, _) = gpu.mem_info()?;
         let device_used_after = total.saturating_sub(free1);
         let pool_reserved_after = gpu.pool_stats()?.reserved_current;
-        println!("device memory: {:.1} MiB in use, {:.1} MiB of it reserved by the pool", mib(device_used_after), mib(pool_reserved_after));
+        tracing::info!(
+            "device memory: {:.1} MiB in use, {:.1} MiB of it reserved by the pool",
+            mib(device_used_after),
+            mib(pool_reserved_after)
+        );
         if pool_reserved_after > device_used_after {
             return Err(bad(format!("the pool reserves {pool_reserved_after} B but only {device_used_after} B of the device is in use")));
         }
@@ -1267,7 +1271,7 @@ mod imp {
         // ---- pinned copies, and a device-to-device copy
         let max_copy = *opts.copy_sizes.last().expect("checked non-empty");
         let dev_bytes = max_copy.max(opts.device_copy_bytes);
-        println!("allocating 2 x {} of pinned host memory ...", size_label(max_copy));
+        tracing::info!("allocating 2 x {} of pinned host memory ...", size_label(max_copy));
         let mut h_src: PinnedBuffer = gpu.pinned(max_copy as usize)?;
         let mut h_dst: PinnedBuffer = gpu.pinned(max_copy as usize)?;
         h_src.as_mut_slice().par_chunks_mut(1 << 20).for_each(|c| c.fill(0x3c));
@@ -1357,7 +1361,7 @@ mod imp {
             return Err(bad("the host-to-device copies did not bring the host's bytes".into()));
         }
         // ---- host AdamW on pinned memory, alone and beside the copies
-        println!("host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...", opts.host_adam_params >> 20);
+        tracing::info!("host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...", opts.host_adam_params >> 20);
         let shared = {
             let big = copies.last().expect("checked non-empty");
             let mut bufs = shared_memory::gpu::CopyBuffers {
@@ -1394,7 +1398,7 @@ mod imp {
 
         // ---- host
         let host_threads = rayon::current_num_threads();
-        println!(
+        tracing::info!(
             "host: copies of {} and AdamW over {} M parameters on {host_threads} threads ...",
             size_label(opts.host_copy_bytes as u64),
             opts.host_adam_params >> 20
@@ -1455,7 +1459,7 @@ mod imp {
         };
         drop((w, g, opt));
 
-        println!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
+        tracing::info!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
         Ok(Calibration {
             device,
             driver,

@@ -78,7 +78,7 @@ unsafe extern "C" fn run_host_work(data: *mut c_void) {
     // A panic must not unwind into the driver: report it; the runner's error sink (set by the
     // work itself) or the missing result tells the step it failed.
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
-        eprintln!("error: host work on a stream panicked");
+        tracing::error!("host work on a stream panicked");
     }
 }
 

@@ -269,7 +269,7 @@ impl Drop for DeviceBuffer {
             // ordered before it by events) before this free, so the free is ordered after them.
             let r = unsafe { result::free_async(self.ptr, stream.cu_stream()) };
             if let Err(e) = r {
-                eprintln!("warning: cuMemFreeAsync failed: {e}");
+                tracing::warn!("cuMemFreeAsync failed: {e}");
             }
         }
     }
@@ -316,7 +316,7 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated by cuMemHostAlloc.
         if let Err(e) = unsafe { result::free_host(self.ptr as *mut c_void) } {
-            eprintln!("warning: cuMemFreeHost failed: {e}");
+            tracing::warn!("cuMemFreeHost failed: {e}");
         }
     }
 }

@@ -94,7 +94,12 @@ pub fn run(
     let driver = gpu.driver_version()?;
     let (free0, total) = gpu.mem_info()?;
     let pool_budget = schedule.budget.0.saturating_sub(schedule.prediction.fixed_overhead.0);
-    println!("device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use, {:.0} MiB free", gib(total), mib(total - free0), mib(free0));
+    tracing::info!(
+        "device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use, {:.0} MiB free",
+        gib(total),
+        mib(total - free0),
+        mib(free0)
+    );
     if pool_budget > free0 {
         return Err(ExecError::Refused(format!(
             "its budget is {} of which {} is for tensors (the rest is the {} fixed overhead it assumes), but the device has only {} free: plan again with a budget of at most {}",
@@ -110,7 +115,7 @@ pub fn run(
     let mut arena = match allocator {
         Allocator::Arena => {
             let a = Arena::take(&gpu, program, schedule, free0)?;
-            println!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
+            tracing::info!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
             Some(a)
         }
         Allocator::Pool => None,
@@ -132,7 +137,7 @@ pub fn run(
         copies.bufs[t.index()] = Some(gpu.pinned(bytes as usize)?);
         pinned_bytes += bytes;
     }
-    println!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.1} s", mib(pinned_bytes), t0.elapsed().as_secs_f64());
+    tracing::info!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.1} s", mib(pinned_bytes), t0.elapsed().as_secs_f64());
 
     // Initial weights and optimizer state, wherever the step starts them.
     // Made 16 owners at a time in parallel, so a large model's initial state is never all in
@@ -153,7 +158,7 @@ pub fn run(
             }
         }
     }
-    println!("initial weights and optimizer state in place in {:.1} s", t0.elapsed().as_secs_f64());
+    tracing::info!("initial weights and optimizer state in place in {:.1} s", t0.elapsed().as_secs_f64());
 
     let n_events =
         schedule.actions.iter().filter_map(|a| if let Action::Record(e, _) = a { Some(e.0 as usize + 1) } else { None }).max().unwrap_or(0);
