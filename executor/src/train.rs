@@ -221,7 +221,7 @@ mod tests {
         let program = Program::build(&GptConfig::load(&path).unwrap());
         let opts = RunOptions { steps: 3, seed: 1, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 };
         match run_all_on_gpu(&program, &opts, &mut |_| {}) {
-            Err(ExecError::NoGpu(m)) => etracing::info!("skipped: no CUDA device ({m})"),
+            Err(ExecError::NoGpu(m)) => eprintln!("skipped: no CUDA device ({m})"),
             Err(e) => panic!("{e}"),
             Ok(r) => {
                 assert_eq!(r.steps.len(), 3);

@@ -1,0 +1,233 @@
+//! cuBLASLt bf16 matrix products with fp32 accumulation: one handle, a plan (descriptors and
+//! the heuristic's algorithm) per shape and alignment, made on first use, and the step's
+//! workspace tensor given to every product.
+
+use super::{DeviceBuffer, GpuError, Result};
+use crate::kernels::{MatType, Product};
+use cudarc::cublaslt::result as ltr;
+use cudarc::cublaslt::sys as lts;
+use cudarc::driver::CudaStream;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+fn cuda_type(t: MatType) -> lts::cudaDataType {
+    match t {
+        MatType::Bf16 => lts::cudaDataType::CUDA_R_16BF,
+        MatType::F32 => lts::cudaDataType::CUDA_R_32F,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    m: u64,
+    n: u64,
+    k: u64,
+    ta: bool,
+    tb: bool,
+    lda: i64,
+    ldb: i64,
+    ldd: i64,
+    out: MatType,
+    bias: bool,
+    /// Alignment in bytes (power of two, at most 256) of A, B, C, D: the heuristic assumes
+    /// 256 unless told, and an algorithm chosen for 256 may refuse less.
+    align: [u32; 4],
+}
+
+fn alignment(ptr: u64) -> u32 {
+    if ptr == 0 {
+        256
+    } else {
+        (1u64 << ptr.trailing_zeros().min(8)) as u32
+    }
+}
+
+struct Plan {
+    desc: lts::cublasLtMatmulDesc_t,
+    a: lts::cublasLtMatrixLayout_t,
+    b: lts::cublasLtMatrixLayout_t,
+    d: lts::cublasLtMatrixLayout_t,
+    algo: lts::cublasLtMatmulAlgo_t,
+}
+
+/// cuBLASLt and a plan per shape; the workspace (the inventory's `matmul_workspace`) is given
+/// to each product.
+pub struct Lt {
+    handle: lts::cublasLtHandle_t,
+    workspace_bytes: usize,
+    plans: RefCell<HashMap<PlanKey, Plan>>,
+}
+
+impl Lt {
+    /// A handle whose products may use `workspace_bytes` of workspace (each product is given
+    /// a workspace of at least that size).
+    pub fn new(workspace_bytes: u64) -> Result<Lt> {
+        Ok(Lt { handle: ltr::create_handle()?, workspace_bytes: workspace_bytes as usize, plans: RefCell::new(HashMap::new()) })
+    }
+
+    fn plan(&self, key: PlanKey) -> Result<()> {
+        if self.plans.borrow().contains_key(&key) {
+            return Ok(());
+        }
+        use lts::cublasLtMatmulDescAttributes_t::*;
+        let desc = ltr::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType::CUDA_R_32F)?;
+        let op = |t: bool| {
+            if t {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (ta, tb) = (op(key.ta), op(key.tb));
+        // SAFETY: attribute buffers of the documented types and sizes.
+        unsafe {
+            ltr::set_matmul_desc_attribute(
+                desc,
+                CUBLASLT_MATMUL_DESC_TRANSA,
+                &ta as *const _ as *const c_void,
+                std::mem::size_of_val(&ta),
+            )?;
+            ltr::set_matmul_desc_attribute(
+                desc,
+                CUBLASLT_MATMUL_DESC_TRANSB,
+                &tb as *const _ as *const c_void,
+                std::mem::size_of_val(&tb),
+            )?;
+            if key.bias {
+                let epi = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+                ltr::set_matmul_desc_attribute(
+                    desc,
+                    CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epi as *const _ as *const c_void,
+                    std::mem::size_of_val(&epi),
+                )?;
+                let bt = lts::cudaDataType::CUDA_R_16BF;
+                ltr::set_matmul_desc_attribute(
+                    desc,
+                    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &bt as *const _ as *const c_void,
+                    std::mem::size_of_val(&bt),
+                )?;
+            }
+        }
+        let (ar, ac) = if key.ta { (key.k, key.m) } else { (key.m, key.k) };
+        let (br, bc) = if key.tb { (key.n, key.k) } else { (key.k, key.n) };
+        let a = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, ar, ac, key.lda)?;
+        let b = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, br, bc, key.ldb)?;
+        let d = ltr::create_matrix_layout(cuda_type(key.out), key.m, key.n, key.ldd)?;
+        let pref = ltr::create_matmul_pref()?;
+        let ws = self.workspace_bytes as u64;
+        // SAFETY: as above; all descriptors are live.
+        let heur = unsafe {
+            ltr::set_matmul_pref_attribute(
+                pref,
+                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )?;
+            use lts::cublasLtMatmulPreferenceAttributes_t::*;
+            for (attr, al) in [
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[0]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[1]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
+                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[3]),
+            ] {
+                ltr::set_matmul_pref_attribute(pref, attr, &al as *const u32 as *const c_void, 4)?;
+            }
+            let h = ltr::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, pref);
+            ltr::destroy_matmul_pref(pref)?;
+            h
+        }
+        .map_err(|e| GpuError::Invalid(format!("no cuBLASLt algorithm for {key:?}: {e}")))?;
+        self.plans.borrow_mut().insert(key, Plan { desc, a, b, d, algo: heur.algo });
+        Ok(())
+    }
+
+    /// Enqueues `p` on `stream`, each operand's buffer given by `resolve`, with `workspace`.
+    /// Every operand is checked against its live buffer first.
+    pub fn matmul<'r, B: Copy>(
+        &self,
+        stream: &CudaStream,
+        p: &Product<B>,
+        resolve: impl Fn(B) -> Result<&'r DeviceBuffer>,
+        workspace: &DeviceBuffer,
+    ) -> Result<()> {
+        if (workspace.bytes() as usize) < self.workspace_bytes {
+            return Err(GpuError::Invalid(format!("a cuBLASLt workspace of {} bytes, {} needed", workspace.bytes(), self.workspace_bytes)));
+        }
+        let ptr = |r: crate::kernels::Region<B>| -> Result<u64> { Ok(resolve(r.buf)?.range(r.offset, r.bytes)?.ptr()) };
+        let (a, b, d) = (ptr(p.a)?, ptr(p.b)?, ptr(p.d)?);
+        let c = p.c.map(ptr).transpose()?;
+        let bias = p.bias.map(ptr).transpose()?;
+        let g = &p.layout;
+        let align = [alignment(a), alignment(b), alignment(c.unwrap_or(d)), alignment(d)];
+        let key = PlanKey {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            ta: g.trans_a,
+            tb: g.trans_b,
+            lda: g.lda,
+            ldb: g.ldb,
+            ldd: g.ldd,
+            out: g.out,
+            bias: bias.is_some(),
+            align,
+        };
+        self.plan(key)?;
+        let plans = self.plans.borrow();
+        let plan = &plans[&key];
+        let alpha: f32 = 1.0;
+        let beta: f32 = if c.is_some() { 1.0 } else { 0.0 };
+        let c = c.unwrap_or(d);
+        // SAFETY: every operand is inside a live buffer and spans what the plan's layouts
+        // describe (`Product::new` narrowed each region to its layout's elements, checked
+        // against the buffer above); the workspace is a live buffer of at least the size the
+        // plans were made for (checked above).
+        unsafe {
+            if let Some(bias) = bias {
+                ltr::set_matmul_desc_attribute(
+                    plan.desc,
+                    lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bias as *const u64 as *const c_void,
+                    8,
+                )?;
+            }
+            ltr::matmul(
+                self.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a as *const c_void,
+                plan.a,
+                b as *const c_void,
+                plan.b,
+                c as *const c_void,
+                plan.d,
+                d as *mut c_void,
+                plan.d,
+                &plan.algo,
+                workspace.ptr() as *mut c_void,
+                self.workspace_bytes,
+                stream.cu_stream() as lts::cudaStream_t,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: created here, destroyed once.
+        unsafe {
+            for (_, p) in self.plans.borrow_mut().drain() {
+                let _ = ltr::destroy_matrix_layout(p.a);
+                let _ = ltr::destroy_matrix_layout(p.b);
+                let _ = ltr::destroy_matrix_layout(p.d);
+                let _ = ltr::destroy_matmul_desc(p.desc);
+            }
+            let _ = ltr::destroy_handle(self.handle);
+        }
+    }
+}
