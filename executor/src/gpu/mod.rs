@@ -25,7 +25,6 @@ pub mod lanes;
 pub mod launch;
 
 pub use blas::Lt;
-pub use lanes::HostView;
 pub use launch::Kernels;
 
 /// What can go wrong on the GPU side.

@@ -14,6 +14,7 @@ mod issue;
 
 use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
+use models::order::{Order, Place};
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
 use models::trace::StepTimes;
@@ -69,7 +70,8 @@ pub struct ScheduleRunResult {
 }
 
 /// Checks that `schedule` is one this executor can run for `program`: its format version and
-/// program digest, and that every event is recorded before any wait on it.
+/// program digest, its ops, every event recorded before any wait on it, and no race on a host
+/// copy.
 pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), ExecError> {
     if schedule.format_version != SCHEDULE_FORMAT_VERSION {
         return Err(ExecError::Refused(format!(
@@ -84,15 +86,8 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
             schedule.inventory_digest
         )));
     }
-    let mut recorded = std::collections::HashSet::new();
     for (i, a) in schedule.actions.iter().enumerate() {
         match a {
-            Action::Record(e, _) => {
-                recorded.insert(*e);
-            }
-            Action::Wait(e, _) if !recorded.contains(e) => {
-                return Err(ExecError::Refused(format!("action {i} waits on event {} before any action records it", e.0)));
-            }
             Action::Run(op) | Action::Recompute(op) | Action::HostRun(op) if op.index() >= program.ops.len() => {
                 return Err(ExecError::Refused(format!("action {i} names op {}, the program has {}", op.0, program.ops.len())));
             }
@@ -104,6 +99,18 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
             }
             _ => {}
         }
+    }
+    // Every wait binds to an earlier record, and the host copies are read and written in an order
+    // the events fix (the executor's host memory depends on it; the device side is the
+    // simulator's to check).
+    let order = Order::build(program, &schedule.actions).map_err(|e| ExecError::Refused(e.to_string()))?;
+    if let Some(r) = order.first_race(program, &schedule.actions, &[Place::Host]) {
+        return Err(ExecError::Refused(format!(
+            "actions {} and {} access the host copy of {} with nothing ordering them: re-plan it (offplan plan ...)",
+            r.other,
+            r.action,
+            program.inventory.tensor(r.tensor).name
+        )));
     }
     Ok(())
 }
@@ -119,10 +126,7 @@ pub fn run_schedule(
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
-    let cfg = &program.config;
-    let tokens = crate::data::tokenize_corpus()?;
-    let batches = crate::data::Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
-    imp(program, schedule, opts, allocator, batches, on_step)
+    imp(program, schedule, opts, allocator, crate::train::corpus_batches(program)?, on_step)
 }
 
 #[cfg(feature = "cuda")]
@@ -236,5 +240,26 @@ mod tests {
         let ln1 = p.find(OpKind::Ln1(0)).unwrap().id;
         s.actions.push(Action::HostRun(ln1));
         assert!(check_schedule(&p, &s).unwrap_err().to_string().contains("on the host"));
+    }
+
+    /// Host AdamW writes the host copy of a layer's weights; a prefetch reads it: refused unless
+    /// an event orders the two.
+    #[test]
+    fn refuses_a_race_on_a_host_copy() {
+        let p = tiny();
+        let adam = p.find(OpKind::Adam(models::inventory::Owner::Layer(1))).unwrap().id;
+        let w = p.inventory.layers[1].weights;
+        let mut s = empty_schedule(&p);
+        s.actions.extend([Action::HostRun(adam), Action::Prefetch(w)]);
+        let e = check_schedule(&p, &s).unwrap_err().to_string();
+        assert!(e.contains("host copy of layer1.weights") && e.contains("re-plan"), "{e}");
+        let mut s = empty_schedule(&p);
+        s.actions.extend([
+            Action::HostRun(adam),
+            Action::Record(EventId(0), Lane::Host),
+            Action::Wait(EventId(0), Lane::HostToDevice),
+            Action::Prefetch(w),
+        ]);
+        check_schedule(&p, &s).unwrap();
     }
 }
