@@ -174,6 +174,36 @@ impl<'p> StepLaunches<'p> {
         let workspace = x(io.workspace).as_type(DType::F32);
         let lw = |l: u32| &self.layer_weights[l as usize];
         let lg = |l: u32| &self.layer_grads[l as usize];
+        let ln_fwd = |out: TensorId, stats: TensorId, input: TensorId, w: Region<TensorId>, b: Region<TensorId>| {
+            LayernormForward { out: x(out), stats: x(stats), x: x(input), w, b, n, c }.launch().map(Call::Kernel)
+        };
+        // dres (+)= the input gradient of a layer norm of `input`; its weight and bias gradients.
+        let ln_bwd = |dy: TensorId,
+                      input: TensorId,
+                      stats: TensorId,
+                      (w, dw, db): (Region<TensorId>, Region<TensorId>, Region<TensorId>),
+                      accumulate: bool| {
+            let (dx, dy, xx, stats) = (x(h.dres), x(dy), x(input), x(stats));
+            Ok::<_, LaunchError>(
+                LayernormBackward { dx, dy, x: xx, stats, w, dw, db, partials: workspace, n, c, accumulate }.launches()?.map(Call::Kernel),
+            )
+        };
+        // The backward of a linear layer (i inputs, o outputs) on `input`: dx = dy W, dW = dy^T
+        // input, and the bias gradient db = the column sums of dy.
+        let linear_bwd = |dx: TensorId,
+                          dy: TensorId,
+                          (w, dw, db): (Region<TensorId>, Region<TensorId>, Region<TensorId>),
+                          input: TensorId,
+                          (i, o): (u64, u64)| {
+            let dy = x(dy);
+            let [partial, reduce] = Colsum { out: db, x: dy, partials: workspace, rows: n, n: o }.launches()?;
+            Ok::<_, LaunchError>([
+                input_grad(x(dx), dy, w, (n, i, o), MatType::Bf16, false)?,
+                weight_grad(dw, dy, x(input), (n, i, o))?,
+                Call::Kernel(partial),
+                Call::Kernel(reduce),
+            ])
+        };
         let mut calls = Vec::new();
         match op.kind {
             Embed => {
@@ -192,10 +222,7 @@ impl<'p> StepLaunches<'p> {
             }
             Ln1(l) => {
                 let a = inv.acts[l as usize];
-                calls.push(Call::Kernel(
-                    LayernormForward { out: x(a.ln1), stats: x(a.ln1_stats), x: x(a.x_in), w: lw(l).ln1_w, b: lw(l).ln1_b, n, c }
-                        .launch()?,
-                ));
+                calls.push(ln_fwd(a.ln1, a.ln1_stats, a.x_in, lw(l).ln1_w, lw(l).ln1_b)?);
             }
             Qkv(l) => {
                 let a = inv.acts[l as usize];
@@ -213,10 +240,7 @@ impl<'p> StepLaunches<'p> {
             }
             Ln2(l) => {
                 let a = inv.acts[l as usize];
-                calls.push(Call::Kernel(
-                    LayernormForward { out: x(a.ln2), stats: x(a.ln2_stats), x: x(a.x_mid), w: lw(l).ln2_w, b: lw(l).ln2_b, n, c }
-                        .launch()?,
-                ));
+                calls.push(ln_fwd(a.ln2, a.ln2_stats, a.x_mid, lw(l).ln2_w, lw(l).ln2_b)?);
             }
             Fc(l) => {
                 let a = inv.acts[l as usize];
@@ -233,9 +257,7 @@ impl<'p> StepLaunches<'p> {
             }
             LnF => {
                 let (w, bias) = self.final_weights;
-                calls.push(Call::Kernel(
-                    LayernormForward { out: x(h.lnf), stats: x(h.lnf_stats), x: x(h.x_out), w, b: bias, n, c }.launch()?,
-                ));
+                calls.push(ln_fwd(h.lnf, h.lnf_stats, h.x_out, w, bias)?);
             }
             OutFwd(i) => {
                 let logits = x(h.logits[i as usize]);
@@ -276,16 +298,12 @@ impl<'p> StepLaunches<'p> {
             }
             LnFBwd => {
                 let ((w, _), (dw, db)) = (self.final_weights, self.final_grads);
-                let (dx, dy, xx, stats) = (x(h.dres), x(h.dlnf), x(h.x_out), x(h.lnf_stats));
-                let bwd = LayernormBackward { dx, dy, x: xx, stats, w, dw, db, partials: workspace, n, c, accumulate: false };
-                calls.extend(bwd.launches()?.map(Call::Kernel));
+                // the final norm's starts dres
+                calls.extend(ln_bwd(h.dlnf, h.x_out, h.lnf_stats, (w, dw, db), false)?);
             }
             FcProjBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let dres = x(h.dres);
-                calls.push(input_grad(x(s.dfch), dres, lw(l).fcproj_w, (n, 4 * c, c), MatType::Bf16, false)?);
-                calls.push(weight_grad(lg(l).fcproj_w, dres, x(a.fch_gelu), (n, 4 * c, c))?);
-                calls.extend(Colsum { out: lg(l).fcproj_b, x: dres, partials: workspace, rows: n, n: c }.launches()?.map(Call::Kernel));
+                calls.extend(linear_bwd(s.dfch, h.dres, (lw(l).fcproj_w, lg(l).fcproj_w, lg(l).fcproj_b), a.fch_gelu, (4 * c, c))?);
             }
             GeluBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
@@ -293,24 +311,15 @@ impl<'p> StepLaunches<'p> {
             }
             FcBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let dfch = x(s.dfch);
-                calls.push(input_grad(x(s.dln2), dfch, lw(l).fc_w, (n, c, 4 * c), MatType::Bf16, false)?);
-                calls.push(weight_grad(lg(l).fc_w, dfch, x(a.ln2), (n, c, 4 * c))?);
-                calls.extend(Colsum { out: lg(l).fc_b, x: dfch, partials: workspace, rows: n, n: 4 * c }.launches()?.map(Call::Kernel));
+                calls.extend(linear_bwd(s.dln2, s.dfch, (lw(l).fc_w, lg(l).fc_w, lg(l).fc_b), a.ln2, (c, 4 * c))?);
             }
             Ln2Bwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let (w, dw, db) = (lw(l).ln2_w, lg(l).ln2_w, lg(l).ln2_b);
-                let (dx, dy, xx, stats) = (x(h.dres), x(s.dln2), x(a.x_mid), x(a.ln2_stats));
-                let bwd = LayernormBackward { dx, dy, x: xx, stats, w, dw, db, partials: workspace, n, c, accumulate: true };
-                calls.extend(bwd.launches()?.map(Call::Kernel));
+                calls.extend(ln_bwd(s.dln2, a.x_mid, a.ln2_stats, (lw(l).ln2_w, lg(l).ln2_w, lg(l).ln2_b), true)?);
             }
             AttnProjBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let dres = x(h.dres);
-                calls.push(input_grad(x(s.datty), dres, lw(l).attproj_w, (n, c, c), MatType::Bf16, false)?);
-                calls.push(weight_grad(lg(l).attproj_w, dres, x(a.atty), (n, c, c))?);
-                calls.extend(Colsum { out: lg(l).attproj_b, x: dres, partials: workspace, rows: n, n: c }.launches()?.map(Call::Kernel));
+                calls.extend(linear_bwd(s.datty, h.dres, (lw(l).attproj_w, lg(l).attproj_w, lg(l).attproj_b), a.atty, (c, c))?);
             }
             AttnBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
@@ -328,17 +337,11 @@ impl<'p> StepLaunches<'p> {
             }
             QkvBwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let dqkv = x(s.dqkv);
-                calls.push(input_grad(x(s.dln1), dqkv, lw(l).qkv_w, (n, c, 3 * c), MatType::Bf16, false)?);
-                calls.push(weight_grad(lg(l).qkv_w, dqkv, x(a.ln1), (n, c, 3 * c))?);
-                calls.extend(Colsum { out: lg(l).qkv_b, x: dqkv, partials: workspace, rows: n, n: 3 * c }.launches()?.map(Call::Kernel));
+                calls.extend(linear_bwd(s.dln1, s.dqkv, (lw(l).qkv_w, lg(l).qkv_w, lg(l).qkv_b), a.ln1, (c, 3 * c))?);
             }
             Ln1Bwd(l) => {
                 let (a, s) = (inv.acts[l as usize], inv.scratch[l as usize]);
-                let (w, dw, db) = (lw(l).ln1_w, lg(l).ln1_w, lg(l).ln1_b);
-                let (dx, dy, xx, stats) = (x(h.dres), x(s.dln1), x(a.x_in), x(a.ln1_stats));
-                let bwd = LayernormBackward { dx, dy, x: xx, stats, w, dw, db, partials: workspace, n, c, accumulate: true };
-                calls.extend(bwd.launches()?.map(Call::Kernel));
+                calls.extend(ln_bwd(s.dln1, a.x_in, a.ln1_stats, (lw(l).ln1_w, lg(l).ln1_w, lg(l).ln1_b), true)?);
             }
             EmbedBwd => {
                 let (dres, tokens) = (x(h.dres), x(io.tokens));

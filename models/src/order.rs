@@ -27,6 +27,17 @@ pub enum OrderError {
     Unrecorded { action: usize, event: u32 },
     #[error("action {action} names {what}, which the program does not have")]
     UnknownId { action: usize, what: String },
+    #[error("actions {first} and {second} access the host copy of {tensor} with nothing ordering them")]
+    HostRace { first: usize, second: usize, tensor: String },
+}
+
+/// Refuses `actions` unless they have an order in which no two accesses of a host copy race.
+pub fn check_host_copies(program: &Program, actions: &[Action]) -> Result<(), OrderError> {
+    let order = Order::build(program, actions)?;
+    match order.first_race(program, actions, &[Place::Host]) {
+        Some(r) => Err(OrderError::HostRace { first: r.other, second: r.action, tensor: program.inventory.tensor(r.tensor).name.clone() }),
+        None => Ok(()),
+    }
 }
 
 /// Where a tensor's bytes are.
@@ -201,28 +212,13 @@ fn check_ids(program: &Program, i: usize, a: &Action) -> Result<(), OrderError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Attention, GptConfig, Precision};
+    use crate::config::Attention;
     use crate::inventory::Owner;
     use crate::program::OpKind;
     use crate::schedule::EventId;
 
     fn program() -> Program {
-        let cfg = GptConfig {
-            name: "t".into(),
-            layers: 2,
-            hidden: 64,
-            heads: 4,
-            vocab: 500,
-            padded_vocab: 512,
-            max_seq: 64,
-            batch: 2,
-            seq: 32,
-            tied_embeddings: false,
-            attention: Attention::Fused,
-            precision: Precision::default(),
-            output_chunks: 2,
-        };
-        Program::build(&cfg)
+        Program::build(&crate::inventory::tests::cfg(Attention::Fused, false))
     }
 
     #[test]

@@ -63,16 +63,12 @@ mod gpu {
             program_op(b.program, OpKind::Attn(0)).ok_or_else(|| bad("the step program has no attention op".into()))?;
         let (bwd_flops, _, bwd_launches) =
             program_op(b.program, OpKind::AttnBwd(0)).ok_or_else(|| bad("the step program has no attention backward op".into()))?;
-        let it_f = b.calibrate_iters("attention forward", &mut || b.run(&fwd, &t))?;
-        let it_b = b.calibrate_iters("attention backward", &mut || b.run(&bwd, &t))?;
-        b.gpu.synchronize()?;
-        let (atty, dqkv) = (t.get(a0.atty)?, t.get(s0.dqkv)?);
-        b.check_finite(atty, atty.bytes(), MatType::Bf16, "attention forward output")?;
-        b.check_finite(dqkv, dqkv.bytes(), MatType::Bf16, "attention backward dqkv")?;
-        let mut cases: Vec<Case> =
-            vec![("attention forward", it_f, Box::new(|| b.run(&fwd, &t))), ("attention backward", it_b, Box::new(|| b.run(&bwd, &t)))];
-        let samples = b.side_by_side(&mut cases, &mut || Ok(()))?;
-        drop(cases);
+        let check = || {
+            let (atty, dqkv) = (t.get(a0.atty)?, t.get(s0.dqkv)?);
+            b.check_finite(atty, atty.bytes(), MatType::Bf16, "attention forward output")?;
+            b.check_finite(dqkv, dqkv.bytes(), MatType::Bf16, "attention backward dqkv")
+        };
+        let samples = b.time_ops(&t, &[("attention forward", fwd), ("attention backward", bwd)], check, &mut || Ok(()))?;
         let d = cfg.hidden / cfg.heads;
         let what = |dir: &str| format!("attention {dir} ({:?}, D {d})", cfg.attention);
         let pair = KernelPair {
@@ -101,16 +97,12 @@ mod gpu {
             program_op(b.program, OpKind::Gelu(0)).ok_or_else(|| bad("the step program has no GELU op".into()))?;
         let (_, gb_bytes, gb_launches) =
             program_op(b.program, OpKind::GeluBwd(0)).ok_or_else(|| bad("the step program has no GELU backward op".into()))?;
-        let it_f = b.calibrate_iters("gelu_forward", &mut || b.run(&fwd, &t))?;
-        let it_b = b.calibrate_iters("gelu_backward", &mut || b.run(&bwd, &t))?;
-        b.gpu.synchronize()?;
-        let out = t.get(a0.fch_gelu)?;
-        b.check_finite(out, out.bytes(), MatType::Bf16, "gelu_forward output")?;
+        let check = || {
+            let out = t.get(a0.fch_gelu)?;
+            b.check_finite(out, out.bytes(), MatType::Bf16, "gelu_forward output")
+        };
         let dfch = t.get(s0.dfch)?;
-        let mut cases: Vec<Case> =
-            vec![("gelu_forward", it_f, Box::new(|| b.run(&fwd, &t))), ("gelu_backward", it_b, Box::new(|| b.run(&bwd, &t)))];
-        let samples = b.side_by_side(&mut cases, &mut || src.fill(b.gpu, dfch))?;
-        drop(cases);
+        let samples = b.time_ops(&t, &[("gelu_forward", fwd), ("gelu_backward", bwd)], check, &mut || src.fill(b.gpu, dfch))?;
         let pair = KernelPair {
             forward: Timed::median_of(format!("gelu_forward ({} values)", cnt), gf_bytes as f64, &samples[0], "gelu_forward", gf_launches)?,
             backward: Timed::median_of(

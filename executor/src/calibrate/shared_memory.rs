@@ -322,31 +322,27 @@ pub(super) mod gpu {
     /// Queues copies that last about 10 AdamW passes alone on each busy direction, runs AdamW
     /// passes until the first direction drains, and takes each direction's rate over the copies
     /// done by then and AdamW's over the passes that ended before.
-    fn beside(gpu: &Gpu, bufs: &CopyBuffers, adam: &mut PinnedAdam, copies: Copies, alone_s: f64) -> R<SharedRow> {
+    fn beside<'a>(gpu: &'a Gpu, bufs: &CopyBuffers, adam: &mut PinnedAdam, copies: Copies, alone_s: f64) -> R<SharedRow> {
         let span = (10.0 * alone_s).max(0.2);
         let count = |rate: f64| ((span * rate / bufs.bytes as f64).ceil() as usize).clamp(4, 512);
+        // `n` copies on `stream`, an event before the first and after each.
+        let queue = |stream: &'a CudaStream, n: usize, copy: &dyn Fn() -> R<()>| -> R<(&'a CudaStream, Vec<CudaEvent>)> {
+            let mut evs = vec![gpu.timing_event()?];
+            record(&evs[0], stream)?;
+            for _ in 0..n {
+                copy()?;
+                let e = gpu.timing_event()?;
+                record(&e, stream)?;
+                evs.push(e);
+            }
+            Ok((stream, evs))
+        };
         let mut lanes: Vec<(&CudaStream, Vec<CudaEvent>)> = Vec::new();
         if copies.h2d() {
-            let mut evs = vec![gpu.timing_event()?];
-            record(&evs[0], &gpu.h2d)?;
-            for _ in 0..count(bufs.h2d_rate) {
-                bufs.copies.upload(&gpu.h2d, bufs.d_dst.range(0, bufs.bytes)?)?;
-                let e = gpu.timing_event()?;
-                record(&e, &gpu.h2d)?;
-                evs.push(e);
-            }
-            lanes.push((gpu.h2d.as_ref(), evs));
+            lanes.push(queue(&gpu.h2d, count(bufs.h2d_rate), &|| Ok(bufs.copies.upload(&gpu.h2d, bufs.d_dst.range(0, bufs.bytes)?)?))?);
         }
         if copies.d2h() {
-            let mut evs = vec![gpu.timing_event()?];
-            record(&evs[0], &gpu.d2h)?;
-            for _ in 0..count(bufs.d2h_rate) {
-                bufs.copies.download(&gpu.d2h, bufs.d_src.range(0, bufs.bytes)?)?;
-                let e = gpu.timing_event()?;
-                record(&e, &gpu.d2h)?;
-                evs.push(e);
-            }
-            lanes.push((gpu.d2h.as_ref(), evs));
+            lanes.push(queue(&gpu.d2h, count(bufs.d2h_rate), &|| Ok(bufs.copies.download(&gpu.d2h, bufs.d_src.range(0, bufs.bytes)?)?))?);
         }
         let drained = |lanes: &[(&CudaStream, Vec<CudaEvent>)]| -> R<bool> {
             for (_, evs) in lanes {

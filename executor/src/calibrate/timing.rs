@@ -93,6 +93,24 @@ impl<'g> Bench<'g> {
         Ok(samples)
     }
 
+    /// Times `ops` (each a name and the calls of one op) side by side: each op's calls per
+    /// sample found first, then `check` (once every op has run), then the rounds with `before`.
+    pub fn time_ops(
+        &self,
+        tensors: &Tensors,
+        ops: &[(&str, Vec<Call<TensorId>>)],
+        check: impl FnOnce() -> R<()>,
+        before: &mut dyn FnMut() -> R<()>,
+    ) -> R<Vec<Vec<f64>>> {
+        let iters =
+            ops.iter().map(|(what, calls)| self.calibrate_iters(what, &mut || self.run(calls, tensors))).collect::<R<Vec<u32>>>()?;
+        self.gpu.synchronize()?;
+        check()?;
+        let mut cases: Vec<Case> =
+            ops.iter().zip(&iters).map(|((what, calls), it)| (*what, *it, Box::new(move || self.run(calls, tensors)) as Box<_>)).collect();
+        self.side_by_side(&mut cases, before)
+    }
+
     /// The calls of the first op of `kind` (layer 0's), as the step makes them.
     pub fn op_calls(&self, kind: OpKind) -> R<Vec<Call<TensorId>>> {
         let op = self.program.find(kind).ok_or_else(|| bad(format!("the step program has no {kind:?} op")))?;

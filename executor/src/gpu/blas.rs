@@ -11,6 +11,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 
+/// Sets one attribute of a matmul descriptor to `value`.
+///
+/// # Safety
+/// `desc` is a live descriptor and `T` is the type cuBLASLt documents for `attr` (its size is
+/// passed along).
+unsafe fn desc_attr<T>(desc: lts::cublasLtMatmulDesc_t, attr: lts::cublasLtMatmulDescAttributes_t, value: &T) -> Result<()> {
+    // SAFETY: the caller's guarantee; `value` is borrowed for the call.
+    unsafe { ltr::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, std::mem::size_of::<T>()) }?;
+    Ok(())
+}
+
 fn cuda_type(t: MatType) -> lts::cudaDataType {
     match t {
         MatType::Bf16 => lts::cudaDataType::CUDA_R_16BF,
@@ -80,35 +91,13 @@ impl Lt {
             }
         };
         let (ta, tb) = (op(key.ta), op(key.tb));
-        // SAFETY: attribute buffers of the documented types and sizes.
+        // SAFETY: each value is of the type and size cuBLASLt documents for its attribute.
         unsafe {
-            ltr::set_matmul_desc_attribute(
-                desc,
-                CUBLASLT_MATMUL_DESC_TRANSA,
-                &ta as *const _ as *const c_void,
-                std::mem::size_of_val(&ta),
-            )?;
-            ltr::set_matmul_desc_attribute(
-                desc,
-                CUBLASLT_MATMUL_DESC_TRANSB,
-                &tb as *const _ as *const c_void,
-                std::mem::size_of_val(&tb),
-            )?;
+            desc_attr(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
+            desc_attr(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb)?;
             if key.bias {
-                let epi = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-                ltr::set_matmul_desc_attribute(
-                    desc,
-                    CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    &epi as *const _ as *const c_void,
-                    std::mem::size_of_val(&epi),
-                )?;
-                let bt = lts::cudaDataType::CUDA_R_16BF;
-                ltr::set_matmul_desc_attribute(
-                    desc,
-                    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    &bt as *const _ as *const c_void,
-                    std::mem::size_of_val(&bt),
-                )?;
+                desc_attr(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS)?;
+                desc_attr(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &lts::cudaDataType::CUDA_R_16BF)?;
             }
         }
         let (ar, ac) = if key.ta { (key.k, key.m) } else { (key.m, key.k) };
@@ -187,12 +176,7 @@ impl Lt {
         // plans were made for (checked above).
         unsafe {
             if let Some(bias) = bias {
-                ltr::set_matmul_desc_attribute(
-                    plan.desc,
-                    lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &bias as *const u64 as *const c_void,
-                    8,
-                )?;
+                desc_attr(plan.desc, lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
             }
             ltr::matmul(
                 self.handle,

@@ -16,7 +16,7 @@
 use super::{DeviceBuffer, Gpu, GpuError, PinnedBuffer, Result};
 use crate::host::bf16::{as_bf16, as_bf16_mut, bf16};
 use cudarc::driver::{sys, CudaEvent, CudaStream};
-use models::order::{Order, Place};
+use models::order::check_host_copies;
 use models::schedule::{Action, Lane, Schedule};
 use models::{Program, TensorId};
 use std::cell::Cell;
@@ -105,6 +105,11 @@ pub type HostJob = Box<dyn for<'a> FnOnce(HostAccess<'a>) + Send + 'static>;
 /// The boxed function a stream runs (cuLaunchHostFunc's user data).
 type HostWork = Box<dyn FnOnce() + Send + 'static>;
 
+/// The host function every `launch_host` enqueues: runs the boxed work once.
+///
+/// # Safety
+/// `data` is a pointer `launch_host` made with `Box::into_raw` from a `Box<HostWork>`, passed to
+/// this function exactly once (the driver calls a host function once).
 unsafe extern "C" fn run_host_work(data: *mut c_void) {
     // SAFETY: `data` is the `Box<HostWork>` leaked by `launch_host` below, called exactly once.
     let work: Box<HostWork> = unsafe { Box::from_raw(data as *mut HostWork) };
@@ -159,15 +164,7 @@ impl<'s> Lanes<'s> {
     /// off-GPU tensors (`Schedule::pinned_tensors`) and its events. Refuses a schedule whose
     /// host copies race.
     pub fn new(gpu: &'s Gpu, program: &'s Program, schedule: &'s Schedule) -> Result<Lanes<'s>> {
-        let order = Order::build(program, &schedule.actions).map_err(|e| GpuError::Invalid(format!("the schedule has no order: {e}")))?;
-        if let Some(r) = order.first_race(program, &schedule.actions, &[Place::Host]) {
-            return Err(GpuError::Invalid(format!(
-                "actions {} and {} of the schedule access the host copy of {} in no fixed order",
-                r.other,
-                r.action,
-                program.inventory.tensor(r.tensor).name
-            )));
-        }
+        check_host_copies(program, &schedule.actions).map_err(|e| GpuError::Invalid(format!("the schedule cannot run: {e}")))?;
         let streams = [gpu.compute.clone(), gpu.h2d.clone(), gpu.d2h.clone(), gpu.ctx.new_stream()?];
         let inv = &program.inventory;
         let mut copies: Vec<Option<PinnedBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
@@ -265,15 +262,12 @@ impl<'s> Lanes<'s> {
         let Action::Prefetch(t) = self.action(i)? else {
             return Err(GpuError::Invalid(format!("action {i} is not a prefetch")));
         };
-        let src = self.copy_of(t)?;
-        if src.len() as u64 != dst.bytes() {
-            return Err(GpuError::Invalid(format!("host copy of {} bytes into a device buffer of {}", src.len(), dst.bytes())));
-        }
-        self.advance(i)?;
-        let stream = self.stream(Lane::HostToDevice);
-        // SAFETY: `dst` is a live allocation of that many bytes; the source is a host copy no
-        // access that writes it overlaps, alive until every lane is done (the module comment).
-        unsafe { sys::cuMemcpyHtoDAsync_v2(dst.ptr, src.ptr as *const c_void, src.len(), stream.cu_stream()) }.result()?;
+        let host = self.copy_for(i, t, dst)?;
+        // SAFETY: `dst` is a live allocation of that many bytes (checked); the source is a host
+        // copy no access that writes it overlaps, alive until every lane is done (the module
+        // comment).
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst.ptr, host.ptr as *const c_void, host.len(), self.stream(Lane::HostToDevice).cu_stream()) }
+            .result()?;
         Ok(())
     }
 
@@ -282,15 +276,26 @@ impl<'s> Lanes<'s> {
         let Action::Evict(t) = self.action(i)? else {
             return Err(GpuError::Invalid(format!("action {i} is not an evict")));
         };
-        let dst = self.copy_of(t)?;
-        if dst.len() as u64 != src.bytes() {
-            return Err(GpuError::Invalid(format!("device copy of {} bytes into a host buffer of {}", src.bytes(), dst.len())));
+        let host = self.copy_for(i, t, src)?;
+        // SAFETY: as `prefetch`; no other access of the host copy overlaps this write.
+        unsafe { sys::cuMemcpyDtoHAsync_v2(host.ptr as *mut c_void, src.ptr, host.len(), self.stream(Lane::DeviceToHost).cu_stream()) }
+            .result()?;
+        Ok(())
+    }
+
+    /// The host copy of `t` for a copy to or from `device` (of the same size) at action `i`,
+    /// which is then issued.
+    fn copy_for(&self, i: usize, t: TensorId, device: &DeviceBuffer) -> Result<&PinnedBuffer> {
+        let host = self.copy_of(t)?;
+        if host.len() as u64 != device.bytes() {
+            return Err(GpuError::Invalid(format!(
+                "a copy between a host copy of {} bytes and a device buffer of {}",
+                host.len(),
+                device.bytes()
+            )));
         }
         self.advance(i)?;
-        let stream = self.stream(Lane::DeviceToHost);
-        // SAFETY: as `prefetch`; no other access of the host copy overlaps this write.
-        unsafe { sys::cuMemcpyDtoHAsync_v2(dst.ptr as *mut c_void, src.ptr, dst.len(), stream.cu_stream()) }.result()?;
-        Ok(())
+        Ok(host)
     }
 
     /// Issues action `i`, a `HostRun`, on the host lane: `job` gets the host copies of `uses`,

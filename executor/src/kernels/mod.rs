@@ -84,38 +84,50 @@ pub enum Param {
 }
 
 impl Kernel {
+    /// The kernels every step launches, whatever its attention.
+    pub const COMMON: [Kernel; 18] = [
+        Kernel::EmbeddingForward,
+        Kernel::EmbeddingBackwardWpe,
+        Kernel::EmbeddingBackwardWte,
+        Kernel::LayernormForward,
+        Kernel::LayernormBackwardDx,
+        Kernel::LayernormBackwardDxF32dy,
+        Kernel::LayernormBackwardDwdbPartial,
+        Kernel::LayernormBackwardDwdbPartialF32dy,
+        Kernel::LayernormBackwardDwdbReduce,
+        Kernel::ColsumPartial,
+        Kernel::ColsumReduce,
+        Kernel::GeluForward,
+        Kernel::GeluBackward,
+        Kernel::CeStatsUpdate,
+        Kernel::CeLoss,
+        Kernel::CeBackward,
+        Kernel::AdamwUpdate,
+        Kernel::FillBf16,
+    ];
+
+    /// The attention's kernels, in the order a step launches them.
+    pub fn attention(kind: Attention, head_size: u32) -> [Kernel; 3] {
+        match kind {
+            Attention::Fused => [Kernel::AttentionBackwardDelta, Kernel::FlashForward(head_size), Kernel::FlashBackward(head_size)],
+            Attention::Materialized => [Kernel::MaterializedForward, Kernel::MaterializedBackwardDq, Kernel::MaterializedBackwardDkdv],
+        }
+    }
+
     /// Number of distinct slots (a flash kernel of any head size is one slot).
     pub const SLOTS: usize = 24;
 
-    /// A dense index, for tables of compiled functions.
+    /// A dense index, for tables of compiled functions: the common kernels first, then the
+    /// fused attention's, then the materialised attention's.
     pub fn slot(self) -> usize {
-        use Kernel::*;
-        match self {
-            EmbeddingForward => 0,
-            EmbeddingBackwardWpe => 1,
-            EmbeddingBackwardWte => 2,
-            LayernormForward => 3,
-            LayernormBackwardDx => 4,
-            LayernormBackwardDxF32dy => 5,
-            LayernormBackwardDwdbPartial => 6,
-            LayernormBackwardDwdbPartialF32dy => 7,
-            LayernormBackwardDwdbReduce => 8,
-            ColsumPartial => 9,
-            ColsumReduce => 10,
-            GeluForward => 11,
-            GeluBackward => 12,
-            CeStatsUpdate => 13,
-            CeLoss => 14,
-            CeBackward => 15,
-            AdamwUpdate => 16,
-            FillBf16 => 17,
-            AttentionBackwardDelta => 18,
-            FlashForward(_) => 19,
-            FlashBackward(_) => 20,
-            MaterializedForward => 21,
-            MaterializedBackwardDq => 22,
-            MaterializedBackwardDkdv => 23,
-        }
+        let same = |k: &Kernel| std::mem::discriminant(k) == std::mem::discriminant(&self);
+        let n = Kernel::COMMON.len();
+        let fused = Kernel::attention(Attention::Fused, 0);
+        let materialized = Kernel::attention(Attention::Materialized, 0);
+        (Kernel::COMMON.iter().position(same))
+            .or_else(|| fused.iter().position(same).map(|i| n + i))
+            .or_else(|| materialized.iter().position(same).map(|i| n + fused.len() + i))
+            .expect("every kernel is listed")
     }
 
     /// The `.cu` file that defines it.
@@ -239,40 +251,21 @@ impl KernelSet {
     pub fn for_config(cfg: &GptConfig) -> std::result::Result<KernelSet, String> {
         use Kernel::*;
         let d = cfg.hidden / cfg.heads;
-        let mut kernels = vec![
-            EmbeddingForward,
-            EmbeddingBackwardWpe,
-            EmbeddingBackwardWte,
-            LayernormForward,
-            LayernormBackwardDx,
-            LayernormBackwardDxF32dy,
-            LayernormBackwardDwdbPartial,
-            LayernormBackwardDwdbPartialF32dy,
-            LayernormBackwardDwdbReduce,
-            ColsumPartial,
-            ColsumReduce,
-            GeluForward,
-            GeluBackward,
-            CeStatsUpdate,
-            CeLoss,
-            CeBackward,
-            AdamwUpdate,
-            FillBf16,
-        ];
+        let mut kernels = Kernel::COMMON.to_vec();
         let mut smem_limits = Vec::new();
         match cfg.attention {
             Attention::Fused => {
                 if !FUSED_HEAD_SIZES.contains(&d) {
                     return Err(format!("fused attention has kernels for head sizes 32, 64, 80, 96, 128; this config has {d}"));
                 }
-                kernels.extend([AttentionBackwardDelta, FlashForward(d), FlashBackward(d)]);
+                kernels.extend(Kernel::attention(cfg.attention, d));
                 smem_limits.extend([(FlashForward(d), fwd_smem(d)), (FlashBackward(d), bwd_smem(d))]);
             }
             Attention::Materialized => {
                 if d > MATERIALIZED_MAX_HEAD {
                     return Err(format!("materialised attention supports head sizes up to 256; this config has {d}"));
                 }
-                kernels.extend([MaterializedForward, MaterializedBackwardDq, MaterializedBackwardDkdv]);
+                kernels.extend(Kernel::attention(cfg.attention, d));
                 let smem = materialized_smem(cfg.seq);
                 if smem > DEFAULT_SMEM_LIMIT {
                     smem_limits.extend([(MaterializedForward, smem), (MaterializedBackwardDq, smem)]);
@@ -443,32 +436,9 @@ mod tests {
 
     #[test]
     fn every_kernel_has_a_slot_of_its_own() {
-        let all = [
-            Kernel::EmbeddingForward,
-            Kernel::EmbeddingBackwardWpe,
-            Kernel::EmbeddingBackwardWte,
-            Kernel::LayernormForward,
-            Kernel::LayernormBackwardDx,
-            Kernel::LayernormBackwardDxF32dy,
-            Kernel::LayernormBackwardDwdbPartial,
-            Kernel::LayernormBackwardDwdbPartialF32dy,
-            Kernel::LayernormBackwardDwdbReduce,
-            Kernel::ColsumPartial,
-            Kernel::ColsumReduce,
-            Kernel::GeluForward,
-            Kernel::GeluBackward,
-            Kernel::CeStatsUpdate,
-            Kernel::CeLoss,
-            Kernel::CeBackward,
-            Kernel::AdamwUpdate,
-            Kernel::FillBf16,
-            Kernel::AttentionBackwardDelta,
-            Kernel::FlashForward(64),
-            Kernel::FlashBackward(64),
-            Kernel::MaterializedForward,
-            Kernel::MaterializedBackwardDq,
-            Kernel::MaterializedBackwardDkdv,
-        ];
+        let mut all = Kernel::COMMON.to_vec();
+        all.extend(Kernel::attention(Attention::Fused, 64));
+        all.extend(Kernel::attention(Attention::Materialized, 64));
         let mut slots: Vec<usize> = all.iter().map(|k| k.slot()).collect();
         slots.sort_unstable();
         assert_eq!(slots, (0..Kernel::SLOTS).collect::<Vec<_>>());

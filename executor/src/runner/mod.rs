@@ -14,7 +14,7 @@ mod issue;
 
 use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
-use models::order::{Order, Place};
+use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
 use models::trace::StepTimes;
@@ -103,15 +103,10 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
     // Every wait binds to an earlier record, and the host copies are read and written in an order
     // the events fix (the executor's host memory depends on it; the device side is the
     // simulator's to check).
-    let order = Order::build(program, &schedule.actions).map_err(|e| ExecError::Refused(e.to_string()))?;
-    if let Some(r) = order.first_race(program, &schedule.actions, &[Place::Host]) {
-        return Err(ExecError::Refused(format!(
-            "actions {} and {} access the host copy of {} with nothing ordering them: re-plan it (offplan plan ...)",
-            r.other,
-            r.action,
-            program.inventory.tensor(r.tensor).name
-        )));
-    }
+    check_host_copies(program, &schedule.actions).map_err(|e| match e {
+        OrderError::HostRace { .. } => ExecError::Refused(format!("{e}: re-plan it (offplan plan ...)")),
+        other => ExecError::Refused(other.to_string()),
+    })?;
     Ok(())
 }
 
