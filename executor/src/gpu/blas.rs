@@ -54,11 +54,46 @@ fn alignment(ptr: u64) -> u32 {
     }
 }
 
+/// A matmul descriptor, destroyed when dropped.
+struct Desc(lts::cublasLtMatmulDesc_t);
+/// A matrix layout, destroyed when dropped.
+struct Layout(lts::cublasLtMatrixLayout_t);
+/// A matmul preference, destroyed when dropped.
+struct Pref(lts::cublasLtMatmulPreference_t);
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: made by create_matmul_desc and destroyed only here.
+        if let Err(e) = unsafe { ltr::destroy_matmul_desc(self.0) } {
+            tracing::warn!("cublasLtMatmulDescDestroy failed: {e}");
+        }
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: made by create_matrix_layout and destroyed only here.
+        if let Err(e) = unsafe { ltr::destroy_matrix_layout(self.0) } {
+            tracing::warn!("cublasLtMatrixLayoutDestroy failed: {e}");
+        }
+    }
+}
+
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: made by create_matmul_pref and destroyed only here.
+        if let Err(e) = unsafe { ltr::destroy_matmul_pref(self.0) } {
+            tracing::warn!("cublasLtMatmulPreferenceDestroy failed: {e}");
+        }
+    }
+}
+
+/// What one shape's products need: descriptors and the heuristic's algorithm.
 struct Plan {
-    desc: lts::cublasLtMatmulDesc_t,
-    a: lts::cublasLtMatrixLayout_t,
-    b: lts::cublasLtMatrixLayout_t,
-    d: lts::cublasLtMatrixLayout_t,
+    desc: Desc,
+    a: Layout,
+    b: Layout,
+    d: Layout,
     algo: lts::cublasLtMatmulAlgo_t,
 }
 
@@ -82,7 +117,7 @@ impl Lt {
             return Ok(());
         }
         use lts::cublasLtMatmulDescAttributes_t::*;
-        let desc = ltr::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType::CUDA_R_32F)?;
+        let desc = Desc(ltr::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType::CUDA_R_32F)?);
         let op = |t: bool| {
             if t {
                 cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
@@ -93,24 +128,24 @@ impl Lt {
         let (ta, tb) = (op(key.ta), op(key.tb));
         // SAFETY: each value is of the type and size cuBLASLt documents for its attribute.
         unsafe {
-            desc_attr(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
-            desc_attr(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb)?;
+            desc_attr(desc.0, CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
+            desc_attr(desc.0, CUBLASLT_MATMUL_DESC_TRANSB, &tb)?;
             if key.bias {
-                desc_attr(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS)?;
-                desc_attr(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &lts::cudaDataType::CUDA_R_16BF)?;
+                desc_attr(desc.0, CUBLASLT_MATMUL_DESC_EPILOGUE, &lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS)?;
+                desc_attr(desc.0, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &lts::cudaDataType::CUDA_R_16BF)?;
             }
         }
         let (ar, ac) = if key.ta { (key.k, key.m) } else { (key.m, key.k) };
         let (br, bc) = if key.tb { (key.n, key.k) } else { (key.k, key.n) };
-        let a = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, ar, ac, key.lda)?;
-        let b = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, br, bc, key.ldb)?;
-        let d = ltr::create_matrix_layout(cuda_type(key.out), key.m, key.n, key.ldd)?;
-        let pref = ltr::create_matmul_pref()?;
+        let a = Layout(ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, ar, ac, key.lda)?);
+        let b = Layout(ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, br, bc, key.ldb)?);
+        let d = Layout(ltr::create_matrix_layout(cuda_type(key.out), key.m, key.n, key.ldd)?);
+        let pref = Pref(ltr::create_matmul_pref()?);
         let ws = self.workspace_bytes as u64;
         // SAFETY: as above; all descriptors are live.
         let heur = unsafe {
             ltr::set_matmul_pref_attribute(
-                pref,
+                pref.0,
                 lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &ws as *const u64 as *const c_void,
                 8,
@@ -122,13 +157,12 @@ impl Lt {
                 (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
                 (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[3]),
             ] {
-                ltr::set_matmul_pref_attribute(pref, attr, &al as *const u32 as *const c_void, 4)?;
+                ltr::set_matmul_pref_attribute(pref.0, attr, &al as *const u32 as *const c_void, 4)?;
             }
-            let h = ltr::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, pref);
-            ltr::destroy_matmul_pref(pref)?;
-            h
-        }
-        .map_err(|e| GpuError::Invalid(format!("no cuBLASLt algorithm for {key:?}: {e}")))?;
+            ltr::get_matmul_algo_heuristic(self.handle, desc.0, a.0, b.0, d.0, d.0, pref.0)
+        };
+        drop(pref);
+        let heur = heur.map_err(|e| GpuError::Invalid(format!("no cuBLASLt algorithm for {key:?}: {e}")))?;
         self.plans.borrow_mut().insert(key, Plan { desc, a, b, d, algo: heur.algo });
         Ok(())
     }
@@ -176,21 +210,21 @@ impl Lt {
         // plans were made for (checked above).
         unsafe {
             if let Some(bias) = bias {
-                desc_attr(plan.desc, lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+                desc_attr(plan.desc.0, lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
             }
             ltr::matmul(
                 self.handle,
-                plan.desc,
+                plan.desc.0,
                 &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
                 a as *const c_void,
-                plan.a,
+                plan.a.0,
                 b as *const c_void,
-                plan.b,
+                plan.b.0,
                 c as *const c_void,
-                plan.d,
+                plan.d.0,
                 d as *mut c_void,
-                plan.d,
+                plan.d.0,
                 &plan.algo,
                 workspace.ptr() as *mut c_void,
                 self.workspace_bytes,
@@ -203,15 +237,11 @@ impl Lt {
 
 impl Drop for Lt {
     fn drop(&mut self) {
-        // SAFETY: created here, destroyed once.
-        unsafe {
-            for (_, p) in self.plans.borrow_mut().drain() {
-                let _ = ltr::destroy_matrix_layout(p.a);
-                let _ = ltr::destroy_matrix_layout(p.b);
-                let _ = ltr::destroy_matrix_layout(p.d);
-                let _ = ltr::destroy_matmul_desc(p.desc);
-            }
-            let _ = ltr::destroy_handle(self.handle);
+        // The plans' descriptors first, then the handle.
+        self.plans.borrow_mut().clear();
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { ltr::destroy_handle(self.handle) } {
+            tracing::warn!("cublasLtDestroy failed: {e}");
         }
     }
 }
