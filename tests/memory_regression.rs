@@ -288,7 +288,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         budget_bytes: Some(p.peak_device().0 + (64 << 20)),
         strategy: "host-optimizer,recompute-all,stream-weights".into(),
         decisions: plan.schedule.decisions.clone(),
-        predicted_time: Some(times.clone()),
+        predicted_time: Some(times),
         measured_time: Some(times),
         allocator: String::new(),
     };

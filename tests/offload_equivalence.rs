@@ -94,6 +94,19 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
+/// Every strategy's schedule passes the executor's own checks (its events bind, its host copies
+/// never race), on any machine.
+#[test]
+fn every_strategys_schedule_passes_the_executors_checks() {
+    let program = small_125m();
+    let hw = hardware();
+    for names in SAME_KERNELS.iter().chain(HOST_WORK) {
+        let presets = planner::strategy::parse_strategy(names).unwrap();
+        let plan = planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), names, &presets).unwrap();
+        executor::runner::check_schedule(&program, &plan.schedule).unwrap_or_else(|e| panic!("{names}: {e}"));
+    }
+}
+
 #[test]
 fn every_strategy_trains_like_the_all_on_gpu_step() {
     let program = small_125m();
@@ -126,6 +139,7 @@ fn the_planners_mixed_plan_under_a_tight_budget_trains_like_the_all_on_gpu_step(
     let plan = planner::plan(&program, &hw, budget, &opts_plan).unwrap();
     let off = plan.schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
     assert!(off > 0, "a budget below keep-all must move something off the GPU");
+    executor::runner::check_schedule(&program, &plan.schedule).unwrap();
     let Some(base) = baseline(&program) else { return };
     let losses = losses_of(&program, &plan.schedule);
     let host = plan.schedule.actions.iter().any(|a| matches!(a, models::schedule::Action::HostRun(_)));

@@ -1,8 +1,11 @@
 //! The executor: runs a GPT training step on a real GPU (NVRTC kernels of `executor/kernels`,
 //! cuBLASLt products, the stream-ordered allocator) and measures it.
 //!
-//! CUDA sits behind the `cuda` feature, and all `unsafe` in [`gpu`] (and the one memory map of
-//! `mmap`, for token shards and checkpoints); without the feature (or without a device)
+//! What runs is plain Rust, testable without a GPU: [`kernels`] describes every kernel's launch
+//! (parameters, geometry, the elements each buffer must hold), [`ops`] what each op of the step
+//! program launches, [`host`] the work a schedule may put on the CPU. CUDA sits behind the
+//! `cuda` feature, and all `unsafe` in [`gpu`] (and the one memory map of `mmap`, for token
+//! shards and checkpoints); without the feature (or without a device)
 //! everything else builds and tests, and [`train::run_all_on_gpu`] answers [`ExecError::NoGpu`].
 
 pub mod calibrate;
@@ -13,14 +16,16 @@ pub mod export;
 pub mod gpu;
 pub mod host;
 pub mod init;
+pub mod kernels;
 mod mmap;
+pub mod ops;
 pub mod runner;
 #[cfg(feature = "cuda")]
 pub mod step;
 pub mod train;
 
 pub use host::AdamW;
-pub use runner::{run_schedule, Allocator, LaneTimes, MemoryPoint, ScheduleRunResult};
+pub use runner::{run_schedule, Allocator, MemoryPoint, ScheduleRunResult};
 pub use train::{run_all_on_gpu, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.
@@ -46,6 +51,12 @@ pub enum ExecError {
     /// Host work (CPU embedding, host AdamW) failed inside a step.
     #[error("host work failed: {0}")]
     Host(String),
+    /// A launch whose arguments do not fit its kernel (a bug, not an input).
+    #[error(transparent)]
+    Launch(#[from] kernels::LaunchError),
+    /// A calibration measured something that makes no sense.
+    #[error("calibration: {0}")]
+    Calibration(String),
     #[error("the loss is {loss} at step {step}")]
     Diverged { step: u32, loss: f64 },
 }

@@ -62,10 +62,42 @@ pub struct RunResult {
 /// Runs `opts.steps` training steps of `program`, everything on the GPU, on batches of the
 /// shipped corpus; calls `on_step` after each.
 pub fn run_all_on_gpu(program: &Program, opts: &RunOptions, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+    imp::run(program, opts, corpus_batches(program)?, on_step)
+}
+
+/// Batches of `program`'s micro-batch shape from the shipped corpus (every run trains on them).
+pub(crate) fn corpus_batches(program: &Program) -> Result<Batches, ExecError> {
     let cfg = &program.config;
     let tokens = tokenize_corpus()?;
-    let batches = Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
-    imp::run(program, opts, batches, on_step)
+    Ok(Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?)
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use imp::open_device;
+
+#[cfg(feature = "cuda")]
+impl RunResult {
+    /// What a run measured: its steps, the pool's high-water marks, the most device memory in
+    /// use after any step, and the device as it was opened.
+    pub(crate) fn measured(
+        device: &crate::gpu::DeviceInfo,
+        steps: Vec<StepReport>,
+        pool: &crate::gpu::PoolStats,
+        device_used_high: u64,
+        corpus_tokens: usize,
+    ) -> RunResult {
+        RunResult {
+            device: device.name.clone(),
+            driver: device.driver.clone(),
+            steps,
+            pool_used_high: pool.used_high,
+            pool_reserved_high: pool.reserved_high,
+            device_used_high,
+            device_used_at_start: device.used(),
+            device_total: device.total,
+            corpus_tokens,
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -80,9 +112,24 @@ mod imp {
 mod imp {
     use super::*;
     use crate::export::{bf16_bytes, f32_bytes, i32_bytes, ExportWriter};
-    use crate::gpu::{elapsed_ms, record, Gpu};
+    use crate::gpu::{elapsed_ms, record, DeviceInfo, Gpu};
     use crate::init::init_params;
     use crate::step::{Capture, Step};
+
+    /// Opens device 0 and reports what it is and what is free.
+    pub fn open_device() -> Result<(Gpu, DeviceInfo), ExecError> {
+        let gpu = Gpu::new().map_err(ExecError::opening)?;
+        let info = gpu.info()?;
+        tracing::info!(
+            "device: {} (driver {}), {:.1} GiB, {:.0} MiB in use, {:.0} MiB free before allocating",
+            info.name,
+            info.driver,
+            info.total as f64 / (1u64 << 30) as f64,
+            info.used() as f64 / (1u64 << 20) as f64,
+            info.free as f64 / (1u64 << 20) as f64
+        );
+        Ok((gpu, info))
+    }
 
     pub fn run(
         program: &Program,
@@ -92,16 +139,8 @@ mod imp {
     ) -> Result<RunResult, ExecError> {
         let cfg = &program.config;
         let inv = &program.inventory;
-        let gpu = Gpu::new().map_err(ExecError::opening)?;
-        let device = gpu.name()?;
-        let driver = gpu.driver_version()?;
-        let (free0, total) = gpu.mem_info()?;
-        let device_used_at_start = total - free0;
-        println!(
-            "device: {device} (driver {driver}), {:.1} GiB, {:.0} MiB in use before allocating",
-            total as f64 / (1u64 << 30) as f64,
-            device_used_at_start as f64 / (1u64 << 20) as f64
-        );
+        let (gpu, device) = open_device()?;
+        let total = device.total;
         gpu.reset_pool_highs()?;
 
         let mut step = Step::new(&gpu, program, opts.adamw)?;
@@ -179,17 +218,7 @@ mod imp {
         if let Some(w) = export {
             w.finish(cfg, &opts.adamw, reports.iter().map(|r| r.loss).collect())?;
         }
-        Ok(RunResult {
-            device,
-            driver,
-            steps: reports,
-            pool_used_high: pool.used_high,
-            pool_reserved_high: pool.reserved_high,
-            device_used_high,
-            device_used_at_start,
-            device_total: total,
-            corpus_tokens: batches.len_tokens(),
-        })
+        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens()))
     }
 }
 

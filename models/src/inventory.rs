@@ -562,7 +562,7 @@ impl<'a> Builder<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Precision;
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod hardware;
 pub mod inventory;
 pub mod io;
+pub mod order;
 pub mod program;
 pub mod schedule;
 pub mod trace;

@@ -2,7 +2,7 @@
 //! the work on each lane, and where each block is. The simulator writes it; reports plot it.
 
 use crate::inventory::{BlockId, MemoryCategory};
-use crate::schedule::Lane;
+use crate::schedule::{Lane, Prediction};
 use crate::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -72,4 +72,48 @@ pub struct Trace {
     pub memory: Vec<MemorySample>,
     pub spans: Vec<Span>,
     pub blocks: Vec<BlockSpan>,
+}
+
+/// One step's time, broken into lanes: predicted (the simulator's trace) or measured (the
+/// executor's events around every action of one step).
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// The whole step, ms.
+    pub step_ms: f64,
+    /// Compute-lane busy time (ops and recomputation), ms.
+    pub compute_ms: f64,
+    /// Bytes copied host to device in the step.
+    pub h2d_bytes: u64,
+    /// Bytes copied device to host in the step.
+    pub d2h_bytes: u64,
+    /// H2D copy-lane busy time, ms.
+    pub h2d_ms: f64,
+    /// D2H copy-lane busy time, ms.
+    pub d2h_ms: f64,
+    /// Host-lane busy time (CPU embedding, host AdamW), ms; measured: as the host functions
+    /// timed themselves.
+    pub host_ms: f64,
+    /// Time the compute lane spent waiting on other lanes, ms (predicted: the prediction's
+    /// exposed transfer).
+    pub compute_wait_ms: f64,
+}
+
+impl StepTimes {
+    /// The simulator's step times: busy time of each lane from the trace's spans (waits apart),
+    /// bytes and exposed transfer from the prediction.
+    pub fn predicted(prediction: &Prediction, trace: &Trace) -> StepTimes {
+        let busy = |lane: Lane| -> f64 {
+            trace.spans.iter().filter(|s| s.lane == lane && s.kind != SpanKind::Wait).map(|s| (s.end.0 - s.start.0) * 1e3).sum()
+        };
+        StepTimes {
+            step_ms: prediction.step_time.0 * 1e3,
+            compute_ms: prediction.compute_time.0 * 1e3,
+            h2d_bytes: prediction.h2d_bytes.0,
+            d2h_bytes: prediction.d2h_bytes.0,
+            h2d_ms: busy(Lane::HostToDevice),
+            d2h_ms: busy(Lane::DeviceToHost),
+            host_ms: busy(Lane::Host),
+            compute_wait_ms: prediction.exposed_transfer.0 * 1e3,
+        }
+    }
 }

@@ -148,7 +148,7 @@ impl Case {
             fixed_overhead: 0,
             measured_device: record.measured.device_bytes,
             predicted_time: StepTimes::default(),
-            measured_time: record.measured_time.clone(),
+            measured_time: record.measured_time,
             median_ms: record.median_ms,
         }
     }

@@ -292,16 +292,7 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     }
 
     let predicted_time = StepTimes::predicted(p, &trace);
-    let measured_time = StepTimes {
-        step_ms: record.median_ms,
-        compute_ms: l.compute_ms,
-        h2d_bytes: l.h2d_bytes,
-        d2h_bytes: l.d2h_bytes,
-        h2d_ms: l.h2d_ms,
-        d2h_ms: l.d2h_ms,
-        host_ms: l.host_ms,
-        compute_wait_ms: l.compute_wait_ms,
-    };
+    let measured_time = StepTimes { step_ms: record.median_ms, ..l };
     println!("lanes (step {} measured action by action: {:.2} ms) vs the simulator:", result.measured_step, l.step_ms);
     for (what, m, pr) in [
         ("step (median of the timed steps)", measured_time.step_ms, predicted_time.step_ms),

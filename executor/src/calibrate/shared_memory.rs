@@ -5,7 +5,8 @@
 //! is uneven (device-to-host copies kept their speed, host-to-device copies and AdamW did not),
 //! so it is a table, not one shared rate.
 
-use super::{gb, CopyRow, Timed};
+use super::report::gb;
+use super::{CopyRow, Timed};
 use models::cost::HOST_ADAM_BYTES_PER_PARAM;
 use models::hardware::{HostSharing, Shares};
 use serde::Serialize;
@@ -192,20 +193,15 @@ impl SharedMemory {
 #[cfg(feature = "cuda")]
 pub(super) mod gpu {
     use super::{Copies, SharedMemory, SharedRow, SMALL_CALLS};
-    use crate::calibrate::{median, Timed};
-    use crate::gpu::{elapsed_ms, record, DeviceBuffer, Gpu, GpuError, PinnedBuffer};
+    use crate::calibrate::copies::{Buffers, CopyRow};
+    use crate::calibrate::timing::{Bench, R};
+    use crate::calibrate::{bad, median, Timed};
+    use crate::gpu::{elapsed_ms, record, DeviceBuffer, Gpu, GpuError, PinnedBuffer, PinnedCopies};
     use crate::host::bf16::{as_bf16, as_bf16_mut, f32_to_bf16};
     use crate::host::AdamW;
-    use crate::ExecError;
     use cudarc::driver::{CudaEvent, CudaStream};
     use rayon::prelude::*;
     use std::time::Instant;
-
-    type R<T> = std::result::Result<T, ExecError>;
-
-    fn bad(m: String) -> ExecError {
-        ExecError::Gpu(GpuError::Invalid(format!("calibration: {m}")))
-    }
 
     /// Host AdamW over `n` parameters in pinned memory.
     struct PinnedAdam {
@@ -267,16 +263,16 @@ pub(super) mod gpu {
         }
     }
 
-    /// The copy buffers: pinned source and destination, device destination and source.
-    pub struct CopyBuffers<'a> {
-        pub h_src: &'a PinnedBuffer,
-        pub h_dst: &'a mut PinnedBuffer,
-        pub d_dst: &'a DeviceBuffer,
-        pub d_src: &'a DeviceBuffer,
-        pub bytes: usize,
+    /// The copies beside host AdamW: from the pinned source into `d_dst`, and from `d_src` into
+    /// the pinned destination, `bytes` each.
+    struct CopyBuffers<'c, 'a> {
+        copies: &'c PinnedCopies<'a>,
+        d_dst: &'a DeviceBuffer,
+        d_src: &'a DeviceBuffer,
+        bytes: u64,
         /// Rates alone at `bytes`, to size the copy queues.
-        pub h2d_rate: f64,
-        pub d2h_rate: f64,
+        h2d_rate: f64,
+        d2h_rate: f64,
     }
 
     /// The median of `repeats` timings of `f` (seconds) after one untimed warm-up call.
@@ -286,63 +282,67 @@ pub(super) mod gpu {
         median(&times).ok_or_else(|| bad(format!("{what} took no finite time")))
     }
 
-    /// Host AdamW over `params` pinned parameters alone (`repeats` passes after a warm-up), then
-    /// beside each kind of copy.
-    pub fn measure(gpu: &Gpu, bufs: &mut CopyBuffers, params: usize, repeats: usize, threads: usize) -> R<SharedMemory> {
-        let mut adam = PinnedAdam::new(gpu, params)?;
-        let alone_s = warm_median(repeats, "host AdamW on pinned memory", || adam.pass())?;
-        let mut rows = Vec::new();
-        for copies in Copies::ALL {
-            rows.push(beside(gpu, bufs, &mut adam, copies, alone_s)?);
-        }
-        adam.check()?;
-        let calls = SMALL_CALLS.min(params);
-        let small_s = warm_median(repeats, "host AdamW in small calls", || adam.split_pass(calls))?;
-        Ok(SharedMemory {
-            adam_alone: Timed {
-                what: format!("host AdamW, {} M params in pinned memory, {threads} threads", params >> 20),
-                amount: params as f64,
-                seconds: alone_s,
-                launches: 0,
-            },
-            adam_small: Timed {
-                what: format!("host AdamW, {calls} calls of {:.2} M params", (params / calls) as f64 / (1 << 20) as f64),
-                amount: (params / calls) as f64,
-                seconds: small_s,
-                launches: 0,
-            },
-            rows,
+    /// Host AdamW over `host_adam_params` pinned parameters alone (`repeats` passes after a
+    /// warm-up), then beside each kind of copy of the largest size (`largest`: their rates
+    /// alone), then in small calls.
+    pub fn measure(b: &Bench, bufs: &mut Buffers, largest: &CopyRow) -> R<SharedMemory> {
+        let (params, repeats, threads) = (b.opts.host_adam_params, b.opts.repeats, rayon::current_num_threads());
+        tracing::info!("host AdamW over {} M parameters in pinned memory, alone and beside pinned copies ...", params >> 20);
+        let bytes = bufs.max_copy;
+        bufs.with_copies(b, |copies, dev| {
+            let bufs = CopyBuffers { copies, d_dst: &dev.d_a, d_src: &dev.d_b, bytes, h2d_rate: largest.h2d, d2h_rate: largest.d2h };
+            let gpu = b.gpu;
+            let mut adam = PinnedAdam::new(gpu, params)?;
+            let alone_s = warm_median(repeats, "host AdamW on pinned memory", || adam.pass())?;
+            let mut rows = Vec::new();
+            for copies in Copies::ALL {
+                rows.push(beside(gpu, &bufs, &mut adam, copies, alone_s)?);
+            }
+            adam.check()?;
+            let calls = SMALL_CALLS.min(params);
+            let small_s = warm_median(repeats, "host AdamW in small calls", || adam.split_pass(calls))?;
+            Ok(SharedMemory {
+                adam_alone: Timed {
+                    what: format!("host AdamW, {} M params in pinned memory, {threads} threads", params >> 20),
+                    amount: params as f64,
+                    seconds: alone_s,
+                    launches: 0,
+                },
+                adam_small: Timed {
+                    what: format!("host AdamW, {calls} calls of {:.2} M params", (params / calls) as f64 / (1 << 20) as f64),
+                    amount: (params / calls) as f64,
+                    seconds: small_s,
+                    launches: 0,
+                },
+                rows,
+            })
         })
     }
 
     /// Queues copies that last about 10 AdamW passes alone on each busy direction, runs AdamW
     /// passes until the first direction drains, and takes each direction's rate over the copies
     /// done by then and AdamW's over the passes that ended before.
-    fn beside(gpu: &Gpu, bufs: &mut CopyBuffers, adam: &mut PinnedAdam, copies: Copies, alone_s: f64) -> R<SharedRow> {
+    fn beside<'a>(gpu: &'a Gpu, bufs: &CopyBuffers, adam: &mut PinnedAdam, copies: Copies, alone_s: f64) -> R<SharedRow> {
         let span = (10.0 * alone_s).max(0.2);
         let count = |rate: f64| ((span * rate / bufs.bytes as f64).ceil() as usize).clamp(4, 512);
+        // `n` copies on `stream`, an event before the first and after each.
+        let queue = |stream: &'a CudaStream, n: usize, copy: &dyn Fn() -> R<()>| -> R<(&'a CudaStream, Vec<CudaEvent>)> {
+            let mut evs = vec![gpu.timing_event()?];
+            record(&evs[0], stream)?;
+            for _ in 0..n {
+                copy()?;
+                let e = gpu.timing_event()?;
+                record(&e, stream)?;
+                evs.push(e);
+            }
+            Ok((stream, evs))
+        };
         let mut lanes: Vec<(&CudaStream, Vec<CudaEvent>)> = Vec::new();
         if copies.h2d() {
-            let mut evs = vec![gpu.timing_event()?];
-            record(&evs[0], &gpu.h2d)?;
-            for _ in 0..count(bufs.h2d_rate) {
-                gpu.upload_pinned_async(&gpu.h2d, bufs.d_dst.ptr(), bufs.h_src, bufs.bytes)?;
-                let e = gpu.timing_event()?;
-                record(&e, &gpu.h2d)?;
-                evs.push(e);
-            }
-            lanes.push((gpu.h2d.as_ref(), evs));
+            lanes.push(queue(&gpu.h2d, count(bufs.h2d_rate), &|| Ok(bufs.copies.upload(&gpu.h2d, bufs.d_dst.range(0, bufs.bytes)?)?))?);
         }
         if copies.d2h() {
-            let mut evs = vec![gpu.timing_event()?];
-            record(&evs[0], &gpu.d2h)?;
-            for _ in 0..count(bufs.d2h_rate) {
-                gpu.download_pinned_async(&gpu.d2h, bufs.h_dst, bufs.d_src.ptr(), bufs.bytes)?;
-                let e = gpu.timing_event()?;
-                record(&e, &gpu.d2h)?;
-                evs.push(e);
-            }
-            lanes.push((gpu.d2h.as_ref(), evs));
+            lanes.push(queue(&gpu.d2h, count(bufs.d2h_rate), &|| Ok(bufs.copies.download(&gpu.d2h, bufs.d_src.range(0, bufs.bytes)?)?))?);
         }
         let drained = |lanes: &[(&CudaStream, Vec<CudaEvent>)]| -> R<bool> {
             for (_, evs) in lanes {

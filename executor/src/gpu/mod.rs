@@ -1,25 +1,31 @@
 //! Everything that touches CUDA, and all of the executor's `unsafe`: the context and its three
 //! streams (compute, host-to-device, device-to-host), timing events, the stream-ordered memory
 //! pool (`cuMemAllocAsync` on the device's default pool, release threshold at the maximum so
-//! freed memory stays reserved), pinned host memory, NVRTC compilation of `executor/kernels/*.cu`
-//! (carried in the binary with `include_str!`), kernel launches, and cuBLASLt bf16 matrix
-//! products with fp32 accumulation.
+//! freed memory stays reserved), pinned host memory and copies to and from it, NVRTC
+//! compilation and launches of the kernels ([`launch`]), cuBLASLt bf16 matrix products with fp32
+//! accumulation ([`blas`]), and the lanes a schedule runs on ([`lanes`]).
 //!
-//! Device memory is owned by RAII values ([`DeviceBuffer`], [`PinnedBuffer`]); every CUDA call's
-//! result is checked and turned into a [`GpuError`].
+//! Memory is owned by RAII values ([`DeviceBuffer`], [`PinnedBuffer`]); every CUDA call's result
+//! is checked and turned into a [`GpuError`]. No safe function takes a raw address: device memory
+//! is named by a buffer or a checked [`DeviceRange`] of one, kernel arguments by the regions of
+//! [`crate::kernels`], and an asynchronous copy into or out of host memory happens only where
+//! the host memory cannot be touched before the copy is done ([`Gpu::pinned_copies`], the lanes).
+//!
+//! What the types do not check is the order of work on the device: a buffer freed (the free is
+//! ordered on a stream) while another stream still uses it, or two streams writing one buffer at
+//! once, corrupt device memory, not host memory. The step orders its own work on one stream; a
+//! schedule's lanes are ordered by its events, which the simulator checks before a schedule runs.
 
-use cudarc::cublaslt::result as ltr;
-use cudarc::cublaslt::result::CublasError;
-use cudarc::cublaslt::sys as lts;
-use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream, DriverError};
 use std::ffi::c_void;
 use std::sync::Arc;
 
+pub mod blas;
 pub mod lanes;
-pub use lanes::HostView;
+pub mod launch;
+
+pub use blas::Lt;
+pub use launch::Kernels;
 
 /// What can go wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +35,7 @@ pub enum GpuError {
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
     #[error("cuBLASLt: {0}")]
-    Blas(#[from] CublasError),
+    Blas(#[from] cudarc::cublaslt::result::CublasError),
     #[error("NVRTC could not compile {file}: {message}")]
     Compile { file: &'static str, message: String },
     #[error("kernel {0} is not in any compiled file")]
@@ -53,6 +59,25 @@ pub struct Gpu {
     pub h2d: Arc<CudaStream>,
     pub d2h: Arc<CudaStream>,
     pool: sys::CUmemoryPool,
+}
+
+/// What [`Gpu::info`] tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// "major.minor".
+    pub driver: String,
+    pub compute_capability: (i32, i32),
+    /// Device memory free and in all (cuMemGetInfo), bytes.
+    pub free: u64,
+    pub total: u64,
+}
+
+impl DeviceInfo {
+    /// Device memory in use (total - free).
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
 }
 
 /// Pool statistics (bytes).
@@ -104,6 +129,13 @@ impl Gpu {
 
     pub fn compute_capability(&self) -> Result<(i32, i32)> {
         Ok(self.ctx.compute_capability()?)
+    }
+
+    /// The device's name, driver, compute capability and memory now.
+    pub fn info(&self) -> Result<DeviceInfo> {
+        let (name, driver, compute_capability) = (self.name()?, self.driver_version()?, self.compute_capability()?);
+        let (free, total) = self.mem_info()?;
+        Ok(DeviceInfo { name, driver, compute_capability, free, total })
     }
 
     /// (free, total) device memory (cuMemGetInfo).
@@ -175,54 +207,112 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copies host bytes into device memory, ordered on `stream`, and waits for it.
-    pub fn upload(&self, stream: &CudaStream, dst: u64, src: &[u8]) -> Result<()> {
-        // SAFETY: `src` stays borrowed until the synchronize below returns.
-        unsafe { result::memcpy_htod_async(dst, src, stream.cu_stream()) }?;
+    /// Copies `src` into `dst` (of the same length), ordered on `stream`, and waits for it.
+    pub fn upload<'a>(&self, stream: &CudaStream, dst: impl Into<DeviceRange<'a>>, src: &[u8]) -> Result<()> {
+        let dst = dst.into();
+        same_length("upload", src.len() as u64, dst.bytes)?;
+        // SAFETY: `dst` is a live range of `src.len()` bytes (checked); `src` stays borrowed
+        // until the synchronize below returns.
+        unsafe { result::memcpy_htod_async(dst.ptr(), src, stream.cu_stream()) }?;
         stream.synchronize()?;
         Ok(())
     }
 
-    /// Copies device bytes to the host, ordered on `stream`, and waits for it.
-    pub fn download(&self, stream: &CudaStream, dst: &mut [u8], src: u64) -> Result<()> {
-        // SAFETY: `dst` stays borrowed until the synchronize below returns.
-        unsafe { result::memcpy_dtoh_async(dst, src, stream.cu_stream()) }?;
+    /// Copies `src` into `dst` (of the same length), ordered on `stream`, and waits for it.
+    pub fn download<'a>(&self, stream: &CudaStream, dst: &mut [u8], src: impl Into<DeviceRange<'a>>) -> Result<()> {
+        let src = src.into();
+        same_length("download", src.bytes, dst.len() as u64)?;
+        // SAFETY: as `upload`, the other way.
+        unsafe { result::memcpy_dtoh_async(dst, src.ptr(), stream.cu_stream()) }?;
         stream.synchronize()?;
         Ok(())
     }
 
-    /// Asynchronous copy from pinned host memory to the device.
-    pub fn upload_pinned_async(&self, stream: &CudaStream, dst: u64, src: &PinnedBuffer, bytes: usize) -> Result<()> {
-        if bytes > src.bytes {
-            return Err(GpuError::Invalid(format!("copy of {bytes} bytes from a pinned buffer of {}", src.bytes)));
+    /// Device-to-device copy of `src` into `dst` (of the same length), ordered on `stream`.
+    pub fn copy_d2d<'a, 'b>(&self, stream: &CudaStream, dst: impl Into<DeviceRange<'a>>, src: impl Into<DeviceRange<'b>>) -> Result<()> {
+        let (dst, src) = (dst.into(), src.into());
+        same_length("device copy", src.bytes, dst.bytes)?;
+        // SAFETY: both are live ranges of that many bytes (checked).
+        unsafe { result::memcpy_dtod_async(dst.ptr(), src.ptr(), dst.bytes as usize, stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Sets every byte of `dst` to zero, ordered on `stream`.
+    pub fn zero<'a>(&self, stream: &CudaStream, dst: impl Into<DeviceRange<'a>>) -> Result<()> {
+        let dst = dst.into();
+        // SAFETY: a live range of that many bytes.
+        unsafe { result::memset_d8_async(dst.ptr(), 0, dst.bytes as usize, stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Runs `f` with asynchronous copies between the pinned buffers `src` (read by the device)
+    /// and `dst` (written by it) and the device allowed ([`PinnedCopies`]); waits for all three
+    /// streams before it returns (also when `f` panics), so no copy outlives the borrows of the
+    /// host buffers, and device buffers the copies use outlive the call.
+    pub fn pinned_copies<'a, R>(
+        &'a self,
+        src: &'a PinnedBuffer,
+        dst: &'a mut PinnedBuffer,
+        f: impl FnOnce(&PinnedCopies<'a>) -> R,
+    ) -> Result<R> {
+        /// Waits for the streams if `f` unwinds.
+        struct Wait<'g>(&'g Gpu);
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                if let Err(e) = self.0.synchronize() {
+                    tracing::warn!("waiting for the streams after pinned copies: {e}");
+                }
+            }
         }
-        // SAFETY: pinned memory that outlives the copy as long as the caller keeps it (the
-        // executor keeps its staging buffers for the whole run and synchronises before reuse).
-        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.ptr as *const c_void, bytes, stream.cu_stream()) }.result()?;
-        Ok(())
+        let copies = PinnedCopies { src, dst_ptr: dst.ptr, dst_bytes: dst.bytes, _dst: std::marker::PhantomData };
+        let wait = Wait(self);
+        let r = f(&copies);
+        std::mem::forget(wait);
+        self.synchronize()?;
+        Ok(r)
     }
+}
 
-    /// Asynchronous copy from the device to pinned host memory.
-    pub fn download_pinned_async(&self, stream: &CudaStream, dst: &mut PinnedBuffer, src: u64, bytes: usize) -> Result<()> {
-        if bytes > dst.bytes {
-            return Err(GpuError::Invalid(format!("copy of {bytes} bytes into a pinned buffer of {}", dst.bytes)));
+fn same_length(what: &str, from: u64, to: u64) -> Result<()> {
+    if from == to {
+        Ok(())
+    } else {
+        Err(GpuError::Invalid(format!("{what} of {from} bytes into {to}")))
+    }
+}
+
+/// Asynchronous copies between two pinned buffers and device memory, while
+/// [`Gpu::pinned_copies`] runs: the host buffers stay borrowed (untouchable by the host) until
+/// every stream has finished.
+pub struct PinnedCopies<'a> {
+    src: &'a PinnedBuffer,
+    dst_ptr: *mut u8,
+    dst_bytes: usize,
+    _dst: std::marker::PhantomData<&'a mut PinnedBuffer>,
+}
+
+impl<'a> PinnedCopies<'a> {
+    /// Copies the first `dst.bytes()` bytes of the source buffer into `dst`, ordered on `stream`.
+    pub fn upload(&self, stream: &CudaStream, dst: DeviceRange<'a>) -> Result<()> {
+        if dst.bytes > self.src.bytes as u64 {
+            return Err(GpuError::Invalid(format!("copy of {} bytes from a pinned buffer of {}", dst.bytes, self.src.bytes)));
         }
-        // SAFETY: as above.
-        unsafe { sys::cuMemcpyDtoHAsync_v2(dst.ptr as *mut c_void, src, bytes, stream.cu_stream()) }.result()?;
+        // SAFETY: the source is pinned memory borrowed until every stream is done (the scope);
+        // `dst` is a live range of that many bytes.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst.ptr(), self.src.ptr as *const c_void, dst.bytes as usize, stream.cu_stream()) }.result()?;
         Ok(())
     }
 
-    /// Device-to-device copy on `stream`.
-    pub fn copy_d2d(&self, stream: &CudaStream, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        // SAFETY: both ranges are live allocations of at least `bytes` (callers check).
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, stream.cu_stream()) }?;
-        Ok(())
-    }
-
-    /// Sets `bytes` bytes to zero on `stream`.
-    pub fn zero(&self, stream: &CudaStream, dst: u64, bytes: usize) -> Result<()> {
-        // SAFETY: a live allocation of at least `bytes`.
-        unsafe { result::memset_d8_async(dst, 0, bytes, stream.cu_stream()) }?;
+    /// Copies `src` into the first `src.bytes()` bytes of the destination buffer, ordered on
+    /// `stream`.
+    pub fn download(&self, stream: &CudaStream, src: DeviceRange<'a>) -> Result<()> {
+        if src.bytes > self.dst_bytes as u64 {
+            return Err(GpuError::Invalid(format!("copy of {} bytes into a pinned buffer of {}", src.bytes, self.dst_bytes)));
+        }
+        // SAFETY: the destination is pinned memory borrowed mutably until every stream is done
+        // (the scope), and nothing on the host reads or writes it meanwhile; `src` is a live
+        // range of that many bytes.
+        unsafe { sys::cuMemcpyDtoHAsync_v2(self.dst_ptr as *mut c_void, src.ptr(), src.bytes as usize, stream.cu_stream()) }.result()?;
         Ok(())
     }
 }
@@ -243,11 +333,21 @@ enum Backing {
 }
 
 impl DeviceBuffer {
+    /// The device address, to look at (alignment, the spacing of allocations); nothing takes
+    /// an address.
     pub fn ptr(&self) -> u64 {
         self.ptr
     }
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// `bytes` from `offset`; an error unless they lie inside the buffer.
+    pub fn range(&self, offset: u64, bytes: u64) -> Result<DeviceRange<'_>> {
+        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
+            return Err(GpuError::Invalid(format!("range {offset}+{bytes} outside a device buffer of {} bytes", self.bytes)));
+        }
+        Ok(DeviceRange { buf: self, offset, bytes })
     }
 
     /// `bytes` of `arena` from `offset`: a buffer that frees nothing when dropped. Reusing a
@@ -269,9 +369,34 @@ impl Drop for DeviceBuffer {
             // ordered before it by events) before this free, so the free is ordered after them.
             let r = unsafe { result::free_async(self.ptr, stream.cu_stream()) };
             if let Err(e) = r {
-                eprintln!("warning: cuMemFreeAsync failed: {e}");
+                tracing::warn!("cuMemFreeAsync failed: {e}");
             }
         }
+    }
+}
+
+/// A range of a live device buffer, checked when made ([`DeviceBuffer::range`]); a whole buffer
+/// converts into one.
+#[derive(Clone, Copy)]
+pub struct DeviceRange<'a> {
+    buf: &'a DeviceBuffer,
+    offset: u64,
+    bytes: u64,
+}
+
+impl DeviceRange<'_> {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// The device address of its first byte (for CUDA calls inside this module).
+    fn ptr(&self) -> sys::CUdeviceptr {
+        self.buf.ptr + self.offset
+    }
+}
+
+impl<'a> From<&'a DeviceBuffer> for DeviceRange<'a> {
+    fn from(buf: &'a DeviceBuffer) -> DeviceRange<'a> {
+        DeviceRange { buf, offset: 0, bytes: buf.bytes }
     }
 }
 
@@ -316,338 +441,7 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated by cuMemHostAlloc.
         if let Err(e) = unsafe { result::free_host(self.ptr as *mut c_void) } {
-            eprintln!("warning: cuMemFreeHost failed: {e}");
-        }
-    }
-}
-
-/// The kernel sources, carried in the binary.
-pub const KERNEL_FILES: &[(&str, &str)] = &[
-    ("encoder.cu", include_str!("../../kernels/encoder.cu")),
-    ("layernorm.cu", include_str!("../../kernels/layernorm.cu")),
-    ("bias.cu", include_str!("../../kernels/bias.cu")),
-    ("gelu.cu", include_str!("../../kernels/gelu.cu")),
-    ("crossentropy.cu", include_str!("../../kernels/crossentropy.cu")),
-    ("adamw.cu", include_str!("../../kernels/adamw.cu")),
-    ("misc.cu", include_str!("../../kernels/misc.cu")),
-    ("attention.cu", include_str!("../../kernels/attention.cu")),
-    ("attention_materialized.cu", include_str!("../../kernels/attention_materialized.cu")),
-];
-
-/// One kernel argument, passed by value.
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    /// A device pointer.
-    P(u64),
-    I(i32),
-    L(i64),
-    F(f32),
-}
-
-/// The compiled kernels.
-pub struct Kernels {
-    _modules: Vec<Arc<CudaModule>>,
-    functions: HashMap<String, CudaFunction>,
-}
-
-impl Kernels {
-    /// Compiles `files` (name, source) with NVRTC (C++17, sm_XY of the device, the CUDA include
-    /// path) and loads every `extern "C" __global__` function named in `wanted`.
-    pub fn compile(gpu: &Gpu, files: &[(&'static str, &'static str)], wanted: &[(&'static str, &str)]) -> Result<Kernels> {
-        let (major, minor) = gpu.compute_capability()?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let mut modules = Vec::new();
-        let mut functions = HashMap::new();
-        for (file, src) in files {
-            let names: Vec<&str> = wanted.iter().filter(|(f, _)| f == file).map(|(_, n)| *n).collect();
-            if names.is_empty() {
-                continue;
-            }
-            let opts = CompileOptions {
-                arch: Some(arch),
-                include_paths: vec!["/usr/local/cuda/include".into()],
-                options: vec!["-std=c++17".into()],
-                name: Some(file.to_string()),
-                ..Default::default()
-            };
-            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { file, message: e.to_string() })?;
-            let module = gpu.ctx.load_module(ptx)?;
-            for n in names {
-                let f = module.load_function(n).map_err(|e| GpuError::Invalid(format!("loading {n} from {file}: {e}")))?;
-                functions.insert(n.to_string(), f);
-            }
-            modules.push(module);
-        }
-        Ok(Kernels { _modules: modules, functions })
-    }
-
-    fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.functions.get(name).ok_or_else(|| GpuError::NoKernel(name.to_string()))
-    }
-
-    /// Sets a kernel's maximum dynamic shared memory (needed above 48 KiB).
-    pub fn set_max_dynamic_smem(&self, name: &str, bytes: u32) -> Result<()> {
-        self.func(name)?.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-        Ok(())
-    }
-
-    /// Launches `name` on `stream` with `args` by value.
-    pub fn launch(&self, stream: &CudaStream, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<()> {
-        let f = self.func(name)?;
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
-            return Err(GpuError::Invalid(format!("{name}: empty grid {grid:?}")));
-        }
-        let mut b = stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::P(p) => b.arg(p),
-                Arg::I(i) => b.arg(i),
-                Arg::L(l) => b.arg(l),
-                Arg::F(x) => b.arg(x),
-            };
-        }
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
-        // SAFETY: argument types and counts follow executor/kernels/README.md exactly (the
-        // caller passes them in the contract's order); pointers are live device allocations.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Invalid(format!("launching {name}: {e}")))?;
-        Ok(())
-    }
-}
-
-/// Element type of a matrix in a product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatType {
-    Bf16,
-    F32,
-}
-
-impl MatType {
-    fn cuda(self) -> lts::cudaDataType {
-        match self {
-            MatType::Bf16 => lts::cudaDataType::CUDA_R_16BF,
-            MatType::F32 => lts::cudaDataType::CUDA_R_32F,
-        }
-    }
-}
-
-/// One product in cuBLAS's column-major terms: `D (m x n) = op(A) op(B) [+ C] [+ bias (m)]`,
-/// A and B bf16, C and D of `out` type, fp32 accumulation. `c` (when given) is added with
-/// beta = 1; `bias` is a bf16 vector of m added to every column.
-#[derive(Clone, Copy, Debug)]
-pub struct Gemm {
-    pub m: u64,
-    pub n: u64,
-    pub k: u64,
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub a: u64,
-    pub lda: i64,
-    pub b: u64,
-    pub ldb: i64,
-    pub c: Option<u64>,
-    pub d: u64,
-    pub ldd: i64,
-    pub out: MatType,
-    pub bias: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct PlanKey {
-    m: u64,
-    n: u64,
-    k: u64,
-    ta: bool,
-    tb: bool,
-    lda: i64,
-    ldb: i64,
-    ldd: i64,
-    out: MatType,
-    bias: bool,
-    /// Alignment in bytes (power of two, at most 256) of A, B, C, D: the heuristic assumes
-    /// 256 unless told, and an algorithm chosen for 256 may refuse less.
-    align: [u32; 4],
-}
-
-fn alignment(ptr: u64) -> u32 {
-    if ptr == 0 {
-        256
-    } else {
-        (1u64 << ptr.trailing_zeros().min(8)) as u32
-    }
-}
-
-struct Plan {
-    desc: lts::cublasLtMatmulDesc_t,
-    a: lts::cublasLtMatrixLayout_t,
-    b: lts::cublasLtMatrixLayout_t,
-    d: lts::cublasLtMatrixLayout_t,
-    algo: lts::cublasLtMatmulAlgo_t,
-}
-
-/// cuBLASLt with its workspace (the inventory's `matmul_workspace`) and a plan per shape.
-pub struct Lt {
-    handle: lts::cublasLtHandle_t,
-    workspace: u64,
-    workspace_bytes: usize,
-    plans: RefCell<HashMap<PlanKey, Plan>>,
-}
-
-impl Lt {
-    /// `workspace` must stay allocated as long as this value is used.
-    pub fn new(workspace: &DeviceBuffer) -> Result<Lt> {
-        Ok(Lt {
-            handle: ltr::create_handle()?,
-            workspace: workspace.ptr(),
-            workspace_bytes: workspace.bytes() as usize,
-            plans: RefCell::new(HashMap::new()),
-        })
-    }
-
-    fn plan(&self, key: PlanKey) -> Result<()> {
-        if self.plans.borrow().contains_key(&key) {
-            return Ok(());
-        }
-        use lts::cublasLtMatmulDescAttributes_t::*;
-        let desc = ltr::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType::CUDA_R_32F)?;
-        let op = |t: bool| {
-            if t {
-                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let (ta, tb) = (op(key.ta), op(key.tb));
-        // SAFETY: attribute buffers of the documented types and sizes.
-        unsafe {
-            ltr::set_matmul_desc_attribute(
-                desc,
-                CUBLASLT_MATMUL_DESC_TRANSA,
-                &ta as *const _ as *const c_void,
-                std::mem::size_of_val(&ta),
-            )?;
-            ltr::set_matmul_desc_attribute(
-                desc,
-                CUBLASLT_MATMUL_DESC_TRANSB,
-                &tb as *const _ as *const c_void,
-                std::mem::size_of_val(&tb),
-            )?;
-            if key.bias {
-                let epi = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-                ltr::set_matmul_desc_attribute(
-                    desc,
-                    CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    &epi as *const _ as *const c_void,
-                    std::mem::size_of_val(&epi),
-                )?;
-                let bt = lts::cudaDataType::CUDA_R_16BF;
-                ltr::set_matmul_desc_attribute(
-                    desc,
-                    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    &bt as *const _ as *const c_void,
-                    std::mem::size_of_val(&bt),
-                )?;
-            }
-        }
-        let (ar, ac) = if key.ta { (key.k, key.m) } else { (key.m, key.k) };
-        let (br, bc) = if key.tb { (key.n, key.k) } else { (key.k, key.n) };
-        let a = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, ar, ac, key.lda)?;
-        let b = ltr::create_matrix_layout(lts::cudaDataType::CUDA_R_16BF, br, bc, key.ldb)?;
-        let d = ltr::create_matrix_layout(key.out.cuda(), key.m, key.n, key.ldd)?;
-        let pref = ltr::create_matmul_pref()?;
-        let ws = self.workspace_bytes as u64;
-        // SAFETY: as above; all descriptors are live.
-        let heur = unsafe {
-            ltr::set_matmul_pref_attribute(
-                pref,
-                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                8,
-            )?;
-            use lts::cublasLtMatmulPreferenceAttributes_t::*;
-            for (attr, al) in [
-                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[0]),
-                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[1]),
-                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
-                (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[3]),
-            ] {
-                ltr::set_matmul_pref_attribute(pref, attr, &al as *const u32 as *const c_void, 4)?;
-            }
-            let h = ltr::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, pref);
-            ltr::destroy_matmul_pref(pref)?;
-            h
-        }
-        .map_err(|e| GpuError::Invalid(format!("no cuBLASLt algorithm for {key:?}: {e}")))?;
-        self.plans.borrow_mut().insert(key, Plan { desc, a, b, d, algo: heur.algo });
-        Ok(())
-    }
-
-    /// Enqueues one product on `stream`.
-    pub fn matmul(&self, stream: &CudaStream, g: &Gemm) -> Result<()> {
-        let align = [alignment(g.a), alignment(g.b), alignment(g.c.unwrap_or(g.d)), alignment(g.d)];
-        let key = PlanKey {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            ta: g.trans_a,
-            tb: g.trans_b,
-            lda: g.lda,
-            ldb: g.ldb,
-            ldd: g.ldd,
-            out: g.out,
-            bias: g.bias.is_some(),
-            align,
-        };
-        self.plan(key)?;
-        let plans = self.plans.borrow();
-        let p = &plans[&key];
-        let alpha: f32 = 1.0;
-        let beta: f32 = if g.c.is_some() { 1.0 } else { 0.0 };
-        let c = g.c.unwrap_or(g.d);
-        // SAFETY: pointers are live device allocations of the shapes described by the plan's
-        // layouts (the step checks tensor sizes); the workspace is the inventory's tensor.
-        unsafe {
-            if let Some(bias) = g.bias {
-                ltr::set_matmul_desc_attribute(
-                    p.desc,
-                    lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &bias as *const u64 as *const c_void,
-                    8,
-                )?;
-            }
-            ltr::matmul(
-                self.handle,
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                g.a as *const c_void,
-                p.a,
-                g.b as *const c_void,
-                p.b,
-                c as *const c_void,
-                p.d,
-                g.d as *mut c_void,
-                p.d,
-                &p.algo,
-                self.workspace as *mut c_void,
-                self.workspace_bytes,
-                stream.cu_stream() as lts::cudaStream_t,
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Lt {
-    fn drop(&mut self) {
-        // SAFETY: created here, destroyed once.
-        unsafe {
-            for (_, p) in self.plans.borrow_mut().drain() {
-                let _ = ltr::destroy_matrix_layout(p.a);
-                let _ = ltr::destroy_matrix_layout(p.b);
-                let _ = ltr::destroy_matrix_layout(p.d);
-                let _ = ltr::destroy_matmul_desc(p.desc);
-            }
-            let _ = ltr::destroy_handle(self.handle);
+            tracing::warn!("cuMemFreeHost failed: {e}");
         }
     }
 }

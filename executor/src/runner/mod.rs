@@ -14,8 +14,10 @@ mod issue;
 
 use crate::train::{RunOptions, RunResult, StepReport};
 use crate::ExecError;
+use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
 use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
+use models::trace::StepTimes;
 use serde::Serialize;
 
 /// Where a schedule's tensors get device memory.
@@ -39,22 +41,6 @@ impl Allocator {
     }
 }
 
-/// Busy time and bytes of each lane over one measured step (ms, bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct LaneTimes {
-    pub step_ms: f64,
-    /// Kernels and recomputation on the compute stream.
-    pub compute_ms: f64,
-    pub h2d_bytes: u64,
-    pub d2h_bytes: u64,
-    pub h2d_ms: f64,
-    pub d2h_ms: f64,
-    /// Host work (CPU embedding, host AdamW), as the host functions timed themselves.
-    pub host_ms: f64,
-    /// Time the compute stream sat in `Wait`s for other lanes.
-    pub compute_wait_ms: f64,
-}
-
 /// Tensor bytes in use right after an allocation or free of the measured step, at the time the
 /// compute stream reached it: the pool's used bytes, or with an arena the bytes of the tensors
 /// the executor holds in it.
@@ -76,14 +62,16 @@ pub struct ScheduleRunResult {
     pub arena_bytes: Option<u64>,
     /// Pinned host memory the run holds for off-GPU blocks.
     pub pinned_bytes: u64,
-    /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`).
+    /// The step measured action by action (its time is in `lanes.step_ms`, not in `run.steps`):
+    /// each lane's busy time and bytes, and the compute lane's waits.
     pub measured_step: u32,
-    pub lanes: LaneTimes,
+    pub lanes: StepTimes,
     pub memory: Vec<MemoryPoint>,
 }
 
 /// Checks that `schedule` is one this executor can run for `program`: its format version and
-/// program digest, and that every event is recorded before any wait on it.
+/// program digest, its ops, every event recorded before any wait on it, and no race on a host
+/// copy.
 pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), ExecError> {
     if schedule.format_version != SCHEDULE_FORMAT_VERSION {
         return Err(ExecError::Refused(format!(
@@ -98,15 +86,8 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
             schedule.inventory_digest
         )));
     }
-    let mut recorded = std::collections::HashSet::new();
     for (i, a) in schedule.actions.iter().enumerate() {
         match a {
-            Action::Record(e, _) => {
-                recorded.insert(*e);
-            }
-            Action::Wait(e, _) if !recorded.contains(e) => {
-                return Err(ExecError::Refused(format!("action {i} waits on event {} before any action records it", e.0)));
-            }
             Action::Run(op) | Action::Recompute(op) | Action::HostRun(op) if op.index() >= program.ops.len() => {
                 return Err(ExecError::Refused(format!("action {i} names op {}, the program has {}", op.0, program.ops.len())));
             }
@@ -119,6 +100,13 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
             _ => {}
         }
     }
+    // Every wait binds to an earlier record, and the host copies are read and written in an order
+    // the events fix (the executor's host memory depends on it; the device side is the
+    // simulator's to check).
+    check_host_copies(program, &schedule.actions).map_err(|e| match e {
+        OrderError::HostRace { .. } => ExecError::Refused(format!("{e}: re-plan it (offplan plan ...)")),
+        other => ExecError::Refused(other.to_string()),
+    })?;
     Ok(())
 }
 
@@ -133,10 +121,7 @@ pub fn run_schedule(
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
-    let cfg = &program.config;
-    let tokens = crate::data::tokenize_corpus()?;
-    let batches = crate::data::Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?;
-    imp(program, schedule, opts, allocator, batches, on_step)
+    imp(program, schedule, opts, allocator, crate::train::corpus_batches(program)?, on_step)
 }
 
 #[cfg(feature = "cuda")]
@@ -250,5 +235,26 @@ mod tests {
         let ln1 = p.find(OpKind::Ln1(0)).unwrap().id;
         s.actions.push(Action::HostRun(ln1));
         assert!(check_schedule(&p, &s).unwrap_err().to_string().contains("on the host"));
+    }
+
+    /// Host AdamW writes the host copy of a layer's weights; a prefetch reads it: refused unless
+    /// an event orders the two.
+    #[test]
+    fn refuses_a_race_on_a_host_copy() {
+        let p = tiny();
+        let adam = p.find(OpKind::Adam(models::inventory::Owner::Layer(1))).unwrap().id;
+        let w = p.inventory.layers[1].weights;
+        let mut s = empty_schedule(&p);
+        s.actions.extend([Action::HostRun(adam), Action::Prefetch(w)]);
+        let e = check_schedule(&p, &s).unwrap_err().to_string();
+        assert!(e.contains("host copy of layer1.weights") && e.contains("re-plan"), "{e}");
+        let mut s = empty_schedule(&p);
+        s.actions.extend([
+            Action::HostRun(adam),
+            Action::Record(EventId(0), Lane::Host),
+            Action::Wait(EventId(0), Lane::HostToDevice),
+            Action::Prefetch(w),
+        ]);
+        check_schedule(&p, &s).unwrap();
     }
 }

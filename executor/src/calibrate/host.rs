@@ -1,0 +1,101 @@
+//! The host probes, with nothing on the GPU: a large host copy on all threads of the rayon pool
+//! and on one (`host_memory_bandwidth`), and host AdamW on pageable memory (printed beside the
+//! pinned rate `shared_memory` measures).
+
+use super::Timed;
+use serde::Serialize;
+
+/// What the host probes measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRates {
+    /// Host copy on all threads, bytes read + written.
+    pub host_copy: Timed,
+    /// Host copy on one thread, bytes read + written.
+    pub host_copy_one_thread: Timed,
+    /// Host AdamW on pageable memory: amount = parameters.
+    pub host_adam: Timed,
+    pub host_threads: usize,
+}
+
+#[cfg(any(feature = "cuda", test))]
+pub(super) use imp::measure;
+
+#[cfg(any(feature = "cuda", test))]
+mod imp {
+    use super::HostRates;
+    use crate::calibrate::{bad, size_label, Options, Timed};
+    use crate::host::bf16::f32_to_bf16;
+    use crate::ExecError;
+    use rayon::prelude::*;
+    use std::time::Instant;
+
+    /// `host_copy_bytes` copied on all threads and on one, `repeats` times each after a first
+    /// touch; then host AdamW over `host_adam_params` pageable parameters.
+    pub fn measure(opts: &Options) -> Result<HostRates, ExecError> {
+        let host_threads = rayon::current_num_threads();
+        tracing::info!(
+            "host: copies of {} and AdamW over {} M parameters on {host_threads} threads ...",
+            size_label(opts.host_copy_bytes as u64),
+            opts.host_adam_params >> 20
+        );
+        let hb = opts.host_copy_bytes;
+        let hsrc = vec![1u8; hb];
+        let mut hdst = vec![0u8; hb];
+        let par_copy = |dst: &mut [u8]| dst.par_chunks_mut(1 << 20).zip(hsrc.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        par_copy(&mut hdst); // first touch
+        let (mut hp, mut h1) = (Vec::new(), Vec::new());
+        for _ in 0..opts.repeats {
+            let t0 = Instant::now();
+            par_copy(&mut hdst);
+            hp.push(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            hdst.copy_from_slice(std::hint::black_box(&hsrc));
+            h1.push(t0.elapsed().as_secs_f64());
+        }
+        if hdst[hb - 1] != 1 {
+            return Err(bad("the host copy did not copy".into()));
+        }
+        drop((hsrc, hdst));
+        let label = size_label(hb as u64);
+        let host_copy = Timed::median_of(format!("host copy of {label}, {host_threads} threads"), 2.0 * hb as f64, &hp, "host copy", 0)?;
+        let host_copy_one_thread = Timed::median_of(format!("host copy of {label}, 1 thread"), 2.0 * hb as f64, &h1, "host copy", 0)?;
+
+        let n = opts.host_adam_params;
+        let mut w = vec![f32_to_bf16(0.01); n];
+        let g = vec![f32_to_bf16(1e-3); n];
+        let mut opt = vec![0.0f32; 3 * n];
+        opt[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.01));
+        let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![n as u64], offset: 0 }];
+        let h = crate::host::AdamW::default();
+        crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 1).map_err(|e| bad(e.to_string()))?; // warm-up, first touch
+        let mut ad = Vec::new();
+        for r in 0..opts.repeats {
+            let t0 = Instant::now();
+            crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 2 + r as u32).map_err(|e| bad(e.to_string()))?;
+            ad.push(t0.elapsed().as_secs_f64());
+        }
+        if !opt[..n].iter().step_by(4096).all(|x| x.is_finite() && *x < 0.01) {
+            return Err(bad("host AdamW left non-finite or unchanged master weights".into()));
+        }
+        let host_adam =
+            Timed::median_of(format!("host AdamW, {} M params, {host_threads} threads", n >> 20), n as f64, &ad, "host AdamW", 0)?;
+        drop((w, g, opt));
+        Ok(HostRates { host_copy, host_copy_one_thread, host_adam, host_threads })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::Options;
+
+    #[test]
+    fn host_rates_of_a_small_sample() {
+        let opts = Options { repeats: 2, host_copy_bytes: 1 << 20, host_adam_params: 1 << 16, ..Options::quick() };
+        let r = measure(&opts).unwrap();
+        assert!(r.host_copy.rate() > 0.0 && r.host_copy_one_thread.rate() > 0.0 && r.host_adam.rate() > 0.0);
+        assert_eq!(r.host_copy.amount, 2.0 * (1 << 20) as f64);
+        assert_eq!(r.host_adam.amount, (1 << 16) as f64);
+        assert_eq!(r.host_threads, rayon::current_num_threads());
+    }
+}

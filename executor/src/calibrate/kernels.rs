@@ -1,0 +1,119 @@
+//! The kernels' probes: launch overhead (back-to-back `fill_bf16` launches), the attention
+//! forward and backward and the GELU forward and backward, each launched as the step launches
+//! it (layer 0's op, its tensors at their inventory sizes, random inputs).
+
+use super::Timed;
+use models::program::OpKind;
+use models::Program;
+use serde::Serialize;
+
+/// A kernel's forward and backward, timed side by side.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelPair {
+    pub forward: Timed,
+    pub backward: Timed,
+}
+
+/// (FLOPs, bytes, launches) of the first op of `kind` in the step program: the cost model's counts.
+pub fn program_op(program: &Program, kind: OpKind) -> Option<(f64, u64, u32)> {
+    program.ops.iter().find(|o| o.kind == kind).map(|o| (o.flops.0, o.bytes.0, o.launches))
+}
+
+#[cfg(feature = "cuda")]
+pub(super) use gpu::{attention, gelu, launch_overhead};
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{program_op, KernelPair};
+    use crate::calibrate::timing::{Bench, Case, Source, R};
+    use crate::calibrate::{bad, positive_median, Timed};
+    use crate::kernels::{FillBf16, MatType, Region};
+    use models::config::DType;
+    use models::program::OpKind;
+
+    /// Seconds per launch of `fill_bf16` on 256 elements, launched `launches` times back to back
+    /// (after 100 to warm up), the median over the rounds.
+    pub fn launch_overhead(b: &Bench) -> R<f64> {
+        let fill = FillBf16 { p: Region::whole(&b.tiny, b.tiny.bytes(), DType::Bf16), n: 256, value: 0.0 }
+            .launch()
+            .map_err(|e| bad(e.to_string()))?;
+        let run = || -> R<()> { Ok(b.kernels.launch(&b.gpu.compute, &fill, Ok)?) };
+        for _ in 0..100 {
+            run()?;
+        }
+        b.gpu.synchronize()?;
+        let launches = b.opts.launches;
+        let mut cases: Vec<Case> = vec![("fill_bf16 launches", launches, Box::new(run))];
+        let samples = b.side_by_side(&mut cases, &mut || Ok(()))?;
+        let overhead = positive_median(&samples[0], "launch overhead")?;
+        tracing::info!("launch overhead: {:.2} us per launch ({} back-to-back launches)", overhead * 1e6, launches);
+        Ok(overhead)
+    }
+
+    /// The attention forward and backward of layer 0 (FLOPs as the step program counts them).
+    pub fn attention(b: &Bench, src: &Source) -> R<KernelPair> {
+        let inv = &b.program.inventory;
+        let cfg = &b.program.config;
+        let (a0, s0) = (inv.acts[0], inv.scratch[0]);
+        let t = b.tensors(&[a0.qkv, a0.att, a0.atty, s0.datty, s0.datt, s0.dqkv])?;
+        src.fill(b.gpu, t.get(a0.qkv)?)?;
+        src.fill(b.gpu, t.get(s0.datty)?)?;
+        let (fwd, bwd) = (b.op_calls(OpKind::Attn(0))?, b.op_calls(OpKind::AttnBwd(0))?);
+        let (fwd_flops, _, fwd_launches) =
+            program_op(b.program, OpKind::Attn(0)).ok_or_else(|| bad("the step program has no attention op".into()))?;
+        let (bwd_flops, _, bwd_launches) =
+            program_op(b.program, OpKind::AttnBwd(0)).ok_or_else(|| bad("the step program has no attention backward op".into()))?;
+        let check = || {
+            let (atty, dqkv) = (t.get(a0.atty)?, t.get(s0.dqkv)?);
+            b.check_finite(atty, atty.bytes(), MatType::Bf16, "attention forward output")?;
+            b.check_finite(dqkv, dqkv.bytes(), MatType::Bf16, "attention backward dqkv")
+        };
+        let samples = b.time_ops(&t, &[("attention forward", fwd), ("attention backward", bwd)], check, &mut || Ok(()))?;
+        let d = cfg.hidden / cfg.heads;
+        let what = |dir: &str| format!("attention {dir} ({:?}, D {d})", cfg.attention);
+        let pair = KernelPair {
+            forward: Timed::median_of(what("forward"), fwd_flops, &samples[0], "attention forward", fwd_launches)?,
+            backward: Timed::median_of(what("backward"), bwd_flops, &samples[1], "attention backward", bwd_launches)?,
+        };
+        drop(t);
+        Ok(pair)
+    }
+
+    /// `gelu_forward` and `gelu_backward` of layer 0 (bytes as the step program counts them).
+    /// The backward runs in place on dfch, as the step does; the values stay finite
+    /// (|gelu'| < 1.13), and a fresh copy each round keeps them from shrinking to zeros.
+    pub fn gelu(b: &Bench, src: &Source) -> R<KernelPair> {
+        let inv = &b.program.inventory;
+        let (a0, s0) = (inv.acts[0], inv.scratch[0]);
+        let t = b.tensors(&[a0.fch, a0.fch_gelu, s0.dfch])?;
+        src.fill(b.gpu, t.get(a0.fch)?)?;
+        src.fill(b.gpu, t.get(s0.dfch)?)?;
+        let cnt = inv.tensor(a0.fch).bytes.0 / 2;
+        if !cnt.is_multiple_of(8) || inv.tensor(a0.fch_gelu).bytes.0 != 2 * cnt || inv.tensor(s0.dfch).bytes.0 != 2 * cnt {
+            return Err(bad(format!("the GELU tensors are not {cnt} bf16 values (a multiple of 8)")));
+        }
+        let (fwd, bwd) = (b.op_calls(OpKind::Gelu(0))?, b.op_calls(OpKind::GeluBwd(0))?);
+        let (_, gf_bytes, gf_launches) =
+            program_op(b.program, OpKind::Gelu(0)).ok_or_else(|| bad("the step program has no GELU op".into()))?;
+        let (_, gb_bytes, gb_launches) =
+            program_op(b.program, OpKind::GeluBwd(0)).ok_or_else(|| bad("the step program has no GELU backward op".into()))?;
+        let check = || {
+            let out = t.get(a0.fch_gelu)?;
+            b.check_finite(out, out.bytes(), MatType::Bf16, "gelu_forward output")
+        };
+        let dfch = t.get(s0.dfch)?;
+        let samples = b.time_ops(&t, &[("gelu_forward", fwd), ("gelu_backward", bwd)], check, &mut || src.fill(b.gpu, dfch))?;
+        let pair = KernelPair {
+            forward: Timed::median_of(format!("gelu_forward ({} values)", cnt), gf_bytes as f64, &samples[0], "gelu_forward", gf_launches)?,
+            backward: Timed::median_of(
+                format!("gelu_backward ({} values)", cnt),
+                gb_bytes as f64,
+                &samples[1],
+                "gelu_backward",
+                gb_launches,
+            )?,
+        };
+        drop(t);
+        Ok(pair)
+    }
+}

@@ -1,0 +1,111 @@
+//! The kernels compiled with NVRTC, and their launches: [`Kernels::for_config`] compiles what a
+//! step of a config launches ([`KernelSet`]) and raises the dynamic shared memory limits it
+//! needs once; [`Kernels::launch`] runs a [`Launch`] after checking it against its kernel's
+//! parameters and every region against its buffer.
+
+use super::{DeviceBuffer, Gpu, GpuError, Result};
+use crate::kernels::{Arg, Kernel, KernelSet, Launch, KERNEL_SOURCES};
+use cudarc::driver::{sys, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use std::sync::Arc;
+
+/// The compiled kernels of one [`KernelSet`].
+pub struct Kernels {
+    _modules: Vec<Arc<CudaModule>>,
+    /// By [`Kernel::slot`]: the kernel loaded there (with its head size) and its function.
+    functions: Vec<Option<(Kernel, CudaFunction)>>,
+}
+
+impl Kernels {
+    /// Compiles every kernel of `set` and sets their shared memory limits.
+    pub fn for_set(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
+        let t0 = std::time::Instant::now();
+        let kernels = Kernels::compile(gpu, set)?;
+        tracing::info!("compiled {} kernels with NVRTC in {:.1} s", set.kernels.len(), t0.elapsed().as_secs_f64());
+        for (k, bytes) in &set.smem_limits {
+            kernels
+                .function(*k)?
+                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, *bytes as i32)?;
+        }
+        Ok(kernels)
+    }
+
+    /// Compiles the files of `set`'s kernels with NVRTC (C++17, sm_XY of the device, the CUDA
+    /// include path) and loads the kernels.
+    fn compile(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
+        let (major, minor) = gpu.compute_capability()?;
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let mut modules = Vec::new();
+        let mut functions: Vec<Option<(Kernel, CudaFunction)>> = (0..Kernel::SLOTS).map(|_| None).collect();
+        for (file, src) in KERNEL_SOURCES {
+            let here: Vec<Kernel> = set.kernels.iter().copied().filter(|k| k.file() == *file).collect();
+            if here.is_empty() {
+                continue;
+            }
+            let opts = CompileOptions {
+                arch: Some(arch),
+                include_paths: vec!["/usr/local/cuda/include".into()],
+                options: vec!["-std=c++17".into()],
+                name: Some(file.to_string()),
+                ..Default::default()
+            };
+            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { file, message: e.to_string() })?;
+            let module = gpu.ctx.load_module(ptx)?;
+            for k in here {
+                let name = k.name();
+                let f = module.load_function(&name).map_err(|e| GpuError::Invalid(format!("loading {name} from {file}: {e}")))?;
+                functions[k.slot()] = Some((k, f));
+            }
+            modules.push(module);
+        }
+        Ok(Kernels { _modules: modules, functions })
+    }
+
+    fn function(&self, k: Kernel) -> Result<&CudaFunction> {
+        match &self.functions[k.slot()] {
+            Some((loaded, f)) if *loaded == k => Ok(f),
+            _ => Err(GpuError::NoKernel(k.name())),
+        }
+    }
+
+    /// Launches `l` on `stream`, each region's buffer given by `resolve`. Checks the arguments
+    /// against the kernel's parameters and every region against its live buffer first.
+    pub fn launch<'r, B: Copy>(&self, stream: &CudaStream, l: &Launch<B>, resolve: impl Fn(B) -> Result<&'r DeviceBuffer>) -> Result<()> {
+        l.check().map_err(GpuError::Invalid)?;
+        let f = self.function(l.kernel)?;
+        /// An argument's value, as the kernel takes it.
+        enum Value {
+            P(u64),
+            I(i32),
+            L(i64),
+            F(f32),
+        }
+        let mut values = Vec::with_capacity(l.args.len());
+        for a in &l.args {
+            values.push(match *a {
+                Arg::Buf(r) => Value::P(resolve(r.buf)?.range(r.offset, r.bytes)?.ptr()),
+                Arg::I32(x) => Value::I(x),
+                Arg::I64(x) => Value::L(x),
+                Arg::F32(x) => Value::F(x),
+            });
+        }
+        let mut b = stream.launch_builder(f);
+        for v in &values {
+            match v {
+                Value::P(p) => b.arg(p),
+                Value::I(i) => b.arg(i),
+                Value::L(x) => b.arg(x),
+                Value::F(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: l.grid, block_dim: (l.block, 1, 1), shared_mem_bytes: l.smem };
+        // SAFETY: the arguments match the kernel's parameters in count and type (checked against
+        // `Kernel::params`, the contract of executor/kernels/README.md); every pointer is inside
+        // a live buffer and spans what the kernel touches for the sizes it is given (the
+        // launchers of crate::kernels narrow each region to that, checked against the buffer
+        // above); the geometry and shared memory are the launcher's, whose limit was raised at
+        // set-up when above the default.
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Invalid(format!("launching {}: {e}", l.kernel.name())))?;
+        Ok(())
+    }
+}
