@@ -6,8 +6,16 @@ mod cmd;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Every command's exit codes, shown by each --help.
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad usage, 3 budget or host memory below what any plan needs, 4 no usable GPU.";
+
 #[derive(Parser)]
-#[command(name = "offplan", version, about = "Memory-offload planner, simulator and GPU executor for GPT training")]
+#[command(
+    name = "offplan",
+    version,
+    about = "Memory-offload planner, simulator and GPU executor for GPT training",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     /// Show the libraries' diagnostics on standard error: -v what each phase did, -vv its
     /// details, -vvv everything.
@@ -20,22 +28,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Parameter count, bytes per class, activations per layer, all-on-GPU peak, FLOPs per step.
+    #[command(after_help = EXIT_CODES)]
     Inspect(cmd::inspect::Args),
     /// Solve where every block lives under a budget; write schedule.ron and pictures.
+    #[command(after_help = EXIT_CODES)]
     Plan(cmd::plan::Args),
     /// Event-simulate a schedule: memory over time, step time, invariant checks.
+    #[command(after_help = EXIT_CODES)]
     Simulate(cmd::simulate::Args),
     /// Plan at budgets from the floor to the all-on-GPU peak; chart step time against budget.
+    #[command(after_help = EXIT_CODES)]
     Sweep(cmd::sweep::Args),
     /// Why a block sits where it does in a schedule.
+    #[command(after_help = EXIT_CODES)]
     Explain(cmd::explain::Args),
     /// Run training steps on the GPU (all on the GPU, or as a schedule says) and measure.
+    #[command(after_help = EXIT_CODES)]
     Run(cmd::run::Args),
     /// Measure the GPU and the host (copy rates, products, kernels, overheads); write a hardware profile.
+    #[command(after_help = EXIT_CODES)]
     Calibrate(cmd::calibrate::Args),
     /// Re-plan every run record with today's code: predicted against measured, table and charts.
+    #[command(after_help = EXIT_CODES)]
     Report(cmd::report::Args),
     /// Text files to llm.c token shards (GPT-2 BPE) for training on your own data.
+    #[command(after_help = EXIT_CODES)]
     Tokenize(cmd::tokenize::Args),
 }
 

@@ -89,6 +89,25 @@ pub struct GptConfig {
     pub output_chunks: u32,
 }
 
+/// The largest shapes offplan plans (see [`GptConfig::validate`]).
+pub const MAX_LAYERS: u32 = 512;
+pub const MAX_HIDDEN: u32 = 65536;
+pub const MAX_HEADS: u32 = 512;
+pub const MAX_VOCAB: u32 = 1 << 20;
+pub const MAX_SEQ: u32 = 1 << 17;
+/// The most bytes one training step may hold (weights, gradients, optimizer state and the
+/// activations of every layer): 256 PiB, far past any machine, so that every byte count of the
+/// step fits in 64 bits.
+pub const MAX_STEP_BYTES: f64 = (1u64 << 58) as f64;
+pub const MAX_BATCH: u32 = 4096;
+pub const MAX_OUTPUT_CHUNKS: u32 = 256;
+
+/// "1, 2, 3, 4, 6, 8, ..." : the divisors of `n` up to 64, for hints.
+fn small_divisors(n: u32) -> String {
+    let d: Vec<String> = (1..=64u32.min(n)).filter(|k| n.is_multiple_of(*k)).map(|k| k.to_string()).collect();
+    format!("{} divide it", d.join(", "))
+}
+
 impl GptConfig {
     /// Loads and validates a config file; errors name the file, the line and what to fix.
     pub fn load(path: &Path) -> Result<GptConfig, ModelError> {
@@ -98,7 +117,7 @@ impl GptConfig {
 
     /// Parses config text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<GptConfig, ModelError> {
-        let cfg: GptConfig = ron::from_str(text).map_err(|e| ModelError::parse(path, e))?;
+        let cfg: GptConfig = ron::from_str(text).map_err(|e| ModelError::parse(path, e, "models/configs/"))?;
         cfg.validate().map_err(|(field, message)| ModelError::Invalid {
             path: path.to_path_buf(),
             line: field_line(text, field),
@@ -125,6 +144,37 @@ impl GptConfig {
                 return Err((field, format!("`{field}` is 0: it must be at least 1")));
             }
         }
+        // What offplan plans in reasonable time (the step program has about 17 ops a layer, and
+        // the planner's work grows with layers and choices): well past the largest shipped config
+        // (gpt3-175b: 96 layers, hidden 12288, 96 heads, seq 2048).
+        let limits = [
+            ("layers", self.layers, MAX_LAYERS),
+            ("hidden", self.hidden, MAX_HIDDEN),
+            ("heads", self.heads, MAX_HEADS),
+            ("padded_vocab", self.padded_vocab, MAX_VOCAB),
+            ("max_seq", self.max_seq, MAX_SEQ),
+            ("batch", self.batch, MAX_BATCH),
+            ("output_chunks", self.output_chunks, MAX_OUTPUT_CHUNKS),
+        ];
+        for (field, v, max) in limits {
+            if v > max {
+                return Err((field, format!("`{field}` is {v}: offplan plans at most {max} (a step of that size would take the planner too long to plan interactively)")));
+            }
+        }
+        let (b, t, c, nh, l) =
+            (self.batch as f64, self.seq.max(self.max_seq) as f64, self.hidden as f64, self.heads as f64, self.layers as f64);
+        let params = l * (12.0 * c * c + 13.0 * c) + 2.0 * self.padded_vocab as f64 * c + self.max_seq as f64 * c;
+        let activations = l * (34.0 * b * t * c + 5.0 * nh * b * t * t) + b * t * self.padded_vocab as f64;
+        let bytes = 18.0 * params + 4.0 * activations;
+        if bytes > MAX_STEP_BYTES {
+            return Err((
+                "layers",
+                format!(
+                    "one step of this config would hold about {:.1e} bytes, past the {:.1e} offplan plans: make it smaller",
+                    bytes, MAX_STEP_BYTES
+                ),
+            ));
+        }
         if !self.hidden.is_multiple_of(self.heads) {
             return Err((
                 "heads",
@@ -147,8 +197,10 @@ impl GptConfig {
             return Err((
                 "output_chunks",
                 format!(
-                    "output_chunks {} does not divide padded_vocab {}: choose a divisor (e.g. 1, 2, 4, 8)",
-                    self.output_chunks, self.padded_vocab
+                    "output_chunks {} does not divide padded_vocab {}: choose a divisor ({})",
+                    self.output_chunks,
+                    self.padded_vocab,
+                    small_divisors(self.padded_vocab)
                 ),
             ));
         }
@@ -273,5 +325,36 @@ mod tests {
         let c = parse(GPT2).unwrap();
         assert!(c.with_shape(None, Some(2048), None).is_err());
         assert_eq!(c.with_shape(Some(4), Some(512), None).unwrap().tokens(), 2048);
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn extreme() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0u32), Just(1), Just(u32::MAX), 1u32..100_000, any::<u32>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any field values: validation answers without panicking, and a config it accepts
+        /// builds its step program without overflow.
+        #[test]
+        fn any_fields_validate_without_panic(
+            layers in extreme(), hidden in extreme(), heads in extreme(), vocab in extreme(), padded in extreme(),
+            max_seq in extreme(), batch in extreme(), seq in extreme(), chunks in extreme(), tied in any::<bool>(), fused in any::<bool>()
+        ) {
+            let c = GptConfig {
+                name: "p".into(), layers, hidden, heads, vocab, padded_vocab: padded, max_seq, batch, seq,
+                tied_embeddings: tied, attention: if fused { Attention::Fused } else { Attention::Materialized },
+                precision: Precision::default(), output_chunks: chunks,
+            };
+            if c.validate().is_ok() && c.layers <= 8 {
+                let p = crate::Program::build(&c);
+                prop_assert!(!p.ops.is_empty());
+            }
+        }
     }
 }

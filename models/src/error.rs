@@ -15,11 +15,13 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn parse(path: &Path, e: ron::error::SpannedError) -> ModelError {
+    /// A parse error of a file whose examples are in `examples` (models/configs/, ...).
+    pub(crate) fn parse(path: &Path, e: ron::error::SpannedError, examples: &str) -> ModelError {
         let hint = match &e.code {
-            ron::Error::NoSuchStructField { .. } => " (remove the field or fix its spelling; see models/configs/ for examples)",
-            ron::Error::MissingStructField { .. } => " (add the field; see models/configs/ for examples)",
-            _ => "",
+            ron::Error::NoSuchStructField { .. } => format!(" (remove the field or fix its spelling; see {examples} for examples)"),
+            ron::Error::MissingStructField { .. } => format!(" (add the field; see {examples} for examples)"),
+            ron::Error::ExpectedOption => " (an optional field is written Some(...), e.g. host_memory: Some(\"128GiB\"))".to_string(),
+            _ => String::new(),
         };
         ModelError::Parse { path: path.to_path_buf(), line: e.span.start.line, col: e.span.start.col, message: format!("{}{hint}", e.code) }
     }

@@ -30,6 +30,10 @@ pub struct HardwareProfile {
     /// None where the profile does not say: plans are then not held to a host limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_pinnable: Option<Bytes>,
+    /// How fast the host pins memory (page-locking it for the copy engines), where measured:
+    /// a run pins its host copies before the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pin_rate: Option<BytesPerSecond>,
     /// Pinned host-to-device copy rate with nothing else on the link.
     pub h2d: BytesPerSecond,
     /// Pinned device-to-host copy rate with nothing else on the link.
@@ -155,7 +159,7 @@ impl HardwareProfile {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<HardwareProfile, ModelError> {
-        let hw: HardwareProfile = ron::from_str(text).map_err(|e| ModelError::parse(path, e))?;
+        let hw: HardwareProfile = ron::from_str(text).map_err(|e| ModelError::parse(path, e, "models/hardware/"))?;
         hw.validate().map_err(|(field, message)| ModelError::Invalid {
             path: path.to_path_buf(),
             line: field_line(text, field),
@@ -179,6 +183,31 @@ impl HardwareProfile {
         for (field, v) in rates {
             if !(v.is_finite() && v > 0.0) {
                 return Err((field, format!("`{field}` must be a positive rate, got {v}")));
+            }
+        }
+        // Rates far outside any machine's would make every time infinite or zero: a typo.
+        let ranges = [
+            ("h2d", self.h2d.0, 1e6, 1e13),
+            ("d2h", self.d2h.0, 1e6, 1e13),
+            ("h2d_duplex", self.h2d_duplex.0, 1e6, 1e13),
+            ("d2h_duplex", self.d2h_duplex.0, 1e6, 1e13),
+            ("matmul_flops", self.matmul_flops.0, 1e9, 1e18),
+            ("attention_flops", self.attention_flops.0, 1e9, 1e18),
+            ("memory_bandwidth", self.memory_bandwidth.0, 1e8, 1e15),
+            ("host_memory_bandwidth", self.host_memory_bandwidth.0, 1e7, 1e14),
+            ("host_adam_params_per_second", self.host_adam_params_per_second, 1e3, 1e14),
+        ];
+        for (field, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return Err((
+                    field,
+                    format!("`{field}` is {v:e}, outside [{lo:e}, {hi:e}] per second: check its unit (bytes or FLOPs per second)"),
+                ));
+            }
+        }
+        if let Some(r) = self.host_pin_rate {
+            if !(r.0.is_finite() && (1e6..=1e13).contains(&r.0)) {
+                return Err(("host_pin_rate", format!("`host_pin_rate` is {:e}, outside [1e6, 1e13] bytes per second", r.0)));
             }
         }
         if !(self.host_adam_call_overhead.0.is_finite() && (0.0..1.0).contains(&self.host_adam_call_overhead.0)) {
@@ -222,8 +251,20 @@ impl HardwareProfile {
                 format!("`pinned_device_fraction` must be in [0, 0.5), got {}", self.pinned_device_fraction),
             ));
         }
-        if !(self.launch_overhead.0.is_finite() && self.launch_overhead.0 >= 0.0) {
-            return Err(("launch_overhead", "`launch_overhead` must be a finite number of seconds, zero or more".into()));
+        if !(self.launch_overhead.0.is_finite() && (0.0..1e-2).contains(&self.launch_overhead.0)) {
+            return Err((
+                "launch_overhead",
+                format!("`launch_overhead` must be a finite number of seconds in [0, 0.01), got {}", self.launch_overhead.0),
+            ));
+        }
+        if self.alloc_granularity.0 == 0 || self.alloc_granularity.0 > (1 << 30) {
+            return Err(("alloc_granularity", format!("`alloc_granularity` must be from 1 byte to 1 GiB, got {}", self.alloc_granularity)));
+        }
+        if self.pool_reserve_granularity.0 > (1 << 30) {
+            return Err((
+                "pool_reserve_granularity",
+                format!("`pool_reserve_granularity` must be at most 1 GiB, got {}", self.pool_reserve_granularity),
+            ));
         }
         Ok(())
     }
@@ -262,5 +303,43 @@ mod tests {
             }
         }
         assert!(n >= 3);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any rates and sizes: validation answers without panicking, and a profile it accepts
+        /// gives finite, positive times.
+        #[test]
+        fn any_values_validate_without_panic(
+            rates in proptest::collection::vec(proptest::prelude::prop_oneof![
+                proptest::prelude::Just(f64::NAN), proptest::prelude::Just(f64::INFINITY), proptest::prelude::Just(-1.0),
+                proptest::prelude::Just(0.0), proptest::prelude::Just(1e-300), proptest::prelude::Just(1e300), 1e3f64..1e16
+            ], 10),
+            overhead in proptest::prelude::prop_oneof![proptest::prelude::Just(f64::NAN), proptest::prelude::Just(-1e-6), 0.0f64..1e-3],
+            memory in 0u64..(1 << 40), fixed in 0u64..(1 << 40), pinnable in proptest::option::of(0u64..(1 << 45))
+        ) {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+            let mut hw = HardwareProfile::load(&dir.join("h100-sxm.ron")).unwrap();
+            hw.h2d.0 = rates[0];
+            hw.d2h.0 = rates[1];
+            hw.h2d_duplex.0 = rates[2];
+            hw.d2h_duplex.0 = rates[3];
+            hw.matmul_flops.0 = rates[4];
+            hw.attention_flops.0 = rates[5];
+            hw.memory_bandwidth.0 = rates[6];
+            hw.host_memory_bandwidth.0 = rates[7];
+            hw.host_adam_params_per_second = rates[8];
+            hw.host_pin_rate = Some(BytesPerSecond(rates[9]));
+            hw.launch_overhead = Seconds(overhead);
+            hw.memory = Bytes(memory);
+            hw.fixed_overhead = Bytes(fixed);
+            hw.host_pinnable = pinnable.map(Bytes);
+            if hw.validate().is_ok() {
+                for r in [hw.h2d.0, hw.d2h.0, hw.matmul_flops.0, hw.memory_bandwidth.0] {
+                    proptest::prop_assert!(r.is_finite() && r > 0.0);
+                    proptest::prop_assert!((1e9 / r).is_finite());
+                }
+            }
+        }
     }
 }

@@ -249,6 +249,9 @@ pub struct Schedule {
     pub host_resident: Vec<TensorId>,
     pub actions: Vec<Action>,
     pub prediction: Prediction,
+    /// SHA-256 of everything above, written by `save`: a file edited by hand is refused.
+    #[serde(default)]
+    pub checksum: String,
 }
 
 /// Errors reading a schedule.
@@ -262,6 +265,8 @@ pub enum ScheduleError {
     Version { path: String, found: u32, expected: u32 },
     #[error("{path} was planned for program {found}, but this model builds program {expected}: the config or offplan changed since; re-plan (offplan plan ...)")]
     Digest { path: String, found: String, expected: String },
+    #[error("{path} was changed after offplan wrote it (its checksum does not match its contents): re-plan rather than edit a schedule (offplan plan ...)")]
+    Edited { path: String },
 }
 
 impl Schedule {
@@ -281,7 +286,19 @@ impl Schedule {
                 return Err(ScheduleError::Version { path: p, found: h.format_version, expected: SCHEDULE_FORMAT_VERSION });
             }
         }
-        ron::from_str(&text).map_err(|e| ScheduleError::Parse { path: p, message: e.to_string() })
+        let s: Schedule = ron::from_str(&text).map_err(|e| ScheduleError::Parse { path: p.clone(), message: e.to_string() })?;
+        if s.checksum != s.compute_checksum() {
+            return Err(ScheduleError::Edited { path: p });
+        }
+        Ok(s)
+    }
+
+    /// The checksum of this schedule's contents (everything but the checksum itself).
+    pub fn compute_checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut c = self.clone();
+        c.checksum.clear();
+        Sha256::digest(c.to_ron().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn check_digest(&self, expected: &str, path: &Path) -> Result<(), ScheduleError> {
@@ -331,8 +348,10 @@ impl Schedule {
         self.pinned_tensors(program).iter().map(|t| program.inventory.tensor(*t).bytes).sum()
     }
 
-    /// Writes the schedule as RON, atomically.
+    /// Writes the schedule as RON with its checksum, atomically.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        crate::io::write_atomic(path, self.to_ron().as_bytes())
+        let mut s = self.clone();
+        s.checksum = self.compute_checksum();
+        crate::io::write_atomic(path, s.to_ron().as_bytes())
     }
 }

@@ -114,15 +114,17 @@ impl fmt::Display for Bytes {
 
 /// Error for a size string that does not parse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{input}` is not a size: write a number with a unit, such as 24GiB, 22.5GB, 512MiB or 1000000 (bytes)")]
-pub struct ParseBytesError {
-    pub input: String,
+pub enum ParseBytesError {
+    #[error("`{input}` is not a size: write a number with a unit, such as 24GiB, 22.5GB, 512MiB or 1000000 (bytes)")]
+    NotASize { input: String },
+    #[error("`{input}` is more than 4 EiB: no machine has that much memory")]
+    TooLarge { input: String },
 }
 
 impl FromStr for Bytes {
     type Err = ParseBytesError;
     fn from_str(s: &str) -> Result<Bytes, ParseBytesError> {
-        let err = || ParseBytesError { input: s.to_string() };
+        let err = || ParseBytesError::NotASize { input: s.to_string() };
         let t = s.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
@@ -142,7 +144,11 @@ impl FromStr for Bytes {
         if !num.is_finite() || num < 0.0 {
             return Err(err());
         }
-        Ok(Bytes((num * mult).round() as u64))
+        let bytes = num * mult;
+        if bytes > Bytes::UNLIMITED.0 as f64 {
+            return Err(ParseBytesError::TooLarge { input: s.to_string() });
+        }
+        Ok(Bytes(bytes.round() as u64))
     }
 }
 

@@ -216,5 +216,6 @@ pub fn emit(program: &Program, hw: &HardwareProfile, decisions: &Decisions, budg
         host_resident: host_resident(program, &items),
         actions,
         prediction,
+        checksum: String::new(),
     })
 }

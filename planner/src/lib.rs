@@ -34,6 +34,6 @@ pub use heuristics::{heuristic_schedule, offload_first, Heuristic};
 pub use lifetime::LifetimeGraph;
 pub use model::StageModel;
 pub use plan::plan;
-pub use planned::{finish, replan_record, replan_uncapped, Plan};
+pub use planned::{check_schedule, finish, replan_record, replan_uncapped, Checked, Plan};
 pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, SimError};
 pub use solve::SolveOptions;

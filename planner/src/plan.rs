@@ -53,7 +53,10 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
         PlanError::HostMemory {
         budget,
         pinnable: hw.host_pinnable.unwrap_or(Bytes::UNLIMITED),
-        source_of: format!("the host_pinnable of {}, or --host-memory", hw.name),
+        source_of: match hw.host_memory {
+            Some(m) => format!("the host_pinnable of {}'s {m} of host memory, or --host-memory", hw.name),
+            None => format!("the host_pinnable of {}, or --host-memory", hw.name),
+        },
         reason: format!(
             "{reason}; the plan at the floor ({floor} of device memory) pins {lean_pinned} (give --host-memory of at least that), and a larger budget pins less"
         ),

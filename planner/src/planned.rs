@@ -56,6 +56,55 @@ pub fn replan_uncapped(
     }
 }
 
+/// A schedule read from a file, checked against today's code: its decisions emit exactly its
+/// actions, and today's simulation gives the prediction, which may differ from the one the file
+/// stores (an older offplan's model): the differences are named.
+pub struct Checked {
+    pub trace: Trace,
+    /// Today's prediction of the schedule.
+    pub today: models::schedule::Prediction,
+    /// The simulator's over-budget error, where today's model puts the peak over the budget.
+    pub over_budget: Option<String>,
+    /// Each figure today's model predicts otherwise than the file, "what: stored -> today".
+    pub differences: Vec<String>,
+}
+
+/// Checks `schedule` against `program` (whose digest the caller has checked) on `hw`.
+pub fn check_schedule(program: &Program, hw: &HardwareProfile, schedule: &Schedule) -> Result<Checked, PlanError> {
+    let d = Decisions::from_block_decisions(program, &schedule.decisions)?;
+    let emitted = crate::emit::emit(program, hw, &d, schedule.budget)?;
+    if emitted.actions != schedule.actions || emitted.host_resident != schedule.host_resident {
+        return Err(PlanError::BadDecisions(
+            "its actions are not the ones its decisions make (a file edited, or written by another offplan): re-plan".into(),
+        ));
+    }
+    let (trace, over_budget) = match crate::simulate(program, hw, schedule) {
+        Ok(t) => (t, None),
+        Err(crate::SimError::OverBudget { trace, peak, fixed_overhead, budget, .. }) => {
+            (*trace, Some(format!("{} allocated + {fixed_overhead} fixed overhead exceeds the budget {budget}", peak)))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let today = crate::prediction_from_trace(&trace, schedule, program, hw);
+    let stored = &schedule.prediction;
+    let mut differences = Vec::new();
+    let rel = |a: f64, b: f64| (a - b).abs() > 1e-9 * a.abs().max(b.abs());
+    if rel(stored.step_time.0, today.step_time.0) {
+        differences.push(format!("step time: {} -> {}", stored.step_time, today.step_time));
+    }
+    for (what, a, b) in [
+        ("live peak", stored.peak_allocated, today.peak_allocated),
+        ("arena", stored.tensor_bytes(), today.tensor_bytes()),
+        ("device", stored.peak_device(), today.peak_device()),
+        ("pinned host memory", stored.pinned_host, today.pinned_host),
+    ] {
+        if a != b {
+            differences.push(format!("{what}: {a} -> {b}"));
+        }
+    }
+    Ok(Checked { trace, today, over_budget, differences })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +128,31 @@ mod tests {
         let b = finish(&p, &hw, budget, &d, None).unwrap();
         assert_eq!(a.schedule.prediction, b.schedule.prediction);
         assert!(a.schedule.prediction.peak_allocated < replan_record(&p, &hw, budget, &[]).unwrap().schedule.prediction.peak_allocated);
+    }
+
+    #[test]
+    fn a_schedule_is_checked_against_its_decisions_and_todays_model() {
+        let p = config("gpt2-tiny");
+        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron"))
+            .unwrap();
+        let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
+        d.layers[0] = ActChoice::OFFLOAD;
+        let plan = finish(&p, &hw, models::Bytes::UNLIMITED, &d, None).unwrap();
+        let c = check_schedule(&p, &hw, &plan.schedule).unwrap();
+        assert!(c.differences.is_empty() && c.over_budget.is_none());
+        assert_eq!(c.today, plan.schedule.prediction);
+        // A stored prediction today's model does not make is named, not refused.
+        let mut old = plan.schedule.clone();
+        old.prediction.step_time = models::Seconds(old.prediction.step_time.0 * 2.0);
+        let c = check_schedule(&p, &hw, &old).unwrap();
+        assert_eq!(c.differences.len(), 1, "{:?}", c.differences);
+        assert!(c.differences[0].starts_with("step time"));
+        // Actions that are not the decisions' are refused.
+        let mut edited = plan.schedule.clone();
+        edited.actions.pop();
+        assert!(matches!(check_schedule(&p, &hw, &edited), Err(PlanError::BadDecisions(_))));
+        let mut edited = plan.schedule.clone();
+        edited.decisions.retain(|b| b.placement == Placement::Gpu);
+        assert!(check_schedule(&p, &hw, &edited).is_err());
     }
 }

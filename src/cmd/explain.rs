@@ -3,7 +3,6 @@
 //! says what the step would cost and which constraint binds: memory at the peak against the
 //! budget, or exposed transfer / recomputation time.
 
-use super::load_hardware;
 use anyhow::Context;
 use models::inventory::{Block, BlockKind};
 use models::schedule::{Lane, Placement};
@@ -11,7 +10,7 @@ use models::trace::{SpanKind, Trace};
 use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
 use planner::{simulate, SimError};
 use planner::{ActChoice, Decisions, OwnerChoice};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -134,14 +133,7 @@ fn find_block<'p>(program: &'p Program, name: &str) -> anyhow::Result<&'p Block>
         let names: Vec<String> = inv.blocks.iter().filter(|b| b.kind.placeable()).take(8).map(|b| b.name()).collect();
         format!("no block `{name}` in this model; placeable blocks are named like {} ...", names.join(", "))
     })
-}
-
-fn default_hardware(name: &str) -> PathBuf {
-    let rel = Path::new("models/hardware").join(format!("{name}.ron"));
-    if rel.exists() {
-        return rel;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    .map_err(|e| super::usage(format!("{e:#}")))
 }
 
 fn signed_ms(d: f64) -> String {
@@ -156,8 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let schedule = Schedule::load(&args.schedule)?;
     let program = Program::build(&schedule.model);
     schedule.check_digest(&models::digest::program_digest(&program), &args.schedule)?;
-    let hw_path = args.hardware.clone().unwrap_or_else(|| default_hardware(&schedule.hardware));
-    let hw = load_hardware(&hw_path)?;
+    let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     let block = find_block(&program, &args.block)?;
     let name = block.name();
     let current = schedule.decisions.iter().find(|d| d.block == block.id).map(|d| d.placement);
@@ -166,7 +157,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    let (trace, fits) = simulate_any(&program, &hw, &schedule).context("simulating the schedule as planned")?;
+    let checked = planner::check_schedule(&program, &hw, &schedule).with_context(|| format!("refusing {}", args.schedule.display()))?;
+    if !checked.differences.is_empty() {
+        println!(
+            "note: today's model predicts otherwise than this file stores ({}); what follows is today's",
+            checked.differences.join("; ")
+        );
+    }
+    let (trace, fits) = (checked.trace, checked.over_budget.is_none());
     let d = Decisions::from_block_decisions(&program, &schedule.decisions)
         .with_context(|| format!("reading the decisions of {}", args.schedule.display()))?;
     let mut base_label = current.label().to_string();
@@ -278,6 +276,7 @@ mod tests {
     use super::*;
     use models::inventory::Owner;
     use models::GptConfig;
+    use std::path::Path;
 
     fn root() -> &'static Path {
         Path::new(env!("CARGO_MANIFEST_DIR"))

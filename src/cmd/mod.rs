@@ -11,7 +11,7 @@ pub mod sweep;
 pub mod tokenize;
 
 use anyhow::Context;
-use models::{GptConfig, HardwareProfile};
+use models::{Bytes, GptConfig, HardwareProfile};
 use std::path::{Path, PathBuf};
 
 /// Exit codes: 1 any error, 2 bad usage (clap), 3 budget below the feasible floor,
@@ -52,7 +52,9 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<GptConfig> {
         let cfg = GptConfig::load(&self.model)?;
-        cfg.with_shape(self.batch, self.seq, self.output_chunks).map_err(|m| anyhow::anyhow!("{}: {m}", self.model.display()))
+        // The flags are what is wrong here, not the file: a usage error.
+        cfg.with_shape(self.batch, self.seq, self.output_chunks)
+            .map_err(|m| usage(format!("{} with --batch/--seq/--output-chunks: {m}", self.model.display())))
     }
 }
 
@@ -64,12 +66,35 @@ pub struct TargetArgs {
     /// Hardware profile (models/hardware/*.ron).
     #[arg(long, value_name = "PATH")]
     pub hardware: PathBuf,
+    /// Host memory the plan may pin (default: the profile's host_pinnable; a profile without
+    /// one holds plans to no host limit).
+    #[arg(long, value_name = "SIZE", value_parser = size_flag)]
+    pub host_memory: Option<Bytes>,
 }
 
 impl TargetArgs {
     pub fn load(&self) -> anyhow::Result<(GptConfig, HardwareProfile)> {
-        Ok((self.model.load()?, load_hardware(&self.hardware)?))
+        let mut hw = load_hardware(&self.hardware)?;
+        if let Some(h) = self.host_memory {
+            if h == Bytes::ZERO {
+                return Err(usage("--host-memory must be positive (e.g. 4TiB)"));
+            }
+            hw.host_pinnable = Some(h);
+            hw.host_memory = Some(hw.host_memory.map_or(h, |m| m.max(h)));
+        }
+        Ok((self.model.load()?, hw))
     }
+}
+
+/// A size given on the command line: as `Bytes` reads it, but a plain number below 1 MiB is
+/// refused (`--budget 24` is 24 bytes, never what was meant).
+pub fn size_flag(s: &str) -> Result<Bytes, String> {
+    let b: Bytes = s.parse().map_err(|e: models::units::ParseBytesError| e.to_string())?;
+    let plain = s.trim().chars().all(|c| c.is_ascii_digit() || c == '_' || c == '.');
+    if plain && b.0 < models::units::MIB {
+        return Err(format!("`{s}` would be {s} bytes: give a unit, e.g. {s}GiB"));
+    }
+    Ok(b)
 }
 
 /// A usage error (exit code 2) with its message.
@@ -96,6 +121,26 @@ pub fn solve_options(time_limit: f64, args: &SolveArgs, threads: u32) -> anyhow:
     let o = o.with_gap(args.gap).map_err(|m| usage(format!("--gap: {m}")))?;
     let o = o.with_effort(args.effort).map_err(|m| usage(format!("--effort: {m}")))?;
     o.with_threads(threads).map_err(|m| usage(format!("threads: {m}")))
+}
+
+/// The hardware profile a schedule is simulated or run on: `explicit`, else the one it was
+/// planned for, `models/hardware/<name>.ron` from here or from the source tree this was built
+/// from.
+pub fn schedule_hardware(explicit: Option<&Path>, schedule: &models::Schedule) -> anyhow::Result<HardwareProfile> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let rel = Path::new("models/hardware").join(format!("{}.ron", schedule.hardware));
+            if rel.exists() {
+                rel
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+            }
+        }
+    };
+    HardwareProfile::load(&path).with_context(|| {
+        format!("loading the hardware profile `{}` the schedule was planned for (give its file with --hardware)", schedule.hardware)
+    })
 }
 
 pub fn load_hardware(path: &Path) -> anyhow::Result<HardwareProfile> {

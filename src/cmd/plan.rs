@@ -15,7 +15,7 @@ pub struct Args {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Device memory the step may use, fixed overhead included (24GiB, 22.5GB, ...).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = super::size_flag)]
     pub budget: Bytes,
     /// Folder to write schedule.ron (and pictures) into; created if missing.
     #[arg(long, value_name = "DIR")]
@@ -35,22 +35,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
     let opts = super::solve_options(args.time_limit, &args.solve, 2)?;
-    let planned = match &args.strategy {
-        Some(names) => {
-            let presets = planner::strategy::parse_strategy(names).map_err(|m| CodedError { code: super::EXIT_USAGE, message: m })?;
-            planner::strategy::strategy_plan(&program, &hw, args.budget, names, &presets)
-        }
-        None => solve_with_spinner(&program, &hw, args.budget, &opts),
+    let presets = match &args.strategy {
+        Some(names) => Some(planner::strategy::parse_strategy(names).map_err(super::usage)?),
+        None => None,
+    };
+    // Found before the solve: an --out that cannot be written.
+    let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
+    let planned = match (&args.strategy, &presets) {
+        (Some(names), Some(presets)) => planner::strategy::strategy_plan(&program, &hw, args.budget, names, presets),
+        _ => solve_with_spinner(&program, &hw, args.budget, &opts),
     };
     let plan = planned.map_err(|e| match e {
-        PlanError::Infeasible { .. } => anyhow::Error::new(CodedError { code: EXIT_INFEASIBLE, message: e.to_string() }),
+        PlanError::Infeasible { .. } | PlanError::HostMemory { .. } => {
+            anyhow::Error::new(CodedError { code: EXIT_INFEASIBLE, message: e.to_string() })
+        }
+        PlanError::OverCard { .. } | PlanError::BadDecisions(_) => super::usage(e.to_string()),
         other => anyhow::Error::new(other).context("planning failed"),
     })?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let path = args.out.join("schedule.ron");
-    plan.schedule.save(&path).with_context(|| format!("writing {}", path.display()))?;
-    write_pictures(&args.out, &program, &plan)?;
-    print_summary(&program, &hw, &plan.schedule, &path);
+    plan.schedule.save(&out.path().join("schedule.ron")).with_context(|| format!("writing schedule.ron into {}", args.out.display()))?;
+    write_pictures(out.path(), &program, &plan)?;
+    out.commit().with_context(|| format!("moving the plan's files into {}", args.out.display()))?;
+    print_summary(&program, &hw, &plan.schedule, &args.out.join("schedule.ron"));
     Ok(())
 }
 

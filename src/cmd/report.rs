@@ -53,8 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         records.iter().map(|(p, r)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), r)).collect();
     let cases = worst_first(named.iter().map(|(f, r)| case_of(f, r, &args.hardware_dir)).collect());
     let (pairs, issues) = loss_mismatches(&named);
-    let written = reports::write_calibration(&args.out, &cases, pairs, &issues)
+    let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
+    reports::write_calibration(out.path(), &cases, pairs, &issues)
         .with_context(|| format!("writing the report into {}", args.out.display()))?;
+    let written = out.commit().with_context(|| format!("moving the report into {}", args.out.display()))?;
     let pass = cases.iter().filter(|c| c.passes()).count();
     println!("{} records, {pass} within target; {} loss comparisons, {} disagreeing steps", cases.len(), pairs, issues.len());
     for c in cases.iter().filter(|c| !c.passes()) {

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, value_name = "T", requires = "model")]
     pub seq: Option<u32>,
     /// Training steps to run (a schedule run adds one more, measured action by action).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub steps: u32,
     /// Folder for the record (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -173,10 +173,22 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    match args.schedule.clone() {
-        Some(path) => run_schedule(&args, &path),
-        None => run_all_on_gpu(&args),
+    if !(args.lr.is_finite() && args.lr > 0.0 && args.lr < 1.0) {
+        return Err(super::usage(format!("--lr must be a learning rate in (0, 1), got {}", args.lr)));
     }
+    if !(args.peak_tflops.is_finite() && args.peak_tflops > 0.0 && args.peak_tflops < 1e6) {
+        return Err(super::usage(format!("--peak-tflops must be a positive rate below 1e6, got {}", args.peak_tflops)));
+    }
+    // Found before anything runs: an --out that cannot be written.
+    let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
+    match args.schedule.clone() {
+        Some(path) => run_schedule(&args, &path, out.path())?,
+        None => run_all_on_gpu(&args, out.path())?,
+    }
+    for f in out.commit().with_context(|| format!("moving the record into {}", args.out.display()))? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 fn options(args: &Args) -> RunOptions {
@@ -184,7 +196,7 @@ fn options(args: &Args) -> RunOptions {
     RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 }
 }
 
-fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
+fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
     let program = Program::build(&cfg);
@@ -211,32 +223,34 @@ fn run_all_on_gpu(args: &Args) -> anyhow::Result<()> {
         100.0 * program.model_flops().0 / (record.median_ms / 1e3) / (args.peak_tflops * 1e12)
     );
     record.hardware = hw.map(|h| h.name).unwrap_or_default();
-    let path = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
-    println!("record: {}", path.display());
+    record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     if let Some(d) = &args.export {
         println!("reference export: {}", d.display());
     }
     Ok(())
 }
 
-/// The hardware profile a schedule was planned for.
-fn schedule_hardware(args: &Args, schedule: &Schedule) -> anyhow::Result<HardwareProfile> {
-    let path = args.hardware.clone().unwrap_or_else(|| PathBuf::from(format!("models/hardware/{}.ron", schedule.hardware)));
-    HardwareProfile::load(&path).with_context(|| {
-        format!("loading the hardware profile `{}` the schedule was planned for (give its file with --hardware)", schedule.hardware)
-    })
-}
-
-fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
+fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
     let program = Program::build(&schedule.model);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;
-    let hw = schedule_hardware(args, &schedule)?;
+    let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
+    check_host_memory(&schedule, &program, &hw)?;
     // The simulator checks the schedule (every op's inputs on the GPU, no races between lanes,
     // the budget under any timing) before anything runs, and gives the prediction to compare.
-    let trace = planner::simulate(&program, &hw, &schedule).with_context(|| format!("{} does not simulate", path.display()))?;
+    let checked = planner::check_schedule(&program, &hw, &schedule).with_context(|| format!("refusing {}", path.display()))?;
+    if let Some(m) = &checked.over_budget {
+        anyhow::bail!("refusing {}: with today's model {m}: plan again", path.display());
+    }
+    if !checked.differences.is_empty() {
+        println!(
+            "note: today's model predicts otherwise than this file stores ({}); comparing with today's",
+            checked.differences.join("; ")
+        );
+    }
+    let trace = checked.trace;
     let cfg = &program.config;
-    let p = &schedule.prediction;
+    let p = &checked.today;
     println!(
         "{}: {} layers, B {} x T {}, {} output chunks; schedule {} ({}), budget {}; {} steps + 1 measured",
         cfg.name,
@@ -309,8 +323,7 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
 
     let samples: Vec<(f64, u64)> = result.memory.iter().map(|m| (m.ms, m.used)).collect();
     let chart = reports::measured::MeasuredMemoryChart::new(&schedule, &trace, &samples, l.step_ms, &run.device);
-    reports::measured::write_measured_memory(&args.out, &chart)
-        .with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
+    reports::measured::write_measured_memory(out, &chart).with_context(|| format!("writing memory.svg into {}", args.out.display()))?;
 
     record.schedule = path.display().to_string();
     record.schedule_digest = schedule.inventory_digest.clone();
@@ -320,8 +333,23 @@ fn run_schedule(args: &Args, path: &Path) -> anyhow::Result<()> {
     record.decisions = schedule.decisions.clone();
     record.predicted_time = Some(predicted_time);
     record.measured_time = Some(measured_time);
-    let rec = record.write(&args.out).with_context(|| format!("writing the record under {}", args.out.display()))?;
-    println!("record: {}", rec.display());
-    println!("memory chart: {}", args.out.join("memory.svg").display());
+    record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
+    Ok(())
+}
+
+/// Refuses, before anything is pinned, a schedule whose pinned host memory this host cannot
+/// give: more than what is available now (less room for the system) and more than the
+/// profile says a run may pin on this kind of machine (its memory may grow as it is touched).
+fn check_host_memory(schedule: &Schedule, program: &Program, hw: &HardwareProfile) -> anyhow::Result<()> {
+    let need = schedule.pinned_bytes(program);
+    let Some(mem) = executor::calibrate::HostMemory::read() else { return Ok(()) };
+    let allowed = models::Bytes(mem.pinnable()).max(hw.host_pinnable.unwrap_or(models::Bytes::ZERO));
+    if need > allowed {
+        anyhow::bail!(
+            "the schedule pins {need} of host memory, but this host has {} available of {} (a run may pin {allowed}): plan again with --host-memory {allowed} or a larger device budget",
+            models::Bytes(mem.available),
+            models::Bytes(mem.total)
+        );
+    }
     Ok(())
 }

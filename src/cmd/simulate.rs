@@ -1,12 +1,11 @@
 //! `offplan simulate SCHEDULE`: event-simulate a schedule on its hardware profile, check
 //! invariants 1 and 2, and print what one step does.
 
-use super::load_hardware;
 use anyhow::Context;
 use models::schedule::Prediction;
 use models::trace::Trace;
 use models::{Bytes, Program, Schedule, Seconds};
-use planner::simulate::{prediction_from_trace, simulate, worst_case_peak, SimError};
+use planner::simulate::worst_case_peak;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,28 +51,38 @@ struct Report {
     /// Bytes of the arena the executor lays every tensor out in (models::arena); None when the
     /// schedule cannot be laid out statically.
     arena_bytes: Option<u64>,
+    /// Pinned host memory the schedule holds, and what the profile lets a run pin (None: no
+    /// limit stated).
+    pinned_host_bytes: u64,
+    host_pinnable_bytes: Option<u64>,
+    /// The figures today's model predicts otherwise than the file stores ("what: stored -> today").
+    stored_prediction_differs: Vec<String>,
     simulate_seconds: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let schedule = Schedule::load(&args.schedule)?;
-    let hw_path = args.hardware.clone().unwrap_or_else(|| default_hardware(&schedule.hardware));
-    let hw = load_hardware(&hw_path)?;
+    let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     let program = Program::build(&schedule.model);
     schedule.check_digest(&models::digest::program_digest(&program), &args.schedule)?;
     let started = Instant::now();
-    let (trace, holds) = match simulate(&program, &hw, &schedule) {
-        Ok(t) => (t, true),
-        Err(SimError::OverBudget { trace, .. }) => (*trace, false),
-        Err(e) => return Err(e).with_context(|| format!("simulating {}", args.schedule.display())),
-    };
+    let checked = planner::check_schedule(&program, &hw, &schedule).with_context(|| format!("refusing {}", args.schedule.display()))?;
+    let holds = checked.over_budget.is_none();
     let took = started.elapsed().as_secs_f64();
     let (worst, _) = worst_case_peak(&program, &hw, &schedule)?;
-    let p = prediction_from_trace(&trace, &schedule, &program, &hw);
-    let report = report(&args.schedule, &schedule, &hw.name, &trace, &p, worst, holds, took);
+    let p = checked.today;
+    let mut report = report(&args.schedule, &schedule, &hw.name, &checked.trace, &p, worst, holds, took);
+    report.host_pinnable_bytes = hw.host_pinnable.map(|b| b.0);
+    report.stored_prediction_differs = checked.differences.clone();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        if !checked.differences.is_empty() {
+            println!(
+                "note: today's model predicts otherwise than this file stores ({}); the figures below are today's",
+                checked.differences.join("; ")
+            );
+        }
         print_table(&report, &p, &schedule);
     }
     if !holds {
@@ -86,15 +95,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `models/hardware/<name>.ron` from here, else from the source tree this was built from.
-fn default_hardware(name: &str) -> PathBuf {
-    let rel = Path::new("models/hardware").join(format!("{name}.ron"));
-    if rel.exists() {
-        return rel;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,6 +125,9 @@ fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst:
         planned_step_time_s: s.prediction.step_time.0,
         planned_peak_allocated_bytes: s.prediction.peak_allocated.0,
         arena_bytes: p.arena.map(|a| a.0),
+        pinned_host_bytes: p.pinned_host.0,
+        host_pinnable_bytes: None,
+        stored_prediction_differs: Vec::new(),
         simulate_seconds: took,
     }
 }
@@ -162,6 +165,9 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule) {
         "  worst timing      {:>12}   allocated, the most any timing the waits allow can reach",
         Bytes(r.worst_case_peak_allocated_bytes).to_string()
     );
+    let pinnable =
+        r.host_pinnable_bytes.map_or_else(|| "the profile states no host limit".to_string(), |h| format!("of {} a run may pin", Bytes(h)));
+    println!("  host memory       {:>12}   pinned ({pinnable})", p.pinned_host.to_string());
     println!("  host -> device    {:>12}   in {}", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
     println!("  device -> host    {:>12}   in {}", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
     println!("  transfer exposed  {:>12}   (compute waited on copies); hidden {}", secs(r.exposed_transfer_s), secs(r.hidden_transfer_s));

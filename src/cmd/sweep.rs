@@ -19,10 +19,10 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Smallest budget (default: the feasible floor).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = super::size_flag)]
     pub from: Option<Bytes>,
     /// Largest budget (default: the all-on-GPU peak plus the fixed overhead).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = super::size_flag)]
     pub to: Option<Bytes>,
     /// Number of budgets, evenly spaced from --from to --to.
     #[arg(long, value_name = "N", default_value_t = 12)]
@@ -54,6 +54,9 @@ pub fn budgets(from: Bytes, to: Bytes, n: usize) -> Vec<Bytes> {
         })
         .collect()
 }
+
+/// Most budgets of one sweep (each is planned by every method).
+const MAX_POINTS: usize = 200;
 
 /// One unit of work: a method at a budget.
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +99,7 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
             };
             SweepPoint { method: method.name(), budget, step_time: Some(p.step_time), peak: Some(p.peak_device()), note }
         }
-        Err(planner::PlanError::Infeasible { reason, .. }) => {
+        Err(planner::PlanError::Infeasible { reason, .. }) | Err(planner::PlanError::HostMemory { reason, .. }) => {
             SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: reason }
         }
         Err(e) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: e.to_string() },
@@ -142,16 +145,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let (cfg, hw) = args.target.load()?;
     let program = Program::build(&cfg);
-    if args.points == 0 {
-        anyhow::bail!("--points must be at least 1");
+    if !(1..=MAX_POINTS).contains(&args.points) {
+        return Err(super::usage(format!("--points must be from 1 to {MAX_POINTS}, got {}", args.points)));
+    }
+    for (flag, b) in [("--from", args.from), ("--to", args.to)] {
+        if let Some(b) = b.filter(|b| *b > hw.memory) {
+            return Err(super::usage(format!("{flag} {b} is more than {}'s {} of device memory", hw.name, hw.memory)));
+        }
     }
     let floor = planner::feasible_floor(&program, &hw);
-    let all_gpu = all_gpu_peak(&program, &hw);
-    let from = args.from.unwrap_or(floor);
-    let to = args.to.unwrap_or(all_gpu);
+    let all_gpu = all_gpu_peak(&program, &hw).min(hw.memory);
+    let from = args.from.unwrap_or(floor.min(hw.memory));
+    let to = args.to.unwrap_or(all_gpu.max(from));
     if to < from {
-        anyhow::bail!("--to {to} is below --from {from}");
+        return Err(super::usage(format!("--to {to} is below --from {from}")));
     }
+    let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
     let budgets = budgets(from, to, args.points);
 
     let methods = methods();
@@ -172,7 +181,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let title = format!("{} on {}: predicted step time against budget ({} x {})", cfg.name, hw.name, cfg.batch, cfg.seq);
-    let files = reports::write_sweep(&args.out, &title, &points).context("writing the sweep")?;
+    if points.iter().all(|p| p.step_time.is_none()) {
+        return Err(anyhow::Error::new(super::CodedError {
+            code: super::EXIT_INFEASIBLE,
+            message: format!("no method fits any budget from {from} to {to} (the floor is {floor}): nothing to chart"),
+        }));
+    }
+    reports::write_sweep(out.path(), &title, &points).context("writing the sweep")?;
+    let files = out.commit().with_context(|| format!("moving the sweep into {}", args.out.display()))?;
     print_table(&budgets, &methods, &points);
     for f in files {
         println!("wrote {}", f.display());

@@ -5,6 +5,37 @@
 use super::Timed;
 use serde::Serialize;
 
+/// The host's memory as /proc/meminfo gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HostMemory {
+    pub total: u64,
+    pub available: u64,
+}
+
+impl HostMemory {
+    /// Reads /proc/meminfo; None where it cannot be read.
+    pub fn read() -> Option<HostMemory> {
+        HostMemory::parse(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    }
+
+    /// `MemTotal` and `MemAvailable` of a /proc/meminfo text (kB).
+    pub fn parse(text: &str) -> Option<HostMemory> {
+        let field = |name: &str| -> Option<u64> {
+            let line = text.lines().find(|l| l.starts_with(name))?;
+            let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb * 1024)
+        };
+        Some(HostMemory { total: field("MemTotal:")?, available: field("MemAvailable:")? })
+    }
+
+    /// What a run may pin: the memory available less room for the system and the run's own
+    /// process (its data, checkpoints, the planner): an eighth of the total, at least 8 GiB.
+    pub fn pinnable(&self) -> u64 {
+        let room = (self.total / 8).max(8 << 30);
+        self.available.min(self.total).saturating_sub(room)
+    }
+}
+
 /// What the host probes measured.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HostRates {
@@ -81,6 +112,23 @@ mod imp {
             Timed::median_of(format!("host AdamW, {} M params, {host_threads} threads", n >> 20), n as f64, &ad, "host AdamW", 0)?;
         drop((w, g, opt));
         Ok(HostRates { host_copy, host_copy_one_thread, host_adam, host_threads })
+    }
+}
+
+#[cfg(test)]
+mod meminfo_tests {
+    use super::HostMemory;
+
+    #[test]
+    fn meminfo_is_read_and_leaves_room() {
+        let text = "MemTotal:       131072000 kB\nMemFree:        1000 kB\nMemAvailable:   130000000 kB\n";
+        let m = HostMemory::parse(text).unwrap();
+        assert_eq!(m.total, 131072000 * 1024);
+        assert_eq!(m.available, 130000000 * 1024);
+        assert_eq!(m.pinnable(), m.available - m.total / 8);
+        let small = HostMemory { total: 16 << 30, available: 15 << 30 };
+        assert_eq!(small.pinnable(), 7 << 30);
+        assert!(HostMemory::parse("MemTotal: x kB").is_none());
     }
 }
 

@@ -59,6 +59,8 @@ pub struct ReserveProbe {
     /// Pinned host bytes, and the device memory in use that pinning them added.
     pub pinned: u64,
     pub pinned_device: u64,
+    /// Seconds the host took to pin them (the allocation locks every page).
+    pub pin_seconds: f64,
 }
 
 impl ReserveProbe {
@@ -149,10 +151,13 @@ mod gpu {
         gpu.synchronize()?;
         let (free_before, _) = gpu.mem_info()?;
         let pinned = 4096 * MIB;
+        let t = std::time::Instant::now();
         let host = gpu.pinned(pinned as usize)?;
+        let pin_seconds = t.elapsed().as_secs_f64();
         let (free_after, _) = gpu.mem_info()?;
         drop(host);
-        let reserve = ReserveProbe { requested, reserved, pinned, pinned_device: free_before.saturating_sub(free_after) };
+        let reserve = ReserveProbe { requested, reserved, pinned, pinned_device: free_before.saturating_sub(free_after), pin_seconds };
+        tracing::info!("pinning {} of host memory took {:.2} s", size_label(pinned), pin_seconds);
         tracing::info!(
             "pool: one allocation of {} reserves {}; {} pinned on the host take {} on the device",
             size_label(reserve.requested),

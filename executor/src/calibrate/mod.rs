@@ -54,7 +54,7 @@ mod shared_memory;
 mod timing;
 
 pub use copies::CopyRow;
-pub use host::HostRates;
+pub use host::{HostMemory, HostRates};
 pub use kernels::{program_op, KernelPair};
 pub use memory::{AllocProbe, DeviceMemory, InUse, ReserveProbe};
 pub use products::{program_matmul_flops, step_gemms, GemmRow, GemmShape};
@@ -267,6 +267,7 @@ mod imp {
             host_adam: host.host_adam,
             shared,
             host_threads: host.host_threads,
+            host_memory: HostMemory::read(),
             unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
     }

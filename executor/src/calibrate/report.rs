@@ -3,7 +3,7 @@
 
 use super::memory::{AllocProbe, ReserveProbe};
 use super::products::GemmRow;
-use super::{work_seconds, CopyRow, SharedMemory, Timed, GIB, MIB};
+use super::{work_seconds, CopyRow, HostMemory, SharedMemory, Timed, GIB, MIB};
 use crate::kernels::MatType;
 use models::hardware::Provenance;
 use models::{Bytes, BytesPerSecond, FlopsPerSecond, HardwareProfile, Seconds};
@@ -45,6 +45,8 @@ pub struct Calibration {
     /// Host AdamW on pinned memory alone and beside pinned copies.
     pub shared: SharedMemory,
     pub host_threads: usize,
+    /// The host's memory when calibrate ran (None where /proc/meminfo could not be read).
+    pub host_memory: Option<HostMemory>,
     pub unix_time: u64,
 }
 
@@ -175,8 +177,9 @@ impl Calibration {
             name: name.to_string(),
             provenance: Provenance::Measured(self.provenance()),
             memory: Bytes(self.memory_total),
-            host_memory: None,
-            host_pinnable: None,
+            host_memory: self.host_memory.map(|m| Bytes(m.total)),
+            host_pinnable: self.host_memory.map(|m| Bytes(m.pinnable())),
+            host_pin_rate: (self.reserve.pin_seconds > 0.0).then(|| BytesPerSecond(self.reserve.pinned as f64 / self.reserve.pin_seconds)),
             h2d: BytesPerSecond(c.h2d),
             d2h: BytesPerSecond(c.d2h),
             h2d_duplex: BytesPerSecond(c.h2d_duplex),
@@ -370,6 +373,28 @@ impl Calibration {
             size_label(self.reserve.pinned_device),
             self.reserve.pinned_fraction()
         );
+        let _ = writeln!(
+            s,
+            "host memory\n  pinning {} took {:.2} s ({:.2} GB/s)",
+            size_label(self.reserve.pinned),
+            self.reserve.pin_seconds,
+            gb(self.reserve.pinned as f64 / self.reserve.pin_seconds.max(1e-9))
+        );
+        match self.host_memory {
+            Some(m) => {
+                let _ = writeln!(
+                    s,
+                    "  /proc/meminfo: {} in total, {} available; a run may pin {} (the rest is room for the system and the run's own process)",
+                    size_label(m.total),
+                    size_label(m.available),
+                    size_label(m.pinnable())
+                );
+            }
+            None => {
+                let _ =
+                    writeln!(s, "  /proc/meminfo could not be read: the profile states no host memory (give --host-memory when planning)");
+            }
+        }
         for w in self.warnings() {
             let _ = writeln!(s, "check: {w}");
         }
@@ -423,7 +448,13 @@ mod tests {
             device_used_after: 1100 * MIB,
             pool_reserved_after: 400 * MIB,
             alloc: AllocProbe { allocations: 16, used_per_alloc: 512, reserved_growth: 2 * MIB, pointer_spacing: 512 },
-            reserve: ReserveProbe { requested: 1000 * MIB + 1, reserved: 1024 * MIB, pinned: 4096 * MIB, pinned_device: 8 * MIB },
+            reserve: ReserveProbe {
+                requested: 1000 * MIB + 1,
+                reserved: 1024 * MIB,
+                pinned: 4096 * MIB,
+                pinned_device: 8 * MIB,
+                pin_seconds: 1.0,
+            },
             host_copy: t("host copy", 2e9, 0.05, 0),
             host_copy_one_thread: t("host copy 1", 2e9, 0.2, 0),
             host_adam: t("host adam", 256e6, 0.128, 0),
@@ -438,6 +469,7 @@ mod tests {
                 ],
             },
             host_threads: 16,
+            host_memory: Some(HostMemory { total: 128 << 30, available: 120 << 30 }),
             unix_time: 1_800_000_000,
         }
     }

@@ -186,6 +186,7 @@ mod tests {
                 pinned_host: models::Bytes(0),
                 device: None,
             },
+            checksum: String::new(),
         }
     }
 

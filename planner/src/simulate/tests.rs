@@ -32,6 +32,7 @@ fn hw() -> HardwareProfile {
         memory: Bytes(80 * GIB),
         host_memory: None,
         host_pinnable: None,
+        host_pin_rate: None,
         h2d: BytesPerSecond(10e9),
         d2h: BytesPerSecond(8e9),
         h2d_duplex: BytesPerSecond(6e9),
@@ -80,6 +81,7 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
             pinned_host: models::Bytes(0),
             device: None,
         },
+        checksum: String::new(),
     }
 }
 

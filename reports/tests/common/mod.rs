@@ -166,6 +166,7 @@ pub fn fixture() -> Fixture {
         host_resident: Vec::new(),
         actions: program.ops.iter().map(|o| Action::Run(o.id)).collect(),
         prediction,
+        checksum: String::new(),
     };
     Fixture { program, hw, schedule, trace }
 }
