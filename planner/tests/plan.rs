@@ -153,7 +153,7 @@ mod random_inputs {
             hw.matmul_flops.0 *= compute;
             hw.attention_flops.0 *= compute;
             hw.host_adam_params_per_second *= host;
-            hw.host_pinnable = pinnable_mib.map(|m| Bytes::mib(m));
+            hw.host_pinnable = pinnable_mib.map(Bytes::mib);
             hw.host_memory = hw.host_pinnable;
             let floor = feasible_floor(&p, &hw);
             let top = all_gpu_device_peak(&p, &hw);
