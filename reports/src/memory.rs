@@ -62,7 +62,10 @@ impl MemoryChart {
             bands.push(Band { label: c.label().into(), color: style::category_color(c), points });
         }
         MemoryChart {
-            title: format!("{} on {}: device memory over one step (budget {})", schedule.model.name, schedule.hardware, schedule.budget),
+            title: format!(
+                "{} on {}: device memory over one step (budget {}; pinned host memory {})",
+                schedule.model.name, schedule.hardware, schedule.budget, schedule.prediction.pinned_host
+            ),
             bands,
             budget_gib: gib(schedule.budget),
             budget_label: format!("budget {}", schedule.budget),

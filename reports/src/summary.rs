@@ -110,9 +110,15 @@ pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -
     let _ = writeln!(s, "\n## Prediction\n");
     let _ = writeln!(s, "| quantity | plan | simulation |");
     let _ = writeln!(s, "| --- | ---: | ---: |");
-    let _ = writeln!(s, "| peak device memory (pool peak + fixed overhead) | {} | {} |", peak_device, sim_peak);
-    let _ = writeln!(s, "| pool peak (allocated) | {} | {} |", p.peak_allocated, trace.peak_allocated);
+    let _ = writeln!(s, "| live peak (live tensors at the peak) | {} | {} |", p.peak_allocated, trace.peak_allocated);
+    let _ = writeln!(s, "| arena (every tensor at a planned offset) | {} | |", p.tensor_bytes());
     let _ = writeln!(s, "| fixed overhead | {} | |", fixed);
+    let _ = writeln!(
+        s,
+        "| device (fixed overhead + arena as the pool reserves it + the mapping of pinned host memory) | {} | {} (live peak + fixed) |",
+        peak_device, sim_peak
+    );
+    let _ = writeln!(s, "| pinned host memory | {} | |", p.pinned_host);
     let _ = writeln!(
         s,
         "| peak at | {} (action {}) | action {} at {:.3} ms |",

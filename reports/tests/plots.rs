@@ -103,8 +103,10 @@ fn summary_groups_decisions_and_states_the_prediction() {
     assert!(md.contains("| layer activations | offloaded | 0 | 1 |"), "{md}");
     assert!(md.contains("| layer activations | recomputed | 1 | 1 |"), "{md}");
     assert!(md.contains("| layer weights | gpu | 0–1 | 2 |"), "{md}");
-    let peak = f.schedule.prediction.peak_device().to_string();
-    assert!(md.contains(&format!("| peak device memory (pool peak + fixed overhead) | {peak} | {peak} |")), "{md}");
+    let pr = &f.schedule.prediction;
+    assert!(md.contains(&format!("| live peak (live tensors at the peak) | {} | {} |", pr.peak_allocated, f.trace.peak_allocated)), "{md}");
+    assert!(md.contains(&format!("| {} | {} (live peak + fixed) |", pr.peak_device(), f.trace.peak_allocated + pr.fixed_overhead)), "{md}");
+    assert!(md.contains(&format!("| pinned host memory | {} |", pr.pinned_host)), "{md}");
     assert!(md.contains(&f.schedule.prediction.peak_at));
     assert!(md.contains("transfer exposed"));
     assert!(!md.contains("## Solver"), "no solver section without a solver report");

@@ -169,6 +169,9 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, 
         hw.pool_slack,
         100.0 * hw.pool_slack_fraction
     );
+    let pinnable =
+        hw.host_pinnable.map_or_else(|| "the profile states no host limit".to_string(), |h| format!("of {h} a run may pin on {}", hw.name));
+    println!("host memory        {} pinned ({pinnable})", p.pinned_host);
     println!("predicted step     {} (compute {})", p.step_time, p.compute_time);
     println!("transfers          {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!("transfer time      {} hidden behind compute, {} exposed", p.hidden_transfer, p.exposed_transfer);
