@@ -6,13 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{offplan, scratch_dir, text};
-
-fn config(name: &str) -> String {
-    format!("models/configs/{name}.ron")
-}
-
-const H100: &str = "models/hardware/h100-sxm.ron";
+use common::{config, offplan, plan_tiny, scratch_dir, text, H100};
 
 /// A copy of a shipped file with `from` replaced by `to` (which must occur).
 fn edited(dir: &Path, name: &str, shipped: &str, from: &str, to: &str) -> String {
@@ -39,7 +33,7 @@ fn case(what: &'static str, args: &[&str], code: i32, says: &'static str) -> Cas
 /// A plan of gpt2-tiny written by `offplan plan`, for the commands that read schedules.
 fn tiny_plan(dir: &Path) -> PathBuf {
     let out = dir.join("tiny");
-    let o = offplan(&["plan", "--model", &config("gpt2-tiny"), "--hardware", H100, "--budget", "8GiB", "--out", out.to_str().unwrap()]);
+    let o = plan_tiny("8GiB", &out);
     assert!(o.status.success(), "{}", text(&o));
     out.join("schedule.ron")
 }

@@ -3,11 +3,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{offplan, scratch_dir, text};
-
-fn config(name: &str) -> String {
-    format!("models/configs/{name}.ron")
-}
+use common::{config, offplan, plan_tiny, scratch_dir, text};
 
 #[test]
 fn inspect_prints_the_table() {
@@ -140,17 +136,7 @@ fn simulate_refuses_another_program_and_a_broken_schedule() {
 fn plan_writes_schedule_pictures_and_summary() {
     let dir = scratch_dir("plan");
     let out = dir.join("out");
-    let o = offplan(&[
-        "plan",
-        "--model",
-        &config("gpt2-tiny"),
-        "--hardware",
-        "models/hardware/h100-sxm.ron",
-        "--budget",
-        "1GiB",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = plan_tiny("1GiB", &out);
     assert!(o.status.success(), "{}", text(&o));
     for f in ["schedule.ron", "memory.svg", "memory.png", "timeline.svg", "placement.svg", "summary.md"] {
         let p = out.join(f);
@@ -168,31 +154,11 @@ fn plan_writes_schedule_pictures_and_summary() {
 fn plan_below_the_floor_exits_3_and_writes_nothing() {
     let dir = scratch_dir("floor");
     let out = dir.join("out");
-    let o = offplan(&[
-        "plan",
-        "--model",
-        &config("gpt2-tiny"),
-        "--hardware",
-        "models/hardware/h100-sxm.ron",
-        "--budget",
-        "100MiB",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = plan_tiny("100MiB", &out);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("floor"), "{}", text(&o));
     assert!(!out.join("schedule.ron").exists());
-    let o = offplan(&[
-        "plan",
-        "--model",
-        &config("gpt2-tiny"),
-        "--hardware",
-        "models/hardware/h100-sxm.ron",
-        "--budget",
-        "lots",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = plan_tiny("lots", &out);
     assert_ne!(o.status.code(), Some(0));
     assert!(text(&o).contains("not a size"), "{}", text(&o));
     std::fs::remove_dir_all(dir).unwrap();

@@ -11,7 +11,7 @@
 //! a GPU where one is present: `cargo test --test memory_regression -- --ignored`.
 
 use models::{Bytes, HardwareProfile, Program};
-use reports::calibration::{loss_mismatches, worst_first, Case, LOSS_TOLERANCE, PEAK_TOLERANCE, STEP_TOLERANCE};
+use reports::calibration::{loss_mismatches, worst_first, Case, RePlan, LOSS_TOLERANCE, PEAK_TOLERANCE, STEP_TOLERANCE};
 use reports::record::{load_dir, Record, ALL_ON_GPU};
 use std::path::{Path, PathBuf};
 
@@ -66,18 +66,13 @@ fn hardware(record: &Record) -> Result<HardwareProfile, String> {
 
 /// Today's plan of the record, against what it measured.
 fn case_of(file: &str, record: &Record) -> Case {
-    let hw = match hardware(record) {
-        Ok(hw) => hw,
-        Err(e) => return Case::failed(file, record, e),
+    let replan = |r: &Record, hw: &HardwareProfile| -> Result<RePlan, String> {
+        let budget = r.budget_bytes.map_or(NO_BUDGET, Bytes);
+        let (plan, over_budget) =
+            planner::replan_uncapped(&Program::build(&r.config), hw, budget, &r.decisions).map_err(|e| e.to_string())?;
+        Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
     };
-    let budget = record.budget_bytes.map_or(NO_BUDGET, Bytes);
-    let plan = planner::replan_uncapped(&Program::build(&record.config), &hw, budget, &record.decisions);
-    Case::replanned(
-        file,
-        record,
-        &hw,
-        plan.as_ref().map(|(p, over)| (&p.schedule.prediction, &p.trace, over.clone())).map_err(|e| e.to_string()),
-    )
+    Case::of_record(file, record, &root().join("models/hardware"), &replan)
 }
 
 #[test]

@@ -20,12 +20,7 @@ fn args<'a>(files: &'a [PathBuf], rest: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn tokens(pattern: &Path) -> Vec<u32> {
-    let set = ShardSet::open(pattern.to_str().unwrap(), ShardFormat::LlmC).unwrap();
-    let mut out = Vec::new();
-    for s in set.shards() {
-        s.read(0, s.tokens() as usize, 50257, &mut out).unwrap();
-    }
-    out
+    ShardSet::open(pattern.to_str().unwrap(), ShardFormat::LlmC).unwrap().read_all(50257).unwrap()
 }
 
 #[test]

@@ -8,17 +8,8 @@
 
 use crate::inventory::TensorId;
 use crate::program::Program;
-use crate::schedule::{Action, Lane};
+use crate::schedule::Action;
 use std::collections::HashMap;
-
-fn lane_index(l: Lane) -> usize {
-    match l {
-        Lane::Compute => 0,
-        Lane::HostToDevice => 1,
-        Lane::DeviceToHost => 2,
-        Lane::Host => 3,
-    }
-}
 
 /// Why a schedule has no order.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,7 +84,7 @@ impl Order {
         let mut last_record: HashMap<u32, usize> = HashMap::new();
         for (i, a) in actions.iter().enumerate() {
             check_ids(program, i, a)?;
-            let l = lane_index(a.lane());
+            let l = a.lane().index();
             let mut c = lane_clock[l];
             match *a {
                 Action::Record(e, _) => {
@@ -215,7 +206,7 @@ mod tests {
     use crate::config::Attention;
     use crate::inventory::Owner;
     use crate::program::OpKind;
-    use crate::schedule::EventId;
+    use crate::schedule::{EventId, Lane};
 
     fn program() -> Program {
         Program::build(&crate::inventory::tests::cfg(Attention::Fused, false))

@@ -37,6 +37,15 @@ pub enum Lane {
 
 impl Lane {
     pub const ALL: [Lane; 4] = [Lane::Compute, Lane::HostToDevice, Lane::DeviceToHost, Lane::Host];
+    /// Its place in `ALL` (0 compute, 1 H2D, 2 D2H, 3 host): lanes index per-lane arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Compute => 0,
+            Lane::HostToDevice => 1,
+            Lane::DeviceToHost => 2,
+            Lane::Host => 3,
+        }
+    }
     pub fn label(self) -> &'static str {
         match self {
             Lane::Compute => "compute",

@@ -259,11 +259,11 @@ impl Decisions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::GptConfig;
+
+    use crate::shipped::program as config;
 
     fn tiny() -> Program {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
-        Program::build(&GptConfig::load(&p).unwrap())
+        config("gpt2-tiny")
     }
 
     #[test]
@@ -283,11 +283,6 @@ mod tests {
         let mut d = Decisions::all_gpu(&p);
         d.set_owner(Owner::Embedding, OwnerChoice { weights: Placement::Host, optimizer: Placement::Host });
         assert!(d.validate(&p).is_err());
-    }
-
-    fn config(name: &str) -> Program {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"));
-        Program::build(&GptConfig::load(&p).unwrap())
     }
 
     /// Decision sets that touch every kind of choice: each owner and layer gets a different

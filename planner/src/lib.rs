@@ -22,6 +22,8 @@ mod model;
 mod plan;
 mod planned;
 mod route;
+#[cfg(test)]
+mod shipped;
 pub mod simulate;
 mod solve;
 pub mod strategy;

@@ -62,13 +62,11 @@ impl LifetimeGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::GptConfig;
+
     use petgraph::algo::is_cyclic_directed;
-    use std::path::Path;
 
     fn tiny() -> Program {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
-        Program::build(&GptConfig::load(&p).unwrap())
+        crate::shipped::program("gpt2-tiny")
     }
 
     #[test]

@@ -150,11 +150,8 @@ mod tests {
     use super::*;
     use crate::decisions::OwnerChoice;
     use models::{Attention, GptConfig, Precision, Seconds};
-    use std::path::Path;
 
-    fn h100() -> HardwareProfile {
-        HardwareProfile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap()
-    }
+    use crate::shipped::h100;
 
     fn tiny_one_layer() -> GptConfig {
         GptConfig {

@@ -109,18 +109,14 @@ pub fn check_schedule(program: &Program, hw: &HardwareProfile, schedule: &Schedu
 mod tests {
     use super::*;
     use crate::decisions::ActChoice;
-    use models::{GptConfig, Placement};
+    use models::Placement;
 
-    fn config(name: &str) -> Program {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"));
-        Program::build(&GptConfig::load(&p).unwrap())
-    }
+    use crate::shipped::{h100, program as config};
 
     #[test]
     fn replan_record_matches_finish() {
         let p = config("gpt2-tiny");
-        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron"))
-            .unwrap();
+        let hw = h100();
         let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
         d.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
         let budget = models::Bytes(80 << 30);
@@ -133,8 +129,7 @@ mod tests {
     #[test]
     fn a_schedule_is_checked_against_its_decisions_and_todays_model() {
         let p = config("gpt2-tiny");
-        let hw = models::HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron"))
-            .unwrap();
+        let hw = h100();
         let mut d = Decisions::all_gpu(&p).with_optimizer(Placement::Host);
         d.layers[0] = ActChoice::OFFLOAD;
         let plan = finish(&p, &hw, models::Bytes::UNLIMITED, &d, None).unwrap();

@@ -125,12 +125,8 @@ pub fn strategy_plan(program: &Program, hw: &HardwareProfile, budget: Bytes, nam
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::GptConfig;
 
-    fn program(name: &str) -> Program {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"));
-        Program::build(&GptConfig::load(&p).unwrap())
-    }
+    use crate::shipped::{h100, program};
 
     #[test]
     fn presets_parse_and_apply_left_to_right() {
@@ -154,7 +150,7 @@ mod tests {
     #[test]
     fn a_strategy_over_budget_is_infeasible_and_names_its_peak() {
         let p = program("gpt2-tiny");
-        let hw = HardwareProfile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hardware/h100-sxm.ron")).unwrap();
+        let hw = h100();
         let ok = strategy_plan(&p, &hw, Bytes::gib(80.0), "offload-all", &[Preset::OffloadAll]).unwrap();
         assert!(ok.schedule.prediction.h2d_bytes.0 > 0, "offloading copies something back");
         let need = ok.schedule.prediction.peak_device();

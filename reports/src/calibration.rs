@@ -4,7 +4,7 @@
 //! measured on y, with the y = x line).
 //!
 //! Re-planning needs the planner, which this crate does not depend on: the caller (the memory
-//! regression test, `offplan report`) plans and hands the prediction and trace to [`Case::new`].
+//! regression test, `offplan report`) hands [`Case::of_record`] a function that plans.
 
 use crate::record::{Record, StepTimes, ALL_ON_GPU};
 use crate::style::{self, err, Chart, Mark, FONT};
@@ -15,6 +15,18 @@ use models::HardwareProfile;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::fmt::Write;
+
+/// A record planned again: what the plan predicts, its simulated trace, and the simulator's
+/// message where the recorded budget no longer holds.
+pub struct RePlan {
+    pub prediction: Prediction,
+    pub trace: Trace,
+    pub over_budget: Option<String>,
+}
+
+/// Plans a record again under a hardware profile (the planner's `replan_uncapped`, handed in by
+/// the caller), or says why it cannot.
+pub type Replan = dyn Fn(&Record, &HardwareProfile) -> Result<RePlan, String>;
 
 /// A case's predicted pool peak must be within this fraction of the measured one.
 pub const PEAK_TOLERANCE: f64 = 0.01;
@@ -238,20 +250,19 @@ impl Case {
         ]
     }
 
-    /// The same case, marked as over its recorded budget with the simulator's `message`.
-    /// The case of a record re-planned with today's code: its plan's prediction and trace, and
-    /// the over-budget message where the recorded budget no longer holds; or why it could not
-    /// be planned.
-    pub fn replanned(
-        file: &str,
-        record: &Record,
-        hw: &HardwareProfile,
-        plan: Result<(&Prediction, &Trace, Option<String>), String>,
-    ) -> Case {
-        match plan {
-            Ok((p, t, over)) => {
-                let c = Case::new(file, record, hw, p, t);
-                match over {
+    /// The case of `record` re-planned by `replan` under the hardware profile it names, read
+    /// from `hardware_dir/NAME.ron`: the plan's prediction, trace and the over-budget message
+    /// where the recorded budget no longer holds; or why it could not be planned.
+    pub fn of_record(file: &str, record: &Record, hardware_dir: &std::path::Path, replan: &Replan) -> Case {
+        let path = hardware_dir.join(format!("{}.ron", record.hardware_name()));
+        let hw = match HardwareProfile::load(&path) {
+            Ok(hw) => hw,
+            Err(e) => return Case::failed(file, record, format!("hardware profile {}: {e}", path.display())),
+        };
+        match replan(record, &hw) {
+            Ok(RePlan { prediction, trace, over_budget }) => {
+                let c = Case::new(file, record, &hw, &prediction, &trace);
+                match over_budget {
                     Some(m) => c.with_over_budget(m),
                     None => c,
                 }
@@ -260,6 +271,7 @@ impl Case {
         }
     }
 
+    /// The same case, marked as over its recorded budget with the simulator's `message`.
     pub fn with_over_budget(mut self, message: String) -> Case {
         self.over_budget = Some(message);
         self

@@ -5,9 +5,9 @@
 
 use anyhow::Context;
 use models::{Bytes, HardwareProfile, Program};
-use reports::calibration::{loss_mismatches, worst_first, Case};
+use reports::calibration::{loss_mismatches, worst_first, Case, RePlan};
 use reports::record::{load_dir, Record};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,21 +23,12 @@ pub struct Args {
     pub hardware_dir: PathBuf,
 }
 
-/// Re-plans `record` with today's code and sets it against what it measured.
-pub fn case_of(file: &str, record: &Record, hardware_dir: &Path) -> Case {
-    let path = hardware_dir.join(format!("{}.ron", record.hardware_name()));
-    let hw = match HardwareProfile::load(&path) {
-        Ok(hw) => hw,
-        Err(e) => return Case::failed(file, record, format!("hardware profile {}: {e}", path.display())),
-    };
+/// Plans `record` again with today's code.
+pub fn replan(record: &Record, hw: &HardwareProfile) -> Result<RePlan, String> {
     let budget = record.budget_bytes.map_or(Bytes::UNLIMITED, Bytes);
-    let plan = planner::replan_uncapped(&Program::build(&record.config), &hw, budget, &record.decisions);
-    Case::replanned(
-        file,
-        record,
-        &hw,
-        plan.as_ref().map(|(p, over)| (&p.schedule.prediction, &p.trace, over.clone())).map_err(|e| e.to_string()),
-    )
+    let (plan, over_budget) =
+        planner::replan_uncapped(&Program::build(&record.config), hw, budget, &record.decisions).map_err(|e| e.to_string())?;
+    Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let named: Vec<(String, &Record)> =
         records.iter().map(|(p, r)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), r)).collect();
-    let cases = worst_first(named.iter().map(|(f, r)| case_of(f, r, &args.hardware_dir)).collect());
+    let cases = worst_first(named.iter().map(|(f, r)| Case::of_record(f, r, &args.hardware_dir, &replan)).collect());
     let (pairs, issues) = loss_mismatches(&named);
     let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
     reports::write_calibration(out.path(), &cases, pairs, &issues)

@@ -230,6 +230,15 @@ impl ShardSet {
     pub fn format(&self) -> ShardFormat {
         self.format
     }
+    /// Every token of every shard, in order, each checked below `vocab`.
+    pub fn read_all(&self, vocab: u32) -> Result<Vec<u32>, DataError> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            s.read(0, s.tokens() as usize, vocab, &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// Tokens in all files.
     pub fn tokens(&self) -> u64 {
         self.shards.iter().map(|s| s.tokens).sum()

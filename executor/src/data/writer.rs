@@ -486,12 +486,7 @@ mod tests {
 
     /// Every token of the files matching `pattern`, in name order.
     fn read_all(pattern: &Path) -> Vec<u32> {
-        let set = ShardSet::open(pattern.to_str().unwrap(), ShardFormat::LlmC).unwrap();
-        let mut out = Vec::new();
-        for s in set.shards() {
-            s.read(0, s.tokens() as usize, 50257, &mut out).unwrap();
-        }
-        out
+        ShardSet::open(pattern.to_str().unwrap(), ShardFormat::LlmC).unwrap().read_all(50257).unwrap()
     }
 
     #[test]

@@ -155,10 +155,6 @@ pub struct Lanes<'s> {
     next: Cell<Option<usize>>,
 }
 
-fn lane_index(lane: Lane) -> usize {
-    Lane::ALL.iter().position(|l| *l == lane).expect("a lane")
-}
-
 impl<'s> Lanes<'s> {
     /// The device's three streams and a new host stream, pinned host copies of the schedule's
     /// off-GPU tensors (`Schedule::pinned_tensors`) and its events. Refuses a schedule whose
@@ -186,7 +182,7 @@ impl<'s> Lanes<'s> {
 
     /// The stream of `lane`.
     pub fn stream(&self, lane: Lane) -> &Arc<CudaStream> {
-        &self.streams[lane_index(lane)]
+        &self.streams[lane.index()]
     }
 
     /// Bytes of the pinned host copies.

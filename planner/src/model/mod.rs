@@ -219,16 +219,15 @@ impl<'a> StageModel<'a> {
 mod tests {
     use super::*;
     use crate::decisions::{ActChoice, OwnerChoice};
-    use models::{GptConfig, Placement};
+    use models::Placement;
 
     /// The pinned host memory the stage model counts, group by group, is what the emitted
     /// schedule pins: no tensor is counted by two groups.
     #[test]
     fn pinned_memory_adds_up_to_the_schedules() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+        let hw = crate::shipped::h100();
         for name in ["gpt2-tiny", "gpt3-125m"] {
-            let p = Program::build(&GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap());
+            let p = crate::shipped::program(name);
             let model = StageModel::new(&p, &hw);
             let owners = p.inventory.owners();
             for shift in 0..12 {

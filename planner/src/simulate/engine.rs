@@ -3,11 +3,11 @@
 
 use super::error::SimError;
 use super::labels::action_label;
-use super::order::Order;
 use super::record::Recorder;
 use models::cost::{host_op_time, op_time, Direction};
 use models::hardware::Shares;
 use models::inventory::TensorClass;
+use models::order::Order;
 use models::schedule::{Action, Lane};
 use models::trace::{BlockState, SpanKind, Trace};
 use models::{HardwareProfile, Program, Schedule, Seconds, TensorId};
@@ -98,7 +98,7 @@ impl<'a> Engine<'a> {
         let inv = &program.inventory;
         let mut lanes: [Vec<usize>; 4] = Default::default();
         for (i, _) in schedule.actions.iter().enumerate() {
-            lanes[order.lane[i] as usize].push(i);
+            lanes[order.lane(i)].push(i);
         }
         let mut host_start = vec![false; inv.tensors.len()];
         for t in &schedule.host_resident {
@@ -237,7 +237,7 @@ impl<'a> Engine<'a> {
             .filter_map(|l| match self.state[l] {
                 LaneState::Ready => Some((self.lanes[l].get(self.cursor[l]).copied().unwrap_or(usize::MAX), l)),
                 LaneState::Waiting { action, .. } => {
-                    let r = self.order.wait_record[action].expect("waits are bound");
+                    let r = self.order.wait_record(action).expect("waits are bound");
                     self.recorded[r].then_some((action, l))
                 }
                 _ => None,
@@ -284,7 +284,7 @@ impl<'a> Engine<'a> {
                 self.cursor[l] += 1;
             }
             Action::Wait(..) => {
-                let r = self.order.wait_record[a].expect("waits are bound");
+                let r = self.order.wait_record(a).expect("waits are bound");
                 if self.recorded[r] {
                     self.cursor[l] += 1;
                 } else {

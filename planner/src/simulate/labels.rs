@@ -1,6 +1,6 @@
 //! Names of actions and lanes, for messages and pictures.
 
-use models::schedule::{Action, Lane};
+use models::schedule::Action;
 use models::{Program, Schedule};
 
 /// What an action does, for messages: `Run layer0.qkv`, `Alloc layer0.fch on compute`.
@@ -36,14 +36,5 @@ pub fn peak_label(program: &Program, schedule: &Schedule, action: usize) -> Stri
             format!("{} ({})", op.name, action_label(program, a))
         }
         _ => action_label(program, a),
-    }
-}
-
-pub(crate) fn lane_index(l: Lane) -> usize {
-    match l {
-        Lane::Compute => 0,
-        Lane::HostToDevice => 1,
-        Lane::DeviceToHost => 2,
-        Lane::Host => 3,
     }
 }

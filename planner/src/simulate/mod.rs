@@ -55,11 +55,11 @@ pub fn simulate_with_timing(
     schedule: &Schedule,
     scale: &dyn Fn(usize) -> f64,
 ) -> Result<Trace, SimError> {
-    let order = order::Order::build(program, &schedule.actions)?;
+    let order = order::order_of(program, &schedule.actions)?;
     // Timing first: its errors are the concrete ones ("at 40 us its prefetch is still copying");
     // the race check then catches what this timing happened to get right.
     let trace = engine::Engine::new(program, hw, schedule, &order, scale).run()?;
-    order.check_races(program, &schedule.actions)?;
+    order::check_races(&order, program, &schedule.actions)?;
     let device_peak = trace.peak_allocated + hw.fixed_overhead;
     if device_peak > schedule.budget {
         return Err(SimError::OverBudget {

@@ -1,147 +1,46 @@
-//! What a schedule guarantees whatever the timing: which action happens before which (lane order
-//! plus `Record` -> `Wait`, as vector clocks), data races on tensors, and the worst peak any
+//! What a schedule guarantees whatever the timing, in the simulator's words: the happens-before
+//! order and its races (`models::order`, shared with the executor), and the worst peak any
 //! timing can reach.
 
 use super::error::SimError;
-use super::labels::{action_label, lane_index};
+use super::labels::action_label;
+use models::order::{Order, OrderError, Place};
 use models::schedule::Action;
 use models::{Bytes, HardwareProfile, Program, Schedule, TensorId};
 use std::collections::HashMap;
 
-/// Happens-before of a schedule's actions.
-pub(crate) struct Order {
-    /// Lane (as index) of each action.
-    pub lane: Vec<u8>,
-    /// 1-based position of each action on its lane.
-    pub pos: Vec<u32>,
-    /// For a `Wait`: the `Record` it binds to (the latest earlier one of its event).
-    pub wait_record: Vec<Option<usize>>,
-    /// Per action, per lane: the position of the latest action of that lane that happens before
-    /// (or is) this one.
-    clocks: Vec<[u32; 4]>,
+/// The schedule's happens-before order (`models::order`), its faults named as the simulator
+/// names them.
+pub(crate) fn order_of(program: &Program, actions: &[Action]) -> Result<Order, SimError> {
+    Order::build(program, actions).map_err(|e| match e {
+        OrderError::Unrecorded { action, event } => {
+            let lane = match actions[action] {
+                Action::Wait(_, w) => w.label(),
+                _ => actions[action].lane().label(),
+            };
+            SimError::UnrecordedEvent { action, label: action_label(program, &actions[action]), event, lane }
+        }
+        OrderError::UnknownId { action, what } => SimError::UnknownId { action, label: format!("{:?}", actions[action]), what },
+        OrderError::HostRace { first, second, tensor } => race_error(program, actions, second, first, tensor, Place::Host),
+    })
 }
 
-impl Order {
-    /// Binds waits to records and computes the clocks; refuses unknown ids and waits on events
-    /// not recorded earlier in the list.
-    pub fn build(program: &Program, actions: &[Action]) -> Result<Order, SimError> {
-        let n = actions.len();
-        let mut lane = Vec::with_capacity(n);
-        let mut pos = Vec::with_capacity(n);
-        let mut wait_record = vec![None; n];
-        let mut clocks = Vec::with_capacity(n);
-        let mut lane_clock = [[0u32; 4]; 4];
-        let mut last_record: HashMap<u32, usize> = HashMap::new();
-        for (i, a) in actions.iter().enumerate() {
-            check_ids(program, i, a)?;
-            let l = lane_index(a.lane());
-            let mut c = lane_clock[l];
-            match *a {
-                Action::Record(e, _) => {
-                    last_record.insert(e.0, i);
-                }
-                Action::Wait(e, w) => {
-                    let Some(&r) = last_record.get(&e.0) else {
-                        return Err(SimError::UnrecordedEvent { action: i, label: action_label(program, a), event: e.0, lane: w.label() });
-                    };
-                    wait_record[i] = Some(r);
-                    let rc: &[u32; 4] = &clocks[r];
-                    for k in 0..4 {
-                        c[k] = c[k].max(rc[k]);
-                    }
-                }
-                _ => {}
-            }
-            c[l] += 1;
-            lane_clock[l] = c;
-            lane.push(l as u8);
-            pos.push(c[l]);
-            clocks.push(c);
-        }
-        Ok(Order { lane, pos, wait_record, clocks })
-    }
-
-    /// Whether action `p` happens before action `q` (or is it) under every timing.
-    pub fn happens_before(&self, p: usize, q: usize) -> bool {
-        p == q || self.clocks[q][self.lane[p] as usize] >= self.pos[p]
-    }
-
-    /// Every two accesses of a tensor's device buffer (alloc, free, prefetch, evict, ops) or of
-    /// its host copy (evict, prefetch, host ops), one of them a write, must be ordered.
-    pub fn check_races(&self, program: &Program, actions: &[Action]) -> Result<(), SimError> {
-        let n_t = program.inventory.tensors.len();
-        // Location 2t: device buffer of tensor t; 2t+1: its host copy.
-        let mut locs: Vec<Access> = vec![Access::default(); 2 * n_t];
-        let mut check = |me: &Order, loc: usize, a: usize, write: bool| -> Result<(), SimError> {
-            let acc = &mut locs[loc];
-            let reads = if write { &acc.reads[..] } else { &[] };
-            let unordered = acc.write.iter().chain(reads.iter().flatten()).find(|&&o| !me.happens_before(o, a));
-            if let Some(&o) = unordered {
-                let t = TensorId((loc / 2) as u32);
-                return Err(SimError::Race {
-                    action: a,
-                    label: action_label(program, &actions[a]),
-                    other: o,
-                    other_label: action_label(program, &actions[o]),
-                    tensor: program.inventory.tensor(t).name.clone(),
-                    place: if loc.is_multiple_of(2) { "its GPU buffer" } else { "its host copy" },
-                });
-            }
-            if write {
-                acc.write = Some(a);
-                acc.reads = [None; 4];
-            } else {
-                acc.reads[me.lane[a] as usize] = Some(a);
-            }
-            Ok(())
-        };
-        let dev = |t: TensorId| 2 * t.index();
-        let host = |t: TensorId| 2 * t.index() + 1;
-        for (i, a) in actions.iter().enumerate() {
-            match *a {
-                Action::Alloc(t, _) | Action::Free(t, _) => check(self, dev(t), i, true)?,
-                Action::Prefetch(t) => {
-                    check(self, host(t), i, false)?;
-                    check(self, dev(t), i, true)?;
-                }
-                Action::Evict(t) => {
-                    check(self, dev(t), i, false)?;
-                    check(self, host(t), i, true)?;
-                }
-                Action::Run(o) | Action::Recompute(o) | Action::HostRun(o) => {
-                    let op = program.op(o);
-                    let loc = |t: TensorId| if matches!(a, Action::HostRun(_)) { host(t) } else { dev(t) };
-                    for t in &op.reads {
-                        check(self, loc(*t), i, false)?;
-                    }
-                    for t in op.writes.iter().chain(&op.allocs) {
-                        check(self, loc(*t), i, true)?;
-                    }
-                }
-                Action::Record(..) | Action::Wait(..) => {}
-            }
-        }
-        Ok(())
+/// Refuses a race on a tensor's device buffer or host copy.
+pub(crate) fn check_races(order: &Order, program: &Program, actions: &[Action]) -> Result<(), SimError> {
+    match order.first_race(program, actions, &[Place::Device, Place::Host]) {
+        Some(r) => Err(race_error(program, actions, r.action, r.other, program.inventory.tensor(r.tensor).name.clone(), r.place)),
+        None => Ok(()),
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Access {
-    write: Option<usize>,
-    /// The latest read on each lane since the write.
-    reads: [Option<usize>; 4],
-}
-
-fn check_ids(program: &Program, i: usize, a: &Action) -> Result<(), SimError> {
-    let bad = |what: String| SimError::UnknownId { action: i, label: format!("{a:?}"), what };
-    match *a {
-        Action::Run(o) | Action::Recompute(o) | Action::HostRun(o) if o.index() >= program.ops.len() => Err(bad(format!("op #{}", o.0))),
-        Action::Alloc(t, _) | Action::Free(t, _) | Action::Prefetch(t) | Action::Evict(t)
-            if t.index() >= program.inventory.tensors.len() =>
-        {
-            Err(bad(format!("tensor #{}", t.0)))
-        }
-        _ => Ok(()),
+fn race_error(program: &Program, actions: &[Action], action: usize, other: usize, tensor: String, place: Place) -> SimError {
+    SimError::Race {
+        action,
+        label: action_label(program, &actions[action]),
+        other,
+        other_label: action_label(program, &actions[other]),
+        tensor,
+        place: place.label(),
     }
 }
 
@@ -151,7 +50,7 @@ fn check_ids(program: &Program, i: usize, a: &Action) -> Result<(), SimError> {
 /// `simulate_with_timing`'s peak for every `scale` (exact when all memory actions are on one
 /// lane). Quadratic in the number of allocations.
 pub fn worst_case_peak(program: &Program, hw: &HardwareProfile, schedule: &Schedule) -> Result<(Bytes, usize), SimError> {
-    let order = Order::build(program, &schedule.actions)?;
+    let order = order_of(program, &schedule.actions)?;
     let inv = &program.inventory;
     let g = hw.alloc_granularity;
     // Live intervals: (alloc action or None = at start, free action or None = at end, bytes).

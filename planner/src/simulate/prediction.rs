@@ -1,6 +1,6 @@
 //! A schedule's `Prediction` from its simulated trace.
 
-use super::labels::{lane_index, peak_label};
+use super::labels::peak_label;
 use models::schedule::{Action, Lane, Prediction};
 use models::trace::{SpanKind, Trace};
 use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
@@ -35,7 +35,7 @@ pub fn prediction_from_trace(trace: &Trace, schedule: &Schedule, program: &Progr
         match s.kind {
             SpanKind::Op | SpanKind::Recompute => compute += len(s),
             SpanKind::Prefetch | SpanKind::Evict => copying += len(s),
-            SpanKind::Wait if lane_index(s.lane) == lane_index(Lane::Compute) => {
+            SpanKind::Wait if s.lane == Lane::Compute => {
                 if matches!(wait_on.get(s.action).copied().flatten(), Some(Lane::HostToDevice | Lane::DeviceToHost)) {
                     exposed += len(s);
                 }

@@ -11,14 +11,10 @@ use models::trace::Trace;
 use models::trace::{BlockState, SpanKind};
 use models::units::GIB;
 use models::{Bytes, Seconds};
-use models::{BytesPerSecond, FlopsPerSecond, GptConfig, OpKind, TensorId};
+use models::{BytesPerSecond, FlopsPerSecond, OpKind, TensorId};
 use proptest::prelude::*;
-use std::path::Path;
 
-fn config(name: &str) -> GptConfig {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs").join(format!("{name}.ron"));
-    GptConfig::load(&p).unwrap()
-}
+use crate::shipped::config;
 
 fn tiny() -> Program {
     Program::build(&config("gpt2-tiny"))

@@ -1,17 +1,15 @@
 //! A small problem the solvers' tests search exhaustively.
 
 use super::problem::{Problem, MS};
-use models::{GptConfig, HardwareProfile, Program};
-use std::path::Path;
+use models::{HardwareProfile, Program};
 
 /// gpt2-tiny, untied, one output chunk, on the H100 profile with a link 1000 times slower (so
 /// that placement matters for time).
 pub fn small() -> (Program, HardwareProfile) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut cfg = GptConfig::load(&root.join("models/configs/gpt2-tiny.ron")).unwrap();
+    let mut cfg = crate::shipped::config("gpt2-tiny");
     cfg.output_chunks = 1;
     cfg.tied_embeddings = false;
-    let mut hw = HardwareProfile::load(&root.join("models/hardware/h100-sxm.ron")).unwrap();
+    let mut hw = crate::shipped::h100();
     hw.h2d.0 /= 1000.0;
     hw.d2h.0 /= 1000.0;
     hw.h2d_duplex.0 /= 1000.0;
