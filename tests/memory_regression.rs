@@ -286,6 +286,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         predicted_time: Some(times),
         measured_time: Some(times),
         allocator: String::new(),
+        startup: None,
     };
     assert!(!record.decisions.is_empty());
     let dir = tempfile::tempdir().unwrap();

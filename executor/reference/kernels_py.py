@@ -221,6 +221,11 @@ def fill_bf16(p, n, value):
     launch("misc.cu", "fill_bf16", cdiv(n, 256), 256, (p, I64(n), F32(value)))
 
 
+def init_params(weights, master, n, first, key, mean, std):
+    launch("init.cu", "init_params", min(cdiv(n, 256), 1 << 16), 256,
+           (weights, master, I64(n), I64(first), I64(key), F32(mean), F32(std)))
+
+
 def fill_f32(p, n, value):
     launch("misc.cu", "fill_f32", cdiv(n, 256), 256, (p, I64(n), F32(value)))
 

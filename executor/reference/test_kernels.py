@@ -225,6 +225,48 @@ def test_misc(n):
     check("convert_f32_to_bf16", y.float(), x.to(torch.bfloat16).float(), 0.0)
 
 
+def init_reference(n, first, key, mean, std):
+    """init.cu's generator in float64 with NumPy: SplitMix64's finaliser of key + (c + 1) * G,
+    Box-Muller from its two halves."""
+    import numpy as np
+    M = np.uint64
+    with np.errstate(over="ignore"):
+        c = np.arange(first, first + n, dtype=np.uint64)
+        z = M(key) + (c + M(1)) * M(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> M(30))) * M(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> M(27))) * M(0x94D049BB133111EB)
+        h = z ^ (z >> M(31))
+    u1 = ((h >> M(40)) + M(1)).astype(np.float64) / 16777216.0
+    u2 = (h & M(0xFFFFFF)).astype(np.float64) / 16777216.0
+    g = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return torch.from_numpy(mean + std * g).to(dev)
+
+
+def test_init(n, first, key, mean, std, tag):
+    w = nan_bf(n)
+    m = nan_f(n)
+    K.init_params(w, m, n, first, key, mean, std)
+    sync()
+    ref = init_reference(n, first, key, mean, std) if std != 0 else torch.full((n,), mean, device=dev, dtype=torch.float64)
+    check(f"init_params weights {tag}", w.float(), ref, 1e-2)
+    check(f"init_params master = float(weights) {tag}", m, w.float(), 0.0)
+    # The same elements made in two pieces at other offsets give the same bits.
+    w2 = nan_bf(n)
+    m2 = nan_f(n)
+    h = n // 3
+    K.init_params(w2, m2, h, first, key, mean, std)
+    K.init_params(w2[h:], m2[h:], n - h, first + h, key, mean, std)
+    sync()
+    same = torch.equal(w2.view(torch.int16), w.view(torch.int16))
+    results.append((f"init_params in pieces, bit for bit {tag}", same, 0.0, 0.0))
+    print(f"{'PASS' if same else 'FAIL'}  init_params in pieces, bit for bit {tag}", flush=True)
+    if std != 0:
+        x = w.double()
+        ok = abs(x.mean().item() - mean) < 5 * std / math.sqrt(n) and abs(x.std().item() / std - 1) < 0.01
+        results.append((f"init_params mean and std {tag}", ok, 0.0, 0.0))
+        print(f"{'PASS' if ok else 'FAIL'}  init_params mean {x.mean().item():.3e} std {x.std().item():.5f} (want {std}) {tag}", flush=True)
+
+
 # ------------------------------------------------------------------ attention
 def ref_attention(qkv, B, T, NH, D):
     """fp32 reference on the bf16 inputs; returns out, lse, and a backward closure."""
@@ -418,6 +460,8 @@ def main():
             print(f"FAIL  {fn.__name__}{a}: exception {e}", flush=True)
 
     run(test_misc, 100003)
+    run(test_init, 1000003, 17, 0x1234_5678_9ABC_DEF0, 0.0, 0.02, "normal(0, 0.02)")
+    run(test_init, 4099, 0, 7, 1.0, 0.0, "constant 1")
     run(test_embedding, 2, 64, 64, 512, 128, 4, 50, "small")
     run(test_embedding, 2, 64, 64, 512, 128, 1, 512, "small-untied")
     run(test_layernorm, 37, 64, "small")

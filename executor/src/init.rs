@@ -1,12 +1,17 @@
-//! GPT-2 style initial weights, made on the host from a fixed seed: matrices normal(0, 0.02),
-//! the residual projections (attproj_w, fcproj_w) normal(0, 0.02 / sqrt(2L)), biases 0,
-//! layer-norm weights 1. The optimizer state starts as master = the bf16 weights exactly (as
-//! fp32), m = v = 0.
+//! GPT-2 style initial weights from a seed: matrices normal(0, 0.02), the residual projections
+//! (attproj_w, fcproj_w) normal(0, 0.02 / sqrt(2L)), biases 0, layer-norm weights 1. The
+//! optimizer state starts as master = the bf16 weights exactly (as fp32), m = v = 0.
+//!
+//! Each element's value depends only on its owner's key and its index in the owner (a
+//! counter-based generator, `executor/kernels/init.cu`), so the executor makes it on the GPU
+//! wherever the schedule places the owner, in any pieces, and every schedule starts from the
+//! same bits. [`init_owner`] is the same formula on the host (for tests and host-only tools;
+//! its libm may differ from the GPU's in the last bit of a float before bf16 rounding).
 
 use half::bf16;
 use models::inventory::{Inventory, Owner, View};
 
-/// SplitMix64: small, fast, and the same numbers everywhere.
+/// SplitMix64: small, fast, and the same numbers everywhere (data shuffling, test inputs).
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -15,11 +20,8 @@ impl Rng {
         Rng(seed)
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix64(self.0)
     }
     /// Uniform in (0, 1].
     fn uniform(&mut self) -> f64 {
@@ -32,23 +34,48 @@ impl Rng {
     }
 }
 
-/// The standard deviation of a view's initial values; None: constant (`Some` value below).
-fn view_init(view: &View, layers: u32) -> Init {
-    let name = view.name.as_str();
-    if name.starts_with("ln") && name.ends_with("_w") {
-        Init::Const(1.0)
-    } else if name.ends_with("_b") {
-        Init::Const(0.0)
-    } else if name == "attproj_w" || name == "fcproj_w" {
-        Init::Normal(0.02 / (2.0 * layers as f64).sqrt())
-    } else {
-        Init::Normal(0.02)
-    }
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The SplitMix64 finaliser.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
-enum Init {
-    Const(f32),
-    Normal(f64),
+/// The generator's key of the `index`-th owner of `Inventory::owners()` under `seed`.
+pub fn owner_key(seed: u64, index: usize) -> u64 {
+    seed ^ 0xA076_1D64_78BD_642F_u64.wrapping_mul(index as u64 + 1)
+}
+
+/// The standard normal of element `counter` under `key`, as `init.cu` computes it.
+pub fn normal_at(key: u64, counter: u64) -> f32 {
+    let h = mix64(key.wrapping_add(counter.wrapping_add(1).wrapping_mul(GOLDEN)));
+    let u1 = ((h >> 40) + 1) as f32 * (1.0 / 16_777_216.0);
+    let u2 = (h & 0xFF_FFFF) as f32 * (1.0 / 16_777_216.0);
+    (-2.0 * u1.ln()).sqrt() * (6.283_185_5_f32 * u2).cos()
+}
+
+/// How a view starts: `mean + std * z` (z standard normal; `std` 0: the constant `mean`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewInit {
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// The initial values of a parameter view of a config with `layers` layers.
+pub fn view_init(view: &View, layers: u32) -> ViewInit {
+    let name = view.name.as_str();
+    let (mean, std) = if name.starts_with("ln") && name.ends_with("_w") {
+        (1.0, 0.0)
+    } else if name.ends_with("_b") {
+        (0.0, 0.0)
+    } else if name == "attproj_w" || name == "fcproj_w" {
+        (0.0, 0.02 / (2.0 * layers as f64).sqrt())
+    } else {
+        (0.0, 0.02)
+    };
+    ViewInit { mean, std: std as f32 }
 }
 
 /// Initial parameters of one owner: the bf16 weights and the fp32 optimizer state
@@ -59,30 +86,24 @@ pub struct OwnerInit {
     pub optimizer: Vec<f32>,
 }
 
-/// Initial weights of every owner, in inventory order, from `seed` (each owner has its own
-/// stream derived from the seed and its position, so owners can be made independently; they are
-/// made in parallel).
+/// Initial weights of every owner, in inventory order, from `seed` (made in parallel).
 pub fn init_params(inv: &Inventory, layers: u32, seed: u64) -> Vec<OwnerInit> {
     use rayon::prelude::*;
     inv.owners().into_par_iter().enumerate().map(|(i, owner)| init_owner(inv, layers, seed, i, owner)).collect()
 }
 
-/// The initial weights of `owner`, the `index`-th of `Inventory::owners()`.
+/// The initial weights of `owner`, the `index`-th of `Inventory::owners()`, on the host.
 pub fn init_owner(inv: &Inventory, layers: u32, seed: u64, index: usize, owner: Owner) -> OwnerInit {
     let p = inv.params(owner);
     let views = &inv.tensor(p.weights).views;
     let n = p.params as usize;
-    let mut rng = Rng::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(index as u64 + 1)));
+    let key = owner_key(seed, index);
     let mut weights = vec![bf16::ZERO; n];
     for v in views {
-        let range = v.offset as usize..(v.offset + v.elems()) as usize;
-        match view_init(v, layers) {
-            Init::Const(c) => weights[range].fill(bf16::from_f32(c)),
-            Init::Normal(std) => {
-                for w in &mut weights[range] {
-                    *w = bf16::from_f64(rng.normal() * std);
-                }
-            }
+        let init = view_init(v, layers);
+        for (c, w) in (v.offset..v.offset + v.elems()).zip(&mut weights[v.offset as usize..(v.offset + v.elems()) as usize]) {
+            let x = if init.std == 0.0 { init.mean } else { init.mean + init.std * normal_at(key, c) };
+            *w = bf16::from_f32(x);
         }
     }
     let mut optimizer = vec![0.0f32; 3 * n];

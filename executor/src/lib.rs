@@ -16,17 +16,21 @@ pub mod export;
 pub mod gpu;
 pub mod host;
 pub mod init;
+pub mod kernel_cache;
 pub mod kernels;
 mod mmap;
 pub mod ops;
 pub mod runner;
+#[cfg(feature = "cuda")]
+mod start;
+pub mod startup;
 #[cfg(feature = "cuda")]
 pub mod step;
 pub mod train;
 
 pub use host::AdamW;
 pub use runner::{run_schedule, Allocator, MemoryPoint, ScheduleRunResult};
-pub use train::{run_all_on_gpu, RunOptions, RunResult, StepReport};
+pub use train::{run_all_on_gpu, Phase, Progress, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

@@ -92,6 +92,11 @@ impl<'p> Step<'p> {
         Ok(Step { program, kernels, lt, launches, bufs, adamw })
     }
 
+    /// The compiled kernels.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
     /// The device buffer of a live tensor.
     pub fn buffer(&self, t: TensorId) -> Result<&DeviceBuffer> {
         self.bufs[t.index()]

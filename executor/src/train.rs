@@ -21,6 +21,43 @@ pub struct RunOptions {
     pub peak_flops: f64,
 }
 
+/// What a run tells its caller as it goes: each start-up phase as it begins, then each step.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    Phase(Phase),
+    Step(&'a StepReport),
+}
+
+/// The start-up phases of a run, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The CUDA context and streams.
+    Opening,
+    /// The kernels (NVRTC, or the on-disk cache).
+    Compiling,
+    /// Device memory of the persistent tensors (the arena, or the pool).
+    Allocating,
+    /// Pinned host memory for the off-GPU blocks: bytes.
+    Pinning(u64),
+    /// Initial weights and optimizer state on the GPU and in the host copies.
+    Initializing,
+    /// Step 1 is about to begin.
+    Training,
+}
+
+impl Phase {
+    pub fn label(self) -> String {
+        match self {
+            Phase::Opening => "opening the device".into(),
+            Phase::Compiling => "compiling kernels".into(),
+            Phase::Allocating => "allocating device memory".into(),
+            Phase::Pinning(b) => format!("pinning {:.1} GiB of host memory", b as f64 / (1u64 << 30) as f64),
+            Phase::Initializing => "initial weights and optimizer state".into(),
+            Phase::Training => "training".into(),
+        }
+    }
+}
+
 /// One measured step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
@@ -57,12 +94,14 @@ pub struct RunResult {
     pub device_total: u64,
     /// Tokens of the corpus.
     pub corpus_tokens: usize,
+    /// How long each start-up phase took, and the time to the first step.
+    pub startup: models::trace::Startup,
 }
 
 /// Runs `opts.steps` training steps of `program`, everything on the GPU, on batches of the
 /// shipped corpus; calls `on_step` after each.
-pub fn run_all_on_gpu(program: &Program, opts: &RunOptions, on_step: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
-    imp::run(program, opts, corpus_batches(program)?, on_step)
+pub fn run_all_on_gpu(program: &Program, opts: &RunOptions, progress: &mut dyn FnMut(Progress)) -> Result<RunResult, ExecError> {
+    imp::run(program, opts, corpus_batches(program)?, progress)
 }
 
 /// Batches of `program`'s micro-batch shape from the shipped corpus (every run trains on them).
@@ -85,6 +124,7 @@ impl RunResult {
         pool: &crate::gpu::PoolStats,
         device_used_high: u64,
         corpus_tokens: usize,
+        startup: models::trace::Startup,
     ) -> RunResult {
         RunResult {
             device: device.name.clone(),
@@ -96,6 +136,7 @@ impl RunResult {
             device_used_at_start: device.used(),
             device_total: device.total,
             corpus_tokens,
+            startup,
         }
     }
 }
@@ -103,7 +144,7 @@ impl RunResult {
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn run(_: &Program, _: &RunOptions, _: Batches, _: &mut dyn FnMut(&StepReport)) -> Result<RunResult, ExecError> {
+    pub fn run(_: &Program, _: &RunOptions, _: Batches, _: &mut dyn FnMut(Progress)) -> Result<RunResult, ExecError> {
         Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
     }
 }
@@ -111,9 +152,9 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use super::*;
-    use crate::export::{bf16_bytes, f32_bytes, i32_bytes, ExportWriter};
+    use crate::export::{f32_bytes, i32_bytes, ExportWriter};
     use crate::gpu::{elapsed_ms, record, DeviceInfo, Gpu};
-    use crate::init::init_params;
+    use crate::startup::StartClock;
     use crate::step::{Capture, Step};
 
     /// Opens device 0 and reports what it is and what is free.
@@ -135,37 +176,40 @@ mod imp {
         program: &Program,
         opts: &RunOptions,
         mut batches: Batches,
-        on_step: &mut dyn FnMut(&StepReport),
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<RunResult, ExecError> {
         let cfg = &program.config;
         let inv = &program.inventory;
+        let mut clock = StartClock::new(progress);
         let (gpu, device) = open_device()?;
         let total = device.total;
-        gpu.reset_pool_highs()?;
 
+        clock.phase(Phase::Compiling, progress);
         let mut step = Step::new(&gpu, program, opts.adamw)?;
-        // initial weights and optimizer state
-        let params = init_params(inv, cfg.layers, opts.seed);
-        for p in &params {
-            let t = inv.params(p.owner);
-            step.upload(&gpu, t.weights, &bf16_bytes(&p.weights))?;
-            step.upload(&gpu, t.optimizer, &f32_bytes(&p.optimizer))?;
-        }
+        clock.compiled(step.kernels().stats(), progress);
+        clock.phase(Phase::Initializing, progress);
+        let (free, _) = gpu.mem_info()?;
+        crate::start::initialize(&gpu, &step, None, opts.seed, free / 4)?;
+        gpu.reset_pool_highs()?;
         let mut export = match &opts.export {
             Some(dir) => {
                 let mut w = ExportWriter::new(dir)?;
-                for p in &params {
-                    let t = inv.params(p.owner);
+                for owner in inv.owners() {
+                    let t = inv.params(owner);
                     let views = inv.tensor(t.weights).views.clone();
-                    let n = p.weights.len() as u64;
-                    w.add(&format!("{}.weights", p.owner), "bf16", vec![n], &bf16_bytes(&p.weights), views)?;
-                    w.add(&format!("{}.optimizer", p.owner), "f32", vec![3, n], &f32_bytes(&p.optimizer), vec![])?;
+                    let n = t.params;
+                    let mut weights = vec![0u8; 2 * n as usize];
+                    gpu.download(&gpu.compute, &mut weights, step.buffer(t.weights)?)?;
+                    let mut optimizer = vec![0u8; 12 * n as usize];
+                    gpu.download(&gpu.compute, &mut optimizer, step.buffer(t.optimizer)?)?;
+                    w.add(&format!("{owner}.weights"), "bf16", vec![n], &weights, views)?;
+                    w.add(&format!("{owner}.optimizer"), "f32", vec![3, n], &optimizer, vec![])?;
                 }
                 Some(w)
             }
             None => None,
         };
-        drop(params);
+        let startup = clock.training(progress);
 
         let (b, t) = (cfg.batch as u64, cfg.seq as u64);
         let flops = program.model_flops().0;
@@ -195,7 +239,7 @@ mod imp {
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
             let r = StepReport::new(s, loss, ms, b * t, flops, opts.peak_flops);
-            on_step(&r);
+            progress(Progress::Step(&r));
             reports.push(r);
             if capturing {
                 let w = export.as_mut().expect("capturing implies export");
@@ -218,7 +262,7 @@ mod imp {
         if let Some(w) = export {
             w.finish(cfg, &opts.adamw, reports.iter().map(|r| r.loss).collect())?;
         }
-        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens()))
+        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup))
     }
 }
 

@@ -117,3 +117,23 @@ impl StepTimes {
         }
     }
 }
+
+/// Seconds each start-up phase of a run took, and the time from the run's start to the start of
+/// step 1.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Startup {
+    /// The CUDA context and streams.
+    pub open_s: f64,
+    /// The kernels: NVRTC, or reading them from the cache.
+    pub compile_s: f64,
+    /// Device memory of the persistent tensors (and the arena).
+    pub allocate_s: f64,
+    /// Pinned host memory for the off-GPU blocks.
+    pub pin_s: f64,
+    /// Initial weights and optimizer state.
+    pub init_s: f64,
+    pub time_to_first_step_s: f64,
+    /// Kernel files compiled by NVRTC, and read from the on-disk cache instead.
+    pub kernels_compiled: u32,
+    pub kernels_cached: u32,
+}

@@ -675,6 +675,7 @@ mod tests {
             predicted_time: None,
             measured_time: None,
             allocator: String::new(),
+            startup: None,
         }
     }
 

@@ -113,6 +113,10 @@ pub struct Record {
     /// written before arenas, which all used the pool (see [`Record::allocator_name`]).
     #[serde(default)]
     pub allocator: String,
+    /// How long each start-up phase took and the time to the first step; None in records
+    /// written before they were timed.
+    #[serde(default)]
+    pub startup: Option<models::trace::Startup>,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.
@@ -268,6 +272,7 @@ mod tests {
             predicted_time: Some(StepTimes { step_ms: 12.0, compute_ms: 10.0, h2d_bytes: 7, ..StepTimes::default() }),
             measured_time: None,
             allocator: String::new(),
+            startup: None,
         }
     }
 

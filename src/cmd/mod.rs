@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod plan;
 pub mod report;
 pub mod run;
+mod run_console;
 pub mod simulate;
 pub mod sweep;
 pub mod tokenize;

@@ -4,6 +4,7 @@
 //! Per-step loss, ms, tokens/s and MFU; a record (RON) and, for a schedule, `memory.svg` (the
 //! measured pool memory over the step on the prediction) under `--out`.
 
+use super::run_console::Console;
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
 use executor::{AdamW, ExecError, RunOptions, RunResult, StepReport};
@@ -89,17 +90,20 @@ fn pct(m: f64, p: f64) -> f64 {
     }
 }
 
-fn print_step(n: u32) -> impl FnMut(&StepReport) {
-    move |r: &StepReport| {
-        println!(
-            "step {:>4}/{n} | loss {:.6} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
-            r.step,
-            r.loss,
-            r.ms,
-            r.tokens_per_s,
-            100.0 * r.mfu
-        );
-    }
+/// Runs `f` with a console over `steps` steps as its progress callback.
+fn with_console<T>(steps: u32, f: impl FnOnce(&mut dyn FnMut(executor::Progress)) -> T) -> T {
+    let mut console = Console::new(steps);
+    let out = f(&mut |p| console.handle(p));
+    console.finish();
+    out
+}
+
+/// The start-up phases as the record keeps them.
+fn print_startup(s: &models::trace::Startup) {
+    println!(
+        "start-up: {:.2} s to the first step (device {:.2} s, kernels {:.2} s: {} compiled, {} from the cache, allocation {:.2} s, pinning {:.2} s, initial state {:.2} s)",
+        s.time_to_first_step_s, s.open_s, s.compile_s, s.kernels_compiled, s.kernels_cached, s.allocate_s, s.pin_s, s.init_s
+    );
 }
 
 fn gpu_error(e: ExecError) -> anyhow::Error {
@@ -169,6 +173,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         predicted_time: None,
         measured_time: None,
         allocator: String::new(),
+        startup: Some(result.startup.clone()),
     }
 }
 
@@ -210,7 +215,8 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
         cfg.name, cfg.layers, cfg.hidden, cfg.heads, cfg.batch, cfg.seq, cfg.output_chunks, cfg.attention, args.steps
     );
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
-    let result = executor::run_all_on_gpu(&program, &options(args), &mut print_step(args.steps)).map_err(gpu_error)?;
+    let result = with_console(args.steps, |p| executor::run_all_on_gpu(&program, &options(args), p)).map_err(gpu_error)?;
+    print_startup(&result.startup);
 
     let predicted =
         MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
@@ -286,7 +292,9 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
         models::Bytes(predicted.device_bytes),
         p.step_time
     );
-    let result = executor::run_schedule(&program, &schedule, &options(args), allocator, &mut print_step(args.steps)).map_err(gpu_error)?;
+    let result =
+        with_console(args.steps, |p| executor::run_schedule(&program, &schedule, &options(args), allocator, p)).map_err(gpu_error)?;
+    print_startup(&result.run.startup);
 
     let run = &result.run;
     let l = result.lanes;

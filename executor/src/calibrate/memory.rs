@@ -59,8 +59,11 @@ pub struct ReserveProbe {
     /// Pinned host bytes, and the device memory in use that pinning them added.
     pub pinned: u64,
     pub pinned_device: u64,
-    /// Seconds the host took to pin them (the allocation locks every page).
+    /// Seconds the host took to pin them in 16 pieces at once, as a run pins (the allocation
+    /// zeroes and locks every page).
     pub pin_seconds: f64,
+    /// Seconds to pin them in one piece (one thread).
+    pub one_piece_seconds: f64,
 }
 
 impl ReserveProbe {
@@ -153,11 +156,28 @@ mod gpu {
         let pinned = 4096 * MIB;
         let t = std::time::Instant::now();
         let host = gpu.pinned(pinned as usize)?;
-        let pin_seconds = t.elapsed().as_secs_f64();
+        let one_piece_seconds = t.elapsed().as_secs_f64();
         let (free_after, _) = gpu.mem_info()?;
         drop(host);
-        let reserve = ReserveProbe { requested, reserved, pinned, pinned_device: free_before.saturating_sub(free_after), pin_seconds };
-        tracing::info!("pinning {} of host memory took {:.2} s", size_label(pinned), pin_seconds);
+        // As a run pins: pieces on every thread at once.
+        let t = std::time::Instant::now();
+        let pieces = gpu.pinned_many(&[(pinned / 16) as usize; 16])?;
+        let pin_seconds = t.elapsed().as_secs_f64();
+        drop(pieces);
+        let reserve = ReserveProbe {
+            requested,
+            reserved,
+            pinned,
+            pinned_device: free_before.saturating_sub(free_after),
+            pin_seconds,
+            one_piece_seconds,
+        };
+        tracing::info!(
+            "pinning {} of host memory took {:.2} s in 16 pieces at once, {:.2} s in one",
+            size_label(pinned),
+            pin_seconds,
+            one_piece_seconds
+        );
         tracing::info!(
             "pool: one allocation of {} reserves {}; {} pinned on the host take {} on the device",
             size_label(reserve.requested),

@@ -165,10 +165,11 @@ impl<'s> Lanes<'s> {
         let inv = &program.inventory;
         let mut copies: Vec<Option<PinnedBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
         let mut pinned_bytes = 0u64;
-        for t in schedule.pinned_tensors(program) {
-            let bytes = inv.tensor(t).bytes.0;
-            copies[t.index()] = Some(gpu.pinned(bytes as usize)?);
-            pinned_bytes += bytes;
+        let want = schedule.pinned_tensors(program);
+        let sizes: Vec<usize> = want.iter().map(|t| inv.tensor(*t).bytes.0 as usize).collect();
+        for (t, buf) in want.iter().zip(gpu.pinned_many(&sizes)?) {
+            pinned_bytes += buf.len() as u64;
+            copies[t.index()] = Some(buf);
         }
         let n_events = schedule
             .actions
@@ -195,18 +196,13 @@ impl<'s> Lanes<'s> {
         self.copies[t.index()].is_some()
     }
 
-    /// Writes `bytes` into the host copy of `t` (between steps only: nothing uses the copies).
-    pub fn fill(&mut self, t: TensorId, bytes: &[u8]) -> Result<()> {
+    /// The host copy of `t`, to write into between steps (nothing uses the copies then).
+    pub fn copy_mut(&mut self, t: TensorId) -> Result<&mut [u8]> {
         if self.next.get().is_some() {
-            return Err(GpuError::Invalid("host copies are filled between steps, not during one".into()));
+            return Err(GpuError::Invalid("host copies are written between steps, not during one".into()));
         }
         let name = &self.program.inventory.tensor(t).name;
-        let buf = self.copies[t.index()].as_mut().ok_or_else(|| GpuError::Invalid(format!("{name} has no host copy")))?;
-        if buf.len() != bytes.len() {
-            return Err(GpuError::Invalid(format!("{} bytes for the host copy of {name} of {}", bytes.len(), buf.len())));
-        }
-        buf.as_mut_slice().copy_from_slice(bytes);
-        Ok(())
+        Ok(self.copies[t.index()].as_mut().ok_or_else(|| GpuError::Invalid(format!("{name} has no host copy")))?.as_mut_slice())
     }
 
     /// Starts issuing a step's actions.

@@ -4,9 +4,11 @@
 //! parameters and every region against its buffer.
 
 use super::{DeviceBuffer, Gpu, GpuError, Result};
+use crate::kernel_cache::KernelCache;
 use crate::kernels::{Arg, Kernel, KernelSet, Launch, KERNEL_SOURCES};
+use crate::startup::KernelStats;
 use cudarc::driver::{sys, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
 
 /// The compiled kernels of one [`KernelSet`].
@@ -14,14 +16,17 @@ pub struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
     /// By [`Kernel::slot`]: the kernel loaded there (with its head size) and its function.
     functions: Vec<Option<(Kernel, CudaFunction)>>,
+    stats: KernelStats,
 }
 
 impl Kernels {
     /// Compiles every kernel of `set` and sets their shared memory limits.
     pub fn for_set(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
         let t0 = std::time::Instant::now();
-        let kernels = Kernels::compile(gpu, set)?;
-        tracing::info!("compiled {} kernels with NVRTC in {:.1} s", set.kernels.len(), t0.elapsed().as_secs_f64());
+        let mut kernels = Kernels::compile(gpu, set, KernelCache::user_default().as_ref())?;
+        kernels.stats.seconds = t0.elapsed().as_secs_f64();
+        let st = kernels.stats;
+        tracing::info!("{} kernel files compiled with NVRTC, {} read from the cache, in {:.2} s", st.compiled, st.cached, st.seconds);
         for (k, bytes) in &set.smem_limits {
             kernels
                 .function(*k)?
@@ -30,11 +35,19 @@ impl Kernels {
         Ok(kernels)
     }
 
+    /// How the kernels were made.
+    pub fn stats(&self) -> KernelStats {
+        self.stats
+    }
+
     /// Compiles the files of `set`'s kernels with NVRTC (C++17, sm_XY of the device, the CUDA
-    /// include path) and loads the kernels.
-    fn compile(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
+    /// include path) to machine code, or reads it from `cache`, and loads the kernels.
+    fn compile(gpu: &Gpu, set: &KernelSet, cache: Option<&KernelCache>) -> Result<Kernels> {
         let (major, minor) = gpu.compute_capability()?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let options =
+            vec![format!("--gpu-architecture=sm_{major}{minor}"), "-I/usr/local/cuda/include".to_string(), "-std=c++17".to_string()];
+        let (nvrtc, driver) = (super::nvrtc::version()?, gpu.driver_version()?);
+        let mut stats = KernelStats::default();
         let mut modules = Vec::new();
         let mut functions: Vec<Option<(Kernel, CudaFunction)>> = (0..Kernel::SLOTS).map(|_| None).collect();
         for (file, src) in KERNEL_SOURCES {
@@ -42,15 +55,22 @@ impl Kernels {
             if here.is_empty() {
                 continue;
             }
-            let opts = CompileOptions {
-                arch: Some(arch),
-                include_paths: vec!["/usr/local/cuda/include".into()],
-                options: vec!["-std=c++17".into()],
-                name: Some(file.to_string()),
-                ..Default::default()
+            let path = cache.map(|c| c.path(file, src, &options, &nvrtc, &driver));
+            let cached = path.as_deref().and_then(KernelCache::read).and_then(|bin| gpu.ctx.load_module(Ptx::from_binary(bin)).ok());
+            let module = match cached {
+                Some(m) => {
+                    stats.cached += 1;
+                    m
+                }
+                None => {
+                    let cubin = super::nvrtc::compile_cubin(file, src, &options)?;
+                    if let Some(p) = &path {
+                        KernelCache::write(p, &cubin);
+                    }
+                    stats.compiled += 1;
+                    gpu.ctx.load_module(Ptx::from_binary(cubin))?
+                }
             };
-            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { file, message: e.to_string() })?;
-            let module = gpu.ctx.load_module(ptx)?;
             for k in here {
                 let name = k.name();
                 let f = module.load_function(&name).map_err(|e| GpuError::Invalid(format!("loading {name} from {file}: {e}")))?;
@@ -58,7 +78,7 @@ impl Kernels {
             }
             modules.push(module);
         }
-        Ok(Kernels { _modules: modules, functions })
+        Ok(Kernels { _modules: modules, functions, stats })
     }
 
     fn function(&self, k: Kernel) -> Result<&CudaFunction> {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 pub mod blas;
 pub mod lanes;
 pub mod launch;
+mod nvrtc;
 
 pub use blas::Lt;
 pub use launch::Kernels;
@@ -177,6 +178,16 @@ impl Gpu {
         Ok(())
     }
 
+    /// Gives the pool's unused reserved memory back to the device (after start-up scratch), so
+    /// that what the step reserves is what the step uses.
+    pub fn trim_pool(&self) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the device's default pool, which lives as long as the context; trimming only
+        // releases memory no allocation holds.
+        unsafe { sys::cuMemPoolTrimTo(self.pool, 0) }.result()?;
+        Ok(())
+    }
+
     /// Allocates `bytes` from the default pool, ordered on `stream`.
     pub fn alloc(&self, stream: &Arc<CudaStream>, bytes: u64) -> Result<DeviceBuffer> {
         self.ctx.bind_to_thread()?;
@@ -189,10 +200,15 @@ impl Gpu {
 
     /// Page-locked host memory of `bytes`.
     pub fn pinned(&self, bytes: usize) -> Result<PinnedBuffer> {
-        self.ctx.bind_to_thread()?;
-        // SAFETY: plain cuMemHostAlloc; freed in Drop.
-        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }? as *mut u8;
-        Ok(PinnedBuffer { ptr, bytes })
+        PinnedBuffer::new(&self.ctx, bytes)
+    }
+
+    /// Page-locked host buffers of these sizes, pinned in parallel (the kernel zeroes and locks
+    /// pages on every thread at once), in the order given.
+    pub fn pinned_many(&self, sizes: &[usize]) -> Result<Vec<PinnedBuffer>> {
+        use rayon::prelude::*;
+        let ctx = &self.ctx;
+        sizes.par_iter().map(|&b| PinnedBuffer::new(ctx, b)).collect()
     }
 
     /// A timing event (timing enabled).
@@ -407,6 +423,14 @@ pub struct PinnedBuffer {
 }
 
 impl PinnedBuffer {
+    /// Page-locked host memory of `bytes` in `ctx` (callable from any thread).
+    pub fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<PinnedBuffer> {
+        ctx.bind_to_thread()?;
+        // SAFETY: plain cuMemHostAlloc; freed in Drop.
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }? as *mut u8;
+        Ok(PinnedBuffer { ptr, bytes })
+    }
+
     pub fn len(&self) -> usize {
         self.bytes
     }
@@ -436,6 +460,10 @@ impl PinnedBuffer {
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut f32, self.bytes / 4) }
     }
 }
+
+// SAFETY: a PinnedBuffer is host memory owned by one value; cuMemFreeHost may be called from
+// any thread of the process, so the buffer may be made on one thread and dropped on another.
+unsafe impl Send for PinnedBuffer {}
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {

@@ -369,6 +369,32 @@ impl<B: Copy> FillBf16<B> {
     }
 }
 
+/// `init_params(weights, master, n, first, key, mean, std)`: elements `first..first + n` of an
+/// owner's initial weights (and their fp32 master copy) from the counter-based generator.
+pub struct InitParams<B> {
+    pub weights: Region<B>,
+    pub master: Region<B>,
+    pub n: u64,
+    pub first: u64,
+    pub key: u64,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl<B: Copy> InitParams<B> {
+    pub fn launch(self) -> Result<Launch<B>> {
+        Ok(Args::new(Kernel::InitParams)
+            .bf16("weights", self.weights, self.n)?
+            .f32("master", self.master, self.n)?
+            .long(self.n)
+            .long(self.first)
+            .long(self.key)
+            .float(self.mean)
+            .float(self.std)
+            .launch((cdiv(self.n, 256).min(1 << 16), 1, 1), 256, 0))
+    }
+}
+
 /// Shapes of an attention launch: B, T, NH and the head size D (C = NH * D).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {

@@ -21,6 +21,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("crossentropy.cu", include_str!("../../kernels/crossentropy.cu")),
     ("adamw.cu", include_str!("../../kernels/adamw.cu")),
     ("misc.cu", include_str!("../../kernels/misc.cu")),
+    ("init.cu", include_str!("../../kernels/init.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
     ("attention_materialized.cu", include_str!("../../kernels/attention_materialized.cu")),
 ];
@@ -63,6 +64,8 @@ pub enum Kernel {
     CeBackward,
     AdamwUpdate,
     FillBf16,
+    /// Initial weights and their fp32 master copy (`init.cu`).
+    InitParams,
     AttentionBackwardDelta,
     /// `flash_attention_forward_d{D}`, D the head size.
     FlashForward(u32),
@@ -85,7 +88,7 @@ pub enum Param {
 
 impl Kernel {
     /// The kernels every step launches, whatever its attention.
-    pub const COMMON: [Kernel; 18] = [
+    pub const COMMON: [Kernel; 19] = [
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackwardWpe,
         Kernel::EmbeddingBackwardWte,
@@ -104,6 +107,7 @@ impl Kernel {
         Kernel::CeBackward,
         Kernel::AdamwUpdate,
         Kernel::FillBf16,
+        Kernel::InitParams,
     ];
 
     /// The attention's kernels, in the order a step launches them.
@@ -115,7 +119,7 @@ impl Kernel {
     }
 
     /// Number of distinct slots (a flash kernel of any head size is one slot).
-    pub const SLOTS: usize = 24;
+    pub const SLOTS: usize = 25;
 
     /// A dense index, for tables of compiled functions: the common kernels first, then the
     /// fused attention's, then the materialised attention's.
@@ -146,6 +150,7 @@ impl Kernel {
             CeStatsUpdate | CeLoss | CeBackward => "crossentropy.cu",
             AdamwUpdate => "adamw.cu",
             FillBf16 => "misc.cu",
+            InitParams => "init.cu",
             AttentionBackwardDelta | FlashForward(_) | FlashBackward(_) => "attention.cu",
             MaterializedForward | MaterializedBackwardDq | MaterializedBackwardDkdv => "attention_materialized.cu",
         }
@@ -173,6 +178,7 @@ impl Kernel {
             CeBackward => "ce_backward".into(),
             AdamwUpdate => "adamw_update".into(),
             FillBf16 => "fill_bf16".into(),
+            InitParams => "init_params".into(),
             AttentionBackwardDelta => "attention_backward_delta".into(),
             FlashForward(d) => format!("flash_attention_forward_d{d}"),
             FlashBackward(d) => format!("flash_attention_backward_d{d}"),
@@ -205,6 +211,7 @@ impl Kernel {
             CeBackward => &[Ptr(B), Ptr(F), Ptr(I), I32, I32, I32, I32, F32],
             AdamwUpdate => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, I32],
             FillBf16 => &[Ptr(B), I64, F32],
+            InitParams => &[Ptr(B), Ptr(F), I64, I64, I64, F32, F32],
             AttentionBackwardDelta => &[Ptr(F), Ptr(B), Ptr(B), I32, I32, I32, I32],
             FlashForward(_) => &[Ptr(B), Ptr(F), Ptr(B), I32, I32, I32, F32],
             FlashBackward(_) => &[Ptr(B), Ptr(B), Ptr(B), Ptr(F), Ptr(F), I32, I32, I32, F32],

@@ -4,13 +4,12 @@
 use super::arena::Arena;
 use super::{Allocator, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
-use crate::export::{bf16_bytes, f32_bytes};
 use crate::gpu::lanes::{Access, HostAccess, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError};
 use crate::host::{self, AdamW, WteScratch};
-use crate::init::init_owner;
+use crate::startup::StartClock;
 use crate::step::Step;
-use crate::train::{RunOptions, RunResult, StepReport};
+use crate::train::{Phase, Progress, RunOptions, RunResult, StepReport};
 use crate::ExecError;
 use cudarc::driver::{CudaEvent, CudaStream};
 use models::inventory::View;
@@ -52,10 +51,10 @@ pub fn run(
     opts: &RunOptions,
     allocator: Allocator,
     mut batches: Batches,
-    on_step: &mut dyn FnMut(&StepReport),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     let cfg = &program.config;
-    let inv = &program.inventory;
+    let mut clock = StartClock::new(progress);
     let (gpu, device) = crate::train::open_device()?;
     let (free0, total) = (device.free, device.total);
     let pool_budget = schedule.budget.0.saturating_sub(schedule.prediction.fixed_overhead.0);
@@ -69,8 +68,15 @@ pub fn run(
             models::Bytes(free0 + schedule.prediction.fixed_overhead.0)
         )));
     }
-    gpu.reset_pool_highs()?;
 
+    // The pinned host copies first, and the scratch of the initial state next, while the device
+    // has all its memory: the scratch is given back before the arena is taken.
+    let pin_bytes: u64 = schedule.pinned_tensors(program).iter().map(|t| program.inventory.tensor(*t).bytes.0).sum();
+    clock.phase(Phase::Pinning(pin_bytes), progress);
+    let mut lanes = Lanes::new(&gpu, program, schedule)?;
+    let pinned_bytes = lanes.pinned_bytes();
+
+    clock.phase(Phase::Compiling, progress);
     let mut arena = match allocator {
         Allocator::Arena => {
             let a = Arena::take(&gpu, program, schedule, free0)?;
@@ -86,32 +92,15 @@ pub fn run(
         None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
     };
 
-    // The lanes, and pinned host copies.
-    let t0 = Instant::now();
-    let mut lanes = Lanes::new(&gpu, program, schedule)?;
-    let pinned_bytes = lanes.pinned_bytes();
-    tracing::info!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.1} s", mib(pinned_bytes), t0.elapsed().as_secs_f64());
+    clock.compiled(step.kernels().stats(), progress);
 
-    // Initial weights and optimizer state, wherever the step starts them.
-    // Made 16 owners at a time in parallel, so a large model's initial state is never all in
-    // host memory at once.
-    let t0 = Instant::now();
-    let owners: Vec<(usize, models::Owner)> = inv.owners().into_iter().enumerate().collect();
-    for group in owners.chunks(16) {
-        let made: Vec<_> = group.par_iter().map(|(i, o)| init_owner(inv, cfg.layers, opts.seed, *i, *o)).collect();
-        for p in made {
-            let t = inv.params(p.owner);
-            for (tensor, bytes) in [(t.weights, bf16_bytes(&p.weights)), (t.optimizer, f32_bytes(&p.optimizer))] {
-                if !schedule.host_resident.contains(&tensor) {
-                    step.upload(&gpu, tensor, &bytes)?;
-                }
-                if lanes.has_copy(tensor) {
-                    lanes.fill(tensor, &bytes)?;
-                }
-            }
-        }
-    }
-    tracing::info!("initial weights and optimizer state in place in {:.1} s", t0.elapsed().as_secs_f64());
+    // Initial weights and optimizer state, made on the GPU wherever the step starts them, and
+    // in the host copies; the scratch comes from what the arena left free.
+    clock.phase(Phase::Initializing, progress);
+    let (free, _) = gpu.mem_info()?;
+    crate::start::initialize(&gpu, &step, Some(&mut lanes), opts.seed, free.saturating_sub(256 << 20).min(1 << 30))?;
+    gpu.reset_pool_highs()?;
+    let startup = clock.training(progress);
 
     let start = gpu.timing_event()?;
     let ends: Vec<CudaEvent> = (0..4).map(|_| gpu.timing_event()).collect::<Result<_, _>>()?;
@@ -155,7 +144,7 @@ pub fn run(
         match sampler {
             None => {
                 let r = StepReport::new(s, loss, ms, cfg.tokens(), flops, opts.peak_flops);
-                on_step(&r);
+                progress(Progress::Step(&r));
                 reports.push(r);
             }
             Some(smp) => {
@@ -183,7 +172,7 @@ pub fn run(
     }
     let pool = gpu.pool_stats()?;
     Ok(ScheduleRunResult {
-        run: RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens()),
+        run: RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup),
         device_free_at_start: free0,
         allocator,
         arena_bytes: arena.as_ref().map(|a| a.bytes()),

@@ -12,7 +12,7 @@ mod arena;
 #[cfg(feature = "cuda")]
 mod issue;
 
-use crate::train::{RunOptions, RunResult, StepReport};
+use crate::train::{RunOptions, RunResult};
 use crate::ExecError;
 use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
@@ -110,7 +110,7 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
     Ok(())
 }
 
-/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `on_step` after each.
+/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `progress` as it goes.
 /// Refuses a schedule of another format or program, and one whose budget (less the fixed
 /// overhead it assumes) exceeds the device's free memory.
 pub fn run_schedule(
@@ -118,10 +118,10 @@ pub fn run_schedule(
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
-    on_step: &mut dyn FnMut(&StepReport),
+    progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
-    imp(program, schedule, opts, allocator, crate::train::corpus_batches(program)?, on_step)
+    imp(program, schedule, opts, allocator, crate::train::corpus_batches(program)?, progress)
 }
 
 #[cfg(feature = "cuda")]
@@ -131,9 +131,9 @@ fn imp(
     opts: &RunOptions,
     allocator: Allocator,
     batches: crate::data::Batches,
-    on_step: &mut dyn FnMut(&StepReport),
+    progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    issue::run(program, schedule, opts, allocator, batches, on_step)
+    issue::run(program, schedule, opts, allocator, batches, progress)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -143,7 +143,7 @@ fn imp(
     _: &RunOptions,
     _: Allocator,
     _: crate::data::Batches,
-    _: &mut dyn FnMut(&StepReport),
+    _: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
 }

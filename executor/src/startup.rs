@@ -1,0 +1,71 @@
+//! Timing a run's start-up phase by phase, and telling the caller as each begins.
+
+use crate::train::{Phase, Progress};
+use models::trace::Startup;
+use std::time::Instant;
+
+/// How the kernels were made: compiled now, or read from the on-disk cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KernelStats {
+    pub compiled: u32,
+    pub cached: u32,
+    pub seconds: f64,
+}
+
+/// The clock of one run's start-up: from its creation to the start of step 1.
+pub(crate) struct StartClock {
+    t0: Instant,
+    current: (Phase, Instant),
+    times: Startup,
+    kernels: KernelStats,
+}
+
+impl StartClock {
+    /// Starts with [`Phase::Opening`].
+    pub fn new(progress: &mut dyn FnMut(Progress)) -> StartClock {
+        progress(Progress::Phase(Phase::Opening));
+        let now = Instant::now();
+        StartClock { t0: now, current: (Phase::Opening, now), times: Startup::default(), kernels: KernelStats::default() }
+    }
+
+    /// Ends the current phase and begins `next`.
+    pub fn phase(&mut self, next: Phase, progress: &mut dyn FnMut(Progress)) {
+        self.close();
+        self.current = (next, Instant::now());
+        progress(Progress::Phase(next));
+    }
+
+    /// The kernels are made; the rest of the phase is allocation.
+    pub fn compiled(&mut self, stats: KernelStats, progress: &mut dyn FnMut(Progress)) {
+        self.kernels = stats;
+        self.times.kernels_compiled = stats.compiled;
+        self.times.kernels_cached = stats.cached;
+        let _ = progress;
+    }
+
+    /// Ends start-up: step 1 begins now.
+    pub fn training(mut self, progress: &mut dyn FnMut(Progress)) -> Startup {
+        self.close();
+        self.times.time_to_first_step_s = self.t0.elapsed().as_secs_f64();
+        progress(Progress::Phase(Phase::Training));
+        self.times
+    }
+
+    fn close(&mut self) {
+        let (phase, since) = self.current;
+        let s = since.elapsed().as_secs_f64();
+        let t = &mut self.times;
+        match phase {
+            Phase::Opening => t.open_s += s,
+            // Step creation compiles, then allocates the persistent tensors.
+            Phase::Compiling => {
+                t.compile_s += self.kernels.seconds.min(s);
+                t.allocate_s += (s - self.kernels.seconds).max(0.0);
+            }
+            Phase::Allocating => t.allocate_s += s,
+            Phase::Pinning(_) => t.pin_s += s,
+            Phase::Initializing => t.init_s += s,
+            Phase::Training => {}
+        }
+    }
+}
