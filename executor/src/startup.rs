@@ -43,6 +43,11 @@ impl StartClock {
         let _ = progress;
     }
 
+    /// Pinning took `seconds` on its own thread (beside the phases the clock times).
+    pub fn pinned(&mut self, seconds: f64) {
+        self.times.pin_s = seconds;
+    }
+
     /// Ends start-up: step 1 begins now.
     pub fn training(mut self, progress: &mut dyn FnMut(Progress)) -> Startup {
         self.close();
@@ -63,7 +68,7 @@ impl StartClock {
                 t.allocate_s += (s - self.kernels.seconds).max(0.0);
             }
             Phase::Allocating => t.allocate_s += s,
-            Phase::Pinning(_) => t.pin_s += s,
+            Phase::Pinning(_) => t.pin_wait_s += s,
             Phase::Initializing => t.init_s += s,
             Phase::Training => {}
         }

@@ -128,8 +128,12 @@ pub struct Startup {
     pub compile_s: f64,
     /// Device memory of the persistent tensors (and the arena).
     pub allocate_s: f64,
-    /// Pinned host memory for the off-GPU blocks.
+    /// Pinning the host memory of the off-GPU blocks (on its own thread, beside compiling and
+    /// allocating).
     pub pin_s: f64,
+    /// What start-up waited for pinning once everything else was ready.
+    #[serde(default)]
+    pub pin_wait_s: f64,
     /// Initial weights and optimizer state.
     pub init_s: f64,
     pub time_to_first_step_s: f64,

@@ -15,7 +15,7 @@
 
 use super::{DeviceBuffer, Gpu, GpuError, PinnedBuffer, Result};
 use crate::host::bf16::{as_bf16, as_bf16_mut, bf16};
-use cudarc::driver::{sys, CudaEvent, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 use models::order::check_host_copies;
 use models::schedule::{Action, Lane, Schedule};
 use models::{Program, TensorId};
@@ -155,20 +155,46 @@ pub struct Lanes<'s> {
     next: Cell<Option<usize>>,
 }
 
+/// The pinned host copies of a schedule's off-GPU tensors (`Schedule::pinned_tensors`), made
+/// apart from the lanes so that a run can pin them on another thread while it compiles and
+/// allocates.
+pub struct HostCopies {
+    copies: Vec<(TensorId, PinnedBuffer)>,
+}
+
+impl HostCopies {
+    /// Refuses a schedule whose host copies race, then pins every copy (in parallel).
+    pub fn pin(ctx: &Arc<CudaContext>, program: &Program, schedule: &Schedule) -> Result<HostCopies> {
+        check_host_copies(program, &schedule.actions).map_err(|e| GpuError::Invalid(format!("the schedule cannot run: {e}")))?;
+        let want = schedule.pinned_tensors(program);
+        let sizes: Vec<usize> = want.iter().map(|t| program.inventory.tensor(*t).bytes.0 as usize).collect();
+        Ok(HostCopies { copies: want.into_iter().zip(PinnedBuffer::many(ctx, &sizes)?).collect() })
+    }
+
+    /// Bytes pinned.
+    pub fn bytes(&self) -> u64 {
+        self.copies.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
 impl<'s> Lanes<'s> {
-    /// The device's three streams and a new host stream, pinned host copies of the schedule's
-    /// off-GPU tensors (`Schedule::pinned_tensors`) and its events. Refuses a schedule whose
-    /// host copies race.
-    pub fn new(gpu: &'s Gpu, program: &'s Program, schedule: &'s Schedule) -> Result<Lanes<'s>> {
+    /// The device's three streams and a new host stream, the host copies (pinned for this
+    /// schedule by [`HostCopies::pin`]) and the schedule's events.
+    pub fn new(gpu: &'s Gpu, program: &'s Program, schedule: &'s Schedule, host: HostCopies) -> Result<Lanes<'s>> {
         check_host_copies(program, &schedule.actions).map_err(|e| GpuError::Invalid(format!("the schedule cannot run: {e}")))?;
         let streams = [gpu.compute.clone(), gpu.h2d.clone(), gpu.d2h.clone(), gpu.ctx.new_stream()?];
         let inv = &program.inventory;
         let mut copies: Vec<Option<PinnedBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
-        let mut pinned_bytes = 0u64;
+        let pinned_bytes = host.bytes();
         let want = schedule.pinned_tensors(program);
-        let sizes: Vec<usize> = want.iter().map(|t| inv.tensor(*t).bytes.0 as usize).collect();
-        for (t, buf) in want.iter().zip(gpu.pinned_many(&sizes)?) {
-            pinned_bytes += buf.len() as u64;
+        if want.len() != host.copies.len() {
+            return Err(GpuError::Invalid("the host copies were pinned for another schedule".into()));
+        }
+        for (t, buf) in host.copies {
+            let need = inv.tensor(t).bytes.0;
+            if buf.len() as u64 != need || !want.contains(&t) {
+                return Err(GpuError::Invalid(format!("the host copies were pinned for another schedule ({})", inv.tensor(t).name)));
+            }
             copies[t.index()] = Some(buf);
         }
         let n_events = schedule

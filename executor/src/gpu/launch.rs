@@ -46,32 +46,53 @@ impl Kernels {
         let (major, minor) = gpu.compute_capability()?;
         let options =
             vec![format!("--gpu-architecture=sm_{major}{minor}"), "-I/usr/local/cuda/include".to_string(), "-std=c++17".to_string()];
+        let t0 = std::time::Instant::now();
         let (nvrtc, driver) = (super::nvrtc::version()?, gpu.driver_version()?);
+        tracing::debug!("NVRTC {nvrtc} loaded in {:.3} s", t0.elapsed().as_secs_f64());
         let mut stats = KernelStats::default();
+        let files: Vec<(&'static str, &'static str, Vec<Kernel>)> = KERNEL_SOURCES
+            .iter()
+            .map(|(file, src)| (*file, *src, set.kernels.iter().copied().filter(|k| k.file() == *file).collect::<Vec<_>>()))
+            .filter(|(_, _, here)| !here.is_empty())
+            .collect();
+        // Machine code from the cache where it loads; the rest compiled by NVRTC on a thread each.
+        let mut images: Vec<Option<Arc<CudaModule>>> = Vec::new();
+        let mut paths = Vec::new();
+        for (file, src, _) in &files {
+            let path = cache.map(|c| c.path(file, src, &options, &nvrtc, &driver));
+            images.push(path.as_deref().and_then(KernelCache::read).and_then(|bin| gpu.ctx.load_module(Ptx::from_binary(bin)).ok()));
+            paths.push(path);
+        }
+        let compiled: Vec<(usize, Result<Vec<u8>>)> = std::thread::scope(|scope| -> Result<_> {
+            let jobs: Vec<_> = (0..files.len())
+                .filter(|&i| images[i].is_none())
+                .map(|i| {
+                    let (file, src, _) = files[i];
+                    let options = &options;
+                    scope.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let r = super::nvrtc::compile_cubin(file, src, options);
+                        tracing::debug!("compiled {file} in {:.3} s", t.elapsed().as_secs_f64());
+                        (i, r)
+                    })
+                })
+                .collect();
+            jobs.into_iter().map(|j| j.join().map_err(|_| GpuError::Invalid("an NVRTC thread panicked".into()))).collect()
+        })?;
+        stats.cached = images.iter().filter(|m| m.is_some()).count() as u32;
+        for (i, cubin) in compiled {
+            let cubin = cubin?;
+            if let Some(p) = &paths[i] {
+                KernelCache::write(p, &cubin);
+            }
+            images[i] = Some(gpu.ctx.load_module(Ptx::from_binary(cubin))?);
+            stats.compiled += 1;
+        }
         let mut modules = Vec::new();
         let mut functions: Vec<Option<(Kernel, CudaFunction)>> = (0..Kernel::SLOTS).map(|_| None).collect();
-        for (file, src) in KERNEL_SOURCES {
-            let here: Vec<Kernel> = set.kernels.iter().copied().filter(|k| k.file() == *file).collect();
-            if here.is_empty() {
-                continue;
-            }
-            let path = cache.map(|c| c.path(file, src, &options, &nvrtc, &driver));
-            let cached = path.as_deref().and_then(KernelCache::read).and_then(|bin| gpu.ctx.load_module(Ptx::from_binary(bin)).ok());
-            let module = match cached {
-                Some(m) => {
-                    stats.cached += 1;
-                    m
-                }
-                None => {
-                    let cubin = super::nvrtc::compile_cubin(file, src, &options)?;
-                    if let Some(p) = &path {
-                        KernelCache::write(p, &cubin);
-                    }
-                    stats.compiled += 1;
-                    gpu.ctx.load_module(Ptx::from_binary(cubin))?
-                }
-            };
-            for k in here {
+        for ((file, _, here), module) in files.iter().zip(images) {
+            let module = module.expect("every file is loaded or compiled above");
+            for &k in here {
                 let name = k.name();
                 let f = module.load_function(&name).map_err(|e| GpuError::Invalid(format!("loading {name} from {file}: {e}")))?;
                 functions[k.slot()] = Some((k, f));

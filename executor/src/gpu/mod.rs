@@ -206,9 +206,7 @@ impl Gpu {
     /// Page-locked host buffers of these sizes, pinned in parallel (the kernel zeroes and locks
     /// pages on every thread at once), in the order given.
     pub fn pinned_many(&self, sizes: &[usize]) -> Result<Vec<PinnedBuffer>> {
-        use rayon::prelude::*;
-        let ctx = &self.ctx;
-        sizes.par_iter().map(|&b| PinnedBuffer::new(ctx, b)).collect()
+        PinnedBuffer::many(&self.ctx, sizes)
     }
 
     /// A timing event (timing enabled).
@@ -423,6 +421,12 @@ pub struct PinnedBuffer {
 }
 
 impl PinnedBuffer {
+    /// Buffers of these sizes in `ctx`, pinned in parallel, in the order given.
+    pub fn many(ctx: &Arc<CudaContext>, sizes: &[usize]) -> Result<Vec<PinnedBuffer>> {
+        use rayon::prelude::*;
+        sizes.par_iter().map(|&b| PinnedBuffer::new(ctx, b)).collect()
+    }
+
     /// Page-locked host memory of `bytes` in `ctx` (callable from any thread).
     pub fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<PinnedBuffer> {
         ctx.bind_to_thread()?;

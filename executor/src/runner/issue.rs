@@ -4,7 +4,7 @@
 use super::arena::Arena;
 use super::{Allocator, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
-use crate::gpu::lanes::{Access, HostAccess, HostJob, Lanes};
+use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError};
 use crate::host::{self, AdamW, WteScratch};
 use crate::startup::StartClock;
@@ -69,30 +69,40 @@ pub fn run(
         )));
     }
 
-    // The pinned host copies first, and the scratch of the initial state next, while the device
-    // has all its memory: the scratch is given back before the arena is taken.
+    // The host copies are pinned on another thread while the kernels compile and the device
+    // memory is taken (pinning is the host kernel's work: it runs beside them).
     let pin_bytes: u64 = schedule.pinned_tensors(program).iter().map(|t| program.inventory.tensor(*t).bytes.0).sum();
-    clock.phase(Phase::Pinning(pin_bytes), progress);
-    let mut lanes = Lanes::new(&gpu, program, schedule)?;
+    let ctx = gpu.ctx.clone();
+    let (host, mut arena, step) = std::thread::scope(|scope| -> Result<_, ExecError> {
+        let pinning = scope.spawn(|| {
+            let t0 = Instant::now();
+            HostCopies::pin(&ctx, program, schedule).map(|h| (h, t0.elapsed().as_secs_f64()))
+        });
+        clock.phase(Phase::Compiling, progress);
+        let mut arena = match allocator {
+            Allocator::Arena => {
+                let a = Arena::take(&gpu, program, schedule, free0)?;
+                tracing::info!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
+                Some(a)
+            }
+            Allocator::Pool => None,
+        };
+        let step = match arena.as_mut() {
+            Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| {
+                a.resident(t).map_err(|e| GpuError::Invalid(e.to_string()))
+            })?,
+            None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
+        };
+        clock.compiled(step.kernels().stats(), progress);
+        clock.phase(Phase::Pinning(pin_bytes), progress);
+        let (host, pin_s) = pinning.join().map_err(|_| ExecError::Host("the pinning thread panicked".into()))??;
+        clock.pinned(pin_s);
+        tracing::info!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.2} s", mib(host.bytes()), pin_s);
+        Ok((host, arena, step))
+    })?;
+    let mut step = step;
+    let mut lanes = Lanes::new(&gpu, program, schedule, host)?;
     let pinned_bytes = lanes.pinned_bytes();
-
-    clock.phase(Phase::Compiling, progress);
-    let mut arena = match allocator {
-        Allocator::Arena => {
-            let a = Arena::take(&gpu, program, schedule, free0)?;
-            tracing::info!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
-            Some(a)
-        }
-        Allocator::Pool => None,
-    };
-    let mut step = match arena.as_mut() {
-        Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| {
-            a.resident(t).map_err(|e| GpuError::Invalid(e.to_string()))
-        })?,
-        None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
-    };
-
-    clock.compiled(step.kernels().stats(), progress);
 
     // Initial weights and optimizer state, made on the GPU wherever the step starts them, and
     // in the host copies; the scratch comes from what the arena left free.
