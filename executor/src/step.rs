@@ -59,6 +59,20 @@ impl<'p> Step<'p> {
         host_resident: &[TensorId],
         alloc: &mut dyn FnMut(&models::Tensor) -> Result<DeviceBuffer>,
     ) -> std::result::Result<Step<'p>, crate::ExecError> {
+        let set = KernelSet::for_config(&program.config).map_err(crate::ExecError::Unsupported)?;
+        let kernels = Kernels::for_set(gpu, &set)?;
+        Step::with_kernels(program, adamw, host_resident, alloc, kernels)
+    }
+
+    /// As [`Step::with_allocator`], with the kernels loaded already (of
+    /// `KernelSet::for_config(&program.config)`).
+    pub fn with_kernels(
+        program: &'p Program,
+        adamw: AdamW,
+        host_resident: &[TensorId],
+        alloc: &mut dyn FnMut(&models::Tensor) -> Result<DeviceBuffer>,
+        kernels: Kernels,
+    ) -> std::result::Result<Step<'p>, crate::ExecError> {
         let cfg = &program.config;
         let vc = cfg.padded_vocab / cfg.output_chunks;
         if !cfg.hidden.is_multiple_of(8) || !vc.is_multiple_of(8) {
@@ -67,9 +81,7 @@ impl<'p> Step<'p> {
                 cfg.hidden
             )));
         }
-        let set = KernelSet::for_config(cfg).map_err(crate::ExecError::Unsupported)?;
         let launches = StepLaunches::new(program).map_err(crate::ExecError::Unsupported)?;
-        let kernels = Kernels::for_set(gpu, &set)?;
 
         let inv = &program.inventory;
         let mut bufs: Vec<Option<DeviceBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();

@@ -51,7 +51,7 @@ impl Phase {
             Phase::Opening => "opening the device".into(),
             Phase::Compiling => "compiling kernels".into(),
             Phase::Allocating => "allocating device memory".into(),
-            Phase::Pinning(b) => format!("pinning {:.1} GiB of host memory", b as f64 / (1u64 << 30) as f64),
+            Phase::Pinning(b) => format!("pinning {:.1} GiB of host memory, kernels compiling beside", b as f64 / (1u64 << 30) as f64),
             Phase::Initializing => "initial weights and optimizer state".into(),
             Phase::Training => "training".into(),
         }

@@ -128,10 +128,9 @@ pub struct Startup {
     pub compile_s: f64,
     /// Device memory of the persistent tensors (and the arena).
     pub allocate_s: f64,
-    /// Pinning the host memory of the off-GPU blocks (on its own thread, beside compiling and
-    /// allocating).
+    /// Pinning the host memory of the off-GPU blocks (the kernels compile beside it).
     pub pin_s: f64,
-    /// What start-up waited for pinning once everything else was ready.
+    /// What pinning added to start-up beyond the kernels' time beside it.
     #[serde(default)]
     pub pin_wait_s: f64,
     /// Initial weights and optimizer state.

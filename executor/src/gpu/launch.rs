@@ -19,56 +19,60 @@ pub struct Kernels {
     stats: KernelStats,
 }
 
-impl Kernels {
-    /// Compiles every kernel of `set` and sets their shared memory limits.
-    pub fn for_set(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
-        let t0 = std::time::Instant::now();
-        let mut kernels = Kernels::compile(gpu, set, KernelCache::user_default().as_ref())?;
-        kernels.stats.seconds = t0.elapsed().as_secs_f64();
-        let st = kernels.stats;
-        tracing::info!("{} kernel files compiled with NVRTC, {} read from the cache, in {:.2} s", st.compiled, st.cached, st.seconds);
-        for (k, bytes) in &set.smem_limits {
-            kernels
-                .function(*k)?
-                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, *bytes as i32)?;
-        }
-        Ok(kernels)
-    }
+/// The machine code of a [`KernelSet`]'s files, from the on-disk cache or compiled by NVRTC:
+/// made without the CUDA driver, so it can run on a thread while the driver pins host memory.
+pub struct KernelImages {
+    set: KernelSet,
+    /// Per file: its name, its kernels, its CUBIN.
+    files: Vec<(&'static str, Vec<Kernel>, Vec<u8>)>,
+    stats: KernelStats,
+}
 
-    /// How the kernels were made.
-    pub fn stats(&self) -> KernelStats {
-        self.stats
-    }
+/// What machine code is made for: the device's compute capability and its driver's version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub major: i32,
+    pub minor: i32,
+    pub driver: String,
+}
 
-    /// Compiles the files of `set`'s kernels with NVRTC (C++17, sm_XY of the device, the CUDA
-    /// include path) to machine code, or reads it from `cache`, and loads the kernels.
-    fn compile(gpu: &Gpu, set: &KernelSet, cache: Option<&KernelCache>) -> Result<Kernels> {
+impl Target {
+    pub fn of(gpu: &Gpu) -> Result<Target> {
         let (major, minor) = gpu.compute_capability()?;
-        let options =
-            vec![format!("--gpu-architecture=sm_{major}{minor}"), "-I/usr/local/cuda/include".to_string(), "-std=c++17".to_string()];
+        Ok(Target { major, minor, driver: gpu.driver_version()? })
+    }
+}
+
+impl KernelImages {
+    /// Reads every file of `set` from `cache` where it is there; compiles the rest with NVRTC
+    /// (C++17, sm_XY of the target, the CUDA include path), a thread each, and caches them.
+    pub fn prepare(set: &KernelSet, target: &Target, cache: Option<&KernelCache>) -> Result<KernelImages> {
         let t0 = std::time::Instant::now();
-        let (nvrtc, driver) = (super::nvrtc::version()?, gpu.driver_version()?);
+        let options = vec![
+            format!("--gpu-architecture=sm_{}{}", target.major, target.minor),
+            "-I/usr/local/cuda/include".to_string(),
+            "-std=c++17".to_string(),
+        ];
+        let nvrtc = super::nvrtc::version()?;
         tracing::debug!("NVRTC {nvrtc} loaded in {:.3} s", t0.elapsed().as_secs_f64());
-        let mut stats = KernelStats::default();
-        let files: Vec<(&'static str, &'static str, Vec<Kernel>)> = KERNEL_SOURCES
+        let wanted: Vec<(&'static str, &'static str, Vec<Kernel>)> = KERNEL_SOURCES
             .iter()
             .map(|(file, src)| (*file, *src, set.kernels.iter().copied().filter(|k| k.file() == *file).collect::<Vec<_>>()))
             .filter(|(_, _, here)| !here.is_empty())
             .collect();
-        // Machine code from the cache where it loads; the rest compiled by NVRTC on a thread each.
-        let mut images: Vec<Option<Arc<CudaModule>>> = Vec::new();
-        let mut paths = Vec::new();
-        for (file, src, _) in &files {
-            let path = cache.map(|c| c.path(file, src, &options, &nvrtc, &driver));
-            images.push(path.as_deref().and_then(KernelCache::read).and_then(|bin| gpu.ctx.load_module(Ptx::from_binary(bin)).ok()));
-            paths.push(path);
+        let paths: Vec<Option<std::path::PathBuf>> =
+            wanted.iter().map(|(file, src, _)| cache.map(|c| c.path(file, src, &options, &nvrtc, &target.driver))).collect();
+        let mut images: Vec<Option<Vec<u8>>> = paths.iter().map(|p| p.as_deref().and_then(KernelCache::read)).collect();
+        let mut stats = KernelStats { cached: images.iter().filter(|i| i.is_some()).count() as u32, ..KernelStats::default() };
+        if images.iter().any(|i| i.is_none()) {
+            super::nvrtc::read_ahead();
         }
         let compiled: Vec<(usize, Result<Vec<u8>>)> = std::thread::scope(|scope| -> Result<_> {
-            let jobs: Vec<_> = (0..files.len())
+            let jobs: Vec<_> = (0..wanted.len())
                 .filter(|&i| images[i].is_none())
                 .map(|i| {
-                    let (file, src, _) = files[i];
-                    let options = &options;
+                    let (file, src, _) = &wanted[i];
+                    let (file, src, options) = (*file, *src, &options);
                     scope.spawn(move || {
                         let t = std::time::Instant::now();
                         let r = super::nvrtc::compile_cubin(file, src, options);
@@ -79,27 +83,65 @@ impl Kernels {
                 .collect();
             jobs.into_iter().map(|j| j.join().map_err(|_| GpuError::Invalid("an NVRTC thread panicked".into()))).collect()
         })?;
-        stats.cached = images.iter().filter(|m| m.is_some()).count() as u32;
         for (i, cubin) in compiled {
             let cubin = cubin?;
             if let Some(p) = &paths[i] {
                 KernelCache::write(p, &cubin);
             }
-            images[i] = Some(gpu.ctx.load_module(Ptx::from_binary(cubin))?);
+            images[i] = Some(cubin);
             stats.compiled += 1;
         }
+        stats.seconds = t0.elapsed().as_secs_f64();
+        let files = wanted.into_iter().zip(images).map(|((file, _, here), image)| (file, here, image.unwrap_or_default())).collect();
+        Ok(KernelImages { set: set.clone(), files, stats })
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        self.stats
+    }
+}
+
+impl Kernels {
+    /// The kernels of `set`, from the cache or NVRTC, loaded, with their shared memory limits.
+    pub fn for_set(gpu: &Gpu, set: &KernelSet) -> Result<Kernels> {
+        let images = KernelImages::prepare(set, &Target::of(gpu)?, KernelCache::user_default().as_ref())?;
+        Kernels::load(gpu, images)
+    }
+
+    /// Loads prepared machine code and sets the shared memory limits.
+    pub fn load(gpu: &Gpu, images: KernelImages) -> Result<Kernels> {
+        let t0 = std::time::Instant::now();
         let mut modules = Vec::new();
         let mut functions: Vec<Option<(Kernel, CudaFunction)>> = (0..Kernel::SLOTS).map(|_| None).collect();
-        for ((file, _, here), module) in files.iter().zip(images) {
-            let module = module.expect("every file is loaded or compiled above");
-            for &k in here {
+        for (file, here, cubin) in images.files {
+            let module = gpu.ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| GpuError::Invalid(format!("loading {file}: {e}")))?;
+            for k in here {
                 let name = k.name();
                 let f = module.load_function(&name).map_err(|e| GpuError::Invalid(format!("loading {name} from {file}: {e}")))?;
                 functions[k.slot()] = Some((k, f));
             }
             modules.push(module);
         }
-        Ok(Kernels { _modules: modules, functions, stats })
+        let kernels = Kernels { _modules: modules, functions, stats: images.stats };
+        for (k, bytes) in &images.set.smem_limits {
+            kernels
+                .function(*k)?
+                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, *bytes as i32)?;
+        }
+        let st = images.stats;
+        tracing::info!(
+            "{} kernel files compiled with NVRTC and {} read from the cache in {:.2} s, loaded in {:.2} s",
+            st.compiled,
+            st.cached,
+            st.seconds,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(kernels)
+    }
+
+    /// How the kernels were made.
+    pub fn stats(&self) -> KernelStats {
+        self.stats
     }
 
     fn function(&self, k: Kernel) -> Result<&CudaFunction> {

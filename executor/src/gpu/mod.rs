@@ -26,7 +26,7 @@ pub mod launch;
 mod nvrtc;
 
 pub use blas::Lt;
-pub use launch::Kernels;
+pub use launch::{KernelImages, Kernels, Target};
 
 /// What can go wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]

@@ -50,3 +50,40 @@ pub fn compile_cubin(file: &'static str, src: &str, options: &[String]) -> Resul
         .map_err(|e| fail(format!("nvrtcGetCUBIN: {e}")))?;
     Ok(cubin)
 }
+
+/// Reads NVRTC's libraries (as mapped into this process, and the builtins beside them) from
+/// start to end once, before a compile: a first compile on a machine whose disk cache is cold
+/// otherwise faults the compiler's pages in one at a time (5.7 s of 6.7 s for attention.cu on
+/// the H200 machine), where one sequential read takes a fraction of that.
+pub fn read_ahead() {
+    let t0 = std::time::Instant::now();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<std::path::PathBuf> =
+        maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains("libnvrtc")).map(std::path::PathBuf::from).collect();
+    if let Some(dir) = libs.first().and_then(|p| p.parent()).map(|d| d.to_path_buf()) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            libs.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc-builtins.so"))),
+            );
+        }
+    }
+    libs.sort();
+    libs.dedup();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 8 << 20];
+    for lib in &libs {
+        if let Ok(mut f) = std::fs::File::open(lib) {
+            use std::io::Read;
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+            }
+        }
+    }
+    tracing::debug!("read {} MiB of NVRTC's libraries ahead in {:.3} s", bytes >> 20, t0.elapsed().as_secs_f64());
+}

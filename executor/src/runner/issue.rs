@@ -5,8 +5,10 @@ use super::arena::Arena;
 use super::{Allocator, MemoryPoint, ScheduleRunResult};
 use crate::data::Batches;
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
-use crate::gpu::{elapsed_ms, record, Gpu, GpuError};
+use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
+use crate::kernel_cache::KernelCache;
+use crate::kernels::KernelSet;
 use crate::startup::StartClock;
 use crate::step::Step;
 use crate::train::{Phase, Progress, RunOptions, RunResult, StepReport};
@@ -69,37 +71,47 @@ pub fn run(
         )));
     }
 
-    // The host copies are pinned on another thread while the kernels compile and the device
-    // memory is taken (pinning is the host kernel's work: it runs beside them).
+    // NVRTC compiles (or the cache gives) the kernels on another thread while this one pins the
+    // host copies: compiling needs no driver, and pinning holds the driver's locks, so device
+    // allocation and module loading wait until it is done.
     let pin_bytes: u64 = schedule.pinned_tensors(program).iter().map(|t| program.inventory.tensor(*t).bytes.0).sum();
-    let ctx = gpu.ctx.clone();
-    let (host, mut arena, step) = std::thread::scope(|scope| -> Result<_, ExecError> {
-        let pinning = scope.spawn(|| {
-            let t0 = Instant::now();
-            HostCopies::pin(&ctx, program, schedule).map(|h| (h, t0.elapsed().as_secs_f64()))
-        });
-        clock.phase(Phase::Compiling, progress);
-        let mut arena = match allocator {
-            Allocator::Arena => {
-                let a = Arena::take(&gpu, program, schedule, free0)?;
-                tracing::info!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
-                Some(a)
-            }
-            Allocator::Pool => None,
-        };
-        let step = match arena.as_mut() {
-            Some(a) => Step::with_allocator(&gpu, program, opts.adamw, &schedule.host_resident, &mut |t| {
-                a.resident(t).map_err(|e| GpuError::Invalid(e.to_string()))
-            })?,
-            None => Step::with_host_resident(&gpu, program, opts.adamw, &schedule.host_resident)?,
-        };
-        clock.compiled(step.kernels().stats(), progress);
-        clock.phase(Phase::Pinning(pin_bytes), progress);
-        let (host, pin_s) = pinning.join().map_err(|_| ExecError::Host("the pinning thread panicked".into()))??;
-        clock.pinned(pin_s);
-        tracing::info!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.2} s", mib(host.bytes()), pin_s);
-        Ok((host, arena, step))
-    })?;
+    let set = KernelSet::for_config(cfg).map_err(ExecError::Unsupported)?;
+    let target = Target::of(&gpu)?;
+    clock.phase(Phase::Pinning(pin_bytes), progress);
+    let (host, images) = std::thread::scope(|scope| {
+        let compiling = scope.spawn(|| KernelImages::prepare(&set, &target, KernelCache::user_default().as_ref()));
+        let t0 = Instant::now();
+        let host = HostCopies::pin(&gpu.ctx, program, schedule);
+        let pin_s = t0.elapsed().as_secs_f64();
+        let images = compiling.join().map_err(|_| GpuError::Invalid("the compiling thread panicked".into())).and_then(|r| r);
+        (host.map(|h| (h, pin_s)), images)
+    });
+    let (host, pin_s) = host?;
+    clock.pinned(pin_s);
+    tracing::info!("pinned {:.1} MiB of host memory for off-GPU blocks in {:.2} s", mib(host.bytes()), pin_s);
+    let images = images?;
+    clock.compiled(images.stats(), progress);
+
+    clock.phase(Phase::Allocating, progress);
+    let kernels = Kernels::load(&gpu, images)?;
+    let mut arena = match allocator {
+        Allocator::Arena => {
+            let a = Arena::take(&gpu, program, schedule, free0)?;
+            tracing::info!("took one arena of {:.1} MiB for every tensor of the step", mib(a.bytes()));
+            Some(a)
+        }
+        Allocator::Pool => None,
+    };
+    let step = match arena.as_mut() {
+        Some(a) => Step::with_kernels(
+            program,
+            opts.adamw,
+            &schedule.host_resident,
+            &mut |t| a.resident(t).map_err(|e| GpuError::Invalid(e.to_string())),
+            kernels,
+        )?,
+        None => Step::with_kernels(program, opts.adamw, &schedule.host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0), kernels)?,
+    };
     let mut step = step;
     let mut lanes = Lanes::new(&gpu, program, schedule, host)?;
     let pinned_bytes = lanes.pinned_bytes();
