@@ -522,8 +522,20 @@ __device__ __forceinline__ void flash_bwd(bf16 *dqkv, const bf16 *dout, const bf
 
 // Forward: NW warps of 16 query rows each (block 32*NW threads, grid (ceil(T/(16*NW)), B*NH),
 // dynamic shared memory (16*NW + 256)*(D+8)*2 bytes); backward: always 4 warps.
+// FLASH_HEAD_SIZE=D (a compile option) builds only head size D's pair, as a run needs; without
+// it, every head size.
+#if !defined(FLASH_HEAD_SIZE) || FLASH_HEAD_SIZE == 32
 FLASH_INSTANCES(32, 4, 4)
+#endif
+#if !defined(FLASH_HEAD_SIZE) || FLASH_HEAD_SIZE == 64
 FLASH_INSTANCES(64, 4, 4)
+#endif
+#if !defined(FLASH_HEAD_SIZE) || FLASH_HEAD_SIZE == 80
 FLASH_INSTANCES(80, 4, 1)
+#endif
+#if !defined(FLASH_HEAD_SIZE) || FLASH_HEAD_SIZE == 96
 FLASH_INSTANCES(96, 4, 1)
+#endif
+#if !defined(FLASH_HEAD_SIZE) || FLASH_HEAD_SIZE == 128
 FLASH_INSTANCES(128, 8, 1)
+#endif

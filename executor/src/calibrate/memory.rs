@@ -59,10 +59,10 @@ pub struct ReserveProbe {
     /// Pinned host bytes, and the device memory in use that pinning them added.
     pub pinned: u64,
     pub pinned_device: u64,
-    /// Seconds the host took to pin them in 16 pieces at once, as a run pins (the allocation
-    /// zeroes and locks every page).
+    /// Seconds the host took to pin them as a run pins (`Gpu::pinned_many`: a huge-page
+    /// mapping made on every thread, then registered).
     pub pin_seconds: f64,
-    /// Seconds to pin them in one piece (one thread).
+    /// Seconds to pin them by `cuMemHostAlloc` (the driver makes and locks every page).
     pub one_piece_seconds: f64,
 }
 
@@ -159,9 +159,9 @@ mod gpu {
         let one_piece_seconds = t.elapsed().as_secs_f64();
         let (free_after, _) = gpu.mem_info()?;
         drop(host);
-        // As a run pins: pieces on every thread at once.
+        // As a run pins: a huge-page mapping made on every thread, then registered.
         let t = std::time::Instant::now();
-        let pieces = gpu.pinned_many(&[(pinned / 16) as usize; 16])?;
+        let pieces = gpu.pinned_many(&[pinned as usize])?;
         let pin_seconds = t.elapsed().as_secs_f64();
         drop(pieces);
         let reserve = ReserveProbe {
@@ -173,7 +173,7 @@ mod gpu {
             one_piece_seconds,
         };
         tracing::info!(
-            "pinning {} of host memory took {:.2} s in 16 pieces at once, {:.2} s in one",
+            "pinning {} of host memory took {:.2} s as runs pin (huge pages, registered), {:.2} s by cuMemHostAlloc",
             size_label(pinned),
             pin_seconds,
             one_piece_seconds

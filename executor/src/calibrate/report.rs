@@ -375,7 +375,7 @@ impl Calibration {
         );
         let _ = writeln!(
             s,
-            "host memory\n  pinning {} took {:.2} s in 16 pieces at once ({:.2} GB/s), {:.2} s in one ({:.2} GB/s)",
+            "host memory\n  pinning {} took {:.2} s as runs pin ({:.2} GB/s), {:.2} s by cuMemHostAlloc ({:.2} GB/s)",
             size_label(self.reserve.pinned),
             self.reserve.pin_seconds,
             gb(self.reserve.pinned as f64 / self.reserve.pin_seconds.max(1e-9)),

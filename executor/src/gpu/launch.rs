@@ -60,8 +60,22 @@ impl KernelImages {
             .map(|(file, src)| (*file, *src, set.kernels.iter().copied().filter(|k| k.file() == *file).collect::<Vec<_>>()))
             .filter(|(_, _, here)| !here.is_empty())
             .collect();
-        let paths: Vec<Option<std::path::PathBuf>> =
-            wanted.iter().map(|(file, src, _)| cache.map(|c| c.path(file, src, &options, &nvrtc, &target.driver))).collect();
+        // Each file's options: the flash attention builds only the head size the set launches.
+        let file_options: Vec<Vec<String>> = wanted
+            .iter()
+            .map(|(_, _, here)| {
+                let mut o = options.clone();
+                if let Some(Kernel::FlashForward(d)) = here.iter().find(|k| matches!(k, Kernel::FlashForward(_))) {
+                    o.push(format!("-DFLASH_HEAD_SIZE={d}"));
+                }
+                o
+            })
+            .collect();
+        let paths: Vec<Option<std::path::PathBuf>> = wanted
+            .iter()
+            .zip(&file_options)
+            .map(|((file, src, _), options)| cache.map(|c| c.path(file, src, options, &nvrtc, &target.driver)))
+            .collect();
         let mut images: Vec<Option<Vec<u8>>> = paths.iter().map(|p| p.as_deref().and_then(KernelCache::read)).collect();
         let mut stats = KernelStats { cached: images.iter().filter(|i| i.is_some()).count() as u32, ..KernelStats::default() };
         if images.iter().any(|i| i.is_none()) {
@@ -72,7 +86,7 @@ impl KernelImages {
                 .filter(|&i| images[i].is_none())
                 .map(|i| {
                     let (file, src, _) = &wanted[i];
-                    let (file, src, options) = (*file, *src, &options);
+                    let (file, src, options) = (*file, *src, &file_options[i]);
                     scope.spawn(move || {
                         let t = std::time::Instant::now();
                         let r = super::nvrtc::compile_cubin(file, src, options);

@@ -418,21 +418,75 @@ impl<'a> From<&'a DeviceBuffer> for DeviceRange<'a> {
 pub struct PinnedBuffer {
     ptr: *mut u8,
     bytes: usize,
+    backing: HostBacking,
 }
 
+/// How a pinned buffer's memory was made, so it is given back the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostBacking {
+    /// `cuMemHostAlloc`: the driver allocates and locks every 4 KiB page.
+    Driver,
+    /// An anonymous mapping of `mapped` bytes asking for 2 MiB pages, its pages made by this
+    /// process on every thread, then locked with `cuMemHostRegister`.
+    Registered { mapped: usize },
+}
+
+/// Buffers from this size up are made as huge-page mappings and registered.
+const REGISTER_FROM: usize = 64 << 20;
+const HUGE_PAGE: usize = 2 << 20;
+
 impl PinnedBuffer {
-    /// Buffers of these sizes in `ctx`, pinned in parallel, in the order given.
+    /// Buffers of these sizes in `ctx`, in the order given: large ones as huge-page mappings
+    /// whose pages every thread makes at once, then registered with the driver one after
+    /// another; small ones by `cuMemHostAlloc`.
     pub fn many(ctx: &Arc<CudaContext>, sizes: &[usize]) -> Result<Vec<PinnedBuffer>> {
-        use rayon::prelude::*;
-        sizes.par_iter().map(|&b| PinnedBuffer::new(ctx, b)).collect()
+        sizes.iter().map(|&b| if b >= REGISTER_FROM { PinnedBuffer::registered(ctx, b) } else { PinnedBuffer::new(ctx, b) }).collect()
     }
 
-    /// Page-locked host memory of `bytes` in `ctx` (callable from any thread).
+    /// Page-locked host memory of `bytes` in `ctx` by `cuMemHostAlloc` (callable from any thread).
     pub fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<PinnedBuffer> {
         ctx.bind_to_thread()?;
         // SAFETY: plain cuMemHostAlloc; freed in Drop.
         let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }? as *mut u8;
-        Ok(PinnedBuffer { ptr, bytes })
+        Ok(PinnedBuffer { ptr, bytes, backing: HostBacking::Driver })
+    }
+
+    /// Page-locked host memory of `bytes`: an anonymous mapping (2 MiB pages asked for with
+    /// `MADV_HUGEPAGE`), every page written once from all threads (the kernel makes and zeroes
+    /// it then), then locked and mapped for the device with `cuMemHostRegister`.
+    pub fn registered(ctx: &Arc<CudaContext>, bytes: usize) -> Result<PinnedBuffer> {
+        use rayon::prelude::*;
+        let mapped = bytes.max(1).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; no memory of this process is touched.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(GpuError::Invalid(format!("mapping {bytes} bytes of host memory: {}", std::io::Error::last_os_error())));
+        }
+        let buf = PinnedBuffer { ptr: ptr as *mut u8, bytes, backing: HostBacking::Registered { mapped } };
+        // SAFETY: advice on the mapping just made (a failure only means 4 KiB pages).
+        unsafe { libc::madvise(ptr, mapped, libc::MADV_HUGEPAGE) };
+        let base = buf.ptr as usize;
+        (0..mapped / HUGE_PAGE).into_par_iter().for_each(|i| {
+            // SAFETY: inside the mapping, which no one else uses yet; one write per 4 KiB page
+            // makes the page (zeroed by the kernel, so the value written is zero too).
+            let page = unsafe { std::slice::from_raw_parts_mut((base + i * HUGE_PAGE) as *mut u8, HUGE_PAGE) };
+            for b in page.iter_mut().step_by(4096) {
+                // Volatile so the write is not elided: its purpose is the page fault.
+                unsafe { std::ptr::write_volatile(b, 0) };
+            }
+        });
+        ctx.bind_to_thread()?;
+        // SAFETY: `mapped` bytes of this process's memory, page-aligned, registered once and
+        // unregistered in Drop before the unmapping.
+        unsafe { sys::cuMemHostRegister_v2(ptr, mapped, 0) }.result()?;
+        Ok(buf)
+    }
+
+    /// How the buffer's memory was made.
+    pub fn backing(&self) -> HostBacking {
+        self.backing
     }
 
     pub fn len(&self) -> usize {
@@ -451,7 +505,7 @@ impl PinnedBuffer {
     }
     /// As 16-bit words (bf16 bits); a trailing odd byte is left out.
     pub fn as_mut_u16s(&mut self) -> &mut [u16] {
-        // SAFETY: cuMemHostAlloc returns page-aligned memory; uniquely borrowed.
+        // SAFETY: both backings are page-aligned; uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u16, self.bytes / 2) }
     }
     /// As f32s; trailing bytes short of one are left out.
@@ -471,9 +525,23 @@ unsafe impl Send for PinnedBuffer {}
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated by cuMemHostAlloc.
-        if let Err(e) = unsafe { result::free_host(self.ptr as *mut c_void) } {
-            tracing::warn!("cuMemFreeHost failed: {e}");
+        match self.backing {
+            HostBacking::Driver => {
+                // SAFETY: allocated by cuMemHostAlloc.
+                if let Err(e) = unsafe { result::free_host(self.ptr as *mut c_void) } {
+                    tracing::warn!("cuMemFreeHost failed: {e}");
+                }
+            }
+            HostBacking::Registered { mapped } => {
+                // SAFETY: registered in `registered`; no copy uses it once its owner drops it.
+                if let Err(e) = unsafe { sys::cuMemHostUnregister(self.ptr as *mut c_void) }.result() {
+                    tracing::warn!("cuMemHostUnregister failed: {e}");
+                }
+                // SAFETY: the mapping made in `registered`, of `mapped` bytes, unmapped once.
+                if unsafe { libc::munmap(self.ptr as *mut c_void, mapped) } != 0 {
+                    tracing::warn!("munmap failed: {}", std::io::Error::last_os_error());
+                }
+            }
         }
     }
 }
