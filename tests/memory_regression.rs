@@ -164,6 +164,52 @@ fn every_recorded_device_peak_fits_the_planners_allowance() {
     assert!(wrong.is_empty(), "device peaks outside the planner's allowance:\n{}", wrong.join("\n"));
 }
 
+/// A record with probes is judged replayed under them: its step predicted with the probed
+/// rates, the shipped profile's prediction kept beside it, held to 5%, and refused as noisy when
+/// its probes moved more than 5% over the run. No H200 record may be excused.
+#[test]
+fn probed_records_are_replayed_under_their_own_rates() {
+    assert!(
+        KNOWN_STEP_MISSES.iter().all(|(f, _)| !f.contains("h200")),
+        "an H200 record is on the known-misses list: fix the model or run it again"
+    );
+    let (file, mut r) = records()
+        .into_iter()
+        .find(|(_, r)| r.measured_time.is_some() && r.budget_bytes.is_some() && r.measured_time.unwrap().h2d_ms > 0.0)
+        .expect("a record with lane times and copies");
+    let plain = case_of(&file, &r);
+    let hw = hardware(&r).unwrap();
+    // The machine's copies at half the profile's rates, its products as the profile says.
+    let half = models::hardware::ProbeRates {
+        h2d: models::BytesPerSecond(hw.h2d.0 / 2.0),
+        d2h: models::BytesPerSecond(hw.d2h.0 / 2.0),
+        h2d_duplex: models::BytesPerSecond(hw.h2d_duplex.0 / 2.0),
+        d2h_duplex: models::BytesPerSecond(hw.d2h_duplex.0 / 2.0),
+        matmul_flops: hw.matmul_flops,
+        attention_flops: hw.attention_flops,
+        host_adam_params_per_second: hw.host_adam_params_per_second,
+        seconds: 0.5,
+    };
+    r.probe = Some(models::hardware::RunProbes { start: Some(half.clone()), end: Some(half.clone()) });
+    let probed = case_of(&file, &r);
+    assert!(probed.probed() && probed.step_tolerance() == 0.05);
+    assert_eq!(probed.shipped_step_ms, Some(plain.predicted_time.step_ms), "the shipped profile's step is kept beside");
+    assert!(
+        probed.predicted_time.h2d_ms > 1.9 * plain.predicted_time.h2d_ms,
+        "{} vs {}",
+        probed.predicted_time.h2d_ms,
+        plain.predicted_time.h2d_ms
+    );
+    assert_eq!(probed.probe_drift, Some(0.0));
+    assert!(!probed.noisy());
+    // Products 10% faster at the end than at the start: a noisy machine, whatever the step.
+    let mut faster = half.clone();
+    faster.matmul_flops = models::FlopsPerSecond(half.matmul_flops.0 * 1.1);
+    r.probe = Some(models::hardware::RunProbes { start: Some(half), end: Some(faster) });
+    let noisy = case_of(&file, &r);
+    assert!(noisy.noisy() && !noisy.passes() && noisy.terms_off().contains("run it again"), "{}", noisy.explain());
+}
+
 #[test]
 fn every_strategy_gives_the_losses_of_all_on_gpu() {
     let records = records();
@@ -287,6 +333,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         measured_time: Some(times),
         allocator: String::new(),
         startup: None,
+        probe: None,
     };
     assert!(!record.decisions.is_empty());
     let dir = tempfile::tempdir().unwrap();

@@ -75,7 +75,21 @@ impl StartClock {
                 t.pin_wait_s += (s - self.kernels.seconds).max(0.0);
             }
             Phase::Initializing => t.init_s += s,
+            Phase::Probing => t.probe_s += s,
             Phase::Training => {}
+        }
+    }
+}
+
+/// The run's probe of `gpu` at `program`'s shapes (`calibrate::probe`), or None with a warning
+/// saying why (`when`: before the first step, after the last): a run without probes still runs.
+#[cfg(feature = "cuda")]
+pub(crate) fn probe_or_warn(gpu: &crate::gpu::Gpu, program: &models::Program, when: &str) -> Option<models::hardware::ProbeRates> {
+    match crate::calibrate::probe(gpu, program) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("no probe {when}: {e}");
+            None
         }
     }
 }

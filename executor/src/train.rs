@@ -41,6 +41,8 @@ pub enum Phase {
     Pinning(u64),
     /// Initial weights and optimizer state on the GPU and in the host copies.
     Initializing,
+    /// The machine's rates probed before the first step.
+    Probing,
     /// Step 1 is about to begin.
     Training,
 }
@@ -53,6 +55,7 @@ impl Phase {
             Phase::Allocating => "allocating device memory".into(),
             Phase::Pinning(b) => format!("pinning {:.1} GiB of host memory, kernels compiling beside", b as f64 / (1u64 << 30) as f64),
             Phase::Initializing => "initial weights and optimizer state".into(),
+            Phase::Probing => "probing the machine's rates".into(),
             Phase::Training => "training".into(),
         }
     }
@@ -96,6 +99,8 @@ pub struct RunResult {
     pub corpus_tokens: usize,
     /// How long each start-up phase took, and the time to the first step.
     pub startup: models::trace::Startup,
+    /// The machine's rates, probed before the first step and after the last.
+    pub probes: models::hardware::RunProbes,
 }
 
 /// Runs `opts.steps` training steps of `program`, everything on the GPU, on batches of the
@@ -125,6 +130,7 @@ impl RunResult {
         device_used_high: u64,
         corpus_tokens: usize,
         startup: models::trace::Startup,
+        probes: models::hardware::RunProbes,
     ) -> RunResult {
         RunResult {
             device: device.name.clone(),
@@ -137,6 +143,7 @@ impl RunResult {
             device_total: device.total,
             corpus_tokens,
             startup,
+            probes,
         }
     }
 }
@@ -209,6 +216,9 @@ mod imp {
             }
             None => None,
         };
+        clock.phase(Phase::Probing, progress);
+        let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
+        gpu.reset_pool_highs()?;
         let startup = clock.training(progress);
 
         let (b, t) = (cfg.batch as u64, cfg.seq as u64);
@@ -262,7 +272,12 @@ mod imp {
         if let Some(w) = export {
             w.finish(cfg, &opts.adamw, reports.iter().map(|r| r.loss).collect())?;
         }
-        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup))
+        drop(step);
+        gpu.synchronize()?;
+        gpu.trim_pool()?;
+        let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
+        let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
+        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup, probes))
     }
 }
 

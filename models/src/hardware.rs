@@ -123,7 +123,96 @@ impl HostSharing {
     }
 }
 
+/// The rates a step depends on that vary by machine and by minute, as one run measured them
+/// with short probes of its own before its first step or after its last (`offplan run`'s
+/// record keeps both): each copy direction alone and both at once, the step's products
+/// (FLOP-weighted over one step), its attention (forward and backward), host AdamW on pinned
+/// memory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRates {
+    pub h2d: BytesPerSecond,
+    pub d2h: BytesPerSecond,
+    pub h2d_duplex: BytesPerSecond,
+    pub d2h_duplex: BytesPerSecond,
+    pub matmul_flops: FlopsPerSecond,
+    pub attention_flops: FlopsPerSecond,
+    pub host_adam_params_per_second: f64,
+    /// What the probes took.
+    pub seconds: f64,
+}
+
+/// A run's probes: before its first step and after its last (None where a probe could not
+/// run, e.g. with too little device memory left beside the step).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunProbes {
+    pub start: Option<ProbeRates>,
+    pub end: Option<ProbeRates>,
+}
+
+impl RunProbes {
+    /// The mean of the probes there are.
+    pub fn mean(&self) -> Option<ProbeRates> {
+        ProbeRates::mean(&[self.start.as_ref(), self.end.as_ref()].into_iter().flatten().collect::<Vec<_>>())
+    }
+
+    /// How much the machine changed between the two probes (None without both).
+    pub fn drift(&self) -> Option<f64> {
+        Some(self.start.as_ref()?.largest_change(self.end.as_ref()?))
+    }
+}
+
+impl ProbeRates {
+    /// The mean of each rate over `probes` (None for none).
+    pub fn mean(probes: &[&ProbeRates]) -> Option<ProbeRates> {
+        let n = probes.len() as f64;
+        if probes.is_empty() {
+            return None;
+        }
+        let m = |f: &dyn Fn(&ProbeRates) -> f64| probes.iter().map(|p| f(p)).sum::<f64>() / n;
+        Some(ProbeRates {
+            h2d: BytesPerSecond(m(&|p| p.h2d.0)),
+            d2h: BytesPerSecond(m(&|p| p.d2h.0)),
+            h2d_duplex: BytesPerSecond(m(&|p| p.h2d_duplex.0)),
+            d2h_duplex: BytesPerSecond(m(&|p| p.d2h_duplex.0)),
+            matmul_flops: FlopsPerSecond(m(&|p| p.matmul_flops.0)),
+            attention_flops: FlopsPerSecond(m(&|p| p.attention_flops.0)),
+            host_adam_params_per_second: m(&|p| p.host_adam_params_per_second),
+            seconds: m(&|p| p.seconds),
+        })
+    }
+
+    /// The largest relative difference of any rate between `self` and `other` (of the larger):
+    /// how much the machine changed between two probes.
+    pub fn largest_change(&self, other: &ProbeRates) -> f64 {
+        let pairs = [
+            (self.h2d.0, other.h2d.0),
+            (self.d2h.0, other.d2h.0),
+            (self.h2d_duplex.0, other.h2d_duplex.0),
+            (self.d2h_duplex.0, other.d2h_duplex.0),
+            (self.matmul_flops.0, other.matmul_flops.0),
+            (self.attention_flops.0, other.attention_flops.0),
+            (self.host_adam_params_per_second, other.host_adam_params_per_second),
+        ];
+        pairs.iter().map(|(a, b)| (a - b).abs() / a.max(*b).max(f64::MIN_POSITIVE)).fold(0.0, f64::max)
+    }
+}
+
 impl HardwareProfile {
+    /// This profile with the rates a run probed in place of its own: the simulator replays the
+    /// run under what its machine did at the time.
+    pub fn with_probed(&self, p: &ProbeRates) -> HardwareProfile {
+        HardwareProfile {
+            h2d: p.h2d,
+            d2h: p.d2h,
+            h2d_duplex: p.h2d_duplex,
+            d2h_duplex: p.d2h_duplex,
+            matmul_flops: p.matmul_flops,
+            attention_flops: p.attention_flops,
+            host_adam_params_per_second: p.host_adam_params_per_second,
+            ..self.clone()
+        }
+    }
+
     /// The largest pool peak a plan may reach under `budget`: what is left after the fixed
     /// overhead and the room for the pool's fragmentation.
     pub fn pool_capacity(&self, budget: Bytes) -> Bytes {

@@ -135,6 +135,9 @@ pub struct Startup {
     pub pin_wait_s: f64,
     /// Initial weights and optimizer state.
     pub init_s: f64,
+    /// The probe of the machine's rates before the first step.
+    #[serde(default)]
+    pub probe_s: f64,
     pub time_to_first_step_s: f64,
     /// Kernel files compiled by NVRTC, and read from the on-disk cache instead.
     pub kernels_compiled: u32,

@@ -32,6 +32,12 @@ pub type Replan = dyn Fn(&Record, &HardwareProfile) -> Result<RePlan, String>;
 pub const PEAK_TOLERANCE: f64 = 0.01;
 /// A case's predicted step time must be within this fraction of the measured one.
 pub const STEP_TOLERANCE: f64 = 0.10;
+/// A record with probes is replayed under the mean of its start and end probes, and its step
+/// must then be within this fraction of the measured one.
+pub const PROBED_STEP_TOLERANCE: f64 = 0.05;
+/// The largest change of any probed rate between a run's start and end probes for which the run
+/// counts: beyond it the machine was noisy, and the run is to be taken again, not kept.
+pub const PROBE_DRIFT_TOLERANCE: f64 = 0.05;
 /// A memory term outside the pool peak (pool granularity, fixed overhead) is called off when
 /// its error is more than this fraction of the measured device peak: then the device peak
 /// cannot be within [`PEAK_TOLERANCE`] however good the pool peak is.
@@ -122,6 +128,11 @@ pub struct Case {
     /// The record's median step time (after the first), ms: what the step chart shows when the
     /// record has no lane times.
     pub median_ms: f64,
+    /// Where the record has probes: `predicted_time` is the replay under their mean, and this
+    /// the step predicted under the shipped profile, ms.
+    pub shipped_step_ms: Option<f64>,
+    /// How far the record's probed rates moved between its start and end probes.
+    pub probe_drift: Option<f64>,
 }
 
 impl Case {
@@ -162,6 +173,8 @@ impl Case {
             predicted_time: StepTimes::default(),
             measured_time: record.measured_time,
             median_ms: record.median_ms,
+            shipped_step_ms: None,
+            probe_drift: record.probe.as_ref().and_then(|p| p.drift()),
         }
     }
 
@@ -187,10 +200,30 @@ impl Case {
         rel(self.predicted_time.step_ms, self.measured_step_ms())
     }
 
-    /// Whether the step time is held to [`STEP_TOLERANCE`]: only records with measured lane
+    /// Whether the step time is held to its tolerance: only records with measured lane
     /// times (v1 medians include whatever ran beside the step, and name no lanes).
     pub fn step_checked(&self) -> bool {
         self.measured_time.is_some()
+    }
+
+    /// Whether the step was predicted under the record's own probed rates.
+    pub fn probed(&self) -> bool {
+        self.shipped_step_ms.is_some()
+    }
+
+    /// The step time's tolerance: [`PROBED_STEP_TOLERANCE`] under the record's probes, else
+    /// [`STEP_TOLERANCE`].
+    pub fn step_tolerance(&self) -> f64 {
+        if self.probed() {
+            PROBED_STEP_TOLERANCE
+        } else {
+            STEP_TOLERANCE
+        }
+    }
+
+    /// Whether the run's probes moved more than [`PROBE_DRIFT_TOLERANCE`]: a noisy machine.
+    pub fn noisy(&self) -> bool {
+        self.probe_drift.is_some_and(|d| d > PROBE_DRIFT_TOLERANCE)
     }
 
     /// The memory terms: pool peak (lifetime graph and tensor inventory), reserved minus
@@ -232,15 +265,15 @@ impl Case {
         let Some(m) = &self.measured_time else { return Vec::new() };
         let p = &self.predicted_time;
         let step = m.step_ms.max(1e-9);
-        let lane =
-            |name, pv: f64, mv: f64| Term { name, predicted: pv, measured: mv, unit: "ms", ok: (pv - mv).abs() / step <= STEP_TOLERANCE };
+        let tol = self.step_tolerance();
+        let lane = |name, pv: f64, mv: f64| Term { name, predicted: pv, measured: mv, unit: "ms", ok: (pv - mv).abs() / step <= tol };
         vec![
             Term {
                 name: "step time",
                 predicted: p.step_ms,
                 measured: m.step_ms,
                 unit: "ms",
-                ok: self.error.is_none() && rel(p.step_ms, m.step_ms).abs() <= STEP_TOLERANCE,
+                ok: self.error.is_none() && rel(p.step_ms, m.step_ms).abs() <= tol,
             },
             lane("compute lane busy (kernel rates)", p.compute_ms, m.compute_ms),
             lane("H2D lane busy (h2d bandwidth)", p.h2d_ms, m.h2d_ms),
@@ -255,13 +288,26 @@ impl Case {
     /// where the recorded budget no longer holds; or why it could not be planned.
     pub fn of_record(file: &str, record: &Record, hardware_dir: &std::path::Path, replan: &Replan) -> Case {
         let path = hardware_dir.join(format!("{}.ron", record.hardware_name()));
-        let hw = match HardwareProfile::load(&path) {
+        let shipped = match HardwareProfile::load(&path) {
             Ok(hw) => hw,
             Err(e) => return Case::failed(file, record, format!("hardware profile {}: {e}", path.display())),
         };
-        match replan(record, &hw) {
+        // A record with probes is judged replayed under its own machine's rates.
+        let probed = record.probe.as_ref().and_then(|p| p.mean());
+        let hw = probed.as_ref().map_or_else(|| shipped.clone(), |p| shipped.with_probed(p));
+        let shipped_step_ms = match probed {
+            Some(_) => replan(record, &shipped).ok().map(|r| r.prediction.step_time.0 * 1e3),
+            None => None,
+        };
+        let case = Case::replanned(file, record, &hw, replan(record, &hw));
+        Case { shipped_step_ms, ..case }
+    }
+
+    /// The case of `record` planned again on `hw` (`plan`: the replan's outcome).
+    fn replanned(file: &str, record: &Record, hw: &HardwareProfile, plan: Result<RePlan, String>) -> Case {
+        match plan {
             Ok(RePlan { prediction, trace, over_budget }) => {
-                let c = Case::new(file, record, &hw, &prediction, &trace);
+                let c = Case::new(file, record, hw, &prediction, &trace);
                 match over_budget {
                     Some(m) => c.with_over_budget(m),
                     None => c,
@@ -283,7 +329,8 @@ impl Case {
         self.error.is_none()
             && self.over_budget.is_none()
             && self.peak_error().abs() <= PEAK_TOLERANCE
-            && (!self.step_checked() || self.step_error().abs() <= STEP_TOLERANCE)
+            && (!self.step_checked() || self.step_error().abs() <= self.step_tolerance())
+            && !self.noisy()
     }
 
     /// How far outside its targets the case is, for worst-first order: the larger of the peak
@@ -294,8 +341,9 @@ impl Case {
             return f64::INFINITY;
         }
         let peak = self.peak_error().abs() / PEAK_TOLERANCE;
-        let step = if self.step_checked() { self.step_error().abs() / STEP_TOLERANCE } else { 0.0 };
-        let s = peak.max(step);
+        let step = if self.step_checked() { self.step_error().abs() / self.step_tolerance() } else { 0.0 };
+        let noisy = self.probe_drift.map_or(0.0, |d| d / PROBE_DRIFT_TOLERANCE);
+        let s = peak.max(step).max(noisy);
         if s.is_nan() {
             f64::INFINITY
         } else {
@@ -314,6 +362,9 @@ impl Case {
         }
         if !self.step_checked() && self.step_error().abs() > STEP_TOLERANCE {
             off.push("step time vs median (unchecked: the record has no lane times)");
+        }
+        if self.noisy() {
+            off.push("the machine (its probes moved: run it again)");
         }
         if off.is_empty() {
             "-".into()
@@ -341,6 +392,23 @@ impl Case {
         }
         for t in self.memory_terms().into_iter().chain(self.time_terms()) {
             let _ = write!(s, "\n  {}", t.line());
+        }
+        if let Some(shipped) = self.shipped_step_ms {
+            let _ = write!(
+                s,
+                "\n  step replayed under the run's probes (tolerance {:.0}%); under the shipped profile it is {shipped:.3} ms ({})",
+                100.0 * self.step_tolerance(),
+                pct(rel(shipped, self.measured_step_ms()))
+            );
+        }
+        if let Some(d) = self.probe_drift {
+            let _ = write!(
+                s,
+                "\n  {} probes: the rates moved by at most {:.1}% between the start and the end (at most {:.0}%)",
+                if self.noisy() { "OFF" } else { "ok " },
+                100.0 * d,
+                100.0 * PROBE_DRIFT_TOLERANCE
+            );
         }
         if !self.step_checked() {
             let _ = write!(
@@ -426,21 +494,23 @@ pub fn report_markdown(cases: &[Case], loss_pairs: usize, loss_issues: &[String]
     let pass = cases.iter().filter(|c| c.passes()).count();
     let _ = writeln!(
         s,
-        "{} records, {} within target (pool peak within {:.0}%, step time within {:.0}% where the record has measured lane times). Each record is re-planned with today's code; worst first.\n",
+        "{} records, {} within target (pool peak within {:.0}%, step time within {:.0}% where the record has measured lane times, or within {:.0}% replayed under the run's own probes where it has them, whose rates may move at most {:.0}% over the run). Each record is re-planned with today's code; worst first.\n",
         cases.len(),
         pass,
         100.0 * PEAK_TOLERANCE,
-        100.0 * STEP_TOLERANCE
+        100.0 * STEP_TOLERANCE,
+        100.0 * PROBED_STEP_TOLERANCE,
+        100.0 * PROBE_DRIFT_TOLERANCE
     );
-    s.push_str("| # | record | config | strategy | budget | pool peak predicted (GiB) | pool peak measured (GiB) | pool error | device peak predicted (GiB) | device peak measured (GiB) | device error | step predicted (ms) | step measured (ms) | step error | term off |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| # | record | config | strategy | budget | pool peak predicted (GiB) | pool peak measured (GiB) | pool error | device peak predicted (GiB) | device peak measured (GiB) | device error | step predicted (ms) | step measured (ms) | step error | step error, shipped profile | term off |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (i, c) in cases.iter().enumerate() {
         let failed = c.error.is_some();
         let na = |v: String| if failed { "-".to_string() } else { v };
         let step_err = pct(c.step_error()) + if c.step_checked() { "" } else { " (median, unchecked)" };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
             i + 1,
             c.file,
             c.config,
@@ -454,7 +524,8 @@ pub fn report_markdown(cases: &[Case], loss_pairs: usize, loss_issues: &[String]
             na(pct(c.device_error())),
             na(format!("{:.2}", c.predicted_time.step_ms)),
             c.measured_step_ms(),
-            na(step_err),
+            na(step_err + if c.probed() { " (probed)" } else { "" }),
+            c.shipped_step_ms.map_or("-".to_string(), |m| pct(rel(m, c.measured_step_ms()))),
             c.terms_off().replace('|', "/")
         );
     }
@@ -676,6 +747,7 @@ mod tests {
             measured_time: None,
             allocator: String::new(),
             startup: None,
+            probe: None,
         }
     }
 

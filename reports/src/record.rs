@@ -117,6 +117,10 @@ pub struct Record {
     /// written before they were timed.
     #[serde(default)]
     pub startup: Option<models::trace::Startup>,
+    /// The machine's rates probed before the first step and after the last; None in records
+    /// written before runs probed.
+    #[serde(default)]
+    pub probe: Option<models::hardware::RunProbes>,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.
@@ -273,6 +277,7 @@ mod tests {
             measured_time: None,
             allocator: String::new(),
             startup: None,
+            probe: None,
         }
     }
 

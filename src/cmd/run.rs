@@ -98,11 +98,38 @@ fn with_console<T>(steps: u32, f: impl FnOnce(&mut dyn FnMut(executor::Progress)
     out
 }
 
+/// The run's probes, and how far they moved over the run.
+fn print_probes(p: &models::hardware::RunProbes) {
+    for (when, r) in [("before the first step", &p.start), ("after the last step", &p.end)] {
+        match r {
+            Some(r) => println!(
+                "probe {when}: copies {:.1}/{:.1} GB/s ({:.1}+{:.1} at once), products {:.1} TFLOP/s, attention {:.1} TFLOP/s, host AdamW {:.2} G params/s ({:.2} s)",
+                r.h2d.0 / 1e9,
+                r.d2h.0 / 1e9,
+                r.h2d_duplex.0 / 1e9,
+                r.d2h_duplex.0 / 1e9,
+                r.matmul_flops.0 / 1e12,
+                r.attention_flops.0 / 1e12,
+                r.host_adam_params_per_second / 1e9,
+                r.seconds
+            ),
+            None => println!("probe {when}: none (see the warning above)"),
+        }
+    }
+    if let Some(d) = p.drift() {
+        println!(
+            "the machine's rates moved by at most {:.1}% between the probes{}",
+            100.0 * d,
+            if d > 0.05 { ": a noisy machine, run again" } else { "" }
+        );
+    }
+}
+
 /// The start-up phases as the record keeps them.
 fn print_startup(s: &models::trace::Startup) {
     println!(
-        "start-up: {:.2} s to the first step (device {:.2} s, kernels {:.2} s: {} compiled, {} from the cache, allocation {:.2} s, pinning {:.2} s, initial state {:.2} s)",
-        s.time_to_first_step_s, s.open_s, s.compile_s, s.kernels_compiled, s.kernels_cached, s.allocate_s, s.pin_s, s.init_s
+        "start-up: {:.2} s to the first step (device {:.2} s, kernels {:.2} s: {} compiled, {} from the cache, allocation {:.2} s, pinning {:.2} s, initial state {:.2} s, probe {:.2} s)",
+        s.time_to_first_step_s, s.open_s, s.compile_s, s.kernels_compiled, s.kernels_cached, s.allocate_s, s.pin_s, s.init_s, s.probe_s
     );
 }
 
@@ -174,6 +201,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         measured_time: None,
         allocator: String::new(),
         startup: Some(result.startup.clone()),
+        probe: Some(result.probes.clone()),
     }
 }
 
@@ -217,6 +245,7 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
     let result = with_console(args.steps, |p| executor::run_all_on_gpu(&program, &options(args), p)).map_err(gpu_error)?;
     print_startup(&result.startup);
+    print_probes(&result.probes);
 
     let predicted =
         MemoryPeaks { allocated_bytes: predicted_peak.0, reserved_bytes: predicted_peak.0, device_bytes: predicted_peak.0 + fixed };
@@ -295,6 +324,7 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let result =
         with_console(args.steps, |p| executor::run_schedule(&program, &schedule, &options(args), allocator, p)).map_err(gpu_error)?;
     print_startup(&result.run.startup);
+    print_probes(&result.run.probes);
 
     let run = &result.run;
     let l = result.lanes;

@@ -155,7 +155,7 @@ mod gpu {
         let (free_before, _) = gpu.mem_info()?;
         let pinned = 4096 * MIB;
         let t = std::time::Instant::now();
-        let host = gpu.pinned(pinned as usize)?;
+        let host = crate::gpu::PinnedBuffer::new(&gpu.ctx, pinned as usize)?;
         let one_piece_seconds = t.elapsed().as_secs_f64();
         let (free_after, _) = gpu.mem_info()?;
         drop(host);

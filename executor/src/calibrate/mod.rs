@@ -47,6 +47,7 @@ mod copies;
 mod host;
 mod kernels;
 mod memory;
+mod probe;
 mod products;
 mod report;
 mod shared_memory;
@@ -57,6 +58,8 @@ pub use copies::CopyRow;
 pub use host::{HostMemory, HostRates};
 pub use kernels::{program_op, KernelPair};
 pub use memory::{AllocProbe, DeviceMemory, InUse, ReserveProbe};
+#[cfg(feature = "cuda")]
+pub use probe::probe;
 pub use products::{program_matmul_flops, step_gemms, GemmRow, GemmShape};
 pub use report::{default_name, size_label, utc_date, Calibration};
 pub use shared_memory::{Copies, SharedMemory, SharedRow, Slowdown, SMALL_CALLS};

@@ -104,6 +104,29 @@ pub fn default_name(device: &str) -> String {
     s
 }
 
+/// Step FLOPs of the products `gemms` over their time per step, `launch_overhead` taken off
+/// each: the profile's `matmul_flops`.
+pub fn matmul_rate(gemms: &[GemmRow], launch_overhead: f64) -> Result<f64, String> {
+    let mut flops = 0.0;
+    let mut secs = 0.0;
+    for g in gemms {
+        if !(g.seconds.is_finite() && g.seconds > 0.0) {
+            return Err(format!("product {} has no valid time ({} s)", g.shape.name, g.seconds));
+        }
+        flops += g.shape.per_step as f64 * g.shape.flops();
+        secs += g.shape.per_step as f64 * work_seconds(g.seconds, 1, launch_overhead);
+    }
+    if flops <= 0.0 || secs <= 0.0 {
+        return Err("no products were measured".into());
+    }
+    Ok(flops / secs)
+}
+
+/// The amount of a forward and backward pair over their time, launch overhead taken off.
+pub fn pair_rate(f: &Timed, b: &Timed, launch_overhead: f64) -> f64 {
+    (f.amount + b.amount) / (work_seconds(f.seconds, f.launches, launch_overhead) + work_seconds(b.seconds, b.launches, launch_overhead))
+}
+
 impl Calibration {
     /// The largest copy size's row (the one the profile takes).
     pub fn large_copy(&self) -> Result<&CopyRow, String> {
@@ -112,33 +135,17 @@ impl Calibration {
 
     /// Step FLOPs of all products over their time per step (launch overhead taken off each).
     pub fn matmul_rate(&self) -> Result<f64, String> {
-        let mut flops = 0.0;
-        let mut secs = 0.0;
-        for g in &self.gemms {
-            if !(g.seconds.is_finite() && g.seconds > 0.0) {
-                return Err(format!("product {} has no valid time ({} s)", g.shape.name, g.seconds));
-            }
-            flops += g.shape.per_step as f64 * g.shape.flops();
-            secs += g.shape.per_step as f64 * work_seconds(g.seconds, 1, self.launch_overhead);
-        }
-        if flops <= 0.0 || secs <= 0.0 {
-            return Err("no products were measured".into());
-        }
-        Ok(flops / secs)
+        matmul_rate(&self.gemms, self.launch_overhead)
     }
 
     /// Attention FLOPs (forward + backward) over their time, launch overhead taken off.
     pub fn attention_rate(&self) -> f64 {
-        let (f, b) = (&self.attention_forward, &self.attention_backward);
-        (f.amount + b.amount)
-            / (work_seconds(f.seconds, f.launches, self.launch_overhead) + work_seconds(b.seconds, b.launches, self.launch_overhead))
+        pair_rate(&self.attention_forward, &self.attention_backward, self.launch_overhead)
     }
 
     /// GELU forward + backward bytes over their time, launch overhead taken off.
     pub fn memory_rate(&self) -> f64 {
-        let (f, b) = (&self.gelu_forward, &self.gelu_backward);
-        (f.amount + b.amount)
-            / (work_seconds(f.seconds, f.launches, self.launch_overhead) + work_seconds(b.seconds, b.launches, self.launch_overhead))
+        pair_rate(&self.gelu_forward, &self.gelu_backward, self.launch_overhead)
     }
 
     /// Device memory in use that the pool does not account for.

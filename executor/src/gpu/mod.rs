@@ -200,7 +200,7 @@ impl Gpu {
 
     /// Page-locked host memory of `bytes`.
     pub fn pinned(&self, bytes: usize) -> Result<PinnedBuffer> {
-        PinnedBuffer::new(&self.ctx, bytes)
+        PinnedBuffer::pin(&self.ctx, bytes)
     }
 
     /// Page-locked host buffers of these sizes, pinned in parallel (the kernel zeroes and locks
@@ -440,7 +440,17 @@ impl PinnedBuffer {
     /// whose pages every thread makes at once, then registered with the driver one after
     /// another; small ones by `cuMemHostAlloc`.
     pub fn many(ctx: &Arc<CudaContext>, sizes: &[usize]) -> Result<Vec<PinnedBuffer>> {
-        sizes.iter().map(|&b| if b >= REGISTER_FROM { PinnedBuffer::registered(ctx, b) } else { PinnedBuffer::new(ctx, b) }).collect()
+        sizes.iter().map(|&b| PinnedBuffer::pin(ctx, b)).collect()
+    }
+
+    /// Page-locked host memory of `bytes`, the faster way for its size: registered huge pages
+    /// from 64 MiB up, `cuMemHostAlloc` below.
+    pub fn pin(ctx: &Arc<CudaContext>, bytes: usize) -> Result<PinnedBuffer> {
+        if bytes >= REGISTER_FROM {
+            PinnedBuffer::registered(ctx, bytes)
+        } else {
+            PinnedBuffer::new(ctx, bytes)
+        }
     }
 
     /// Page-locked host memory of `bytes` in `ctx` by `cuMemHostAlloc` (callable from any thread).

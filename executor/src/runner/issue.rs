@@ -121,6 +121,8 @@ pub fn run(
     clock.phase(Phase::Initializing, progress);
     let (free, _) = gpu.mem_info()?;
     crate::start::initialize(&gpu, &step, Some(&mut lanes), opts.seed, free.saturating_sub(256 << 20).min(1 << 30))?;
+    clock.phase(Phase::Probing, progress);
+    let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
     gpu.reset_pool_highs()?;
     let startup = clock.training(progress);
 
@@ -193,11 +195,21 @@ pub fn run(
         }
     }
     let pool = gpu.pool_stats()?;
+    let arena_bytes = arena.as_ref().map(|a| a.bytes());
+    // The run's memory is given back before the last probe, which needs some of its own.
+    gpu.synchronize()?;
+    drop(lanes);
+    drop(step);
+    drop(arena);
+    gpu.synchronize()?;
+    gpu.trim_pool()?;
+    let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
+    let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
     Ok(ScheduleRunResult {
-        run: RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup),
+        run: RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup, probes),
         device_free_at_start: free0,
         allocator,
-        arena_bytes: arena.as_ref().map(|a| a.bytes()),
+        arena_bytes,
         pinned_bytes,
         measured_step,
         lanes: lane_times,

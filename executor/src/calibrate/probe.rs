@@ -1,0 +1,96 @@
+//! The short probes each `offplan run` takes before its first step and after its last: the
+//! rates of the profile that vary by machine and by minute, measured the way calibrate measures
+//! them but small (64 MiB copies, 16 M parameters of host AdamW, every product of one step once
+//! per round, three rounds): well under a second on the H200.
+
+use super::{Options, MIB};
+
+impl Options {
+    /// What a run's probe measures.
+    pub fn probe() -> Options {
+        Options {
+            repeats: 3,
+            copy_sizes: vec![64 * MIB],
+            device_copy_bytes: 64 * MIB,
+            launches: 200,
+            host_copy_bytes: (64 * MIB) as usize,
+            host_adam_params: 16 << 20,
+            min_sample_s: 5e-4,
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use gpu::probe;
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::super::report::{matmul_rate, pair_rate};
+    use super::super::timing::{Bench, Source};
+    use super::super::{copies, kernels, products, shared_memory, step_gemms, Options, MIB};
+
+    use crate::gpu::Gpu;
+    use crate::kernels::KernelSet;
+    use crate::ExecError;
+    use models::hardware::ProbeRates;
+    use models::{BytesPerSecond, FlopsPerSecond, Program};
+
+    /// Probes `gpu` at the shapes of `program`'s step. Takes its own device memory (a few
+    /// hundred MiB at most) and pinned memory, and gives both back.
+    pub fn probe(gpu: &Gpu, program: &Program) -> Result<ProbeRates, ExecError> {
+        let t0 = std::time::Instant::now();
+        let opts = Options::probe();
+        let cfg = &program.config;
+        let set = KernelSet::for_config(cfg).map_err(ExecError::Unsupported)?;
+        let bench = Bench::new(gpu, program, &set, &opts)?;
+        let launch_overhead = kernels::launch_overhead(&bench)?;
+        let gemms = step_gemms(cfg);
+        let src = Source::new(&bench, &gemms)?;
+        let gemms = products::measure(&bench, &src, gemms)?;
+        let attention = kernels::attention(&bench, &src)?;
+        let mut buffers = copies::Buffers::new(&bench)?;
+        let rows = copies::pinned(&bench, &mut buffers)?;
+        let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
+        let adam = shared_memory::gpu::adam_alone(&bench)?;
+        bench.finish(buffers, src)?;
+        gpu.synchronize()?;
+        gpu.trim_pool()?;
+        let rates = ProbeRates {
+            h2d: BytesPerSecond(c.h2d),
+            d2h: BytesPerSecond(c.d2h),
+            h2d_duplex: BytesPerSecond(c.h2d_duplex),
+            d2h_duplex: BytesPerSecond(c.d2h_duplex),
+            matmul_flops: FlopsPerSecond(matmul_rate(&gemms, launch_overhead).map_err(ExecError::Calibration)?),
+            attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
+            host_adam_params_per_second: adam.rate(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            "probe ({:.2} s): copies {:.1}/{:.1} GB/s, {:.1}+{:.1} at once ({} MiB); products {:.1} TFLOP/s; attention {:.1} TFLOP/s; host AdamW {:.2} G params/s",
+            rates.seconds,
+            rates.h2d.0 / 1e9,
+            rates.d2h.0 / 1e9,
+            rates.h2d_duplex.0 / 1e9,
+            rates.d2h_duplex.0 / 1e9,
+            c.bytes / MIB,
+            rates.matmul_flops.0 / 1e12,
+            rates.attention_flops.0 / 1e12,
+            rates.host_adam_params_per_second / 1e9
+        );
+        Ok(rates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_is_a_small_calibration() {
+        let p = Options::probe();
+        p.check().unwrap();
+        let full = Options::full();
+        assert!(p.repeats < full.repeats && p.host_adam_params < full.host_adam_params);
+        assert!(p.copy_sizes.iter().max() < full.copy_sizes.iter().max());
+    }
+}
