@@ -8,6 +8,7 @@
 
 use crate::record::{Record, StepTimes, ALL_ON_GPU};
 use crate::style::{self, err, Chart, Mark, FONT};
+use models::hardware::ProbeRates;
 use models::schedule::Prediction;
 use models::trace::Trace;
 use models::units::{Bytes, GIB};
@@ -35,8 +36,9 @@ pub const STEP_TOLERANCE: f64 = 0.10;
 /// A record with probes is replayed under the mean of its start and end probes, and its step
 /// must then be within this fraction of the measured one.
 pub const PROBED_STEP_TOLERANCE: f64 = 0.05;
-/// The largest change of any probed rate between a run's start and end probes for which the run
-/// counts: beyond it the machine was noisy, and the run is to be taken again, not kept.
+/// The largest change between a run's start and end probes for which the run counts, measured
+/// as the step replayed under each: beyond it the machine was noisy, and the run is to be taken
+/// again, not kept.
 pub const PROBE_DRIFT_TOLERANCE: f64 = 0.05;
 /// A memory term outside the pool peak (pool granularity, fixed overhead) is called off when
 /// its error is more than this fraction of the measured device peak: then the device peak
@@ -131,7 +133,9 @@ pub struct Case {
     /// Where the record has probes: `predicted_time` is the replay under their mean, and this
     /// the step predicted under the shipped profile, ms.
     pub shipped_step_ms: Option<f64>,
-    /// How far the record's probed rates moved between its start and end probes.
+    /// How far the step predicted under the record's start probe is from the one under its end
+    /// probe (of their mean): how much the machine changed over the run, as it matters for this
+    /// step.
     pub probe_drift: Option<f64>,
 }
 
@@ -174,7 +178,7 @@ impl Case {
             measured_time: record.measured_time,
             median_ms: record.median_ms,
             shipped_step_ms: None,
-            probe_drift: record.probe.as_ref().and_then(|p| p.drift()),
+            probe_drift: None,
         }
     }
 
@@ -300,7 +304,17 @@ impl Case {
             None => None,
         };
         let case = Case::replanned(file, record, &hw, replan(record, &hw));
-        Case { shipped_step_ms, ..case }
+        // How much the machine changed over the run, as it matters for this step: the step
+        // replayed under the start probe against under the end probe.
+        let step_under = |p: &ProbeRates| replan(record, &shipped.with_probed(p)).ok().map(|r| r.prediction.step_time.0);
+        let probe_drift = match record.probe.as_ref().map(|p| (p.start.as_ref(), p.end.as_ref())) {
+            Some((Some(a), Some(b))) => match (step_under(a), step_under(b)) {
+                (Some(x), Some(y)) if x + y > 0.0 => Some((x - y).abs() / (0.5 * (x + y))),
+                _ => None,
+            },
+            _ => None,
+        };
+        Case { shipped_step_ms, probe_drift, ..case }
     }
 
     /// The case of `record` planned again on `hw` (`plan`: the replan's outcome).
@@ -404,7 +418,7 @@ impl Case {
         if let Some(d) = self.probe_drift {
             let _ = write!(
                 s,
-                "\n  {} probes: the rates moved by at most {:.1}% between the start and the end (at most {:.0}%)",
+                "\n  {} probes: the step replayed under the start probe and under the end probe differ by {:.1}% (at most {:.0}%)",
                 if self.noisy() { "OFF" } else { "ok " },
                 100.0 * d,
                 100.0 * PROBE_DRIFT_TOLERANCE
