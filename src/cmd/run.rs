@@ -118,9 +118,8 @@ fn print_probes(p: &models::hardware::RunProbes) {
     }
     if let Some(d) = p.drift() {
         println!(
-            "the machine's rates moved by at most {:.1}% between the probes{}",
-            100.0 * d,
-            if d > 0.05 { ": a noisy machine, run again" } else { "" }
+            "the probed rates moved by at most {:.1}% between the probes (`offplan report` judges the run by its step replayed under each)",
+            100.0 * d
         );
     }
 }
