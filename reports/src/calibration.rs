@@ -508,7 +508,7 @@ pub fn report_markdown(cases: &[Case], loss_pairs: usize, loss_issues: &[String]
     let pass = cases.iter().filter(|c| c.passes()).count();
     let _ = writeln!(
         s,
-        "{} records, {} within target (pool peak within {:.0}%, step time within {:.0}% where the record has measured lane times, or within {:.0}% replayed under the run's own probes where it has them, whose rates may move at most {:.0}% over the run). Each record is re-planned with today's code; worst first.\n",
+        "{} records, {} within target (pool peak within {:.0}%, step time within {:.0}% where the record has measured lane times, or within {:.0}% replayed under the run's own probes where it has them, the step replayed under its start and its end probe differing by at most {:.0}%). Each record is re-planned with today's code; worst first.\n",
         cases.len(),
         pass,
         100.0 * PEAK_TOLERANCE,
