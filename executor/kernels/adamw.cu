@@ -5,28 +5,30 @@
 //   master = p; weights = bf16(p).
 //
 // adamw_update(bf16* weights, float* master, float* m, float* v, const bf16* grads, long long n,
-//              float lr, float beta1, float beta2, float eps, float weight_decay, int step)
-//   reads grads (bf16) and master/m/v (fp32), writes master/m/v and weights. step >= 1.
+//              float beta1, float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
+//              float decay, float step_size, float bc2_sqrt)
+//   reads grads (bf16) and master/m/v (fp32), writes master/m/v and weights. The scalars come
+//   from the host (`AdamwScalars` in executor/src/kernels: decay = 1 - lr*wd, step_size =
+//   lr / (1 - b1^step), bc2_sqrt = sqrt(1 - b2^step)), and every operation is an IEEE fp32
+//   operation in the order written, rounded to nearest, with no fused multiply-add: host AdamW
+//   (executor/src/host/adamw.rs) does the same operations, so its update is bitwise this one.
 //   grid ceil(n/256) (or fewer: the kernel strides over the grid), block 256.
 #include <cuda_bf16.h>
 
 typedef __nv_bfloat16 bf16;
 
 extern "C" __global__ void adamw_update(bf16 *weights, float *master, float *m, float *v,
-                                        const bf16 *grads, long long n, float lr, float beta1,
-                                        float beta2, float eps, float weight_decay, int step) {
-    float bc1 = 1.f - powf(beta1, (float)step);
-    float bc2 = 1.f - powf(beta2, (float)step);
-    float step_size = lr / bc1;
-    float bc2_sqrt = sqrtf(bc2);
-    float decay = 1.f - lr * weight_decay;
+                                        const bf16 *grads, long long n, float beta1,
+                                        float one_minus_beta1, float beta2, float one_minus_beta2,
+                                        float eps, float decay, float step_size, float bc2_sqrt) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         float g = __bfloat162float(grads[i]);
-        float p = master[i] * decay;
-        float mi = beta1 * m[i] + (1.f - beta1) * g;
-        float vi = beta2 * v[i] + (1.f - beta2) * g * g;
-        p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        float p = __fmul_rn(master[i], decay);
+        float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(one_minus_beta1, g));
+        float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(one_minus_beta2, g), g));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        p = __fsub_rn(p, __fdiv_rn(__fmul_rn(step_size, mi), denom));
         m[i] = mi;
         v[i] = vi;
         master[i] = p;

@@ -212,9 +212,19 @@ def sum_f32(out, x, n, scale):
     launch("crossentropy.cu", "sum_f32", 1, 1024, (out, x, I32(n), F32(scale)))
 
 
+def adamw_scalars(lr, b1, b2, eps, wd, step):
+    """The kernel's scalars in float32, as executor/src/kernels (AdamwScalars) computes them."""
+    f = np.float32
+    lr, b1, b2, eps, wd = f(lr), f(b1), f(b2), f(eps), f(wd)
+    bc1 = f(1) - np.power(b1, f(step))
+    bc2 = f(1) - np.power(b2, f(step))
+    return (b1, f(1) - b1, b2, f(1) - b2, eps, f(1) - lr * wd, lr / bc1, np.sqrt(bc2))
+
+
 def adamw_update(weights, master, m, v, grads, n, lr, b1, b2, eps, wd, step):
+    s = adamw_scalars(lr, b1, b2, eps, wd, step)
     launch("adamw.cu", "adamw_update", cdiv(n, 256), 256,
-           (weights, master, m, v, grads, I64(n), F32(lr), F32(b1), F32(b2), F32(eps), F32(wd), I32(step)))
+           (weights, master, m, v, grads, I64(n)) + tuple(F32(float(x)) for x in s))
 
 
 def fill_bf16(p, n, value):

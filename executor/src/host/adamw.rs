@@ -13,15 +13,14 @@
 //! p = master*decay; m = b1*m + (1-b1)*g; v = b2*v + ((1-b2)*g)*g
 //! p = p - (step_size*m) / (sqrt(v)/bc2_sqrt + eps); master = p; weights = bf16_rn(p)
 //! ```
-//! Tolerance against the GPU: Rust never fuses a multiply and an add; NVRTC (default
-//! `--fmad=true`) may contract `b1*m + (1-b1)*g`, `b2*v + ..` and `master*decay - ..` into FMAs,
-//! and CUDA's `powf` is within 2 ulp (this uses the host libm's). So m, v and master agree to a
-//! few fp32 ulp (relative ~1e-6 at worst, typically exact), and the bf16 weights are equal
-//! except, rarely, 1 bf16 ulp where `p` sits at a rounding boundary. Sqrt and division are IEEE
-//! on both sides (no fast-math). The host result is bitwise the same for any thread count.
+//! Bitwise the GPU's: the scalars (the powers, `step_size`, `bc2_sqrt`, `decay`) are computed
+//! once here ([`AdamwScalars`]) and handed to the kernel, which does each operation with an
+//! explicitly rounded intrinsic (no fused multiply-add); Rust never fuses, and its division and
+//! square root are IEEE like the kernel's. The host result is the same for any thread count.
 
 use super::bf16::{bf16, bf16_to_f32, f32_to_bf16};
 use super::{check_len, HostError};
+pub use crate::kernels::AdamwScalars;
 use models::inventory::View;
 use rayon::prelude::*;
 
@@ -44,6 +43,14 @@ impl Default for AdamW {
     }
 }
 
+impl AdamW {
+    /// The scalars of the update at `step` (from 1) with `weight_decay`, for the kernel and the
+    /// host alike.
+    pub fn scalars(&self, weight_decay: f32, step: u32) -> AdamwScalars {
+        AdamwScalars::new(self.lr, self.beta1, self.beta2, self.eps, weight_decay, step)
+    }
+}
+
 /// Weight decay of one view: the configured value for matrices (2-D views: qkv_w, attproj_w,
 /// fc_w, fcproj_w, wte, wpe, output chunks), 0 for 1-D views (biases, layer-norm weights).
 pub fn view_weight_decay(view: &View, weight_decay: f32) -> f32 {
@@ -57,45 +64,20 @@ pub fn view_weight_decay(view: &View, weight_decay: f32) -> f32 {
 /// Elements per rayon task: 28 bytes each read + written, ~0.9 MiB of traffic per task.
 pub const CHUNK: usize = 32 * 1024;
 
-/// The per-launch scalars, computed as the kernel computes them (f32).
-#[derive(Clone, Copy, Debug)]
-struct Scalars {
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
-}
-
-impl Scalars {
-    fn new(h: &AdamW, step: u32) -> Scalars {
-        let bc1 = 1.0f32 - h.beta1.powf(step as f32);
-        let bc2 = 1.0f32 - h.beta2.powf(step as f32);
-        Scalars {
-            beta1: h.beta1,
-            beta2: h.beta2,
-            one_minus_beta1: 1.0f32 - h.beta1,
-            one_minus_beta2: 1.0f32 - h.beta2,
-            step_size: h.lr / bc1,
-            bc2_sqrt: bc2.sqrt(),
-            eps: h.eps,
-        }
-    }
-}
-
-/// The inner loop over one range with one weight decay (serial). Equal-length slices.
+/// The inner loop over one range with one set of scalars (serial), equal-length slices: the
+/// kernel's IEEE fp32 operations in the kernel's order (Rust neither contracts a * b + c into a
+/// fused multiply-add nor approximates division or square root), so bitwise its update.
 #[inline(always)]
-fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: Scalars, decay: f32) {
+fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: AdamwScalars) {
     let n = w.len();
     let (master, m, v, g) = (&mut master[..n], &mut m[..n], &mut v[..n], &g[..n]);
     for i in 0..n {
         let gi = bf16_to_f32(g[i]);
-        let mut p = master[i] * decay;
+        let p = master[i] * s.decay;
         let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
-        let vi = s.beta2 * v[i] + s.one_minus_beta2 * gi * gi;
-        p -= s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);
+        let vi = s.beta2 * v[i] + (s.one_minus_beta2 * gi) * gi;
+        let denom = vi.sqrt() / s.bc2_sqrt + s.eps;
+        let p = p - (s.step_size * mi) / denom;
         m[i] = mi;
         v[i] = vi;
         master[i] = p;
@@ -123,8 +105,7 @@ pub fn adamw_range(
     check_len(OP, "v", n, v.len())?;
     check_len(OP, "grads", n, grads.len())?;
     check_step(OP, step)?;
-    let decay = 1.0f32 - h.lr * weight_decay;
-    update(weights, master, m, v, grads, Scalars::new(h, step), decay);
+    update(weights, master, m, v, grads, h.scalars(weight_decay, step));
     Ok(())
 }
 
@@ -162,7 +143,8 @@ pub fn adamw_owner(
         return Err(HostError::Invalid { op: OP, message: format!("views cover {end} elements, the tensor has {n}") });
     }
 
-    let s = Scalars::new(h, step);
+    // Views get the configured decay or none (view_weight_decay): two sets of scalars.
+    let (decayed, undecayed) = (h.scalars(h.weight_decay, step), h.scalars(0.0, step));
     let (master, rest) = optimizer.split_at_mut(n);
     let (m, v) = rest.split_at_mut(n);
     weights
@@ -180,8 +162,8 @@ pub fn adamw_owner(
                 let b = ((view.offset + view.elems()) as usize).min(stop);
                 if a < b {
                     let r = a - start..b - start;
-                    let decay = 1.0f32 - h.lr * view_weight_decay(view, h.weight_decay);
-                    update(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s, decay);
+                    let s = if view_weight_decay(view, h.weight_decay) == 0.0 { undecayed } else { decayed };
+                    update(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s);
                 }
             }
         });

@@ -327,18 +327,47 @@ pub struct AdamwUpdate<B> {
     pub v: Region<B>,
     pub grads: Region<B>,
     pub n: u64,
-    pub lr: f32,
+    pub scalars: AdamwScalars,
+}
+
+/// The scalars of one AdamW update, computed once on the host for the kernel and for host AdamW
+/// alike, so both do the same fp32 operations on the same values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamwScalars {
     pub beta1: f32,
+    pub one_minus_beta1: f32,
     pub beta2: f32,
+    pub one_minus_beta2: f32,
     pub eps: f32,
-    pub weight_decay: f32,
-    /// Counts from 1.
-    pub step: u32,
+    /// 1 - lr * weight_decay.
+    pub decay: f32,
+    /// lr / (1 - beta1^step).
+    pub step_size: f32,
+    /// sqrt(1 - beta2^step).
+    pub bc2_sqrt: f32,
+}
+
+impl AdamwScalars {
+    /// PyTorch AdamW's scalars at `step` (from 1), in f32.
+    pub fn new(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u32) -> AdamwScalars {
+        let bc1 = 1.0f32 - beta1.powf(step as f32);
+        let bc2 = 1.0f32 - beta2.powf(step as f32);
+        AdamwScalars {
+            beta1,
+            one_minus_beta1: 1.0f32 - beta1,
+            beta2,
+            one_minus_beta2: 1.0f32 - beta2,
+            eps,
+            decay: 1.0f32 - lr * weight_decay,
+            step_size: lr / bc1,
+            bc2_sqrt: bc2.sqrt(),
+        }
+    }
 }
 
 impl<B: Copy> AdamwUpdate<B> {
     pub fn launch(self) -> Result<Launch<B>> {
-        let n = self.n;
+        let (n, s) = (self.n, self.scalars);
         Ok(Args::new(Kernel::AdamwUpdate)
             .bf16("weights", self.weights, n)?
             .f32("master", self.master, n)?
@@ -346,12 +375,14 @@ impl<B: Copy> AdamwUpdate<B> {
             .f32("v", self.v, n)?
             .bf16("grads", self.grads, n)?
             .long(n)
-            .float(self.lr)
-            .float(self.beta1)
-            .float(self.beta2)
-            .float(self.eps)
-            .float(self.weight_decay)
-            .int(self.step as u64)
+            .float(s.beta1)
+            .float(s.one_minus_beta1)
+            .float(s.beta2)
+            .float(s.one_minus_beta2)
+            .float(s.eps)
+            .float(s.decay)
+            .float(s.step_size)
+            .float(s.bc2_sqrt)
             .launch((cdiv(n, 256), 1, 1), 256, 0))
     }
 }

@@ -209,7 +209,7 @@ impl Kernel {
             CeStatsUpdate => &[Ptr(F), Ptr(B), Ptr(I), I32, I32, I32, I32, I32],
             CeLoss => &[Ptr(F), Ptr(F), I32],
             CeBackward => &[Ptr(B), Ptr(F), Ptr(I), I32, I32, I32, I32, F32],
-            AdamwUpdate => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, I32],
+            AdamwUpdate => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, F32, F32, F32],
             FillBf16 => &[Ptr(B), I64, F32],
             InitParams => &[Ptr(B), Ptr(F), I64, I64, I64, F32, F32],
             AttentionBackwardDelta => &[Ptr(F), Ptr(B), Ptr(B), I32, I32, I32, I32],
