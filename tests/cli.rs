@@ -90,7 +90,18 @@ fn simulate_prints_the_step_and_agrees_with_the_schedule() {
     let o = offplan(&["simulate", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    for want in ["step time", "peak allocated", "host -> device", "transfer exposed", "holds under any timing"] {
+    for want in [
+        "step time",
+        "live peak",
+        "arena",
+        "device",
+        "headroom",
+        "host memory",
+        "waiting on host",
+        "host -> device",
+        "transfer exposed",
+        "holds under any timing",
+    ] {
         assert!(t.contains(want), "{want}: {t}");
     }
     let o = offplan(&["simulate", path.to_str().unwrap(), "--json"]);

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cost;
 pub mod digest;
 pub mod error;
+pub mod figures;
 pub mod hardware;
 pub mod inventory;
 pub mod io;

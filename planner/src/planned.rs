@@ -3,7 +3,8 @@
 
 use crate::decisions::Decisions;
 use crate::PlanError;
-use models::schedule::{BlockDecision, SolverReport};
+use models::figures::{MemoryFigures, PlanFigures};
+use models::schedule::{BlockDecision, Prediction, SolverReport};
 use models::trace::Trace;
 use models::{Bytes, HardwareProfile, Program, Schedule};
 
@@ -12,6 +13,19 @@ use models::{Bytes, HardwareProfile, Program, Schedule};
 pub struct Plan {
     pub schedule: Schedule,
     pub trace: Trace,
+}
+
+impl Plan {
+    /// The figures every output prints for this plan (`hw`: the profile it was planned on).
+    pub fn figures(&self, hw: &HardwareProfile) -> PlanFigures {
+        figures(hw, &self.schedule, &self.schedule.prediction, &self.trace)
+    }
+}
+
+/// The figures of `schedule` with `prediction` (its stored one, or today's) and its simulated
+/// `trace` on `hw`: memory from the prediction, the step's parts from the trace.
+pub fn figures(hw: &HardwareProfile, schedule: &Schedule, prediction: &Prediction, trace: &Trace) -> PlanFigures {
+    PlanFigures { memory: MemoryFigures::of(prediction, schedule.budget, hw), step: crate::step_breakdown(schedule, trace) }
 }
 
 /// Emits and simulates `decisions`, filling the prediction from the trace.
@@ -62,11 +76,18 @@ pub fn replan_uncapped(
 pub struct Checked {
     pub trace: Trace,
     /// Today's prediction of the schedule.
-    pub today: models::schedule::Prediction,
+    pub today: Prediction,
     /// The simulator's over-budget error, where today's model puts the peak over the budget.
     pub over_budget: Option<String>,
     /// Each figure today's model predicts otherwise than the file, "what: stored -> today".
     pub differences: Vec<String>,
+}
+
+impl Checked {
+    /// The figures of today's prediction of `schedule` (the one checked) on `hw`.
+    pub fn figures(&self, hw: &HardwareProfile, schedule: &Schedule) -> PlanFigures {
+        figures(hw, schedule, &self.today, &self.trace)
+    }
 }
 
 /// Checks `schedule` against `program` (whose digest the caller has checked) on `hw`.
@@ -96,7 +117,7 @@ pub fn check_schedule(program: &Program, hw: &HardwareProfile, schedule: &Schedu
         ("live peak", stored.peak_allocated, today.peak_allocated),
         ("arena", stored.tensor_bytes(), today.tensor_bytes()),
         ("device", stored.peak_device(), today.peak_device()),
-        ("pinned host memory", stored.pinned_host, today.pinned_host),
+        ("host memory", stored.pinned_host, today.pinned_host),
     ] {
         if a != b {
             differences.push(format!("{what}: {a} -> {b}"));

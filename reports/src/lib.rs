@@ -22,6 +22,7 @@ pub use summary::summary_markdown;
 pub use sweep::{sweep_csv, sweep_series, SweepChart, SweepPoint};
 pub use timeline::{timeline_lanes, TimelineChart};
 
+use models::figures::PlanFigures;
 use models::program::Program;
 use models::schedule::Schedule;
 use models::trace::Trace;
@@ -50,19 +51,26 @@ fn png(dir: &Path, name: &str, chart: &impl Chart) -> Result<PathBuf, ReportErro
 }
 
 /// Writes `memory.svg`, `memory.png`, `timeline.svg`, `placement.svg` and `summary.md` into
-/// `dir` (created if missing); returns the paths written.
-pub fn write_plan_pictures(dir: &Path, program: &Program, schedule: &Schedule, trace: &Trace) -> Result<Vec<PathBuf>, ReportError> {
+/// `dir` (created if missing); returns the paths written. `figures` are the plan's memory and
+/// step figures (`planner::Plan::figures`), which every file names as the command does.
+pub fn write_plan_pictures(
+    dir: &Path,
+    program: &Program,
+    schedule: &Schedule,
+    trace: &Trace,
+    figures: &PlanFigures,
+) -> Result<Vec<PathBuf>, ReportError> {
     if trace.memory.is_empty() {
         return Err(ReportError::Empty { path: dir.join("memory.svg"), message: "the trace has no memory samples".into() });
     }
     create_dir(dir)?;
-    let memory = MemoryChart::new(schedule, trace);
+    let memory = MemoryChart::new(schedule, trace, &figures.memory);
     Ok(vec![
         svg(dir, "memory.svg", &memory)?,
         png(dir, "memory.png", &memory)?,
-        svg(dir, "timeline.svg", &TimelineChart::new(schedule, trace))?,
+        svg(dir, "timeline.svg", &TimelineChart::new(schedule, trace, &figures.step))?,
         svg(dir, "placement.svg", &PlacementChart::new(program, schedule, trace))?,
-        write(&dir.join("summary.md"), summary_markdown(program, schedule, trace).as_bytes())?,
+        write(&dir.join("summary.md"), summary_markdown(program, schedule, trace, figures).as_bytes())?,
     ])
 }
 

@@ -1,14 +1,15 @@
 //! `memory.svg` / `memory.png`: device memory over one step, stacked by category, with the fixed
-//! overhead as the bottom band, the budget as a line and the peak marked.
+//! overhead as the bottom band, the budget and the device figure as lines and the live peak
+//! marked; the figures are named as every output names them (`models::figures`).
 
 use crate::style::{self, err, Chart, Mark, FONT};
+use models::figures::MemoryFigures;
 use models::inventory::MemoryCategory;
 use models::schedule::Schedule;
 use models::trace::Trace;
 use models::units::{Bytes, GIB};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 fn gib(b: Bytes) -> f64 {
     b.0 as f64 / GIB as f64
@@ -43,15 +44,25 @@ pub struct MemoryChart {
     /// Bottom to top: fixed overhead first, then the categories.
     pub bands: Vec<Band>,
     pub budget_gib: f64,
+    /// "budget 24 GiB", in the legend.
     pub budget_label: String,
-    /// (ms, GiB) of the peak, fixed overhead included.
+    /// "device 23.771 GiB", in the legend.
+    pub device_label: String,
+    /// The figures no line shows, in the legend under the lines: arena, headroom, host memory.
+    pub figure_labels: Vec<String>,
+    /// The device figure (fixed overhead + the arena as the pool rounds it + the mapping of
+    /// pinned host memory), drawn as a dashed line.
+    pub device_gib: f64,
+    /// (ms, GiB) of the live peak on top of the fixed overhead band.
     pub peak: (f64, f64),
     pub peak_label: String,
+    pub live_peak: Bytes,
     pub step_ms: f64,
 }
 
 impl MemoryChart {
-    pub fn new(schedule: &Schedule, trace: &Trace) -> MemoryChart {
+    /// The chart of `trace`, its figures named as every output names them (`memory`).
+    pub fn new(schedule: &Schedule, trace: &Trace, memory: &MemoryFigures) -> MemoryChart {
         let fixed = schedule.prediction.fixed_overhead;
         let mut bands = Vec::new();
         if fixed.0 > 0 {
@@ -62,15 +73,24 @@ impl MemoryChart {
             bands.push(Band { label: c.label().into(), color: style::category_color(c), points });
         }
         MemoryChart {
-            title: format!(
-                "{} on {}: device memory over one step (budget {}; pinned host memory {})",
-                schedule.model.name, schedule.hardware, schedule.budget, schedule.prediction.pinned_host
-            ),
+            title: format!("{} on {}: device memory over one step", schedule.model.name, schedule.hardware),
             bands,
             budget_gib: gib(schedule.budget),
             budget_label: format!("budget {}", schedule.budget),
+            device_label: format!("device {}", memory.device),
+            figure_labels: vec![
+                format!("arena {}", memory.arena),
+                if memory.fits() {
+                    format!("headroom {}", Bytes(memory.headroom() as u64))
+                } else {
+                    format!("over the budget by {}", Bytes(memory.headroom().unsigned_abs() as u64))
+                },
+                format!("host memory {} pinned", memory.host_memory),
+            ],
+            device_gib: gib(memory.device),
             peak: (trace.peak_time.ms(), gib(trace.peak_allocated + fixed)),
-            peak_label: format!("peak {} at {}", trace.peak_allocated + fixed, schedule.prediction.peak_at),
+            peak_label: format!("live peak {} (+ {} fixed overhead) at {}", memory.live_peak, fixed, memory.peak_at),
+            live_peak: memory.live_peak,
             step_ms: trace.step_time.ms(),
         }
     }
@@ -107,7 +127,7 @@ impl Chart for MemoryChart {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let (plot, legend) = root.split_horizontally(1130);
-        let y_max = (self.budget_gib.max(self.peak.1) * 1.12).max(1e-3);
+        let y_max = (self.budget_gib.max(self.peak.1).max(self.device_gib) * 1.12).max(1e-3);
         let x_max = self.step_ms.max(1e-6);
         let mut chart = style::step_axes(&plot, &self.title, x_max, y_max, "device memory (GiB)")?;
         for (band, poly) in self.bands.iter().zip(self.polygons()) {
@@ -119,14 +139,8 @@ impl Chart for MemoryChart {
                 style::BUDGET.stroke_width(2),
             )))
             .map_err(err)?;
-        // Right-aligned under the line, away from the peak label above the stack.
-        let budget_style = (FONT, 14).into_font().color(&style::BUDGET).pos(Pos::new(HPos::Right, VPos::Top));
         chart
-            .draw_series(std::iter::once(Text::new(
-                self.budget_label.clone(),
-                (x_max * 0.995, self.budget_gib - y_max * 0.008),
-                budget_style,
-            )))
+            .draw_series(DashedLineSeries::new(vec![(0.0, self.device_gib), (x_max, self.device_gib)], 8, 5, style::DEVICE.stroke_width(2)))
             .map_err(err)?;
         chart.draw_series(std::iter::once(Circle::new(self.peak, 6, style::PEAK.filled()))).map_err(err)?;
         // Keep the label inside the plot when the peak is near the right edge.
@@ -140,8 +154,11 @@ impl Chart for MemoryChart {
             .map_err(err)?;
 
         let mut entries: Vec<(String, RGBColor, Mark)> = self.bands.iter().rev().map(|b| (b.label.clone(), b.color, Mark::Box)).collect();
-        entries.push(("budget".into(), style::BUDGET, Mark::Line));
-        entries.push(("peak".into(), style::PEAK, Mark::Dot));
+        // The lines' figures in the legend, where no stack near the budget can hide them.
+        entries.push((self.budget_label.clone(), style::BUDGET, Mark::Line));
+        entries.push((self.device_label.clone(), style::DEVICE, Mark::Line));
+        entries.push((format!("live peak {}", self.live_peak), style::PEAK, Mark::Dot));
+        entries.extend(self.figure_labels.iter().map(|l| (l.clone(), style::PEAK, Mark::Text)));
         style::draw_legend(&legend.margin(60, 0, 0, 0), "memory class", &entries)
     }
 }

@@ -23,6 +23,8 @@ pub fn register_fonts() {
 
 pub const BUDGET: RGBColor = RGBColor(200, 30, 30);
 pub const PEAK: RGBColor = RGBColor(0, 0, 0);
+/// The device figure's line on the memory chart.
+pub const DEVICE: RGBColor = RGBColor(90, 60, 160);
 pub const FIXED_OVERHEAD: RGBColor = RGBColor(150, 150, 150);
 
 /// One colour per memory category (colour-blind-friendly Tableau-like palette).
@@ -187,6 +189,8 @@ pub enum Mark {
     Box,
     Line,
     Dot,
+    /// Text only: a figure beside the marked entries.
+    Text,
 }
 
 /// Draws a legend as a column of entries in its own area (beside the plot, never over data).
@@ -203,6 +207,7 @@ pub fn draw_legend<DB: DrawingBackend>(
             Mark::Box => area.draw(&Rectangle::new([(8, y - 7), (24, y + 7)], color.filled())),
             Mark::Line => area.draw(&PathElement::new(vec![(6, y), (26, y)], color.stroke_width(3))),
             Mark::Dot => area.draw(&Circle::new((16, y), 5, color.filled())),
+            Mark::Text => Ok(()),
         }
         .map_err(err)?;
         area.draw(&Text::new(label.clone(), (32, y - 8), font.clone())).map_err(err)?;

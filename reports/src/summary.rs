@@ -1,6 +1,8 @@
 //! `summary.md`: the plan summary as Markdown tables: decisions grouped by kind and placement,
-//! then the predictions (and the simulation next to them), then the solver's report.
+//! then the plan's memory and step figures (`models::figures`, as every output words them), the
+//! transfers, then the solver's report.
 
+use models::figures::PlanFigures;
 use models::inventory::{BlockKind, Owner};
 use models::program::Program;
 use models::schedule::{Placement, Schedule};
@@ -77,8 +79,8 @@ pub fn ranges(indices: &[u32]) -> String {
     parts.join(", ")
 }
 
-/// The whole summary as Markdown.
-pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -> String {
+/// The whole summary as Markdown; `figures` are the plan's (`planner::Plan::figures`).
+pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace, figures: &PlanFigures) -> String {
     let p = &schedule.prediction;
     let mut s = String::new();
     let _ = writeln!(s, "# Plan: {} on {}, budget {}\n", schedule.model.name, schedule.hardware, schedule.budget);
@@ -99,42 +101,26 @@ pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace) -
         let _ = writeln!(s, "| {} | {} | {} | {} | {} |", g.group, g.placement.label(), which, g.count, g.bytes);
     }
 
-    let fixed = p.fixed_overhead;
-    let peak_device = p.peak_device();
-    let sim_peak = trace.peak_allocated + fixed;
-    let headroom = if schedule.budget >= peak_device {
-        format!("{}", schedule.budget - peak_device)
-    } else {
-        format!("-{} (over budget)", peak_device - schedule.budget)
-    };
-    let _ = writeln!(s, "\n## Prediction\n");
-    let _ = writeln!(s, "| quantity | plan | simulation |");
-    let _ = writeln!(s, "| --- | ---: | ---: |");
-    let _ = writeln!(s, "| live peak (live tensors at the peak) | {} | {} |", p.peak_allocated, trace.peak_allocated);
-    let _ = writeln!(s, "| arena (every tensor at a planned offset) | {} | |", p.tensor_bytes());
-    let _ = writeln!(s, "| fixed overhead | {} | |", fixed);
-    let _ = writeln!(
-        s,
-        "| device (fixed overhead + arena as the pool reserves it + the mapping of pinned host memory) | {} | {} (live peak + fixed) |",
-        peak_device, sim_peak
-    );
-    let _ = writeln!(s, "| pinned host memory | {} | |", p.pinned_host);
-    let _ = writeln!(
-        s,
-        "| peak at | {} (action {}) | action {} at {:.3} ms |",
-        p.peak_at,
-        p.peak_action,
-        trace.peak_action,
-        trace.peak_time.ms()
-    );
-    let _ = writeln!(s, "| headroom under the budget | {} | |", headroom);
-    let _ = writeln!(s, "| step time | {} | {} |", p.step_time, trace.step_time);
-    let _ = writeln!(s, "| compute time | {} | |", p.compute_time);
-    let _ = writeln!(s, "| host to device | {} | |", p.h2d_bytes);
-    let _ = writeln!(s, "| device to host | {} | |", p.d2h_bytes);
-    let _ = writeln!(s, "| transfer hidden under compute | {} | |", p.hidden_transfer);
-    let _ = writeln!(s, "| transfer exposed (compute waited) | {} | |", p.exposed_transfer);
-
+    let _ = writeln!(s, "\n## Memory\n");
+    let _ = writeln!(s, "| figure | value | what |");
+    let _ = writeln!(s, "| --- | ---: | --- |");
+    for f in figures.memory.figures() {
+        let _ = writeln!(s, "{}", f.markdown_row());
+    }
+    let _ = writeln!(s, "\nThe live peak is reached {} into the step (action {}).", trace.peak_time, p.peak_action);
+    let _ = writeln!(s, "\n## Step time\n");
+    let _ = writeln!(s, "| part | time | what |");
+    let _ = writeln!(s, "| --- | ---: | --- |");
+    for f in figures.step.figures() {
+        let _ = writeln!(s, "{}", f.markdown_row());
+    }
+    let _ = writeln!(s, "\n## Transfers\n");
+    let _ = writeln!(s, "| quantity | value |");
+    let _ = writeln!(s, "| --- | ---: |");
+    let _ = writeln!(s, "| host to device | {} |", p.h2d_bytes);
+    let _ = writeln!(s, "| device to host | {} |", p.d2h_bytes);
+    let _ = writeln!(s, "| transfer hidden under compute | {} |", p.hidden_transfer);
+    let _ = writeln!(s, "| transfer exposed (waiting on H2D + waiting on D2H) | {} |", p.exposed_transfer);
     if let Some(r) = &p.solver {
         let _ = writeln!(s, "\n## Solver\n");
         let _ = writeln!(s, "| solver | status | objective | bound | gap | time |");

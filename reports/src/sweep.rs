@@ -2,6 +2,7 @@
 //! heuristic's on one chart; infeasible points are left out of the chart and kept in the CSV.
 
 use crate::style::{self, err, Chart, FONT};
+use models::figures::MemoryFigures;
 use models::units::{Bytes, Seconds, GIB};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -15,8 +16,8 @@ pub struct SweepPoint {
     pub budget: Bytes,
     /// None where the method has no schedule under the budget.
     pub step_time: Option<Seconds>,
-    /// Predicted device memory (pool peak plus fixed overhead).
-    pub peak: Option<Bytes>,
+    /// The plan's memory figures (live peak, arena, device, host memory); None where infeasible.
+    pub memory: Option<MemoryFigures>,
     /// Why infeasible, or a detail (the N of "offload first N").
     pub note: String,
 }
@@ -48,23 +49,30 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-pub const CSV_HEADER: &str = "method,budget_bytes,budget_gib,feasible,step_time_ms,peak_bytes,peak_gib,note";
+/// The memory columns are `models::figures::MemoryFigures`, named as every output names them.
+pub const CSV_HEADER: &str =
+    "method,budget_bytes,budget_gib,feasible,step_time_ms,live_peak_bytes,arena_bytes,device_bytes,device_gib,host_memory_bytes,note";
 
 /// The CSV: one row per point, in the order given.
 pub fn sweep_csv(points: &[SweepPoint]) -> String {
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
     for p in points {
+        let m = p.memory.as_ref();
+        let bytes = |f: fn(&MemoryFigures) -> Bytes| m.map_or(String::new(), |m| f(m).0.to_string());
         let _ = writeln!(
             s,
-            "{},{},{:.4},{},{},{},{},{}",
+            "{},{},{:.4},{},{},{},{},{},{},{},{}",
             csv_field(&p.method),
             p.budget.0,
             p.budget.0 as f64 / GIB as f64,
             p.step_time.is_some(),
             p.step_time.map_or(String::new(), |t| format!("{:.4}", t.ms())),
-            p.peak.map_or(String::new(), |b| b.0.to_string()),
-            p.peak.map_or(String::new(), |b| format!("{:.4}", b.0 as f64 / GIB as f64)),
+            bytes(|m| m.live_peak),
+            bytes(|m| m.arena),
+            bytes(|m| m.device),
+            m.map_or(String::new(), |m| format!("{:.4}", m.device.0 as f64 / GIB as f64)),
+            bytes(|m| m.host_memory),
             csv_field(&p.note)
         );
     }

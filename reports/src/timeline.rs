@@ -1,8 +1,9 @@
 //! `timeline.svg`: the compute lane, both copy lanes and the host as rows over time; spans
 //! coloured by kind, op names where they fit, and the compute lane's waits in their own colour so
-//! exposed transfer time shows.
+//! exposed transfer time shows; the title breaks the step down (`models::figures`).
 
 use crate::style::{self, err, row_label, Chart, Mark, FONT};
+use models::figures::StepBreakdown;
 use models::schedule::{Lane, Schedule};
 use models::trace::{SpanKind, Trace};
 use plotters::coord::Shift;
@@ -46,16 +47,10 @@ pub struct TimelineChart {
 }
 
 impl TimelineChart {
-    pub fn new(schedule: &Schedule, trace: &Trace) -> TimelineChart {
-        let waited = lane_time_ms(trace, Lane::Compute, SpanKind::Wait);
+    /// The chart of `trace`, its title the step's parts as every output names them (`step`).
+    pub fn new(schedule: &Schedule, trace: &Trace, step: &StepBreakdown) -> TimelineChart {
         TimelineChart {
-            title: format!(
-                "{} on {}: lanes over one step ({:.2} ms; compute waited {:.2} ms)",
-                schedule.model.name,
-                schedule.hardware,
-                trace.step_time.ms(),
-                waited
-            ),
+            title: format!("{} on {}: lanes over one step; {}", schedule.model.name, schedule.hardware, step.one_line()),
             lanes: timeline_lanes(trace),
             step_ms: trace.step_time.ms(),
         }

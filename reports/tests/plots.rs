@@ -38,7 +38,7 @@ fn memory_series_sum_to_the_trace_totals_at_every_sample() {
 #[test]
 fn memory_chart_peak_marker_is_the_trace_peak_and_the_top_of_the_stack() {
     let f = common::fixture();
-    let chart = MemoryChart::new(&f.schedule, &f.trace);
+    let chart = MemoryChart::new(&f.schedule, &f.trace, &f.figures.memory);
     let fixed = f.schedule.prediction.fixed_overhead;
     assert_eq!(chart.bands[0].label, "fixed overhead");
     assert!(chart.bands[0].points.iter().all(|p| (p.1 - fixed.0 as f64 / GIB as f64).abs() < EPS));
@@ -49,6 +49,14 @@ fn memory_chart_peak_marker_is_the_trace_peak_and_the_top_of_the_stack() {
     assert!((top - want).abs() < 1e-6, "stack top {top} vs peak {want}");
     assert!((chart.budget_gib - f.schedule.budget.0 as f64 / GIB as f64).abs() < EPS);
     assert!(chart.peak_label.contains(&f.schedule.prediction.peak_at));
+    // The figures are the ones every output names.
+    let m = &f.figures.memory;
+    assert!(chart.peak_label.starts_with(&format!("live peak {} ", m.live_peak)), "{}", chart.peak_label);
+    assert_eq!(chart.device_label, format!("device {}", m.device));
+    assert!((chart.device_gib - m.device.0 as f64 / GIB as f64).abs() < EPS);
+    assert_eq!(chart.figure_labels[0], format!("arena {}", m.arena));
+    assert_eq!(chart.figure_labels[1], format!("headroom {}", Bytes(m.headroom() as u64)));
+    assert_eq!(chart.figure_labels[2], format!("host memory {} pinned", m.host_memory));
 }
 
 #[test]
@@ -99,14 +107,19 @@ fn summary_groups_decisions_and_states_the_prediction() {
     let off = groups.iter().find(|g| g.group == "layer activations" && g.placement == Placement::Offloaded).unwrap();
     assert_eq!((off.indices.clone(), off.count), (vec![0], 1));
     assert_eq!(groups.iter().map(|g| g.count).sum::<usize>(), f.schedule.decisions.len());
-    let md = summary_markdown(&f.program, &f.schedule, &f.trace);
+    let md = summary_markdown(&f.program, &f.schedule, &f.trace, &f.figures);
     assert!(md.contains("| layer activations | offloaded | 0 | 1 |"), "{md}");
     assert!(md.contains("| layer activations | recomputed | 1 | 1 |"), "{md}");
     assert!(md.contains("| layer weights | gpu | 0–1 | 2 |"), "{md}");
     let pr = &f.schedule.prediction;
-    assert!(md.contains(&format!("| live peak (live tensors at the peak) | {} | {} |", pr.peak_allocated, f.trace.peak_allocated)), "{md}");
-    assert!(md.contains(&format!("| {} | {} (live peak + fixed) |", pr.peak_device(), f.trace.peak_allocated + pr.fixed_overhead)), "{md}");
-    assert!(md.contains(&format!("| pinned host memory | {} |", pr.pinned_host)), "{md}");
+    // Every memory and step figure, as `models::figures` words it.
+    for fig in f.figures.memory.figures().iter().chain(&f.figures.step.figures()) {
+        assert!(md.contains(&fig.markdown_row()), "{}: {md}", fig.name);
+    }
+    assert!(md.contains(&format!("| live peak | {} |", pr.peak_allocated)), "{md}");
+    assert!(md.contains(&format!("| device | {} |", pr.peak_device())), "{md}");
+    assert!(md.contains(&format!("| host memory | {} |", pr.pinned_host)), "{md}");
+    assert!(md.contains(&format!("| waiting on H2D | {} |", pr.exposed_transfer)), "{md}");
     assert!(md.contains(&f.schedule.prediction.peak_at));
     assert!(md.contains("transfer exposed"));
     assert!(!md.contains("## Solver"), "no solver section without a solver report");
@@ -120,12 +133,29 @@ fn ranges_compress_indices() {
     assert_eq!(ranges(&[]), "");
 }
 
+/// Memory figures of a plan whose device figure is `device`.
+fn memory(device: Bytes) -> models::figures::MemoryFigures {
+    models::figures::MemoryFigures {
+        live_peak: device - Bytes(3 * GIB),
+        peak_at: "layer0.fc".into(),
+        arena: device - Bytes(2 * GIB),
+        laid_out: true,
+        fixed_overhead: Bytes(GIB),
+        pool_rounding: Bytes::ZERO,
+        pinned_mapping: Bytes(GIB),
+        device,
+        budget: device + Bytes(GIB),
+        host_memory: Bytes(512 * GIB),
+        host_pinnable: None,
+    }
+}
+
 fn points() -> Vec<SweepPoint> {
     let p = |m: &str, gib: u64, ms: Option<f64>, note: &str| SweepPoint {
         method: m.into(),
         budget: Bytes(gib * GIB),
         step_time: ms.map(Seconds::from_ms),
-        peak: ms.map(|_| Bytes(gib * GIB - GIB)),
+        memory: ms.map(|_| memory(Bytes(gib * GIB - GIB))),
         note: note.into(),
     };
     vec![
@@ -153,11 +183,14 @@ fn sweep_csv_has_one_row_per_point() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 7);
     assert_eq!(lines[0], reports::sweep::CSV_HEADER);
-    assert_eq!(lines[1], "planner,21474836480,20.0000,true,250.0000,20401094656,19.0000,");
-    assert_eq!(lines[3], "keep all,10737418240,10.0000,false,,,,\"needs 35.4 GiB, budget 10 GiB\"");
-    assert_eq!(lines[5], "offload first N,21474836480,20.0000,true,300.0000,20401094656,19.0000,N = 12");
+    assert_eq!(lines[1], "planner,21474836480,20.0000,true,250.0000,17179869184,18253611008,20401094656,19.0000,549755813888,");
+    assert_eq!(lines[3], "keep all,10737418240,10.0000,false,,,,,,,\"needs 35.4 GiB, budget 10 GiB\"");
+    assert_eq!(
+        lines[5],
+        "offload first N,21474836480,20.0000,true,300.0000,17179869184,18253611008,20401094656,19.0000,549755813888,N = 12"
+    );
     for l in &lines[1..] {
-        assert!(l.split(',').count() >= 8, "{l}");
+        assert!(l.split(',').count() >= 11, "{l}");
     }
 }
 
@@ -171,7 +204,7 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
     // Kept under target/tmp so the pictures can be looked at after the test.
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports-plan");
     let _ = std::fs::remove_dir_all(&out);
-    let files = write_plan_pictures(&out, &f.program, &f.schedule, &f.trace).unwrap();
+    let files = write_plan_pictures(&out, &f.program, &f.schedule, &f.trace, &f.figures).unwrap();
     let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["memory.svg", "memory.png", "timeline.svg", "placement.svg", "summary.md"]);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 5, "no temporary files left");
@@ -187,7 +220,11 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
         "optimizer state",
         "activations",
         "budget",
-        "peak",
+        "live peak",
+        "device",
+        "arena",
+        "headroom",
+        "host memory",
     ] {
         assert!(memory.contains(text), "memory.svg lacks {text:?}");
     }
@@ -216,7 +253,7 @@ fn plan_pictures_are_valid_files_with_labelled_axes_and_legends() {
     // PNG previews of the SVG-only charts, beside them in target/tmp, for people to look at.
     let preview = out.parent().unwrap().join("reports-plan-preview");
     std::fs::create_dir_all(&preview).unwrap();
-    let timeline_png = reports::style::render_png(&TimelineChart::new(&f.schedule, &f.trace)).unwrap();
+    let timeline_png = reports::style::render_png(&TimelineChart::new(&f.schedule, &f.trace, &f.figures.step)).unwrap();
     std::fs::write(preview.join("timeline.png"), timeline_png).unwrap();
     let placement_png = reports::style::render_png(&PlacementChart::new(&f.program, &f.schedule, &f.trace)).unwrap();
     std::fs::write(preview.join("placement.png"), placement_png).unwrap();
@@ -264,7 +301,7 @@ fn summary_reports_the_solver_when_there_is_one() {
         solve_seconds: 1.25,
         status: models::schedule::SolveStatus::Proved,
     });
-    let md = summary_markdown(&f.program, &f.schedule, &f.trace);
+    let md = summary_markdown(&f.program, &f.schedule, &f.trace, &f.figures);
     assert!(md.contains("## Solver"), "{md}");
     assert!(md.contains("| highs | proved within the gap | 12.50 ms | 12.00 ms | 4.00% | 1.25 s |"), "{md}");
 }

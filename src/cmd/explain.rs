@@ -4,9 +4,10 @@
 //! budget, or exposed transfer / recomputation time.
 
 use anyhow::Context;
+use models::figures::PlanFigures;
 use models::inventory::{Block, BlockKind};
-use models::schedule::{Lane, Placement};
-use models::trace::{SpanKind, Trace};
+use models::schedule::Placement;
+use models::trace::Trace;
 use models::{Bytes, HardwareProfile, Program, Schedule, Seconds};
 use planner::{simulate, SimError};
 use planner::{ActChoice, Decisions, OwnerChoice};
@@ -91,26 +92,34 @@ fn whereabouts(p: Placement) -> &'static str {
     }
 }
 
-/// What one variant costs.
+/// What one variant costs, in the figures every output names (`models::figures`).
 #[derive(Debug)]
 pub struct Outcome {
     pub placement: String,
     pub step_time: Seconds,
-    pub peak_device: Bytes,
+    /// The device figure: fixed overhead + the arena as the pool rounds it + the mapping.
+    pub device: Bytes,
+    /// Waiting on H2D + waiting on D2H.
     pub exposed: Seconds,
+    pub host_wait: Seconds,
     pub compute: Seconds,
+    /// The simulation holds the budget and the device figure is within it.
     pub fits: bool,
+    pub figures: Option<PlanFigures>,
 }
 
-fn measure(placement: String, hw: &HardwareProfile, trace: &Trace, fits: bool) -> Outcome {
-    let lane = |k| Seconds::from_ms(reports::timeline::lane_time_ms(trace, Lane::Compute, k));
-    Outcome {
-        placement,
-        step_time: trace.step_time,
-        peak_device: trace.peak_allocated + hw.fixed_overhead,
-        exposed: lane(SpanKind::Wait),
-        compute: lane(SpanKind::Op) + lane(SpanKind::Recompute),
-        fits,
+impl Outcome {
+    fn of(placement: String, figures: PlanFigures, simulated_fits: bool) -> Outcome {
+        Outcome {
+            placement,
+            step_time: figures.step.step,
+            device: figures.memory.device,
+            exposed: figures.step.exposed_transfer(),
+            host_wait: figures.step.waiting_on_host,
+            compute: figures.step.compute_busy,
+            fits: simulated_fits && figures.memory.fits(),
+            figures: Some(figures),
+        }
     }
 }
 
@@ -164,20 +173,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             checked.differences.join("; ")
         );
     }
-    let (trace, fits) = (checked.trace, checked.over_budget.is_none());
+    let fits = checked.over_budget.is_none();
     let d = Decisions::from_block_decisions(&program, &schedule.decisions)
         .with_context(|| format!("reading the decisions of {}", args.schedule.display()))?;
     let mut base_label = current.label().to_string();
     if let BlockKind::Grads(o) = block.kind {
         base_label = format!("{base_label} (optimizer {})", d.owner(o).optimizer.label());
     }
-    let base = measure(base_label, &hw, &trace, fits);
+    let base = Outcome::of(base_label, checked.figures(&hw, &schedule), fits);
     let alts = alternatives(&program, &d, block);
     let mut outcomes = Vec::new();
     for (placement, nd) in &alts {
         let s = planner::emit(&program, &hw, nd, schedule.budget).with_context(|| format!("emitting {name} as {placement}"))?;
         let (t, fits) = simulate_any(&program, &hw, &s).with_context(|| format!("simulating {name} as {placement}"))?;
-        outcomes.push(measure(placement.clone(), &hw, &t, fits));
+        let prediction = planner::prediction_from_trace(&t, &s, &program, &hw);
+        outcomes.push(Outcome::of(placement.clone(), planner::figures(&hw, &s, &prediction, &t), fits));
     }
 
     println!(
@@ -188,31 +198,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         schedule.hardware,
         schedule.budget
     );
-    let headroom = schedule.budget.0 as i128 - base.peak_device.0 as i128;
-    println!(
-        "As planned: step {}, peak {} ({} {} the budget), compute {}, compute waited {} for copies.",
-        base.step_time,
-        base.peak_device,
-        Bytes(headroom.unsigned_abs() as u64),
-        if headroom >= 0 { "under" } else { "over" },
-        base.compute,
-        base.exposed
-    );
+    println!("As planned:");
+    if let Some(f) = &base.figures {
+        for l in f.memory.lines().iter().chain(&f.step.lines()) {
+            println!("  {l}");
+        }
+    }
     println!();
     let w = outcomes.iter().map(|o| o.placement.len()).chain([base.placement.len() + 2, 9]).max().unwrap_or(12);
-    println!("{:<w$} {:>12} {:>12} {:>12} {:>18} {:>12} {:>12}", "placement", "step", "vs plan", "peak", "vs budget", "compute", "waited");
+    println!(
+        "{:<w$} {:>12} {:>12} {:>12} {:>22} {:>14} {:>17} {:>16}",
+        "placement", "step time", "vs plan", "device", "headroom", "compute busy", "waiting on copies", "waiting on host"
+    );
     let row = |o: &Outcome, tag: &str| {
-        let over = o.peak_device.0 as i128 - schedule.budget.0 as i128;
-        let vs_budget = if over > 0 { format!("{} over", Bytes(over as u64)) } else { format!("{} under", Bytes((-over) as u64)) };
+        let over = o.device.0 as i128 - schedule.budget.0 as i128;
+        let headroom = if over > 0 { format!("{} over", Bytes(over as u64)) } else { format!("{} under", Bytes((-over) as u64)) };
         println!(
-            "{:<w$} {:>12} {:>12} {:>12} {:>18} {:>12} {:>12}",
+            "{:<w$} {:>12} {:>12} {:>12} {:>22} {:>14} {:>17} {:>16}",
             format!("{}{tag}", o.placement),
             o.step_time.to_string(),
             if tag.is_empty() { signed_ms((o.step_time - base.step_time).ms()) } else { "-".into() },
-            o.peak_device.to_string(),
-            vs_budget,
+            o.device.to_string(),
+            headroom,
             o.compute.to_string(),
-            o.exposed.to_string()
+            o.exposed.to_string(),
+            o.host_wait.to_string()
         );
     };
     row(&base, " *");
@@ -237,8 +247,14 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
     for o in outcomes {
         let dt = (o.step_time - base.step_time).ms();
         let d_exposed = (o.exposed - base.exposed).ms();
+        let d_host = (o.host_wait - base.host_wait).ms();
         let d_compute = (o.compute - base.compute).ms();
-        let why_time = format!("exposed transfer {}, compute {}", signed_ms(d_exposed), signed_ms(d_compute));
+        let why_time = format!(
+            "waiting on copies {}, waiting on host {}, compute busy {}",
+            signed_ms(d_exposed),
+            signed_ms(d_host),
+            signed_ms(d_compute)
+        );
         let p = &o.placement;
         let line = if (o.step_time.0 - base.step_time.0).abs() <= eps && o.fits {
             format!(
@@ -246,11 +262,11 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
             )
         } else if o.step_time.0 < base.step_time.0 - eps && !o.fits {
             format!(
-                "- {p}: {} faster, but its peak {} exceeds the budget {} by {}: memory binds (the plan's peak is at {peak_at}).",
+                "- {p}: {} faster, but its device figure {} is over the budget {} by {}: memory binds (the plan's live peak is at {peak_at}).",
                 signed_ms(-dt).trim_start_matches('+'),
-                o.peak_device,
+                o.device,
                 budget,
-                o.peak_device - budget
+                o.device.saturating_sub(budget)
             )
         } else if o.step_time.0 < base.step_time.0 - eps {
             format!(
@@ -261,7 +277,7 @@ pub fn verdict(name: &str, base: &Outcome, outcomes: &[Outcome], budget: Bytes, 
             format!(
                 "- {p}: slower by {} ({why_time}) and over the budget by {}: both time and memory rule it out.",
                 signed_ms(dt),
-                o.peak_device - budget
+                o.device.saturating_sub(budget)
             )
         } else {
             format!("- {p}: fits, but slower by {} ({why_time}): time binds, not memory.", signed_ms(dt))
@@ -323,14 +339,16 @@ mod tests {
         assert!(alternatives(&p, &d, head).is_empty());
     }
 
-    fn outcome(label: &str, ms: f64, peak_gib: f64, fits: bool) -> Outcome {
+    fn outcome(label: &str, ms: f64, device_gib: f64, fits: bool) -> Outcome {
         Outcome {
             placement: label.into(),
             step_time: Seconds::from_ms(ms),
-            peak_device: Bytes::gib(peak_gib),
+            device: Bytes::gib(device_gib),
             exposed: Seconds::ZERO,
+            host_wait: Seconds::ZERO,
             compute: Seconds::from_ms(ms),
             fits,
+            figures: None,
         }
     }
 

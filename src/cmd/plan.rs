@@ -3,7 +3,7 @@
 
 use super::{CodedError, TargetArgs, EXIT_INFEASIBLE};
 use anyhow::Context;
-use models::schedule::{BlockDecision, Schedule};
+use models::schedule::BlockDecision;
 use models::{Bytes, Placement, Program};
 use planner::{PlanError, SolveOptions};
 use std::collections::BTreeMap;
@@ -53,16 +53,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         other => anyhow::Error::new(other).context("planning failed"),
     })?;
     plan.schedule.save(&out.path().join("schedule.ron")).with_context(|| format!("writing schedule.ron into {}", args.out.display()))?;
-    write_pictures(out.path(), &program, &plan)?;
+    write_pictures(out.path(), &program, &hw, &plan)?;
     out.commit().with_context(|| format!("moving the plan's files into {}", args.out.display()))?;
-    print_summary(&program, &hw, &plan.schedule, &args.out.join("schedule.ron"));
+    print_summary(&program, &hw, &plan, &args.out.join("schedule.ron"));
     Ok(())
 }
 
 /// The single place where the plan's pictures (memory.svg/png, timeline.svg, placement.svg) and
 /// summary.md are written.
-fn write_pictures(dir: &Path, program: &Program, plan: &planner::Plan) -> anyhow::Result<()> {
-    reports::write_plan_pictures(dir, program, &plan.schedule, &plan.trace)
+fn write_pictures(dir: &Path, program: &Program, hw: &models::HardwareProfile, plan: &planner::Plan) -> anyhow::Result<()> {
+    reports::write_plan_pictures(dir, program, &plan.schedule, &plan.trace, &plan.figures(hw))
         .with_context(|| format!("writing pictures into {}", dir.display()))?;
     Ok(())
 }
@@ -145,7 +145,8 @@ fn decision_lines(ds: &[BlockDecision]) -> Vec<String> {
     lines
 }
 
-fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, path: &Path) {
+fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner::Plan, path: &Path) {
+    let s = &plan.schedule;
     let p = &s.prediction;
     let c = &program.config;
     println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget);
@@ -155,30 +156,24 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, s: &Schedule, 
     }
     let off: Vec<&BlockDecision> = s.decisions.iter().filter(|d| d.placement != Placement::Gpu).collect();
     println!("  ({} of {} blocks off the GPU or recomputed)", off.len(), s.decisions.len());
-    println!("predicted peak     {} of live tensors at {}", p.peak_allocated, p.peak_at);
+    let figures = plan.figures(hw);
+    for l in figures.memory.lines().iter().chain(&figures.step.lines()) {
+        println!("{l}");
+    }
+    println!("transfers        {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!(
-        "device memory      {} arena (every tensor at a planned offset) + {} fixed + the pool's rounding and the mapping of {} pinned host memory = {}",
-        p.tensor_bytes(),
-        p.fixed_overhead,
-        p.pinned_host,
-        p.peak_device()
+        "transfer time    {} hidden behind compute, {} exposed (waiting on H2D + waiting on D2H)",
+        p.hidden_transfer, p.exposed_transfer
     );
     println!(
-        "left               {} under the budget (the profile keeps {} + {:.1}% of the pool for the layout and the memory outside the pool)",
-        s.budget.saturating_sub(p.peak_device()),
+        "room kept        {} + {:.1}% of the pool: what the solver leaves beyond the live peak for the arena's layout and the memory outside the pool",
         hw.pool_slack,
         100.0 * hw.pool_slack_fraction
     );
-    let pinnable =
-        hw.host_pinnable.map_or_else(|| "the profile states no host limit".to_string(), |h| format!("of {h} a run may pin on {}", hw.name));
-    println!("host memory        {} pinned ({pinnable})", p.pinned_host);
-    println!("predicted step     {} (compute {})", p.step_time, p.compute_time);
-    println!("transfers          {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
-    println!("transfer time      {} hidden behind compute, {} exposed", p.hidden_transfer, p.exposed_transfer);
     if let Some(r) = &p.solver {
         let bound = r.bound.map_or_else(|| "none".to_string(), |b| b.to_string());
         println!(
-            "solver             {}: objective {}, bound {bound}, gap {}, {:.2} s, {}",
+            "solver           {}: objective {}, bound {bound}, gap {}, {:.2} s, {}",
             r.solver,
             r.objective,
             r.gap_label(),

@@ -2,6 +2,7 @@
 //! invariants 1 and 2, and print what one step does.
 
 use anyhow::Context;
+use models::figures::{MemoryFigures, PlanFigures, StepBreakdown};
 use models::schedule::Prediction;
 use models::trace::Trace;
 use models::{Bytes, Program, Schedule, Seconds};
@@ -58,6 +59,68 @@ struct Report {
     /// The figures today's model predicts otherwise than the file stores ("what: stored -> today").
     stored_prediction_differs: Vec<String>,
     simulate_seconds: f64,
+    /// Live peak, arena, device, headroom and host memory, as every output names them.
+    memory: MemoryJson,
+    /// The step's parts (they sum to `step_time_s`), as every output names them.
+    step: StepJson,
+}
+
+/// `models::figures::MemoryFigures` in bytes.
+#[derive(Serialize)]
+struct MemoryJson {
+    live_peak_bytes: u64,
+    arena_bytes: u64,
+    fixed_overhead_bytes: u64,
+    pool_rounding_bytes: u64,
+    pinned_mapping_bytes: u64,
+    device_bytes: u64,
+    budget_bytes: u64,
+    /// Budget less device: negative when over the budget.
+    headroom_bytes: i128,
+    host_memory_bytes: u64,
+}
+
+impl MemoryJson {
+    fn of(m: &MemoryFigures) -> MemoryJson {
+        MemoryJson {
+            live_peak_bytes: m.live_peak.0,
+            arena_bytes: m.arena.0,
+            fixed_overhead_bytes: m.fixed_overhead.0,
+            pool_rounding_bytes: m.pool_rounding.0,
+            pinned_mapping_bytes: m.pinned_mapping.0,
+            device_bytes: m.device.0,
+            budget_bytes: m.budget.0,
+            headroom_bytes: m.headroom(),
+            host_memory_bytes: m.host_memory.0,
+        }
+    }
+}
+
+/// `models::figures::StepBreakdown` in seconds.
+#[derive(Serialize)]
+struct StepJson {
+    step_time_s: f64,
+    compute_busy_s: f64,
+    /// Part of `compute_busy_s`.
+    recompute_s: f64,
+    waiting_on_h2d_s: f64,
+    waiting_on_d2h_s: f64,
+    waiting_on_host_s: f64,
+    after_compute_s: f64,
+}
+
+impl StepJson {
+    fn of(b: &StepBreakdown) -> StepJson {
+        StepJson {
+            step_time_s: b.step.0,
+            compute_busy_s: b.compute_busy.0,
+            recompute_s: b.recompute.0,
+            waiting_on_h2d_s: b.waiting_on_h2d.0,
+            waiting_on_d2h_s: b.waiting_on_d2h.0,
+            waiting_on_host_s: b.waiting_on_host.0,
+            after_compute_s: b.after_compute.0,
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -70,8 +133,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let holds = checked.over_budget.is_none();
     let took = started.elapsed().as_secs_f64();
     let (worst, _) = worst_case_peak(&program, &hw, &schedule)?;
+    let figures = checked.figures(&hw, &schedule);
     let p = checked.today;
-    let mut report = report(&args.schedule, &schedule, &hw.name, &checked.trace, &p, worst, holds, took);
+    let mut report = report(&args.schedule, &schedule, &hw.name, &checked.trace, &p, &figures, worst, holds, took);
     report.host_pinnable_bytes = hw.host_pinnable.map(|b| b.0);
     report.stored_prediction_differs = checked.differences.clone();
     if args.json {
@@ -83,22 +147,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 checked.differences.join("; ")
             );
         }
-        print_table(&report, &p, &schedule);
+        print_table(&report, &p, &schedule, &figures);
     }
     if !holds {
         anyhow::bail!(
-            "the schedule needs {} of device memory ({} allocated + {} fixed overhead), over its budget {}",
-            p.peak_device(),
+            "the schedule's live peak {} + {} fixed overhead is over its budget {} (device {})",
             p.peak_allocated,
             p.fixed_overhead,
-            schedule.budget
+            schedule.budget,
+            p.peak_device()
         );
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst: Bytes, holds: bool, took: f64) -> Report {
+fn report(
+    path: &Path,
+    s: &Schedule,
+    hw: &str,
+    t: &Trace,
+    p: &Prediction,
+    figures: &PlanFigures,
+    worst: Bytes,
+    holds: bool,
+    took: f64,
+) -> Report {
     let lane_time = |k: models::trace::SpanKind| t.spans.iter().filter(|x| x.kind == k).map(|x| (x.end - x.start).0).sum::<f64>() + 0.0;
     Report {
         schedule: path.display().to_string(),
@@ -129,55 +203,46 @@ fn report(path: &Path, s: &Schedule, hw: &str, t: &Trace, p: &Prediction, worst:
         host_pinnable_bytes: None,
         stored_prediction_differs: Vec::new(),
         simulate_seconds: took,
+        memory: MemoryJson::of(&figures.memory),
+        step: StepJson::of(&figures.step),
     }
 }
 
-fn print_table(r: &Report, p: &Prediction, s: &Schedule) {
+fn print_table(r: &Report, p: &Prediction, s: &Schedule, figures: &PlanFigures) {
     let secs = |x: f64| Seconds(x).to_string();
     println!("{} on {} — {} ({} actions), simulated in {}", r.model, r.hardware, r.schedule, r.actions, secs(r.simulate_seconds));
-    println!("  step time         {:>12}   (planned {})", secs(r.step_time_s), s.prediction.step_time);
-    println!(
-        "  compute busy      {:>12}   ({:.1}% of the step)",
-        secs(r.compute_time_s),
-        100.0 * r.compute_time_s / r.step_time_s.max(1e-30)
-    );
-    println!(
-        "  peak allocated    {:>12}   at {} ({}), action {}",
-        p.peak_allocated.to_string(),
-        p.peak_at,
-        secs(r.peak_time_s),
-        r.peak_action
-    );
-    if let Some(a) = r.arena_bytes {
-        let over = 100.0 * (a as f64 - p.peak_allocated.0 as f64) / (p.peak_allocated.0 as f64).max(1.0);
-        println!(
-            "  arena             {:>12}   every tensor at a planned offset in one allocation ({over:+.2}% over the peak)",
-            Bytes(a).to_string()
-        );
+    for l in figures.memory.lines() {
+        println!("  {l}");
     }
+    println!("  {:<17}{:>12}  into the step, action {}", "live peak reached", secs(r.peak_time_s), r.peak_action);
     println!(
-        "  + fixed overhead  {:>12}   = {} on the device (planned {} allocated)",
-        p.fixed_overhead.to_string(),
-        p.peak_device(),
-        s.prediction.peak_allocated
-    );
-    println!(
-        "  worst timing      {:>12}   allocated, the most any timing the waits allow can reach",
+        "  {:<17}{:>12}  live, the most any timing the waits allow can reach",
+        "worst timing",
         Bytes(r.worst_case_peak_allocated_bytes).to_string()
     );
-    let pinnable =
-        r.host_pinnable_bytes.map_or_else(|| "the profile states no host limit".to_string(), |h| format!("of {} a run may pin", Bytes(h)));
-    println!("  host memory       {:>12}   pinned ({pinnable})", p.pinned_host.to_string());
-    println!("  host -> device    {:>12}   in {}", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
-    println!("  device -> host    {:>12}   in {}", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
-    println!("  transfer exposed  {:>12}   (compute waited on copies); hidden {}", secs(r.exposed_transfer_s), secs(r.hidden_transfer_s));
+    for l in figures.step.lines() {
+        println!("  {l}");
+    }
+    if (s.prediction.step_time.0 - r.step_time_s).abs() > 1e-9 * r.step_time_s.abs() {
+        println!("  (the file's planned step time: {})", s.prediction.step_time);
+    }
+    println!("  {:<17}{:>12}  in {}", "host -> device", p.h2d_bytes.to_string(), secs(r.h2d_time_s));
+    println!("  {:<17}{:>12}  in {}", "device -> host", p.d2h_bytes.to_string(), secs(r.d2h_time_s));
+    println!(
+        "  {:<17}{:>12}  waiting on H2D + waiting on D2H; hidden {}",
+        "transfer exposed",
+        secs(r.exposed_transfer_s),
+        secs(r.hidden_transfer_s)
+    );
     let worst_device = Bytes(r.worst_case_peak_allocated_bytes) + p.fixed_overhead;
     let verdict = if !r.budget_holds {
         "DOES NOT HOLD".to_string()
+    } else if !figures.memory.fits() {
+        format!("the live tensors fit under any timing, but the device figure is {}", figures.memory.headroom_words())
     } else if worst_device > s.budget {
         format!("holds as simulated, but some timing could reach {worst_device}")
     } else {
         "holds under any timing".to_string()
     };
-    println!("  budget            {:>12}   {verdict}", s.budget.to_string());
+    println!("  {:<17}{:>12}  {verdict}", "budget", s.budget.to_string());
 }

@@ -4,6 +4,7 @@
 use super::TargetArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use models::figures::MemoryFigures;
 use models::{Bytes, HardwareProfile, Program, Schedule};
 use planner::{heuristic_schedule, Heuristic, SolveOptions};
 use rayon::prelude::*;
@@ -76,7 +77,7 @@ impl Method {
     }
 }
 
-/// Plans `method` at `budget`: the simulated step time and device peak, or why it does not fit.
+/// Plans `method` at `budget`: the simulated step time and memory figures, or why it does not fit.
 fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method, opts: &SolveOptions) -> SweepPoint {
     let result: Result<Schedule, planner::PlanError> = match method {
         Method::Planner => planner::plan(program, hw, budget, opts).map(|p| p.schedule),
@@ -97,12 +98,13 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
                 }
                 _ => String::new(),
             };
-            SweepPoint { method: method.name(), budget, step_time: Some(p.step_time), peak: Some(p.peak_device()), note }
+            let memory = Some(MemoryFigures::of(p, budget, hw));
+            SweepPoint { method: method.name(), budget, step_time: Some(p.step_time), memory, note }
         }
         Err(planner::PlanError::Infeasible { reason, .. }) | Err(planner::PlanError::HostMemory { reason, .. }) => {
-            SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: reason }
+            SweepPoint { method: method.name(), budget, step_time: None, memory: None, note: reason }
         }
-        Err(e) => SweepPoint { method: method.name(), budget, step_time: None, peak: None, note: e.to_string() },
+        Err(e) => SweepPoint { method: method.name(), budget, step_time: None, memory: None, note: e.to_string() },
     }
 }
 
@@ -241,8 +243,8 @@ mod tests {
             assert_eq!(chunk.iter().map(|p| p.budget).collect::<Vec<_>>(), b);
         }
         for p in &points {
-            if let Some(peak) = p.peak {
-                assert!(peak <= p.budget, "{} at {}: peak {peak}", p.method, p.budget);
+            if let Some(m) = &p.memory {
+                assert!(m.device <= p.budget, "{} at {}: device {}", p.method, p.budget, m.device);
             } else {
                 assert!(!p.note.is_empty(), "an infeasible point says why");
             }

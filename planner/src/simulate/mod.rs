@@ -22,9 +22,13 @@
 //! - the budget: peak allocated + fixed overhead within `schedule.budget`, else
 //!   `SimError::OverBudget`, which carries the full trace so callers can still show it.
 //!
+//! `step_breakdown` says how the compute lane spends the step (busy, waiting on each other
+//! lane, after its last op); the prediction and every output read the step's parts from it.
+//!
 //! `worst_case_peak` bounds the peak over every timing the happens-before order allows (used by
 //! tests and `offplan simulate` to show that the budget holds under any timing).
 
+mod breakdown;
 mod engine;
 mod error;
 mod labels;
@@ -34,6 +38,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+pub use breakdown::step_breakdown;
 pub use error::SimError;
 pub use labels::{action_label, peak_label};
 pub use order::worst_case_peak;

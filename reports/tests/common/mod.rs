@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use models::cost::op_time;
+use models::figures::{MemoryFigures, PlanFigures, StepBreakdown};
 use models::inventory::{BlockKind, MemoryCategory};
 use models::schedule::{Action, BlockDecision, Lane, Placement, Prediction, Schedule, SCHEDULE_FORMAT_VERSION};
 use models::trace::{BlockSpan, BlockState, MemorySample, Span, SpanKind, Trace};
@@ -18,6 +19,9 @@ pub struct Fixture {
     pub hw: HardwareProfile,
     pub schedule: Schedule,
     pub trace: Trace,
+    /// Its figures: memory from the prediction, the step by hand (the one wait is on the
+    /// prefetch).
+    pub figures: PlanFigures,
 }
 
 fn root() -> &'static Path {
@@ -168,7 +172,9 @@ pub fn fixture() -> Fixture {
         prediction,
         checksum: String::new(),
     };
-    Fixture { program, hw, schedule, trace }
+    let memory = MemoryFigures::of(&schedule.prediction, schedule.budget, &hw);
+    let step = StepBreakdown { step, compute_busy: step - prefetch_wait, waiting_on_h2d: prefetch_wait, ..StepBreakdown::default() };
+    Fixture { program, hw, schedule, trace, figures: PlanFigures { memory, step } }
 }
 
 /// A minimal well-formedness check: every tag closes in order and there is one root element.
