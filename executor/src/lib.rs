@@ -29,7 +29,7 @@ pub mod step;
 pub mod train;
 
 pub use host::AdamW;
-pub use runner::{run_schedule, Allocator, MemoryPoint, ScheduleRunResult};
+pub use runner::{run_schedule, run_schedule_slowed, Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
 pub use train::{run_all_on_gpu, Phase, Progress, RunOptions, RunResult, StepReport};
 
 /// Errors of a run.

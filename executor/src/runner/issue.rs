@@ -2,13 +2,13 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{Allocator, MemoryPoint, ScheduleRunResult};
+use super::{Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
 use crate::data::Batches;
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
 use crate::kernel_cache::KernelCache;
-use crate::kernels::KernelSet;
+use crate::kernels::{KernelSet, SpinNs};
 use crate::startup::StartClock;
 use crate::step::Step;
 use crate::train::{Phase, Progress, RunOptions, RunResult, StepReport};
@@ -52,6 +52,7 @@ pub fn run(
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
+    slow: Option<SlowLanes>,
     mut batches: Batches,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
@@ -139,7 +140,8 @@ pub fn run(
     for s in 1..=measured_step {
         let batch = batches.next_batch();
         step.upload_batch(&gpu, &batch)?;
-        let issuer = Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s };
+        let issuer =
+            Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s, slow };
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, lanes.stream(Lane::Compute))?;
@@ -232,6 +234,8 @@ struct Issuer<'a> {
     adamw: AdamW,
     /// The step, from 1.
     step: u32,
+    /// Debug delays before lane work.
+    slow: Option<SlowLanes>,
 }
 
 impl Issuer<'_> {
@@ -264,6 +268,21 @@ impl Issuer<'_> {
             }
         };
         let inv = &self.program.inventory;
+        if let Some(slow) = self.slow {
+            let lane = match *a {
+                Action::Run(_) | Action::Recompute(_) => Some(Lane::Compute),
+                Action::Prefetch(_) => Some(Lane::HostToDevice),
+                Action::Evict(_) => Some(Lane::DeviceToHost),
+                Action::HostRun(_) => Some(Lane::Host),
+                _ => None,
+            };
+            if let Some(ns) = lane.and_then(|l| slow.delay_ns(self.step, i, l)) {
+                let spin = SpinNs { ns }.launch::<TensorId>();
+                step.kernels().launch(lanes.stream(lane.expect("a delay has a lane")), &spin, |_| {
+                    Err(GpuError::Invalid("spin_ns takes no buffers".into()))
+                })?;
+            }
+        }
         match *a {
             Action::Run(op) | Action::Recompute(op) => {
                 let op = self.program.op(op);
