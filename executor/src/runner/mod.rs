@@ -75,7 +75,8 @@ impl SlowLanes {
     }
 
     fn check(&self) -> Result<(), ExecError> {
-        if !(self.share > 0.0 && self.share <= 1.0) || !(self.longest.0 >= 0.0 && self.longest.0 <= 1.0) {
+        let (share, longest) = (self.share, self.longest.0);
+        if !(share > 0.0 && share <= 1.0 && (0.0..=1.0).contains(&longest)) {
             return Err(ExecError::Refused(format!(
                 "slowed lanes need a share in (0, 1] and a longest delay of at most 1 s, got {} and {} s",
                 self.share, self.longest.0
