@@ -93,14 +93,14 @@ pub struct StepTimes {
     /// Host-lane busy time (CPU embedding, host AdamW), ms; measured: as the host functions
     /// timed themselves.
     pub host_ms: f64,
-    /// Time the compute lane spent waiting on other lanes, ms (predicted: the prediction's
-    /// exposed transfer).
+    /// Time the compute lane spent waiting on other lanes (copies and host work), ms.
     pub compute_wait_ms: f64,
 }
 
 impl StepTimes {
     /// The simulator's step times: busy time of each lane from the trace's spans (waits apart),
-    /// bytes and exposed transfer from the prediction.
+    /// bytes from the prediction, and the compute lane's waits on any other lane (copies and
+    /// host work alike, as the executor times every compute-lane wait).
     pub fn predicted(prediction: &Prediction, trace: &Trace) -> StepTimes {
         let busy = |lane: Lane| -> f64 {
             trace.spans.iter().filter(|s| s.lane == lane && s.kind != SpanKind::Wait).map(|s| (s.end.0 - s.start.0) * 1e3).sum()
@@ -113,7 +113,12 @@ impl StepTimes {
             h2d_ms: busy(Lane::HostToDevice),
             d2h_ms: busy(Lane::DeviceToHost),
             host_ms: busy(Lane::Host),
-            compute_wait_ms: prediction.exposed_transfer.0 * 1e3,
+            compute_wait_ms: trace
+                .spans
+                .iter()
+                .filter(|s| s.lane == Lane::Compute && s.kind == SpanKind::Wait)
+                .map(|s| (s.end.0 - s.start.0) * 1e3)
+                .sum(),
         }
     }
 }
