@@ -12,7 +12,9 @@ mod arena;
 #[cfg(feature = "cuda")]
 mod issue;
 
+use crate::state::StateHomes;
 use crate::train::{RunOptions, RunResult};
+use crate::training::Training;
 use crate::ExecError;
 use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
@@ -110,9 +112,9 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
     Ok(())
 }
 
-/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `progress` as it goes.
-/// Refuses a schedule of another format or program, and one whose budget (less the fixed
-/// overhead it assumes) exceeds the device's free memory.
+/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus from the seed's
+/// initial state; `progress` as it goes. Refuses a schedule of another format or program, and
+/// one whose budget (less the fixed overhead it assumes) exceeds the device's free memory.
 pub fn run_schedule(
     program: &Program,
     schedule: &Schedule,
@@ -120,8 +122,26 @@ pub fn run_schedule(
     allocator: Allocator,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
+    run_schedule_with(program, schedule, opts, allocator, Training::corpus(program, opts.seed)?, progress)
+}
+
+/// As [`run_schedule`], on `training`'s data, from its start (a checkpoint's state is loaded
+/// into the device buffers and host copies where this schedule keeps them, so a checkpoint
+/// saved under one budget resumes under another), saving the checkpoints it asks for
+/// (gathered from where the schedule keeps each owner, [`StateHomes::of_schedule`]).
+pub fn run_schedule_with(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    training: Training,
+    progress: &mut dyn FnMut(crate::train::Progress),
+) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
-    imp(program, schedule, opts, allocator, crate::train::corpus_batches(program)?, progress)
+    // Found before anything runs: a schedule that loses an owner's state between steps cannot
+    // be saved from or resumed into.
+    let homes = StateHomes::of_schedule(program, schedule).map_err(ExecError::Refused)?;
+    imp(program, schedule, opts, allocator, training, homes, progress)
 }
 
 #[cfg(feature = "cuda")]
@@ -130,10 +150,11 @@ fn imp(
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
-    batches: crate::data::Batches,
+    training: Training,
+    homes: StateHomes,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    issue::run(program, schedule, opts, allocator, batches, progress)
+    issue::run(program, schedule, opts, allocator, training, &homes, progress)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -142,7 +163,8 @@ fn imp(
     _: &Schedule,
     _: &RunOptions,
     _: Allocator,
-    _: crate::data::Batches,
+    _: Training,
+    _: StateHomes,
     _: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
