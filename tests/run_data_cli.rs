@@ -84,6 +84,8 @@ fn bad_data_and_checkpoints_exit_with_their_codes_before_the_gpu() {
         (vec!["--resume".into(), s(&weights)], "cannot be resumed"),
         // a resumable checkpoint's data position is for other data
         (vec!["--resume".into(), s(&same)], "does not fit this data"),
+        (vec!["--val-data".into(), s(&dir.join("nothing_*.bin"))], "no file matches"),
+        (vec!["--val-data".into(), s(&vocab)], "outside the model's vocabulary"),
     ]);
     for (extra, says) in &cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -106,12 +108,21 @@ fn bad_data_and_checkpoints_exit_with_their_codes_before_the_gpu() {
         vec!["--data-format", "raw"],
         vec!["--data", "x.bin", "--data-format", "u32"],
         vec!["--save", &s(&file)],
+        vec!["--val-every", "3"],
+        vec!["--val-data", &s(&vocab), "--val-every", "0"],
+        vec!["--val-data", &s(&vocab), "--val-batches", "0"],
     ] {
         let o = run_tiny(&out, &extra);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o));
         assert!(!out.exists());
     }
     assert!(!dir.join("save").exists(), "a refused run made its --save folder");
+    // Validation under a schedule is not built: refused as usage, saying so.
+    let plan = dir.join("plan");
+    assert!(plan_tiny("1GiB", &plan).status.success());
+    let o = offplan(&["run", &s(&plan.join("schedule.ron")), "--steps", "2", "--out", &s(&out), "--val-data", &s(&vocab)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--val-data runs with --model only"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -144,7 +155,8 @@ fn save_and_resume_give_the_uninterrupted_losses_or_skip() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         offplan(&args)
     };
-    let o = run(&full, "4", &["--save", &s(&save), "--save-every", "2"], None);
+    let o =
+        run(&full, "4", &["--save", &s(&save), "--save-every", "2", "--val-data", &data, "--val-every", "2", "--val-batches", "3"], None);
     if o.status.code() == Some(EXIT_NO_GPU) {
         eprintln!("skipped: no CUDA device ({})", text(&o).lines().last().unwrap_or(""));
         assert!(!save.exists(), "nothing saved without a device");
@@ -154,6 +166,16 @@ fn save_and_resume_give_the_uninterrupted_losses_or_skip() {
     assert!(o.status.success(), "{}", text(&o));
     let want = losses(&full);
     assert_eq!(want.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let (_, r) = reports::record::load_dir(&full).unwrap().into_iter().next().unwrap();
+    let t = r.training.expect("the record's training");
+    assert_eq!((t.data_pattern.as_deref(), t.data_shards), (Some(data.as_str()), 2));
+    assert_eq!(t.validation.iter().map(|v| v.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert!(t.validation.iter().all(|v| v.1.is_finite()));
+    // Validation only reads the state: the same training losses without it.
+    let plain = dir.join("plain");
+    let o = run(&plain, "4", &[], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(losses(&plain), want, "validation changed training");
     let at2 = save.join("step_00000002");
     assert!(at2.join("model.safetensors").is_file() && save.join("step_00000004").is_dir());
 

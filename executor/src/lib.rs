@@ -34,7 +34,7 @@ pub use host::AdamW;
 pub use runner::{run_schedule, run_schedule_with, Allocator, MemoryPoint, ScheduleRunResult};
 pub use state::{Home, ModelState, StateHomes, StateSource};
 pub use train::{run_all_on_gpu, run_all_on_gpu_with, Phase, Progress, RunOptions, RunResult, StepReport};
-pub use training::{SavePlan, SavedCheckpoint, StartFrom, Training, TrainingSummary};
+pub use training::{SavePlan, SavedCheckpoint, StartFrom, Training, TrainingSummary, ValidationLoss};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! [`ExecError::NoGpu`], which the command line turns into its "no CUDA device" exit code.
 
 use crate::host::AdamW;
-use crate::training::{SavedCheckpoint, Training, TrainingSummary};
+use crate::training::{SavedCheckpoint, Training, TrainingSummary, ValidationLoss};
 use crate::ExecError;
 use models::program::Program;
 use serde::Serialize;
@@ -28,6 +28,8 @@ pub enum Progress<'a> {
     Step(&'a StepReport),
     /// A checkpoint was saved after a step.
     Saved(&'a SavedCheckpoint),
+    /// The validation loss after a step.
+    Validated(&'a ValidationLoss),
 }
 
 /// The start-up phases of a run, in order.
@@ -286,6 +288,16 @@ mod imp {
             }
             if !loss.is_finite() {
                 return Err(ExecError::Diverged { step: s, loss });
+            }
+            if let Some(batches) = training.validation_due(s, last) {
+                let mut sum = 0.0;
+                for b in batches {
+                    step.upload_batch(&gpu, b)?;
+                    sum += step.forward_loss(&gpu)?;
+                }
+                let v = ValidationLoss { step: s, loss: sum / batches.len() as f64, batches: batches.len() };
+                progress(Progress::Validated(&v));
+                training.validated(v);
             }
             let live = LiveState::new(&gpu, &step, None, &homes);
             if let Some(saved) = training.after_step(s, last, program, &live, opts.seed, &opts.adamw, None)? {

@@ -5,7 +5,7 @@
 //! bad data or a checkpoint of another model fails the same way with and without a GPU.
 
 use crate::checkpoint::{Checkpoint, CheckpointSaver, ParamSource, TrainerState};
-use crate::data::{Batch, TrainData};
+use crate::data::{Batch, TrainData, ValidationSet};
 use crate::host::AdamW;
 use crate::ExecError;
 use models::program::Program;
@@ -45,6 +45,15 @@ pub struct SavedCheckpoint {
     pub weights_only: bool,
 }
 
+/// The mean validation loss after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ValidationLoss {
+    pub step: u32,
+    pub loss: f64,
+    /// Batches it is the mean over.
+    pub batches: usize,
+}
+
 /// What a run trained on, and from where.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TrainingSummary {
@@ -61,6 +70,15 @@ pub struct TrainingSummary {
     /// "seed N", "weights of DIR" or "resumed from DIR at step N".
     pub start: String,
     pub checkpoints: Vec<SavedCheckpoint>,
+    /// `--val-data`'s pattern, if any.
+    pub val_pattern: Option<String>,
+    pub validation: Vec<ValidationLoss>,
+}
+
+/// Validation every `every` steps over fixed batches.
+struct Validation {
+    batches: Vec<Batch>,
+    every: u32,
 }
 
 /// The data, the start and the saves of one run.
@@ -73,6 +91,7 @@ pub struct Training {
     pub(crate) from: StartFrom,
     save: Option<SavePlan>,
     saver: Option<CheckpointSaver>,
+    validation: Option<Validation>,
     summary: TrainingSummary,
 }
 
@@ -115,8 +134,10 @@ impl Training {
             first_step,
             start,
             checkpoints: Vec::new(),
+            val_pattern: None,
+            validation: Vec::new(),
         };
-        Ok(Training { data, first, from, save, saver: None, summary })
+        Ok(Training { data, first, from, save, saver: None, validation: None, summary })
     }
 
     /// The shipped corpus from the seed's initial state, saving nothing: what a run did before
@@ -125,6 +146,38 @@ impl Training {
         let cfg = &program.config;
         let data = TrainData::open(None, Default::default(), cfg.batch, cfg.seq, cfg.vocab, seed)?;
         Training::new(data, None, StartFrom::Seed, None, seed)
+    }
+
+    /// Also the mean loss over `set`'s batches (all read now, so a bad file fails before the
+    /// device opens) after every `every`-th step and the last (`pattern` for the record).
+    /// Forward only; all-on-GPU runs only for now.
+    pub fn with_validation(mut self, set: &ValidationSet, pattern: &str, every: u32) -> Result<Training, ExecError> {
+        if every == 0 {
+            return Err(ExecError::Refused("--val-every must be at least 1".into()));
+        }
+        if set.is_empty() {
+            return Err(ExecError::Refused(format!("{pattern}: no whole validation batch in it")));
+        }
+        let batches = set.batches().collect::<Result<Vec<_>, _>>()?;
+        self.validation = Some(Validation { batches, every });
+        self.summary.val_pattern = Some(pattern.to_string());
+        Ok(self)
+    }
+
+    /// Whether the run validates.
+    pub fn validates(&self) -> bool {
+        self.validation.is_some()
+    }
+
+    /// The validation batches if validation is due after `step` of a run ending at `last`.
+    pub(crate) fn validation_due(&self, step: u32, last: u32) -> Option<&[Batch]> {
+        let v = self.validation.as_ref()?;
+        (step == last || step.is_multiple_of(v.every)).then_some(&v.batches[..])
+    }
+
+    /// Keeps a validation loss for the summary.
+    pub(crate) fn validated(&mut self, v: ValidationLoss) {
+        self.summary.validation.push(v);
     }
 
     /// The step the run begins with (1 unless resumed).

@@ -143,6 +143,12 @@ pub struct TrainingRecord {
     /// (step, folder) of each checkpoint saved.
     #[serde(default)]
     pub checkpoints: Vec<(u32, String)>,
+    /// `--val-data`'s pattern, if the run validated.
+    #[serde(default)]
+    pub val_pattern: Option<String>,
+    /// (step, mean validation loss).
+    #[serde(default)]
+    pub validation: Vec<(u32, f64)>,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.

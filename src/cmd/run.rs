@@ -8,7 +8,7 @@ use super::run_console::Console;
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
 use executor::checkpoint::Checkpoint;
-use executor::data::TrainData;
+use executor::data::{TrainData, ValidationSet};
 use executor::{AdamW, ExecError, RunOptions, RunResult, SavePlan, StartFrom, StepReport, Training};
 use models::schedule::Schedule;
 use models::{HardwareProfile, Program};
@@ -88,6 +88,17 @@ pub struct Args {
     /// save_pretrained writes it): a fresh optimizer, step 1.
     #[arg(long, value_name = "DIR")]
     pub init_from: Option<PathBuf>,
+    /// Validation token files (same format as --data): the mean loss over --val-batches fixed
+    /// batches (the files' first rows) every --val-every steps and after the last, forward
+    /// only; all-on-GPU runs (--model) only for now.
+    #[arg(long, value_name = "PATTERN")]
+    pub val_data: Option<String>,
+    /// Validate after every N-th step (N at least 1; and after the last).
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "val_data", value_parser = clap::value_parser!(u32).range(1..))]
+    pub val_every: u32,
+    /// Validation batches (at least 1; fewer if the files hold fewer).
+    #[arg(long, value_name = "M", default_value_t = 20, requires = "val_data", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub val_batches: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,7 +230,12 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         first_step: t.first_step,
         start: t.start.clone(),
         checkpoints: t.checkpoints.iter().map(|c| (c.step, c.dir.display().to_string())).collect(),
+        val_pattern: t.val_pattern.clone(),
+        validation: t.validation.iter().map(|v| (v.step, v.loss)).collect(),
     };
+    for v in &t.validation {
+        println!("validation loss after step {}: {:.6} (mean of {} batches)", v.step, v.loss, v.batches);
+    }
     Record {
         version: RECORD_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -258,6 +274,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !(args.peak_tflops.is_finite() && args.peak_tflops > 0.0 && args.peak_tflops < 1e6) {
         return Err(super::usage(format!("--peak-tflops must be a positive rate below 1e6, got {}", args.peak_tflops)));
+    }
+    if args.val_data.is_some() && args.schedule.is_some() {
+        return Err(super::usage(
+            "--val-data runs with --model only for now: a forward-only pass of a schedule that offloads blocks is not built yet; validate the checkpoint with run --model ... --init-from",
+        ));
     }
     // Found before anything runs: an --out that cannot be written.
     let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
@@ -308,7 +329,13 @@ fn training(args: &Args, program: &Program) -> anyhow::Result<Training> {
         weights_only: args.weights_only,
         keep: args.keep as usize,
     });
-    let t = Training::new(data, args.data.clone(), from, save, args.seed).with_context(|| what)?;
+    let mut t = Training::new(data, args.data.clone(), from, save, args.seed).with_context(|| what)?;
+    if let Some(p) = &args.val_data {
+        let set = ValidationSet::open(p, args.data_format, cfg.batch, cfg.seq, cfg.vocab, args.val_batches as usize)
+            .with_context(|| format!("--val-data {p}"))?;
+        println!("validation: {} batches of {}", set.len(), set.set().describe());
+        t = t.with_validation(&set, p, args.val_every).with_context(|| format!("--val-data {p}"))?;
+    }
     println!("data: {}; start: {}", t.summary().data, t.summary().start);
     Ok(t)
 }

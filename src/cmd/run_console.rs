@@ -33,6 +33,7 @@ impl Console {
                 if c.weights_only { ", weights only" } else { "" },
                 c.bytes as f64 / (1u64 << 20) as f64
             )),
+            Progress::Validated(v) => self.line(&format!("step {}: validation loss {:.6} (mean of {} batches)", v.step, v.loss, v.batches)),
         }
     }
 

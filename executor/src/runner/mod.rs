@@ -138,6 +138,12 @@ pub fn run_schedule_with(
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
+    if training.validates() {
+        return Err(ExecError::Refused(
+            "validation runs all on the GPU only (run --model): a forward-only pass of a schedule with offloaded blocks is not built yet"
+                .into(),
+        ));
+    }
     // Found before anything runs: a schedule that loses an owner's state between steps cannot
     // be saved from or resumed into.
     let homes = StateHomes::of_schedule(program, schedule).map_err(ExecError::Refused)?;
