@@ -50,5 +50,17 @@ fn every_preset_keeps_each_owner_somewhere_between_steps() {
             assert!(homes.owners.iter().any(|o| o.2 == Home::Host), "{strategy}: some optimizer state on the host");
         }
     }
+    // The planner's own plans, from tight budgets to roomy ones.
+    for budget in ["675MiB", "680MiB", "690MiB", "700MiB", "1GiB"] {
+        let out = dir.join(budget);
+        let o = common::plan_tiny(budget, &out);
+        if o.status.code() == Some(3) {
+            continue; // below the floor
+        }
+        assert!(o.status.success(), "{budget}: {}", text(&o));
+        let schedule = Schedule::load(&out.join("schedule.ron")).unwrap();
+        let program = Program::build(&schedule.model);
+        StateHomes::of_schedule(&program, &schedule).unwrap_or_else(|e| panic!("the plan at {budget}: {e}"));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -164,6 +164,11 @@ impl Training {
         Ok(self)
     }
 
+    /// Whether the run saves checkpoints.
+    pub fn saves(&self) -> bool {
+        self.save.is_some()
+    }
+
     /// Whether the run validates.
     pub fn validates(&self) -> bool {
         self.validation.is_some()
