@@ -103,6 +103,10 @@ pub struct RunResult {
     pub corpus_tokens: usize,
     /// What it trained on, from where, and the checkpoints it saved.
     pub training: TrainingSummary,
+    /// The state after the last step, if the run was asked to keep it
+    /// (`Training::keep_final_state`).
+    #[serde(skip)]
+    pub final_state: Option<crate::state::ModelState>,
     /// How long each start-up phase took, and the time to the first step.
     pub startup: models::trace::Startup,
     /// The machine's rates, probed before the first step and after the last.
@@ -139,7 +143,7 @@ impl RunResult {
         steps: Vec<StepReport>,
         pool: &crate::gpu::PoolStats,
         device_used_high: u64,
-        training: &Training,
+        training: &mut Training,
         startup: models::trace::Startup,
         probes: models::hardware::RunProbes,
     ) -> RunResult {
@@ -154,6 +158,7 @@ impl RunResult {
             device_total: device.total,
             corpus_tokens: training.summary().tokens as usize,
             training: training.summary().clone(),
+            final_state: training.final_state.take(),
             startup,
             probes,
         }
@@ -314,7 +319,7 @@ mod imp {
         gpu.trim_pool()?;
         let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
         let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
-        Ok(RunResult::measured(&device, reports, &pool, device_used_high, &training, startup, probes))
+        Ok(RunResult::measured(&device, reports, &pool, device_used_high, &mut training, startup, probes))
     }
 }
 

@@ -4,9 +4,11 @@
 //! saves ([`SavePlan`]). Plain Rust: everything here is checked before a device is opened, so
 //! bad data or a checkpoint of another model fails the same way with and without a GPU.
 
-use crate::checkpoint::{Checkpoint, CheckpointSaver, ParamSource, TrainerState};
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointSaver, ParamSource, TrainerState};
 use crate::data::{Batch, TrainData, ValidationSet};
 use crate::host::AdamW;
+use crate::init::OwnerInit;
+use crate::state::ModelState;
 use crate::ExecError;
 use models::program::Program;
 use serde::Serialize;
@@ -92,6 +94,9 @@ pub struct Training {
     save: Option<SavePlan>,
     saver: Option<CheckpointSaver>,
     validation: Option<Validation>,
+    /// Keep the state after the last step ([`Training::keep_final_state`]).
+    keep_state: bool,
+    pub(crate) final_state: Option<ModelState>,
     summary: TrainingSummary,
 }
 
@@ -137,7 +142,7 @@ impl Training {
             val_pattern: None,
             validation: Vec::new(),
         };
-        Ok(Training { data, first, from, save, saver: None, validation: None, summary })
+        Ok(Training { data, first, from, save, saver: None, validation: None, keep_state: false, final_state: None, summary })
     }
 
     /// The shipped corpus from the seed's initial state, saving nothing: what a run did before
@@ -164,9 +169,16 @@ impl Training {
         Ok(self)
     }
 
-    /// Whether the run saves checkpoints.
-    pub fn saves(&self) -> bool {
-        self.save.is_some()
+    /// Also hand back the whole state after the last step (`RunResult::final_state`, read
+    /// from where the schedule keeps it), for checks such as weight checksums across schedules.
+    pub fn keep_final_state(mut self) -> Training {
+        self.keep_state = true;
+        self
+    }
+
+    /// Whether the run reads its state back (to save checkpoints or keep the final state).
+    pub fn reads_state(&self) -> bool {
+        self.save.is_some() || self.keep_state
     }
 
     /// Whether the run validates.
@@ -215,6 +227,22 @@ impl Training {
         adamw: &AdamW,
         schedule_digest: Option<&str>,
     ) -> Result<Option<SavedCheckpoint>, ExecError> {
+        if step == last && self.keep_state {
+            let owners = program
+                .inventory
+                .owners()
+                .into_iter()
+                .map(|o| {
+                    let source = |message| CheckpointError::Source { owner: o.to_string(), message };
+                    Ok(OwnerInit {
+                        owner: o,
+                        weights: src.weights(o).map_err(source)?.into_owned(),
+                        optimizer: src.optimizer(o).map_err(source)?.into_owned(),
+                    })
+                })
+                .collect::<Result<_, CheckpointError>>()?;
+            self.final_state = Some(ModelState { step, owners });
+        }
         let Some(plan) = &self.save else { return Ok(None) };
         let due = step == last || plan.every.is_some_and(|e| step.is_multiple_of(e));
         if !due {

@@ -222,7 +222,7 @@ pub fn run(
     let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
     let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
     Ok(ScheduleRunResult {
-        run: RunResult::measured(&device, reports, &pool, device_used_high, &training, startup, probes),
+        run: RunResult::measured(&device, reports, &pool, device_used_high, &mut training, startup, probes),
         device_free_at_start: free0,
         allocator,
         arena_bytes,

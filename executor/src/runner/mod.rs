@@ -145,10 +145,10 @@ pub fn run_schedule_with(
         ));
     }
     // Found before anything runs: a schedule that loses an owner's state between steps cannot
-    // be saved from (a run that saves nothing never reads the homes).
+    // be read back (a run that saves nothing never reads the homes).
     let homes = match StateHomes::of_schedule(program, schedule) {
         Ok(h) => h,
-        Err(e) if training.saves() => return Err(ExecError::Refused(format!("cannot save checkpoints under it: {e}"))),
+        Err(e) if training.reads_state() => return Err(ExecError::Refused(format!("cannot read its state back: {e}"))),
         Err(_) => StateHomes { owners: Vec::new() },
     };
     imp(program, schedule, opts, allocator, training, homes, progress)
