@@ -1,13 +1,14 @@
 //! Offload changes nothing but placement: for each strategy of Executor II (every layer's
 //! activations offloaded, streamed weights, the output layer streamed chunk by chunk,
 //! recomputation, streamed optimizer state, host AdamW, the CPU embedding, a mix, and the
-//! planner's own plan under a tight budget) ten training steps give the all-on-GPU run's losses.
+//! planner's own plans at three budgets) ten training steps give bitwise the all-on-GPU run's
+//! losses, and still do with every lane slowed at random (a race would show).
 //!
 //! Needs a GPU; without one each test says so and passes (CI has none). On the GPU machine the
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
 //! --no-run`), and finds the configs from the working directory.
 
-use executor::{AdamW, Allocator, ExecError, RunOptions};
+use executor::{AdamW, Allocator, ExecError, RunOptions, SlowLanes};
 use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
 use std::path::PathBuf;
 
@@ -117,26 +118,74 @@ fn every_strategy_trains_like_the_all_on_gpu_step() {
     assert!(bad.is_empty(), "losses differ from the all-on-GPU run: {bad:?}");
 }
 
+/// The planner's plans at a quarter, half and three quarters of the way from the floor to
+/// everything on the GPU: each must move something off the GPU.
+fn mixed_plans(program: &Program, hw: &HardwareProfile) -> Vec<(Bytes, models::Schedule)> {
+    let floor = planner::feasible_floor(program, hw);
+    let all = planner::strategy::strategy_plan(program, hw, Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll]).unwrap();
+    let top = all.schedule.prediction.peak_device().0;
+    let opts_plan = planner::SolveOptions::new().with_time_limit(Seconds(20.0)).unwrap().with_gap(0.01).unwrap();
+    [1u64, 2, 3]
+        .iter()
+        .map(|q| {
+            let budget = Bytes(floor.0 + (top - floor.0) * q / 4);
+            let plan = planner::plan(program, hw, budget, &opts_plan).unwrap_or_else(|e| panic!("plan at {budget}: {e}"));
+            let off = plan.schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
+            assert!(off > 0, "a budget of {budget}, below keep-all, must move something off the GPU");
+            executor::runner::check_schedule(program, &plan.schedule).unwrap();
+            (budget, plan.schedule)
+        })
+        .collect()
+}
+
 #[test]
-fn the_planners_mixed_plan_under_a_tight_budget_trains_like_the_all_on_gpu_step() {
+fn the_planners_mixed_plans_at_three_budgets_train_like_the_all_on_gpu_step() {
     let program = small_125m();
     let hw = hardware();
-    let floor = planner::feasible_floor(&program, &hw);
-    let all = planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll]).unwrap();
-    // Halfway between the floor and everything on the GPU: the plan must mix placements.
-    let budget = Bytes((floor.0 + all.schedule.prediction.peak_device().0) / 2);
-    let opts_plan = planner::SolveOptions::new().with_time_limit(Seconds(20.0)).unwrap().with_gap(0.01).unwrap();
-    let plan = planner::plan(&program, &hw, budget, &opts_plan).unwrap();
-    let off = plan.schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
-    assert!(off > 0, "a budget below keep-all must move something off the GPU");
-    executor::runner::check_schedule(&program, &plan.schedule).unwrap();
+    let plans = mixed_plans(&program, &hw);
     let Some(base) = baseline(&program) else { return };
-    let losses = losses_of(&program, &plan.schedule);
-    let host = plan.schedule.actions.iter().any(|a| matches!(a, models::schedule::Action::HostRun(_)));
-    let d = max_diff(&losses, &base);
-    eprintln!("planner at {budget} ({off} blocks off the GPU, host work: {host}): max |loss diff| {d:.3e}");
-    assert!(d == 0.0, "planner's plan (host work: {host}): losses differ by {d}");
-    // Where the memory comes from changes nothing either: the pool gives the same losses.
-    let pooled = losses_with(&program, &plan.schedule, Allocator::Pool);
-    assert_eq!(pooled, losses, "the arena and the pool give different losses");
+    for (budget, schedule) in &plans {
+        let losses = losses_of(&program, schedule);
+        let off = schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
+        let host = schedule.actions.iter().any(|a| matches!(a, models::schedule::Action::HostRun(_)));
+        let d = max_diff(&losses, &base);
+        eprintln!("planner at {budget} ({off} blocks off the GPU, host work: {host}): max |loss diff| {d:.3e}");
+        assert!(d == 0.0, "planner's plan at {budget} (host work: {host}): losses differ by {d}");
+        // Where the memory comes from changes nothing either: the pool gives the same losses.
+        let pooled = losses_with(&program, schedule, Allocator::Pool);
+        assert_eq!(pooled, losses, "at {budget} the arena and the pool give different losses");
+    }
+}
+
+/// A race hides when the lanes keep their usual relative speeds. Here every lane, compute
+/// included, gets random delays queued on its own stream before about a third of its work (up to
+/// 300 us each, different in every step): every strategy and the planner's plans must still give
+/// bitwise the all-on-GPU losses.
+#[test]
+fn every_schedule_with_its_lanes_slowed_at_random_trains_like_the_all_on_gpu_step() {
+    let program = small_125m();
+    let hw = hardware();
+    let mut schedules: Vec<(String, models::Schedule)> = SAME_KERNELS
+        .iter()
+        .chain(HOST_WORK)
+        .map(|names| {
+            let presets = planner::strategy::parse_strategy(names).unwrap();
+            (names.to_string(), planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), names, &presets).unwrap().schedule)
+        })
+        .collect();
+    schedules.extend(mixed_plans(&program, &hw).into_iter().map(|(b, s)| (format!("planner at {b}"), s)));
+    let Some(base) = baseline(&program) else { return };
+    let mut bad = Vec::new();
+    for (seed, (name, schedule)) in schedules.iter().enumerate() {
+        let slow = SlowLanes { seed: 11 + seed as u64, share: 0.35, longest: Seconds(300e-6) };
+        let r = executor::run_schedule_slowed(&program, schedule, &opts(), Allocator::Arena, slow, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{name}, slowed: {e}"));
+        let losses: Vec<f64> = r.run.steps.iter().map(|s| s.loss).collect();
+        let d = max_diff(&losses, &base);
+        eprintln!("{name:<60} slowed (seed {}): max |loss diff| {d:.3e}, measured step {:.1} ms", slow.seed, r.lanes.step_ms);
+        if d != 0.0 {
+            bad.push((name.clone(), d));
+        }
+    }
+    assert!(bad.is_empty(), "slowed lanes changed the losses: {bad:?}");
 }

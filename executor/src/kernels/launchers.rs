@@ -400,6 +400,17 @@ impl<B: Copy> FillBf16<B> {
     }
 }
 
+/// `spin_ns(ns)`: one thread on the stream for `ns` nanoseconds (a debug delay; no buffers).
+pub struct SpinNs {
+    pub ns: u64,
+}
+
+impl SpinNs {
+    pub fn launch<B: Copy>(self) -> Launch<B> {
+        Args::new(Kernel::SpinNs).long(self.ns).launch((1, 1, 1), 1, 0)
+    }
+}
+
 /// `init_params(weights, master, n, first, key, mean, std)`: elements `first..first + n` of an
 /// owner's initial weights (and their fp32 master copy) from the counter-based generator.
 pub struct InitParams<B> {

@@ -64,6 +64,8 @@ pub enum Kernel {
     CeBackward,
     AdamwUpdate,
     FillBf16,
+    /// A debug delay on a stream (the slowed-lane runs): `ns` of the GPU's timer.
+    SpinNs,
     /// Initial weights and their fp32 master copy (`init.cu`).
     InitParams,
     AttentionBackwardDelta,
@@ -88,7 +90,7 @@ pub enum Param {
 
 impl Kernel {
     /// The kernels every step launches, whatever its attention.
-    pub const COMMON: [Kernel; 19] = [
+    pub const COMMON: [Kernel; 20] = [
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackwardWpe,
         Kernel::EmbeddingBackwardWte,
@@ -107,6 +109,7 @@ impl Kernel {
         Kernel::CeBackward,
         Kernel::AdamwUpdate,
         Kernel::FillBf16,
+        Kernel::SpinNs,
         Kernel::InitParams,
     ];
 
@@ -119,7 +122,7 @@ impl Kernel {
     }
 
     /// Number of distinct slots (a flash kernel of any head size is one slot).
-    pub const SLOTS: usize = 25;
+    pub const SLOTS: usize = 26;
 
     /// A dense index, for tables of compiled functions: the common kernels first, then the
     /// fused attention's, then the materialised attention's.
@@ -149,7 +152,7 @@ impl Kernel {
             GeluForward | GeluBackward => "gelu.cu",
             CeStatsUpdate | CeLoss | CeBackward => "crossentropy.cu",
             AdamwUpdate => "adamw.cu",
-            FillBf16 => "misc.cu",
+            FillBf16 | SpinNs => "misc.cu",
             InitParams => "init.cu",
             AttentionBackwardDelta | FlashForward(_) | FlashBackward(_) => "attention.cu",
             MaterializedForward | MaterializedBackwardDq | MaterializedBackwardDkdv => "attention_materialized.cu",
@@ -178,6 +181,7 @@ impl Kernel {
             CeBackward => "ce_backward".into(),
             AdamwUpdate => "adamw_update".into(),
             FillBf16 => "fill_bf16".into(),
+            SpinNs => "spin_ns".into(),
             InitParams => "init_params".into(),
             AttentionBackwardDelta => "attention_backward_delta".into(),
             FlashForward(d) => format!("flash_attention_forward_d{d}"),
@@ -211,6 +215,7 @@ impl Kernel {
             CeBackward => &[Ptr(B), Ptr(F), Ptr(I), I32, I32, I32, I32, F32],
             AdamwUpdate => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, F32, F32, F32],
             FillBf16 => &[Ptr(B), I64, F32],
+            SpinNs => &[I64],
             InitParams => &[Ptr(B), Ptr(F), I64, I64, I64, F32, F32],
             AttentionBackwardDelta => &[Ptr(F), Ptr(B), Ptr(B), I32, I32, I32, I32],
             FlashForward(_) => &[Ptr(B), Ptr(F), Ptr(B), I32, I32, I32, F32],

@@ -2,12 +2,12 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{Allocator, MemoryPoint, ScheduleRunResult};
+use super::{Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
 use crate::kernel_cache::KernelCache;
-use crate::kernels::KernelSet;
+use crate::kernels::{KernelSet, SpinNs};
 use crate::startup::StartClock;
 use crate::state::device::{load_state, LiveState};
 use crate::state::StateHomes;
@@ -49,11 +49,13 @@ struct Sampler {
     d2h_bytes: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     program: &Program,
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
+    slow: Option<SlowLanes>,
     mut training: Training,
     homes: &StateHomes,
     progress: &mut dyn FnMut(Progress),
@@ -149,7 +151,8 @@ pub fn run(
     for s in first..=measured_step {
         let batch = training.next_batch()?;
         step.upload_batch(&gpu, &batch)?;
-        let issuer = Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s };
+        let issuer =
+            Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s, slow };
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, lanes.stream(Lane::Compute))?;
@@ -248,6 +251,8 @@ struct Issuer<'a> {
     adamw: AdamW,
     /// The step, from 1.
     step: u32,
+    /// Debug delays before lane work.
+    slow: Option<SlowLanes>,
 }
 
 impl Issuer<'_> {
@@ -280,6 +285,21 @@ impl Issuer<'_> {
             }
         };
         let inv = &self.program.inventory;
+        if let Some(slow) = self.slow {
+            let lane = match *a {
+                Action::Run(_) | Action::Recompute(_) => Some(Lane::Compute),
+                Action::Prefetch(_) => Some(Lane::HostToDevice),
+                Action::Evict(_) => Some(Lane::DeviceToHost),
+                Action::HostRun(_) => Some(Lane::Host),
+                _ => None,
+            };
+            if let Some(ns) = lane.and_then(|l| slow.delay_ns(self.step, i, l)) {
+                let spin = SpinNs { ns }.launch::<TensorId>();
+                step.kernels().launch(lanes.stream(lane.expect("a delay has a lane")), &spin, |_| {
+                    Err(GpuError::Invalid("spin_ns takes no buffers".into()))
+                })?;
+            }
+        }
         match *a {
             Action::Run(op) | Action::Recompute(op) => {
                 let op = self.program.op(op);

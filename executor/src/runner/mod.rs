@@ -18,7 +18,7 @@ use crate::training::Training;
 use crate::ExecError;
 use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
-use models::schedule::{Action, Schedule, SCHEDULE_FORMAT_VERSION};
+use models::schedule::{Action, Lane, Schedule, SCHEDULE_FORMAT_VERSION};
 use models::trace::StepTimes;
 use serde::Serialize;
 
@@ -40,6 +40,51 @@ impl Allocator {
             Allocator::Arena => "arena",
             Allocator::Pool => "pool",
         }
+    }
+}
+
+/// A debug option: before a share of the actions on each lane (compute, both copy streams, the
+/// host stream), the runner queues a delay on that lane's own stream (a spin kernel, which the
+/// host stream's host work waits behind too), so the lanes run at other relative speeds than
+/// usual. A schedule whose events order every access gives bitwise the same numbers however its
+/// lanes are slowed; one that relies on a lane being fast enough does not.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SlowLanes {
+    /// Seed of the delays (the same seed, the same delays).
+    pub seed: u64,
+    /// Share of each lane's actions that get a delay, in (0, 1].
+    pub share: f64,
+    /// Longest delay; each is uniform in [0, longest].
+    pub longest: models::Seconds,
+}
+
+impl SlowLanes {
+    /// The delay before action `i` of `step` on `lane`, if it gets one: a pure function of the
+    /// seed, the step, the action and the lane.
+    pub fn delay_ns(&self, step: u32, i: usize, lane: Lane) -> Option<u64> {
+        let key = (i as u64) | (u64::from(step) << 40) | ((lane.index() as u64) << 60);
+        let mut x = self.seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            // splitmix64
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let unit = |z: u64| (z >> 11) as f64 / (1u64 << 53) as f64;
+        (unit(next()) < self.share).then(|| (unit(next()) * self.longest.0 * 1e9) as u64)
+    }
+
+    fn check(&self) -> Result<(), ExecError> {
+        let (share, longest) = (self.share, self.longest.0);
+        if !(share > 0.0 && share <= 1.0 && (0.0..=1.0).contains(&longest)) {
+            return Err(ExecError::Refused(format!(
+                "slowed lanes need a share in (0, 1] and a longest delay of at most 1 s, got {} and {} s",
+                self.share, self.longest.0
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +182,34 @@ pub fn run_schedule_with(
     training: Training,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
+    start(program, schedule, opts, allocator, None, training, progress)
+}
+
+/// [`run_schedule`] with its lanes slowed at random ([`SlowLanes`]): a test for races. Every
+/// step is delayed the same way, the measured one included, so its times are not the
+/// schedule's.
+pub fn run_schedule_slowed(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    slow: SlowLanes,
+    progress: &mut dyn FnMut(crate::train::Progress),
+) -> Result<ScheduleRunResult, ExecError> {
+    slow.check()?;
+    start(program, schedule, opts, allocator, Some(slow), Training::corpus(program, opts.seed)?, progress)
+}
+
+/// The checks every schedule run makes before it opens the device, then the run.
+fn start(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    slow: Option<SlowLanes>,
+    training: Training,
+    progress: &mut dyn FnMut(crate::train::Progress),
+) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
     if training.validates() {
         return Err(ExecError::Refused(
@@ -151,28 +224,32 @@ pub fn run_schedule_with(
         Err(e) if training.reads_state() => return Err(ExecError::Refused(format!("cannot read its state back: {e}"))),
         Err(_) => StateHomes { owners: Vec::new() },
     };
-    imp(program, schedule, opts, allocator, training, homes, progress)
+    imp(program, schedule, opts, allocator, slow, training, homes, progress)
 }
 
 #[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
 fn imp(
     program: &Program,
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
+    slow: Option<SlowLanes>,
     training: Training,
     homes: StateHomes,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    issue::run(program, schedule, opts, allocator, training, &homes, progress)
+    issue::run(program, schedule, opts, allocator, slow, training, &homes, progress)
 }
 
 #[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
 fn imp(
     _: &Program,
     _: &Schedule,
     _: &RunOptions,
     _: Allocator,
+    _: Option<SlowLanes>,
     _: Training,
     _: StateHomes,
     _: &mut dyn FnMut(crate::train::Progress),
@@ -183,7 +260,7 @@ fn imp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::schedule::{EventId, Lane};
+    use models::schedule::EventId;
     use models::GptConfig;
 
     fn tiny() -> Program {
@@ -220,6 +297,26 @@ mod tests {
             },
             checksum: String::new(),
         }
+    }
+
+    /// The delays are the seed's alone, about the share asked for, and within the longest.
+    #[test]
+    fn slowed_lanes_are_repeatable_and_bounded() {
+        let slow = SlowLanes { seed: 7, share: 0.3, longest: models::Seconds(200e-6) };
+        let draws: Vec<_> = (0..4000).map(|i| slow.delay_ns(1, i, Lane::ALL[i % 4])).collect();
+        let again: Vec<_> = (0..4000).map(|i| slow.delay_ns(1, i, Lane::ALL[i % 4])).collect();
+        assert_eq!(draws, again);
+        let other: Vec<_> = (0..4000).map(|i| SlowLanes { seed: 8, ..slow }.delay_ns(1, i, Lane::ALL[i % 4])).collect();
+        assert_ne!(draws, other);
+        let step2: Vec<_> = (0..4000).map(|i| slow.delay_ns(2, i, Lane::ALL[i % 4])).collect();
+        assert_ne!(draws, step2);
+        let delayed: Vec<u64> = draws.iter().flatten().copied().collect();
+        let share = delayed.len() as f64 / draws.len() as f64;
+        assert!((share - 0.3).abs() < 0.03, "share {share}");
+        assert!(delayed.iter().all(|&d| d <= 200_000));
+        assert!(delayed.iter().any(|&d| d > 150_000) && delayed.iter().any(|&d| d < 50_000));
+        assert!(SlowLanes { share: 0.0, ..slow }.check().is_err());
+        assert!(SlowLanes { longest: models::Seconds(2.0), ..slow }.check().is_err());
     }
 
     /// `Schedule::pinned_tensors` is what the runner pins (tested here, where schedules are
