@@ -337,6 +337,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         allocator: String::new(),
         startup: None,
         probe: None,
+        training: None,
     };
     assert!(!record.decisions.is_empty());
     let dir = tempfile::tempdir().unwrap();

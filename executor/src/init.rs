@@ -80,6 +80,7 @@ pub fn view_init(view: &View, layers: u32) -> ViewInit {
 
 /// Initial parameters of one owner: the bf16 weights and the fp32 optimizer state
 /// `[master | m | v]`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct OwnerInit {
     pub owner: Owner,
     pub weights: Vec<bf16>,

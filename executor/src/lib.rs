@@ -24,13 +24,17 @@ pub mod runner;
 #[cfg(feature = "cuda")]
 mod start;
 pub mod startup;
+pub mod state;
 #[cfg(feature = "cuda")]
 pub mod step;
 pub mod train;
+pub mod training;
 
 pub use host::AdamW;
-pub use runner::{run_schedule, run_schedule_slowed, Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
-pub use train::{run_all_on_gpu, Phase, Progress, RunOptions, RunResult, StepReport};
+pub use runner::{run_schedule, run_schedule_slowed, run_schedule_with, Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
+pub use state::{Home, ModelState, StateHomes, StateSource};
+pub use train::{run_all_on_gpu, run_all_on_gpu_with, Phase, Progress, RunOptions, RunResult, StepReport};
+pub use training::{SavePlan, SavedCheckpoint, StartFrom, Training, TrainingSummary, ValidationLoss};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

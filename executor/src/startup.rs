@@ -13,6 +13,8 @@ pub struct KernelStats {
 }
 
 /// The clock of one run's start-up: from its creation to the start of step 1.
+// Only the runners (behind `cuda`) start one.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct StartClock {
     t0: Instant,
     current: (Phase, Instant),
@@ -20,6 +22,7 @@ pub(crate) struct StartClock {
     kernels: KernelStats,
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 impl StartClock {
     /// Starts with [`Phase::Opening`].
     pub fn new(progress: &mut dyn FnMut(Progress)) -> StartClock {

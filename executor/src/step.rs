@@ -214,6 +214,42 @@ impl<'p> Step<'p> {
         Ok(())
     }
 
+    /// The forward pass alone on `gpu`'s compute stream (the program's ops up to and including
+    /// the loss, none of the backward or AdamW): the mean loss of the batch uploaded, for
+    /// validation. Frees what it allocated before it returns; weights and optimizer state are
+    /// only read.
+    pub fn forward_loss(&mut self, gpu: &Gpu) -> Result<f64> {
+        let program = self.program;
+        let inv = &program.inventory;
+        let last = program
+            .ops
+            .iter()
+            .position(|op| op.kind == OpKind::Loss)
+            .ok_or_else(|| GpuError::Invalid("the program has no loss op".into()))?;
+        let ran = (|| {
+            for op in &program.ops[..=last] {
+                for t in &op.allocs {
+                    if self.bufs[t.index()].is_some() {
+                        return Err(GpuError::Invalid(format!("{}: {} is already allocated", op.name, inv.tensor(*t).name)));
+                    }
+                    self.bufs[t.index()] = Some(gpu.alloc(&gpu.compute, inv.tensor(*t).bytes.0)?);
+                }
+                self.dispatch(gpu, op, 1)?;
+                for t in &op.frees {
+                    self.bufs[t.index()] = None;
+                }
+            }
+            self.mean_loss(gpu)
+        })();
+        // What the backward would have freed (saved activations, the head's buffers).
+        for (i, b) in self.bufs.iter_mut().enumerate() {
+            if !inv.tensors[i].persistent {
+                *b = None;
+            }
+        }
+        ran
+    }
+
     /// Launches `op`'s calls on the compute stream (every tensor they name must be on the GPU:
     /// invariant 1).
     pub fn dispatch(&self, gpu: &Gpu, op: &Op, step: u32) -> Result<()> {

@@ -2,8 +2,8 @@
 //! `cuda` feature it opens the device; without it (or with no device) it fails with
 //! [`ExecError::NoGpu`], which the command line turns into its "no CUDA device" exit code.
 
-use crate::data::{tokenize_corpus, Batches};
 use crate::host::AdamW;
+use crate::training::{SavedCheckpoint, Training, TrainingSummary, ValidationLoss};
 use crate::ExecError;
 use models::program::Program;
 use serde::Serialize;
@@ -26,6 +26,10 @@ pub struct RunOptions {
 pub enum Progress<'a> {
     Phase(Phase),
     Step(&'a StepReport),
+    /// A checkpoint was saved after a step.
+    Saved(&'a SavedCheckpoint),
+    /// The validation loss after a step.
+    Validated(&'a ValidationLoss),
 }
 
 /// The start-up phases of a run, in order.
@@ -95,8 +99,14 @@ pub struct RunResult {
     /// Device memory in use right after the context was created, before any allocation.
     pub device_used_at_start: u64,
     pub device_total: u64,
-    /// Tokens of the corpus.
+    /// Tokens of the training data (the shipped corpus or `--data`'s files).
     pub corpus_tokens: usize,
+    /// What it trained on, from where, and the checkpoints it saved.
+    pub training: TrainingSummary,
+    /// The state after the last step, if the run was asked to keep it
+    /// (`Training::keep_final_state`).
+    #[serde(skip)]
+    pub final_state: Option<crate::state::ModelState>,
     /// How long each start-up phase took, and the time to the first step.
     pub startup: models::trace::Startup,
     /// The machine's rates, probed before the first step and after the last.
@@ -104,16 +114,21 @@ pub struct RunResult {
 }
 
 /// Runs `opts.steps` training steps of `program`, everything on the GPU, on batches of the
-/// shipped corpus; calls `on_step` after each.
+/// shipped corpus from the seed's initial state; `progress` as it goes.
 pub fn run_all_on_gpu(program: &Program, opts: &RunOptions, progress: &mut dyn FnMut(Progress)) -> Result<RunResult, ExecError> {
-    imp::run(program, opts, corpus_batches(program)?, progress)
+    run_all_on_gpu_with(program, opts, Training::corpus(program, opts.seed)?, progress)
 }
 
-/// Batches of `program`'s micro-batch shape from the shipped corpus (every run trains on them).
-pub(crate) fn corpus_batches(program: &Program) -> Result<Batches, ExecError> {
-    let cfg = &program.config;
-    let tokens = tokenize_corpus()?;
-    Ok(Batches::new(tokens, cfg.batch, cfg.seq, cfg.vocab)?)
+/// As [`run_all_on_gpu`], on `training`'s data, from its start (the seed, `--init-from`
+/// weights or a `--resume` checkpoint: steps then count on from the saved one), saving the
+/// checkpoints it asks for.
+pub fn run_all_on_gpu_with(
+    program: &Program,
+    opts: &RunOptions,
+    training: Training,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunResult, ExecError> {
+    imp::run(program, opts, training, progress)
 }
 
 #[cfg(feature = "cuda")]
@@ -128,7 +143,7 @@ impl RunResult {
         steps: Vec<StepReport>,
         pool: &crate::gpu::PoolStats,
         device_used_high: u64,
-        corpus_tokens: usize,
+        training: &mut Training,
         startup: models::trace::Startup,
         probes: models::hardware::RunProbes,
     ) -> RunResult {
@@ -141,7 +156,9 @@ impl RunResult {
             device_used_high,
             device_used_at_start: device.used(),
             device_total: device.total,
-            corpus_tokens,
+            corpus_tokens: training.summary().tokens as usize,
+            training: training.summary().clone(),
+            final_state: training.final_state.take(),
             startup,
             probes,
         }
@@ -151,7 +168,7 @@ impl RunResult {
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn run(_: &Program, _: &RunOptions, _: Batches, _: &mut dyn FnMut(Progress)) -> Result<RunResult, ExecError> {
+    pub fn run(_: &Program, _: &RunOptions, _: Training, _: &mut dyn FnMut(Progress)) -> Result<RunResult, ExecError> {
         Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
     }
 }
@@ -162,7 +179,10 @@ mod imp {
     use crate::export::{f32_bytes, i32_bytes, ExportWriter};
     use crate::gpu::{elapsed_ms, record, DeviceInfo, Gpu};
     use crate::startup::StartClock;
+    use crate::state::device::{load_state, LiveState};
+    use crate::state::StateHomes;
     use crate::step::{Capture, Step};
+    use crate::training::StartFrom;
 
     /// Opens device 0 and reports what it is and what is free.
     pub fn open_device() -> Result<(Gpu, DeviceInfo), ExecError> {
@@ -182,7 +202,7 @@ mod imp {
     pub fn run(
         program: &Program,
         opts: &RunOptions,
-        mut batches: Batches,
+        mut training: Training,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunResult, ExecError> {
         let cfg = &program.config;
@@ -195,8 +215,14 @@ mod imp {
         let mut step = Step::new(&gpu, program, opts.adamw)?;
         clock.compiled(step.kernels().stats(), progress);
         clock.phase(Phase::Initializing, progress);
-        let (free, _) = gpu.mem_info()?;
-        crate::start::initialize(&gpu, &step, None, opts.seed, free / 4)?;
+        match &training.from {
+            StartFrom::Seed => {
+                let (free, _) = gpu.mem_info()?;
+                crate::start::initialize(&gpu, &step, None, opts.seed, free / 4)?;
+            }
+            StartFrom::Weights(c) | StartFrom::Resume(c) => load_state(&gpu, &step, None, c)?,
+        }
+        let homes = StateHomes::all_on_gpu(program);
         gpu.reset_pool_highs()?;
         let mut export = match &opts.export {
             Some(dir) => {
@@ -227,12 +253,14 @@ mod imp {
         let end = gpu.timing_event()?;
         let mut reports = Vec::new();
         let mut device_used_high = 0u64;
-        for s in 1..=opts.steps {
-            let batch = batches.next_batch();
+        let first = training.first_step();
+        let last = first + opts.steps - 1;
+        for s in first..=last {
+            let batch = training.next_batch()?;
             step.upload_batch(&gpu, &batch)?;
             if let Some(w) = export.as_mut() {
-                let i = s - 1;
-                if s == 1 {
+                let i = s - first;
+                if s == first {
                     w.add("tokens", "i32", vec![b, t], &i32_bytes(&batch.inputs), vec![])?;
                     w.add("targets", "i32", vec![b, t], &i32_bytes(&batch.targets), vec![])?;
                 }
@@ -240,7 +268,7 @@ mod imp {
                 w.add(&format!("targets_step{i}"), "i32", vec![b, t], &i32_bytes(&batch.targets), vec![])?;
             }
             let mut capture = Capture::default();
-            let capturing = export.is_some() && s == 1;
+            let capturing = export.is_some() && s == first;
             record(&start, &gpu.compute)?;
             step.run(&gpu, s, if capturing { Some(&mut capture) } else { None })?;
             record(&end, &gpu.compute)?;
@@ -266,6 +294,20 @@ mod imp {
             if !loss.is_finite() {
                 return Err(ExecError::Diverged { step: s, loss });
             }
+            if let Some(batches) = training.validation_due(s, last) {
+                let mut sum = 0.0;
+                for b in batches {
+                    step.upload_batch(&gpu, b)?;
+                    sum += step.forward_loss(&gpu)?;
+                }
+                let v = ValidationLoss { step: s, loss: sum / batches.len() as f64, batches: batches.len() };
+                progress(Progress::Validated(&v));
+                training.validated(v);
+            }
+            let live = LiveState::new(&gpu, &step, None, &homes);
+            if let Some(saved) = training.after_step(s, last, program, &live, opts.seed, &opts.adamw, None)? {
+                progress(Progress::Saved(&saved));
+            }
         }
         gpu.synchronize()?;
         let pool = gpu.pool_stats()?;
@@ -277,7 +319,7 @@ mod imp {
         gpu.trim_pool()?;
         let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
         let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
-        Ok(RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup, probes))
+        Ok(RunResult::measured(&device, reports, &pool, device_used_high, &mut training, startup, probes))
     }
 }
 

@@ -762,6 +762,7 @@ mod tests {
             allocator: String::new(),
             startup: None,
             probe: None,
+            training: None,
         }
     }
 

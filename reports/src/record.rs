@@ -121,6 +121,34 @@ pub struct Record {
     /// written before runs probed.
     #[serde(default)]
     pub probe: Option<models::hardware::RunProbes>,
+    /// What the run trained on, where it started from and the checkpoints it saved; None in
+    /// records written before `--data` and checkpoints.
+    #[serde(default)]
+    pub training: Option<TrainingRecord>,
+}
+
+/// A run's data, start and checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// `--data`'s pattern; None: the shipped corpus (`executor/corpus`).
+    pub data_pattern: Option<String>,
+    /// Token files read (0 for the shipped corpus).
+    pub data_shards: usize,
+    /// Tokens of the training data.
+    pub data_tokens: u64,
+    /// The first step (1 unless resumed).
+    pub first_step: u32,
+    /// "seed N", "weights of DIR" (`--init-from`) or "resumed from DIR at step N".
+    pub start: String,
+    /// (step, folder) of each checkpoint saved.
+    #[serde(default)]
+    pub checkpoints: Vec<(u32, String)>,
+    /// `--val-data`'s pattern, if the run validated.
+    #[serde(default)]
+    pub val_pattern: Option<String>,
+    /// (step, mean validation loss).
+    #[serde(default)]
+    pub validation: Vec<(u32, f64)>,
 }
 
 /// The median of `xs` (NaN-free); 0 for none.
@@ -278,6 +306,7 @@ mod tests {
             allocator: String::new(),
             startup: None,
             probe: None,
+            training: None,
         }
     }
 

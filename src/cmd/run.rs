@@ -7,11 +7,13 @@
 use super::run_console::Console;
 use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
-use executor::{AdamW, ExecError, RunOptions, RunResult, StepReport};
+use executor::checkpoint::Checkpoint;
+use executor::data::{TrainData, ValidationSet};
+use executor::{AdamW, ExecError, RunOptions, RunResult, SavePlan, StartFrom, StepReport, Training};
 use models::schedule::Schedule;
 use models::{HardwareProfile, Program};
 use planner::LifetimeGraph;
-use reports::record::{steady_median_ms, MemoryPeaks, Record, StepRecord, StepTimes, RECORD_VERSION};
+use reports::record::{steady_median_ms, MemoryPeaks, Record, StepRecord, StepTimes, TrainingRecord, RECORD_VERSION};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +58,47 @@ pub struct Args {
     /// stream-ordered pool per allocation, which can fragment past the budget).
     #[arg(long, value_enum, default_value_t = AllocatorArg::Arena)]
     pub allocator: AllocatorArg,
+    /// Token files to train on: a path or a glob (quote it), llm.c shards as `offplan tokenize`
+    /// writes them, or plain uint16 files with `--data-format raw`; without it, the shipped
+    /// corpus.
+    #[arg(long, value_name = "PATTERN")]
+    pub data: Option<String>,
+    /// The token files' format: `llmc` (the default) or `raw` (plain uint16, nanoGPT's .bin).
+    #[arg(long, value_name = "FORMAT", default_value = "llmc", requires = "data")]
+    pub data_format: executor::data::ShardFormat,
+    /// Save checkpoints into DIR/step_NNNNNNNN/ (and DIR/latest) after the last step, and
+    /// every --save-every steps.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Also save after every N-th step (N at least 1).
+    #[arg(long, value_name = "N", requires = "save", value_parser = clap::value_parser!(u32).range(1..))]
+    pub save_every: Option<u32>,
+    /// Save the weights and config.json only (a checkpoint to share; it cannot be resumed).
+    #[arg(long, requires = "save")]
+    pub weights_only: bool,
+    /// Checkpoints kept in the --save folder (the newest).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "save", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keep: u32,
+    /// Continue a run saved with --save (a checkpoint folder, or a --save folder: its newest):
+    /// weights, optimizer state, step count and data position; refused for another config or
+    /// program. The schedule may be another one of the same model (another budget).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["init_from", "export"])]
+    pub resume: Option<PathBuf>,
+    /// Start from Hugging Face GPT-2 safetensors weights (DIR/model.safetensors, as
+    /// save_pretrained writes it): a fresh optimizer, step 1.
+    #[arg(long, value_name = "DIR")]
+    pub init_from: Option<PathBuf>,
+    /// Validation token files (same format as --data): the mean loss over --val-batches fixed
+    /// batches (the files' first rows) every --val-every steps and after the last, forward
+    /// only; all-on-GPU runs (--model) only for now.
+    #[arg(long, value_name = "PATTERN")]
+    pub val_data: Option<String>,
+    /// Validate after every N-th step (N at least 1; and after the last).
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "val_data", value_parser = clap::value_parser!(u32).range(1..))]
+    pub val_every: u32,
+    /// Validation batches (at least 1; fewer if the files hold fewer).
+    #[arg(long, value_name = "M", default_value_t = 20, requires = "val_data", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub val_batches: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +215,27 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
     let steps = steps_of(&result.steps);
     let median_ms = steady_median_ms(&steps);
     let median_tokens_per_s = if median_ms > 0.0 { program.config.tokens() as f64 / (median_ms / 1e3) } else { 0.0 };
-    notes.insert(0, format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens));
+    let t = &result.training;
+    notes.insert(
+        0,
+        match &t.pattern {
+            Some(_) => format!("data: {}", t.data),
+            None => format!("corpus: {} GPT-2 tokens (executor/corpus)", result.corpus_tokens),
+        },
+    );
+    let training = TrainingRecord {
+        data_pattern: t.pattern.clone(),
+        data_shards: t.shards,
+        data_tokens: t.tokens,
+        first_step: t.first_step,
+        start: t.start.clone(),
+        checkpoints: t.checkpoints.iter().map(|c| (c.step, c.dir.display().to_string())).collect(),
+        val_pattern: t.val_pattern.clone(),
+        validation: t.validation.iter().map(|v| (v.step, v.loss)).collect(),
+    };
+    for v in &t.validation {
+        println!("validation loss after step {}: {:.6} (mean of {} batches)", v.step, v.loss, v.batches);
+    }
     Record {
         version: RECORD_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -201,6 +264,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         allocator: String::new(),
         startup: Some(result.startup.clone()),
         probe: Some(result.probes.clone()),
+        training: Some(training),
     }
 }
 
@@ -210,6 +274,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !(args.peak_tflops.is_finite() && args.peak_tflops > 0.0 && args.peak_tflops < 1e6) {
         return Err(super::usage(format!("--peak-tflops must be a positive rate below 1e6, got {}", args.peak_tflops)));
+    }
+    if args.val_data.is_some() && args.schedule.is_some() {
+        return Err(super::usage(
+            "--val-data runs with --model only for now: a forward-only pass of a schedule that offloads blocks is not built yet; validate the checkpoint with run --model ... --init-from",
+        ));
     }
     // Found before anything runs: an --out that cannot be written.
     let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
@@ -228,6 +297,49 @@ fn options(args: &Args) -> RunOptions {
     RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 }
 }
 
+/// The run's data, start and saves, all checked before a device is opened: the data files
+/// (and the first batch's tokens), the checkpoint against this config and program, the save
+/// folder.
+fn training(args: &Args, program: &Program) -> anyhow::Result<Training> {
+    let cfg = &program.config;
+    if let Some(dir) = &args.save {
+        if dir.exists() && !dir.is_dir() {
+            return Err(super::usage(format!("--save {}: it is a file, not a folder", dir.display())));
+        }
+    }
+    let digest = models::digest::program_digest(program);
+    let from = match (&args.resume, &args.init_from) {
+        (Some(dir), _) => StartFrom::Resume(
+            Checkpoint::open_resume(dir, cfg, &program.inventory, &digest).with_context(|| format!("--resume {}", dir.display()))?,
+        ),
+        (None, Some(dir)) => StartFrom::Weights(
+            Checkpoint::open_weights(dir, cfg, &program.inventory).with_context(|| format!("--init-from {}", dir.display()))?,
+        ),
+        (None, None) => StartFrom::Seed,
+    };
+    let what = match &args.data {
+        Some(p) => format!("--data {p}"),
+        None => "the shipped corpus".into(),
+    };
+    let data =
+        TrainData::open(args.data.as_deref(), args.data_format, cfg.batch, cfg.seq, cfg.vocab, args.seed).with_context(|| what.clone())?;
+    let save = args.save.as_ref().map(|dir| SavePlan {
+        dir: dir.clone(),
+        every: args.save_every,
+        weights_only: args.weights_only,
+        keep: args.keep as usize,
+    });
+    let mut t = Training::new(data, args.data.clone(), from, save, args.seed).with_context(|| what)?;
+    if let Some(p) = &args.val_data {
+        let set = ValidationSet::open(p, args.data_format, cfg.batch, cfg.seq, cfg.vocab, args.val_batches as usize)
+            .with_context(|| format!("--val-data {p}"))?;
+        println!("validation: {} batches of {}", set.len(), set.set().describe());
+        t = t.with_validation(&set, p, args.val_every).with_context(|| format!("--val-data {p}"))?;
+    }
+    println!("data: {}; start: {}", t.summary().data, t.summary().start);
+    Ok(t)
+}
+
 fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
@@ -242,7 +354,8 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
         cfg.name, cfg.layers, cfg.hidden, cfg.heads, cfg.batch, cfg.seq, cfg.output_chunks, cfg.attention, args.steps
     );
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
-    let result = with_console(args.steps, |p| executor::run_all_on_gpu(&program, &options(args), p)).map_err(gpu_error)?;
+    let training = training(args, &program)?;
+    let result = with_console(args.steps, |p| executor::run_all_on_gpu_with(&program, &options(args), training, p)).map_err(gpu_error)?;
     print_startup(&result.startup);
     print_probes(&result.probes);
 
@@ -320,8 +433,9 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
         models::Bytes(predicted.device_bytes),
         p.step_time
     );
-    let result =
-        with_console(args.steps, |p| executor::run_schedule(&program, &schedule, &options(args), allocator, p)).map_err(gpu_error)?;
+    let training = training(args, &program)?;
+    let result = with_console(args.steps, |p| executor::run_schedule_with(&program, &schedule, &options(args), allocator, training, p))
+        .map_err(gpu_error)?;
     print_startup(&result.run.startup);
     print_probes(&result.run.probes);
 

@@ -12,11 +12,13 @@ pub struct Console {
     terminal: bool,
     spinner: Option<(ProgressBar, Instant, String)>,
     bar: Option<ProgressBar>,
+    /// Steps reported so far (a resumed run's step numbers start past 1).
+    done: u32,
 }
 
 impl Console {
     pub fn new(steps: u32) -> Console {
-        Console { steps, terminal: std::io::stderr().is_terminal(), spinner: None, bar: None }
+        Console { steps, terminal: std::io::stderr().is_terminal(), spinner: None, bar: None, done: 0 }
     }
 
     /// The callback the executor calls.
@@ -24,6 +26,14 @@ impl Console {
         match p {
             Progress::Phase(phase) => self.phase(phase),
             Progress::Step(r) => self.step(r),
+            Progress::Saved(c) => self.line(&format!(
+                "step {}: saved {}{} ({:.1} MiB)",
+                c.step,
+                c.dir.display(),
+                if c.weights_only { ", weights only" } else { "" },
+                c.bytes as f64 / (1u64 << 20) as f64
+            )),
+            Progress::Validated(v) => self.line(&format!("step {}: validation loss {:.6} (mean of {} batches)", v.step, v.loss, v.batches)),
         }
     }
 
@@ -54,11 +64,21 @@ impl Console {
         }
     }
 
+    /// A line above the bar (or plain).
+    fn line(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
     fn step(&mut self, r: &StepReport) {
+        self.done += 1;
         let line = format!(
             "step {:>4}/{} | loss {:.6} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
             r.step,
-            self.steps,
+            // the last step's number (past `steps` for a resumed run)
+            (r.step + self.steps).saturating_sub(self.done),
             r.loss,
             r.ms,
             r.tokens_per_s,
@@ -68,7 +88,7 @@ impl Console {
             Some(bar) => {
                 bar.println(&line);
                 bar.set_message(format!("loss {:.4}, {:.1} ms, {:.0} tok/s", r.loss, r.ms, r.tokens_per_s));
-                bar.set_position(r.step.min(self.steps) as u64);
+                bar.set_position(self.done.min(self.steps) as u64);
             }
             None => println!("{line}"),
         }

@@ -222,6 +222,15 @@ impl<'s> Lanes<'s> {
         self.copies[t.index()].is_some()
     }
 
+    /// The host copy of `t`, to read between steps (nothing writes the copies then).
+    pub fn copy(&self, t: TensorId) -> Result<&[u8]> {
+        if self.next.get().is_some() {
+            return Err(GpuError::Invalid("host copies are read between steps, not during one".into()));
+        }
+        let name = &self.program.inventory.tensor(t).name;
+        Ok(self.copies[t.index()].as_ref().ok_or_else(|| GpuError::Invalid(format!("{name} has no host copy")))?.as_slice())
+    }
+
     /// The host copy of `t`, to write into between steps (nothing uses the copies then).
     pub fn copy_mut(&mut self, t: TensorId) -> Result<&mut [u8]> {
         if self.next.get().is_some() {

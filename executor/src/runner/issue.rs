@@ -3,15 +3,17 @@
 
 use super::arena::Arena;
 use super::{Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
-use crate::data::Batches;
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
 use crate::kernel_cache::KernelCache;
 use crate::kernels::{KernelSet, SpinNs};
 use crate::startup::StartClock;
+use crate::state::device::{load_state, LiveState};
+use crate::state::StateHomes;
 use crate::step::Step;
 use crate::train::{Phase, Progress, RunOptions, RunResult, StepReport};
+use crate::training::{StartFrom, Training};
 use crate::ExecError;
 use cudarc::driver::{CudaEvent, CudaStream};
 use models::inventory::View;
@@ -47,13 +49,15 @@ struct Sampler {
     d2h_bytes: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     program: &Program,
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
     slow: Option<SlowLanes>,
-    mut batches: Batches,
+    mut training: Training,
+    homes: &StateHomes,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     let cfg = &program.config;
@@ -120,8 +124,14 @@ pub fn run(
     // Initial weights and optimizer state, made on the GPU wherever the step starts them, and
     // in the host copies; the scratch comes from what the arena left free.
     clock.phase(Phase::Initializing, progress);
-    let (free, _) = gpu.mem_info()?;
-    crate::start::initialize(&gpu, &step, Some(&mut lanes), opts.seed, free.saturating_sub(256 << 20).min(1 << 30))?;
+    match &training.from {
+        StartFrom::Seed => {
+            let (free, _) = gpu.mem_info()?;
+            crate::start::initialize(&gpu, &step, Some(&mut lanes), opts.seed, free.saturating_sub(256 << 20).min(1 << 30))?;
+        }
+        // Host staging only: the state goes into the buffers the step already holds.
+        StartFrom::Weights(c) | StartFrom::Resume(c) => load_state(&gpu, &step, Some(&mut lanes), c)?,
+    }
     clock.phase(Phase::Probing, progress);
     let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
     gpu.reset_pool_highs()?;
@@ -134,11 +144,12 @@ pub fn run(
     let flops = program.model_flops().0;
     let mut reports = Vec::new();
     let mut device_used_high = 0u64;
-    let measured_step = opts.steps + 1;
+    let first = training.first_step();
+    let measured_step = first + opts.steps;
     let mut lane_times = StepTimes::default();
     let mut memory = Vec::new();
-    for s in 1..=measured_step {
-        let batch = batches.next_batch();
+    for s in first..=measured_step {
+        let batch = training.next_batch()?;
         step.upload_batch(&gpu, &batch)?;
         let issuer =
             Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s, slow };
@@ -195,6 +206,12 @@ pub fn run(
                 }
             }
         }
+        // Between steps every lane is idle (end_step waited for them): the state is read from
+        // where the schedule keeps it, through host memory.
+        let live = LiveState::new(&gpu, &step, Some(&lanes), homes);
+        if let Some(saved) = training.after_step(s, measured_step, program, &live, opts.seed, &opts.adamw, Some(&schedule.checksum))? {
+            progress(Progress::Saved(&saved));
+        }
     }
     let pool = gpu.pool_stats()?;
     let arena_bytes = arena.as_ref().map(|a| a.bytes());
@@ -208,7 +225,7 @@ pub fn run(
     let end_probe = crate::startup::probe_or_warn(&gpu, program, "after the last step");
     let probes = models::hardware::RunProbes { start: start_probe, end: end_probe };
     Ok(ScheduleRunResult {
-        run: RunResult::measured(&device, reports, &pool, device_used_high, batches.len_tokens(), startup, probes),
+        run: RunResult::measured(&device, reports, &pool, device_used_high, &mut training, startup, probes),
         device_free_at_start: free0,
         allocator,
         arena_bytes,

@@ -12,7 +12,9 @@ mod arena;
 #[cfg(feature = "cuda")]
 mod issue;
 
+use crate::state::StateHomes;
 use crate::train::{RunOptions, RunResult};
+use crate::training::Training;
 use crate::ExecError;
 use models::order::{check_host_copies, OrderError};
 use models::program::{OpKind, Program};
@@ -155,9 +157,9 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
     Ok(())
 }
 
-/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus; `progress` as it goes.
-/// Refuses a schedule of another format or program, and one whose budget (less the fixed
-/// overhead it assumes) exceeds the device's free memory.
+/// Runs `opts.steps` steps of `schedule` on batches of the shipped corpus from the seed's
+/// initial state; `progress` as it goes. Refuses a schedule of another format or program, and
+/// one whose budget (less the fixed overhead it assumes) exceeds the device's free memory.
 pub fn run_schedule(
     program: &Program,
     schedule: &Schedule,
@@ -165,8 +167,22 @@ pub fn run_schedule(
     allocator: Allocator,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    check_schedule(program, schedule)?;
-    imp(program, schedule, opts, allocator, None, crate::train::corpus_batches(program)?, progress)
+    run_schedule_with(program, schedule, opts, allocator, Training::corpus(program, opts.seed)?, progress)
+}
+
+/// As [`run_schedule`], on `training`'s data, from its start (a checkpoint's state is loaded
+/// into the device buffers and host copies where this schedule keeps them, so a checkpoint
+/// saved under one budget resumes under another), saving the checkpoints it asks for
+/// (gathered from where the schedule keeps each owner, [`StateHomes::of_schedule`]).
+pub fn run_schedule_with(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    training: Training,
+    progress: &mut dyn FnMut(crate::train::Progress),
+) -> Result<ScheduleRunResult, ExecError> {
+    start(program, schedule, opts, allocator, None, training, progress)
 }
 
 /// [`run_schedule`] with its lanes slowed at random ([`SlowLanes`]): a test for races. Every
@@ -180,32 +196,62 @@ pub fn run_schedule_slowed(
     slow: SlowLanes,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    check_schedule(program, schedule)?;
     slow.check()?;
-    imp(program, schedule, opts, allocator, Some(slow), crate::train::corpus_batches(program)?, progress)
+    start(program, schedule, opts, allocator, Some(slow), Training::corpus(program, opts.seed)?, progress)
+}
+
+/// The checks every schedule run makes before it opens the device, then the run.
+fn start(
+    program: &Program,
+    schedule: &Schedule,
+    opts: &RunOptions,
+    allocator: Allocator,
+    slow: Option<SlowLanes>,
+    training: Training,
+    progress: &mut dyn FnMut(crate::train::Progress),
+) -> Result<ScheduleRunResult, ExecError> {
+    check_schedule(program, schedule)?;
+    if training.validates() {
+        return Err(ExecError::Refused(
+            "validation runs all on the GPU only (run --model): a forward-only pass of a schedule with offloaded blocks is not built yet"
+                .into(),
+        ));
+    }
+    // Found before anything runs: a schedule that loses an owner's state between steps cannot
+    // be read back (a run that saves nothing never reads the homes).
+    let homes = match StateHomes::of_schedule(program, schedule) {
+        Ok(h) => h,
+        Err(e) if training.reads_state() => return Err(ExecError::Refused(format!("cannot read its state back: {e}"))),
+        Err(_) => StateHomes { owners: Vec::new() },
+    };
+    imp(program, schedule, opts, allocator, slow, training, homes, progress)
 }
 
 #[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
 fn imp(
     program: &Program,
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
     slow: Option<SlowLanes>,
-    batches: crate::data::Batches,
+    training: Training,
+    homes: StateHomes,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
-    issue::run(program, schedule, opts, allocator, slow, batches, progress)
+    issue::run(program, schedule, opts, allocator, slow, training, &homes, progress)
 }
 
 #[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
 fn imp(
     _: &Program,
     _: &Schedule,
     _: &RunOptions,
     _: Allocator,
     _: Option<SlowLanes>,
-    _: crate::data::Batches,
+    _: Training,
+    _: StateHomes,
     _: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     Err(ExecError::NoGpu("this offplan was built without the `cuda` feature".into()))
