@@ -178,8 +178,16 @@ fn every_schedule_with_its_lanes_slowed_at_random_trains_like_the_all_on_gpu_ste
     let mut bad = Vec::new();
     for (seed, (name, schedule)) in schedules.iter().enumerate() {
         let slow = SlowLanes { seed: 11 + seed as u64, share: 0.35, longest: Seconds(300e-6) };
-        let r = executor::run_schedule_slowed(&program, schedule, &opts(), Allocator::Arena, slow, &mut |_| {})
-            .unwrap_or_else(|e| panic!("{name}, slowed: {e}"));
+        let r = executor::run_schedule_slowed(
+            &program,
+            schedule,
+            &opts(),
+            Allocator::Arena,
+            slow,
+            Training::corpus(&program, opts().seed).unwrap(),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{name}, slowed: {e}"));
         let losses: Vec<f64> = r.run.steps.iter().map(|s| s.loss).collect();
         let d = max_diff(&losses, &base);
         eprintln!("{name:<60} slowed (seed {}): max |loss diff| {d:.3e}, measured step {:.1} ms", slow.seed, r.lanes.step_ms);

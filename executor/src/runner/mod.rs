@@ -185,19 +185,19 @@ pub fn run_schedule_with(
     start(program, schedule, opts, allocator, None, training, progress)
 }
 
-/// [`run_schedule`] with its lanes slowed at random ([`SlowLanes`]): a test for races. Every
-/// step is delayed the same way, the measured one included, so its times are not the
-/// schedule's.
+/// [`run_schedule_with`] with its lanes slowed at random ([`SlowLanes`]): a test for races.
+/// Every step is delayed, the measured one included, so its times are not the schedule's.
 pub fn run_schedule_slowed(
     program: &Program,
     schedule: &Schedule,
     opts: &RunOptions,
     allocator: Allocator,
     slow: SlowLanes,
+    training: Training,
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     slow.check()?;
-    start(program, schedule, opts, allocator, Some(slow), Training::corpus(program, opts.seed)?, progress)
+    start(program, schedule, opts, allocator, Some(slow), training, progress)
 }
 
 /// The checks every schedule run makes before it opens the device, then the run.
