@@ -71,7 +71,7 @@ fn every_bad_input_gets_its_exit_code_and_a_message() {
     let i = sched_text.find("step_time: ").unwrap() + "step_time: ".len();
     std::fs::write(&hand_edited, format!("{}9{}", &sched_text[..i], &sched_text[i..])).unwrap();
     let old_format = d("old-format.ron");
-    std::fs::write(&old_format, sched_text.replacen("format_version: 2", "format_version: 1", 1)).unwrap();
+    std::fs::write(&old_format, sched_text.replacen("format_version: 3", "format_version: 2", 1)).unwrap();
     let a_file = d("a-file");
     std::fs::write(&a_file, "not a folder").unwrap();
     let empty = fresh("empty-records");
