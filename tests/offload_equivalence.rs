@@ -7,7 +7,7 @@
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
 //! --no-run`), and finds the configs from the working directory.
 
-use executor::{AdamW, Allocator, ExecError, RunOptions};
+use executor::{Allocator, ExecError, RunOptions};
 use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
 use std::path::PathBuf;
 
@@ -42,13 +42,15 @@ fn hardware() -> HardwareProfile {
     HardwareProfile::load(&root().join("models/hardware/h100-sxm.ron")).unwrap()
 }
 
-fn opts() -> RunOptions {
-    RunOptions { steps: 10, seed: 3, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 }
+/// Ten steps of GPT-3's schedule for the model (a warmup step, then cosine to the floor): every
+/// strategy must follow the same per-step rates, on the GPU and on the host alike.
+fn opts(program: &Program) -> RunOptions {
+    RunOptions { steps: 10, seed: 3, setup: models::TrainingSetup::gpt3(&program.config), export: None, peak_flops: 989e12 }
 }
 
 /// The all-on-GPU losses, or None (and a message) without a GPU.
 fn baseline(program: &Program) -> Option<Vec<f64>> {
-    match executor::run_all_on_gpu(program, &opts(), &mut |_| {}) {
+    match executor::run_all_on_gpu(program, &opts(program), &mut |_| {}) {
         Err(ExecError::NoGpu(m)) => {
             eprintln!("skipped: no CUDA device ({m})");
             None
@@ -62,7 +64,7 @@ fn baseline(program: &Program) -> Option<Vec<f64>> {
 /// arena, or the live peak).
 fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Allocator) -> Vec<f64> {
     let r =
-        executor::run_schedule(program, schedule, &opts(), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
+        executor::run_schedule(program, schedule, &opts(program), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
     let predicted = match allocator {
         Allocator::Arena => schedule.prediction.tensor_bytes().0,
         Allocator::Pool => schedule.prediction.peak_allocated.0,

@@ -9,7 +9,7 @@
 //! Gradient accumulation and clipping are not here yet (issue 16's next part).
 
 use crate::config::GptConfig;
-use crate::error::{field_line, ModelError};
+use crate::error::ModelError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -34,8 +34,9 @@ pub const GPT3_BETA2: f64 = 0.95;
 pub const GPT3_EPS: f64 = 1e-8;
 /// GPT-3's weight decay (Appendix B: "0.1 ... to provide a small amount of regularization").
 pub const GPT3_WEIGHT_DECAY: f64 = 0.1;
-/// GPT-3 decays the learning rate by cosine "down to 10% of its value" (Appendix B).
-pub const GPT3_FLOOR_FRACTION: f64 = 0.1;
+/// GPT-3 decays the learning rate by cosine "down to 10% of its value" (Appendix B): the floor
+/// is the peak divided by this.
+pub const GPT3_FLOOR_DIVISOR: f64 = 10.0;
 
 /// The length of the linear warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +180,7 @@ impl TrainingSetup {
         let appendix = |what: &str| Source::Default(format!("GPT-3 (Brown et al. 2020) Appendix B: {what}"));
         TrainingSetup {
             lr,
-            min_lr: lr * GPT3_FLOOR_FRACTION,
+            min_lr: lr / GPT3_FLOOR_DIVISOR,
             warmup: Warmup::TenthOfRun,
             beta1: GPT3_BETA1,
             beta2: GPT3_BETA2,
@@ -203,7 +204,7 @@ impl TrainingSetup {
     }
 
     fn floor_source() -> Source {
-        Source::Default("a tenth of the peak lr (GPT-3 decays by cosine to 10%, Appendix B)".into())
+        Source::Default("a tenth of the peak lr, as GPT-3 decays by cosine to 10% (Appendix B)".into())
     }
 
     /// A constant learning rate `lr` (no warmup, the floor at the peak) with GPT-3's other values:
@@ -233,7 +234,7 @@ impl TrainingSetup {
         if let Some((v, src)) = pick(flags.lr, "--lr", spec.lr, &path) {
             s.lr = v;
             s.sources.lr = src;
-            s.min_lr = v * GPT3_FLOOR_FRACTION;
+            s.min_lr = v / GPT3_FLOOR_DIVISOR;
         }
         if let Some((v, src)) = pick(flags.min_lr, "--min-lr", spec.min_lr, &path) {
             s.min_lr = v;
@@ -275,7 +276,7 @@ impl TrainingSetup {
             return Err(self.error("lr", self.lr, &src.lr, "must be a learning rate in (0, 1), e.g. 3e-4"));
         }
         if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            let m = format!("must be from 0 to the peak lr {} (the floor the cosine decays to; e.g. {})", self.lr, self.lr * 0.1);
+            let m = format!("must be from 0 to the peak lr {} (the floor the cosine decays to; e.g. {})", self.lr, self.lr / GPT3_FLOOR_DIVISOR);
             return Err(self.error("min_lr", self.min_lr, &src.min_lr, &m));
         }
         for (field, v, s) in [("beta1", self.beta1, &src.beta1), ("beta2", self.beta2, &src.beta2)] {
@@ -334,22 +335,28 @@ impl TrainingSetup {
         lr.clamp(self.min_lr, self.lr)
     }
 
-    /// The setup for people, one line per value with its source (plan's stdout, summary.md,
-    /// simulate).
-    pub fn lines(&self) -> Vec<String> {
+    /// The setup for people: (what, value, where it came from) per value (plan's stdout,
+    /// summary.md, simulate, run).
+    pub fn rows(&self) -> Vec<(&'static str, String, String)> {
         let s = &self.sources;
         let warmup = match self.warmup {
             Warmup::Steps(n) => format!("{n} steps"),
-            Warmup::TenthOfRun => "a tenth of the run's steps".into(),
+            Warmup::TenthOfRun => "a tenth of the run".into(),
         };
         vec![
-            format!("peak lr      {:<12} {}", fmt_g(self.lr), s.lr),
-            format!("warmup       {:<12} {}", warmup, s.warmup),
-            format!("floor lr     {:<12} {} (cosine decay from the peak to it at the run's last step)", fmt_g(self.min_lr), s.min_lr),
-            format!("AdamW betas  {:<12} {}; {}", format!("{}, {}", self.beta1, self.beta2), s.beta1, s.beta2),
-            format!("AdamW eps    {:<12} {}", fmt_g(self.eps), s.eps),
-            format!("weight decay {:<12} {} (matrices only)", self.weight_decay, s.weight_decay),
+            ("peak lr", fmt_g(self.lr), s.lr.to_string()),
+            ("warmup", warmup, format!("{} (linear from 0 to the peak)", s.warmup)),
+            ("floor lr", fmt_g(self.min_lr), format!("{} (cosine from the peak to it at the run's last step)", s.min_lr)),
+            ("AdamW beta1", self.beta1.to_string(), s.beta1.to_string()),
+            ("AdamW beta2", self.beta2.to_string(), s.beta2.to_string()),
+            ("AdamW eps", fmt_g(self.eps), s.eps.to_string()),
+            ("weight decay", self.weight_decay.to_string(), format!("{} (matrices only)", s.weight_decay)),
         ]
+    }
+
+    /// [`Self::rows`] as aligned lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.rows().into_iter().map(|(what, v, src)| format!("{what:<13}{v:<20} {src}")).collect()
     }
 }
 
@@ -360,11 +367,6 @@ fn fmt_g(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-/// The line of `field` in a setup file, for errors about values the file gave.
-pub fn setup_error_in_file(path: &Path, text: &str, e: &SetupError) -> ModelError {
-    ModelError::Invalid { path: path.to_path_buf(), line: field_line(text, e.field), message: e.to_string() }
 }
 
 #[cfg(test)]
@@ -398,7 +400,7 @@ mod tests {
         ] {
             let s = TrainingSetup::gpt3(&config(name));
             assert_eq!(s.lr, lr, "{name}");
-            assert_eq!(s.min_lr, lr * 0.1, "{name}");
+            assert_eq!(s.min_lr, lr / 10.0, "{name}");
             assert_eq!((s.beta1, s.beta2, s.eps, s.weight_decay), (0.9, 0.95, 1e-8, 0.1));
             assert_eq!(s.warmup, Warmup::TenthOfRun);
             s.validate().unwrap();
@@ -476,7 +478,7 @@ mod tests {
         let s = TrainingSetup::resolve(&cfg, Some((Path::new("s.ron"), &file)), &flags(|f| f.lr = Some(1e-4))).unwrap();
         assert_eq!(s.lr, 1e-4);
         assert_eq!(s.sources.lr, Source::Flag("--lr".into()));
-        assert_eq!(s.min_lr, 1e-4 * 0.1, "the floor follows the given peak");
+        assert_eq!(s.min_lr, 1e-4 / 10.0, "the floor follows the given peak");
         assert_eq!(s.warmup, Warmup::Steps(10));
         assert_eq!(s.sources.warmup, Source::File("s.ron".into()));
         assert_eq!(s.weight_decay, 0.0);

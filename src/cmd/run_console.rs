@@ -56,10 +56,11 @@ impl Console {
 
     fn step(&mut self, r: &StepReport) {
         let line = format!(
-            "step {:>4}/{} | loss {:.6} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
+            "step {:>4}/{} | loss {:.6} | lr {:.3e} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
             r.step,
             self.steps,
             r.loss,
+            r.lr,
             r.ms,
             r.tokens_per_s,
             100.0 * r.mfu
