@@ -63,8 +63,8 @@ fn baseline(program: &Program) -> Option<Vec<f64>> {
 /// The losses of `schedule` run with `allocator`; its pool peak held to the prediction (the
 /// arena, or the live peak).
 fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Allocator) -> Vec<f64> {
-    let r =
-        executor::run_schedule(program, schedule, &opts(program), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
+    let r = executor::run_schedule(program, schedule, &opts(program), allocator, &mut |_| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
     let predicted = match allocator {
         Allocator::Arena => schedule.prediction.tensor_bytes().0,
         Allocator::Pool => schedule.prediction.peak_allocated.0,

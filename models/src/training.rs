@@ -192,9 +192,7 @@ impl TrainingSetup {
                     params_label(params)
                 )),
                 min_lr: Self::floor_source(),
-                warmup: Source::Default(
-                    "a tenth of the run's steps (GPT-3's warmup of 375M tokens, Appendix B, exceeds most runs)".into(),
-                ),
+                warmup: Source::Default("a tenth of the run's steps (GPT-3's warmup of 375M tokens, Appendix B, exceeds most runs)".into()),
                 beta1: appendix("Adam beta1 0.9"),
                 beta2: appendix("Adam beta2 0.95"),
                 eps: appendix("Adam eps 1e-8"),
@@ -276,7 +274,11 @@ impl TrainingSetup {
             return Err(self.error("lr", self.lr, &src.lr, "must be a learning rate in (0, 1), e.g. 3e-4"));
         }
         if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            let m = format!("must be from 0 to the peak lr {} (the floor the cosine decays to; e.g. {})", self.lr, self.lr / GPT3_FLOOR_DIVISOR);
+            let m = format!(
+                "must be from 0 to the peak lr {} (the floor the cosine decays to; e.g. {})",
+                self.lr,
+                self.lr / GPT3_FLOOR_DIVISOR
+            );
             return Err(self.error("min_lr", self.min_lr, &src.min_lr, &m));
         }
         for (field, v, s) in [("beta1", self.beta1, &src.beta1), ("beta2", self.beta2, &src.beta2)] {
@@ -306,7 +308,8 @@ impl TrainingSetup {
     pub fn check_run(&self, total_steps: u32) -> Result<(), SetupError> {
         let w = self.warmup_steps(total_steps);
         if w > total_steps {
-            let m = format!("is longer than the run of {total_steps} steps: give a warmup of at most {total_steps} steps, or run more steps");
+            let m =
+                format!("is longer than the run of {total_steps} steps: give a warmup of at most {total_steps} steps, or run more steps");
             return Err(self.error("warmup", format!("{w} steps"), &self.sources.warmup, &m));
         }
         Ok(())

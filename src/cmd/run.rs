@@ -152,7 +152,10 @@ fn print_memory(measured: &MemoryPeaks, predicted: &MemoryPeaks) {
 }
 
 fn steps_of(reports: &[StepReport]) -> Vec<StepRecord> {
-    reports.iter().map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu }).collect()
+    reports
+        .iter()
+        .map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
+        .collect()
 }
 
 fn unix_time() -> u64 {
@@ -226,7 +229,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn options(args: &Args, setup: &models::TrainingSetup) -> RunOptions {
-    RunOptions { steps: args.steps, seed: args.seed, setup: setup.clone(), export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 }
+    RunOptions {
+        steps: args.steps,
+        seed: args.seed,
+        setup: setup.clone(),
+        export: args.export.clone(),
+        peak_flops: args.peak_tflops * 1e12,
+    }
 }
 
 /// The setup as the run follows it: each value and its source, and the warmup in steps.

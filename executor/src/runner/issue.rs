@@ -110,7 +110,9 @@ pub fn run(
             &mut |t| a.resident(t).map_err(|e| GpuError::Invalid(e.to_string())),
             kernels,
         )?,
-        None => Step::with_kernels(program, opts.adamw_at(1), &schedule.host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0), kernels)?,
+        None => {
+            Step::with_kernels(program, opts.adamw_at(1), &schedule.host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0), kernels)?
+        }
     };
     let mut step = step;
     let mut lanes = Lanes::new(&gpu, program, schedule, host)?;
