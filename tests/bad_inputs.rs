@@ -71,7 +71,7 @@ fn every_bad_input_gets_its_exit_code_and_a_message() {
     let i = sched_text.find("step_time: ").unwrap() + "step_time: ".len();
     std::fs::write(&hand_edited, format!("{}9{}", &sched_text[..i], &sched_text[i..])).unwrap();
     let old_format = d("old-format.ron");
-    std::fs::write(&old_format, sched_text.replacen("format_version: 2", "format_version: 1", 1)).unwrap();
+    std::fs::write(&old_format, sched_text.replacen("format_version: 3", "format_version: 2", 1)).unwrap();
     let a_file = d("a-file");
     std::fs::write(&a_file, "not a folder").unwrap();
     let empty = fresh("empty-records");
@@ -231,12 +231,12 @@ fn every_bad_input_gets_its_exit_code_and_a_message() {
         case("simulate a missing file", &["simulate", &d("none.ron")], 1, "cannot read"),
         case("simulate a config", &["simulate", &m124], 1, "is not a schedule"),
         case("simulate a hand-edited schedule", &["simulate", &hand_edited], 1, "checksum"),
-        case("simulate an old format", &["simulate", &old_format], 1, "format 1"),
+        case("simulate an old format", &["simulate", &old_format], 1, "format 2"),
         case("explain an unknown block", &["explain", &s, "layer99.weights"], 2, "no block"),
         case("explain a hand-edited schedule", &["explain", &hand_edited, "layer0.weights"], 1, "checksum"),
         // run (checked before any GPU is touched), report, calibrate.
         case("run --steps 0", &["run", &s, "--steps", "0", "--out", &d("r1")], 2, "--steps"),
-        case("run --lr -1", &["run", &s, "--lr=-1", "--out", &d("r2")], 2, "--lr"),
+        case("run --lr -1", &["run", "--model", &tiny, "--lr=-1", "--out", &d("r2")], 2, "lr -1 (from --lr)"),
         case("run a hand-edited schedule", &["run", &hand_edited, "--out", &d("r3")], 1, "checksum"),
         case("run into a file", &["run", &s, "--out", &a_file], 1, "not a folder"),
         case("report an empty folder", &["report", empty.to_str().unwrap(), "--out", &d("rep")], 1, "no run records"),

@@ -250,7 +250,9 @@ fn live_records_on_the_gpu() {
         assert!(case.error.is_none() && case.over_budget.is_none(), "{}", case.explain());
         let program = Program::build(&r.config);
         let steps = if all_gpu { 2 } else { 1 };
-        let opts = executor::RunOptions { steps, seed: 0, adamw: executor::AdamW::default(), export: None, peak_flops: r.peak_flops };
+        // Memory and time do not depend on the rate: a constant one, as the records' runs had.
+        let setup = models::TrainingSetup::constant(&r.config, 3e-4);
+        let opts = executor::RunOptions { steps, seed: 0, setup, export: None, peak_flops: r.peak_flops };
         let (predicted, run) = if all_gpu {
             (case.predicted_pool, executor::run_all_on_gpu(&program, &opts, &mut |_| {}))
         } else {
@@ -324,7 +326,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         device_bytes_at_start: 0,
         peak_flops: 989e12,
         model_flops: program.model_flops().0,
-        steps: vec![StepRecord { step: 1, loss: 11.0, ms: times.step_ms, tokens_per_s: 1.0, mfu: 0.0 }],
+        steps: vec![StepRecord { step: 1, loss: 11.0, lr: None, ms: times.step_ms, tokens_per_s: 1.0, mfu: 0.0 }],
         median_ms: times.step_ms,
         median_tokens_per_s: 1.0,
         notes: vec![],

@@ -2,13 +2,14 @@
 //! activations offloaded, streamed weights, the output layer streamed chunk by chunk,
 //! recomputation, streamed optimizer state, host AdamW, the CPU embedding, a mix, and the
 //! planner's own plans at three budgets) ten training steps give bitwise the all-on-GPU run's
-//! losses, and still do with every lane slowed at random (a race would show).
+//! losses and final weights and optimizer state, and still do with every lane slowed at random
+//! (a race would show).
 //!
 //! Needs a GPU; without one each test says so and passes (CI has none). On the GPU machine the
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
 //! --no-run`), and finds the configs from the working directory.
 
-use executor::{AdamW, Allocator, ExecError, RunOptions, SlowLanes};
+use executor::{Allocator, ExecError, RunOptions, SlowLanes, Training};
 use models::{Bytes, GptConfig, HardwareProfile, Program, Seconds};
 use std::path::PathBuf;
 
@@ -43,27 +44,66 @@ fn hardware() -> HardwareProfile {
     HardwareProfile::load(&root().join("models/hardware/h100-sxm.ron")).unwrap()
 }
 
-fn opts() -> RunOptions {
-    RunOptions { steps: 10, seed: 3, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 }
+/// Ten steps of GPT-3's schedule for the model (a warmup step, then cosine to the floor): every
+/// strategy must follow the same per-step rates, on the GPU and on the host alike.
+fn opts(program: &Program) -> RunOptions {
+    RunOptions { steps: 10, seed: 3, setup: models::TrainingSetup::gpt3(&program.config), export: None, peak_flops: 989e12 }
 }
 
-/// The all-on-GPU losses, or None (and a message) without a GPU.
-fn baseline(program: &Program) -> Option<Vec<f64>> {
-    match executor::run_all_on_gpu(program, &opts(), &mut |_| {}) {
-        Err(ExecError::NoGpu(m)) => {
-            eprintln!("skipped: no CUDA device ({m})");
-            None
-        }
-        Err(e) => panic!("all-on-GPU run: {e}"),
-        Ok(r) => Some(r.steps.iter().map(|s| s.loss).collect()),
+/// What a run must reproduce: its losses, and the final weights and optimizer state (fp32
+/// master, m and v: the last carry every gradient of the run through AdamW), as digests.
+#[derive(Clone, Debug, PartialEq)]
+struct Outcome {
+    losses: Vec<f64>,
+    weights: String,
+    optimizer: String,
+}
+
+impl Outcome {
+    fn of(r: &executor::RunResult) -> Outcome {
+        let state = r.final_state.as_ref().expect("the run keeps its final state");
+        Outcome { losses: r.steps.iter().map(|s| s.loss).collect(), weights: state.weights_digest(), optimizer: state.optimizer_digest() }
+    }
+
+    /// What differs from `want`: the largest loss difference, and whether the final state does.
+    fn diff(&self, want: &Outcome) -> (f64, bool) {
+        (max_diff(&self.losses, &want.losses), self.weights != want.weights || self.optimizer != want.optimizer)
     }
 }
 
-/// The losses of `schedule` run with `allocator`; its pool peak held to the prediction (the
-/// arena, or the live peak).
-fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Allocator) -> Vec<f64> {
-    let r =
-        executor::run_schedule(program, schedule, &opts(), allocator, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
+fn training(program: &Program) -> Training {
+    Training::corpus(program, opts(program).seed).unwrap().keep_final_state()
+}
+
+/// The all-on-GPU losses and the keep-all schedule's outcome (a schedule run trains one more,
+/// measured, step, so its final state is the reference for schedules), its losses held to the
+/// all-on-GPU step's; or None (and a message) without a GPU.
+fn baseline(program: &Program) -> Option<Outcome> {
+    let base = match executor::run_all_on_gpu(program, &opts(program), &mut |_| {}) {
+        Err(ExecError::NoGpu(m)) => {
+            eprintln!("skipped: no CUDA device ({m})");
+            return None;
+        }
+        Err(e) => panic!("all-on-GPU run: {e}"),
+        Ok(r) => r.steps.iter().map(|s| s.loss).collect::<Vec<f64>>(),
+    };
+    let keep_all =
+        planner::strategy::strategy_plan(program, &hardware(), Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll])
+            .unwrap()
+            .schedule;
+    let reference = outcome_with(program, &keep_all, Allocator::Arena, None);
+    assert_eq!(reference.losses, base, "the keep-all schedule's losses differ from the all-on-GPU step's");
+    Some(reference)
+}
+
+/// The outcome of `schedule` run with `allocator` (and its lanes slowed, if asked); its pool
+/// peak held to the prediction (the arena, or the live peak).
+fn outcome_with(program: &Program, schedule: &models::Schedule, allocator: Allocator, slow: Option<SlowLanes>) -> Outcome {
+    let r = match slow {
+        None => executor::run_schedule_with(program, schedule, &opts(program), allocator, training(program), &mut |_| {}),
+        Some(slow) => executor::run_schedule_slowed(program, schedule, &opts(program), allocator, slow, training(program), &mut |_| {}),
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", schedule.strategy));
     let predicted = match allocator {
         Allocator::Arena => schedule.prediction.tensor_bytes().0,
         Allocator::Pool => schedule.prediction.peak_allocated.0,
@@ -75,11 +115,11 @@ fn losses_with(program: &Program, schedule: &models::Schedule, allocator: Alloca
         allocator.label(),
         r.run.pool_used_high
     );
-    r.run.steps.iter().map(|s| s.loss).collect()
+    Outcome::of(&r.run)
 }
 
-fn losses_of(program: &Program, schedule: &models::Schedule) -> Vec<f64> {
-    losses_with(program, schedule, Allocator::Arena)
+fn outcome_of(program: &Program, schedule: &models::Schedule) -> Outcome {
+    outcome_with(program, schedule, Allocator::Arena, None)
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -109,13 +149,16 @@ fn every_strategy_trains_like_the_all_on_gpu_step() {
     for names in SAME_KERNELS.iter().chain(HOST_WORK) {
         let presets = planner::strategy::parse_strategy(names).unwrap();
         let plan = planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), names, &presets).unwrap();
-        let losses = losses_of(&program, &plan.schedule);
-        let d = max_diff(&losses, &base);
-        eprintln!("{names:<60} max |loss diff| {d:.3e} over {} steps (allowed: none)", losses.len());
-        report.push((names, d));
+        let (d, state_differs) = outcome_of(&program, &plan.schedule).diff(&base);
+        eprintln!(
+            "{names:<60} max |loss diff| {d:.3e} over {} steps, final state {} (allowed: none)",
+            base.losses.len(),
+            if state_differs { "DIFFERS" } else { "equal" }
+        );
+        report.push((names, d, state_differs));
     }
-    let bad: Vec<_> = report.iter().filter(|(_, d)| *d != 0.0).collect();
-    assert!(bad.is_empty(), "losses differ from the all-on-GPU run: {bad:?}");
+    let bad: Vec<_> = report.iter().filter(|(_, d, state)| *d != 0.0 || *state).collect();
+    assert!(bad.is_empty(), "losses or final weights and optimizer state differ from the all-on-GPU run's: {bad:?}");
 }
 
 /// The planner's plans at a quarter, half and three quarters of the way from the floor to
@@ -145,22 +188,25 @@ fn the_planners_mixed_plans_at_three_budgets_train_like_the_all_on_gpu_step() {
     let plans = mixed_plans(&program, &hw);
     let Some(base) = baseline(&program) else { return };
     for (budget, schedule) in &plans {
-        let losses = losses_of(&program, schedule);
+        let got = outcome_of(&program, schedule);
         let off = schedule.decisions.iter().filter(|d| d.placement != models::Placement::Gpu).count();
         let host = schedule.actions.iter().any(|a| matches!(a, models::schedule::Action::HostRun(_)));
-        let d = max_diff(&losses, &base);
-        eprintln!("planner at {budget} ({off} blocks off the GPU, host work: {host}): max |loss diff| {d:.3e}");
-        assert!(d == 0.0, "planner's plan at {budget} (host work: {host}): losses differ by {d}");
-        // Where the memory comes from changes nothing either: the pool gives the same losses.
-        let pooled = losses_with(&program, schedule, Allocator::Pool);
-        assert_eq!(pooled, losses, "at {budget} the arena and the pool give different losses");
+        let (d, state_differs) = got.diff(&base);
+        eprintln!("planner at {budget} ({off} blocks off the GPU, host work: {host}): max |loss diff| {d:.3e}, final state differs: {state_differs}");
+        assert!(
+            d == 0.0 && !state_differs,
+            "planner's plan at {budget} (host work: {host}): losses differ by {d}, final state differs: {state_differs}"
+        );
+        // Where the memory comes from changes nothing either: the pool gives the same numbers.
+        let pooled = outcome_with(&program, schedule, Allocator::Pool, None);
+        assert_eq!(pooled, got, "at {budget} the arena and the pool give different numbers");
     }
 }
 
 /// A race hides when the lanes keep their usual relative speeds. Here every lane, compute
 /// included, gets random delays queued on its own stream before about a third of its work (up to
 /// 300 us each, different in every step): every strategy and the planner's plans must still give
-/// bitwise the all-on-GPU losses.
+/// bitwise the all-on-GPU losses and final state.
 #[test]
 fn every_schedule_with_its_lanes_slowed_at_random_trains_like_the_all_on_gpu_step() {
     let program = small_125m();
@@ -178,22 +224,11 @@ fn every_schedule_with_its_lanes_slowed_at_random_trains_like_the_all_on_gpu_ste
     let mut bad = Vec::new();
     for (seed, (name, schedule)) in schedules.iter().enumerate() {
         let slow = SlowLanes { seed: 11 + seed as u64, share: 0.35, longest: Seconds(300e-6) };
-        let r = executor::run_schedule_slowed(
-            &program,
-            schedule,
-            &opts(),
-            Allocator::Arena,
-            slow,
-            Training::corpus(&program, opts().seed).unwrap(),
-            &mut |_| {},
-        )
-        .unwrap_or_else(|e| panic!("{name}, slowed: {e}"));
-        let losses: Vec<f64> = r.run.steps.iter().map(|s| s.loss).collect();
-        let d = max_diff(&losses, &base);
-        eprintln!("{name:<60} slowed (seed {}): max |loss diff| {d:.3e}, measured step {:.1} ms", slow.seed, r.lanes.step_ms);
-        if d != 0.0 {
-            bad.push((name.clone(), d));
+        let (d, state_differs) = outcome_with(&program, schedule, Allocator::Arena, Some(slow)).diff(&base);
+        eprintln!("{name:<60} slowed (seed {}): max |loss diff| {d:.3e}, final state differs: {state_differs}", slow.seed);
+        if d != 0.0 || state_differs {
+            bad.push((name.clone(), d, state_differs));
         }
     }
-    assert!(bad.is_empty(), "slowed lanes changed the losses: {bad:?}");
+    assert!(bad.is_empty(), "slowed lanes changed the losses or the final state: {bad:?}");
 }

@@ -23,7 +23,8 @@ Two references are computed from the exported bf16 weights and batch:
 Tolerances (relative L2 error ||x - ref|| / ||ref|| against the fp32 reference, per tensor):
   gradient of each parameter view, logits: max(2e-2, 2 x PyTorch-bf16's own error);
   loss of step 1: |delta| <= 1e-2;  losses of steps 1..N (vs the bf16 reference run with AdamW
-  from the exported optimizer state): |delta| <= 2e-2 + 1e-2 * |loss|.
+  from the exported optimizer state, each step at the manifest's learning rate for it, "lrs"):
+  |delta| <= 2e-2 + 1e-2 * |loss|.
 """
 import argparse
 import math
@@ -162,6 +163,11 @@ def compare(d):
             vs = views[wname]
             ma, mm, vv = views_of(o[0], vs), views_of(o[1], vs), views_of(o[2], vs)
             opt[owner] = {k: (ma[k], mm[k], vv[k]) for k in ma}
+        # Each step's learning rate as the executor used it (the setup's warmup and cosine
+        # decay); exports written before the schedule carry one constant "lr".
+        lrs = man.get("lrs") or [hp["lr"]] * len(losses)
+        if len(lrs) != len(losses):
+            raise SystemExit(f"manifest: {len(lrs)} learning rates for {len(losses)} losses")
         ref_losses = []
         for step in range(1, len(losses) + 1):
             tk = T_.get(f"tokens_step{step - 1}", tokens)
@@ -177,7 +183,7 @@ def compare(d):
                     for vname, p in ps.items():
                         master, m_, v_ = opt[owner][vname]
                         wd = hp["weight_decay"] if p.dim() == 2 else 0.0
-                        adamw_step(master, m_, v_, p.grad.float(), hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], wd, step)
+                        adamw_step(master, m_, v_, p.grad.float(), lrs[step - 1], hp["beta1"], hp["beta2"], hp["eps"], wd, step)
                         p.copy_(master.to(torch.bfloat16))
         for i, (a, b) in enumerate(zip(losses, ref_losses)):
             tol = 2e-2 + 1e-2 * abs(b)

@@ -22,6 +22,8 @@ struct Manifest<'a, H: Serialize> {
     adamw: &'a H,
     tensors: Vec<Entry>,
     losses: Vec<f64>,
+    /// The learning rate of each step (f32, as the kernels used it), in step order.
+    lrs: Vec<f32>,
 }
 
 /// Collects tensors, writes the manifest last.
@@ -55,9 +57,16 @@ impl ExportWriter {
         Ok(())
     }
 
-    /// Writes `manifest.json`.
-    pub fn finish<H: Serialize>(self, config: &GptConfig, adamw: &H, losses: Vec<f64>) -> std::io::Result<()> {
-        let m = Manifest { config, adamw, tensors: self.entries, losses };
+    /// Writes `manifest.json`: `adamw` (the peak's hyper-parameters), each step's loss and
+    /// learning rate.
+    pub fn finish<H: Serialize>(self, config: &GptConfig, adamw: &H, losses: Vec<f64>, lrs: Vec<f32>) -> std::io::Result<()> {
+        if lrs.len() != losses.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} learning rates for {} losses: one per step", lrs.len(), losses.len()),
+            ));
+        }
+        let m = Manifest { config, adamw, tensors: self.entries, losses, lrs };
         let text = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
         models::io::write_atomic(&self.dir.join("manifest.json"), &text)
     }
@@ -89,12 +98,13 @@ mod tests {
         let mut w = ExportWriter::new(&dir).unwrap();
         w.add("tokens", "i32", vec![1, 2], &i32_bytes(&[3, 4]), vec![]).unwrap();
         assert!(w.add("bad", "f32", vec![3], &[0u8; 8], vec![]).is_err());
-        w.finish(&cfg, &serde_json::json!({"lr": 3e-4}), vec![1.5, 1.25]).unwrap();
+        w.finish(&cfg, &serde_json::json!({"lr": 3e-4}), vec![1.5, 1.25], vec![3e-4, 1.5e-4]).unwrap();
         let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(m["config"]["name"], "gpt2-tiny");
         assert_eq!(m["config"]["attention"], "Materialized");
         assert_eq!(m["tensors"][0]["file"], "tokens.bin");
         assert_eq!(m["losses"][1], 1.25);
+        assert_eq!(m["lrs"][1].as_f64().unwrap() as f32, 1.5e-4f32);
         assert_eq!(std::fs::read(dir.join("tokens.bin")).unwrap(), vec![3, 0, 0, 0, 4, 0, 0, 0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

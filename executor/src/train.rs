@@ -6,6 +6,7 @@ use crate::host::AdamW;
 use crate::training::{SavedCheckpoint, Training, TrainingSummary, ValidationLoss};
 use crate::ExecError;
 use models::program::Program;
+use models::training::TrainingSetup;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -14,11 +15,30 @@ use std::path::PathBuf;
 pub struct RunOptions {
     pub steps: u32,
     pub seed: u64,
-    pub adamw: AdamW,
+    /// AdamW and its learning-rate schedule over `steps` (`models::training`).
+    pub setup: TrainingSetup,
     /// Write the reference export (weights, optimizer, batches, step-1 gradients, losses) here.
     pub export: Option<PathBuf>,
     /// Peak dense bf16 FLOP/s of the device, for MFU.
     pub peak_flops: f64,
+}
+
+impl RunOptions {
+    /// AdamW's hyper-parameters for `step` (from 1) of a run whose first step here is `first`
+    /// (1, or the step after a resumed checkpoint's): the setup's, with the learning rate its
+    /// schedule gives that step of the whole run, the steps before `first` and `steps` more
+    /// (past them, the floor), so a resumed run keeps the uninterrupted run's rates. The kernel
+    /// and host AdamW both take their scalars from this, so a per-step rate needs no recompiling.
+    pub fn adamw_at(&self, step: u32, first: u32) -> AdamW {
+        let s = &self.setup;
+        AdamW {
+            lr: s.lr_at(step, first - 1 + self.steps) as f32,
+            beta1: s.beta1 as f32,
+            beta2: s.beta2 as f32,
+            eps: s.eps as f32,
+            weight_decay: s.weight_decay as f32,
+        }
+    }
 }
 
 /// What a run tells its caller as it goes: each start-up phase as it begins, then each step.
@@ -70,17 +90,19 @@ impl Phase {
 pub struct StepReport {
     pub step: u32,
     pub loss: f64,
+    /// The learning rate the step's updates used (as the kernel got it, in f32).
+    pub lr: f64,
     pub ms: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
 }
 
 impl StepReport {
-    /// A step of `tokens` tokens that took `ms`, with the model's FLOPs per step against the
-    /// device's peak rate (MFU).
-    pub fn new(step: u32, loss: f64, ms: f64, tokens: u64, model_flops: f64, peak_flops: f64) -> StepReport {
+    /// A step of `tokens` tokens at learning rate `lr` that took `ms`, with the model's FLOPs
+    /// per step against the device's peak rate (MFU).
+    pub fn new(step: u32, loss: f64, lr: f32, ms: f64, tokens: u64, model_flops: f64, peak_flops: f64) -> StepReport {
         let secs = ms / 1e3;
-        StepReport { step, loss, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
+        StepReport { step, loss, lr: lr as f64, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
     }
 }
 
@@ -212,7 +234,7 @@ mod imp {
         let total = device.total;
 
         clock.phase(Phase::Compiling, progress);
-        let mut step = Step::new(&gpu, program, opts.adamw)?;
+        let mut step = Step::new(&gpu, program, opts.adamw_at(1, 1))?;
         clock.compiled(step.kernels().stats(), progress);
         clock.phase(Phase::Initializing, progress);
         match &training.from {
@@ -267,6 +289,8 @@ mod imp {
                 w.add(&format!("tokens_step{i}"), "i32", vec![b, t], &i32_bytes(&batch.inputs), vec![])?;
                 w.add(&format!("targets_step{i}"), "i32", vec![b, t], &i32_bytes(&batch.targets), vec![])?;
             }
+            // This step's learning rate, for the kernels' scalars.
+            step.adamw = opts.adamw_at(s, first);
             let mut capture = Capture::default();
             let capturing = export.is_some() && s == first;
             record(&start, &gpu.compute)?;
@@ -276,7 +300,7 @@ mod imp {
             let loss = step.mean_loss(&gpu)?;
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
-            let r = StepReport::new(s, loss, ms, b * t, flops, opts.peak_flops);
+            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops);
             progress(Progress::Step(&r));
             reports.push(r);
             if capturing {
@@ -305,14 +329,16 @@ mod imp {
                 training.validated(v);
             }
             let live = LiveState::new(&gpu, &step, None, &homes);
-            if let Some(saved) = training.after_step(s, last, program, &live, opts.seed, &opts.adamw, None)? {
+            if let Some(saved) = training.after_step(s, last, program, &live, opts.seed, &opts.adamw_at(s, first), None)? {
                 progress(Progress::Saved(&saved));
             }
         }
         gpu.synchronize()?;
         let pool = gpu.pool_stats()?;
         if let Some(w) = export {
-            w.finish(cfg, &opts.adamw, reports.iter().map(|r| r.loss).collect())?;
+            // The peak's hyper-parameters, and the rate each step used.
+            let lrs = reports.iter().map(|r| r.lr as f32).collect();
+            w.finish(cfg, &opts.adamw_at(opts.setup.warmup_steps(opts.steps).max(1), 1), reports.iter().map(|r| r.loss).collect(), lrs)?;
         }
         drop(step);
         gpu.synchronize()?;
@@ -349,15 +375,32 @@ mod tests {
     fn tiny_steps_on_the_gpu_or_skip() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
         let program = Program::build(&GptConfig::load(&path).unwrap());
-        let opts = RunOptions { steps: 3, seed: 1, adamw: AdamW { lr: 1e-3, ..AdamW::default() }, export: None, peak_flops: 989e12 };
+        let opts = RunOptions { steps: 3, seed: 1, setup: TrainingSetup::gpt3(&program.config), export: None, peak_flops: 989e12 };
         match run_all_on_gpu(&program, &opts, &mut |_| {}) {
             Err(ExecError::NoGpu(m)) => eprintln!("skipped: no CUDA device ({m})"),
             Err(e) => panic!("{e}"),
             Ok(r) => {
                 assert_eq!(r.steps.len(), 3);
                 assert!(r.steps.iter().all(|s| s.loss.is_finite()));
+                let lrs: Vec<f64> = r.steps.iter().map(|s| s.lr).collect();
+                assert_eq!(lrs, (1..=3).map(|s| opts.adamw_at(s, 1).lr as f64).collect::<Vec<_>>());
                 assert_eq!(r.pool_used_high, live_peak(&program));
             }
         }
+    }
+
+    /// Each step's AdamW carries the schedule's rate in f32 and the setup's other values.
+    #[test]
+    fn each_step_gets_its_learning_rate() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron");
+        let cfg = GptConfig::load(&path).unwrap();
+        let mut setup = TrainingSetup::gpt3(&cfg);
+        setup.warmup = models::training::Warmup::Steps(2);
+        let opts = RunOptions { steps: 10, seed: 0, setup: setup.clone(), export: None, peak_flops: 1.0 };
+        assert_eq!(opts.adamw_at(1, 1), AdamW { lr: (setup.lr / 2.0) as f32, ..AdamW::default() });
+        assert_eq!(opts.adamw_at(2, 1).lr, setup.lr as f32);
+        assert_eq!(opts.adamw_at(10, 1).lr, setup.min_lr as f32);
+        assert_eq!(opts.adamw_at(11, 1).lr, setup.min_lr as f32, "the schedule runner's measured step: the floor");
+        assert!((3..10).all(|s| opts.adamw_at(s, 1).lr >= opts.adamw_at(s + 1, 1).lr));
     }
 }

@@ -14,6 +14,7 @@ pub mod order;
 pub mod program;
 pub mod schedule;
 pub mod trace;
+pub mod training;
 pub mod units;
 
 pub use config::{Attention, DType, GptConfig, Precision};
@@ -22,4 +23,5 @@ pub use hardware::HardwareProfile;
 pub use inventory::{Block, BlockId, BlockKind, Inventory, MemoryCategory, Owner, Tensor, TensorClass, TensorId};
 pub use program::{Op, OpId, OpKind, Program};
 pub use schedule::{Action, Lane, Placement, Schedule};
+pub use training::{SetupSpec, TrainingSetup};
 pub use units::{Bytes, BytesPerSecond, Flops, FlopsPerSecond, Seconds};

@@ -18,12 +18,14 @@
 use crate::config::GptConfig;
 use crate::inventory::{BlockId, TensorId};
 use crate::program::OpId;
+use crate::training::TrainingSetup;
 use crate::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Bumped on any change that an older reader would misread.
-pub const SCHEDULE_FORMAT_VERSION: u32 = 2;
+/// 3: the schedule carries its training setup (`setup`).
+pub const SCHEDULE_FORMAT_VERSION: u32 = 3;
 
 /// Where work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -253,6 +255,9 @@ pub struct Schedule {
     /// (`offplan plan --strategy`). Empty in files written before it existed.
     #[serde(default)]
     pub strategy: String,
+    /// The optimizer and learning-rate schedule the step trains with (`simulate` and `run`
+    /// read it from here; it changes no placement).
+    pub setup: TrainingSetup,
     pub decisions: Vec<BlockDecision>,
     /// Persistent tensors that start (and end) the step on the host; all others start on the GPU.
     pub host_resident: Vec<TensorId>,

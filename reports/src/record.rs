@@ -53,6 +53,9 @@ pub enum RecordError {
 pub struct StepRecord {
     pub step: u32,
     pub loss: f64,
+    /// The learning rate the step's updates used; None in records written before the setup.
+    #[serde(default)]
+    pub lr: Option<f64>,
     pub ms: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -271,8 +274,9 @@ mod tests {
 
     fn sample() -> Record {
         let cfg = GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
-        let steps: Vec<StepRecord> =
-            (1..=4).map(|i| StepRecord { step: i, loss: 11.0 - i as f64, ms: 10.0 + i as f64, tokens_per_s: 1e5, mfu: 0.1 }).collect();
+        let steps: Vec<StepRecord> = (1..=4)
+            .map(|i| StepRecord { step: i, loss: 11.0 - i as f64, lr: None, ms: 10.0 + i as f64, tokens_per_s: 1e5, mfu: 0.1 })
+            .collect();
         Record {
             version: RECORD_VERSION,
             command: "offplan run".into(),

@@ -87,6 +87,74 @@ impl TargetArgs {
     }
 }
 
+/// The training setup, as plan, sweep and `run --model` take it: a `--setup` file and flags
+/// that override it; absent both, GPT-3's values for the model's size (`models::training`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SetupArgs {
+    /// Training setup file (RON `TrainingSetup(lr: 3e-4, warmup: 10, ...)`; any field may be
+    /// left out; see models/setups/). The flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub setup: Option<PathBuf>,
+    /// Peak learning rate (default: GPT-3's for the model's size, Table 2.1).
+    #[arg(long, value_name = "LR", allow_hyphen_values = true)]
+    pub lr: Option<f64>,
+    /// Learning-rate floor the cosine decays to (default: a tenth of the peak, as GPT-3).
+    #[arg(long, value_name = "LR", allow_hyphen_values = true)]
+    pub min_lr: Option<f64>,
+    /// Linear warmup steps (default: a tenth of the run's steps).
+    #[arg(long, value_name = "STEPS", allow_hyphen_values = true)]
+    pub warmup: Option<u32>,
+    /// AdamW weight decay on matrices (default 0.1, GPT-3).
+    #[arg(long, value_name = "WD", allow_hyphen_values = true)]
+    pub weight_decay: Option<f64>,
+    /// Adam beta1 (default 0.9, GPT-3).
+    #[arg(long, value_name = "B1", allow_hyphen_values = true)]
+    pub beta1: Option<f64>,
+    /// Adam beta2 (default 0.95, GPT-3).
+    #[arg(long, value_name = "B2", allow_hyphen_values = true)]
+    pub beta2: Option<f64>,
+    /// Adam epsilon (default 1e-8, GPT-3).
+    #[arg(long, value_name = "EPS", allow_hyphen_values = true)]
+    pub eps: Option<f64>,
+}
+
+impl SetupArgs {
+    /// The flags' values as a spec.
+    fn flags(&self) -> models::SetupSpec {
+        models::SetupSpec {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// Whether any setup flag or file was given (a schedule run takes none: its setup is the
+    /// schedule's).
+    pub fn any(&self) -> bool {
+        self.setup.is_some() || self.flags() != models::SetupSpec::default()
+    }
+
+    /// The setup for `cfg`: flags over the file over GPT-3's defaults. A bad value is a usage
+    /// error naming the field and the flag or file it came from; an unreadable or malformed
+    /// file is an error of the file (exit 1, as every input file).
+    pub fn resolve(&self, cfg: &GptConfig) -> anyhow::Result<models::TrainingSetup> {
+        let file = match &self.setup {
+            Some(p) => Some((p.as_path(), models::SetupSpec::load(p).context("loading the --setup file")?)),
+            None => None,
+        };
+        models::TrainingSetup::resolve(cfg, file.as_ref().map(|(p, s)| (*p, s)), &self.flags()).map_err(|e| usage(e.to_string()))
+    }
+}
+
+/// The setup checked against a run of `steps` (the warmup must fit), as a usage error.
+pub fn check_run(setup: &models::TrainingSetup, steps: u32) -> anyhow::Result<()> {
+    setup.check_run(steps).map_err(|e| usage(format!("{e} (--steps {steps})")))
+}
+
 /// A size given on the command line: as `Bytes` reads it, but a plain number below 1 MiB is
 /// refused (`--budget 24` is 24 bytes, never what was meant).
 pub fn size_flag(s: &str) -> Result<Bytes, String> {

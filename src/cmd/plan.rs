@@ -29,10 +29,15 @@ pub struct Args {
     /// `offload-all`, `host-optimizer,cpu-embedding`, `offload-first=4` (see `planner::strategy`).
     #[arg(long, value_name = "NAMES")]
     pub strategy: Option<String>,
+    #[command(flatten)]
+    pub training: super::SetupArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
+    // Checked before anything is solved or written; it changes no placement, the schedule
+    // carries it to `simulate` and `run`.
+    let setup = args.training.resolve(&cfg)?;
     let program = Program::build(&cfg);
     let opts = super::solve_options(args.time_limit, &args.solve, 2)?;
     let presets = match &args.strategy {
@@ -52,6 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         PlanError::OverCard { .. } | PlanError::BadDecisions(_) => super::usage(e.to_string()),
         other => anyhow::Error::new(other).context("planning failed"),
     })?;
+    let mut plan = plan;
+    plan.schedule.setup = setup;
     plan.schedule.save(&out.path().join("schedule.ron")).with_context(|| format!("writing schedule.ron into {}", args.out.display()))?;
     write_pictures(out.path(), &program, &hw, &plan)?;
     out.commit().with_context(|| format!("moving the plan's files into {}", args.out.display()))?;
@@ -159,6 +166,10 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
     let figures = plan.figures(hw);
     for l in figures.memory.lines().iter().chain(&figures.step.lines()) {
         println!("{l}");
+    }
+    println!("training setup (changes no placement; `run` follows it step by step):");
+    for l in s.setup.lines() {
+        println!("  {l}");
     }
     println!("transfers        {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!(

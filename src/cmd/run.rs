@@ -9,7 +9,7 @@ use super::{CodedError, ModelArgs, EXIT_NO_GPU};
 use anyhow::Context;
 use executor::checkpoint::Checkpoint;
 use executor::data::{TrainData, ValidationSet};
-use executor::{AdamW, ExecError, RunOptions, RunResult, SavePlan, StartFrom, StepReport, Training};
+use executor::{ExecError, RunOptions, RunResult, SavePlan, StartFrom, StepReport, Training};
 use models::schedule::Schedule;
 use models::{HardwareProfile, Program};
 use planner::LifetimeGraph;
@@ -47,9 +47,9 @@ pub struct Args {
     /// Peak dense bf16 TFLOP/s for MFU (llm.c's H100 SXM figure by default).
     #[arg(long, default_value_t = 989.0)]
     pub peak_tflops: f64,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    pub lr: f32,
+    /// The training setup (with --model; a schedule carries its own, as `offplan plan` was told).
+    #[command(flatten)]
+    pub training: super::SetupArgs,
     /// Seed of the initial weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -195,7 +195,10 @@ fn print_memory(measured: &MemoryPeaks, predicted: &MemoryPeaks) {
 }
 
 fn steps_of(reports: &[StepReport]) -> Vec<StepRecord> {
-    reports.iter().map(|s| StepRecord { step: s.step, loss: s.loss, ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu }).collect()
+    reports
+        .iter()
+        .map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
+        .collect()
 }
 
 fn unix_time() -> u64 {
@@ -269,8 +272,10 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.lr.is_finite() && args.lr > 0.0 && args.lr < 1.0) {
-        return Err(super::usage(format!("--lr must be a learning rate in (0, 1), got {}", args.lr)));
+    if args.schedule.is_some() && args.training.any() {
+        return Err(super::usage(
+            "a schedule carries its training setup: give --setup, --lr, --warmup, ... to `offplan plan` (or run --model without a schedule)",
+        ));
     }
     if !(args.peak_tflops.is_finite() && args.peak_tflops > 0.0 && args.peak_tflops < 1e6) {
         return Err(super::usage(format!("--peak-tflops must be a positive rate below 1e6, got {}", args.peak_tflops)));
@@ -292,9 +297,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(args: &Args) -> RunOptions {
-    let adamw = AdamW { lr: args.lr, ..AdamW::default() };
-    RunOptions { steps: args.steps, seed: args.seed, adamw, export: args.export.clone(), peak_flops: args.peak_tflops * 1e12 }
+fn options(args: &Args, setup: &models::TrainingSetup) -> RunOptions {
+    RunOptions {
+        steps: args.steps,
+        seed: args.seed,
+        setup: setup.clone(),
+        export: args.export.clone(),
+        peak_flops: args.peak_tflops * 1e12,
+    }
+}
+
+/// The setup as the run follows it: each value and its source, and the warmup in steps.
+fn print_setup(setup: &models::TrainingSetup, steps: u32) {
+    println!(
+        "training setup: lr {:.3e} peak after {} warmup steps, cosine to {:.3e} at step {steps}",
+        setup.lr,
+        setup.warmup_steps(steps),
+        setup.min_lr
+    );
+    for l in setup.lines() {
+        println!("  {l}");
+    }
 }
 
 /// The run's data, start and saves, all checked before a device is opened: the data files
@@ -343,6 +366,8 @@ fn training(args: &Args, program: &Program) -> anyhow::Result<Training> {
 fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
+    let setup = args.training.resolve(&cfg)?;
+    super::check_run(&setup, args.steps)?;
     let program = Program::build(&cfg);
     program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
     let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
@@ -355,7 +380,9 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     );
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
     let training = training(args, &program)?;
-    let result = with_console(args.steps, |p| executor::run_all_on_gpu_with(&program, &options(args), training, p)).map_err(gpu_error)?;
+    print_setup(&setup, args.steps);
+    let result =
+        with_console(args.steps, |p| executor::run_all_on_gpu_with(&program, &options(args, &setup), training, p)).map_err(gpu_error)?;
     print_startup(&result.startup);
     print_probes(&result.probes);
 
@@ -381,6 +408,7 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
     let program = Program::build(&schedule.model);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;
+    super::check_run(&schedule.setup, args.steps).with_context(|| format!("{}'s training setup", path.display()))?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     check_host_memory(&schedule, &program, &hw)?;
     // The simulator checks the schedule (every op's inputs on the GPU, no races between lanes,
@@ -434,8 +462,10 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
         p.step_time
     );
     let training = training(args, &program)?;
-    let result = with_console(args.steps, |p| executor::run_schedule_with(&program, &schedule, &options(args), allocator, training, p))
-        .map_err(gpu_error)?;
+    print_setup(&schedule.setup, args.steps);
+    let opts = options(args, &schedule.setup);
+    let result =
+        with_console(args.steps, |p| executor::run_schedule_with(&program, &schedule, &opts, allocator, training, p)).map_err(gpu_error)?;
     print_startup(&result.run.startup);
     print_probes(&result.run.probes);
 

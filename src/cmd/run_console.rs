@@ -75,11 +75,12 @@ impl Console {
     fn step(&mut self, r: &StepReport) {
         self.done += 1;
         let line = format!(
-            "step {:>4}/{} | loss {:.6} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
+            "step {:>4}/{} | loss {:.6} | lr {:.3e} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
             r.step,
             // the last step's number (past `steps` for a resumed run)
             (r.step + self.steps).saturating_sub(self.done),
             r.loss,
+            r.lr,
             r.ms,
             r.tokens_per_s,
             100.0 * r.mfu

@@ -63,6 +63,9 @@ struct Report {
     memory: MemoryJson,
     /// The step's parts (they sum to `step_time_s`), as every output names them.
     step: StepJson,
+    /// The training setup the schedule carries (AdamW and its learning-rate schedule, with
+    /// where each value came from).
+    setup: models::TrainingSetup,
 }
 
 /// `models::figures::MemoryFigures` in bytes.
@@ -205,6 +208,7 @@ fn report(
         simulate_seconds: took,
         memory: MemoryJson::of(&figures.memory),
         step: StepJson::of(&figures.step),
+        setup: s.setup.clone(),
     }
 }
 
@@ -245,4 +249,8 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule, figures: &PlanFigures) 
         "holds under any timing".to_string()
     };
     println!("  {:<17}{:>12}  {verdict}", "budget", s.budget.to_string());
+    println!("  training setup (changes no placement or time):");
+    for l in s.setup.lines() {
+        println!("    {l}");
+    }
 }

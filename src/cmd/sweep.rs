@@ -33,6 +33,8 @@ pub struct Args {
     pub time_limit: f64,
     #[command(flatten)]
     pub solve: super::SolveArgs,
+    #[command(flatten)]
+    pub training: super::SetupArgs,
 }
 
 /// `n` budgets evenly spaced from `from` to `to` (both included), rounded to whole MiB.
@@ -146,6 +148,9 @@ fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let (cfg, hw) = args.target.load()?;
+    // The setup changes no step time here (one optimizer step per micro-batch); it is checked
+    // and said, so a sweep and the plans it stands for agree.
+    let setup = args.training.resolve(&cfg)?;
     let program = Program::build(&cfg);
     if !(1..=MAX_POINTS).contains(&args.points) {
         return Err(super::usage(format!("--points must be from 1 to {MAX_POINTS}, got {}", args.points)));
@@ -192,6 +197,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     reports::write_sweep(out.path(), &title, &points).context("writing the sweep")?;
     let files = out.commit().with_context(|| format!("moving the sweep into {}", args.out.display()))?;
     print_table(&budgets, &methods, &points);
+    println!("training setup (the same step time at any learning rate):");
+    for l in setup.lines() {
+        println!("  {l}");
+    }
     for f in files {
         println!("wrote {}", f.display());
     }

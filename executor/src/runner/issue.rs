@@ -110,12 +110,14 @@ pub fn run(
     let step = match arena.as_mut() {
         Some(a) => Step::with_kernels(
             program,
-            opts.adamw,
+            opts.adamw_at(1, 1),
             &schedule.host_resident,
             &mut |t| a.resident(t).map_err(|e| GpuError::Invalid(e.to_string())),
             kernels,
         )?,
-        None => Step::with_kernels(program, opts.adamw, &schedule.host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0), kernels)?,
+        None => {
+            Step::with_kernels(program, opts.adamw_at(1, 1), &schedule.host_resident, &mut |t| gpu.alloc(&gpu.compute, t.bytes.0), kernels)?
+        }
     };
     let mut step = step;
     let mut lanes = Lanes::new(&gpu, program, schedule, host)?;
@@ -151,8 +153,10 @@ pub fn run(
     for s in first..=measured_step {
         let batch = training.next_batch()?;
         step.upload_batch(&gpu, &batch)?;
-        let issuer =
-            Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw: opts.adamw, step: s, slow };
+        // One AdamW per step, the GPU's updates and the host's alike: the step's learning rate.
+        let adamw = opts.adamw_at(s, first);
+        step.adamw = adamw;
+        let issuer = Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw, step: s, slow };
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, lanes.stream(Lane::Compute))?;
@@ -180,7 +184,7 @@ pub fn run(
         device_used_high = device_used_high.max(total - free);
         match sampler {
             None => {
-                let r = StepReport::new(s, loss, ms, cfg.tokens(), flops, opts.peak_flops);
+                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops);
                 progress(Progress::Step(&r));
                 reports.push(r);
             }
@@ -209,7 +213,7 @@ pub fn run(
         // Between steps every lane is idle (end_step waited for them): the state is read from
         // where the schedule keeps it, through host memory.
         let live = LiveState::new(&gpu, &step, Some(&lanes), homes);
-        if let Some(saved) = training.after_step(s, measured_step, program, &live, opts.seed, &opts.adamw, Some(&schedule.checksum))? {
+        if let Some(saved) = training.after_step(s, measured_step, program, &live, opts.seed, &adamw, Some(&schedule.checksum))? {
             progress(Progress::Saved(&saved));
         }
     }

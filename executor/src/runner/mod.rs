@@ -273,6 +273,7 @@ mod tests {
             format_version: SCHEDULE_FORMAT_VERSION,
             inventory_digest: models::digest::program_digest(p),
             model: p.config.clone(),
+            setup: models::TrainingSetup::gpt3(&p.config),
             hardware: "h100-sxm".into(),
             budget: models::Bytes::gib(80.0),
             strategy: String::new(),

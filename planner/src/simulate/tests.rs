@@ -55,6 +55,7 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
         format_version: SCHEDULE_FORMAT_VERSION,
         inventory_digest: models::digest::program_digest(p),
         model: p.config.clone(),
+        setup: models::TrainingSetup::gpt3(&p.config),
         hardware: "test".into(),
         budget: Bytes(80 * GIB),
         strategy: String::new(),

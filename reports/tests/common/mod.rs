@@ -162,6 +162,7 @@ pub fn fixture() -> Fixture {
     let schedule = Schedule {
         format_version: SCHEDULE_FORMAT_VERSION,
         inventory_digest: models::digest::program_digest(&program),
+        setup: models::TrainingSetup::gpt3(&cfg),
         model: cfg,
         hardware: hw.name.clone(),
         budget: peak + hw.fixed_overhead + Bytes::mib(64.0),
