@@ -364,9 +364,13 @@ impl TrainingSetup {
 }
 
 /// "6e-4", "0.1": short numbers for people.
+/// A value as people write it: six significant digits at most (a floor of lr / 10 is
+/// 5.9999999999999995e-5 to the last bit, shown 6e-5).
 fn fmt_g(v: f64) -> String {
     if v != 0.0 && v.abs() < 1e-2 {
-        format!("{v:e}")
+        let e = format!("{v:.5e}");
+        let (mantissa, exp) = e.split_once('e').expect("{:e} has an exponent");
+        format!("{}e{exp}", mantissa.trim_end_matches('0').trim_end_matches('.'))
     } else {
         format!("{v}")
     }
@@ -376,6 +380,14 @@ fn fmt_g(v: f64) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn values_are_shown_as_written() {
+        assert_eq!(fmt_g(6e-4 / 10.0), "6e-5");
+        assert_eq!(fmt_g(1.6e-4), "1.6e-4");
+        assert_eq!(fmt_g(1e-8), "1e-8");
+        assert_eq!(fmt_g(0.95), "0.95");
+    }
 
     fn config(name: &str) -> GptConfig {
         GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.ron"))).unwrap()

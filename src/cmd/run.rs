@@ -307,6 +307,12 @@ fn options(args: &Args, setup: &models::TrainingSetup) -> RunOptions {
     }
 }
 
+/// Steps of the whole run the learning rate spans: those before a resumed checkpoint and
+/// `steps` more, so a resumed run keeps the uninterrupted run's rates.
+fn run_length(training: &Training, steps: u32) -> u32 {
+    training.first_step() - 1 + steps
+}
+
 /// The setup as the run follows it: each value and its source, and the warmup in steps.
 fn print_setup(setup: &models::TrainingSetup, steps: u32) {
     println!(
@@ -367,7 +373,6 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
     let setup = args.training.resolve(&cfg)?;
-    super::check_run(&setup, args.steps)?;
     let program = Program::build(&cfg);
     program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
     let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
@@ -380,7 +385,9 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     );
     println!("planner: all-on-GPU peak {} (pool), + {} fixed overhead ({})", mib(predicted_peak.0), mib(fixed), hw_path.display());
     let training = training(args, &program)?;
-    print_setup(&setup, args.steps);
+    let total = run_length(&training, args.steps);
+    super::check_run(&setup, total)?;
+    print_setup(&setup, total);
     let result =
         with_console(args.steps, |p| executor::run_all_on_gpu_with(&program, &options(args, &setup), training, p)).map_err(gpu_error)?;
     print_startup(&result.startup);
@@ -408,7 +415,6 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
     let program = Program::build(&schedule.model);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;
-    super::check_run(&schedule.setup, args.steps).with_context(|| format!("{}'s training setup", path.display()))?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     check_host_memory(&schedule, &program, &hw)?;
     // The simulator checks the schedule (every op's inputs on the GPU, no races between lanes,
@@ -462,7 +468,9 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
         p.step_time
     );
     let training = training(args, &program)?;
-    print_setup(&schedule.setup, args.steps);
+    let total = run_length(&training, args.steps);
+    super::check_run(&schedule.setup, total).with_context(|| format!("{}'s training setup", path.display()))?;
+    print_setup(&schedule.setup, total);
     let opts = options(args, &schedule.setup);
     let result =
         with_console(args.steps, |p| executor::run_schedule_with(&program, &schedule, &opts, allocator, training, p)).map_err(gpu_error)?;
