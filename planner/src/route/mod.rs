@@ -43,6 +43,19 @@ pub struct Router<'a> {
     pub stages: Stages,
     /// Per tensor: the decision group whose choice moves it (None: always as the program says).
     pub group_of: Vec<Option<Group>>,
+    /// Per tensor: the ops that touch it, in program order (each once), so a route costs the
+    /// tensor's uses rather than a pass over the program.
+    touched_by: Vec<Vec<usize>>,
+    /// Per tensor: the ops that allocate or free it, in program order, with which they do.
+    alloc_free: Vec<Vec<AllocFree>>,
+}
+
+/// An op's part in a tensor's program route.
+#[derive(Clone, Copy, Debug)]
+struct AllocFree {
+    op: usize,
+    allocs: bool,
+    frees: bool,
 }
 
 impl<'a> Router<'a> {
@@ -62,7 +75,28 @@ impl<'a> Router<'a> {
         }
         // The CPU embedding's backward reads dres on the host: its route is the embedding's.
         group_of[inv.head.dres.index()] = Some(Group::Owner(Owner::Embedding));
-        Router { program, stages: Stages::build(program), group_of }
+        let mut touched_by: Vec<Vec<usize>> = vec![Vec::new(); inv.tensors.len()];
+        let mut alloc_free: Vec<Vec<AllocFree>> = vec![Vec::new(); inv.tensors.len()];
+        for (i, op) in program.ops.iter().enumerate() {
+            for t in op.touches() {
+                let uses = &mut touched_by[t.index()];
+                if uses.last() != Some(&i) {
+                    uses.push(i);
+                }
+            }
+            for t in op.allocs.iter().chain(&op.frees) {
+                let list = &mut alloc_free[t.index()];
+                if list.last().map(|e| e.op) != Some(i) {
+                    list.push(AllocFree { op: i, allocs: op.allocs.contains(t), frees: op.frees.contains(t) });
+                }
+            }
+        }
+        Router { program, stages: Stages::build(program), group_of, touched_by, alloc_free }
+    }
+
+    /// The ops that touch `t`, in program order.
+    fn uses(&self, t: TensorId) -> &[usize] {
+        &self.touched_by[t.index()]
     }
 
     /// Items of every tensor no decision moves.
@@ -93,9 +127,8 @@ impl<'a> Router<'a> {
         if cpu_embedding {
             host_ops.extend([OpKind::Embed, OpKind::EmbedBwd].iter().filter_map(|k| self.program.find(*k).map(|o| o.id)));
         }
-        let gpu_uses = |t: TensorId| -> Vec<usize> {
-            self.program.ops.iter().filter(|o| !host_ops.contains(&o.id) && o.touches().any(|x| x == t)).map(|o| o.id.index()).collect()
-        };
+        let gpu_uses =
+            |t: TensorId| -> Vec<usize> { self.uses(t).iter().copied().filter(|i| !host_ops.contains(&OpId(*i as u32))).collect() };
         // Weights.
         match c.weights {
             Placement::Gpu => out.push(Item::Resident(p.weights)),
@@ -163,8 +196,7 @@ impl<'a> Router<'a> {
         let a = inv.acts[l as usize];
         let st = &self.stages;
         let mut out = Vec::new();
-        let uses =
-            |t: TensorId| -> Vec<usize> { self.program.ops.iter().filter(|o| o.touches().any(|x| x == t)).map(|o| o.id.index()).collect() };
+        let uses = |t: TensorId| -> Vec<usize> { self.uses(t).to_vec() };
         match c.input {
             Placement::Offloaded => self.off_gpu_route(a.x_in, &uses(a.x_in), &mut out),
             _ => self.program_route(a.x_in, &mut out),
@@ -186,7 +218,7 @@ impl<'a> Router<'a> {
                     out.push(Item::Alloc { slot: st.slot_of_op[alloc], tensor: t });
                     out.push(Item::Free { slot: st.slot_of_op[fwd_last], tensor: t });
                     out.push(Item::Alloc { slot: st.first_slot(s), tensor: t });
-                    let free = self.program.ops.iter().find(|o| o.frees.contains(&t)).expect("freed").id.index();
+                    let free = self.alloc_free[t.index()].iter().find(|e| e.frees).expect("freed").op;
                     out.push(Item::Free { slot: st.slot_of_op[free], tensor: t });
                 }
                 for op in self.program.recompute_ops(l) {
@@ -229,12 +261,12 @@ impl<'a> Router<'a> {
             out.push(Item::Resident(t));
             return;
         }
-        for op in self.program.ops.iter().take(until.saturating_add(1)) {
-            let slot = self.stages.slot_of_op[op.id.index()];
-            if op.allocs.contains(&t) {
+        for e in self.alloc_free[t.index()].iter().take_while(|e| e.op <= until) {
+            let slot = self.stages.slot_of_op[e.op];
+            if e.allocs {
                 out.push(Item::Alloc { slot, tensor: t });
             }
-            if op.frees.contains(&t) && op.id.index() < until {
+            if e.frees && e.op < until {
                 out.push(Item::Free { slot, tensor: t });
             }
         }
