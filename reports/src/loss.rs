@@ -59,7 +59,7 @@ impl LossChart {
         };
         let mut notes = Vec::new();
         if let Some(t) = t {
-            notes.push(format!("from {}", t.start));
+            notes.push(format!("start: {}", t.start));
         }
         if train_out > 0 {
             notes.push(format!("{train_out} training losses not finite, not drawn"));
