@@ -44,6 +44,30 @@ fn finite(points: impl Iterator<Item = (u32, f64)>) -> (Vec<(i64, f64)>, usize) 
     (v, left_out)
 }
 
+/// Above this many training steps the line keeps each group's lowest and highest loss: far more
+/// points than pixels would only make the SVG huge (a million-step run, hundreds of MB).
+const MAX_POINTS: usize = 20_000;
+
+/// `points` in at most [`MAX_POINTS`]: the lowest and highest of consecutive groups, in step
+/// order, so the line's envelope is the run's.
+fn thin(points: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    if points.len() <= MAX_POINTS {
+        return points;
+    }
+    let group = points.len().div_ceil(MAX_POINTS / 2);
+    let mut out = Vec::with_capacity(MAX_POINTS);
+    for g in points.chunks(group) {
+        let lo = g.iter().min_by(|a, b| a.1.total_cmp(&b.1)).copied();
+        let hi = g.iter().max_by(|a, b| a.1.total_cmp(&b.1)).copied();
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if lo.0 == hi.0 => out.push(lo),
+            (Some(lo), Some(hi)) => out.extend(if lo.0 < hi.0 { [lo, hi] } else { [hi, lo] }),
+            _ => {}
+        }
+    }
+    out
+}
+
 impl LossChart {
     /// The chart of `record`: its steps as numbered (a resumed run's from its checkpoint on)
     /// and `training.validation` when present. Records written before `--data` trained on the
@@ -61,6 +85,10 @@ impl LossChart {
         if let Some(t) = t {
             notes.push(format!("start: {}", t.start));
         }
+        if train.len() > MAX_POINTS {
+            notes.push(format!("{} steps: each group's lowest and highest", train.len()));
+        }
+        let train = thin(train);
         if train_out > 0 {
             notes.push(format!("{train_out} training losses not finite, not drawn"));
         }
@@ -234,6 +262,20 @@ mod tests {
         assert_eq!(c.ranges().0, (11, 20));
         assert_eq!(c.validation, vec![(20, 10.8)]);
         assert!(c.notes.iter().any(|n| n.contains("resumed from ckpt at step 10")), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn a_long_run_keeps_its_ends_and_extremes_in_few_points() {
+        let points: Vec<(i64, f64)> = (1..=100_001).map(|s| (s, if s == 54_321 { 0.5 } else { 3.0 + 1.0 / s as f64 })).collect();
+        let v = thin(points);
+        assert!(v.len() <= MAX_POINTS, "{}", v.len());
+        assert!(v.windows(2).all(|w| w[0].0 < w[1].0), "in step order");
+        assert_eq!((v[0], v.last().map(|p| p.0)), ((1, 4.0), Some(100_001)));
+        assert!(v.contains(&(54_321, 0.5)), "the lowest loss is kept");
+        assert_eq!(thin(vec![(1, 2.0), (2, 1.0)]), vec![(1, 2.0), (2, 1.0)]);
+        // A flat run: one point per group, no step twice.
+        let flat = thin((1..=100_000).map(|s| (s, 3.0)).collect());
+        assert!(flat.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
