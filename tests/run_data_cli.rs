@@ -132,6 +132,15 @@ fn losses(out: &Path) -> Vec<(u32, f64)> {
     r.steps.iter().map(|s| (s.step, s.loss)).collect()
 }
 
+/// A run's `loss.svg`/`loss.png` beside its record, naming the validation series only when the
+/// run validated.
+fn assert_loss_chart(out: &Path, validated: bool) {
+    let svg = std::fs::read_to_string(out.join("loss.svg")).expect("loss.svg beside the record");
+    assert!(out.join("loss.png").is_file());
+    assert!(svg.contains(reports::loss::TRAIN_LABEL), "{}: no training series", out.display());
+    assert_eq!(svg.contains(reports::loss::VALIDATION_LABEL), validated, "{}: validation series", out.display());
+}
+
 /// With good data and flags, everything up to the device passes (exit 4 without a GPU). With a
 /// GPU: 4 steps saved at 2, resumed from 2 for 2 steps, the same losses bit for bit, all on
 /// the GPU and under a schedule, and under a schedule of another budget from the same
@@ -171,6 +180,7 @@ fn save_and_resume_give_the_uninterrupted_losses_or_skip() {
     assert_eq!((t.data_pattern.as_deref(), t.data_shards), (Some(data.as_str()), 2));
     assert_eq!(t.validation.iter().map(|v| v.0).collect::<Vec<_>>(), vec![2, 4]);
     assert!(t.validation.iter().all(|v| v.1.is_finite()));
+    assert_loss_chart(&full, true);
     // Validation only reads the state: the same training losses without it.
     let plain = dir.join("plain");
     let o = run(&plain, "4", &[], None);
@@ -183,6 +193,7 @@ fn save_and_resume_give_the_uninterrupted_losses_or_skip() {
     let o = run(&resumed, "2", &["--resume", &s(&at2)], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(losses(&resumed), want[2..].to_vec(), "resumed all on the GPU");
+    assert_loss_chart(&resumed, false);
 
     // Under schedules: weights streamed and the optimizer state on the host (host copies read
     // and written), and the planner's plan at 1 GiB (all on the device) of the same model.
@@ -206,6 +217,8 @@ fn save_and_resume_give_the_uninterrupted_losses_or_skip() {
     let o = run(&full_a, "4", &["--save", &s(&save_a), "--save-every", "2"], Some(&sa));
     assert!(o.status.success(), "{}", text(&o));
     let want_a = losses(&full_a);
+    assert_loss_chart(&full_a, false);
+    assert!(full_a.join("memory.svg").is_file(), "a schedule run draws its memory too");
     let res_a = dir.join("res-a");
     let o = run(&res_a, "2", &["--resume", &s(&save_a.join("step_00000002"))], Some(&sa));
     assert!(o.status.success(), "{}", text(&o));

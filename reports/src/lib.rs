@@ -1,10 +1,12 @@
-//! Reports: the pictures and tables of a plan (memory, timeline, placement, summary) and of a
-//! budget sweep. Each chart's data comes from a plain function (`memory_series`,
-//! `timeline_lanes`, `placement_rows`, `sweep_series`) so tests check numbers, not pixels.
+//! Reports: the pictures and tables of a plan (memory, timeline, placement, summary), of a
+//! budget sweep and of a run (measured memory, loss). Each chart's data comes from a plain
+//! function or struct (`memory_series`, `timeline_lanes`, `placement_rows`, `sweep_series`,
+//! `LossChart::of_record`) so tests check numbers, not pixels.
 //! Every file is written atomically (`models::io::write_atomic`).
 
 pub mod calibration;
 pub mod error;
+pub mod loss;
 pub mod measured;
 pub mod memory;
 pub mod placement;
@@ -16,6 +18,7 @@ pub mod timeline;
 
 pub use calibration::{report_markdown, Case};
 pub use error::ReportError;
+pub use loss::{write_loss_chart, LossChart};
 pub use memory::{memory_series, MemoryChart};
 pub use placement::{placement_rows, PlacementChart};
 pub use summary::summary_markdown;

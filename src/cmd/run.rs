@@ -1,7 +1,8 @@
 //! `offplan run`: training steps on the GPU, measured. With a SCHEDULE it carries out every
 //! action the plan names (offload, prefetch, recompute, host work) and compares the measured
 //! memory and lane times with the simulator's; with `--model` it runs everything on the GPU.
-//! Per-step loss, ms, tokens/s and MFU; a record (RON) and, for a schedule, `memory.svg` (the
+//! Per-step loss, ms, tokens/s and MFU; a record (RON), `loss.svg`/`.png` (training and
+//! validation loss against step, from the record) and, for a schedule, `memory.svg` (the
 //! measured pool memory over the step on the prediction) under `--out`.
 
 use super::run_console::Console;
@@ -405,6 +406,7 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     );
     record.hardware = hw.map(|h| h.name).unwrap_or_default();
     record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
+    write_loss_chart(args, out, &record)?;
     if let Some(d) = &args.export {
         println!("reference export: {}", d.display());
     }
@@ -523,6 +525,14 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     record.predicted_time = Some(predicted_time);
     record.measured_time = Some(measured_time);
     record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
+    write_loss_chart(args, out, &record)?;
+    Ok(())
+}
+
+/// `loss.svg`/`loss.png` beside the record, drawn from it alone (as `reports` would draw it
+/// from the record's file).
+fn write_loss_chart(args: &Args, out: &Path, record: &Record) -> anyhow::Result<()> {
+    reports::write_loss_chart(out, record).with_context(|| format!("writing loss.svg into {}", args.out.display()))?;
     Ok(())
 }
 
