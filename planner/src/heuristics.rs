@@ -70,12 +70,13 @@ pub fn heuristic_decisions(h: Heuristic, model: &StageModel, budget: Bytes) -> O
             one(d)
         }
         Heuristic::OffloadAll => one(offload_first(program, program.config.layers)),
-        // Each candidate evaluated once; the first of equal step times wins, as before.
+        // Each candidate evaluated once, for its fit and its time; the first of equal step
+        // times wins.
         Heuristic::OffloadFirstN => (0..=program.config.layers)
             .map(|n| offload_first(program, n))
-            .filter(|d| fits(model, d, budget))
-            .map(|d| (model.evaluate(&d).step_time.0, d))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|d| (model.evaluate(&d), d))
+            .filter(|(e, _)| e.peak + model.hw.fixed_overhead <= budget)
+            .min_by(|a, b| a.0.step_time.0.total_cmp(&b.0.step_time.0))
             .map(|(_, d)| d),
         Heuristic::ModuleQueue => [Placement::Gpu, Placement::Streamed, Placement::Host]
             .into_iter()

@@ -24,6 +24,14 @@ pub struct Contribution {
     pub pinned: u64,
 }
 
+/// A contribution as changes (see `StageModel::sparse`).
+struct Sparse {
+    delta: Vec<(usize, i64)>,
+    frees_after: Vec<usize>,
+    stages: Vec<(usize, StageTerms)>,
+    pinned: u64,
+}
+
 /// What a set of decisions gives under the stage model.
 #[derive(Clone, Debug)]
 pub struct Evaluation {
@@ -106,8 +114,31 @@ impl<'a> StageModel<'a> {
     /// Memory curve and stage terms of a list of items.
     pub fn contribution(&self, items: &[Item]) -> Contribution {
         let n = self.n_slots();
+        let sparse = self.sparse(items);
         let mut delta = vec![0i64; n + 1];
         let mut frees_at = vec![false; n];
+        for &(slot, bytes) in &sparse.delta {
+            delta[slot] += bytes;
+        }
+        for &slot in &sparse.frees_after {
+            frees_at[slot] = true;
+        }
+        let mut live = vec![0u64; n];
+        let mut acc = 0i64;
+        for s in 0..n {
+            acc += delta[s];
+            debug_assert!(acc >= 0, "negative live bytes at slot {s}");
+            live[s] = acc.max(0) as u64;
+        }
+        Contribution { live, frees_at, stages: sparse.stages, pinned: sparse.pinned }
+    }
+
+    /// What `items` contribute, as changes: bytes allocated (+) or freed (-) at the slot where
+    /// the live curve changes, the slots something is freed after, per-stage terms in stage
+    /// order, and the pinned bytes. Costs the items, not the slots.
+    fn sparse(&self, items: &[Item]) -> Sparse {
+        let mut delta = Vec::with_capacity(items.len());
+        let mut frees_after = Vec::new();
         let mut stages: std::collections::BTreeMap<usize, StageTerms> = Default::default();
         let st = &self.router.stages;
         // Tensors that need a pinned host copy: copied either way, or touched by host work
@@ -121,11 +152,11 @@ impl<'a> StageModel<'a> {
                 _ => {}
             }
             match *it {
-                Item::Resident(t) => delta[0] += self.bytes[t.index()] as i64,
-                Item::Alloc { slot, tensor } => delta[slot] += self.bytes[tensor.index()] as i64,
+                Item::Resident(t) => delta.push((0, self.bytes[t.index()] as i64)),
+                Item::Alloc { slot, tensor } => delta.push((slot, self.bytes[tensor.index()] as i64)),
                 Item::Free { slot, tensor } => {
-                    delta[slot + 1] -= self.bytes[tensor.index()] as i64;
-                    frees_at[slot] = true;
+                    delta.push((slot + 1, -(self.bytes[tensor.index()] as i64)));
+                    frees_after.push(slot);
                 }
                 Item::H2D { stage, tensor, after_host } => {
                     let e = stages.entry(stage).or_default();
@@ -155,26 +186,47 @@ impl<'a> StageModel<'a> {
                 }
             }
         }
-        let mut live = vec![0u64; n];
-        let mut acc = 0i64;
-        for s in 0..n {
-            acc += delta[s];
-            debug_assert!(acc >= 0, "negative live bytes at slot {s}");
-            live[s] = acc.max(0) as u64;
-        }
         pinned.sort();
         pinned.dedup();
         let pinned = pinned.iter().map(|t| self.program.inventory.tensor(*t).bytes.0).sum();
-        Contribution { live, frees_at, stages: stages.into_iter().collect(), pinned }
+        Sparse { delta, frees_after, stages: stages.into_iter().collect(), pinned }
     }
 
     /// Memory and time of a whole plan.
+    /// The same as combining the fixed part and every group's contribution, but each group
+    /// costs its items rather than a curve over every slot: the live bytes are integers, so
+    /// adding the groups' changes first gives the same curve, and the stage terms are added in
+    /// the same order.
     pub fn evaluate(&self, d: &Decisions) -> Evaluation {
-        let mut parts = vec![self.fixed()];
-        for g in Decisions::groups(self.program) {
-            parts.push(self.group(g, d));
+        let fixed = self.fixed();
+        let n = self.n_slots();
+        let mut terms = vec![StageTerms::default(); self.n_stages()];
+        for (s, t) in &fixed.stages {
+            terms[*s].add_scaled(t, 1.0);
         }
-        self.combine(&parts.iter().collect::<Vec<_>>())
+        let mut delta = vec![0i64; n + 1];
+        let mut pinned = fixed.pinned;
+        for g in Decisions::groups(self.program) {
+            let part = self.sparse(&self.router.group_items(g, d));
+            for &(slot, bytes) in &part.delta {
+                delta[slot] += bytes;
+            }
+            for (s, t) in &part.stages {
+                terms[*s].add_scaled(t, 1.0);
+            }
+            pinned += part.pinned;
+        }
+        let mut acc = 0i64;
+        let live = fixed
+            .live
+            .iter()
+            .zip(&delta)
+            .map(|(f, d)| {
+                acc += d;
+                f + acc.max(0) as u64
+            })
+            .collect();
+        self.finish(live, terms, pinned)
     }
 
     /// Adds contributions up into an evaluation.
@@ -190,6 +242,11 @@ impl<'a> StageModel<'a> {
                 terms[*s].add_scaled(t, 1.0);
             }
         }
+        self.finish(live, terms, parts.iter().map(|p| p.pinned).sum())
+    }
+
+    /// An evaluation from the live bytes at each slot, the stage terms and the pinned bytes.
+    fn finish(&self, live: Vec<u64>, terms: Vec<StageTerms>, pinned: u64) -> Evaluation {
         let (peak_slot, peak) = live.iter().enumerate().fold((0, 0), |(bi, bv), (i, v)| if *v > bv { (i, *v) } else { (bi, bv) });
         let r = &self.rates;
         let stage_times: Vec<f64> = terms.iter().map(|t| r.stage_time(t)).collect();
@@ -210,7 +267,7 @@ impl<'a> StageModel<'a> {
             exposed: Seconds((step - compute).max(0.0)),
             hidden: Seconds(hidden),
             stage_times,
-            pinned: Bytes(parts.iter().map(|p| p.pinned).sum()),
+            pinned: Bytes(pinned),
         }
     }
 }
@@ -220,6 +277,37 @@ mod tests {
     use super::*;
     use crate::decisions::{ActChoice, OwnerChoice};
     use models::Placement;
+
+    /// `evaluate`, which adds up each group's changes, gives what combining every group's
+    /// whole curve gives, to the bit.
+    #[test]
+    fn evaluate_equals_combining_every_contribution() {
+        let hw = crate::shipped::h100();
+        for name in ["gpt2-tiny", "gpt3-125m"] {
+            let p = crate::shipped::program(name);
+            let model = StageModel::new(&p, &hw);
+            let owners = p.inventory.owners();
+            for shift in 0..12 {
+                let mut d = Decisions::all_gpu(&p);
+                for (i, o) in owners.iter().enumerate() {
+                    let all = OwnerChoice::all(&p, *o);
+                    d.set_owner(*o, all[(i * 3 + shift) % all.len()]);
+                }
+                let acts = ActChoice::all();
+                for (l, a) in d.layers.iter_mut().enumerate() {
+                    *a = acts[(l * 5 + shift) % acts.len()];
+                }
+                let mut parts = vec![model.fixed()];
+                parts.extend(Decisions::groups(&p).into_iter().map(|g| model.group(g, &d)));
+                let want = model.combine(&parts.iter().collect::<Vec<_>>());
+                let got = model.evaluate(&d);
+                assert_eq!(got.step_time.0.to_bits(), want.step_time.0.to_bits(), "{name}, shift {shift}");
+                assert_eq!((got.peak, got.peak_slot, got.pinned), (want.peak, want.peak_slot, want.pinned), "{name}, shift {shift}");
+                assert_eq!(got.stage_times, want.stage_times, "{name}, shift {shift}");
+                assert_eq!((got.h2d_bytes, got.d2h_bytes), (want.h2d_bytes, want.d2h_bytes));
+            }
+        }
+    }
 
     /// The pinned host memory the stage model counts, group by group, is what the emitted
     /// schedule pins: no tensor is counted by two groups.
