@@ -256,6 +256,22 @@ impl Decisions {
     }
 }
 
+/// Decision sets for tests that touch every kind of choice: owner `i` takes allowed choice
+/// `i * owner_step + shift` and layer `l` activation choice `l * layer_step + shift`, cycling.
+#[cfg(test)]
+pub(crate) fn varied(p: &Program, shift: usize, (owner_step, layer_step): (usize, usize)) -> Decisions {
+    let mut d = Decisions::all_gpu(p);
+    for (i, (o, c)) in d.owners.iter_mut().enumerate() {
+        let all = OwnerChoice::all(p, *o);
+        *c = all[(i * owner_step + shift) % all.len()];
+    }
+    let acts = ActChoice::all();
+    for (l, a) in d.layers.iter_mut().enumerate() {
+        *a = acts[(l * layer_step + shift) % acts.len()];
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,21 +301,6 @@ mod tests {
         assert!(d.validate(&p).is_err());
     }
 
-    /// Decision sets that touch every kind of choice: each owner and layer gets a different
-    /// allowed combination, cycling through them.
-    fn varied(p: &Program, shift: usize) -> Decisions {
-        let mut d = Decisions::all_gpu(p);
-        for (i, (o, c)) in d.owners.iter_mut().enumerate() {
-            let all = OwnerChoice::all(p, *o);
-            *c = all[(i + shift) % all.len()];
-        }
-        let acts = ActChoice::all();
-        for (l, a) in d.layers.iter_mut().enumerate() {
-            *a = acts[(l + shift) % acts.len()];
-        }
-        d
-    }
-
     #[test]
     fn block_decisions_round_trip() {
         for name in ["gpt2-tiny", "gpt2-124m", "gpt3-1.3b"] {
@@ -319,7 +320,7 @@ mod tests {
             recompute.layers.iter_mut().for_each(|a| *a = ActChoice::RECOMPUTE);
             sets.push(recompute);
             for shift in 0..7 {
-                sets.push(varied(&p, shift));
+                sets.push(varied(&p, shift, (1, 1)));
             }
             if !p.config.tied_embeddings {
                 let mut cpu_emb = Decisions::all_gpu(&p);

@@ -297,11 +297,9 @@ impl Issuer<'_> {
                 Action::HostRun(_) => Some(Lane::Host),
                 _ => None,
             };
-            if let Some(ns) = lane.and_then(|l| slow.delay_ns(self.step, i, l)) {
+            if let Some((lane, ns)) = lane.and_then(|l| slow.delay_ns(self.step, i, l).map(|ns| (l, ns))) {
                 let spin = SpinNs { ns }.launch::<TensorId>();
-                step.kernels().launch(lanes.stream(lane.expect("a delay has a lane")), &spin, |_| {
-                    Err(GpuError::Invalid("spin_ns takes no buffers".into()))
-                })?;
+                step.kernels().launch(lanes.stream(lane), &spin, |_| Err(GpuError::Invalid("spin_ns takes no buffers".into())))?;
             }
         }
         match *a {

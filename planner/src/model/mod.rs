@@ -275,7 +275,6 @@ impl<'a> StageModel<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decisions::{ActChoice, OwnerChoice};
     use models::Placement;
 
     /// `evaluate`, which adds up each group's changes, gives what combining every group's
@@ -286,17 +285,8 @@ mod tests {
         for name in ["gpt2-tiny", "gpt3-125m"] {
             let p = crate::shipped::program(name);
             let model = StageModel::new(&p, &hw);
-            let owners = p.inventory.owners();
             for shift in 0..12 {
-                let mut d = Decisions::all_gpu(&p);
-                for (i, o) in owners.iter().enumerate() {
-                    let all = OwnerChoice::all(&p, *o);
-                    d.set_owner(*o, all[(i * 3 + shift) % all.len()]);
-                }
-                let acts = ActChoice::all();
-                for (l, a) in d.layers.iter_mut().enumerate() {
-                    *a = acts[(l * 5 + shift) % acts.len()];
-                }
+                let d = crate::decisions::varied(&p, shift, (3, 5));
                 let mut parts = vec![model.fixed()];
                 parts.extend(Decisions::groups(&p).into_iter().map(|g| model.group(g, &d)));
                 let want = model.combine(&parts.iter().collect::<Vec<_>>());
@@ -317,17 +307,8 @@ mod tests {
         for name in ["gpt2-tiny", "gpt3-125m"] {
             let p = crate::shipped::program(name);
             let model = StageModel::new(&p, &hw);
-            let owners = p.inventory.owners();
             for shift in 0..12 {
-                let mut d = Decisions::all_gpu(&p);
-                for (i, o) in owners.iter().enumerate() {
-                    let all = OwnerChoice::all(&p, *o);
-                    d.set_owner(*o, all[(i * 5 + shift) % all.len()]);
-                }
-                let acts = ActChoice::all();
-                for (l, a) in d.layers.iter_mut().enumerate() {
-                    *a = acts[(l * 7 + shift) % acts.len()];
-                }
+                let d = crate::decisions::varied(&p, shift, (5, 7));
                 let s = crate::emit::emit(&p, &hw, &d, Bytes::UNLIMITED).unwrap();
                 assert_eq!(model.evaluate(&d).pinned, s.pinned_bytes(&p), "{name}, shift {shift}: {d:?}");
             }
