@@ -90,8 +90,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub init_from: Option<PathBuf>,
     /// Validation token files (same format as --data): the mean loss over --val-batches fixed
-    /// batches (the files' first rows) every --val-every steps and after the last, forward
-    /// only; all-on-GPU runs (--model) only for now.
+    /// batches (the files' first rows) every --val-every steps and after the last. With --model
+    /// a forward pass per batch; under a SCHEDULE the schedule's whole step with its updates
+    /// left out, so every block stays where the schedule keeps it and the budget holds.
     #[arg(long, value_name = "PATTERN")]
     pub val_data: Option<String>,
     /// Validate after every N-th step (N at least 1; and after the last).
@@ -280,11 +281,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !(args.peak_tflops.is_finite() && args.peak_tflops > 0.0 && args.peak_tflops < 1e6) {
         return Err(super::usage(format!("--peak-tflops must be a positive rate below 1e6, got {}", args.peak_tflops)));
-    }
-    if args.val_data.is_some() && args.schedule.is_some() {
-        return Err(super::usage(
-            "--val-data runs with --model only for now: a forward-only pass of a schedule that offloads blocks is not built yet; validate the checkpoint with run --model ... --init-from",
-        ));
     }
     // Found before anything runs: an --out that cannot be written.
     let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;

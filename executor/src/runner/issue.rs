@@ -13,7 +13,7 @@ use crate::state::device::{load_state, LiveState};
 use crate::state::StateHomes;
 use crate::step::Step;
 use crate::train::{Phase, Progress, RunOptions, RunResult, StepReport};
-use crate::training::{StartFrom, Training};
+use crate::training::{StartFrom, Training, ValidationLoss};
 use crate::ExecError;
 use cudarc::driver::{CudaEvent, CudaStream};
 use models::inventory::View;
@@ -156,22 +156,26 @@ pub fn run(
         // One AdamW per step, the GPU's updates and the host's alike: the step's learning rate.
         let adamw = opts.adamw_at(s, first);
         step.adamw = adamw;
-        let issuer = Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(batch.inputs), adamw, step: s, slow };
+        let issuer = Issuer {
+            gpu: &gpu,
+            program,
+            lanes: &lanes,
+            sink: &sink,
+            tokens: Arc::new(batch.inputs),
+            adamw,
+            step: s,
+            slow,
+            update: true,
+        };
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
         record(&start, lanes.stream(Lane::Compute))?;
-        lanes.begin_step()?;
-        for (i, a) in schedule.actions.iter().enumerate() {
-            issuer.issue(&mut step, arena.as_mut(), i, a, sampler.as_mut())?;
-        }
+        issuer.issue_step(schedule, &mut step, arena.as_mut(), sampler.as_mut())?;
         for (lane, end) in Lane::ALL.iter().zip(&ends) {
             record(end, lanes.stream(*lane))?;
         }
         lanes.end_step()?;
-        let errors = std::mem::take(&mut *sink.errors.lock().expect("host sink"));
-        if !errors.is_empty() {
-            return Err(ExecError::Host(errors.join("; ")));
-        }
+        issuer.host_errors()?;
         let mut ms = 0f64;
         for end in &ends {
             ms = ms.max(elapsed_ms(&start, end)? as f64);
@@ -209,6 +213,23 @@ pub fn run(
                     memory.push(MemoryPoint { action: *action, ms: elapsed_ms(&start, ev)? as f64, used: *used });
                 }
             }
+        }
+        if let Some(batches) = training.validation_due(s, measured_step) {
+            // The schedule's own step with its updates left out, so every block is where the
+            // schedule keeps it and the budget holds: a whole step per batch, not a forward.
+            let mut sum = 0.0;
+            for b in batches {
+                step.upload_batch(&gpu, b)?;
+                let issuer =
+                    Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(b.inputs.clone()), adamw, step: s, slow, update: false };
+                issuer.issue_step(schedule, &mut step, arena.as_mut(), None)?;
+                lanes.end_step()?;
+                issuer.host_errors()?;
+                sum += step.mean_loss(&gpu)?;
+            }
+            let v = ValidationLoss { step: s, loss: sum / batches.len() as f64, batches: batches.len() };
+            progress(Progress::Validated(&v));
+            training.validated(v);
         }
         // Between steps every lane is idle (end_step waited for them): the state is read from
         // where the schedule keeps it, through host memory.
@@ -257,9 +278,34 @@ struct Issuer<'a> {
     step: u32,
     /// Debug delays before lane work.
     slow: Option<SlowLanes>,
+    /// False for a validation batch: AdamW (GPU and host) is left out, nothing else.
+    update: bool,
 }
 
 impl Issuer<'_> {
+    /// Issues every action of one step; the caller ends the step (`Lanes::end_step`).
+    fn issue_step(&self, schedule: &Schedule, step: &mut Step, mut arena: Option<&mut Arena>, mut sampler: Option<&mut Sampler>) -> Result<(), ExecError> {
+        self.lanes.begin_step()?;
+        for (i, a) in schedule.actions.iter().enumerate() {
+            self.issue(step, arena.as_deref_mut(), i, a, sampler.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// The errors host work reported during the step just ended.
+    fn host_errors(&self) -> Result<(), ExecError> {
+        let errors = std::mem::take(&mut *self.sink.errors.lock().expect("host sink"));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ExecError::Host(errors.join("; ")))
+        }
+    }
+
+    fn is_update(&self, op: OpId) -> bool {
+        matches!(self.program.op(op).kind, OpKind::Adam(_))
+    }
+
     /// Issues action `i` on its lane; with a sampler, times it (and samples the memory in use
     /// after allocations and frees).
     fn issue(
@@ -303,6 +349,8 @@ impl Issuer<'_> {
             }
         }
         match *a {
+            Action::Run(op) if !self.update && self.is_update(op) => {}
+            Action::HostRun(op) if !self.update && self.is_update(op) => lanes.host_run(i, &[], Box::new(|_| {}))?,
             Action::Run(op) | Action::Recompute(op) => {
                 let op = self.program.op(op);
                 timed(&mut sampler, Timed::Compute, lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
