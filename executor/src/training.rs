@@ -181,11 +181,6 @@ impl Training {
         self.save.is_some() || self.keep_state
     }
 
-    /// Whether the run validates.
-    pub fn validates(&self) -> bool {
-        self.validation.is_some()
-    }
-
     /// The validation batches if validation is due after `step` of a run ending at `last`.
     pub(crate) fn validation_due(&self, step: u32, last: u32) -> Option<&[Batch]> {
         let v = self.validation.as_ref()?;

@@ -211,12 +211,6 @@ fn start(
     progress: &mut dyn FnMut(crate::train::Progress),
 ) -> Result<ScheduleRunResult, ExecError> {
     check_schedule(program, schedule)?;
-    if training.validates() {
-        return Err(ExecError::Refused(
-            "validation runs all on the GPU only (run --model): a forward-only pass of a schedule with offloaded blocks is not built yet"
-                .into(),
-        ));
-    }
     // Found before anything runs: a schedule that loses an owner's state between steps cannot
     // be read back (a run that saves nothing never reads the homes).
     let homes = match StateHomes::of_schedule(program, schedule) {
