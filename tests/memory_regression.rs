@@ -69,7 +69,7 @@ fn case_of(file: &str, record: &Record) -> Case {
     let replan = |r: &Record, hw: &HardwareProfile| -> Result<RePlan, String> {
         let budget = r.budget_bytes.map_or(NO_BUDGET, Bytes);
         let (plan, over_budget) =
-            planner::replan_uncapped(&Program::build(&r.config), hw, budget, &r.decisions).map_err(|e| e.to_string())?;
+            planner::replan_uncapped(&r.program(), hw, budget, &r.decisions).map_err(|e| e.to_string())?;
         Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
     };
     Case::of_record(file, record, &root().join("models/hardware"), &replan)
@@ -129,7 +129,7 @@ fn every_recorded_device_peak_fits_the_planners_allowance() {
         let hw = hardware(&r).unwrap_or_else(|e| panic!("{file}: {e}"));
         // The pinned host memory the schedule needs, whose mapping takes device memory.
         let pinned = match r.budget_bytes {
-            Some(b) => planner::replan_record(&Program::build(&r.config), &hw, Bytes(b), &r.decisions)
+            Some(b) => planner::replan_record(&r.program(), &hw, Bytes(b), &r.decisions)
                 .map(|p| p.schedule.prediction.pinned_host)
                 .unwrap_or_else(|e| panic!("{file}: {e}")),
             None => Bytes::ZERO,
@@ -248,7 +248,7 @@ fn live_records_on_the_gpu() {
         seen.push(key);
         let case = case_of(&file, &r);
         assert!(case.error.is_none() && case.over_budget.is_none(), "{}", case.explain());
-        let program = Program::build(&r.config);
+        let program = r.program();
         let steps = if all_gpu { 2 } else { 1 };
         // Memory and time do not depend on the rate: a constant one, as the records' runs had.
         let setup = models::TrainingSetup::constant(&r.config, 3e-4);
@@ -326,7 +326,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         device_bytes_at_start: 0,
         peak_flops: 989e12,
         model_flops: program.model_flops().0,
-        steps: vec![StepRecord { step: 1, loss: 11.0, lr: None, ms: times.step_ms, tokens_per_s: 1.0, mfu: 0.0 }],
+        steps: vec![StepRecord { step: 1, loss: 11.0, lr: None, grad_norm: None, ms: times.step_ms, tokens_per_s: 1.0, mfu: 0.0 }],
         median_ms: times.step_ms,
         median_tokens_per_s: 1.0,
         notes: vec![],
@@ -339,6 +339,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         allocator: String::new(),
         startup: None,
         probe: None,
+        clipping: Default::default(),
         training: None,
     };
     assert!(!record.decisions.is_empty());

@@ -1,9 +1,12 @@
 //! Offload changes nothing but placement: for each strategy of Executor II (every layer's
 //! activations offloaded, streamed weights, the output layer streamed chunk by chunk,
 //! recomputation, streamed optimizer state, host AdamW, the CPU embedding, a mix, and the
-//! planner's own plans at three budgets) ten training steps give bitwise the all-on-GPU run's
-//! losses and final weights and optimizer state, and still do with every lane slowed at random
-//! (a race would show).
+//! planner's own plans at three budgets) ten training steps of the clipped step (GPT-3's setup:
+//! the global norm clipped at 1.0) give bitwise the all-on-GPU run's losses, gradient norms and
+//! final weights and optimizer state, and still do with every lane slowed at random (a race
+//! would show). The gradient norm is each step's checksum of its gradients: the f64 sum of every
+//! owner's 256 partial sums of squares, made on the GPU or (CPU embedding) on the host, each bit
+//! of which depends on every gradient element.
 //!
 //! Needs a GPU; without one each test says so and passes (CI has none). On the GPU machine the
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
@@ -37,7 +40,10 @@ fn root() -> PathBuf {
 
 fn small_125m() -> Program {
     let cfg = GptConfig::load(&root().join("models/configs/gpt3-125m.ron")).unwrap();
-    Program::build(&cfg.with_shape(Some(2), Some(256), None).unwrap())
+    let cfg = cfg.with_shape(Some(2), Some(256), None).unwrap();
+    let program = Program::for_setup(&cfg, &models::TrainingSetup::gpt3(&cfg));
+    assert_eq!(program.clipping, models::program::Clipping::GlobalNorm, "GPT-3's setup clips");
+    program
 }
 
 fn hardware() -> HardwareProfile {
@@ -55,6 +61,8 @@ fn opts(program: &Program) -> RunOptions {
 #[derive(Clone, Debug, PartialEq)]
 struct Outcome {
     losses: Vec<f64>,
+    /// Each step's global gradient norm before clipping.
+    grad_norms: Vec<f64>,
     weights: String,
     optimizer: String,
 }
@@ -62,12 +70,19 @@ struct Outcome {
 impl Outcome {
     fn of(r: &executor::RunResult) -> Outcome {
         let state = r.final_state.as_ref().expect("the run keeps its final state");
-        Outcome { losses: r.steps.iter().map(|s| s.loss).collect(), weights: state.weights_digest(), optimizer: state.optimizer_digest() }
+        Outcome {
+            losses: r.steps.iter().map(|s| s.loss).collect(),
+            grad_norms: r.steps.iter().map(|s| s.grad_norm.expect("a clipped step reports its norm")).collect(),
+            weights: state.weights_digest(),
+            optimizer: state.optimizer_digest(),
+        }
     }
 
-    /// What differs from `want`: the largest loss difference, and whether the final state does.
+    /// What differs from `want`: the largest loss difference, and whether the gradient norms
+    /// or the final state do.
     fn diff(&self, want: &Outcome) -> (f64, bool) {
-        (max_diff(&self.losses, &want.losses), self.weights != want.weights || self.optimizer != want.optimizer)
+        let norms = self.grad_norms.iter().map(|n| n.to_bits()).ne(want.grad_norms.iter().map(|n| n.to_bits()));
+        (max_diff(&self.losses, &want.losses), norms || self.weights != want.weights || self.optimizer != want.optimizer)
     }
 }
 
@@ -85,14 +100,19 @@ fn baseline(program: &Program) -> Option<Outcome> {
             return None;
         }
         Err(e) => panic!("all-on-GPU run: {e}"),
-        Ok(r) => r.steps.iter().map(|s| s.loss).collect::<Vec<f64>>(),
+        Ok(r) => r.steps.iter().map(|s| (s.loss, s.grad_norm)).collect::<Vec<_>>(),
     };
     let keep_all =
         planner::strategy::strategy_plan(program, &hardware(), Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll])
             .unwrap()
             .schedule;
     let reference = outcome_with(program, &keep_all, Allocator::Arena, None);
-    assert_eq!(reference.losses, base, "the keep-all schedule's losses differ from the all-on-GPU step's");
+    let (losses, norms): (Vec<f64>, Vec<Option<f64>>) = base.into_iter().unzip();
+    assert_eq!(reference.losses, losses, "the keep-all schedule's losses differ from the all-on-GPU step's");
+    let norms: Vec<f64> = norms.into_iter().map(|n| n.expect("a clipped step reports its norm")).collect();
+    assert_eq!(reference.grad_norms, norms, "the keep-all schedule's gradient norms differ from the all-on-GPU step's");
+    // Clipping acts: GPT-3's 1.0 is below the norms of a step from random weights.
+    assert!(norms.iter().any(|n| *n > 1.0), "no step clipped: {norms:?}");
     Some(reference)
 }
 
@@ -151,7 +171,7 @@ fn every_strategy_trains_like_the_all_on_gpu_step() {
         let plan = planner::strategy::strategy_plan(&program, &hw, Bytes::gib(40.0), names, &presets).unwrap();
         let (d, state_differs) = outcome_of(&program, &plan.schedule).diff(&base);
         eprintln!(
-            "{names:<60} max |loss diff| {d:.3e} over {} steps, final state {} (allowed: none)",
+            "{names:<60} max |loss diff| {d:.3e} over {} steps, gradient norms and final state {} (allowed: none)",
             base.losses.len(),
             if state_differs { "DIFFERS" } else { "equal" }
         );

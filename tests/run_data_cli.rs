@@ -15,8 +15,10 @@ use common::{config, offplan, plan_tiny, scratch_dir, text};
 
 const EXIT_NO_GPU: i32 = 4;
 
+/// The program `run --model gpt2-tiny` trains (GPT-3's setup: clipped).
 fn tiny() -> Program {
-    Program::build(&GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/configs/gpt2-tiny.ron")).unwrap())
+    let cfg = GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/configs/gpt2-tiny.ron")).unwrap();
+    Program::for_setup(&cfg, &models::TrainingSetup::gpt3(&cfg))
 }
 
 /// `run --model gpt2-tiny --steps 2 --out OUT` and `extra`.

@@ -31,7 +31,7 @@ fn every_preset_keeps_each_owner_somewhere_between_steps() {
         ]);
         assert!(o.status.success(), "{strategy}: {}", text(&o));
         let schedule = Schedule::load(&out.join("schedule.ron")).unwrap();
-        let program = Program::build(&schedule.model);
+        let program = Program::for_setup(&schedule.model, &schedule.setup);
         let homes = StateHomes::of_schedule(&program, &schedule).unwrap_or_else(|e| panic!("{strategy}: {e}"));
         let inv = &program.inventory;
         assert_eq!(homes.owners.len(), inv.owners().len());
@@ -59,7 +59,7 @@ fn every_preset_keeps_each_owner_somewhere_between_steps() {
         }
         assert!(o.status.success(), "{budget}: {}", text(&o));
         let schedule = Schedule::load(&out.join("schedule.ron")).unwrap();
-        let program = Program::build(&schedule.model);
+        let program = Program::for_setup(&schedule.model, &schedule.setup);
         StateHomes::of_schedule(&program, &schedule).unwrap_or_else(|e| panic!("the plan at {budget}: {e}"));
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -46,7 +46,7 @@ fn plan_carries_the_setup_flags_over_the_file_over_the_defaults() {
     let d = load(&out2).setup;
     assert_eq!((d.lr, d.warmup), (6e-4, models::training::Warmup::TenthOfRun));
     assert!(text(&o).contains("Table 2.1, the 125M row"), "{}", text(&o));
-    // The setup changes no placement.
+    // The setup changes no placement (both clip, by default).
     assert_eq!(load(&out).decisions, load(&out2).decisions);
     assert_eq!(load(&out).actions, load(&out2).actions);
 
@@ -58,6 +58,31 @@ fn plan_carries_the_setup_flags_over_the_file_over_the_defaults() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["setup"]["lr"], 1e-3);
     assert_eq!(v["setup"]["warmup"]["Steps"], 7);
+}
+
+/// GPT-3's clip of 1.0 by default plans the clipped step (the scale made on the host, every
+/// update after it); `--grad-clip 0` the unclipped one; simulate checks each against the
+/// program its setup builds.
+#[test]
+fn clipping_is_planned_by_default_and_turned_off_with_zero() {
+    let dir = scratch_dir("setup-clip");
+    let (on, off) = (dir.join("on"), dir.join("off"));
+    assert!(offplan(&plan_args(on.to_str().unwrap(), &[])).status.success());
+    let o = offplan(&plan_args(off.to_str().unwrap(), &["--grad-clip", "0"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (load(&on), load(&off));
+    assert_eq!((a.setup.grad_clip, b.setup.grad_clip), (1.0, 0.0));
+    let cfg = models::GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(config("gpt2-tiny"))).unwrap();
+    let clipped = models::Program::for_setup(&cfg, &a.setup);
+    let scale = clipped.clip_scale_op().expect("a clipped program").id;
+    assert!(a.actions.contains(&models::schedule::Action::HostRun(scale)), "the scale is host work");
+    assert_eq!(models::Program::for_setup(&cfg, &b.setup).clipping, models::program::Clipping::Off);
+    assert_ne!(a.inventory_digest, b.inventory_digest, "two programs");
+    for d in [&on, &off] {
+        let o = offplan(&["simulate", d.join("schedule.ron").to_str().unwrap()]);
+        assert!(o.status.success() && text(&o).contains("grad clip"), "{}", text(&o));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -99,6 +124,8 @@ fn bad_setups_name_the_field_exit_2_and_write_nothing() {
         ("beta2 negative", vec!["--beta2", "-0.5"], 2, "beta2 -0.5"),
         ("eps 0", vec!["--eps", "0"], 2, "eps 0 (from --eps) must be positive"),
         ("negative weight decay", vec!["--weight-decay", "-0.1"], 2, "weight_decay -0.1"),
+        ("a negative clip", vec!["--grad-clip", "-1"], 2, "grad_clip -1 (from --grad-clip) must be 0 (no clipping) or a positive norm"),
+        ("an infinite clip", vec!["--grad-clip", "inf"], 2, "grad_clip inf"),
         ("a negative warmup", vec!["--warmup", "-1"], 2, "--warmup"),
         ("lr 2 in a file", vec!["--setup", &b], 2, "big.ron) must be a learning rate"),
         ("an unknown field in a file", vec!["--setup", &u], 1, "learning_rate"),

@@ -42,14 +42,14 @@ fn adamw(c: &mut Criterion) {
         let mut step = 1u32;
         group.bench_function(BenchmarkId::new(format!("{threads}_threads"), n), |b| {
             b.iter(|| {
-                adamw_owner(&mut w, &g, &mut opt, &views, &h, step).unwrap();
+                adamw_owner(&mut w, &g, &mut opt, &views, &h, step, 1.0).unwrap();
                 step += 1;
             })
         });
         if n <= 10_000_000 {
             group.bench_function(BenchmarkId::new("1_thread", n), |b| {
                 b.iter(|| {
-                    one.install(|| adamw_owner(&mut w, &g, &mut opt, &views, &h, step)).unwrap();
+                    one.install(|| adamw_owner(&mut w, &g, &mut opt, &views, &h, step, 1.0)).unwrap();
                     step += 1;
                 })
             });

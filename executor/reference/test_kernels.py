@@ -11,6 +11,9 @@ element fails. Tolerances (stated per check below):
   - fp32 outputs (statistics, lse, losses, AdamW state): 1e-4 .. 1e-3
   - attention outputs and gradients (bf16 operands on tensor cores, bf16 P and dS): 2e-2,
     and printed next to PyTorch's own bf16 SDPA error against the same fp32 reference.
+  - bitwise (`BITS` lines, compared as integer views): grad_norm_partials against a replica of
+    its summation order (the host replays the same order, executor/src/host/norm.rs), and
+    adamw_update_clipped with scale 1.0 against adamw_update.
 """
 import argparse
 import math
@@ -209,6 +212,113 @@ def test_adamw(n, tag):
     check(f"adamw m {tag}", m, m_ref, 1e-5)
     check(f"adamw v {tag}", v, v_ref, 1e-4)
     check(f"adamw bf16 weights {tag}", weights.float(), p_ref.float(), 1e-2)
+
+
+def check_bits(name, out, ref):
+    """Bitwise equality (integer views of the same width); NaN-poisoned outputs fail."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    out, ref = out.contiguous(), ref.contiguous()
+    assert out.dtype == ref.dtype and out.shape == ref.shape, (out.dtype, ref.dtype, out.shape, ref.shape)
+    it = ints[out.element_size()]
+    diff = int((out.view(it) != ref.view(it)).sum().item())
+    ok = diff == 0
+    results.append((name, ok, float(diff), 0.0))
+    print(f"{'PASS' if ok else 'FAIL'}  BITS {name:50s} {diff} of {out.numel()} elements differ", flush=True)
+    return ok
+
+
+def adamw_update_clipped(weights, master, m, v, grads, n, lr, b1, b2, eps, wd, step, scale):
+    """adamw_update's launch and arguments, then `scale` (a 1-element fp32 tensor) last."""
+    s = K.adamw_scalars(lr, b1, b2, eps, wd, step)
+    K.launch("adamw.cu", "adamw_update_clipped", K.cdiv(n, 256), 256,
+             (weights, master, m, v, grads, K.I64(n)) + tuple(K.F32(float(x)) for x in s) + (scale,))
+
+
+def test_adamw_clipped(n, tag):
+    lr, b1, b2, eps, wd = 6e-4, 0.9, 0.95, 1e-8, 0.1
+    master0 = torch.randn(n, device=dev) * 0.02
+    gs = [bf(n, scale=0.01) for _ in range(3)]
+
+    # scale 1.0: bitwise adamw_update, every output, over 3 steps
+    plain = [nan_bf(n), master0.clone(), torch.zeros(n, device=dev), torch.zeros(n, device=dev)]
+    clip = [nan_bf(n), master0.clone(), torch.zeros(n, device=dev), torch.zeros(n, device=dev)]
+    one = torch.ones(1, device=dev, dtype=torch.float32)
+    for step, g in enumerate(gs, 1):
+        K.adamw_update(*plain, g, n, lr, b1, b2, eps, wd, step)
+        adamw_update_clipped(*clip, g, n, lr, b1, b2, eps, wd, step, one)
+    sync()
+    for name, a, b in zip(("weights", "master", "m", "v"), clip, plain):
+        check_bits(f"adamw_update_clipped scale 1 = adamw_update {name} {tag}", a, b)
+
+    # scale 0.3: PyTorch's formula (float64) on the gradient pre-scaled in fp32 (g * 0.3f, one
+    # rounding, as the kernel does), tolerances of test_adamw
+    sc = torch.full((1,), 0.3, device=dev, dtype=torch.float32)
+    weights, master = nan_bf(n), master0.clone()
+    m, v = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+    p_ref, m_ref, v_ref = master0.double().clone(), m.double().clone(), v.double().clone()
+    for step, g in enumerate(gs, 1):
+        adamw_update_clipped(weights, master, m, v, g, n, lr, b1, b2, eps, wd, step, sc)
+        gd = (g.float() * sc).double()
+        p_ref *= 1 - lr * wd
+        m_ref = b1 * m_ref + (1 - b1) * gd
+        v_ref = b2 * v_ref + (1 - b2) * gd * gd
+        p_ref -= (lr / (1 - b1 ** step)) * m_ref / (v_ref.sqrt() / math.sqrt(1 - b2 ** step) + eps)
+    sync()
+    check(f"adamw_update_clipped scale 0.3 master {tag} (3 steps)", master, p_ref, 1e-5)
+    check(f"adamw_update_clipped scale 0.3 m {tag}", m, m_ref, 1e-5)
+    check(f"adamw_update_clipped scale 0.3 v {tag}", v, v_ref, 1e-4)
+    check(f"adamw_update_clipped scale 0.3 bf16 weights {tag}", weights.float(), p_ref.float(), 1e-2)
+
+
+GRAD_NORM_PARTIALS = 256  # models::inventory::GRAD_NORM_PARTIALS: the grid, fixed
+
+
+def grad_norm_partials(g, n, partials):
+    K.launch("grad_norm.cu", "grad_norm_partials", GRAD_NORM_PARTIALS, 256, (g, K.I64(n), partials))
+
+
+def grad_norm_reference(g):
+    """grad_norm.cu's order in fp32 with torch, one IEEE rounding per elementwise op (no FMA):
+    block b sums [b*per, min(n, (b+1)*per)), per = ceil(n/256); thread t the block's elements
+    t, t+256, ... in order; then the halving tree over the 256 threads. Zero padding changes no
+    bit (acc + 0*0 = acc, acc >= 0)."""
+    n = g.numel()
+    per = K.cdiv(n, 256)
+    if per == 0:
+        return torch.zeros(256, device=dev)
+    x = torch.zeros(256 * per, device=dev)
+    x[:n] = g.float()
+    k = K.cdiv(per, 256)
+    blocks = torch.zeros(256, k * 256, device=dev)
+    blocks[:, :per] = x.view(256, per)
+    sq = (blocks * blocks).view(256, k, 256)  # [block, iteration, thread]
+    acc = torch.zeros(256, 256, device=dev)
+    for i in range(k):
+        acc = acc + sq[:, i, :]
+    s = acc
+    while s.shape[1] > 1:
+        h = s.shape[1] // 2
+        s = s[:, :h] + s[:, h:]
+    return s[:, 0].contiguous()
+
+
+def test_grad_norm(n, tag):
+    # magnitudes 2^-20 .. 2^9 times a normal, both signs, some exact zeros
+    g = torch.randn(n, device=dev) * torch.exp2(torch.randint(-20, 10, (n,), device=dev).float())
+    g[::97] = 0.0
+    g = g.to(torch.bfloat16)
+    partials = nan_f(GRAD_NORM_PARTIALS)
+    grad_norm_partials(g, n, partials)
+    sync()
+    check_bits(f"grad_norm_partials {tag} n={n}", partials, grad_norm_reference(g))
+    # the sum of squares against PyTorch's
+    ref = (g.float() ** 2).sum()
+    check(f"grad_norm sum of squares {tag} n={n}", partials.double().sum().view(1), ref.double().view(1), 1e-5)
+    # and repeatable
+    again = nan_f(GRAD_NORM_PARTIALS)
+    grad_norm_partials(g, n, again)
+    sync()
+    check_bits(f"grad_norm_partials repeat {tag} n={n}", again, partials)
 
 
 def test_misc(n):
@@ -471,6 +581,10 @@ def main():
     run(test_ce, 33, 1000, 1024, 4, "small")
     run(test_ce, 33, 1000, 1024, 1, "small")
     run(test_adamw, 10001, "small")
+    run(test_adamw_clipped, 10001, "small")
+    run(test_grad_norm, 100, "small (empty blocks)")
+    run(test_grad_norm, 1000, "small")
+    run(test_grad_norm, 2 ** 20 + 7, "1M")
     variants = [f for f in ("attention.cu",) if os.path.exists(os.path.join(K.KERNEL_DIR, f))]
     for f in variants:
         for D in (32, 64, 80, 96, 128):
@@ -488,6 +602,8 @@ def main():
         run(test_ce, 8192, 50257, 50304, 1, "gpt2-124m")
         run(test_ce, 8192, 50257, 50304, 4, "gpt3-1.3b chunks")
         run(test_adamw, 12 * 768 * 768 + 1, "gpt2 layer")
+        run(test_adamw_clipped, 12 * 768 * 768 + 1, "gpt2 layer")
+        run(test_grad_norm, 85_000_011, "85M (a large owner)")
         for f in variants:
             run(test_flash, 8, 1024, 12, 64, "gpt2-124m B8 T1024 NH12 D64", timing=not args.no_timing, f=f)
             run(test_flash, 4, 2048, 16, 128, "gpt3-1.3b B4 T2048 NH16 D128", timing=not args.no_timing, f=f)

@@ -21,9 +21,21 @@ struct Manifest<'a, H: Serialize> {
     config: &'a GptConfig,
     adamw: &'a H,
     tensors: Vec<Entry>,
-    losses: Vec<f64>,
+    #[serde(flatten)]
+    steps: ExportSteps,
+}
+
+/// What each exported step did: its loss, its learning rate and, clipped, its gradients' norm.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExportSteps {
+    pub losses: Vec<f64>,
     /// The learning rate of each step (f32, as the kernels used it), in step order.
-    lrs: Vec<f32>,
+    pub lrs: Vec<f32>,
+    /// The largest global gradient norm; 0: unclipped.
+    pub grad_clip: f64,
+    /// Each step's global gradient norm before clipping (clipped steps only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<f64>,
 }
 
 /// Collects tensors, writes the manifest last.
@@ -57,16 +69,17 @@ impl ExportWriter {
         Ok(())
     }
 
-    /// Writes `manifest.json`: `adamw` (the peak's hyper-parameters), each step's loss and
-    /// learning rate.
-    pub fn finish<H: Serialize>(self, config: &GptConfig, adamw: &H, losses: Vec<f64>, lrs: Vec<f32>) -> std::io::Result<()> {
-        if lrs.len() != losses.len() {
+    /// Writes `manifest.json`: `adamw` (the peak's hyper-parameters) and each step's loss,
+    /// learning rate and (clipped) gradient norm.
+    pub fn finish<H: Serialize>(self, config: &GptConfig, adamw: &H, steps: ExportSteps) -> std::io::Result<()> {
+        let n = steps.losses.len();
+        if steps.lrs.len() != n || !(steps.grad_norms.is_empty() || steps.grad_norms.len() == n) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{} learning rates for {} losses: one per step", lrs.len(), losses.len()),
+                format!("{} learning rates and {} norms for {n} losses: one per step", steps.lrs.len(), steps.grad_norms.len()),
             ));
         }
-        let m = Manifest { config, adamw, tensors: self.entries, losses, lrs };
+        let m = Manifest { config, adamw, tensors: self.entries, steps };
         let text = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
         models::io::write_atomic(&self.dir.join("manifest.json"), &text)
     }
@@ -98,13 +111,15 @@ mod tests {
         let mut w = ExportWriter::new(&dir).unwrap();
         w.add("tokens", "i32", vec![1, 2], &i32_bytes(&[3, 4]), vec![]).unwrap();
         assert!(w.add("bad", "f32", vec![3], &[0u8; 8], vec![]).is_err());
-        w.finish(&cfg, &serde_json::json!({"lr": 3e-4}), vec![1.5, 1.25], vec![3e-4, 1.5e-4]).unwrap();
+        let steps = ExportSteps { losses: vec![1.5, 1.25], lrs: vec![3e-4, 1.5e-4], grad_clip: 1.0, grad_norms: vec![2.0, 0.5] };
+        w.finish(&cfg, &serde_json::json!({"lr": 3e-4}), steps).unwrap();
         let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(m["config"]["name"], "gpt2-tiny");
         assert_eq!(m["config"]["attention"], "Materialized");
         assert_eq!(m["tensors"][0]["file"], "tokens.bin");
         assert_eq!(m["losses"][1], 1.25);
         assert_eq!(m["lrs"][1].as_f64().unwrap() as f32, 1.5e-4f32);
+        assert_eq!((m["grad_clip"].as_f64(), m["grad_norms"][0].as_f64()), (Some(1.0), Some(2.0)));
         assert_eq!(std::fs::read(dir.join("tokens.bin")).unwrap(), vec![3, 0, 0, 0, 4, 0, 0, 0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -8,7 +8,7 @@
 
 use crate::host::AdamW;
 use crate::kernels::{
-    AdamwUpdate, AttentionBackward, AttentionForward, AttentionShape, CeBackward, CeLoss, CeStatsUpdate, Colsum, EmbeddingBackwardWpe,
+    AdamwUpdate, GradNormPartials, AttentionBackward, AttentionForward, AttentionShape, CeBackward, CeLoss, CeStatsUpdate, Colsum, EmbeddingBackwardWpe,
     EmbeddingBackwardWte, EmbeddingForward, FillBf16, GeluBackward, GeluForward, GemmLayout, Launch, LaunchError, LayernormBackward,
     LayernormForward, MatType, Product, Region,
 };
@@ -361,7 +361,15 @@ impl<'p> StepLaunches<'p> {
                     calls.push(Call::Kernel(wte(table, 0, vp)?));
                 }
             }
+            GradNorm(o) => {
+                let p = inv.params(o);
+                let partials = inv.grad_norm(o).ok_or_else(|| LaunchError::NotOnGpu(format!("{}: the program is unclipped", op.name)))?;
+                calls.push(Call::Kernel(GradNormPartials { grads: x(p.grads), partials: x(partials), n: p.params }.launch()?));
+            }
+            // Made on the host from every owner's partials (Step::run, or a schedule's host op).
+            ClipScale => return Err(LaunchError::NotOnGpu("clip_scale runs on the host".into())),
             Adam(o) => {
+                let scale = inv.clip.as_ref().map(|c| x(c.scale));
                 let views = self.adam.get(&o).map(|v| v.as_slice()).unwrap_or(&[]);
                 for a in views {
                     calls.push(Call::Kernel(
@@ -373,6 +381,7 @@ impl<'p> StepLaunches<'p> {
                             grads: a.grads,
                             n: a.elems,
                             scalars: adamw.scalars(if a.decayed { adamw.weight_decay } else { 0.0 }, step),
+                            scale,
                         }
                         .launch()?,
                     ));

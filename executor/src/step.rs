@@ -22,6 +22,10 @@ pub struct Step<'p> {
     /// Live device memory of each tensor (None: not allocated now).
     bufs: Vec<Option<DeviceBuffer>>,
     pub adamw: AdamW,
+    /// The largest global gradient norm of a clipped program (its setup's `grad_clip`).
+    pub max_grad_norm: f64,
+    /// The last step's global gradient norm before clipping (clipped programs).
+    pub grad_norm: Option<f64>,
 }
 
 /// Host copies of tensors a step captured for the reference export.
@@ -85,7 +89,8 @@ impl<'p> Step<'p> {
 
         let inv = &program.inventory;
         let mut bufs: Vec<Option<DeviceBuffer>> = (0..inv.tensors.len()).map(|_| None).collect();
-        for class in [TensorClass::Weights, TensorClass::OptimizerState, TensorClass::Io, TensorClass::Workspace] {
+        // Scratch: the clip scale, the one persistent scratch tensor.
+        for class in [TensorClass::Weights, TensorClass::OptimizerState, TensorClass::Io, TensorClass::Workspace, TensorClass::Scratch] {
             let ts: Vec<&models::Tensor> =
                 inv.tensors.iter().filter(|t| t.persistent && t.class == class && !host_resident.contains(&t.id)).collect();
             let bytes: u64 = ts.iter().map(|t| t.bytes.0).sum();
@@ -101,7 +106,7 @@ impl<'p> Step<'p> {
             )));
         }
         let lt = Lt::new(inv.tensor(inv.io.workspace).bytes.0)?;
-        Ok(Step { program, kernels, lt, launches, bufs, adamw })
+        Ok(Step { program, kernels, lt, launches, bufs, adamw, max_grad_norm: 0.0, grad_norm: None })
     }
 
     /// The compiled kernels.
@@ -191,7 +196,11 @@ impl<'p> Step<'p> {
                 }
                 self.bufs[t.index()] = Some(gpu.alloc(&gpu.compute, program.inventory.tensor(*t).bytes.0)?);
             }
-            self.dispatch(gpu, op, step)?;
+            if op.kind == OpKind::ClipScale {
+                self.clip_scale(gpu)?;
+            } else {
+                self.dispatch(gpu, op, step)?;
+            }
             if let Some(c) = capture.as_deref_mut() {
                 if op.kind == OpKind::OutFwd(0) {
                     c.logits = Some(self.download(gpu, program.inventory.head.logits[0])?);
@@ -211,6 +220,22 @@ impl<'p> Step<'p> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The clip scale of a clipped step, as a schedule's host op makes it (the same host
+    /// functions, so the same bits): every owner's partial norms brought to the host, the
+    /// global norm and the scale sent back for the updates. Waits for the compute stream.
+    fn clip_scale(&mut self, gpu: &Gpu) -> Result<()> {
+        let clip = self.program.inventory.clip.as_ref().ok_or_else(|| GpuError::Invalid("an unclipped program has no clip scale".into()))?;
+        let mut partials = Vec::with_capacity(clip.norms.len());
+        for t in &clip.norms {
+            partials.push(f32s(&self.download(gpu, *t)?));
+        }
+        let norm = crate::host::global_norm(partials.iter().map(|p| p.as_slice()));
+        let scale = crate::host::clip_scale(norm, self.max_grad_norm);
+        self.upload(gpu, clip.scale, &scale.to_le_bytes())?;
+        self.grad_norm = Some(norm);
         Ok(())
     }
 
@@ -263,4 +288,9 @@ impl<'p> Step<'p> {
         }
         Ok(())
     }
+}
+
+/// f32 values of little-endian bytes.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

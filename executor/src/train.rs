@@ -92,6 +92,8 @@ pub struct StepReport {
     pub loss: f64,
     /// The learning rate the step's updates used (as the kernel got it, in f32).
     pub lr: f64,
+    /// The global norm of the step's gradients before clipping (clipped steps).
+    pub grad_norm: Option<f64>,
     pub ms: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -102,7 +104,12 @@ impl StepReport {
     /// per step against the device's peak rate (MFU).
     pub fn new(step: u32, loss: f64, lr: f32, ms: f64, tokens: u64, model_flops: f64, peak_flops: f64) -> StepReport {
         let secs = ms / 1e3;
-        StepReport { step, loss, lr: lr as f64, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
+        StepReport { step, loss, lr: lr as f64, grad_norm: None, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
+    }
+
+    /// The same step with its gradients' global norm (a clipped step).
+    pub fn with_grad_norm(self, grad_norm: Option<f64>) -> StepReport {
+        StepReport { grad_norm, ..self }
     }
 }
 
@@ -235,6 +242,7 @@ mod imp {
 
         clock.phase(Phase::Compiling, progress);
         let mut step = Step::new(&gpu, program, opts.adamw_at(1, 1))?;
+        step.max_grad_norm = opts.setup.grad_clip;
         clock.compiled(step.kernels().stats(), progress);
         clock.phase(Phase::Initializing, progress);
         match &training.from {
@@ -300,7 +308,7 @@ mod imp {
             let loss = step.mean_loss(&gpu)?;
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
-            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops);
+            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops).with_grad_norm(step.grad_norm);
             progress(Progress::Step(&r));
             reports.push(r);
             if capturing {
@@ -338,7 +346,13 @@ mod imp {
         if let Some(w) = export {
             // The peak's hyper-parameters, and the rate each step used.
             let lrs = reports.iter().map(|r| r.lr as f32).collect();
-            w.finish(cfg, &opts.adamw_at(opts.setup.warmup_steps(opts.steps).max(1), 1), reports.iter().map(|r| r.loss).collect(), lrs)?;
+            let steps = crate::export::ExportSteps {
+                losses: reports.iter().map(|r| r.loss).collect(),
+                lrs,
+                grad_clip: if program.clipping == models::program::Clipping::GlobalNorm { opts.setup.grad_clip } else { 0.0 },
+                grad_norms: reports.iter().filter_map(|r| r.grad_norm).collect(),
+            };
+            w.finish(cfg, &opts.adamw_at(opts.setup.warmup_steps(opts.steps).max(1), 1), steps)?;
         }
         drop(step);
         gpu.synchronize()?;

@@ -28,16 +28,18 @@ pub fn op_time(op: &Op, hw: &HardwareProfile) -> Seconds {
     arithmetic.max(memory) + hw.launch_overhead * op.launches as f64
 }
 
-/// Whether an op may run on the host instead of the GPU (CPU embedding, host AdamW).
+/// Whether an op may run on the host instead of the GPU (CPU embedding, host AdamW, the partial
+/// norm of a gradient made on the host) or always does (the clip scale).
 pub fn runs_on_host(kind: OpKind) -> bool {
-    matches!(kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_))
+    matches!(kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_) | OpKind::GradNorm(_) | OpKind::ClipScale)
 }
 
 /// Time of an op run on the host: the CPU embedding gather/scatter, or AdamW over the owner's
 /// parameters on all host cores. None for ops that only run on the GPU.
 pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
     match op.kind {
-        OpKind::Embed | OpKind::EmbedBwd => Some(op.bytes / hw.host_memory_bandwidth),
+        // Memory-bound passes; the clip scale reads a few KiB per owner.
+        OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => Some(op.bytes / hw.host_memory_bandwidth),
         OpKind::Adam(owner) => {
             Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second))
         }

@@ -137,12 +137,15 @@ pub enum BlockKind {
     Workspace,
     /// Short-lived buffers of one or a few ops; always on the GPU.
     Scratch,
+    /// Clipping by the global norm: each owner's partial sums of squares of its gradient, where
+    /// the gradient is (so placed with the owner), and the clip scale the updates read.
+    Clipping,
 }
 
 impl BlockKind {
     /// Whether the planner may move this block off the GPU (or recompute it).
     pub fn placeable(self) -> bool {
-        !matches!(self, BlockKind::Io | BlockKind::Workspace | BlockKind::Scratch)
+        !matches!(self, BlockKind::Io | BlockKind::Workspace | BlockKind::Scratch | BlockKind::Clipping)
     }
     pub fn owner(self) -> Option<Owner> {
         match self {
@@ -164,6 +167,7 @@ impl fmt::Display for BlockKind {
             BlockKind::Io => write!(f, "io"),
             BlockKind::Workspace => write!(f, "workspace"),
             BlockKind::Scratch => write!(f, "scratch"),
+            BlockKind::Clipping => write!(f, "clipping"),
         }
     }
 }
@@ -279,6 +283,22 @@ pub struct IoTensors {
     pub workspace: TensorId,
 }
 
+/// Partial sums per owner's gradient: the norm kernel's grid (one fp32 partial per block, each
+/// block a contiguous range, each a fixed reduction tree), which the host replays bitwise.
+pub const GRAD_NORM_PARTIALS: u64 = 256;
+
+/// The tensors of clipping by the global norm (a clipped step only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipTensors {
+    /// Per owner, in [`Inventory::owners`] order: [`GRAD_NORM_PARTIALS`] fp32 partial sums of
+    /// the squares of its gradient, written by its `GradNorm` op where the gradient is and read
+    /// by `ClipScale` on the host.
+    pub norms: Vec<TensorId>,
+    /// One fp32: min(1, max_norm / (norm + 1e-6)), made on the host by `ClipScale`, read by
+    /// every update (persistent: the GPU's copy is written by a copy from the host's).
+    pub scale: TensorId,
+}
+
 /// Every tensor of one step, with typed handles to find them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
@@ -292,6 +312,9 @@ pub struct Inventory {
     pub scratch: Vec<LayerScratch>,
     pub head: HeadTensors,
     pub io: IoTensors,
+    /// Present in a clipped step only.
+    #[serde(default)]
+    pub clip: Option<ClipTensors>,
 }
 
 impl Inventory {
@@ -336,9 +359,43 @@ impl Inventory {
         [BlockKind::LayerInput(l), BlockKind::LayerActivations(l)].iter().filter_map(|k| self.find_block(*k)).map(|b| b.bytes).sum()
     }
 
-    /// Builds the inventory of one training step of `cfg`.
+    /// Builds the inventory of one training step of `cfg` without clipping.
     pub fn build(cfg: &GptConfig) -> Inventory {
         Builder::new(cfg).build()
+    }
+
+    /// The inventory of a step clipped by the global norm: [`Inventory::build`]'s tensors, then
+    /// the clipping tensors ([`ClipTensors`]).
+    pub fn build_clipped(cfg: &GptConfig) -> Inventory {
+        let mut inv = Builder::new(cfg).build();
+        let mut b = Builder { cfg, tensors: std::mem::take(&mut inv.tensors), blocks: std::mem::take(&mut inv.blocks) };
+        let norms = inv
+            .owners()
+            .iter()
+            .map(|o| {
+                b.tensor(
+                    format!("{o}.grad_norm"),
+                    TensorClass::Scratch,
+                    DType::F32,
+                    vec![GRAD_NORM_PARTIALS],
+                    BlockKind::Clipping,
+                    false,
+                    Vec::new(),
+                    MemoryCategory::Scratch,
+                )
+            })
+            .collect();
+        let scale = b.tensor("clip_scale".into(), TensorClass::Scratch, DType::F32, vec![1], BlockKind::Clipping, true, Vec::new(), MemoryCategory::Scratch);
+        inv.tensors = b.tensors;
+        inv.blocks = b.blocks;
+        inv.clip = Some(ClipTensors { norms, scale });
+        inv
+    }
+
+    /// The partial norms tensor of `owner`'s gradient, in a clipped step.
+    pub fn grad_norm(&self, owner: Owner) -> Option<TensorId> {
+        let clip = self.clip.as_ref()?;
+        self.owners().iter().position(|o| *o == owner).map(|i| clip.norms[i])
     }
 }
 
@@ -557,6 +614,7 @@ impl<'a> Builder<'a> {
             scratch,
             head: HeadTensors { x_out, lnf, lnf_stats, logits, ce_stats, dlnf, dres },
             io: IoTensors { tokens, targets, losses, workspace },
+            clip: None,
         }
     }
 }

@@ -3,8 +3,12 @@
 //!
 //! Order: embedding; per layer ln1, qkv, attention, attention projection (+ residual), ln2, fc,
 //! gelu, fc projection (+ residual); final norm; output layer per vocabulary chunk (logits and
-//! cross-entropy statistics); loss; backward in reverse, each parameter owner's AdamW update right
-//! after its gradients are complete (no gradient clipping, so per-owner updates are exact).
+//! cross-entropy statistics); loss; backward in reverse. Unclipped, each parameter owner's AdamW
+//! update right after its gradients are complete (per-owner updates are exact). Clipped by the
+//! global norm ([`Clipping::GlobalNorm`]), each owner's partial norm right after its gradients
+//! are complete (`GradNorm`, where the gradient is), then after the last backward op the scale
+//! (`ClipScale`, on the host: it needs every partial), then every update, the owner whose
+//! gradients completed last first; gradients live until their update.
 //!
 //! FLOP convention: matrix products 2*M*N*K; attention counts the causal half,
 //! 2*B*T*T*C forward (QK^T and PV), 2.5x that backward for the fused kind (it recomputes the
@@ -54,6 +58,10 @@ pub enum OpKind {
     QkvBwd(u32),
     Ln1Bwd(u32),
     EmbedBwd,
+    /// Partial sums of squares of one owner's gradient (a clipped step).
+    GradNorm(Owner),
+    /// The global norm from every partial and the clip scale (a clipped step; on the host).
+    ClipScale,
     Adam(Owner),
 }
 
@@ -64,7 +72,7 @@ impl OpKind {
         match self {
             Ln1(l) | Qkv(l) | Attn(l) | AttnProj(l) | Ln2(l) | Fc(l) | Gelu(l) | FcProj(l) | FcProjBwd(l) | GeluBwd(l) | FcBwd(l)
             | Ln2Bwd(l) | AttnProjBwd(l) | AttnBwd(l) | QkvBwd(l) | Ln1Bwd(l) => Some(l),
-            Adam(Owner::Layer(l)) => Some(l),
+            Adam(Owner::Layer(l)) | GradNorm(Owner::Layer(l)) => Some(l),
             _ => None,
         }
     }
@@ -114,19 +122,49 @@ impl Op {
     }
 }
 
+/// Whether the step clips its gradients before the updates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Clipping {
+    /// Each owner's update right after its gradients (no clipping).
+    #[default]
+    Off,
+    /// By the global norm of all gradients: every update waits for every gradient.
+    GlobalNorm,
+}
+
 /// The ops of one training step plus the inventory they act on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Program {
     pub config: GptConfig,
     pub inventory: Inventory,
     pub ops: Vec<Op>,
+    #[serde(default)]
+    pub clipping: Clipping,
 }
 
 impl Program {
+    /// The step without clipping.
     pub fn build(cfg: &GptConfig) -> Program {
-        let inventory = Inventory::build(cfg);
-        let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new() }.build();
-        Program { config: cfg.clone(), inventory, ops }
+        Self::build_with(cfg, Clipping::Off)
+    }
+
+    pub fn build_with(cfg: &GptConfig, clipping: Clipping) -> Program {
+        let inventory = match clipping {
+            Clipping::Off => Inventory::build(cfg),
+            Clipping::GlobalNorm => Inventory::build_clipped(cfg),
+        };
+        let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new(), clipped: Vec::new() }.build();
+        Program { config: cfg.clone(), inventory, ops, clipping }
+    }
+
+    /// The step a training setup runs: clipped where its `grad_clip` is positive.
+    pub fn for_setup(cfg: &GptConfig, setup: &crate::training::TrainingSetup) -> Program {
+        Self::build_with(cfg, setup.clipping())
+    }
+
+    /// The op that makes the clip scale, in a clipped step.
+    pub fn clip_scale_op(&self) -> Option<&Op> {
+        self.find(OpKind::ClipScale)
     }
 
     pub fn op(&self, id: OpId) -> &Op {
@@ -200,6 +238,8 @@ struct OpsBuilder<'a> {
     cfg: &'a GptConfig,
     inv: &'a Inventory,
     ops: Vec<Op>,
+    /// Owners whose gradients are complete, in that order (a clipped step).
+    clipped: Vec<Owner>,
 }
 
 /// Arguments of one op, before its traffic is summed.
@@ -242,6 +282,8 @@ impl OpsBuilder<'_> {
             QkvBwd(l) => format!("layer{l}.qkv_bwd"),
             Ln1Bwd(l) => format!("layer{l}.ln1_bwd"),
             EmbedBwd => "embed_bwd".into(),
+            GradNorm(o) => format!("{o}.grad_norm"),
+            ClipScale => "clip_scale".into(),
             Adam(o) => format!("{o}.adam"),
         }
     }
@@ -300,20 +342,25 @@ impl OpsBuilder<'_> {
         let h = inv.head.clone();
         let w = |o: Owner| inv.params(o).weights;
         let g = |o: Owner| inv.params(o).grads;
-        let opt = |o: Owner| inv.params(o).optimizer;
         let chunk_weights: Vec<TensorId> = (0..k).map(|i| w(Owner::OutputChunk(i))).collect();
-        let adam = |b: &mut Self, o: Owner| {
-            b.push(Spec {
-                kind: Adam(o),
-                phase: Optimizer,
-                reads: &[g(o), opt(o)],
-                writes: &[opt(o), w(o)],
-                allocs: &[],
-                frees: &[g(o)],
-                flops: 0.0,
-                work: Memory,
-                launches: 1,
-            })
+        // Unclipped: the update. Clipped: the partial norm, and the update after the scale.
+        let adam = |b: &mut Self, o: Owner| match &b.inv.clip {
+            None => b.adam(o),
+            Some(_) => {
+                let norm = b.inv.grad_norm(o).expect("every owner has a partial norm");
+                b.push(Spec {
+                    kind: GradNorm(o),
+                    phase: Backward,
+                    reads: &[g(o)],
+                    writes: &[],
+                    allocs: &[norm],
+                    frees: &[],
+                    flops: 0.0,
+                    work: Memory,
+                    launches: 1,
+                });
+                b.clipped.push(o);
+            }
         };
 
         // ---- forward
@@ -641,7 +688,41 @@ impl OpsBuilder<'_> {
                 adam(&mut self, Owner::OutputChunk(i));
             }
         }
+        if let Some(clip) = &inv.clip {
+            self.push(Spec {
+                kind: ClipScale,
+                phase: Optimizer,
+                reads: &clip.norms,
+                writes: &[clip.scale],
+                allocs: &[],
+                frees: &clip.norms,
+                flops: 0.0,
+                work: Memory,
+                launches: 0,
+            });
+            for o in std::mem::take(&mut self.clipped).into_iter().rev() {
+                self.adam(o);
+            }
+        }
         self.ops
+    }
+
+    /// AdamW of one owner (reading the clip scale in a clipped step); frees its gradients.
+    fn adam(&mut self, o: Owner) {
+        let p = *self.inv.params(o);
+        let mut reads = vec![p.grads, p.optimizer];
+        reads.extend(self.inv.clip.as_ref().map(|c| c.scale));
+        self.push(Spec {
+            kind: OpKind::Adam(o),
+            phase: Phase::Optimizer,
+            reads: &reads,
+            writes: &[p.optimizer, p.weights],
+            allocs: &[],
+            frees: &[p.grads],
+            flops: 0.0,
+            work: WorkClass::Memory,
+            launches: 1,
+        })
     }
 }
 
@@ -773,9 +854,40 @@ mod tests {
             let p = Program::build(&c);
             assert_eq!(p.inventory.param_count(), c.allocated_param_count(), "{name}");
             assert_eq!(p.check_lifetimes(), Ok(()), "{name}");
+            assert_eq!(Program::build_with(&c, Clipping::GlobalNorm).check_lifetimes(), Ok(()), "{name} clipped");
         }
         let gpt2 = GptConfig::load(&dir.join("gpt2-124m.ron")).unwrap();
         assert_eq!(gpt2.allocated_param_count(), 124_475_904);
+    }
+
+    #[test]
+    fn a_clipped_step_updates_after_every_gradient_and_the_scale() {
+        for tied in [false, true] {
+            let c = cfg(3, 2, 16, 2, 16, 300, 2, tied, Attention::Fused);
+            let p = Program::build_with(&c, Clipping::GlobalNorm);
+            assert_eq!(p.check_lifetimes(), Ok(()));
+            let inv = &p.inventory;
+            let clip = inv.clip.as_ref().unwrap();
+            let at = |k: OpKind| p.find(k).unwrap().id.index();
+            let scale = at(OpKind::ClipScale);
+            let last_backward = p.ops.iter().rposition(|o| o.phase == Phase::Backward && !matches!(o.kind, OpKind::GradNorm(_))).unwrap();
+            assert!(scale > last_backward);
+            for o in inv.owners() {
+                let g = inv.params(o).grads;
+                let norm = at(OpKind::GradNorm(o));
+                let last_write = p.ops.iter().rposition(|op| op.writes.contains(&g) || op.allocs.contains(&g)).unwrap();
+                // Right after the gradient is complete, and before the scale.
+                assert!(norm > last_write && norm < scale, "{o}");
+                let adam = p.op(OpId(at(OpKind::Adam(o)) as u32));
+                assert!(adam.id.index() > scale && adam.reads.contains(&clip.scale) && adam.frees.contains(&g), "{o}");
+            }
+            assert_eq!(p.op(OpId(scale as u32)).reads, clip.norms);
+            // Unclipped: the same forward and backward, each update right after its gradient.
+            let plain = Program::build(&c);
+            assert!(plain.inventory.clip.is_none() && plain.find(OpKind::ClipScale).is_none());
+            let kinds = |p: &Program| p.ops.iter().filter(|o| o.phase != Phase::Optimizer && !matches!(o.kind, OpKind::GradNorm(_))).map(|o| o.kind).collect::<Vec<_>>();
+            assert_eq!(kinds(&p), kinds(&plain));
+        }
     }
 
     #[test]

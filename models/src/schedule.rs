@@ -256,7 +256,7 @@ pub struct Schedule {
     #[serde(default)]
     pub strategy: String,
     /// The optimizer and learning-rate schedule the step trains with (`simulate` and `run`
-    /// read it from here; it changes no placement).
+    /// read it from here; its `grad_clip` says whether the program is clipped).
     pub setup: TrainingSetup,
     pub decisions: Vec<BlockDecision>,
     /// Persistent tensors that start (and end) the step on the host; all others start on the GPU.

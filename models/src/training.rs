@@ -6,7 +6,8 @@
 //! model's size and checks the result. The setup does not change any placement: the planner
 //! carries it in the schedule so that `simulate` and `run SCHEDULE` read it from there.
 //!
-//! Gradient accumulation and clipping are not here yet (issue 16's next part).
+//! Clipping by the global norm changes the step program (every update waits for every gradient:
+//! [`crate::program::Clipping`]); gradient accumulation is not here yet.
 
 use crate::config::GptConfig;
 use crate::error::ModelError;
@@ -34,6 +35,8 @@ pub const GPT3_BETA2: f64 = 0.95;
 pub const GPT3_EPS: f64 = 1e-8;
 /// GPT-3's weight decay (Appendix B: "0.1 ... to provide a small amount of regularization").
 pub const GPT3_WEIGHT_DECAY: f64 = 0.1;
+/// GPT-3 clips "the global norm of the gradient at 1.0" (Appendix B).
+pub const GPT3_GRAD_CLIP: f64 = 1.0;
 /// GPT-3 decays the learning rate by cosine "down to 10% of its value" (Appendix B): the floor
 /// is the peak divided by this.
 pub const GPT3_FLOOR_DIVISOR: f64 = 10.0;
@@ -80,6 +83,15 @@ pub struct Sources {
     pub beta2: Source,
     pub eps: Source,
     pub weight_decay: Source,
+    #[serde(default = "Source::before_clipping")]
+    pub grad_clip: Source,
+}
+
+impl Source {
+    /// The source of a setup recorded before clipping existed: it did not clip.
+    fn before_clipping() -> Source {
+        Source::Default("a setup from before clipping, which trained unclipped".into())
+    }
 }
 
 /// AdamW (decoupled weight decay, bias correction) and its learning-rate schedule.
@@ -95,6 +107,11 @@ pub struct TrainingSetup {
     pub eps: f64,
     /// Applied to matrices only (the executor's `view_weight_decay`).
     pub weight_decay: f64,
+    /// The largest global norm of the gradients (L2 over every parameter's gradient) before the
+    /// updates scale them down to it; 0 turns clipping off. Absent in schedules and records made
+    /// before clipping existed: those did not clip.
+    #[serde(default)]
+    pub grad_clip: f64,
     pub sources: Sources,
 }
 
@@ -118,6 +135,9 @@ pub struct SetupSpec {
     pub eps: Option<f64>,
     #[serde(default)]
     pub weight_decay: Option<f64>,
+    /// Largest global gradient norm; 0 turns clipping off.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
 }
 
 impl SetupSpec {
@@ -186,6 +206,7 @@ impl TrainingSetup {
             beta2: GPT3_BETA2,
             eps: GPT3_EPS,
             weight_decay: GPT3_WEIGHT_DECAY,
+            grad_clip: GPT3_GRAD_CLIP,
             sources: Sources {
                 lr: Source::Default(format!(
                     "GPT-3 (Brown et al. 2020) Table 2.1, the {row} row, nearest to this model's {} parameters",
@@ -197,8 +218,20 @@ impl TrainingSetup {
                 beta2: appendix("Adam beta2 0.95"),
                 eps: appendix("Adam eps 1e-8"),
                 weight_decay: appendix("weight decay 0.1"),
+                grad_clip: appendix("the global norm of the gradient clipped at 1.0"),
             },
         }
+    }
+
+    /// GPT-3's setup for `program`'s model, its clipping as the program has it (off for an
+    /// unclipped program, so that a schedule says what its step does).
+    pub fn gpt3_for(program: &crate::program::Program) -> TrainingSetup {
+        let mut s = TrainingSetup::gpt3(&program.config);
+        if program.clipping == crate::program::Clipping::Off {
+            s.grad_clip = 0.0;
+            s.sources.grad_clip = Source::Default("the step program is unclipped".into());
+        }
+        s
     }
 
     fn floor_source() -> Source {
@@ -258,8 +291,21 @@ impl TrainingSetup {
             s.weight_decay = v;
             s.sources.weight_decay = src;
         }
+        if let Some((v, src)) = pick(flags.grad_clip, "--grad-clip", spec.grad_clip, &path) {
+            s.grad_clip = v;
+            s.sources.grad_clip = src;
+        }
         s.validate()?;
         Ok(s)
+    }
+
+    /// The step program's clipping: by the global norm where `grad_clip` is positive.
+    pub fn clipping(&self) -> crate::program::Clipping {
+        if self.grad_clip > 0.0 {
+            crate::program::Clipping::GlobalNorm
+        } else {
+            crate::program::Clipping::Off
+        }
     }
 
     fn error(&self, field: &'static str, value: impl fmt::Display, source: &Source, message: &str) -> SetupError {
@@ -291,6 +337,9 @@ impl TrainingSetup {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(self.error("weight_decay", self.weight_decay, &src.weight_decay, "must be 0 or more, e.g. 0.1"));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(self.error("grad_clip", self.grad_clip, &src.grad_clip, "must be 0 (no clipping) or a positive norm, e.g. 1.0"));
         }
         Ok(())
     }
@@ -354,6 +403,11 @@ impl TrainingSetup {
             ("AdamW beta2", self.beta2.to_string(), s.beta2.to_string()),
             ("AdamW eps", fmt_g(self.eps), s.eps.to_string()),
             ("weight decay", self.weight_decay.to_string(), format!("{} (matrices only)", s.weight_decay)),
+            (
+                "grad clip",
+                if self.grad_clip > 0.0 { fmt_g(self.grad_clip) } else { "off".into() },
+                format!("{} (global norm; every update waits for every gradient)", s.grad_clip),
+            ),
         ]
     }
 
@@ -520,6 +574,8 @@ mod tests {
             (flags(|f| f.beta2 = Some(-0.1)), "beta2"),
             (flags(|f| f.eps = Some(0.0)), "eps"),
             (flags(|f| f.weight_decay = Some(-0.1)), "weight_decay"),
+            (flags(|f| f.grad_clip = Some(-1.0)), "grad_clip"),
+            (flags(|f| f.grad_clip = Some(f64::INFINITY)), "grad_clip"),
         ];
         for (spec, field) in cases {
             let e = TrainingSetup::resolve(&cfg, None, &spec).unwrap_err();

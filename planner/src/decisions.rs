@@ -230,7 +230,9 @@ impl Decisions {
                         return Err(bad("the head's activations (always on the GPU)"));
                     }
                 }
-                BlockKind::Io | BlockKind::Workspace | BlockKind::Scratch => unreachable!("only placeable blocks are looked up"),
+                BlockKind::Io | BlockKind::Workspace | BlockKind::Scratch | BlockKind::Clipping => {
+                    unreachable!("only placeable blocks are looked up")
+                }
             }
         }
         for (o, p, name) in grads {

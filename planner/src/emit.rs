@@ -209,7 +209,7 @@ pub fn emit(program: &Program, hw: &HardwareProfile, decisions: &Decisions, budg
         format_version: SCHEDULE_FORMAT_VERSION,
         inventory_digest: models::digest::program_digest(program),
         model: program.config.clone(),
-        setup: models::TrainingSetup::gpt3(&program.config),
+        setup: models::TrainingSetup::gpt3_for(program),
         hardware: hw.name.clone(),
         budget,
         strategy: "planner".into(),

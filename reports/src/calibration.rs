@@ -748,7 +748,7 @@ mod tests {
             steps: losses
                 .iter()
                 .enumerate()
-                .map(|(i, l)| StepRecord { step: i as u32 + 1, loss: *l, lr: None, ms: 10.0, tokens_per_s: 1.0, mfu: 0.0 })
+                .map(|(i, l)| StepRecord { step: i as u32 + 1, loss: *l, lr: None, grad_norm: None, ms: 10.0, tokens_per_s: 1.0, mfu: 0.0 })
                 .collect(),
             median_ms: 10.0,
             median_tokens_per_s: 1.0,
@@ -762,6 +762,7 @@ mod tests {
             allocator: String::new(),
             startup: None,
             probe: None,
+            clipping: Default::default(),
             training: None,
         }
     }

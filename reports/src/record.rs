@@ -56,6 +56,10 @@ pub struct StepRecord {
     /// The learning rate the step's updates used; None in records written before the setup.
     #[serde(default)]
     pub lr: Option<f64>,
+    /// The global norm of the step's gradients before clipping; None unclipped (and in
+    /// records written before clipping).
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
     pub ms: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -128,6 +132,16 @@ pub struct Record {
     /// records written before `--data` and checkpoints.
     #[serde(default)]
     pub training: Option<TrainingRecord>,
+    /// The step's clipping; `Off` in records written before clipping, which did not clip.
+    #[serde(default)]
+    pub clipping: models::program::Clipping,
+}
+
+impl Record {
+    /// The step program the run ran (its config and clipping).
+    pub fn program(&self) -> models::Program {
+        models::Program::build_with(&self.config, self.clipping)
+    }
 }
 
 /// A run's data, start and checkpoints.
@@ -275,7 +289,7 @@ mod tests {
     fn sample() -> Record {
         let cfg = GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
         let steps: Vec<StepRecord> = (1..=4)
-            .map(|i| StepRecord { step: i, loss: 11.0 - i as f64, lr: None, ms: 10.0 + i as f64, tokens_per_s: 1e5, mfu: 0.1 })
+            .map(|i| StepRecord { step: i, loss: 11.0 - i as f64, lr: None, grad_norm: None, ms: 10.0 + i as f64, tokens_per_s: 1e5, mfu: 0.1 })
             .collect();
         Record {
             version: RECORD_VERSION,
@@ -310,6 +324,7 @@ mod tests {
             allocator: String::new(),
             startup: None,
             probe: None,
+            clipping: Default::default(),
             training: None,
         }
     }

@@ -155,7 +155,7 @@ fn signed_ms(d: f64) -> String {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let schedule = Schedule::load(&args.schedule)?;
-    let program = Program::build(&schedule.model);
+    let program = Program::for_setup(&schedule.model, &schedule.setup);
     schedule.check_digest(&models::digest::program_digest(&program), &args.schedule)?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     let block = find_block(&program, &args.block)?;

@@ -41,7 +41,8 @@ struct Inspection {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = args.model.load()?;
-    let program = Program::build(&cfg);
+    // The step plan and run take by default: GPT-3's setup, clipped.
+    let program = Program::for_setup(&cfg, &models::TrainingSetup::gpt3(&cfg));
     let inv = &program.inventory;
     let graph = LifetimeGraph::build(&program);
     let (peak, at) = graph.peak();

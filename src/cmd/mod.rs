@@ -116,6 +116,10 @@ pub struct SetupArgs {
     /// Adam epsilon (default 1e-8, GPT-3).
     #[arg(long, value_name = "EPS", allow_hyphen_values = true)]
     pub eps: Option<f64>,
+    /// Clip the gradients' global norm to this (default 1.0, GPT-3; 0 turns clipping off).
+    /// Clipping makes every update wait for every gradient: the plan prices that.
+    #[arg(long, value_name = "NORM", allow_hyphen_values = true)]
+    pub grad_clip: Option<f64>,
 }
 
 impl SetupArgs {
@@ -129,6 +133,7 @@ impl SetupArgs {
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
         }
     }
 

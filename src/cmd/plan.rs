@@ -35,10 +35,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
-    // Checked before anything is solved or written; it changes no placement, the schedule
+    // Checked before anything is solved or written; only its clipping changes the step, the schedule
     // carries it to `simulate` and `run`.
     let setup = args.training.resolve(&cfg)?;
-    let program = Program::build(&cfg);
+    let program = Program::for_setup(&cfg, &setup);
     let opts = super::solve_options(args.time_limit, &args.solve, 2)?;
     let presets = match &args.strategy {
         Some(names) => Some(planner::strategy::parse_strategy(names).map_err(super::usage)?),
@@ -167,7 +167,7 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
     for l in figures.memory.lines().iter().chain(&figures.step.lines()) {
         println!("{l}");
     }
-    println!("training setup (changes no placement; `run` follows it step by step):");
+    println!("training setup (clipping is part of the planned step; `run` follows the rest step by step):");
     for l in s.setup.lines() {
         println!("  {l}");
     }

@@ -4,7 +4,7 @@
 //! measured, with the y = x line).
 
 use anyhow::Context;
-use models::{Bytes, HardwareProfile, Program};
+use models::{Bytes, HardwareProfile};
 use reports::calibration::{loss_mismatches, worst_first, Case, RePlan};
 use reports::record::{load_dir, Record};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub struct Args {
 pub fn replan(record: &Record, hw: &HardwareProfile) -> Result<RePlan, String> {
     let budget = record.budget_bytes.map_or(Bytes::UNLIMITED, Bytes);
     let (plan, over_budget) =
-        planner::replan_uncapped(&Program::build(&record.config), hw, budget, &record.decisions).map_err(|e| e.to_string())?;
+        planner::replan_uncapped(&record.program(), hw, budget, &record.decisions).map_err(|e| e.to_string())?;
     Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
 }
 

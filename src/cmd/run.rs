@@ -199,7 +199,7 @@ fn print_memory(measured: &MemoryPeaks, predicted: &MemoryPeaks) {
 fn steps_of(reports: &[StepReport]) -> Vec<StepRecord> {
     reports
         .iter()
-        .map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
+        .map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), grad_norm: s.grad_norm, ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
         .collect()
 }
 
@@ -270,6 +270,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         startup: Some(result.startup.clone()),
         probe: Some(result.probes.clone()),
         training: Some(training),
+        clipping: program.clipping,
     }
 }
 
@@ -370,7 +371,7 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
     let setup = args.training.resolve(&cfg)?;
-    let program = Program::build(&cfg);
+    let program = Program::for_setup(&cfg, &setup);
     program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
     let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
     let hw_path = args.hardware.clone().unwrap_or_else(|| PathBuf::from("models/hardware/h100-sxm.ron"));
@@ -411,7 +412,7 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
 
 fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
-    let program = Program::build(&schedule.model);
+    let program = Program::for_setup(&schedule.model, &schedule.setup);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
     check_host_memory(&schedule, &program, &hw)?;

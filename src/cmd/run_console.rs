@@ -74,8 +74,9 @@ impl Console {
 
     fn step(&mut self, r: &StepReport) {
         self.done += 1;
+        let norm = r.grad_norm.map(|n| format!(" | norm {n:.4}")).unwrap_or_default();
         let line = format!(
-            "step {:>4}/{} | loss {:.6} | lr {:.3e} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
+            "step {:>4}/{} | loss {:.6} | lr {:.3e}{norm} | {:>9.2} ms | {:>10.0} tok/s | MFU {:>5.1}%",
             r.step,
             // the last step's number (past `steps` for a resumed run)
             (r.step + self.steps).saturating_sub(self.done),

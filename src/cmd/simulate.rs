@@ -129,7 +129,7 @@ impl StepJson {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let schedule = Schedule::load(&args.schedule)?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;
-    let program = Program::build(&schedule.model);
+    let program = Program::for_setup(&schedule.model, &schedule.setup);
     schedule.check_digest(&models::digest::program_digest(&program), &args.schedule)?;
     let started = Instant::now();
     let checked = planner::check_schedule(&program, &hw, &schedule).with_context(|| format!("refusing {}", args.schedule.display()))?;
@@ -249,7 +249,7 @@ fn print_table(r: &Report, p: &Prediction, s: &Schedule, figures: &PlanFigures) 
         "holds under any timing".to_string()
     };
     println!("  {:<17}{:>12}  {verdict}", "budget", s.budget.to_string());
-    println!("  training setup (changes no placement or time):");
+    println!("  training setup (its clipping is part of the step simulated):");
     for l in s.setup.lines() {
         println!("    {l}");
     }

@@ -148,10 +148,10 @@ fn sweep_points(program: &Program, hw: &HardwareProfile, budgets: &[Bytes], opts
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let (cfg, hw) = args.target.load()?;
-    // The setup changes no step time here (one optimizer step per micro-batch); it is checked
-    // and said, so a sweep and the plans it stands for agree.
+    // The setup's clipping changes the step program (every update waits for every gradient);
+    // the rest is checked and said, so a sweep and the plans it stands for agree.
     let setup = args.training.resolve(&cfg)?;
-    let program = Program::build(&cfg);
+    let program = Program::for_setup(&cfg, &setup);
     if !(1..=MAX_POINTS).contains(&args.points) {
         return Err(super::usage(format!("--points must be from 1 to {MAX_POINTS}, got {}", args.points)));
     }

@@ -98,11 +98,11 @@ mod imp {
         opt[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.01));
         let views = vec![models::inventory::View { name: "calibration".into(), shape: vec![n as u64], offset: 0 }];
         let h = crate::host::AdamW::default();
-        crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 1).map_err(|e| bad(e.to_string()))?; // warm-up, first touch
+        crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 1, 1.0).map_err(|e| bad(e.to_string()))?; // warm-up, first touch
         let mut ad = Vec::new();
         for r in 0..opts.repeats {
             let t0 = Instant::now();
-            crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 2 + r as u32).map_err(|e| bad(e.to_string()))?;
+            crate::host::adamw_owner(&mut w, &g, &mut opt, &views, &h, 2 + r as u32, 1.0).map_err(|e| bad(e.to_string()))?;
             ad.push(t0.elapsed().as_secs_f64());
         }
         if !opt[..n].iter().step_by(4096).all(|x| x.is_finite() && *x < 0.01) {

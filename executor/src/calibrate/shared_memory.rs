@@ -247,6 +247,7 @@ pub(super) mod gpu {
                     &views,
                     &AdamW::default(),
                     self.step,
+                    1.0,
                 )
                 .map_err(|e| bad(e.to_string()))?;
             }

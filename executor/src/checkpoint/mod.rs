@@ -91,7 +91,7 @@ pub enum CheckpointError {
     )]
     OtherConfigName { path: PathBuf, saved: String, now: String },
     #[error(
-        "{}: saved by a run of program {saved}, this run's program is {now} (another micro-batch, sequence length or output chunking?): resume with the shape it was saved with, or start from its weights with --init-from",
+        "{}: saved by a run of program {saved}, this run's program is {now} (another micro-batch, sequence length, output chunking or clipping?): resume with the shape and clipping it was saved with, or start from its weights with --init-from",
         path.display()
     )]
     OtherProgram { path: PathBuf, saved: String, now: String },

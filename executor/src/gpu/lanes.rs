@@ -73,6 +73,13 @@ impl<'a> HostAccess<'a> {
         Ok(as_bf16(unsafe { std::slice::from_raw_parts(e.ptr as *const u16, e.bytes / 2) }))
     }
 
+    /// A copy the op reads, as f32.
+    pub fn f32(&mut self, t: TensorId) -> std::result::Result<&'a [f32], String> {
+        let e = self.entry(t, Access::Read, 4)?;
+        // SAFETY: as `bf16`.
+        Ok(unsafe { std::slice::from_raw_parts(e.ptr as *const f32, e.bytes / 4) })
+    }
+
     /// Takes a copy the op writes (once), as bf16.
     pub fn bf16_mut(&mut self, t: TensorId) -> std::result::Result<&'a mut [bf16], String> {
         let e = self.take(t, 2)?;

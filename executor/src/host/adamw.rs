@@ -10,6 +10,7 @@
 //! ```text
 //! bc1 = 1 - b1^step; bc2 = 1 - b2^step; step_size = lr / bc1; bc2_sqrt = sqrt(bc2)
 //! decay = 1 - lr*wd
+//! g = f32(grad) * scale                       (the clip scale; 1 unclipped: g exactly)
 //! p = master*decay; m = b1*m + (1-b1)*g; v = b2*v + ((1-b2)*g)*g
 //! p = p - (step_size*m) / (sqrt(v)/bc2_sqrt + eps); master = p; weights = bf16_rn(p)
 //! ```
@@ -17,6 +18,9 @@
 //! once here ([`AdamwScalars`]) and handed to the kernel, which does each operation with an
 //! explicitly rounded intrinsic (no fused multiply-add); Rust never fuses, and its division and
 //! square root are IEEE like the kernel's. The host result is the same for any thread count.
+//! `scale` is the clip scale of a step clipped by the global norm (`adamw_update_clipped`, the
+//! `clip_scale` tensor; [`super::norm::clip_scale`]), 1.0 otherwise (`adamw_update`): with 1.0
+//! the update is bitwise the unclipped one.
 
 use super::bf16::{bf16, bf16_to_f32, f32_to_bf16};
 use super::{check_len, HostError};
@@ -68,11 +72,11 @@ pub const CHUNK: usize = 32 * 1024;
 /// kernel's IEEE fp32 operations in the kernel's order (Rust neither contracts a * b + c into a
 /// fused multiply-add nor approximates division or square root), so bitwise its update.
 #[inline(always)]
-fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: AdamwScalars) {
+fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[bf16], s: AdamwScalars, scale: f32) {
     let n = w.len();
     let (master, m, v, g) = (&mut master[..n], &mut m[..n], &mut v[..n], &g[..n]);
     for i in 0..n {
-        let gi = bf16_to_f32(g[i]);
+        let gi = bf16_to_f32(g[i]) * scale;
         let p = master[i] * s.decay;
         let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
         let vi = s.beta2 * v[i] + (s.one_minus_beta2 * gi) * gi;
@@ -86,7 +90,8 @@ fn update(w: &mut [bf16], master: &mut [f32], m: &mut [f32], v: &mut [f32], g: &
 }
 
 /// AdamW over one flat range with one weight decay, on the calling thread: `adamw_update` of
-/// adamw.cu. All slices have the same length. `step >= 1`.
+/// adamw.cu (`adamw_update_clipped` with the gradient times `scale`, the clip scale; 1.0 for an
+/// unclipped step). All slices have the same length. `step >= 1`.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_range(
     weights: &mut [bf16],
@@ -97,6 +102,7 @@ pub fn adamw_range(
     h: &AdamW,
     weight_decay: f32,
     step: u32,
+    scale: f32,
 ) -> Result<(), HostError> {
     const OP: &str = "adamw_range";
     let n = weights.len();
@@ -105,14 +111,15 @@ pub fn adamw_range(
     check_len(OP, "v", n, v.len())?;
     check_len(OP, "grads", n, grads.len())?;
     check_step(OP, step)?;
-    update(weights, master, m, v, grads, h.scalars(weight_decay, step));
+    update(weights, master, m, v, grads, h.scalars(weight_decay, step), scale);
     Ok(())
 }
 
 /// AdamW over one owner: `weights`/`grads` of `n` elements, `optimizer` = `[master | m | v]` of
 /// `3n`, `views` the owner's parameter views (in order, tiling `0..n` exactly, as the inventory
-/// emits them), each with [`view_weight_decay`]. Runs on all threads of the current rayon pool,
-/// in tasks of [`CHUNK`] elements; allocates nothing.
+/// emits them), each with [`view_weight_decay`]; `scale` the clip scale every gradient element
+/// is multiplied by (1.0 for an unclipped step: bitwise the unclipped update). Runs on all
+/// threads of the current rayon pool, in tasks of [`CHUNK`] elements; allocates nothing.
 pub fn adamw_owner(
     weights: &mut [bf16],
     grads: &[bf16],
@@ -120,6 +127,7 @@ pub fn adamw_owner(
     views: &[View],
     h: &AdamW,
     step: u32,
+    scale: f32,
 ) -> Result<(), HostError> {
     const OP: &str = "adamw_owner";
     let n = weights.len();
@@ -163,7 +171,7 @@ pub fn adamw_owner(
                 if a < b {
                     let r = a - start..b - start;
                     let s = if view_weight_decay(view, h.weight_decay) == 0.0 { undecayed } else { decayed };
-                    update(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s);
+                    update(&mut w[r.clone()], &mut ma[r.clone()], &mut mm[r.clone()], &mut vv[r.clone()], &g[r], s, scale);
                 }
             }
         });

@@ -1,9 +1,10 @@
 //! Host-side compute that a schedule may place on the CPU (`models::cost::runs_on_host`):
 //! AdamW over one owner's parameters (`OpKind::Adam`), the CPU embedding gather (`OpKind::Embed`)
-//! and scatter-add (`OpKind::EmbedBwd`), and bf16 conversion.
+//! and scatter-add (`OpKind::EmbedBwd`), the partial norms of a gradient (`OpKind::GradNorm`),
+//! the global norm and clip scale (`OpKind::ClipScale`), and bf16 conversion.
 //!
 //! Every function does the GPU kernel's fp32 arithmetic in the kernel's order (adamw.cu,
-//! encoder.cu; see `executor/kernels/README.md`), so a step with these ops on the host gives the
+//! encoder.cu, grad_norm.cu; see `executor/kernels/README.md`), so a step with these ops on the host gives the
 //! GPU's numbers (tolerances in each module). All of it runs on the current rayon pool (call
 //! inside `ThreadPool::install` to choose the threads); results do not depend on the number of
 //! threads (bitwise). No GPU, no `unsafe`: this module builds with and without `cuda`.
@@ -11,9 +12,11 @@
 pub mod adamw;
 pub mod bf16;
 pub mod embedding;
+pub mod norm;
 
 pub use adamw::{adamw_owner, adamw_range, view_weight_decay, AdamW};
 pub use embedding::{embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
+pub use norm::{clip_scale, global_norm, grad_norm_partials};
 
 /// Bad arguments to a host op (lengths that do not match the shapes, views that do not tile
 /// the owner's tensor, a step of 0).

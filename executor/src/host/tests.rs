@@ -76,7 +76,7 @@ fn one_adamw_step_by_hand() {
     let mut w = vec![bf16::ZERO; 1];
     let (mut master, mut m, mut v) = (vec![1.0f32], vec![0.0f32], vec![0.0f32]);
     let g = vec![f32_to_bf16(0.5)];
-    adamw_range(&mut w, &mut master, &mut m, &mut v, &g, &h, h.weight_decay, 1).unwrap();
+    adamw_range(&mut w, &mut master, &mut m, &mut v, &g, &h, h.weight_decay, 1, 1.0).unwrap();
     assert!((master[0] as f64 - 0.9989).abs() < 1e-7, "{}", master[0]);
     // m and v carry the f32 betas (the kernel takes f32 too): 1 - 0.9f32 is 0.1 (1 + 2.4e-7),
     // 1 - 0.999f32 is 0.001 (1 - 1.3e-5); the bias correction cancels it in p.
@@ -97,7 +97,7 @@ fn one_adamw_step_by_hand() {
     for (s, g) in gs.iter().enumerate() {
         let step = s as u32 + 1;
         let gb: Vec<bf16> = g.iter().map(|x| f32_to_bf16(*x)).collect();
-        adamw_range(&mut w, &mut master, &mut m, &mut v, &gb, &h, h.weight_decay, step).unwrap();
+        adamw_range(&mut w, &mut master, &mut m, &mut v, &gb, &h, h.weight_decay, step, 1.0).unwrap();
         for i in 0..4 {
             let (p, mm, vv) = r[i];
             r[i] = torch_adamw(p, bf16_to_f32(gb[i]) as f64, mm, vv, &h, h.weight_decay as f64, step as i32);
@@ -180,7 +180,7 @@ fn adamw_owner_is_bitwise_the_kernel_math_for_any_thread_count() {
         let (mut w, mut opt) = (w0.clone(), opt0.clone());
         pool(threads).install(|| {
             for step in 1..=3 {
-                adamw_owner(&mut w, &g, &mut opt, &vs, &h, step).unwrap();
+                adamw_owner(&mut w, &g, &mut opt, &vs, &h, step, 1.0).unwrap();
             }
         });
         assert_eq!(bits(&w), bits(&w_ref), "{threads} threads: weights");
@@ -199,7 +199,7 @@ fn weight_decay_only_on_2d_views() {
     opt[..n].fill(2.0);
     let mut w = vec![f32_to_bf16(2.0); n];
     let g = vec![bf16::ZERO; n];
-    adamw_owner(&mut w, &g, &mut opt, &vs, &h, 1).unwrap();
+    adamw_owner(&mut w, &g, &mut opt, &vs, &h, 1, 1.0).unwrap();
     let decayed = 2.0f32 * (1.0 - 0.01 * 0.5);
     for vw in &vs {
         let want = if vw.shape.len() == 2 { decayed } else { 2.0 };
@@ -216,12 +216,12 @@ fn adamw_rejects_bad_arguments() {
     let (vs, n) = views(&[("w", &[2, 2]), ("b", &[2])]);
     let h = AdamW::default();
     let (mut w, mut opt, g) = random_state(n, 1);
-    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &vs, &h, 0), Err(HostError::Invalid { .. })));
-    assert!(matches!(adamw_owner(&mut w, &g[..n - 1], &mut opt, &vs, &h, 1), Err(HostError::Length { .. })));
-    assert!(matches!(adamw_owner(&mut w, &g, &mut opt[..2 * n], &vs, &h, 1), Err(HostError::Length { .. })));
+    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &vs, &h, 0, 1.0), Err(HostError::Invalid { .. })));
+    assert!(matches!(adamw_owner(&mut w, &g[..n - 1], &mut opt, &vs, &h, 1, 1.0), Err(HostError::Length { .. })));
+    assert!(matches!(adamw_owner(&mut w, &g, &mut opt[..2 * n], &vs, &h, 1, 1.0), Err(HostError::Length { .. })));
     let gap = vec![view("w", &[2, 2], 0), view("b", &[2], 5)];
-    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &gap, &h, 1), Err(HostError::Invalid { .. })));
-    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &vs[..1], &h, 1), Err(HostError::Invalid { .. })));
+    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &gap, &h, 1, 1.0), Err(HostError::Invalid { .. })));
+    assert!(matches!(adamw_owner(&mut w, &g, &mut opt, &vs[..1], &h, 1, 1.0), Err(HostError::Invalid { .. })));
 }
 
 #[test]
@@ -250,7 +250,7 @@ fn adamw_matches_the_inventory_layout() {
         let vs = &inv.tensor(p.weights).views;
         let (mut w, mut opt, g) = random_state(n, 3);
         let (mut w_ref, mut opt_ref) = (w.clone(), opt.clone());
-        adamw_owner(&mut w, &g, &mut opt, vs, &AdamW::default(), 5).unwrap();
+        adamw_owner(&mut w, &g, &mut opt, vs, &AdamW::default(), 5, 1.0).unwrap();
         kernel_reference(&mut w_ref, &mut opt_ref, &g, vs, &AdamW::default(), 5);
         assert_eq!(bits(&w), bits(&w_ref), "{owner}");
         assert_eq!(fbits(&opt), fbits(&opt_ref), "{owner}");
@@ -258,6 +258,178 @@ fn adamw_matches_the_inventory_layout() {
             assert!(vs.iter().all(|v| v.shape.len() == 2));
         }
     }
+}
+
+#[test]
+fn adamw_with_a_clip_scale() {
+    // C = 88 (views straddle the tasks), three steps.
+    let (vs, n) = layer_like(88);
+    let h = AdamW::default();
+    let (w0, opt0, g) = random_state(n, 21);
+    // Scale 1.0 is bitwise the unscaled arithmetic (kernel_reference, which has no scale).
+    let (mut w_ref, mut opt_ref) = (w0.clone(), opt0.clone());
+    let (mut w, mut opt) = (w0.clone(), opt0.clone());
+    for step in 1..=3 {
+        kernel_reference(&mut w_ref, &mut opt_ref, &g, &vs, &h, step);
+        adamw_owner(&mut w, &g, &mut opt, &vs, &h, step, 1.0).unwrap();
+    }
+    assert_eq!(bits(&w), bits(&w_ref), "scale 1: weights");
+    assert_eq!(fbits(&opt), fbits(&opt_ref), "scale 1: master | m | v");
+
+    // Scale 0.5 on g equals scale 1.0 on g/2, which bf16 holds exactly (every value here is
+    // normal; halving only lowers the exponent).
+    let half: Vec<bf16> = g.iter().map(|x| f32_to_bf16(bf16_to_f32(*x) * 0.5)).collect();
+    assert!(g.iter().zip(&half).all(|(a, b)| bf16_to_f32(*a) * 0.5 == bf16_to_f32(*b)), "halving is exact");
+    assert!(g.iter().any(|x| bf16_to_f32(*x) != 0.0));
+    for threads in [1, 3, 8] {
+        let (mut wa, mut opta) = (w0.clone(), opt0.clone());
+        let (mut wb, mut optb) = (w0.clone(), opt0.clone());
+        pool(threads).install(|| {
+            for step in 1..=3 {
+                adamw_owner(&mut wa, &g, &mut opta, &vs, &h, step, 0.5).unwrap();
+                adamw_owner(&mut wb, &half, &mut optb, &vs, &h, step, 1.0).unwrap();
+            }
+        });
+        assert_eq!(bits(&wa), bits(&wb), "{threads} threads: weights");
+        assert_eq!(fbits(&opta), fbits(&optb), "{threads} threads: master | m | v");
+        // and the scale did something
+        assert_ne!(fbits(&opta), fbits(&opt_ref));
+    }
+    // adamw_range the same, one view
+    let k = 1000;
+    let (mut wa, mut wb) = (w0[..k].to_vec(), w0[..k].to_vec());
+    let (mut ma, mut mb) = (opt0[..k].to_vec(), opt0[..k].to_vec());
+    let (mut m1, mut m2) = (opt0[n..n + k].to_vec(), opt0[n..n + k].to_vec());
+    let (mut v1, mut v2) = (opt0[2 * n..2 * n + k].to_vec(), opt0[2 * n..2 * n + k].to_vec());
+    adamw_range(&mut wa, &mut ma, &mut m1, &mut v1, &g[..k], &h, h.weight_decay, 2, 0.5).unwrap();
+    adamw_range(&mut wb, &mut mb, &mut m2, &mut v2, &half[..k], &h, h.weight_decay, 2, 1.0).unwrap();
+    assert_eq!((bits(&wa), fbits(&ma), fbits(&m1), fbits(&v1)), (bits(&wb), fbits(&mb), fbits(&m2), fbits(&v2)));
+}
+
+// ---------------------------------------------------------------- clipping by the global norm
+
+/// grad_norm.cu's order written out plainly: block b over [b*per, min(n, (b+1)*per)), thread t
+/// summing elements start+t, start+t+256, ... in order, then the halving tree.
+fn partials_reference(g: &[bf16]) -> Vec<f32> {
+    let n = g.len();
+    let per = n.div_ceil(256);
+    (0..256)
+        .map(|b| {
+            let (start, end) = (b * per, ((b + 1) * per).min(n));
+            let mut s: Vec<f32> = (0..256)
+                .map(|t| {
+                    let mut acc = 0.0f32;
+                    let mut i = start + t;
+                    while i < end {
+                        let x = bf16_to_f32(g[i]);
+                        acc += x * x;
+                        i += 256;
+                    }
+                    acc
+                })
+                .collect();
+            while s.len() > 1 {
+                let stride = s.len() / 2;
+                s = (0..stride).map(|t| s[t] + s[t + stride]).collect();
+            }
+            s[0]
+        })
+        .collect()
+}
+
+/// bf16 values of many magnitudes (2^-20 .. 2^10), both signs, some zeros.
+fn spread_bf16s(rng: &mut Rng, n: usize) -> Vec<bf16> {
+    (0..n).map(|i| if i % 97 == 0 { bf16::ZERO } else { f32_to_bf16(rng.next() * 2.0f32.powi(rng.below(31) as i32 - 20)) }).collect()
+}
+
+#[test]
+fn grad_norm_partials_are_the_kernels_order() {
+    let mut rng = Rng(0x5eed);
+    for n in [0usize, 1, 255, 256, 257, 65536 + 3, 1_000_003] {
+        let g = spread_bf16s(&mut rng, n);
+        let want = partials_reference(&g);
+        for threads in [1, 3, 8] {
+            let mut got = vec![f32::NAN; 256];
+            pool(threads).install(|| grad_norm_partials(&g, &mut got)).unwrap();
+            assert_eq!(fbits(&got), fbits(&want), "n = {n}, {threads} threads");
+        }
+        // blocks past the end are exactly +0.0
+        let per = n.div_ceil(256);
+        for (b, p) in want.iter().enumerate() {
+            if b * per >= n {
+                assert_eq!(p.to_bits(), 0, "n = {n}: block {b} is empty");
+            }
+        }
+        // the norm, against an f64 sum of squares
+        let exact: f64 = g.iter().map(|x| (bf16_to_f32(*x) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm = global_norm([want.as_slice()]);
+        if exact == 0.0 {
+            assert_eq!(norm, 0.0, "n = {n}");
+        } else {
+            assert!((norm - exact).abs() <= 1e-6 * exact, "n = {n}: {norm} vs {exact}");
+        }
+    }
+    // by hand: ones over 65539 elements: per = 257, blocks 0..255 hold 257 each, the last 4
+    let ones = vec![f32_to_bf16(1.0); 65539];
+    let mut got = vec![0.0f32; 256];
+    grad_norm_partials(&ones, &mut got).unwrap();
+    assert!(got[..255].iter().all(|p| *p == 257.0) && got[255] == 4.0, "{got:?}");
+    assert_eq!(global_norm([got.as_slice()]), 65539f64.sqrt());
+}
+
+#[test]
+fn grad_norm_partials_rejects_a_wrong_partials_length() {
+    let g = vec![f32_to_bf16(1.0); 10];
+    for len in [0, 255, 257] {
+        let mut p = vec![0.0f32; len];
+        assert!(matches!(grad_norm_partials(&g, &mut p), Err(HostError::Length { expected: 256, .. })), "{len}");
+    }
+}
+
+#[test]
+fn global_norm_sums_every_owner_in_order() {
+    let mut rng = Rng(3);
+    let owners: Vec<Vec<f32>> = (0..5).map(|_| (0..256).map(|_| rng.next().abs() * 1e3).collect()).collect();
+    let mut total = 0.0f64;
+    for o in &owners {
+        for p in o {
+            total += *p as f64;
+        }
+    }
+    let norm = global_norm(owners.iter().map(|o| o.as_slice()));
+    assert_eq!(norm.to_bits(), total.sqrt().to_bits());
+    assert_eq!(global_norm(std::iter::empty::<&[f32]>()), 0.0);
+    // the gradients of several owners: the norm of all of them together
+    let gs: Vec<Vec<bf16>> = [1000usize, 1, 70_000].iter().map(|n| spread_bf16s(&mut rng, *n)).collect();
+    let parts: Vec<Vec<f32>> = gs
+        .iter()
+        .map(|g| {
+            let mut p = vec![0.0f32; 256];
+            grad_norm_partials(g, &mut p).unwrap();
+            p
+        })
+        .collect();
+    let exact: f64 = gs.iter().flatten().map(|x| (bf16_to_f32(*x) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm = global_norm(parts.iter().map(|p| p.as_slice()));
+    assert!((norm - exact).abs() <= 1e-6 * exact, "{norm} vs {exact}");
+}
+
+#[test]
+fn clip_scale_is_pytorchs_coefficient() {
+    // within the limit (and at 0): exactly 1, so the update is the unclipped one
+    assert_eq!(clip_scale(0.5, 1.0), 1.0);
+    assert_eq!(clip_scale(0.0, 1.0), 1.0);
+    assert_eq!(clip_scale(1.0 - 2e-6, 1.0), 1.0);
+    // above it: max_norm / (norm + 1e-6), in f64, rounded once to f32
+    assert_eq!(clip_scale(4.0, 1.0), (1.0f64 / (4.0 + 1e-6)) as f32);
+    assert_eq!(clip_scale(12.5, 0.5), (0.5f64 / (12.5 + 1e-6)) as f32);
+    assert!(clip_scale(4.0, 1.0) < 0.25);
+    // at the limit: just below 1 (PyTorch clamps only ratios of 1 or more)
+    let at = clip_scale(1.0, 1.0);
+    assert!(at < 1.0 && at > 0.9999, "{at}");
+    // a non-finite norm: NaN, for the caller to see
+    assert!(clip_scale(f64::INFINITY, 1.0).is_nan());
+    assert!(clip_scale(f64::NAN, 1.0).is_nan());
 }
 
 // ---------------------------------------------------------------- embedding

@@ -4,6 +4,7 @@
 
 use super::{bwd_smem, cdiv, fwd_smem, fwd_warps, materialized_smem, Args, Kernel, Launch, LaunchError, Region, SPLITS};
 use models::config::{Attention, DType, GptConfig};
+use models::inventory::GRAD_NORM_PARTIALS;
 
 type Result<T> = std::result::Result<T, LaunchError>;
 
@@ -320,6 +321,8 @@ impl<B: Copy> CeBackward<B> {
 }
 
 /// `adamw_update` over `n` parameters: weights and gradients (bf16), master, m and v (f32).
+/// With `scale` (a clipped step: the one-f32 `clip_scale` tensor), `adamw_update_clipped`, whose
+/// gradient is `f32(grads[i]) * scale`; bitwise `adamw_update` when the scale is 1.
 pub struct AdamwUpdate<B> {
     pub weights: Region<B>,
     pub master: Region<B>,
@@ -328,6 +331,8 @@ pub struct AdamwUpdate<B> {
     pub grads: Region<B>,
     pub n: u64,
     pub scalars: AdamwScalars,
+    /// The clip scale (1 f32), or `None` for the unclipped kernel.
+    pub scale: Option<Region<B>>,
 }
 
 /// The scalars of one AdamW update, computed once on the host for the kernel and for host AdamW
@@ -368,7 +373,8 @@ impl AdamwScalars {
 impl<B: Copy> AdamwUpdate<B> {
     pub fn launch(self) -> Result<Launch<B>> {
         let (n, s) = (self.n, self.scalars);
-        Ok(Args::new(Kernel::AdamwUpdate)
+        let kernel = if self.scale.is_some() { Kernel::AdamwUpdateClipped } else { Kernel::AdamwUpdate };
+        let args = Args::new(kernel)
             .bf16("weights", self.weights, n)?
             .f32("master", self.master, n)?
             .f32("m", self.m, n)?
@@ -382,8 +388,34 @@ impl<B: Copy> AdamwUpdate<B> {
             .float(s.eps)
             .float(s.decay)
             .float(s.step_size)
-            .float(s.bc2_sqrt)
-            .launch((cdiv(n, 256), 1, 1), 256, 0))
+            .float(s.bc2_sqrt);
+        let args = match self.scale {
+            Some(scale) => args.f32("scale", scale, 1)?,
+            None => args,
+        };
+        Ok(args.launch((cdiv(n, 256), 1, 1), 256, 0))
+    }
+}
+
+/// `grad_norm_partials(g, n, partials)`: the [`GRAD_NORM_PARTIALS`] partial sums of squares of
+/// `n` bf16 gradient elements, in the fixed order of grad_norm.cu (which the host replays
+/// bitwise: `crate::host::grad_norm_partials`). Grid and block are fixed (256 x 256) for any `n`.
+pub struct GradNormPartials<B> {
+    pub grads: Region<B>,
+    pub partials: Region<B>,
+    pub n: u64,
+}
+
+/// Threads per block of `grad_norm_partials` (part of its summation order).
+pub const GRAD_NORM_THREADS: u32 = 256;
+
+impl<B: Copy> GradNormPartials<B> {
+    pub fn launch(self) -> Result<Launch<B>> {
+        Ok(Args::new(Kernel::GradNormPartials)
+            .bf16("grads", self.grads, self.n)?
+            .long(self.n)
+            .f32("partials", self.partials, GRAD_NORM_PARTIALS)?
+            .launch((GRAD_NORM_PARTIALS as u32, 1, 1), GRAD_NORM_THREADS, 0))
     }
 }
 

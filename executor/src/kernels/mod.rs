@@ -20,6 +20,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("gelu.cu", include_str!("../../kernels/gelu.cu")),
     ("crossentropy.cu", include_str!("../../kernels/crossentropy.cu")),
     ("adamw.cu", include_str!("../../kernels/adamw.cu")),
+    ("grad_norm.cu", include_str!("../../kernels/grad_norm.cu")),
     ("misc.cu", include_str!("../../kernels/misc.cu")),
     ("init.cu", include_str!("../../kernels/init.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
@@ -63,6 +64,10 @@ pub enum Kernel {
     CeLoss,
     CeBackward,
     AdamwUpdate,
+    /// `adamw_update` with the gradient times the clip scale (a clipped step).
+    AdamwUpdateClipped,
+    /// Partial sums of squares of one owner's gradient (a clipped step's `GradNorm`).
+    GradNormPartials,
     FillBf16,
     /// A debug delay on a stream (the slowed-lane runs): `ns` of the GPU's timer.
     SpinNs,
@@ -89,8 +94,9 @@ pub enum Param {
 }
 
 impl Kernel {
-    /// The kernels every step launches, whatever its attention.
-    pub const COMMON: [Kernel; 20] = [
+    /// The kernels every step launches, whatever its attention (with those of a step clipped by
+    /// the global norm: they are small, and loading them always keeps one set per config).
+    pub const COMMON: [Kernel; 22] = [
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackwardWpe,
         Kernel::EmbeddingBackwardWte,
@@ -108,6 +114,8 @@ impl Kernel {
         Kernel::CeLoss,
         Kernel::CeBackward,
         Kernel::AdamwUpdate,
+        Kernel::AdamwUpdateClipped,
+        Kernel::GradNormPartials,
         Kernel::FillBf16,
         Kernel::SpinNs,
         Kernel::InitParams,
@@ -122,7 +130,7 @@ impl Kernel {
     }
 
     /// Number of distinct slots (a flash kernel of any head size is one slot).
-    pub const SLOTS: usize = 26;
+    pub const SLOTS: usize = 28;
 
     /// A dense index, for tables of compiled functions: the common kernels first, then the
     /// fused attention's, then the materialised attention's.
@@ -151,7 +159,8 @@ impl Kernel {
             ColsumPartial | ColsumReduce => "bias.cu",
             GeluForward | GeluBackward => "gelu.cu",
             CeStatsUpdate | CeLoss | CeBackward => "crossentropy.cu",
-            AdamwUpdate => "adamw.cu",
+            AdamwUpdate | AdamwUpdateClipped => "adamw.cu",
+            GradNormPartials => "grad_norm.cu",
             FillBf16 | SpinNs => "misc.cu",
             InitParams => "init.cu",
             AttentionBackwardDelta | FlashForward(_) | FlashBackward(_) => "attention.cu",
@@ -180,6 +189,8 @@ impl Kernel {
             CeLoss => "ce_loss".into(),
             CeBackward => "ce_backward".into(),
             AdamwUpdate => "adamw_update".into(),
+            AdamwUpdateClipped => "adamw_update_clipped".into(),
+            GradNormPartials => "grad_norm_partials".into(),
             FillBf16 => "fill_bf16".into(),
             SpinNs => "spin_ns".into(),
             InitParams => "init_params".into(),
@@ -214,6 +225,8 @@ impl Kernel {
             CeLoss => &[Ptr(F), Ptr(F), I32],
             CeBackward => &[Ptr(B), Ptr(F), Ptr(I), I32, I32, I32, I32, F32],
             AdamwUpdate => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, F32, F32, F32],
+            AdamwUpdateClipped => &[Ptr(B), Ptr(F), Ptr(F), Ptr(F), Ptr(B), I64, F32, F32, F32, F32, F32, F32, F32, F32, Ptr(F)],
+            GradNormPartials => &[Ptr(B), I64, Ptr(F)],
             FillBf16 => &[Ptr(B), I64, F32],
             SpinNs => &[I64],
             InitParams => &[Ptr(B), Ptr(F), I64, I64, I64, F32, F32],
@@ -299,6 +312,8 @@ pub enum LaunchError {
     Outside { first: u64, count: u64, elems: u64 },
     #[error("the embedding has no {0} view")]
     NoView(&'static str),
+    #[error("{0}: no GPU launch")]
+    NotOnGpu(String),
 }
 
 type Result<T> = std::result::Result<T, LaunchError>;
@@ -484,5 +499,50 @@ mod tests {
         assert!(matches!(short, Err(LaunchError::TooSmall { need: 32, have: 31, .. })), "{short:?}");
         let f32s = GeluForward { out: Region::whole(1u32, 128, DType::F32), inp: Region::whole(2u32, 64, DType::Bf16), n: 32 }.launch();
         assert!(matches!(f32s, Err(LaunchError::WrongType { .. })), "{f32s:?}");
+    }
+
+    #[test]
+    fn clipping_launches_as_the_contract_says() {
+        use models::inventory::GRAD_NORM_PARTIALS;
+        let bf = |buf: u32, elems: u64| Region::whole(buf, 2 * elems, DType::Bf16);
+        let f = |buf: u32, elems: u64| Region::whole(buf, 4 * elems, DType::F32);
+        // grad_norm_partials: fixed 256 x 256 for any n (0 too), the partials narrowed to 256
+        for n in [0u64, 1, 1000, 3 << 31] {
+            let l = GradNormPartials { grads: bf(1, n), partials: f(2, 300), n }.launch().unwrap();
+            assert_eq!((l.kernel, l.grid, l.block, l.smem), (Kernel::GradNormPartials, (256, 1, 1), 256, 0));
+            l.check().unwrap();
+            assert!(matches!(l.args[1], Arg::I64(x) if x as u64 == n));
+            assert!(matches!(l.args[2], Arg::Buf(r) if r.bytes == 4 * GRAD_NORM_PARTIALS));
+        }
+        let short = GradNormPartials { grads: bf(1, 10), partials: f(2, 255), n: 10 }.launch();
+        assert!(matches!(short, Err(LaunchError::TooSmall { need: 256, have: 255, .. })), "{short:?}");
+        let short = GradNormPartials { grads: bf(1, 9), partials: f(2, 256), n: 10 }.launch();
+        assert!(matches!(short, Err(LaunchError::TooSmall { need: 10, have: 9, .. })), "{short:?}");
+
+        // AdamW: no scale, today's kernel; a scale, the clipped kernel with it last
+        let n = 1000;
+        let adam = |scale: Option<Region<u32>>| {
+            AdamwUpdate {
+                weights: bf(1, n),
+                master: f(2, n),
+                m: f(3, n),
+                v: f(4, n),
+                grads: bf(5, n),
+                n,
+                scalars: AdamwScalars::new(3e-4, 0.9, 0.95, 1e-8, 0.1, 1),
+                scale,
+            }
+            .launch()
+        };
+        let plain = adam(None).unwrap();
+        plain.check().unwrap();
+        assert_eq!((plain.kernel, plain.args.len()), (Kernel::AdamwUpdate, 14));
+        let clipped = adam(Some(f(6, 4))).unwrap();
+        clipped.check().unwrap();
+        assert_eq!((clipped.kernel, clipped.grid, clipped.block), (Kernel::AdamwUpdateClipped, plain.grid, plain.block));
+        assert_eq!(clipped.args[..14], plain.args[..]);
+        assert!(matches!(clipped.args[14], Arg::Buf(r) if r.buf == 6 && r.bytes == 4 && r.dtype == DType::F32));
+        assert!(matches!(adam(Some(bf(6, 4))), Err(LaunchError::WrongType { .. })));
+        assert!(matches!(adam(Some(f(6, 0))), Err(LaunchError::TooSmall { .. })));
     }
 }

@@ -31,6 +31,8 @@ use std::time::Instant;
 struct HostSink {
     errors: Mutex<Vec<String>>,
     nanos: AtomicU64,
+    /// The step's global gradient norm, from its clip scale op.
+    grad_norm: Mutex<Option<f64>>,
 }
 
 /// Timing events of the measured step: (lane kind, before, after) per timed action.
@@ -166,9 +168,11 @@ pub fn run(
             step: s,
             slow,
             update: true,
+            max_grad_norm: opts.setup.grad_clip,
         };
         let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
         sink.nanos.store(0, Ordering::Relaxed);
+        *sink.grad_norm.lock().expect("host sink") = None;
         record(&start, lanes.stream(Lane::Compute))?;
         issuer.issue_step(schedule, &mut step, arena.as_mut(), sampler.as_mut())?;
         for (lane, end) in Lane::ALL.iter().zip(&ends) {
@@ -188,7 +192,8 @@ pub fn run(
         device_used_high = device_used_high.max(total - free);
         match sampler {
             None => {
-                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops);
+                let norm = sink.grad_norm.lock().expect("host sink").take();
+                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops).with_grad_norm(norm);
                 progress(Progress::Step(&r));
                 reports.push(r);
             }
@@ -221,7 +226,13 @@ pub fn run(
             for b in batches {
                 step.upload_batch(&gpu, b)?;
                 let issuer =
-                    Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(b.inputs.clone()), adamw, step: s, slow, update: false };
+                    Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(b.inputs.clone()),
+                    adamw,
+                    step: s,
+                    slow,
+                    update: false,
+                    max_grad_norm: opts.setup.grad_clip,
+                };
                 issuer.issue_step(schedule, &mut step, arena.as_mut(), None)?;
                 lanes.end_step()?;
                 issuer.host_errors()?;
@@ -280,6 +291,8 @@ struct Issuer<'a> {
     slow: Option<SlowLanes>,
     /// False for a validation batch: AdamW (GPU and host) is left out, nothing else.
     update: bool,
+    /// The setup's largest global gradient norm (a clipped program).
+    max_grad_norm: f64,
 }
 
 impl Issuer<'_> {
@@ -356,7 +369,7 @@ impl Issuer<'_> {
                 timed(&mut sampler, Timed::Compute, lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
             }
             Action::HostRun(op) => {
-                let (uses, job) = host_work(self.program, op, self.tokens.clone(), self.adamw, self.step, self.sink.clone())?;
+                let (uses, job) = host_work(self.program, op, self.tokens.clone(), self.adamw, self.step, self.max_grad_norm, self.sink.clone())?;
                 lanes.host_run(i, &uses, job)?;
             }
             Action::Alloc(t, lane) | Action::Free(t, lane) => {
@@ -422,12 +435,14 @@ fn op_work(f: impl for<'a> FnOnce(&mut HostAccess<'a>) -> Result<(), String> + S
 
 /// The host work of one `HostRun`: the CPU embedding's gather or scatter, or AdamW of one owner,
 /// on the pinned host copies it uses. Errors go to `sink` (host work cannot return them).
+#[allow(clippy::too_many_arguments)]
 fn host_work(
     program: &Program,
     op: OpId,
     tokens: Arc<Vec<i32>>,
     h: AdamW,
     step: u32,
+    max_grad_norm: f64,
     sink: Arc<HostSink>,
 ) -> Result<(Vec<(TensorId, Access)>, HostJob), ExecError> {
     let inv = &program.inventory;
@@ -442,12 +457,48 @@ fn host_work(
         OpKind::Adam(o) => {
             let p = *inv.params(o);
             let views = inv.tensor(p.weights).views.clone();
-            let uses = vec![(p.weights, Access::Write), (p.grads, Access::Read), (p.optimizer, Access::Write)];
+            let scale_t = inv.clip.as_ref().map(|c| c.scale);
+            let mut uses = vec![(p.weights, Access::Write), (p.grads, Access::Read), (p.optimizer, Access::Write)];
+            uses.extend(scale_t.map(|t| (t, Access::Read)));
             (
                 uses,
                 op_work(move |acc| {
+                    let scale = match scale_t {
+                        Some(t) => acc.f32(t)?.first().copied().ok_or("the clip scale is empty")?,
+                        None => 1.0,
+                    };
                     let (w, g, opt) = (acc.bf16_mut(p.weights)?, acc.bf16(p.grads)?, acc.f32_mut(p.optimizer)?);
-                    host::adamw_owner(w, g, opt, &views, &h, step).map_err(host)
+                    host::adamw_owner(w, g, opt, &views, &h, step, scale).map_err(host)
+                }),
+            )
+        }
+        OpKind::GradNorm(o) => {
+            let g = inv.params(o).grads;
+            let partials = inv.grad_norm(o).ok_or_else(|| ExecError::Refused(format!("{}: the program is unclipped", op.name)))?;
+            (
+                vec![(g, Access::Read), (partials, Access::Write)],
+                op_work(move |acc| {
+                    let (g, out) = (acc.bf16(g)?, acc.f32_mut(partials)?);
+                    host::grad_norm_partials(g, out).map_err(host)
+                }),
+            )
+        }
+        OpKind::ClipScale => {
+            let clip = inv.clip.clone().ok_or_else(|| ExecError::Refused("clip_scale in an unclipped program".into()))?;
+            let mut uses: Vec<(TensorId, Access)> = clip.norms.iter().map(|t| (*t, Access::Read)).collect();
+            uses.push((clip.scale, Access::Write));
+            let norm_out = sink.clone();
+            (
+                uses,
+                op_work(move |acc| {
+                    let mut partials = Vec::with_capacity(clip.norms.len());
+                    for t in &clip.norms {
+                        partials.push(acc.f32(*t)?);
+                    }
+                    let norm = host::global_norm(partials.iter().copied());
+                    acc.f32_mut(clip.scale)?[0] = host::clip_scale(norm, max_grad_norm);
+                    *norm_out.grad_norm.lock().expect("host sink") = Some(norm);
+                    Ok(())
                 }),
             )
         }

@@ -138,11 +138,14 @@ pub fn check_schedule(program: &Program, schedule: &Schedule) -> Result<(), Exec
             Action::Run(op) | Action::Recompute(op) | Action::HostRun(op) if op.index() >= program.ops.len() => {
                 return Err(ExecError::Refused(format!("action {i} names op {}, the program has {}", op.0, program.ops.len())));
             }
-            Action::HostRun(op) if !matches!(program.op(*op).kind, OpKind::Embed | OpKind::EmbedBwd | OpKind::Adam(_)) => {
+            Action::HostRun(op) if !models::cost::runs_on_host(program.op(*op).kind) => {
                 return Err(ExecError::Refused(format!(
-                    "action {i} runs {} on the host; only the embedding and AdamW run there",
+                    "action {i} runs {} on the host; only the embedding, AdamW, partial norms and the clip scale run there",
                     program.op(*op).name
                 )));
+            }
+            Action::Run(op) | Action::Recompute(op) if program.op(*op).kind == OpKind::ClipScale => {
+                return Err(ExecError::Refused(format!("action {i} runs clip_scale on the GPU; it runs on the host (HostRun)")));
             }
             _ => {}
         }

@@ -6,7 +6,10 @@
 //!   s-1 (double buffering, one stage ahead: [`crate::decisions::PREFETCH_STAGES`]);
 //! - a block changed on the GPU and not needed for a while is copied out during the stage after
 //!   its last use and freed when that stage ends;
-//! - host work (CPU embedding, host AdamW) runs in the stage its inputs arrive in.
+//! - host work (CPU embedding, host AdamW) runs in the stage its inputs arrive in;
+//! - clipped, each owner's partial norm is copied to the host in the clip stage, where the host
+//!   makes the scale and sends it back within the stage; each update, GPU or host, runs in its
+//!   owner's own update stage after it.
 
 mod stages;
 
@@ -75,6 +78,12 @@ impl<'a> Router<'a> {
         }
         // The CPU embedding's backward reads dres on the host: its route is the embedding's.
         group_of[inv.head.dres.index()] = Some(Group::Owner(Owner::Embedding));
+        // A partial norm is made where its owner's gradient is.
+        for o in inv.owners() {
+            if let Some(t) = inv.grad_norm(o) {
+                group_of[t.index()] = Some(Group::Owner(o));
+            }
+        }
         let mut touched_by: Vec<Vec<usize>> = vec![Vec::new(); inv.tensors.len()];
         let mut alloc_free: Vec<Vec<AllocFree>> = vec![Vec::new(); inv.tensors.len()];
         for (i, op) in program.ops.iter().enumerate() {
@@ -99,7 +108,7 @@ impl<'a> Router<'a> {
         &self.touched_by[t.index()]
     }
 
-    /// Items of every tensor no decision moves.
+    /// Items of every tensor no decision moves, and the clip scale's host work.
     pub fn fixed_items(&self) -> Vec<Item> {
         let mut out = Vec::new();
         for t in &self.program.inventory.tensors {
@@ -107,7 +116,17 @@ impl<'a> Router<'a> {
                 self.program_route(t.id, &mut out);
             }
         }
+        if let (Some(clip), Some(s)) = (&self.program.inventory.clip, self.clip_stage()) {
+            let op = self.program.clip_scale_op().expect("a clipped program has its scale op").id;
+            out.push(Item::Host { stage: s, op, after_d2h: true });
+            out.push(Item::H2D { stage: s, tensor: clip.scale, after_host: Some(s) });
+        }
         out
+    }
+
+    /// The stage of the clip scale, in a clipped step.
+    fn clip_stage(&self) -> Option<usize> {
+        self.program.clip_scale_op().map(|o| self.stages.stage_of_op[o.id.index()])
     }
 
     /// Items of one group under one choice.
@@ -125,7 +144,9 @@ impl<'a> Router<'a> {
             host_ops.extend(adam);
         }
         if cpu_embedding {
-            host_ops.extend([OpKind::Embed, OpKind::EmbedBwd].iter().filter_map(|k| self.program.find(*k).map(|o| o.id)));
+            host_ops.extend(
+                [OpKind::Embed, OpKind::EmbedBwd, OpKind::GradNorm(owner)].iter().filter_map(|k| self.program.find(*k).map(|o| o.id)),
+            );
         }
         let gpu_uses =
             |t: TensorId| -> Vec<usize> { self.uses(t).iter().copied().filter(|i| !host_ops.contains(&OpId(*i as u32))).collect() };
@@ -159,7 +180,17 @@ impl<'a> Router<'a> {
             if cpu_embedding {
                 let bwd = self.program.find(OpKind::EmbedBwd).map(|o| o.id).expect("embed_bwd");
                 out.push(Item::Host { stage: update_stage, op: bwd, after_d2h: true });
+                if let Some(norm) = self.program.find(OpKind::GradNorm(owner)) {
+                    out.push(Item::Host { stage: update_stage, op: norm.id, after_d2h: true });
+                }
             }
+            // Clipped, the update needs the scale: in the owner's own update stage (after the
+            // clip stage, so the scale's copy to the GPU waits for the scale alone), one owner
+            // per stage as on the GPU, so no stage's time depends on every owner's choice.
+            let update_stage = match self.clip_stage() {
+                Some(_) => st.stage_of_op[adam.index()].max(update_stage),
+                None => update_stage,
+            };
             out.push(Item::Host { stage: update_stage, op: adam, after_d2h: true });
             if c.weights == Placement::Gpu {
                 // The updated bf16 weights come back into the resident buffer.
@@ -167,6 +198,16 @@ impl<'a> Router<'a> {
             }
         } else {
             self.program_route(p.grads, &mut out);
+        }
+        // The partial norm: made on the GPU beside the gradient and copied to the host for the
+        // scale, or made on the host where the CPU embedding scattered the gradient.
+        if let (Some(norm), Some(clip)) = (inv.grad_norm(owner), self.clip_stage()) {
+            if !cpu_embedding {
+                let op = self.program.find(OpKind::GradNorm(owner)).expect("every owner has a partial norm").id.index();
+                out.push(Item::Alloc { slot: st.slot_of_op[op], tensor: norm });
+                out.push(Item::D2H { stage: clip, tensor: norm, feeds_host: true });
+                out.push(Item::Free { slot: st.last_slot(clip), tensor: norm });
+            }
         }
         if owner == Owner::Embedding {
             let dres = inv.head.dres;

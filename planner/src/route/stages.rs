@@ -1,10 +1,11 @@
 //! The step cut into stages: a prologue, the embedding, each layer's forward, the head (one
-//! stage per output chunk), each layer's backward with its Adam update, the embedding's backward,
-//! and an epilogue of three stages that drain the copies and host updates still in flight; and
+//! stage per output chunk), each layer's backward with its Adam update (unclipped) or its partial
+//! norm (clipped), the embedding's backward; clipped, the clip scale's stage and one stage per
+//! update (so streamed optimizer state comes in one owner at a time); and an epilogue of three stages that drain the copies and host updates still in flight; and
 //! the memory checkpoints (slots) at which the solver counts live bytes: one per op, one for a
 //! stage without ops.
 
-use models::program::OpKind;
+use models::program::{Clipping, OpKind};
 use models::Program;
 use std::ops::Range;
 
@@ -34,9 +35,11 @@ pub struct Stages {
 
 impl Stages {
     pub fn build(program: &Program) -> Stages {
+        let clipped = program.clipping == Clipping::GlobalNorm;
         let starts_stage = |k: OpKind| {
-            matches!(k, OpKind::Embed | OpKind::Ln1(_) | OpKind::LnF | OpKind::OutBwd(_) | OpKind::FcProjBwd(_) | OpKind::EmbedBwd)
+            matches!(k, OpKind::Embed | OpKind::Ln1(_) | OpKind::LnF | OpKind::OutBwd(_) | OpKind::FcProjBwd(_) | OpKind::EmbedBwd | OpKind::ClipScale)
                 || matches!(k, OpKind::OutFwd(i) if i > 0)
+                || (clipped && matches!(k, OpKind::Adam(_)))
         };
         let mut cuts: Vec<usize> = program.ops.iter().enumerate().filter(|(_, o)| starts_stage(o.kind)).map(|(i, _)| i).collect();
         if cuts.first() != Some(&0) {
@@ -90,6 +93,8 @@ fn stage_name(k: OpKind) -> String {
         OpKind::OutBwd(i) => format!("chunk{i}.bwd"),
         OpKind::FcProjBwd(l) => format!("layer{l}.bwd"),
         OpKind::EmbedBwd => "embed.bwd".into(),
+        OpKind::ClipScale => "clip".into(),
+        OpKind::Adam(o) => format!("{o}.update"),
         other => format!("{other:?}"),
     }
 }

@@ -55,7 +55,7 @@ fn schedule(p: &Program, actions: Vec<Action>, host_resident: Vec<TensorId>) -> 
         format_version: SCHEDULE_FORMAT_VERSION,
         inventory_digest: models::digest::program_digest(p),
         model: p.config.clone(),
-        setup: models::TrainingSetup::gpt3(&p.config),
+        setup: models::TrainingSetup::gpt3_for(p),
         hardware: "test".into(),
         budget: Bytes(80 * GIB),
         strategy: String::new(),
@@ -606,11 +606,13 @@ proptest! {
     fn perturbed_planner_schedules_keep_their_invariants(
         picks in prop::collection::vec(0usize..64, 1..40),
         untied in any::<bool>(),
+        clipped in any::<bool>(),
         scale in scales(),
     ) {
         let mut cfg = config("gpt2-tiny");
         cfg.tied_embeddings = !untied;
-        let p = Program::build(&cfg);
+        let clipping = if clipped { models::program::Clipping::GlobalNorm } else { models::program::Clipping::Off };
+        let p = Program::build_with(&cfg, clipping);
         let h = hw();
         let d = random_decisions(&p, &picks);
         let mut s = crate::emit::emit(&p, &h, &d, Bytes(80 * GIB)).unwrap();

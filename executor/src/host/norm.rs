@@ -1,0 +1,103 @@
+//! Clipping by the global norm on the host: one owner's partial sums of squares
+//! (`OpKind::GradNorm(owner)` for a gradient made on the host), and the global norm and clip
+//! scale from every owner's partials (`OpKind::ClipScale`, always on the host).
+//!
+//! [`grad_norm_partials`] replays grad_norm.cu's `grad_norm_partials` operation for operation,
+//! so partials made here and on the GPU are bitwise the same and the norm does not depend on
+//! where a schedule leaves each gradient:
+//! ```text
+//! NB = 256 blocks, 256 threads; per = ceil(n / 256)
+//! block b: the range [b*per, min(n, (b+1)*per))            (empty: the partial is 0.0)
+//! thread t: acc = 0.0f32; for i = start + t, start + t + 256, ... < end: x = f32(g[i]); acc = acc + x*x
+//! s[t] = acc; for stride = 128, 64, ..., 1: s[t] = s[t] + s[t + stride] (t < stride)
+//! partials[b] = s[0]
+//! ```
+//! Each `*` and `+` is one IEEE f32 operation rounded to nearest (the kernel writes `__fmul_rn`
+//! and `__fadd_rn` so that NVRTC cannot fuse them; Rust never does), in the same order: thread
+//! `t`'s sum is over the block's elements `t, t + 256, ...` in increasing order (here: row by
+//! row of 256, accumulator `t` taking column `t`), then the same tree. Blocks run in parallel on
+//! the current rayon pool, each block serial: the result does not depend on the thread count.
+//! Bitwise for every input without NaN (a NaN gives NaN on both sides, perhaps another payload).
+//!
+//! [`global_norm`] sums every partial in f64, owner by owner in the order given (the
+//! inventory's owner order) and each owner's partials in index order, and takes the square root;
+//! [`clip_scale`] is PyTorch's `clip_grad_norm_` coefficient, `min(1, max_norm / (norm + 1e-6))`.
+
+use super::bf16::{bf16, bf16_to_f32};
+use super::{check_len, HostError};
+use models::inventory::GRAD_NORM_PARTIALS;
+use rayon::prelude::*;
+
+/// Threads per block of grad_norm.cu (part of the summation order).
+const THREADS: usize = 256;
+
+/// The [`GRAD_NORM_PARTIALS`] partial sums of squares of `grads` into `partials`, bitwise those
+/// of grad_norm.cu's `grad_norm_partials` (see the module docs for the order). `partials` must
+/// hold exactly [`GRAD_NORM_PARTIALS`] elements; `grads` may have any length, 0 included.
+pub fn grad_norm_partials(grads: &[bf16], partials: &mut [f32]) -> Result<(), HostError> {
+    const OP: &str = "grad_norm_partials";
+    let blocks = GRAD_NORM_PARTIALS as usize;
+    check_len(OP, "partials", blocks, partials.len())?;
+    let n = grads.len();
+    let per = n.div_ceil(blocks);
+    partials.par_iter_mut().enumerate().for_each(|(b, out)| {
+        let start = (b * per).min(n);
+        let end = ((b + 1) * per).min(n);
+        *out = block_partial(&grads[start..end]);
+    });
+    Ok(())
+}
+
+/// One block of the kernel: 256 serial sums (thread `t` takes elements `t, t + 256, ...` of the
+/// block's range, in that order), then the shared-memory tree.
+fn block_partial(g: &[bf16]) -> f32 {
+    let mut s = [0.0f32; THREADS];
+    for row in g.chunks(THREADS) {
+        for (acc, x) in s.iter_mut().zip(row) {
+            let x = bf16_to_f32(*x);
+            *acc += x * x;
+        }
+    }
+    let mut stride = THREADS / 2;
+    while stride > 0 {
+        let (low, high) = s.split_at_mut(stride);
+        for (a, b) in low.iter_mut().zip(&high[..stride]) {
+            *a += *b;
+        }
+        stride /= 2;
+    }
+    s[0]
+}
+
+/// The global gradient norm: the square root of the sum, in f64, of every partial: the owners'
+/// partials in the order given (the inventory's owners), each owner's in index order. A fixed
+/// order, so the same partials give the same bits on every run.
+pub fn global_norm<'a>(partials: impl IntoIterator<Item = &'a [f32]>) -> f64 {
+    let mut total = 0.0f64;
+    for owner in partials {
+        for p in owner {
+            total += *p as f64;
+        }
+    }
+    total.sqrt()
+}
+
+/// The clip scale the updates multiply their gradient by (PyTorch `clip_grad_norm_`):
+/// `min(1, max_norm / (norm + 1e-6))`, the ratio in f64, then rounded to f32 (1.0 exactly when
+/// the norm is within the limit, so the update is bitwise the unclipped one). `max_norm > 0`.
+///
+/// A non-finite `norm` (an inf or NaN in some gradient) gives `f32::NAN`: the caller detects it
+/// with `is_nan()` and decides (skip the update, stop the run); applied as is, it turns every
+/// updated parameter into NaN (loudly, as PyTorch's own clipping does with a NaN norm) rather
+/// than silently zeroing or keeping the gradient.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
+    if !norm.is_finite() {
+        return f32::NAN;
+    }
+    let ratio = max_norm / (norm + 1e-6);
+    if ratio < 1.0 {
+        ratio as f32
+    } else {
+        1.0
+    }
+}
