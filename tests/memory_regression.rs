@@ -68,8 +68,7 @@ fn hardware(record: &Record) -> Result<HardwareProfile, String> {
 fn case_of(file: &str, record: &Record) -> Case {
     let replan = |r: &Record, hw: &HardwareProfile| -> Result<RePlan, String> {
         let budget = r.budget_bytes.map_or(NO_BUDGET, Bytes);
-        let (plan, over_budget) =
-            planner::replan_uncapped(&r.program(), hw, budget, &r.decisions).map_err(|e| e.to_string())?;
+        let (plan, over_budget) = planner::replan_uncapped(&r.program(), hw, budget, &r.decisions).map_err(|e| e.to_string())?;
         Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
     };
     Case::of_record(file, record, &root().join("models/hardware"), &replan)

@@ -67,9 +67,13 @@ fn plan_carries_the_setup_flags_over_the_file_over_the_defaults() {
 fn clipping_is_planned_by_default_and_turned_off_with_zero() {
     let dir = scratch_dir("setup-clip");
     let (on, off) = (dir.join("on"), dir.join("off"));
-    assert!(offplan(&plan_args(on.to_str().unwrap(), &[])).status.success());
+    let o = offplan(&plan_args(on.to_str().unwrap(), &[]));
+    assert!(o.status.success(), "{}", text(&o));
+    // The plan says what clipping costs it: the best unclipped plan under the same budget.
+    assert!(text(&o).contains("the best unclipped plan under the same budget takes"), "{}", text(&o));
     let o = offplan(&plan_args(off.to_str().unwrap(), &["--grad-clip", "0"]));
     assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("the best unclipped plan"), "{}", text(&o));
     let (a, b) = (load(&on), load(&off));
     assert_eq!((a.setup.grad_clip, b.setup.grad_clip), (1.0, 0.0));
     let cfg = models::GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(config("gpt2-tiny"))).unwrap();

@@ -8,9 +8,9 @@
 
 use crate::host::AdamW;
 use crate::kernels::{
-    AdamwUpdate, GradNormPartials, AttentionBackward, AttentionForward, AttentionShape, CeBackward, CeLoss, CeStatsUpdate, Colsum, EmbeddingBackwardWpe,
-    EmbeddingBackwardWte, EmbeddingForward, FillBf16, GeluBackward, GeluForward, GemmLayout, Launch, LaunchError, LayernormBackward,
-    LayernormForward, MatType, Product, Region,
+    AdamwUpdate, AttentionBackward, AttentionForward, AttentionShape, CeBackward, CeLoss, CeStatsUpdate, Colsum, EmbeddingBackwardWpe,
+    EmbeddingBackwardWte, EmbeddingForward, FillBf16, GeluBackward, GeluForward, GemmLayout, GradNormPartials, Launch, LaunchError,
+    LayernormBackward, LayernormForward, MatType, Product, Region,
 };
 use models::config::DType;
 use models::inventory::{Inventory, Owner, TensorId};

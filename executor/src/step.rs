@@ -227,7 +227,8 @@ impl<'p> Step<'p> {
     /// functions, so the same bits): every owner's partial norms brought to the host, the
     /// global norm and the scale sent back for the updates. Waits for the compute stream.
     fn clip_scale(&mut self, gpu: &Gpu) -> Result<()> {
-        let clip = self.program.inventory.clip.as_ref().ok_or_else(|| GpuError::Invalid("an unclipped program has no clip scale".into()))?;
+        let clip =
+            self.program.inventory.clip.as_ref().ok_or_else(|| GpuError::Invalid("an unclipped program has no clip scale".into()))?;
         let mut partials = Vec::with_capacity(clip.norms.len());
         for t in &clip.norms {
             partials.push(f32s(&self.download(gpu, *t)?));

@@ -104,7 +104,15 @@ impl StepReport {
     /// per step against the device's peak rate (MFU).
     pub fn new(step: u32, loss: f64, lr: f32, ms: f64, tokens: u64, model_flops: f64, peak_flops: f64) -> StepReport {
         let secs = ms / 1e3;
-        StepReport { step, loss, lr: lr as f64, grad_norm: None, ms, tokens_per_s: tokens as f64 / secs, mfu: model_flops / secs / peak_flops }
+        StepReport {
+            step,
+            loss,
+            lr: lr as f64,
+            grad_norm: None,
+            ms,
+            tokens_per_s: tokens as f64 / secs,
+            mfu: model_flops / secs / peak_flops,
+        }
     }
 
     /// The same step with its gradients' global norm (a clipped step).

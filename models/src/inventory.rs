@@ -385,7 +385,16 @@ impl Inventory {
                 )
             })
             .collect();
-        let scale = b.tensor("clip_scale".into(), TensorClass::Scratch, DType::F32, vec![1], BlockKind::Clipping, true, Vec::new(), MemoryCategory::Scratch);
+        let scale = b.tensor(
+            "clip_scale".into(),
+            TensorClass::Scratch,
+            DType::F32,
+            vec![1],
+            BlockKind::Clipping,
+            true,
+            Vec::new(),
+            MemoryCategory::Scratch,
+        );
         inv.tensors = b.tensors;
         inv.blocks = b.blocks;
         inv.clip = Some(ClipTensors { norms, scale });

@@ -885,7 +885,13 @@ mod tests {
             // Unclipped: the same forward and backward, each update right after its gradient.
             let plain = Program::build(&c);
             assert!(plain.inventory.clip.is_none() && plain.find(OpKind::ClipScale).is_none());
-            let kinds = |p: &Program| p.ops.iter().filter(|o| o.phase != Phase::Optimizer && !matches!(o.kind, OpKind::GradNorm(_))).map(|o| o.kind).collect::<Vec<_>>();
+            let kinds = |p: &Program| {
+                p.ops
+                    .iter()
+                    .filter(|o| o.phase != Phase::Optimizer && !matches!(o.kind, OpKind::GradNorm(_)))
+                    .map(|o| o.kind)
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(kinds(&p), kinds(&plain));
         }
     }

@@ -181,7 +181,15 @@ mod tests {
         let cfg = models::GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
         let peaks = MemoryPeaks { allocated_bytes: 1 << 20, reserved_bytes: 1 << 20, device_bytes: 2 << 20 };
         let steps = (first..first + n)
-            .map(|s| StepRecord { step: s, loss: 11.0 - 0.01 * f64::from(s), lr: Some(6e-4), grad_norm: None, ms: 5.0, tokens_per_s: 1e5, mfu: 0.1 })
+            .map(|s| StepRecord {
+                step: s,
+                loss: 11.0 - 0.01 * f64::from(s),
+                lr: Some(6e-4),
+                grad_norm: None,
+                ms: 5.0,
+                tokens_per_s: 1e5,
+                mfu: 0.1,
+            })
             .collect();
         let val_pattern = (!validation.is_empty()).then(|| "shards/val_*.bin".to_string());
         Record {

@@ -289,7 +289,15 @@ mod tests {
     fn sample() -> Record {
         let cfg = GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-tiny.ron")).unwrap();
         let steps: Vec<StepRecord> = (1..=4)
-            .map(|i| StepRecord { step: i, loss: 11.0 - i as f64, lr: None, grad_norm: None, ms: 10.0 + i as f64, tokens_per_s: 1e5, mfu: 0.1 })
+            .map(|i| StepRecord {
+                step: i,
+                loss: 11.0 - i as f64,
+                lr: None,
+                grad_norm: None,
+                ms: 10.0 + i as f64,
+                tokens_per_s: 1e5,
+                mfu: 0.1,
+            })
             .collect();
         Record {
             version: RECORD_VERSION,

@@ -233,6 +233,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for line in verdict(&name, &base, &outcomes, schedule.budget, &schedule.prediction.peak_at) {
         println!("{line}");
     }
+    if let Some(cost) =
+        planner::clipping_cost(&program, &hw, &schedule, &planner::SolveOptions::new()).context("pricing the plan's clipping")?
+    {
+        println!("Clipping by the global norm costs this plan {}.", cost.line());
+    }
     Ok(())
 }
 

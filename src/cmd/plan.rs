@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     plan.schedule.save(&out.path().join("schedule.ron")).with_context(|| format!("writing schedule.ron into {}", args.out.display()))?;
     write_pictures(out.path(), &program, &hw, &plan)?;
     out.commit().with_context(|| format!("moving the plan's files into {}", args.out.display()))?;
-    print_summary(&program, &hw, &plan, &args.out.join("schedule.ron"));
+    print_summary(&program, &hw, &plan, &args.out.join("schedule.ron"), &opts);
     Ok(())
 }
 
@@ -152,7 +152,7 @@ fn decision_lines(ds: &[BlockDecision]) -> Vec<String> {
     lines
 }
 
-fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner::Plan, path: &Path) {
+fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner::Plan, path: &Path, opts: &planner::SolveOptions) {
     let s = &plan.schedule;
     let p = &s.prediction;
     let c = &program.config;
@@ -170,6 +170,11 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
     println!("training setup (clipping is part of the planned step; `run` follows the rest step by step):");
     for l in s.setup.lines() {
         println!("  {l}");
+    }
+    match planner::clipping_cost(program, hw, s, opts) {
+        Ok(Some(cost)) => println!("clipping         {}", cost.line()),
+        Ok(None) => {}
+        Err(e) => println!("clipping         its cost could not be found: {e}"),
     }
     println!("transfers        {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!(

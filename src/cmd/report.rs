@@ -26,8 +26,7 @@ pub struct Args {
 /// Plans `record` again with today's code.
 pub fn replan(record: &Record, hw: &HardwareProfile) -> Result<RePlan, String> {
     let budget = record.budget_bytes.map_or(Bytes::UNLIMITED, Bytes);
-    let (plan, over_budget) =
-        planner::replan_uncapped(&record.program(), hw, budget, &record.decisions).map_err(|e| e.to_string())?;
+    let (plan, over_budget) = planner::replan_uncapped(&record.program(), hw, budget, &record.decisions).map_err(|e| e.to_string())?;
     Ok(RePlan { prediction: plan.schedule.prediction, trace: plan.trace, over_budget })
 }
 

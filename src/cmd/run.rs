@@ -199,7 +199,15 @@ fn print_memory(measured: &MemoryPeaks, predicted: &MemoryPeaks) {
 fn steps_of(reports: &[StepReport]) -> Vec<StepRecord> {
     reports
         .iter()
-        .map(|s| StepRecord { step: s.step, loss: s.loss, lr: Some(s.lr), grad_norm: s.grad_norm, ms: s.ms, tokens_per_s: s.tokens_per_s, mfu: s.mfu })
+        .map(|s| StepRecord {
+            step: s.step,
+            loss: s.loss,
+            lr: Some(s.lr),
+            grad_norm: s.grad_norm,
+            ms: s.ms,
+            tokens_per_s: s.tokens_per_s,
+            mfu: s.mfu,
+        })
         .collect()
 }
 

@@ -225,8 +225,12 @@ pub fn run(
             let mut sum = 0.0;
             for b in batches {
                 step.upload_batch(&gpu, b)?;
-                let issuer =
-                    Issuer { gpu: &gpu, program, lanes: &lanes, sink: &sink, tokens: Arc::new(b.inputs.clone()),
+                let issuer = Issuer {
+                    gpu: &gpu,
+                    program,
+                    lanes: &lanes,
+                    sink: &sink,
+                    tokens: Arc::new(b.inputs.clone()),
                     adamw,
                     step: s,
                     slow,
@@ -297,7 +301,13 @@ struct Issuer<'a> {
 
 impl Issuer<'_> {
     /// Issues every action of one step; the caller ends the step (`Lanes::end_step`).
-    fn issue_step(&self, schedule: &Schedule, step: &mut Step, mut arena: Option<&mut Arena>, mut sampler: Option<&mut Sampler>) -> Result<(), ExecError> {
+    fn issue_step(
+        &self,
+        schedule: &Schedule,
+        step: &mut Step,
+        mut arena: Option<&mut Arena>,
+        mut sampler: Option<&mut Sampler>,
+    ) -> Result<(), ExecError> {
         self.lanes.begin_step()?;
         for (i, a) in schedule.actions.iter().enumerate() {
             self.issue(step, arena.as_deref_mut(), i, a, sampler.as_deref_mut())?;
@@ -369,7 +379,8 @@ impl Issuer<'_> {
                 timed(&mut sampler, Timed::Compute, lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
             }
             Action::HostRun(op) => {
-                let (uses, job) = host_work(self.program, op, self.tokens.clone(), self.adamw, self.step, self.max_grad_norm, self.sink.clone())?;
+                let (uses, job) =
+                    host_work(self.program, op, self.tokens.clone(), self.adamw, self.step, self.max_grad_norm, self.sink.clone())?;
                 lanes.host_run(i, &uses, job)?;
             }
             Action::Alloc(t, lane) | Action::Free(t, lane) => {

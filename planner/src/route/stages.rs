@@ -37,8 +37,16 @@ impl Stages {
     pub fn build(program: &Program) -> Stages {
         let clipped = program.clipping == Clipping::GlobalNorm;
         let starts_stage = |k: OpKind| {
-            matches!(k, OpKind::Embed | OpKind::Ln1(_) | OpKind::LnF | OpKind::OutBwd(_) | OpKind::FcProjBwd(_) | OpKind::EmbedBwd | OpKind::ClipScale)
-                || matches!(k, OpKind::OutFwd(i) if i > 0)
+            matches!(
+                k,
+                OpKind::Embed
+                    | OpKind::Ln1(_)
+                    | OpKind::LnF
+                    | OpKind::OutBwd(_)
+                    | OpKind::FcProjBwd(_)
+                    | OpKind::EmbedBwd
+                    | OpKind::ClipScale
+            ) || matches!(k, OpKind::OutFwd(i) if i > 0)
                 || (clipped && matches!(k, OpKind::Adam(_)))
         };
         let mut cuts: Vec<usize> = program.ops.iter().enumerate().filter(|(_, o)| starts_stage(o.kind)).map(|(i, _)| i).collect();
