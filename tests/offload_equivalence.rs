@@ -2,11 +2,11 @@
 //! activations offloaded, streamed weights, the output layer streamed chunk by chunk,
 //! recomputation, streamed optimizer state, host AdamW, the CPU embedding, a mix, and the
 //! planner's own plans at three budgets) ten training steps of the clipped step (GPT-3's setup:
-//! the global norm clipped at 1.0) give bitwise the all-on-GPU run's losses, gradient norms and
+//! the global norm clipped at 1.0) give bitwise the all-on-GPU run's losses, gradients and
 //! final weights and optimizer state, and still do with every lane slowed at random (a race
-//! would show). The gradient norm is each step's checksum of its gradients: the f64 sum of every
-//! owner's 256 partial sums of squares, made on the GPU or (CPU embedding) on the host, each bit
-//! of which depends on every gradient element.
+//! would show). Each step's gradients are compared by the global norm (the f64 sum of every
+//! owner's 256 partial sums of squares, made on the GPU or, for the CPU embedding, on the host)
+//! and by an exact checksum of every gradient bit made beside it (`host::grad_checksum`).
 //!
 //! Needs a GPU; without one each test says so and passes (CI has none). On the GPU machine the
 //! test binary is built here and carried (`cargo test --release --test offload_equivalence
@@ -63,6 +63,8 @@ struct Outcome {
     losses: Vec<f64>,
     /// Each step's global gradient norm before clipping.
     grad_norms: Vec<f64>,
+    /// Each step's exact gradient checksum (every gradient bit of every owner).
+    grad_checksums: Vec<u64>,
     weights: String,
     optimizer: String,
 }
@@ -73,6 +75,7 @@ impl Outcome {
         Outcome {
             losses: r.steps.iter().map(|s| s.loss).collect(),
             grad_norms: r.steps.iter().map(|s| s.grad_norm.expect("a clipped step reports its norm")).collect(),
+            grad_checksums: r.steps.iter().map(|s| s.grad_checksum.expect("a clipped step reports its checksum")).collect(),
             weights: state.weights_digest(),
             optimizer: state.optimizer_digest(),
         }
@@ -81,7 +84,8 @@ impl Outcome {
     /// What differs from `want`: the largest loss difference, and whether the gradient norms
     /// or the final state do.
     fn diff(&self, want: &Outcome) -> (f64, bool) {
-        let norms = self.grad_norms.iter().map(|n| n.to_bits()).ne(want.grad_norms.iter().map(|n| n.to_bits()));
+        let norms = self.grad_norms.iter().map(|n| n.to_bits()).ne(want.grad_norms.iter().map(|n| n.to_bits()))
+            || self.grad_checksums != want.grad_checksums;
         (max_diff(&self.losses, &want.losses), norms || self.weights != want.weights || self.optimizer != want.optimizer)
     }
 }
@@ -100,15 +104,18 @@ fn baseline(program: &Program) -> Option<Outcome> {
             return None;
         }
         Err(e) => panic!("all-on-GPU run: {e}"),
-        Ok(r) => r.steps.iter().map(|s| (s.loss, s.grad_norm)).collect::<Vec<_>>(),
+        Ok(r) => r.steps.iter().map(|s| (s.loss, (s.grad_norm, s.grad_checksum))).collect::<Vec<_>>(),
     };
     let keep_all =
         planner::strategy::strategy_plan(program, &hardware(), Bytes::gib(40.0), "keep-all", &[planner::strategy::Preset::KeepAll])
             .unwrap()
             .schedule;
     let reference = outcome_with(program, &keep_all, Allocator::Arena, None);
-    let (losses, norms): (Vec<f64>, Vec<Option<f64>>) = base.into_iter().unzip();
+    let (losses, grads): (Vec<f64>, Vec<(Option<f64>, Option<u64>)>) = base.into_iter().unzip();
+    let (norms, checksums): (Vec<Option<f64>>, Vec<Option<u64>>) = grads.into_iter().unzip();
     assert_eq!(reference.losses, losses, "the keep-all schedule's losses differ from the all-on-GPU step's");
+    let checksums: Vec<u64> = checksums.into_iter().map(|c| c.expect("a clipped step reports its checksum")).collect();
+    assert_eq!(reference.grad_checksums, checksums, "the keep-all schedule's gradients differ from the all-on-GPU step's");
     let norms: Vec<f64> = norms.into_iter().map(|n| n.expect("a clipped step reports its norm")).collect();
     assert_eq!(reference.grad_norms, norms, "the keep-all schedule's gradient norms differ from the all-on-GPU step's");
     // Clipping acts: GPT-3's 1.0 is below the norms of a step from random weights.

@@ -302,23 +302,44 @@ def grad_norm_reference(g):
     return s[:, 0].contiguous()
 
 
+def grad_checksums_reference(g):
+    """grad_norm.cu's exact checksums: per block, the sum modulo 2^32 of
+    (bits(g[i]) + 1) * (uint32(i) * 2654435761 + 0x9E3779B9), as int32 bit patterns."""
+    n = g.numel()
+    per = K.cdiv(n, 256)
+    out = torch.zeros(256, dtype=torch.int64, device=dev)
+    if per == 0:
+        return out.to(torch.int32)
+    m32 = (1 << 32) - 1
+    i = torch.arange(n, device=dev, dtype=torch.int64)
+    bits = g.view(torch.int16).to(torch.int64) & 0xFFFF
+    mult = ((i & m32) * 2654435761 + 0x9E3779B9) & m32
+    term = ((bits + 1) * mult) & m32
+    out.index_add_(0, i // per, term)
+    out = out & m32
+    return torch.where(out >= 1 << 31, out - (1 << 32), out).to(torch.int32)
+
+
 def test_grad_norm(n, tag):
     # magnitudes 2^-20 .. 2^9 times a normal, both signs, some exact zeros
     g = torch.randn(n, device=dev) * torch.exp2(torch.randint(-20, 10, (n,), device=dev).float())
     g[::97] = 0.0
     g = g.to(torch.bfloat16)
-    partials = nan_f(GRAD_NORM_PARTIALS)
-    grad_norm_partials(g, n, partials)
+    words = nan_f(2 * GRAD_NORM_PARTIALS)
+    grad_norm_partials(g, n, words)
     sync()
+    partials = words[:GRAD_NORM_PARTIALS]
     check_bits(f"grad_norm_partials {tag} n={n}", partials, grad_norm_reference(g))
+    got_sums = words[GRAD_NORM_PARTIALS:].contiguous().view(torch.int32)
+    check_bits(f"grad_norm checksums {tag} n={n}", got_sums, grad_checksums_reference(g))
     # the sum of squares against PyTorch's
     ref = (g.float() ** 2).sum()
     check(f"grad_norm sum of squares {tag} n={n}", partials.double().sum().view(1), ref.double().view(1), 1e-5)
     # and repeatable
-    again = nan_f(GRAD_NORM_PARTIALS)
+    again = nan_f(2 * GRAD_NORM_PARTIALS)
     grad_norm_partials(g, n, again)
     sync()
-    check_bits(f"grad_norm_partials repeat {tag} n={n}", again, partials)
+    check_bits(f"grad_norm_partials repeat {tag} n={n}", again, words)
 
 
 def test_misc(n):

@@ -26,6 +26,8 @@ pub struct Step<'p> {
     pub max_grad_norm: f64,
     /// The last step's global gradient norm before clipping (clipped programs).
     pub grad_norm: Option<f64>,
+    /// The last step's exact gradient checksum (`host::grad_checksum`; clipped programs).
+    pub grad_checksum: Option<u64>,
 }
 
 /// Host copies of tensors a step captured for the reference export.
@@ -106,7 +108,7 @@ impl<'p> Step<'p> {
             )));
         }
         let lt = Lt::new(inv.tensor(inv.io.workspace).bytes.0)?;
-        Ok(Step { program, kernels, lt, launches, bufs, adamw, max_grad_norm: 0.0, grad_norm: None })
+        Ok(Step { program, kernels, lt, launches, bufs, adamw, max_grad_norm: 0.0, grad_norm: None, grad_checksum: None })
     }
 
     /// The compiled kernels.
@@ -237,6 +239,7 @@ impl<'p> Step<'p> {
         let scale = crate::host::clip_scale(norm, self.max_grad_norm);
         self.upload(gpu, clip.scale, &scale.to_le_bytes())?;
         self.grad_norm = Some(norm);
+        self.grad_checksum = Some(crate::host::grad_checksum(partials.iter().map(|p| p.as_slice())));
         Ok(())
     }
 

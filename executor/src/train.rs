@@ -94,6 +94,9 @@ pub struct StepReport {
     pub lr: f64,
     /// The global norm of the step's gradients before clipping (clipped steps).
     pub grad_norm: Option<f64>,
+    /// The exact checksum of the step's gradients (clipped steps; `host::grad_checksum`).
+    #[serde(skip)]
+    pub grad_checksum: Option<u64>,
     pub ms: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -109,15 +112,16 @@ impl StepReport {
             loss,
             lr: lr as f64,
             grad_norm: None,
+            grad_checksum: None,
             ms,
             tokens_per_s: tokens as f64 / secs,
             mfu: model_flops / secs / peak_flops,
         }
     }
 
-    /// The same step with its gradients' global norm (a clipped step).
-    pub fn with_grad_norm(self, grad_norm: Option<f64>) -> StepReport {
-        StepReport { grad_norm, ..self }
+    /// The same step with its gradients' global norm and checksum (a clipped step).
+    pub fn with_gradients(self, grad_norm: Option<f64>, grad_checksum: Option<u64>) -> StepReport {
+        StepReport { grad_norm, grad_checksum, ..self }
     }
 }
 
@@ -316,7 +320,7 @@ mod imp {
             let loss = step.mean_loss(&gpu)?;
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
-            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops).with_grad_norm(step.grad_norm);
+            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops).with_gradients(step.grad_norm, step.grad_checksum);
             progress(Progress::Step(&r));
             reports.push(r);
             if capturing {

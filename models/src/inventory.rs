@@ -286,13 +286,17 @@ pub struct IoTensors {
 /// Partial sums per owner's gradient: the norm kernel's grid (one fp32 partial per block, each
 /// block a contiguous range, each a fixed reduction tree), which the host replays bitwise.
 pub const GRAD_NORM_PARTIALS: u64 = 256;
+/// 32-bit words of an owner's partial norms tensor: the [`GRAD_NORM_PARTIALS`] fp32 partials,
+/// then as many uint32 exact checksums of the same ranges (an equivalence check's gradient
+/// checksum).
+pub const GRAD_NORM_WORDS: u64 = 2 * GRAD_NORM_PARTIALS;
 
 /// The tensors of clipping by the global norm (a clipped step only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClipTensors {
     /// Per owner, in [`Inventory::owners`] order: [`GRAD_NORM_PARTIALS`] fp32 partial sums of
-    /// the squares of its gradient, written by its `GradNorm` op where the gradient is and read
-    /// by `ClipScale` on the host.
+    /// the squares of its gradient and as many exact checksums ([`GRAD_NORM_WORDS`] words),
+    /// written by its `GradNorm` op where the gradient is and read by `ClipScale` on the host.
     pub norms: Vec<TensorId>,
     /// One fp32: min(1, max_norm / (norm + 1e-6)), made on the host by `ClipScale`, read by
     /// every update (persistent: the GPU's copy is written by a copy from the host's).
@@ -377,7 +381,7 @@ impl Inventory {
                     format!("{o}.grad_norm"),
                     TensorClass::Scratch,
                     DType::F32,
-                    vec![GRAD_NORM_PARTIALS],
+                    vec![2, GRAD_NORM_PARTIALS],
                     BlockKind::Clipping,
                     false,
                     Vec::new(),

@@ -122,7 +122,10 @@ pub fn summary_markdown(program: &Program, schedule: &Schedule, trace: &Trace, f
     let _ = writeln!(s, "| transfer hidden under compute | {} |", p.hidden_transfer);
     let _ = writeln!(s, "| transfer exposed (waiting on H2D + waiting on D2H) | {} |", p.exposed_transfer);
     let _ = writeln!(s, "\n## Training setup\n");
-    let _ = writeln!(s, "AdamW and its learning-rate schedule, as `offplan run` follows them step by step; they change no placement.\n");
+    let _ = writeln!(
+        s,
+        "AdamW, its learning-rate schedule and gradient clipping, as `offplan run` follows them step by step. Clipping is part of the planned step (every update waits for every gradient); the rest changes no placement.\n"
+    );
     let _ = writeln!(s, "| setting | value | from |");
     let _ = writeln!(s, "| --- | ---: | --- |");
     for (what, v, from) in schedule.setup.rows() {

@@ -19,33 +19,68 @@
 //! the current rayon pool, each block serial: the result does not depend on the thread count.
 //! Bitwise for every input without NaN (a NaN gives NaN on both sides, perhaps another payload).
 //!
+//! The second half of the partials tensor holds, per block, the exact checksum of its range: the
+//! wrapping uint32 sum of `(bits(g[i]) + 1) * (u32(i) * 2654435761 + 0x9E3779B9)` (stored as the
+//! bits of an f32); [`grad_checksum`] combines every owner's into one u64 per step, which an
+//! equivalence check compares (the norm's rounding can hide a changed low bit; this cannot,
+//! but for a 2^-32 chance).
+//!
 //! [`global_norm`] sums every partial in f64, owner by owner in the order given (the
 //! inventory's owner order) and each owner's partials in index order, and takes the square root;
 //! [`clip_scale`] is PyTorch's `clip_grad_norm_` coefficient, `min(1, max_norm / (norm + 1e-6))`.
 
 use super::bf16::{bf16, bf16_to_f32};
 use super::{check_len, HostError};
-use models::inventory::GRAD_NORM_PARTIALS;
+use models::inventory::{GRAD_NORM_PARTIALS, GRAD_NORM_WORDS};
 use rayon::prelude::*;
 
 /// Threads per block of grad_norm.cu (part of the summation order).
 const THREADS: usize = 256;
 
-/// The [`GRAD_NORM_PARTIALS`] partial sums of squares of `grads` into `partials`, bitwise those
-/// of grad_norm.cu's `grad_norm_partials` (see the module docs for the order). `partials` must
-/// hold exactly [`GRAD_NORM_PARTIALS`] elements; `grads` may have any length, 0 included.
+/// The [`GRAD_NORM_PARTIALS`] partial sums of squares of `grads` and their checksums into
+/// `partials`, bitwise those of grad_norm.cu's `grad_norm_partials` (see the module docs for
+/// the order). `partials` must hold exactly [`GRAD_NORM_WORDS`] elements; `grads` may have any
+/// length, 0 included.
 pub fn grad_norm_partials(grads: &[bf16], partials: &mut [f32]) -> Result<(), HostError> {
     const OP: &str = "grad_norm_partials";
     let blocks = GRAD_NORM_PARTIALS as usize;
-    check_len(OP, "partials", blocks, partials.len())?;
+    check_len(OP, "partials", GRAD_NORM_WORDS as usize, partials.len())?;
     let n = grads.len();
     let per = n.div_ceil(blocks);
-    partials.par_iter_mut().enumerate().for_each(|(b, out)| {
+    let (sums, checks) = partials.split_at_mut(blocks);
+    sums.par_iter_mut().zip(checks.par_iter_mut()).enumerate().for_each(|(b, (out, check))| {
         let start = (b * per).min(n);
         let end = ((b + 1) * per).min(n);
         *out = block_partial(&grads[start..end]);
+        *check = f32::from_bits(block_checksum(&grads[start..end], start as u64));
     });
     Ok(())
+}
+
+/// One block's exact checksum: the wrapping sum of each element's term, `first` the global index
+/// of its first element.
+fn block_checksum(g: &[bf16], first: u64) -> u32 {
+    let mut sum = 0u32;
+    for (k, x) in g.iter().enumerate() {
+        let i = (first + k as u64) as u32;
+        let bits = x.to_bits() as u32;
+        sum = sum.wrapping_add((bits + 1).wrapping_mul(i.wrapping_mul(2654435761).wrapping_add(0x9E37_79B9)));
+    }
+    sum
+}
+
+/// One step's gradient checksum from every owner's partials tensor (in the inventory's owner
+/// order): each owner's block checksums, weighted by the owner's position, summed wrapping.
+pub fn grad_checksum<'a>(partials: impl IntoIterator<Item = &'a [f32]>) -> u64 {
+    let blocks = GRAD_NORM_PARTIALS as usize;
+    let mut total = 0u64;
+    for (o, owner) in partials.into_iter().enumerate() {
+        for (b, c) in owner.iter().skip(blocks).take(blocks).enumerate() {
+            let word = c.to_bits() as u64;
+            total = total.wrapping_add(word.wrapping_mul(((o as u64) << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1));
+        }
+    }
+    total
 }
 
 /// One block of the kernel: 256 serial sums (thread `t` takes elements `t, t + 256, ...` of the
@@ -75,7 +110,7 @@ fn block_partial(g: &[bf16]) -> f32 {
 pub fn global_norm<'a>(partials: impl IntoIterator<Item = &'a [f32]>) -> f64 {
     let mut total = 0.0f64;
     for owner in partials {
-        for p in owner {
+        for p in owner.iter().take(GRAD_NORM_PARTIALS as usize) {
             total += *p as f64;
         }
     }

@@ -337,6 +337,23 @@ fn partials_reference(g: &[bf16]) -> Vec<f32> {
         .collect()
 }
 
+/// The kernel's checksums written out: per block, the wrapping sum of (bits + 1) times the
+/// index's multiplier.
+fn checksums_reference(g: &[bf16]) -> Vec<u32> {
+    let n = g.len();
+    let per = n.div_ceil(256);
+    (0..256)
+        .map(|b| {
+            let mut sum = 0u32;
+            for i in (b * per)..((b + 1) * per).min(n) {
+                let term = (g[i].to_bits() as u32 + 1).wrapping_mul((i as u32).wrapping_mul(2654435761).wrapping_add(0x9E37_79B9));
+                sum = sum.wrapping_add(term);
+            }
+            sum
+        })
+        .collect()
+}
+
 /// bf16 values of many magnitudes (2^-20 .. 2^10), both signs, some zeros.
 fn spread_bf16s(rng: &mut Rng, n: usize) -> Vec<bf16> {
     (0..n).map(|i| if i % 97 == 0 { bf16::ZERO } else { f32_to_bf16(rng.next() * 2.0f32.powi(rng.below(31) as i32 - 20)) }).collect()
@@ -348,10 +365,22 @@ fn grad_norm_partials_are_the_kernels_order() {
     for n in [0usize, 1, 255, 256, 257, 65536 + 3, 1_000_003] {
         let g = spread_bf16s(&mut rng, n);
         let want = partials_reference(&g);
+        let want_checks = checksums_reference(&g);
         for threads in [1, 3, 8] {
-            let mut got = vec![f32::NAN; 256];
+            let mut got = vec![f32::NAN; 512];
             pool(threads).install(|| grad_norm_partials(&g, &mut got)).unwrap();
-            assert_eq!(fbits(&got), fbits(&want), "n = {n}, {threads} threads");
+            assert_eq!(fbits(&got[..256]), fbits(&want), "n = {n}, {threads} threads");
+            assert_eq!(fbits(&got[256..]), want_checks, "n = {n}, {threads} threads: checksums");
+        }
+        // one changed low bit changes the step's checksum, even where the norm cannot see it
+        if n > 0 {
+            let mut parts = vec![0.0f32; 512];
+            grad_norm_partials(&g, &mut parts).unwrap();
+            let mut h = g.clone();
+            h[n / 2] = bf16::from_bits(h[n / 2].to_bits() ^ 1);
+            let mut other = vec![0.0f32; 512];
+            grad_norm_partials(&h, &mut other).unwrap();
+            assert_ne!(grad_checksum([parts.as_slice()]), grad_checksum([other.as_slice()]), "n = {n}");
         }
         // blocks past the end are exactly +0.0
         let per = n.div_ceil(256);
@@ -371,7 +400,7 @@ fn grad_norm_partials_are_the_kernels_order() {
     }
     // by hand: ones over 65539 elements: per = 257, blocks 0..255 hold 257 each, the last 4
     let ones = vec![f32_to_bf16(1.0); 65539];
-    let mut got = vec![0.0f32; 256];
+    let mut got = vec![0.0f32; 512];
     grad_norm_partials(&ones, &mut got).unwrap();
     assert!(got[..255].iter().all(|p| *p == 257.0) && got[255] == 4.0, "{got:?}");
     assert_eq!(global_norm([got.as_slice()]), 65539f64.sqrt());
@@ -380,9 +409,9 @@ fn grad_norm_partials_are_the_kernels_order() {
 #[test]
 fn grad_norm_partials_rejects_a_wrong_partials_length() {
     let g = vec![f32_to_bf16(1.0); 10];
-    for len in [0, 255, 257] {
+    for len in [0, 256, 511, 513] {
         let mut p = vec![0.0f32; len];
-        assert!(matches!(grad_norm_partials(&g, &mut p), Err(HostError::Length { expected: 256, .. })), "{len}");
+        assert!(matches!(grad_norm_partials(&g, &mut p), Err(HostError::Length { expected: 512, .. })), "{len}");
     }
 }
 
@@ -404,7 +433,7 @@ fn global_norm_sums_every_owner_in_order() {
     let parts: Vec<Vec<f32>> = gs
         .iter()
         .map(|g| {
-            let mut p = vec![0.0f32; 256];
+            let mut p = vec![0.0f32; 512];
             grad_norm_partials(g, &mut p).unwrap();
             p
         })

@@ -4,7 +4,7 @@
 
 use super::{bwd_smem, cdiv, fwd_smem, fwd_warps, materialized_smem, Args, Kernel, Launch, LaunchError, Region, SPLITS};
 use models::config::{Attention, DType, GptConfig};
-use models::inventory::GRAD_NORM_PARTIALS;
+use models::inventory::{GRAD_NORM_PARTIALS, GRAD_NORM_WORDS};
 
 type Result<T> = std::result::Result<T, LaunchError>;
 
@@ -398,7 +398,7 @@ impl<B: Copy> AdamwUpdate<B> {
 }
 
 /// `grad_norm_partials(g, n, partials)`: the [`GRAD_NORM_PARTIALS`] partial sums of squares of
-/// `n` bf16 gradient elements, in the fixed order of grad_norm.cu (which the host replays
+/// `n` bf16 gradient elements and as many exact checksums ([`GRAD_NORM_WORDS`] words), in the fixed order of grad_norm.cu (which the host replays
 /// bitwise: `crate::host::grad_norm_partials`). Grid and block are fixed (256 x 256) for any `n`.
 pub struct GradNormPartials<B> {
     pub grads: Region<B>,
@@ -414,7 +414,7 @@ impl<B: Copy> GradNormPartials<B> {
         Ok(Args::new(Kernel::GradNormPartials)
             .bf16("grads", self.grads, self.n)?
             .long(self.n)
-            .f32("partials", self.partials, GRAD_NORM_PARTIALS)?
+            .f32("partials", self.partials, GRAD_NORM_WORDS)?
             .launch((GRAD_NORM_PARTIALS as u32, 1, 1), GRAD_NORM_THREADS, 0))
     }
 }

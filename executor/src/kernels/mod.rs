@@ -503,20 +503,21 @@ mod tests {
 
     #[test]
     fn clipping_launches_as_the_contract_says() {
-        use models::inventory::GRAD_NORM_PARTIALS;
+        use models::inventory::GRAD_NORM_WORDS;
         let bf = |buf: u32, elems: u64| Region::whole(buf, 2 * elems, DType::Bf16);
         let f = |buf: u32, elems: u64| Region::whole(buf, 4 * elems, DType::F32);
-        // grad_norm_partials: fixed 256 x 256 for any n (0 too), the partials narrowed to 256
+        // grad_norm_partials: fixed 256 x 256 for any n (0 too), the partials and checksums
+        // narrowed to 512 words
         for n in [0u64, 1, 1000, 3 << 31] {
-            let l = GradNormPartials { grads: bf(1, n), partials: f(2, 300), n }.launch().unwrap();
+            let l = GradNormPartials { grads: bf(1, n), partials: f(2, 600), n }.launch().unwrap();
             assert_eq!((l.kernel, l.grid, l.block, l.smem), (Kernel::GradNormPartials, (256, 1, 1), 256, 0));
             l.check().unwrap();
             assert!(matches!(l.args[1], Arg::I64(x) if x as u64 == n));
-            assert!(matches!(l.args[2], Arg::Buf(r) if r.bytes == 4 * GRAD_NORM_PARTIALS));
+            assert!(matches!(l.args[2], Arg::Buf(r) if r.bytes == 4 * GRAD_NORM_WORDS));
         }
-        let short = GradNormPartials { grads: bf(1, 10), partials: f(2, 255), n: 10 }.launch();
-        assert!(matches!(short, Err(LaunchError::TooSmall { need: 256, have: 255, .. })), "{short:?}");
-        let short = GradNormPartials { grads: bf(1, 9), partials: f(2, 256), n: 10 }.launch();
+        let short = GradNormPartials { grads: bf(1, 10), partials: f(2, 511), n: 10 }.launch();
+        assert!(matches!(short, Err(LaunchError::TooSmall { need: 512, have: 511, .. })), "{short:?}");
+        let short = GradNormPartials { grads: bf(1, 9), partials: f(2, 512), n: 10 }.launch();
         assert!(matches!(short, Err(LaunchError::TooSmall { need: 10, have: 9, .. })), "{short:?}");
 
         // AdamW: no scale, today's kernel; a scale, the clipped kernel with it last

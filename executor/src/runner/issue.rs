@@ -31,8 +31,8 @@ use std::time::Instant;
 struct HostSink {
     errors: Mutex<Vec<String>>,
     nanos: AtomicU64,
-    /// The step's global gradient norm, from its clip scale op.
-    grad_norm: Mutex<Option<f64>>,
+    /// The step's global gradient norm and exact gradient checksum, from its clip scale op.
+    grad_norm: Mutex<Option<(f64, u64)>>,
 }
 
 /// Timing events of the measured step: (lane kind, before, after) per timed action.
@@ -192,8 +192,8 @@ pub fn run(
         device_used_high = device_used_high.max(total - free);
         match sampler {
             None => {
-                let norm = sink.grad_norm.lock().expect("host sink").take();
-                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops).with_grad_norm(norm);
+                let (norm, checksum) = sink.grad_norm.lock().expect("host sink").take().unzip();
+                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops).with_gradients(norm, checksum);
                 progress(Progress::Step(&r));
                 reports.push(r);
             }
@@ -508,7 +508,8 @@ fn host_work(
                     }
                     let norm = host::global_norm(partials.iter().copied());
                     acc.f32_mut(clip.scale)?[0] = host::clip_scale(norm, max_grad_norm);
-                    *norm_out.grad_norm.lock().expect("host sink") = Some(norm);
+                    let checksum = host::grad_checksum(partials.iter().copied());
+                    *norm_out.grad_norm.lock().expect("host sink") = Some((norm, checksum));
                     Ok(())
                 }),
             )
