@@ -320,7 +320,8 @@ mod imp {
             let loss = step.mean_loss(&gpu)?;
             let (free, _) = gpu.mem_info()?;
             device_used_high = device_used_high.max(total - free);
-            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops).with_gradients(step.grad_norm, step.grad_checksum);
+            let r = StepReport::new(s, loss, step.adamw.lr, ms, b * t, flops, opts.peak_flops)
+                .with_gradients(step.grad_norm, step.grad_checksum);
             progress(Progress::Step(&r));
             reports.push(r);
             if capturing {

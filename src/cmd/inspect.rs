@@ -1,9 +1,9 @@
 //! `offplan inspect`: what one training step of a config holds, with everything on the GPU.
 
-use super::ModelArgs;
-use models::inventory::{BlockKind, TensorClass};
+use super::{usage, ModelArgs};
+use models::inventory::{BlockKind, Owner, TensorClass};
 use models::program::Phase;
-use models::{Bytes, Program};
+use models::{Bytes, ParallelMemory, Parallelism, Program, StageMemory, ZeroStage};
 use planner::LifetimeGraph;
 use serde::Serialize;
 
@@ -14,6 +14,49 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
+}
+
+/// Several GPUs: the tensor, pipeline and data-parallel grid each rank's memory is shown for.
+#[derive(clap::Args, Debug)]
+pub struct ParallelArgs {
+    /// Tensor-parallel ranks (must divide heads, hidden and padded_vocab).
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    pub tp: u32,
+    /// Pipeline stages (must divide layers).
+    #[arg(long, value_name = "P", default_value_t = 1)]
+    pub pp: u32,
+    /// Data-parallel ranks.
+    #[arg(long, value_name = "D", default_value_t = 1)]
+    pub dp: u32,
+    /// ZeRO stage: 1 shards the optimizer state over the data-parallel ranks.
+    #[arg(long, value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
+    /// Sequence parallelism (with --tp above 1): split what tensor parallelism replicates along
+    /// the sequence.
+    #[arg(long)]
+    pub sequence_parallel: bool,
+    /// Micro-batches per step under 1F1B (default: --pp).
+    #[arg(long, value_name = "M")]
+    pub micro_batches: Option<u32>,
+}
+
+impl ParallelArgs {
+    fn parallelism(&self) -> Parallelism {
+        let zero = if self.zero == 1 { ZeroStage::One } else { ZeroStage::Off };
+        Parallelism { tp: self.tp, pp: self.pp, dp: self.dp, zero, sequence_parallel: self.sequence_parallel }
+    }
+
+    /// The grid's memory when any flag differs from one GPU; a bad grid is a usage error.
+    fn memory(&self, cfg: &models::GptConfig) -> anyhow::Result<Option<ParallelMemory>> {
+        let par = self.parallelism();
+        let micro_batches = self.micro_batches.unwrap_or(par.pp);
+        if par.is_single() && micro_batches == par.pp {
+            return Ok(None);
+        }
+        ParallelMemory::of(cfg, &par, micro_batches).map(Some).map_err(|e| usage(e.to_string()))
+    }
 }
 
 #[derive(Serialize)]
@@ -37,10 +80,14 @@ struct Inspection {
     ops: usize,
     tensors: usize,
     blocks: usize,
+    /// Per pipeline stage, one rank's memory (only with parallel flags).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel: Option<ParallelMemory>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = args.model.load()?;
+    let parallel = args.parallel.memory(&cfg)?;
     // The step plan and run take by default: GPT-3's setup, clipped.
     let program = Program::for_setup(&cfg, &models::TrainingSetup::gpt3(&cfg));
     let inv = &program.inventory;
@@ -76,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ops: program.ops.len(),
         tensors: inv.tensors.len(),
         blocks: inv.blocks.len(),
+        parallel,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&i)?);
@@ -100,7 +148,92 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  FLOPs per step    {:.3e} executed, {:.3e} model (6N + 6LTC per token)", i.program_flops, i.model_flops);
     println!("  {} ops, {} tensors, {} blocks", i.ops, i.tensors, i.blocks);
+    if let Some(m) = &i.parallel {
+        print_parallel(&cfg, m);
+    }
     Ok(())
+}
+
+/// The per-pipeline-stage table: one rank of each pipeline stage (its ranks are alike).
+fn print_parallel(cfg: &models::GptConfig, m: &ParallelMemory) {
+    let p = &m.parallelism;
+    let onoff = |b: bool| if b { "on" } else { "off" };
+    println!();
+    println!(
+        "several GPUs: TP {} x PP {} x DP {} = {} ranks; ZeRO-1 {}; sequence parallelism {}",
+        p.tp,
+        p.pp,
+        p.dp,
+        m.ranks,
+        onoff(p.zero == ZeroStage::One),
+        onoff(p.sequence_parallel)
+    );
+    println!(
+        "  1F1B, {} micro-batches of {} x {} per step and data-parallel rank (global batch {} sequences)",
+        m.micro_batches,
+        cfg.batch,
+        cfg.seq,
+        m.micro_batches as u64 * cfg.batch as u64 * p.dp as u64
+    );
+    let attention = format!("{:?}", cfg.attention).to_lowercase();
+    println!(
+        "  saved activations per layer, micro-batch and rank: {} ({attention} attention, no dropout); full recomputation keeps {}",
+        Bytes(m.layer_activation_bytes.0),
+        Bytes(m.recompute_layer_bytes.0)
+    );
+    let formula = if p.sequence_parallel { "sbh/t (34 + 5as/h)" } else { "sbh (10 + 24/t + 5as/(ht))" };
+    println!(
+        "  Korthikanti et al. 2022: {} = {} (1-byte dropout masks, materialised attention); full recomputation {}",
+        formula,
+        Bytes(m.korthikanti_layer_bytes.round() as u64),
+        Bytes(m.korthikanti_recompute_bytes.round() as u64)
+    );
+    let holds: Vec<String> = m.stages.iter().map(also_holds).collect();
+    let w = holds.iter().map(String::len).max().unwrap_or(0).max("also holds".len());
+    println!(
+        "  {:<14} {:<8} {:<w$} {:>15} {:>12} {:>12} {:>12} {:>15} {:>9} {:>12}",
+        "pipeline stage", "layers", "also holds", "params/rank", "weights", "grads", "optimizer", "act/micro-batch", "in flight", "total"
+    );
+    for (s, holds) in m.stages.iter().zip(&holds) {
+        println!(
+            "  {:<14} {:<8} {:<w$} {:>15} {:>12} {:>12} {:>12} {:>15} {:>9} {:>12}",
+            s.pipeline_stage,
+            format!("{}-{}", s.layers.start, s.layers.end.saturating_sub(1)),
+            holds,
+            group(s.params_per_rank),
+            s.weight_bytes.to_string(),
+            s.grad_bytes.to_string(),
+            s.optimizer_bytes.to_string(),
+            s.activation_bytes_per_micro_batch.to_string(),
+            s.micro_batches_in_flight,
+            s.total_bytes.to_string()
+        );
+    }
+    println!("  total: weights, gradients, optimizer state and the activations in flight (no scratch, workspace or device overhead)");
+    if m.stages.first().is_some_and(|s| s.tied_copies() > 0) {
+        println!("  tied embeddings: the first pipeline stage keeps a copy of the token table (as Megatron-LM does)");
+    }
+}
+
+/// What a pipeline stage holds besides its layers.
+fn also_holds(s: &StageMemory) -> String {
+    let mut v = Vec::new();
+    if s.owners.iter().any(|o| o.owner == Owner::Embedding) {
+        v.push("embedding".to_string());
+    }
+    let tied = s.tied_copies();
+    if tied > 0 {
+        v.push("token table copy (tied)".to_string());
+    }
+    if s.owners.iter().any(|o| o.owner == Owner::FinalNorm) {
+        let chunks = s.owners.iter().filter(|o| matches!(o.owner, Owner::OutputChunk(_)) && !o.tied_copy).count();
+        v.push(format!("final norm, output ({chunks} chunk{})", if chunks == 1 { "" } else { "s" }));
+    }
+    if v.is_empty() {
+        "-".to_string()
+    } else {
+        v.join(", ")
+    }
 }
 
 /// 124439808 -> "124,439,808".
