@@ -561,6 +561,20 @@ mod tests {
     }
 
     #[test]
+    fn a_setup_recorded_before_clipping_reads_as_unclipped() {
+        let cfg = config("gpt3-125m");
+        let now = TrainingSetup::gpt3(&cfg);
+        assert_eq!((now.grad_clip, now.clipping()), (1.0, crate::program::Clipping::GlobalNorm));
+        // The same setup as a schedule or record written before clipping: no grad_clip fields.
+        let mut old = serde_json::to_value(&now).unwrap();
+        old.as_object_mut().unwrap().remove("grad_clip");
+        old["sources"].as_object_mut().unwrap().remove("grad_clip");
+        let read: TrainingSetup = serde_json::from_value(old).unwrap();
+        assert_eq!((read.grad_clip, read.clipping()), (0.0, crate::program::Clipping::Off));
+        assert!(read.sources.grad_clip.to_string().contains("before clipping"));
+    }
+
+    #[test]
     fn bad_values_name_their_field() {
         let cfg = config("gpt3-125m");
         let cases: Vec<(SetupSpec, &str)> = vec![
