@@ -2,7 +2,7 @@
 //! against numbers worked out by hand from Korthikanti et al. 2022 and Megatron-LM's sharding.
 
 mod common;
-use common::{config, offplan, scratch_dir, text};
+use common::{config, offplan, scratch_dir, text, H100};
 use serde_json::Value;
 use std::process::Command;
 
@@ -21,6 +21,25 @@ fn inspect_json(args: &[&str]) -> Value {
     let o = offplan(&all);
     assert!(o.status.success(), "{}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `inspect --model MODEL FLAGS` in an empty folder exits 2, says each of `says`, prints nothing
+/// on stdout and writes no file.
+fn assert_usage_error(model: &str, flags: &[&str], says: &[&str]) {
+    // Tests run side by side in one process: each call its own folder.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = scratch_dir(&format!("parallel-bad-{}", CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let mut args = vec!["inspect", "--model", model];
+    args.extend_from_slice(flags);
+    let o = Command::new(env!("CARGO_BIN_EXE_offplan")).args(&args).current_dir(&dir).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{flags:?}: {t}");
+    for s in says {
+        assert!(t.contains(s), "{flags:?} should say `{s}`: {t}");
+    }
+    assert!(o.stdout.is_empty(), "{flags:?} printed: {t}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{flags:?} wrote a file");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn u(v: &Value) -> u64 {
@@ -218,18 +237,7 @@ fn bad_grids_exit_2_and_name_the_flag() {
         (&["--pp", "8", "--micro-batches", "0"], &["--micro-batches"]),
     ];
     for (flags, says) in cases {
-        let dir = scratch_dir("parallel-bad");
-        let mut args = vec!["inspect", "--model", model.as_str()];
-        args.extend_from_slice(flags);
-        let o = Command::new(env!("CARGO_BIN_EXE_offplan")).args(&args).current_dir(&dir).output().unwrap();
-        let t = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{flags:?}: {t}");
-        for s in says {
-            assert!(t.contains(s), "{flags:?} should say `{s}`: {t}");
-        }
-        assert!(o.stdout.is_empty(), "{flags:?} printed: {t}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{flags:?} wrote a file");
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_usage_error(&model, flags, says);
     }
     // An unpadded vocabulary takes no tensor parallelism: the message lists what would.
     let dir = scratch_dir("parallel-vocab");
@@ -241,4 +249,115 @@ fn bad_grids_exit_2_and_name_the_flag() {
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("--tp 2") && t.contains("padded_vocab 50257") && t.contains("padded_vocab: 1"), "{t}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The shipped H100 profile as a machine of 8 nodes of 8 (issue 20's 64 H100s), in a scratch folder.
+fn h100_nodes(nodes: u32) -> (std::path::PathBuf, String) {
+    let dir = scratch_dir(&format!("parallel-nodes-{nodes}"));
+    let text = std::fs::read_to_string(H100).unwrap();
+    assert!(text.contains("nodes: 1,"));
+    let path = dir.join("h100-nodes.ron");
+    std::fs::write(&path, text.replace("nodes: 1,", &format!("nodes: {nodes},"))).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Each rank's collectives per pipeline stage (Shoeybi et al. 2019; gpt3-175b at TP 8, PP 8):
+/// 4 TP all-reduces of 2sbh bytes per layer and micro-batch, the pipeline's activations and
+/// gradients, the bubble (P - 1) / (M + P - 1); timed over the profile's interconnect.
+#[test]
+fn gpt3_175b_collectives_per_pipeline_stage() {
+    let act = 2 * SBH;
+    assert_eq!(act, 50_331_648);
+    // Without --hardware: the bytes alone.
+    let v = inspect_json(&["--model", "models/configs/gpt3-175b.ron", "--tp", "8", "--pp", "8"]);
+    let c = &v["parallel"]["communication"];
+    assert_eq!(f(&c["bubble_fraction"]), 7.0 / 15.0);
+    assert!(c.get("hardware").is_none() && c.get("interconnect").is_none());
+    let stages = c["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 8);
+    let middle = stages[3]["collectives"].as_array().unwrap();
+    let tp: Vec<&Value> = middle.iter().filter(|x| x["group"] == "Tp").collect();
+    assert!(tp.iter().all(|x| x["kind"] == "AllReduce" && u(&x["bytes"]) == act && u(&x["ranks"]) == 8), "{tp:?}");
+    assert_eq!(tp.iter().map(|x| u(&x["calls_per_step"])).sum::<u64>(), 4 * 12 * 8, "4 per layer and micro-batch");
+    let pp: Vec<&Value> = middle.iter().filter(|x| x["group"] == "Pp").collect();
+    assert_eq!(pp.len(), 4);
+    assert!(pp.iter().all(|x| x["kind"] == "SendRecv" && u(&x["bytes"]) == act && u(&x["calls_per_step"]) == 8));
+    assert!(middle.iter().all(|x| x.get("seconds_per_step").is_none()));
+    assert_eq!(u(&stages[3]["bytes_per_step"]), (4 * 12 * 8 + 4 * 8) * act);
+    let last = stages[7]["collectives"].as_array().unwrap();
+    let ce = last.iter().find(|x| x["what"].as_str().unwrap().starts_with("cross-entropy")).unwrap();
+    assert_eq!((u(&ce["bytes"]), u(&ce["calls_per_step"])), (4 * S * B, 3 * 8), "3 fp32 per token per micro-batch");
+    let o = offplan(&["inspect", "--model", "models/configs/gpt3-175b.ron", "--tp", "8", "--pp", "8"]);
+    let t = text(&o);
+    assert!(t.contains("bytes only") && t.contains("pipeline stages 1-6") && t.contains("7/15 = 46.7%"), "{t}");
+
+    // Over 8 nodes of 8: TP within a node (NVLink), each pipeline stage a node of its own.
+    let (dir, hw) = h100_nodes(8);
+    let v = inspect_json(&["--model", "models/configs/gpt3-175b.ron", "--tp", "8", "--pp", "8", "--hardware", &hw]);
+    let c = &v["parallel"]["communication"];
+    assert_eq!(c["hardware"], "h100-sxm");
+    assert_eq!(u(&c["interconnect"]["nodes"]), 8);
+    for s in c["stages"].as_array().unwrap() {
+        let mut sum = 0.0;
+        for x in s["collectives"].as_array().unwrap() {
+            assert_eq!(x["within_node"].as_bool().unwrap(), x["group"] == "Tp", "{x}");
+            sum += f(&x["seconds_per_step"]);
+        }
+        assert!((f(&s["seconds_per_step"]) - sum).abs() < 1e-12);
+    }
+    // The ring model by hand: an all-reduce of 48 MiB over 8 ranks at 370 GB/s with 3.4 us per
+    // step; a transfer of 48 MiB between nodes at 50 GB/s with 10 us.
+    let x = &c["stages"][3]["collectives"][0];
+    let all_reduce = 2.0 * 7.0 / 8.0 * act as f64 / 370e9 + 14.0 * 3.4e-6;
+    assert!((f(&x["seconds_per_call"]) - all_reduce).abs() < 1e-12, "{x}");
+    assert!((f(&x["seconds_per_step"]) - 192.0 * all_reduce).abs() < 1e-9);
+    let send = c["stages"][3]["collectives"].as_array().unwrap().iter().find(|x| x["kind"] == "SendRecv").unwrap();
+    assert!((f(&send["seconds_per_call"]) - (act as f64 / 50e9 + 10e-6)).abs() < 1e-12, "{send}");
+    let o = offplan(&["inspect", "--model", "models/configs/gpt3-175b.ron", "--tp", "8", "--pp", "8", "--hardware", &hw]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("8 nodes of 8 GPUs") && t.contains("within a node 370 GB/s") && t.contains("54.85 ms"), "{t}");
+    assert!(t.contains("1F1B bubble") && t.contains("time/step"), "{t}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // One node: TP 8 fits it; DP and the sequence-parallel pairs show too.
+    let v = inspect_json(&["--model", "models/configs/gpt3-175b.ron", "--tp", "4", "--dp", "2", "--zero", "1", "--hardware", H100]);
+    let x = v["parallel"]["communication"]["stages"][0]["collectives"].as_array().unwrap().clone();
+    let dp: Vec<&str> = x.iter().filter(|x| x["group"] == "Dp").map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(dp, ["ReduceScatter", "AllGather"], "ZeRO-1");
+    assert!(x.iter().all(|x| x["within_node"] == true));
+    let v = inspect_json(&["--model", "models/configs/gpt3-175b.ron", "--tp", "8", "--sequence-parallel", "--hardware", H100]);
+    let kinds: Vec<&str> = v["parallel"]["communication"]["stages"][0]["collectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"ReduceScatter") && kinds.contains(&"AllGather"), "{kinds:?}");
+}
+
+/// A grid above the profile's GPUs, or a profile without an interconnect, exits 2 and says why.
+#[test]
+fn a_grid_the_profile_cannot_hold_exits_2() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let model = format!("{root}/{}", config("gpt3-175b"));
+    let single = format!("{root}/{H100}");
+    let rtx = format!("{root}/models/hardware/rtx-4090.ron");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&["--tp", "8", "--pp", "8", "--hardware", &single], &["64 ranks", "8 GPUs", "h100-sxm", "nodes: 8"]),
+        (&["--tp", "4", "--dp", "4", "--hardware", &single], &["16 ranks", "8 GPUs", "nodes: 2"]),
+        (&["--tp", "2", "--hardware", &rtx], &["rtx-4090", "no `interconnect`", "cannot be timed", "leave out --hardware"]),
+    ];
+    for (flags, says) in cases {
+        assert_usage_error(&model, flags, says);
+    }
+    // The same grids without --hardware, or on one GPU with it, are fine.
+    assert!(offplan(&["inspect", "--model", &model, "--tp", "8", "--pp", "8"]).status.success());
+    let o = offplan(&["inspect", "--model", &model, "--hardware", &rtx]);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -81,6 +81,95 @@ pub struct HardwareProfile {
     /// they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_sharing: Option<HostSharing>,
+    /// The links between GPUs that collectives run over (tensor, pipeline and data
+    /// parallelism; `models::parallel`). None when absent: one GPU, or a machine whose links
+    /// the profile does not know (the collectives' bytes can be counted, not timed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interconnect: Option<Interconnect>,
+}
+
+/// The GPU-to-GPU links of a machine of `nodes` nodes of `gpus_per_node` GPUs each. Not
+/// measured by `offplan calibrate` (it sees one GPU): the shipped figures are public (NVIDIA's
+/// data sheets, NCCL's maintainers' numbers), each named in the profile's comments.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interconnect {
+    /// GPUs in one node (8 on an HGX board), at least 1.
+    pub gpus_per_node: u32,
+    /// Between the GPUs of one node (NVLink through NVSwitch on an HGX board; PCIe elsewhere).
+    pub intra_node: LinkRate,
+    /// Between nodes (InfiniBand, RoCE); None: a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_node: Option<LinkRate>,
+    /// Nodes in the machine, at least 1: a grid of more than `gpus_per_node * nodes` ranks
+    /// does not fit it.
+    pub nodes: u32,
+    /// Whether collectives and host copies share a link: false where collectives go over
+    /// NVLink (the host link is PCIe), true where NCCL goes over PCIe (cards without NVLink).
+    /// Nothing reads it yet beside `offplan inspect`; the multi-rank simulator will.
+    pub collectives_share_host_link: bool,
+}
+
+/// One link's rate for collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRate {
+    /// Per GPU, one direction: the bus bandwidth as NCCL's tests report it (`busbw`), so
+    /// that the ring formulas of `models::parallel` give NCCL's times.
+    pub bandwidth: BytesPerSecond,
+    /// Time each step of a ring (or one send) adds beyond its bytes.
+    pub latency: Seconds,
+}
+
+impl Interconnect {
+    /// GPUs in the machine: `gpus_per_node * nodes`.
+    pub fn gpus(&self) -> u64 {
+        self.gpus_per_node as u64 * self.nodes as u64
+    }
+
+    /// The link a group runs over: `intra_node` when all its ranks are in one node, else
+    /// `inter_node` (the slowest link of the ring; `intra_node` where the profile names none).
+    pub fn link(&self, within_node: bool) -> LinkRate {
+        if within_node {
+            self.intra_node
+        } else {
+            self.inter_node.unwrap_or(self.intra_node)
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.gpus_per_node == 0 {
+            return Err(("gpus_per_node", "`interconnect.gpus_per_node` must be at least 1".into()));
+        }
+        if self.nodes == 0 {
+            return Err(("nodes", "`interconnect.nodes` must be at least 1".into()));
+        }
+        let links = [("intra_node", Some(self.intra_node)), ("inter_node", self.inter_node)];
+        for (field, link) in links {
+            let Some(l) = link else { continue };
+            let bw = l.bandwidth.0;
+            if !(bw.is_finite() && bw > 0.0) {
+                return Err((field, format!("`interconnect.{field}.bandwidth` must be a positive rate, got {bw}")));
+            }
+            if !(1e6..=1e13).contains(&bw) {
+                return Err((
+                    field,
+                    format!("`interconnect.{field}.bandwidth` is {bw:e}, outside [1e6, 1e13] bytes per second: check its unit"),
+                ));
+            }
+            let lat = l.latency.0;
+            if !(lat.is_finite() && (0.0..1e-2).contains(&lat)) {
+                return Err((field, format!("`interconnect.{field}.latency` must be in [0, 0.01) s, got {lat}")));
+            }
+        }
+        if self.nodes > 1 && self.inter_node.is_none() {
+            return Err((
+                "nodes",
+                format!("`interconnect.nodes` is {} but `inter_node` is absent: give the link between nodes", self.nodes),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The fractions of their speed alone that host work and copies keep while host work runs
@@ -314,6 +403,9 @@ impl HardwareProfile {
                 }
             }
         }
+        if let Some(i) = &self.interconnect {
+            i.validate()?;
+        }
         if self.memory.0 == 0 {
             return Err(("memory", "`memory` must be positive".into()));
         }
@@ -392,6 +484,59 @@ mod tests {
             }
         }
         assert!(n >= 3);
+    }
+
+    /// The HGX profiles carry their (public) interconnect; the others load without one.
+    #[test]
+    fn shipped_hgx_profiles_have_an_interconnect() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+        for name in ["h100-sxm", "h200"] {
+            let hw = HardwareProfile::load(&dir.join(format!("{name}.ron"))).unwrap();
+            let i = hw.interconnect.unwrap_or_else(|| panic!("{name} has no interconnect"));
+            assert_eq!((i.gpus_per_node, i.nodes, i.gpus()), (8, 1, 8), "{name}");
+            assert_eq!(i.intra_node.bandwidth, BytesPerSecond(370e9), "{name}: NCCL's ring busbw over NVLink 4");
+            assert_eq!(i.inter_node.unwrap().bandwidth, BytesPerSecond(50e9), "{name}: 400 Gb/s per GPU");
+            assert!(!i.collectives_share_host_link);
+            assert_eq!(i.link(true), i.intra_node);
+            assert_eq!(i.link(false), i.inter_node.unwrap());
+        }
+        for name in ["rtx-4090", "rtx-5090"] {
+            assert!(HardwareProfile::load(&dir.join(format!("{name}.ron"))).unwrap().interconnect.is_none());
+        }
+    }
+
+    /// A bad interconnect names its field and line.
+    #[test]
+    fn bad_interconnects_name_the_field_and_line() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware/h100-sxm.ron");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let line_of = |s: &str| good.lines().position(|l| l.trim_start().starts_with(s)).unwrap() + 1;
+        let cases = [
+            ("gpus_per_node: 8", "gpus_per_node: 0", "gpus_per_node", "at least 1"),
+            ("nodes: 1", "nodes: 0", "nodes", "at least 1"),
+            ("bandwidth: 370e9", "bandwidth: -1.0", "intra_node", "positive rate"),
+            ("bandwidth: 50e9", "bandwidth: 50.0", "inter_node", "outside"),
+            ("latency: 3.4e-6", "latency: 1.0", "intra_node", "latency"),
+        ];
+        for (from, to, field, says) in cases {
+            let text = good.replace(from, to);
+            assert_ne!(text, good, "{from}");
+            let e = HardwareProfile::parse(&text, &path).unwrap_err();
+            let ModelError::Invalid { line, message, .. } = &e else { panic!("{e}") };
+            assert_eq!(*line, line_of(&format!("{field}:")), "{to}: {e}");
+            assert!(message.contains(says), "{to}: {e}");
+        }
+        // Several nodes need the link between them.
+        let text = good.replace("nodes: 1", "nodes: 8");
+        let hw = HardwareProfile::parse(&text, &path).unwrap();
+        assert_eq!(hw.interconnect.unwrap().gpus(), 64);
+        let mut hw = hw;
+        hw.interconnect.as_mut().unwrap().inter_node = None;
+        let (field, m) = hw.validate().unwrap_err();
+        assert!(field == "nodes" && m.contains("inter_node"), "{m}");
+        // An unknown field inside the section is refused, like elsewhere in the profile.
+        let e = HardwareProfile::parse(&good.replace("nodes: 1,", "nodes: 1, nvlink: 4,"), &path).unwrap_err();
+        assert!(e.to_string().contains("nvlink"), "{e}");
     }
 
     proptest::proptest! {

@@ -20,9 +20,12 @@ pub mod units;
 
 pub use config::{Attention, DType, GptConfig, Precision};
 pub use error::ModelError;
-pub use hardware::HardwareProfile;
+pub use hardware::{HardwareProfile, Interconnect, LinkRate};
 pub use inventory::{Block, BlockId, BlockKind, Inventory, MemoryCategory, Owner, Tensor, TensorClass, TensorId};
-pub use parallel::{ParallelError, ParallelMemory, Parallelism, StageMemory, ZeroStage};
+pub use parallel::{
+    Collective, CollectiveKind, Group, ParallelCommunication, ParallelError, ParallelMemory, Parallelism, StageCommunication, StageMemory,
+    ZeroStage,
+};
 pub use program::{Op, OpId, OpKind, Program};
 pub use schedule::{Action, Lane, Placement, Schedule};
 pub use training::{SetupSpec, TrainingSetup};

@@ -86,10 +86,61 @@
 //! Under 1F1B with `m` micro-batches per step, pipeline stage `p` keeps the activations of
 //! `min(P - p, m)` micro-batches in flight ([`micro_batches_in_flight`]): the first pipeline
 //! stage the most.
+//! The pipeline idles `(P - 1) / (m + P - 1)` of the step ([`bubble_fraction`]; Narayanan et
+//! al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters Using
+//! Megatron-LM", give the bubble over the ideal time, `(P - 1) / m`).
+//!
+//! # Collectives
+//!
+//! What one rank sends and receives per step ([`stage_collectives`], as [`Collective`] data:
+//! kind, group, ranks in it, bytes per call, calls per step), after the Megatron-LM paper
+//! (Shoeybi et al. 2019, section 3) and Korthikanti et al. 2022 (section 4.2.2). `A = bsh` 16-bit
+//! values (the residual stream of one micro-batch, 2bsh bytes), `L` the pipeline stage's layers,
+//! `m` micro-batches:
+//!
+//! ```text
+//! TP, no SP   per layer and micro-batch: 2 all-reduces of A forward (after the row-parallel
+//!             attention projection and fcproj: Megatron's g) and 2 backward (the gradients of
+//!             the column-parallel qkv's and fc's inputs: its f); the vocabulary-parallel
+//!             embedding's output, all-reduced forward (first pipeline stage), and the output
+//!             layer's input gradient, all-reduced backward (last)
+//! TP, SP      each all-reduce becomes a reduce-scatter and an all-gather of the same A: the
+//!             same bytes on the wire (a ring all-reduce is a reduce-scatter then an
+//!             all-gather); forward 2 all-gathers + 2 reduce-scatters per layer, backward the
+//!             same plus the 2 all-gathers Megatron-LM makes again of the layer norm outputs for
+//!             the weight gradients (it saves only their sequence shard); the embedding's output
+//!             reduce-scattered, the final norm's output all-gathered (and again in backward),
+//!             the output layer's input gradient reduce-scattered; once per step, the gradients
+//!             of the replicated parameters inside the sequence-parallel region (layer norms,
+//!             row-parallel biases) all-reduced
+//! TP, head    the cross-entropy fused with the vocabulary-parallel output layer: only
+//!             per-token scalars cross TP ranks, 3 all-reduces of bs fp32 per micro-batch
+//!             (the max, the sum of exp, the target's logit); each rank folds its output chunks
+//!             first, so the chunks add none
+//! PP          per micro-batch, forward the activation A (A/t with SP) sent to the next
+//!             pipeline stage and received from the previous one, backward its gradient the
+//!             other way; tied embeddings: the token table's gradient all-reduced between the
+//!             first and last pipeline stage once per step (Megatron's embedding group)
+//! DP          once per step, the gradients of the rank's parameters all-reduced in bf16
+//!             (Megatron-LM's default, without --accumulate-allreduce-grads-in-fp32); ZeRO-1
+//!             (the distributed optimizer): a reduce-scatter of them and an all-gather of the
+//!             updated bf16 weights (padded to a multiple of dp, as the optimizer's shards)
+//! ```
+//!
+//! Bytes are per rank per call, the whole buffer (an all-reduce's, a reduce-scatter's input, an
+//! all-gather's output), as NCCL's tests count them; each call's time is the ring model's
+//! ([`CollectiveKind::ring_time`]) at the bus bandwidth and latency of the link its group runs
+//! over, from the profile's `interconnect` (`models::hardware::Interconnect`). Ranks are laid
+//! out as Megatron-LM does by default ([`RANK_LAYOUT`]: TP fastest, then DP, then PP), so a
+//! group lies within a node when its ranks' span does ([`within_node`]): TP groups first, then
+//! DP, then the pipeline's neighbours. A stage's time per step ([`StageCommunication`]) sums its
+//! calls as if none overlapped another or the compute (what they would add to the step were
+//! none hidden); their overlap is the multi-rank simulator's (not there yet).
 
 use crate::config::GptConfig;
+use crate::hardware::{HardwareProfile, Interconnect, LinkRate};
 use crate::inventory::{Inventory, Owner};
-use crate::units::Bytes;
+use crate::units::{Bytes, Seconds};
 use serde::{Serialize, Serializer};
 use std::ops::Range;
 
@@ -158,6 +209,17 @@ pub enum ParallelError {
     SequenceParallelSeq { tp: u32, seq: u32, fits: String },
     #[error("--micro-batches is 0: a step needs at least one micro-batch (1F1B keeps every pipeline stage busy from --pp {pp} on)")]
     NoMicroBatches { pp: u32 },
+    #[error(
+        "--tp {tp} x --pp {pp} x --dp {dp} is {ranks} ranks, more than the {gpus} GPUs of the hardware profile `{profile}` \
+         ({nodes} node(s) of {gpus_per_node}): shrink the grid, or describe a machine of {nodes_needed} nodes (`nodes: {nodes_needed}` in \
+         the profile's interconnect, with its inter_node link)"
+    )]
+    TooManyRanks { tp: u32, pp: u32, dp: u32, ranks: u64, profile: String, nodes: u32, gpus_per_node: u32, gpus: u64, nodes_needed: u64 },
+    #[error(
+        "the hardware profile `{profile}` has no `interconnect` section, so the collectives of {ranks} ranks cannot be timed \
+         (their bytes can: leave out --hardware; the memory needs no profile); see models/hardware/h100-sxm.ron for one"
+    )]
+    NoInterconnect { profile: String, ranks: u64 },
 }
 
 /// "1, 2, 4, 8": the `k` in 1..=n that pass `ok`.
@@ -614,6 +676,373 @@ pub fn stage_memory(inv: &Inventory, cfg: &GptConfig, par: &Parallelism, micro_b
     }
 }
 
+/// What a collective does (NCCL's names; a pipeline send or receive is `SendRecv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CollectiveKind {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
+    /// One point-to-point transfer between two pipeline stages (a send, or its receive).
+    SendRecv,
+}
+
+impl CollectiveKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CollectiveKind::AllReduce => "all-reduce",
+            CollectiveKind::ReduceScatter => "reduce-scatter",
+            CollectiveKind::AllGather => "all-gather",
+            CollectiveKind::SendRecv => "send/recv",
+        }
+    }
+
+    /// One call of `bytes` (the whole buffer: an all-reduce's, a reduce-scatter's input, an
+    /// all-gather's output, a transfer's) among `n` ranks over `link`, by the ring model:
+    ///
+    /// ```text
+    /// all-reduce                  2(n-1)/n * bytes / bandwidth + 2(n-1) * latency
+    /// reduce-scatter, all-gather   (n-1)/n * bytes / bandwidth +  (n-1) * latency
+    /// send/recv                            bytes / bandwidth +         latency
+    /// ```
+    ///
+    /// with `bandwidth` the bus bandwidth as NCCL reports it (its `busbw` is `algbw` times the
+    /// same factors, so these are NCCL's times at that busbw). Zero for a group of one.
+    pub fn ring_time(self, bytes: Bytes, n: u32, link: LinkRate) -> Seconds {
+        let (b, bw, lat) = (bytes.0 as f64, link.bandwidth.0, link.latency.0);
+        let steps = n.saturating_sub(1) as f64;
+        let n = n.max(1) as f64;
+        match self {
+            CollectiveKind::AllReduce => Seconds(2.0 * steps / n * b / bw + 2.0 * steps * lat),
+            CollectiveKind::ReduceScatter | CollectiveKind::AllGather => Seconds(steps / n * b / bw + steps * lat),
+            CollectiveKind::SendRecv => Seconds(b / bw + lat),
+        }
+    }
+}
+
+/// The process group a collective runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Group {
+    /// The `tp` ranks of one tensor-parallel group (consecutive ranks).
+    Tp,
+    /// The `dp` ranks holding the same shard of the model (stride `tp`).
+    Dp,
+    /// Ranks of two pipeline stages (stride `tp * dp`): a send/recv, or the tied token table's
+    /// gradient between the first and last pipeline stage (Megatron's embedding group).
+    Pp,
+}
+
+impl Group {
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Tp => "TP",
+            Group::Dp => "DP",
+            Group::Pp => "PP",
+        }
+    }
+}
+
+/// One collective of one rank, as data: what it moves per call and how often per step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Collective {
+    pub kind: CollectiveKind,
+    pub group: Group,
+    /// Ranks taking part (`n` of the ring model): tp, dp, or 2 for the PP group's.
+    pub ranks: u32,
+    /// Per rank per call: the whole buffer (see [`CollectiveKind::ring_time`]).
+    #[serde(serialize_with = "bytes_u64")]
+    pub bytes: Bytes,
+    pub calls_per_step: u32,
+    /// For the PP group: the two pipeline stages it joins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_stages: Option<[u32; 2]>,
+    /// What it carries, in words.
+    pub what: String,
+}
+
+impl Collective {
+    pub fn bytes_per_step(&self) -> Bytes {
+        self.bytes * self.calls_per_step as u64
+    }
+}
+
+/// The rank layout assumed (Megatron-LM's default order, `tp-cp-ep-dp-pp` without context or
+/// expert parallelism): tensor-parallel rank fastest, then data-parallel, then pipeline stage.
+pub const RANK_LAYOUT: &str =
+    "rank = t + T (d + D p): TP fastest, then DP, then PP (Megatron-LM's default order); node = rank / gpus_per_node";
+
+/// The global rank of tensor-parallel rank `t`, data-parallel rank `d`, pipeline stage `p`.
+pub fn rank_of(par: &Parallelism, t: u32, d: u32, p: u32) -> u64 {
+    t as u64 + par.tp as u64 * (d as u64 + par.dp as u64 * p as u64)
+}
+
+/// Whether every instance of `c`'s group lies within one node of `gpus_per_node` GPUs under
+/// [`RANK_LAYOUT`] (for TP and DP groups, whose ranks are in increasing order, it is enough that
+/// the first and last share a node: the span rule). A group across nodes runs at the
+/// inter-node link's rate (the ring's slowest link), every step at its latency.
+pub fn within_node(c: &Collective, par: &Parallelism, gpus_per_node: u32) -> bool {
+    let g = gpus_per_node.max(1) as u64;
+    let same = |a: u64, b: u64| a / g == b / g;
+    match c.group {
+        Group::Tp => (0..par.dp).all(|d| (0..par.pp).all(|p| same(rank_of(par, 0, d, p), rank_of(par, par.tp - 1, d, p)))),
+        Group::Dp => (0..par.tp).all(|t| (0..par.pp).all(|p| same(rank_of(par, t, 0, p), rank_of(par, t, par.dp - 1, p)))),
+        Group::Pp => {
+            let [a, b] = c.pipeline_stages.unwrap_or([0, par.pp - 1]);
+            (0..par.tp).all(|t| (0..par.dp).all(|d| same(rank_of(par, t, d, a), rank_of(par, t, d, b))))
+        }
+    }
+}
+
+/// The fraction of a 1F1B step the pipeline idles: `(P - 1) / (M + P - 1)` for `P` pipeline
+/// stages and `M` micro-batches (Narayanan et al. 2021 give the bubble over the ideal time,
+/// `(P - 1) / M`; over the whole step it is this). 0 for one pipeline stage.
+pub fn bubble_fraction(pp: u32, micro_batches: u32) -> f64 {
+    let (p, m) = (pp.max(1) as f64, micro_batches as f64);
+    if p <= 1.0 {
+        return 0.0;
+    }
+    (p - 1.0) / (m + p - 1.0)
+}
+
+/// Every collective of one rank of pipeline stage `stage` per step of `micro_batches`
+/// micro-batches (module docs, "Collectives"), in the order: TP, PP, DP. Groups of one rank
+/// have none.
+pub fn stage_collectives(inv: &Inventory, cfg: &GptConfig, par: &Parallelism, micro_batches: u32, stage: u32) -> Vec<Collective> {
+    use CollectiveKind::{AllGather as Ag, AllReduce as Ar, ReduceScatter as Rs, SendRecv as Sr};
+    let (t, m) = (par.tp, micro_batches);
+    let (first, last) = (stage == 0, stage + 1 == par.pp);
+    let layers = stage_layers(cfg.layers, par.pp, stage).len() as u32;
+    let sp = par.sequence_parallel;
+    // The residual stream of one micro-batch, b*s*h, 16-bit: the inventory's layer input.
+    let act = inv.tensor(inv.acts[0].x_in).bytes;
+    let tokens = cfg.batch as u64 * cfg.seq as u64;
+    let grad_per_param = {
+        let pt = inv.params(Owner::FinalNorm);
+        inv.tensor(pt.grads).bytes.0 / pt.params.max(1)
+    };
+    let weight_per_param = {
+        let pt = inv.params(Owner::FinalNorm);
+        inv.tensor(pt.weights).bytes.0 / pt.params.max(1)
+    };
+    let c = |kind, group, ranks: u32, bytes: Bytes, calls: u32, what: &str| Collective {
+        kind,
+        group,
+        ranks,
+        bytes,
+        calls_per_step: calls,
+        pipeline_stages: None,
+        what: what.to_string(),
+    };
+    let tp = |kind, bytes, calls, what: &str| c(kind, Group::Tp, t, bytes, calls, what);
+    let per_layer = 2 * layers * m;
+    let mut v = Vec::new();
+    if t > 1 && !sp {
+        v.push(tp(Ar, act, per_layer, "forward: the row-parallel outputs (attention projection, fcproj), 2 per layer"));
+        v.push(tp(Ar, act, per_layer, "backward: the column-parallel inputs' gradients (qkv, fc), 2 per layer"));
+        if first {
+            v.push(tp(Ar, act, m, "forward: the vocabulary-parallel embedding's partial rows"));
+        }
+        if last {
+            v.push(tp(Ar, act, m, "backward: the vocabulary-parallel output layer's input gradient"));
+        }
+    }
+    if t > 1 && sp {
+        v.push(tp(Ag, act, per_layer, "forward: the layer norm outputs gathered along the sequence (qkv, fc), 2 per layer"));
+        v.push(tp(Rs, act, per_layer, "forward: the row-parallel outputs reduced, scattered along the sequence, 2 per layer"));
+        v.push(tp(Ag, act, per_layer, "backward: the row-parallel outputs' gradients gathered, 2 per layer"));
+        v.push(tp(Rs, act, per_layer, "backward: the column-parallel inputs' gradients reduced and scattered, 2 per layer"));
+        v.push(tp(Ag, act, per_layer, "backward: the layer norm outputs gathered again for the weight gradients, 2 per layer"));
+        if first {
+            v.push(tp(Rs, act, m, "forward: the embedding's partial rows reduced and scattered along the sequence"));
+        }
+        if last {
+            v.push(tp(Ag, act, m, "forward: the final norm's output gathered for the output layer"));
+            v.push(tp(Ag, act, m, "backward: the final norm's output gathered again for the output layer's weight gradient"));
+            v.push(tp(Rs, act, m, "backward: the output layer's input gradient reduced and scattered"));
+        }
+        // Each rank's gradient of a replicated parameter inside the sequence-parallel region
+        // covers its shard of the sequence only: the layer norms, the row-parallel biases.
+        let replicated = |owner: Owner| -> u64 {
+            let w = inv.tensor(inv.params(owner).weights);
+            w.views.iter().filter(|x| Split::of_view(owner, &x.name) == Some(Split::Replicated)).map(|x| x.elems()).sum()
+        };
+        let mut params: u64 = stage_layers(cfg.layers, par.pp, stage).map(|l| replicated(Owner::Layer(l))).sum();
+        if last {
+            params += replicated(Owner::FinalNorm);
+        }
+        let what = "sequence parallelism: the layer norms' and row-parallel biases' gradients (each rank's from its shard), once per step";
+        v.push(tp(Ar, Bytes(params * grad_per_param), 1, what));
+    }
+    if t > 1 && last {
+        let what = "cross-entropy fused with the output layer: per token max, sum of exp, target logit (fp32), 3 per micro-batch";
+        v.push(tp(Ar, Bytes(4 * tokens), 3 * m, what));
+    }
+    if par.pp > 1 {
+        let p2p = if sp { Bytes(act.0.div_ceil(t as u64)) } else { act };
+        let pp = |stages: [u32; 2], bytes, calls, kind, what: String| Collective {
+            pipeline_stages: Some(stages),
+            ..c(kind, Group::Pp, 2, bytes, calls, &what)
+        };
+        let (next, prev) = ([stage, stage + 1], [stage.saturating_sub(1), stage]);
+        if !last {
+            v.push(pp(next, p2p, m, Sr, "forward: the activation sent to the next pipeline stage".into()));
+        }
+        if !first {
+            v.push(pp(prev, p2p, m, Sr, "forward: the activation received from the previous pipeline stage".into()));
+            v.push(pp(prev, p2p, m, Sr, "backward: its gradient sent to the previous pipeline stage".into()));
+        }
+        if !last {
+            v.push(pp(next, p2p, m, Sr, "backward: the gradient received from the next pipeline stage".into()));
+        }
+        if cfg.tied_embeddings && (first || last) {
+            let table: u64 = (0..inv.chunks.len() as u32).map(|k| owner_params_per_rank(inv, Owner::OutputChunk(k), t)).sum();
+            let what = "the tied token table's gradient, summed between the first and last pipeline stage, once per step";
+            v.push(pp([0, par.pp - 1], Bytes(table * grad_per_param), 1, Ar, what.to_string()));
+        }
+    }
+    if par.dp > 1 {
+        let params: u64 = stage_owners(inv, cfg, par, stage).iter().map(|o| o.params_per_rank).sum();
+        let dp = |kind, bytes, what: &str| c(kind, Group::Dp, par.dp, bytes, 1, what);
+        match par.zero {
+            ZeroStage::Off => {
+                v.push(dp(Ar, Bytes(params * grad_per_param), "the gradients of the rank's parameters (bf16), once per step"))
+            }
+            ZeroStage::One => {
+                let padded = params.div_ceil(par.dp as u64) * par.dp as u64;
+                let what = "ZeRO-1: the gradients reduced, each rank's optimizer shard scattered to it, once per step";
+                v.push(dp(Rs, Bytes(padded * grad_per_param), what));
+                v.push(dp(
+                    Ag,
+                    Bytes(padded * weight_per_param),
+                    "ZeRO-1: the updated bf16 weights gathered from every shard, once per step",
+                ));
+            }
+        }
+    }
+    v.retain(|c| c.calls_per_step > 0);
+    v
+}
+
+/// A collective with its link and times where a profile's interconnect says them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimedCollective {
+    #[serde(flatten)]
+    pub collective: Collective,
+    /// Whether its group lies within one node (None without an interconnect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within_node: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_per_call: Option<Seconds>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_per_step: Option<Seconds>,
+}
+
+/// One rank of one pipeline stage: its collectives per step, their bytes and (with an
+/// interconnect) their time, summed as if none overlapped another or the compute.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageCommunication {
+    pub pipeline_stage: u32,
+    pub collectives: Vec<TimedCollective>,
+    /// Bytes over all calls of the step (per rank, the whole buffer of each call).
+    #[serde(serialize_with = "bytes_u64")]
+    pub bytes_per_step: Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_per_step: Option<Seconds>,
+}
+
+/// Every pipeline stage's collectives per step and the 1F1B bubble, timed over the profile's
+/// interconnect when there is one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParallelCommunication {
+    /// [`RANK_LAYOUT`].
+    pub rank_layout: &'static str,
+    /// The profile's name and interconnect the times are for (None: bytes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interconnect: Option<Interconnect>,
+    pub micro_batches: u32,
+    /// [`bubble_fraction`].
+    pub bubble_fraction: f64,
+    pub stages: Vec<StageCommunication>,
+}
+
+/// The interconnect `par` is timed over on `hw`: None for one rank; an error where the grid
+/// has more ranks than the profile's machine, or the profile has no interconnect section.
+pub fn check_profile<'a>(par: &Parallelism, hw: &'a HardwareProfile) -> Result<Option<&'a Interconnect>, ParallelError> {
+    if par.ranks() <= 1 {
+        return Ok(hw.interconnect.as_ref());
+    }
+    let Some(i) = &hw.interconnect else {
+        return Err(ParallelError::NoInterconnect { profile: hw.name.clone(), ranks: par.ranks() });
+    };
+    if par.ranks() > i.gpus() {
+        return Err(ParallelError::TooManyRanks {
+            tp: par.tp,
+            pp: par.pp,
+            dp: par.dp,
+            ranks: par.ranks(),
+            profile: hw.name.clone(),
+            nodes: i.nodes,
+            gpus_per_node: i.gpus_per_node,
+            gpus: i.gpus(),
+            nodes_needed: par.ranks().div_ceil(i.gpus_per_node as u64),
+        });
+    }
+    Ok(Some(i))
+}
+
+impl ParallelCommunication {
+    /// The collectives of every pipeline stage of `par` for `cfg` with `micro_batches` per
+    /// step; timed when `hw` is given (checked by [`check_profile`] first).
+    pub fn of(
+        cfg: &GptConfig,
+        par: &Parallelism,
+        micro_batches: u32,
+        hw: Option<&HardwareProfile>,
+    ) -> Result<ParallelCommunication, ParallelError> {
+        par.validate(cfg)?;
+        if micro_batches == 0 {
+            return Err(ParallelError::NoMicroBatches { pp: par.pp });
+        }
+        let interconnect = match hw {
+            Some(hw) => check_profile(par, hw)?.copied(),
+            None => None,
+        };
+        let inv = Inventory::build(cfg);
+        let stages = (0..par.pp)
+            .map(|p| {
+                let collectives: Vec<TimedCollective> = stage_collectives(&inv, cfg, par, micro_batches, p)
+                    .into_iter()
+                    .map(|c| {
+                        let timed = interconnect.map(|i| {
+                            let within = within_node(&c, par, i.gpus_per_node);
+                            let call = c.kind.ring_time(c.bytes, c.ranks, i.link(within));
+                            (within, call, call * c.calls_per_step as f64)
+                        });
+                        TimedCollective {
+                            within_node: timed.map(|t| t.0),
+                            seconds_per_call: timed.map(|t| t.1),
+                            seconds_per_step: timed.map(|t| t.2),
+                            collective: c,
+                        }
+                    })
+                    .collect();
+                let bytes_per_step = collectives.iter().map(|c| c.collective.bytes_per_step()).sum();
+                let seconds_per_step = interconnect.map(|_| collectives.iter().filter_map(|c| c.seconds_per_step).sum());
+                StageCommunication { pipeline_stage: p, collectives, bytes_per_step, seconds_per_step }
+            })
+            .collect();
+        Ok(ParallelCommunication {
+            rank_layout: RANK_LAYOUT,
+            hardware: interconnect.and(hw.map(|h| h.name.clone())),
+            interconnect,
+            micro_batches,
+            bubble_fraction: bubble_fraction(par.pp, micro_batches),
+            stages,
+        })
+    }
+}
+
 fn bytes_u64<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(b.0)
 }
@@ -627,6 +1056,7 @@ mod tests {
     use super::*;
     use crate::config::{Attention, Precision};
     use crate::inventory::TensorClass;
+    use crate::units::BytesPerSecond;
 
     fn gpt3_175b(attention: Attention) -> GptConfig {
         GptConfig {
@@ -771,6 +1201,199 @@ mod tests {
         assert_eq!((0..4).map(|p| micro_batches_in_flight(p, 4, 8)).collect::<Vec<_>>(), [4, 3, 2, 1]);
         assert_eq!((0..4).map(|p| micro_batches_in_flight(p, 4, 2)).collect::<Vec<_>>(), [2, 2, 2, 1]);
         assert_eq!(stage_layers(96, 8, 7), 84..96);
+    }
+
+    fn link(gb_per_s: f64, latency: f64) -> LinkRate {
+        LinkRate { bandwidth: BytesPerSecond(gb_per_s * 1e9), latency: Seconds(latency) }
+    }
+
+    fn profile(nodes: Option<u32>) -> HardwareProfile {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware/h100-sxm.ron");
+        let mut hw = HardwareProfile::load(&path).unwrap();
+        match nodes {
+            Some(n) => hw.interconnect.as_mut().unwrap().nodes = n,
+            None => hw.interconnect = None,
+        }
+        hw
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
+    }
+
+    /// The ring model by hand: 1 GiB over 8 GPUs at 450 GB/s (NVLink 4's line rate each way).
+    #[test]
+    fn ring_times_by_hand() {
+        let gib = Bytes(1 << 30);
+        let free = link(450.0, 0.0);
+        // 2 (n - 1) / n = 1.75: 1.75 * 2^30 / 450e9 = 4.1757 ms.
+        let ar = CollectiveKind::AllReduce.ring_time(gib, 8, free).0;
+        assert!(close(ar, 1.75 * 1073741824.0 / 450e9) && (ar - 4.175_662_6e-3).abs() < 1e-9, "{ar}");
+        // (n - 1) / n = 0.875: half the all-reduce; a reduce-scatter and an all-gather are one.
+        let rs = CollectiveKind::ReduceScatter.ring_time(gib, 8, free).0;
+        let ag = CollectiveKind::AllGather.ring_time(gib, 8, free).0;
+        assert!(close(rs, ar / 2.0) && close(rs + ag, ar));
+        assert!(close(CollectiveKind::SendRecv.ring_time(gib, 2, free).0, 1073741824.0 / 450e9));
+        // Latency: 2 (n - 1) = 14 steps for an all-reduce, 7 for the halves, 1 for a transfer.
+        let slow = link(450.0, 3.4e-6);
+        assert!(close(CollectiveKind::AllReduce.ring_time(gib, 8, slow).0, ar + 14.0 * 3.4e-6));
+        assert!(close(CollectiveKind::AllGather.ring_time(gib, 8, slow).0, ag + 7.0 * 3.4e-6));
+        assert!(close(CollectiveKind::SendRecv.ring_time(gib, 2, slow).0, 1073741824.0 / 450e9 + 3.4e-6));
+        // A group of one moves nothing.
+        assert_eq!(CollectiveKind::AllReduce.ring_time(gib, 1, slow), Seconds(0.0));
+    }
+
+    fn stage(cfg: &GptConfig, par: &Parallelism, m: u32, p: u32) -> Vec<Collective> {
+        stage_collectives(&Inventory::build(cfg), cfg, par, m, p)
+    }
+
+    /// Shoeybi et al. 2019: 2 all-reduces forward and 2 backward per layer of b s h 16-bit
+    /// values; gpt3-175b at TP 8, PP 8, 8 micro-batches.
+    #[test]
+    fn gpt3_175b_tp8_pp8_collectives_by_hand() {
+        let cfg = gpt3_175b(Attention::Fused);
+        let par = grid(8, 8, 1, false);
+        let (s, b, h) = (2048u64, 1u64, 12288u64);
+        assert_eq!(2 * s * b * h, 50_331_648);
+        let middle = stage(&cfg, &par, 8, 3);
+        let tp: Vec<&Collective> = middle.iter().filter(|c| c.group == Group::Tp).collect();
+        assert!(tp.iter().all(|c| c.kind == CollectiveKind::AllReduce && c.bytes.0 == 50_331_648 && c.ranks == 8));
+        let calls: u32 = tp.iter().map(|c| c.calls_per_step).sum();
+        assert_eq!(calls, 4 * 12 * 8, "4 per layer per micro-batch, 12 layers, 8 micro-batches");
+        // The pipeline: the activation forward and its gradient backward, each way, per micro-batch.
+        let pp: Vec<&Collective> = middle.iter().filter(|c| c.group == Group::Pp).collect();
+        assert_eq!(pp.len(), 4);
+        assert!(pp.iter().all(|c| c.kind == CollectiveKind::SendRecv && c.bytes.0 == 50_331_648 && c.calls_per_step == 8));
+        assert_eq!(pp[0].pipeline_stages, Some([3, 4]));
+        assert_eq!(pp[1].pipeline_stages, Some([2, 3]));
+        assert_eq!(middle.len(), 6, "no DP collectives at dp 1: {middle:#?}");
+        // The first pipeline stage all-reduces the embedding's output, sends, and receives.
+        let first = stage(&cfg, &par, 8, 0);
+        assert_eq!(first.iter().filter(|c| c.group == Group::Tp).map(|c| c.calls_per_step).sum::<u32>(), 4 * 12 * 8 + 8);
+        assert_eq!(first.iter().filter(|c| c.group == Group::Pp).count(), 2);
+        // The last: the output layer's input gradient and the fused cross-entropy's 3 fp32 per token.
+        let last = stage(&cfg, &par, 8, 7);
+        let ce = last.iter().find(|c| c.what.starts_with("cross-entropy")).unwrap();
+        assert_eq!((ce.bytes.0, ce.calls_per_step, ce.kind), (4 * s * b, 3 * 8, CollectiveKind::AllReduce));
+        assert_eq!(last.iter().filter(|c| c.group == Group::Tp).map(|c| c.calls_per_step).sum::<u32>(), 4 * 12 * 8 + 8 + 24);
+        assert_eq!(bubble_fraction(8, 8), 7.0 / 15.0);
+        assert_eq!(bubble_fraction(1, 8), 0.0);
+        assert_eq!(bubble_fraction(4, 1), 3.0 / 4.0);
+    }
+
+    /// Korthikanti et al. 2022: with sequence parallelism each all-reduce is a reduce-scatter and
+    /// an all-gather of the same bytes, so the bytes on the wire stay; Megatron-LM gathers the
+    /// layer norm outputs once more in backward; pipeline transfers are split by t.
+    #[test]
+    fn sequence_parallelism_keeps_the_volume() {
+        let cfg = gpt3_175b(Attention::Fused);
+        let wire = |v: &[Collective]| -> f64 {
+            v.iter()
+                .filter(|c| c.group == Group::Tp && c.what.contains("per layer") && !c.what.contains("again"))
+                .map(|c| {
+                    let f = if c.kind == CollectiveKind::AllReduce { 2.0 } else { 1.0 };
+                    f * c.bytes_per_step().0 as f64
+                })
+                .sum()
+        };
+        let off = stage(&cfg, &grid(8, 8, 1, false), 8, 3);
+        let on = stage(&cfg, &grid(8, 8, 1, true), 8, 3);
+        assert_eq!(wire(&off), wire(&on));
+        assert_eq!(wire(&on), 8.0 * 12.0 * 8.0 * 50_331_648.0);
+        let again = on.iter().find(|c| c.what.contains("again")).unwrap();
+        assert_eq!((again.kind, again.calls_per_step), (CollectiveKind::AllGather, 2 * 12 * 8));
+        // Layer norms (4h) and row-parallel biases (2h) per layer, bf16 gradients, once per step.
+        let grads = on.iter().find(|c| c.what.starts_with("sequence parallelism")).unwrap();
+        assert_eq!((grads.bytes.0, grads.calls_per_step), (12 * 6 * 12288 * 2, 1));
+        assert!(on.iter().filter(|c| c.group == Group::Pp).all(|c| c.bytes.0 == 50_331_648 / 8));
+    }
+
+    #[test]
+    fn data_parallel_gradients_and_zero_one() {
+        let cfg = gpt3_175b(Attention::Fused);
+        let m = ParallelMemory::of(&cfg, &grid(8, 8, 4, false), 8).unwrap();
+        let params = m.stages[0].params_per_rank;
+        let off = stage(&cfg, &grid(8, 8, 4, false), 8, 0);
+        let dp: Vec<&Collective> = off.iter().filter(|c| c.group == Group::Dp).collect();
+        assert_eq!(dp.len(), 1);
+        assert_eq!((dp[0].kind, dp[0].bytes.0, dp[0].calls_per_step, dp[0].ranks), (CollectiveKind::AllReduce, 2 * params, 1, 4));
+        let one = stage(&cfg, &Parallelism { zero: ZeroStage::One, ..grid(8, 8, 4, false) }, 8, 0);
+        let dp: Vec<(CollectiveKind, u64)> = one.iter().filter(|c| c.group == Group::Dp).map(|c| (c.kind, c.bytes.0)).collect();
+        let padded = params.div_ceil(4) * 4;
+        assert_eq!(dp, [(CollectiveKind::ReduceScatter, 2 * padded), (CollectiveKind::AllGather, 2 * padded)]);
+        // Tied embeddings: the token table's gradient between the first and last pipeline stage.
+        let tied = crate::inventory::tests::cfg(Attention::Fused, true);
+        for p in 0..3 {
+            let v = stage(&tied, &grid(2, 3, 1, false), 3, p);
+            let table = v.iter().find(|c| c.what.starts_with("the tied token table"));
+            assert_eq!(table.is_some(), p != 1, "pipeline stage {p}");
+            if let Some(c) = table {
+                assert_eq!((c.bytes.0, c.ranks, c.pipeline_stages), (512 * 64 / 2 * 2, 2, Some([0, 2])));
+            }
+        }
+        assert!(stage(&cfg, &Parallelism::single(), 1, 0).is_empty(), "one GPU has no collectives");
+    }
+
+    /// Megatron's order, TP fastest: a group is within a node when its ranks' span is.
+    #[test]
+    fn groups_within_a_node_follow_the_rank_layout() {
+        let c = |group, stages| Collective {
+            kind: CollectiveKind::AllReduce,
+            group,
+            ranks: 2,
+            bytes: Bytes(1),
+            calls_per_step: 1,
+            pipeline_stages: stages,
+            what: String::new(),
+        };
+        let par = grid(2, 2, 4, false);
+        assert_eq!(rank_of(&par, 1, 3, 1), 1 + 2 * (3 + 4));
+        assert!(within_node(&c(Group::Tp, None), &par, 8));
+        assert!(within_node(&c(Group::Dp, None), &par, 8), "ranks 0, 2, 4, 6");
+        assert!(!within_node(&c(Group::Pp, Some([0, 1])), &par, 8), "ranks 0 and 8");
+        assert!(within_node(&c(Group::Pp, Some([0, 1])), &par, 16));
+        assert!(!within_node(&c(Group::Dp, None), &par, 4));
+        // TP 3 on nodes of 8: the group of ranks 6, 7, 8 straddles two nodes.
+        assert!(!within_node(&c(Group::Tp, None), &grid(3, 1, 4, false), 8));
+    }
+
+    #[test]
+    fn the_profile_must_hold_the_grid_and_name_its_links() {
+        let cfg = gpt3_175b(Attention::Fused);
+        let par = grid(8, 8, 1, false);
+        let e = ParallelCommunication::of(&cfg, &par, 8, Some(&profile(Some(1)))).unwrap_err();
+        assert!(matches!(e, ParallelError::TooManyRanks { ranks: 64, gpus: 8, .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("64 ranks") && e.contains("8 GPUs") && e.contains("h100-sxm"), "{e}");
+        let e = ParallelCommunication::of(&cfg, &par, 8, Some(&profile(None))).unwrap_err().to_string();
+        assert!(e.contains("no `interconnect`") && e.contains("cannot be timed") && e.contains("--hardware"), "{e}");
+        // Without a profile the bytes alone; one GPU needs no interconnect.
+        let bytes = ParallelCommunication::of(&cfg, &par, 8, None).unwrap();
+        assert!(bytes.stages.iter().all(|s| s.seconds_per_step.is_none() && s.bytes_per_step > Bytes::ZERO));
+        assert!(ParallelCommunication::of(&cfg, &Parallelism::single(), 2, Some(&profile(None))).is_ok());
+
+        // 8 nodes of 8: TP within a node over NVLink, each pipeline stage a node of its own.
+        let hw = profile(Some(8));
+        let i = hw.interconnect.unwrap();
+        let timed = ParallelCommunication::of(&cfg, &par, 8, Some(&hw)).unwrap();
+        assert_eq!(timed.bubble_fraction, 7.0 / 15.0);
+        assert_eq!(timed.hardware.as_deref(), Some("h100-sxm"));
+        for s in &timed.stages {
+            let mut sum = 0.0;
+            for c in &s.collectives {
+                let within = c.collective.group == Group::Tp;
+                assert_eq!(c.within_node, Some(within), "{}", c.collective.what);
+                let l = if within { i.intra_node } else { i.inter_node.unwrap() };
+                let call = c.collective.kind.ring_time(c.collective.bytes, c.collective.ranks, l);
+                assert_eq!(c.seconds_per_call, Some(call));
+                sum += c.seconds_per_step.unwrap().0;
+            }
+            assert!(close(s.seconds_per_step.unwrap().0, sum));
+        }
+        // One TP all-reduce of 48 MiB over 8 ranks at the profile's 370 GB/s and 3.4 us.
+        let tp = &timed.stages[3].collectives[0];
+        let by_hand = 1.75 * 50_331_648.0 / 370e9 + 14.0 * 3.4e-6;
+        assert!(close(tp.seconds_per_call.unwrap().0, by_hand), "{tp:?}");
     }
 
     #[test]

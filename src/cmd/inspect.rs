@@ -2,10 +2,12 @@
 
 use super::{usage, ModelArgs};
 use models::inventory::{BlockKind, Owner, TensorClass};
+use models::parallel::TimedCollective;
 use models::program::Phase;
-use models::{Bytes, ParallelMemory, Parallelism, Program, StageMemory, ZeroStage};
+use models::{Bytes, HardwareProfile, ParallelCommunication, ParallelMemory, Parallelism, Program, StageMemory, ZeroStage};
 use planner::LifetimeGraph;
 use serde::Serialize;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,6 +42,10 @@ pub struct ParallelArgs {
     /// Micro-batches per step under 1F1B (default: --pp).
     #[arg(long, value_name = "M")]
     pub micro_batches: Option<u32>,
+    /// Hardware profile whose `interconnect` times each rank's collectives (models/hardware/*.ron;
+    /// the grid must fit its GPUs). Without it, the collectives' bytes alone.
+    #[arg(long, value_name = "PATH")]
+    pub hardware: Option<PathBuf>,
 }
 
 impl ParallelArgs {
@@ -48,15 +54,27 @@ impl ParallelArgs {
         Parallelism { tp: self.tp, pp: self.pp, dp: self.dp, zero, sequence_parallel: self.sequence_parallel }
     }
 
-    /// The grid's memory when any flag differs from one GPU; a bad grid is a usage error.
-    fn memory(&self, cfg: &models::GptConfig) -> anyhow::Result<Option<ParallelMemory>> {
+    /// The grid's memory and collectives when any flag differs from one GPU (timed over `hw`'s
+    /// interconnect when given); a bad grid, or one the profile cannot hold, is a usage error.
+    fn view(&self, cfg: &models::GptConfig, hw: Option<&HardwareProfile>) -> anyhow::Result<Option<ParallelView>> {
         let par = self.parallelism();
         let micro_batches = self.micro_batches.unwrap_or(par.pp);
         if par.is_single() && micro_batches == par.pp {
             return Ok(None);
         }
-        ParallelMemory::of(cfg, &par, micro_batches).map(Some).map_err(|e| usage(e.to_string()))
+        let memory = ParallelMemory::of(cfg, &par, micro_batches).map_err(|e| usage(e.to_string()))?;
+        let communication = ParallelCommunication::of(cfg, &par, micro_batches, hw).map_err(|e| usage(e.to_string()))?;
+        Ok(Some(ParallelView { memory, communication }))
     }
+}
+
+/// One rank per pipeline stage: its memory (the fields of `ParallelMemory`) and its collectives.
+#[derive(Serialize)]
+struct ParallelView {
+    #[serde(flatten)]
+    memory: ParallelMemory,
+    /// Per pipeline stage the collectives of one rank per step, and the 1F1B bubble.
+    communication: ParallelCommunication,
 }
 
 #[derive(Serialize)]
@@ -80,14 +98,15 @@ struct Inspection {
     ops: usize,
     tensors: usize,
     blocks: usize,
-    /// Per pipeline stage, one rank's memory (only with parallel flags).
+    /// Per pipeline stage, one rank's memory and collectives (only with parallel flags).
     #[serde(skip_serializing_if = "Option::is_none")]
-    parallel: Option<ParallelMemory>,
+    parallel: Option<ParallelView>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = args.model.load()?;
-    let parallel = args.parallel.memory(&cfg)?;
+    let hw = args.parallel.hardware.as_deref().map(super::load_hardware).transpose()?;
+    let parallel = args.parallel.view(&cfg, hw.as_ref())?;
     // The step plan and run take by default: GPT-3's setup, clipped.
     let program = Program::for_setup(&cfg, &models::TrainingSetup::gpt3(&cfg));
     let inv = &program.inventory;
@@ -148,8 +167,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  FLOPs per step    {:.3e} executed, {:.3e} model (6N + 6LTC per token)", i.program_flops, i.model_flops);
     println!("  {} ops, {} tensors, {} blocks", i.ops, i.tensors, i.blocks);
-    if let Some(m) = &i.parallel {
-        print_parallel(&cfg, m);
+    if let Some(v) = &i.parallel {
+        print_parallel(&cfg, &v.memory);
+        print_communication(&v.memory.parallelism, &v.communication);
     }
     Ok(())
 }
@@ -212,6 +232,103 @@ fn print_parallel(cfg: &models::GptConfig, m: &ParallelMemory) {
     println!("  total: weights, gradients, optimizer state and the activations in flight (no scratch, workspace or device overhead)");
     if m.stages.first().is_some_and(|s| s.tied_copies() > 0) {
         println!("  tied embeddings: the first pipeline stage keeps a copy of the token table (as Megatron-LM does)");
+    }
+}
+
+/// Each pipeline stage's collectives (stages alike printed once) and the 1F1B bubble.
+fn print_communication(p: &Parallelism, c: &ParallelCommunication) {
+    println!();
+    if c.stages.iter().all(|s| s.collectives.is_empty()) {
+        println!("  collectives: none (one rank)");
+        return;
+    }
+    println!("  collectives of one rank per step ({})", c.rank_layout);
+    match (&c.hardware, &c.interconnect) {
+        (Some(name), Some(i)) => {
+            let link = |l: models::LinkRate| format!("{:.0} GB/s, {} per step", l.bandwidth.as_gb_per_s(), l.latency);
+            let between = i.inter_node.map_or("none".to_string(), link);
+            println!(
+                "  times: ring model over {name}'s interconnect ({} node{} of {} GPUs; within a node {}; between nodes {}; \
+                 collectives share the host link: {})",
+                i.nodes,
+                if i.nodes == 1 { "" } else { "s" },
+                i.gpus_per_node,
+                link(i.intra_node),
+                between,
+                if i.collectives_share_host_link { "yes" } else { "no" }
+            );
+        }
+        _ if p.ranks() > 1 => println!("  bytes only: give --hardware with a profile that has an interconnect for their times"),
+        _ => {}
+    }
+    let timed = c.interconnect.is_some();
+    // Pipeline stages whose collectives are alike (the middle ones) are printed once.
+    let key = |s: &models::StageCommunication| {
+        s.collectives
+            .iter()
+            .map(|t| TimedCollective { collective: models::Collective { pipeline_stages: None, ..t.collective.clone() }, ..t.clone() })
+            .collect::<Vec<_>>()
+    };
+    let mut i = 0;
+    while i < c.stages.len() {
+        let s = &c.stages[i];
+        let mut j = i + 1;
+        while j < c.stages.len() && key(&c.stages[j]) == key(s) {
+            j += 1;
+        }
+        let which = if j - i > 1 {
+            format!("pipeline stages {}-{}", s.pipeline_stage, c.stages[j - 1].pipeline_stage)
+        } else {
+            format!("pipeline stage {}", s.pipeline_stage)
+        };
+        let time = s.seconds_per_step.map_or(String::new(), |t| format!(", {t}"));
+        let each = if j - i > 1 { " each" } else { "" };
+        if s.collectives.is_empty() {
+            println!("  {which}: none");
+        } else {
+            println!("  {which}: {} per step{time}{each}", s.bytes_per_step);
+            if timed {
+                println!("    {:<5} {:<14} {:>12} {:>7} {:<6} {:>11}  what", "group", "kind", "bytes/call", "calls", "link", "time/step");
+            } else {
+                println!("    {:<5} {:<14} {:>12} {:>7}  what", "group", "kind", "bytes/call", "calls");
+            }
+            for t in &s.collectives {
+                let x = &t.collective;
+                let (group, kind, bytes) = (x.group.name(), x.kind.name(), x.bytes.to_string());
+                match (t.within_node, t.seconds_per_step) {
+                    (Some(within), Some(time)) => println!(
+                        "    {group:<5} {kind:<14} {bytes:>12} {:>7} {:<6} {:>11}  {}",
+                        x.calls_per_step,
+                        if within { "node" } else { "nodes" },
+                        time.to_string(),
+                        x.what
+                    ),
+                    _ => println!("    {group:<5} {kind:<14} {bytes:>12} {:>7}  {}", x.calls_per_step, x.what),
+                }
+            }
+        }
+        i = j;
+    }
+    if p.pp > 1 {
+        let (num, den) = (p.pp - 1, c.micro_batches + p.pp - 1);
+        let g = gcd(num, den);
+        println!(
+            "  1F1B bubble: (P - 1) / (M + P - 1) = {}/{} = {:.1}% of the step (Narayanan et al. 2021)",
+            num / g,
+            den / g,
+            100.0 * c.bubble_fraction
+        );
+    }
+    if timed {
+        println!("  time/step sums every call as if none overlapped another or the compute; link: within a node or across nodes");
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
     }
 }
 

@@ -208,6 +208,8 @@ impl Calibration {
             pinned_device_fraction: self.reserve.pinned_fraction(),
             host_sharing: self.shared.sharing(c),
             host_adam_call_overhead: Seconds(self.shared.call_overhead()),
+            // One GPU measures no links between GPUs.
+            interconnect: None,
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)

@@ -344,12 +344,11 @@ fn checksums_reference(g: &[bf16]) -> Vec<u32> {
     let per = n.div_ceil(256);
     (0..256)
         .map(|b| {
-            let mut sum = 0u32;
-            for i in (b * per)..((b + 1) * per).min(n) {
-                let term = (g[i].to_bits() as u32 + 1).wrapping_mul((i as u32).wrapping_mul(2654435761).wrapping_add(0x9E37_79B9));
-                sum = sum.wrapping_add(term);
-            }
-            sum
+            let (lo, hi) = ((b * per).min(n), ((b + 1) * per).min(n));
+            g[lo..hi].iter().zip(lo..).fold(0u32, |sum, (v, i)| {
+                let multiplier = (i as u32).wrapping_mul(2654435761).wrapping_add(0x9E37_79B9);
+                sum.wrapping_add((v.to_bits() as u32 + 1).wrapping_mul(multiplier))
+            })
         })
         .collect()
 }

@@ -47,6 +47,7 @@ fn hw() -> HardwareProfile {
         pinned_device_fraction: 0.0,
         host_adam_call_overhead: Seconds::ZERO,
         host_sharing: None,
+        interconnect: None,
     }
 }
 
