@@ -14,7 +14,9 @@
 use super::dp::StageDp;
 use super::effort::Effort;
 use super::master::Master;
-use super::problem::{Problem, MS};
+use super::problem::{MemRow, Problem, MS};
+use crate::decisions::Group;
+use models::inventory::Owner;
 use std::time::Instant;
 
 /// What a search is asked for: stop once the best plan is within `gap` (relative) of the bound.
@@ -30,10 +32,12 @@ impl Target {
     }
 }
 
-/// One part of the search: the choices it allows (None: all), plans to seed the master with,
-/// and the best time known (ms) so far.
+/// One part of the search: the choices it allows (None: all), the rows its branches added
+/// (beside the problem's memory rows), plans to seed the master with, and the best time known
+/// (ms) so far.
 pub struct Node<'s> {
     pub allowed: Option<&'s [Vec<bool>]>,
+    pub rows: &'s [MemRow],
     pub starts: &'s [Vec<usize>],
     pub upper: f64,
 }
@@ -81,7 +85,8 @@ pub fn column_generation(
     mut round: Option<&mut Rounding>,
 ) -> DualResult {
     let t0 = Instant::now();
-    let (groups, rows, allowed) = (&problem.groups, &problem.rows, node.allowed);
+    let (groups, allowed) = (&problem.groups, node.allowed);
+    let rows: Vec<&MemRow> = problem.rows.iter().chain(node.rows).collect();
     // Columns: time (ms), each row's value, picks. (The artificial column has no picks and no
     // memory.)
     let mut cols: Vec<(f64, Vec<f64>, Vec<usize>)> = Vec::new();
@@ -268,7 +273,8 @@ pub fn branch_and_price(
     let t0 = Instant::now();
     let groups = &problem.groups;
     let budget = effort.left();
-    let mut root = column_generation(problem, dp, &Node { allowed: None, starts, upper }, target, &mut effort, Some(round));
+    let root_node = Node { allowed: None, rows: &[], starts, upper };
+    let mut root = column_generation(problem, dp, &root_node, target, &mut effort, Some(round));
     let mut ub = upper;
     let mut best = root.best.clone();
     if let Some((t, _)) = &best {
@@ -285,19 +291,15 @@ pub fn branch_and_price(
             size[*gi] = size[*gi].max(*c);
         }
     }
-    struct Part {
-        bound: f64,
-        allowed: Vec<Vec<bool>>,
-        xbar: Vec<Vec<f64>>,
-        columns: Vec<Vec<usize>>,
-    }
     let root_xbar = root.xbar.clone();
     let mut open = vec![Part {
         bound: root.bound,
         allowed: groups.iter().map(|g| vec![true; g.len()]).collect(),
+        rows: Vec::new(),
         xbar: std::mem::take(&mut root.xbar),
         columns: std::mem::take(&mut root.columns),
     }];
+    let classes = alike_classes(problem);
     let mut closed_min = f64::INFINITY;
     let mut nodes = 1;
     let mut iterations = root.iterations;
@@ -308,22 +310,17 @@ pub fn branch_and_price(
         }
         let i = (0..open.len()).min_by(|a, b| open[*a].bound.total_cmp(&open[*b].bound)).unwrap();
         let part = open.swap_remove(i);
-        let frac = |gi: usize| part.xbar.get(gi).is_some_and(|x| x.iter().any(|v| *v > 1e-6 && *v < 1.0 - 1e-6));
-        let Some(g) = (0..groups.len()).filter(|gi| frac(*gi)).max_by(|a, b| size[*a].total_cmp(&size[*b])) else {
+        let Some(branch) = choose_branch(&part, &classes, &size) else {
             // The mixture is one plan (or the search stopped early): nothing to split on.
             closed_min = closed_min.min(part.bound);
             continue;
         };
-        for k in (0..groups[g].len()).filter(|k| part.allowed[g][*k]) {
-            let mut allowed = part.allowed.clone();
-            for (j, a) in allowed[g].iter_mut().enumerate() {
-                *a = j == k;
-            }
-            let mut seeds: Vec<Vec<usize>> = part.columns.iter().filter(|c| c[g] == k).cloned().collect();
+        for (label, allowed, rows) in branch.children(&part, groups) {
+            let mut seeds: Vec<Vec<usize>> = part.columns.iter().filter(|c| admits(&allowed, &rows, c)).cloned().collect();
             if let Some((_, p)) = &best {
                 seeds.push(p.clone());
             }
-            let node = Node { allowed: Some(&allowed), starts: &seeds, upper: ub };
+            let node = Node { allowed: Some(&allowed), rows: &rows, starts: &seeds, upper: ub };
             let r = column_generation(problem, dp, &node, target, &mut effort, Some(&mut *round));
             nodes += 1;
             iterations += r.iterations;
@@ -334,8 +331,7 @@ pub fn branch_and_price(
                 }
             }
             tracing::trace!(
-                "dual: node {nodes} ({:?} = {k}) at {:.2} s: bound {:.4} ub {ub:.4}",
-                groups[g].group,
+                "dual: node {nodes} ({label}) at {:.2} s: bound {:.4} ub {ub:.4}",
                 t0.elapsed().as_secs_f64(),
                 r.bound.max(part.bound)
             );
@@ -345,7 +341,7 @@ pub fn branch_and_price(
             if target.met(ub, bound) {
                 closed_min = closed_min.min(bound);
             } else {
-                open.push(Part { bound, allowed, xbar: r.xbar, columns: r.columns });
+                open.push(Part { bound, allowed, rows, xbar: r.xbar, columns: r.columns });
             }
         }
     }
@@ -357,6 +353,103 @@ pub fn branch_and_price(
         (ub - bound) / ub * 100.0
     );
     DualResult { bound, best, iterations, xbar: root_xbar, columns: Vec::new(), nodes, work: budget - effort.left() }
+}
+
+/// An open part of a branch and price.
+struct Part {
+    bound: f64,
+    allowed: Vec<Vec<bool>>,
+    /// Rows its branches added (counts of a choice among alike groups).
+    rows: Vec<MemRow>,
+    xbar: Vec<Vec<f64>>,
+    columns: Vec<Vec<usize>>,
+}
+
+/// How a part is split.
+enum Branch {
+    /// One group's choice fixed, a part per allowed choice.
+    Group(usize),
+    /// Among alike groups (`members`), how many take choice `k`: at most `floor(count)` in one
+    /// part, at least `ceil(count)` in the other.
+    Count { members: Vec<usize>, k: usize, count: f64 },
+}
+
+impl Branch {
+    /// Each child part: a label, its allowed choices and its rows.
+    fn children(&self, part: &Part, groups: &[super::problem::GroupChoices]) -> Vec<(String, Vec<Vec<bool>>, Vec<MemRow>)> {
+        match self {
+            Branch::Group(g) => (0..groups[*g].len())
+                .filter(|k| part.allowed[*g][*k])
+                .map(|k| {
+                    let mut allowed = part.allowed.clone();
+                    for (j, a) in allowed[*g].iter_mut().enumerate() {
+                        *a = j == k;
+                    }
+                    (format!("{:?} = {k}", groups[*g].group), allowed, part.rows.clone())
+                })
+                .collect(),
+            Branch::Count { members, k, count } => {
+                let (lo, hi) = (count.floor(), count.ceil());
+                // At most lo take k; at least hi take k, written as at most |members| - hi take
+                // another choice (rows stay `<=` with a non-negative right-hand side, which the
+                // master's artificial column satisfies).
+                let at_most = MemRow { terms: members.iter().map(|g| (*g, *k, 1.0)).collect(), rhs: lo };
+                let others = members.iter().flat_map(|g| (0..groups[*g].len()).filter(move |j| j != k).map(move |j| (*g, j, 1.0)));
+                let at_least = MemRow { terms: others.collect(), rhs: members.len() as f64 - hi };
+                [(format!("count of {k} <= {lo}"), at_most), (format!("count of {k} >= {hi}"), at_least)]
+                    .into_iter()
+                    .map(|(label, row)| {
+                        let mut rows = part.rows.clone();
+                        rows.push(row);
+                        (label, part.allowed.clone(), rows)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Whether a plan lies in a part: every choice allowed and every branch row kept.
+fn admits(allowed: &[Vec<bool>], rows: &[MemRow], pick: &[usize]) -> bool {
+    pick.iter().enumerate().all(|(g, k)| allowed[g][*k]) && rows.iter().all(|r| Problem::row_value(r, pick) <= r.rhs + 1e-9)
+}
+
+/// Groups that are alike, whose choices the mixture tends to average: the transformer layers'
+/// owners, and the layers' activations. Each class has the same choices in every member.
+fn alike_classes(problem: &Problem) -> Vec<Vec<usize>> {
+    let groups = &problem.groups;
+    let of = |keep: &dyn Fn(&Group) -> bool| -> Vec<usize> { (0..groups.len()).filter(|g| keep(&groups[*g].group)).collect() };
+    let classes = [of(&|g| matches!(g, Group::Owner(Owner::Layer(_)))), of(&|g| matches!(g, Group::Acts(_)))];
+    classes.into_iter().filter(|c| c.len() > 1 && c.iter().all(|g| groups[*g].len() == groups[c[0]].len())).collect()
+}
+
+/// Where to split a part: the count of one choice among alike groups that is furthest from a
+/// whole number, weighted by the groups' memory; or, where a single group outweighs it (a large
+/// item such as the embedding table) or every count is whole, the fractional group with the
+/// largest memory coefficient. None: the mixture is one plan.
+fn choose_branch(part: &Part, classes: &[Vec<usize>], size: &[f64]) -> Option<Branch> {
+    let xbar = &part.xbar;
+    let fractional = |x: f64| (x - x.floor()).min(x.ceil() - x);
+    let frac_group = |g: usize| xbar.get(g).is_some_and(|x| x.iter().any(|v| *v > 1e-6 && *v < 1.0 - 1e-6));
+    let in_class = |g: usize| classes.iter().any(|c| c.contains(&g));
+    let count = classes
+        .iter()
+        .flat_map(|c| {
+            let n = xbar.get(c[0]).map_or(0, |x| x.len());
+            (0..n).map(move |k| (c, k, c.iter().map(|g| xbar[*g][k]).sum::<f64>()))
+        })
+        .filter(|(_, _, n)| fractional(*n) > 1e-3)
+        .map(|(c, k, n)| (fractional(n) * c.iter().map(|g| size[*g]).fold(0.0, f64::max), c, k, n))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let single = (0..size.len())
+        .filter(|g| frac_group(*g) && !in_class(*g))
+        .map(|g| ((1.0 - xbar[g].iter().copied().fold(0.0, f64::max)) * size[g], g))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match (count, single) {
+        (Some(c), s) if s.is_none_or(|s| c.0 >= s.0) => Some(Branch::Count { members: c.1.clone(), k: c.2, count: c.3 }),
+        (_, Some((_, g))) => Some(Branch::Group(g)),
+        _ => (0..size.len()).filter(|g| frac_group(*g)).max_by(|a, b| size[*a].total_cmp(&size[*b])).map(Branch::Group),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ struct State<'p, 'm, 'a> {
     problem: &'p Problem<'m, 'a>,
     pick: Vec<usize>,
     live: Vec<i64>,
+    /// `live` at the problem's binding slots.
+    binding: Vec<i64>,
     terms: Vec<StageTerms>,
     /// Pinned host bytes.
     pinned: i64,
@@ -20,7 +22,8 @@ struct State<'p, 'm, 'a> {
 impl<'p, 'm, 'a> State<'p, 'm, 'a> {
     fn new(problem: &'p Problem<'m, 'a>, pick: &[usize]) -> Self {
         let (live, terms) = problem.totals(pick);
-        State { problem, pick: pick.to_vec(), live, terms, pinned: problem.pinned(pick) as i64 }
+        let binding = problem.binding_slots.iter().map(|p| live[*p]).collect();
+        State { problem, pick: pick.to_vec(), live, binding, terms, pinned: problem.pinned(pick) as i64 }
     }
 
     fn groups(&self) -> &'p [GroupChoices] {
@@ -76,10 +79,23 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
     }
 
     /// Whether every slot stays within `cap`, and the pinned memory within the host's, after
-    /// the moves.
+    /// the moves (checked at the slots that can bind: the others follow).
     fn fits(&self, moves: &[(usize, usize)], cap: i64) -> bool {
-        self.problem.host_cap.is_none_or(|h| self.pinned_after(moves) <= h as i64)
-            && (0..self.live.len()).all(|p| self.live_after(p, moves) <= cap)
+        debug_assert!(cap as u64 == self.problem.cap, "binding slots are those of the problem's capacity");
+        self.problem.host_cap.is_none_or(|h| self.pinned_after(moves) <= h as i64) && self.fits_binding(moves, cap)
+    }
+
+    /// Whether the live bytes at every binding slot stay within `cap` after the moves.
+    fn fits_binding(&self, moves: &[(usize, usize)], cap: i64) -> bool {
+        let bl = &self.problem.binding_live;
+        match moves {
+            [(g, k)] => {
+                let (new, old) = (&bl[*g][*k], &bl[*g][self.pick[*g]]);
+                self.binding.iter().zip(new).zip(old).all(|((l, n), o)| l + n - o <= cap)
+            }
+            _ => (0..self.binding.len())
+                .all(|j| self.binding[j] + moves.iter().map(|(g, k)| bl[*g][*k][j] - bl[*g][self.pick[*g]][j]).sum::<i64>() <= cap),
+        }
     }
 
     /// Bytes over `cap`, summed over the slots, and over the host's limit, after the moves.
@@ -94,6 +110,10 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
             let (old, new) = (&groups[*gi].contributions[self.pick[*gi]], &groups[*gi].contributions[*k]);
             for (p, l) in self.live.iter_mut().enumerate() {
                 *l += new.live[p] as i64 - old.live[p] as i64;
+            }
+            let bl = &self.problem.binding_live[*gi];
+            for (j, l) in self.binding.iter_mut().enumerate() {
+                *l += bl[*k][j] - bl[self.pick[*gi]][j];
             }
             for (s, q) in &old.stages {
                 self.terms[*s] = &self.terms[*s] - q;

@@ -94,6 +94,12 @@ pub struct Problem<'m, 'a> {
     pub host_cap: Option<u64>,
     /// The memory rows that can bind.
     pub rows: Vec<MemRow>,
+    /// The slots of the memory rows: a plan whose live bytes fit at these fits at every slot
+    /// (the others are dominated by one of them, or cannot exceed the capacity).
+    pub binding_slots: Vec<usize>,
+    /// Live bytes of each group's each choice at the binding slots, side by side (what local
+    /// search reads on every move).
+    pub binding_live: Vec<Vec<Vec<i64>>>,
     /// Per stage.
     pub stages: Vec<StageLinear>,
 }
@@ -104,12 +110,16 @@ impl<'m, 'a> Problem<'m, 'a> {
     pub fn new(model: &'m StageModel<'a>, cap: u64, host_cap: Option<u64>) -> Result<Problem<'m, 'a>, String> {
         let fixed = model.fixed();
         let groups = enumerate(model);
-        let mut rows = memory_rows(model, cap, &fixed, &groups)?;
+        let (mut rows, binding_slots) = memory_rows(model, cap, &fixed, &groups)?;
         if let Some(h) = host_cap {
             rows.extend(host_row(h, &fixed, &groups)?);
         }
         let stages = stage_terms(model, &fixed, &groups);
-        Ok(Problem { model, fixed, groups, cap, host_cap, rows, stages })
+        let binding_live = groups
+            .iter()
+            .map(|g| g.contributions.iter().map(|c| binding_slots.iter().map(|p| c.live[*p] as i64).collect()).collect())
+            .collect();
+        Ok(Problem { model, fixed, groups, cap, host_cap, rows, binding_slots, binding_live, stages })
     }
 
     /// Pinned host bytes of one choice per group.
@@ -185,8 +195,9 @@ impl<'m, 'a> Problem<'m, 'a> {
 /// The memory rows that can bind: coefficients (MiB) of what each choice adds over its group's
 /// leanest, against the room the leanest choices leave at that slot. Structure used for speed:
 /// a slot whose memory cannot fall after it is dominated by the next slot; slots that cannot
-/// exceed the capacity even with every group at its largest choice are dropped.
-fn memory_rows(model: &StageModel, cap: u64, fixed: &Contribution, groups: &[GroupChoices]) -> Result<Vec<MemRow>, String> {
+/// exceed the capacity even with every group at its largest choice are dropped. Returns the rows
+/// and their slots.
+fn memory_rows(model: &StageModel, cap: u64, fixed: &Contribution, groups: &[GroupChoices]) -> Result<(Vec<MemRow>, Vec<usize>), String> {
     let cap = cap as f64;
     let n_slots = model.n_slots();
     let mut base: Vec<f64> = fixed.live.iter().map(|b| *b as f64).collect();
@@ -225,6 +236,7 @@ fn memory_rows(model: &StageModel, cap: u64, fixed: &Contribution, groups: &[Gro
     }
     candidates = kept;
     let mut mem_rows: Vec<MemRow> = Vec::new();
+    let mut slots = Vec::new();
     for &p in &candidates {
         let worst: f64 =
             base[p] + groups.iter().enumerate().map(|(gi, g)| (0..g.len()).map(|k| coef(gi, k, p)).fold(0.0, f64::max)).sum::<f64>();
@@ -241,8 +253,9 @@ fn memory_rows(model: &StageModel, cap: u64, fixed: &Contribution, groups: &[Gro
             }
         }
         mem_rows.push(row);
+        slots.push(p);
     }
-    Ok(mem_rows)
+    Ok((mem_rows, slots))
 }
 
 /// The row of the pinned host memory, where it can bind: coefficients (MiB) of what each choice
