@@ -68,7 +68,9 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     let mut target = budget.saturating_sub(outside);
     let mut found: Option<Plan> = None;
     let mut last = None;
-    for _ in 0..4 {
+    // The last solve's report, for a starting point kept when no solved plan fits once laid out.
+    let mut last_report: Option<SolverReport> = None;
+    for attempt in 0..4 {
         let starts: Vec<Decisions> =
             pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target) && fits_host(d)).cloned().collect();
         let (decisions, report) = solve_within(&model, target, &starts, opts).map_err(|e| match e {
@@ -79,6 +81,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             other => PlanError::Solver(other.to_string()),
         })?;
         tracing::info!("solved for {target} in {:.2} s: {}, gap {}", report.solve_seconds, report.status.label(), report.gap_label());
+        last_report = Some(report.clone());
         let plan = finish(program, hw, budget, &decisions, Some(report))?;
         let over = plan.schedule.prediction.peak_device().saturating_sub(budget);
         if over == Bytes::ZERO {
@@ -86,7 +89,9 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             break;
         }
         last = Some(plan.schedule.prediction.peak_device());
-        target = target.saturating_sub(over + hw.alloc_granularity);
+        // The layout of a plan solved for less can overshoot again: each retry takes off twice
+        // as much as the overshoot it saw, so four tries reach fifteen times the first.
+        target = target.saturating_sub(Bytes((over + hw.alloc_granularity).0 << attempt));
         if target + outside < floor {
             break;
         }
@@ -102,13 +107,11 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
         // The report then describes the kept plan: its objective in the solver's model; the
         // solver's bound was for its smaller budget, so it bounds nothing here.
         let objective = model.evaluate(&d).step_time;
-        let report = found.as_ref().and_then(|f| f.schedule.prediction.solver.clone()).map(|r| SolverReport {
-            status: SolveStatus::StartingPointKept,
-            objective,
-            bound: None,
-            gap: None,
-            ..r
-        });
+        let report = found
+            .as_ref()
+            .and_then(|f| f.schedule.prediction.solver.clone())
+            .or_else(|| last_report.clone())
+            .map(|r| SolverReport { status: SolveStatus::StartingPointKept, objective, bound: None, gap: None, ..r });
         if let Ok(p) = finish(program, hw, budget, &d, report) {
             if p.schedule.prediction.peak_device() <= budget && better(&p) {
                 found = Some(p);
