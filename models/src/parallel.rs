@@ -610,11 +610,7 @@ impl ParallelMemory {
     /// The memory of every pipeline stage of `par` for `cfg` with `micro_batches` per step;
     /// checks the grid first.
     pub fn of(cfg: &GptConfig, par: &Parallelism, micro_batches: u32) -> Result<ParallelMemory, ParallelError> {
-        par.validate(cfg)?;
-        if micro_batches == 0 {
-            return Err(ParallelError::NoMicroBatches { pp: par.pp });
-        }
-        let inv = Inventory::build(cfg);
+        let inv = grid_inventory(cfg, par, micro_batches)?;
         let stages = (0..par.pp).map(|p| stage_memory(&inv, cfg, par, micro_batches, p)).collect();
         let layer_activations = layer_activation_shards(&inv, 0, par);
         let (s, b, h, a, t) = (cfg.seq as u64, cfg.batch as u64, cfg.hidden as u64, cfg.heads as u64, par.tp as u64);
@@ -815,14 +811,9 @@ pub fn stage_collectives(inv: &Inventory, cfg: &GptConfig, par: &Parallelism, mi
     // The residual stream of one micro-batch, b*s*h, 16-bit: the inventory's layer input.
     let act = inv.tensor(inv.acts[0].x_in).bytes;
     let tokens = cfg.batch as u64 * cfg.seq as u64;
-    let grad_per_param = {
-        let pt = inv.params(Owner::FinalNorm);
-        inv.tensor(pt.grads).bytes.0 / pt.params.max(1)
-    };
-    let weight_per_param = {
-        let pt = inv.params(Owner::FinalNorm);
-        inv.tensor(pt.weights).bytes.0 / pt.params.max(1)
-    };
+    let norm = inv.params(Owner::FinalNorm);
+    let per_param = |t| inv.tensor(t).bytes.0 / norm.params.max(1);
+    let (grad_per_param, weight_per_param) = (per_param(norm.grads), per_param(norm.weights));
     let c = |kind, group, ranks: u32, bytes: Bytes, calls: u32, what: &str| Collective {
         kind,
         group,
@@ -1000,15 +991,11 @@ impl ParallelCommunication {
         micro_batches: u32,
         hw: Option<&HardwareProfile>,
     ) -> Result<ParallelCommunication, ParallelError> {
-        par.validate(cfg)?;
-        if micro_batches == 0 {
-            return Err(ParallelError::NoMicroBatches { pp: par.pp });
-        }
+        let inv = grid_inventory(cfg, par, micro_batches)?;
         let interconnect = match hw {
             Some(hw) => check_profile(par, hw)?.copied(),
             None => None,
         };
-        let inv = Inventory::build(cfg);
         let stages = (0..par.pp)
             .map(|p| {
                 let collectives: Vec<TimedCollective> = stage_collectives(&inv, cfg, par, micro_batches, p)
@@ -1041,6 +1028,16 @@ impl ParallelCommunication {
             stages,
         })
     }
+}
+
+/// The one-GPU inventory that a grid of `par` shards, once the grid and the micro-batch count
+/// are checked against `cfg`.
+fn grid_inventory(cfg: &GptConfig, par: &Parallelism, micro_batches: u32) -> Result<Inventory, ParallelError> {
+    par.validate(cfg)?;
+    if micro_batches == 0 {
+        return Err(ParallelError::NoMicroBatches { pp: par.pp });
+    }
+    Ok(Inventory::build(cfg))
 }
 
 fn bytes_u64<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {

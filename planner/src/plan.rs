@@ -89,8 +89,8 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             break;
         }
         last = Some(plan.schedule.prediction.peak_device());
-        // The layout of a plan solved for less can overshoot again: each retry takes off twice
-        // as much as the overshoot it saw, so four tries reach fifteen times the first.
+        // The layout of a plan solved for less can overshoot again: retry n takes off 2^n times
+        // the overshoot it saw (1, 2, 4), so the tries do not run out a step short.
         target = target.saturating_sub(Bytes((over + hw.alloc_granularity).0 << attempt));
         if target + outside < floor {
             break;

@@ -269,20 +269,15 @@ fn print_communication(p: &Parallelism, c: &ParallelCommunication) {
             .map(|t| TimedCollective { collective: models::Collective { pipeline_stages: None, ..t.collective.clone() }, ..t.clone() })
             .collect::<Vec<_>>()
     };
-    let mut i = 0;
-    while i < c.stages.len() {
-        let s = &c.stages[i];
-        let mut j = i + 1;
-        while j < c.stages.len() && key(&c.stages[j]) == key(s) {
-            j += 1;
-        }
-        let which = if j - i > 1 {
-            format!("pipeline stages {}-{}", s.pipeline_stage, c.stages[j - 1].pipeline_stage)
+    for run in c.stages.chunk_by(|a, b| key(a) == key(b)) {
+        let (s, end) = (&run[0], &run[run.len() - 1]);
+        let which = if run.len() > 1 {
+            format!("pipeline stages {}-{}", s.pipeline_stage, end.pipeline_stage)
         } else {
             format!("pipeline stage {}", s.pipeline_stage)
         };
         let time = s.seconds_per_step.map_or(String::new(), |t| format!(", {t}"));
-        let each = if j - i > 1 { " each" } else { "" };
+        let each = if run.len() > 1 { " each" } else { "" };
         if s.collectives.is_empty() {
             println!("  {which}: none");
         } else {
@@ -307,7 +302,6 @@ fn print_communication(p: &Parallelism, c: &ParallelCommunication) {
                 }
             }
         }
-        i = j;
     }
     if p.pp > 1 {
         let (num, den) = (p.pp - 1, c.micro_batches + p.pp - 1);

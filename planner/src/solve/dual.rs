@@ -92,7 +92,7 @@ pub fn column_generation(
     let mut cols: Vec<(f64, Vec<f64>, Vec<usize>)> = Vec::new();
     let mut ub = node.upper;
     let mut best_plan: Option<(f64, Vec<usize>)> = None;
-    let ok = |pick: &[usize]| allowed.is_none_or(|a| pick.iter().enumerate().all(|(gi, k)| a[gi][*k]));
+    let ok = |pick: &[usize]| allowed.is_none_or(|a| allows(a, pick));
     // An artificial column (no memory, a prohibitive time) keeps the master feasible.
     let big = if node.upper.is_finite() { node.upper * 100.0 } else { 1e12 };
     cols.push((big, vec![0.0; rows.len()], Vec::new()));
@@ -409,9 +409,14 @@ impl Branch {
     }
 }
 
+/// Whether every choice of a plan is allowed.
+fn allows(allowed: &[Vec<bool>], pick: &[usize]) -> bool {
+    pick.iter().enumerate().all(|(g, k)| allowed[g][*k])
+}
+
 /// Whether a plan lies in a part: every choice allowed and every branch row kept.
 fn admits(allowed: &[Vec<bool>], rows: &[MemRow], pick: &[usize]) -> bool {
-    pick.iter().enumerate().all(|(g, k)| allowed[g][*k]) && rows.iter().all(|r| Problem::row_value(r, pick) <= r.rhs + 1e-9)
+    allows(allowed, pick) && rows.iter().all(|r| Problem::row_value(r, pick) <= r.rhs + 1e-9)
 }
 
 /// Groups that are alike, whose choices the mixture tends to average: the transformer layers'

@@ -78,16 +78,15 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
         h
     }
 
-    /// Whether every slot stays within `cap`, and the pinned memory within the host's, after
-    /// the moves (checked at the slots that can bind: the others follow).
-    fn fits(&self, moves: &[(usize, usize)], cap: i64) -> bool {
-        debug_assert!(cap as u64 == self.problem.cap, "binding slots are those of the problem's capacity");
-        self.problem.host_cap.is_none_or(|h| self.pinned_after(moves) <= h as i64) && self.fits_binding(moves, cap)
+    /// Whether every slot stays within the problem's capacity, and the pinned memory within
+    /// the host's, after the moves (checked at the slots that can bind: the others follow).
+    fn fits(&self, moves: &[(usize, usize)]) -> bool {
+        self.problem.host_cap.is_none_or(|h| self.pinned_after(moves) <= h as i64) && self.fits_binding(moves)
     }
 
-    /// Whether the live bytes at every binding slot stay within `cap` after the moves.
-    fn fits_binding(&self, moves: &[(usize, usize)], cap: i64) -> bool {
-        let bl = &self.problem.binding_live;
+    /// Whether the live bytes at every binding slot stay within the capacity after the moves.
+    fn fits_binding(&self, moves: &[(usize, usize)]) -> bool {
+        let (bl, cap) = (&self.problem.binding_live, self.problem.cap as i64);
         match moves {
             [(g, k)] => {
                 let (new, old) = (&bl[*g][*k], &bl[*g][self.pick[*g]]);
@@ -133,7 +132,6 @@ impl<'p, 'm, 'a> State<'p, 'm, 'a> {
 /// evaluations) is spent.
 pub fn improve(problem: &Problem, start: &[usize], mut effort: Effort) -> Vec<usize> {
     let groups = &problem.groups;
-    let cap = problem.cap as i64;
     let mut st = State::new(problem, start);
     let delta = |st: &State, moves: &[(usize, usize)], effort: &mut Effort| if effort.spend() { st.delta(moves) } else { 0.0 };
     for _pass in 0..50 {
@@ -145,7 +143,7 @@ pub fn improve(problem: &Problem, start: &[usize], mut effort: Effort) -> Vec<us
         for (gi, g) in groups.iter().enumerate() {
             let mut best: Option<(f64, usize)> = None;
             for k in 0..g.len() {
-                if k == st.pick[gi] || !st.fits(&[(gi, k)], cap) {
+                if k == st.pick[gi] || !st.fits(&[(gi, k)]) {
                     continue;
                 }
                 let d = delta(&st, &[(gi, k)], &mut effort);
@@ -181,7 +179,7 @@ pub fn improve(problem: &Problem, start: &[usize], mut effort: Effort) -> Vec<us
                         }
                         let moves = [(gi, k), (hj, k2)];
                         let d = delta(&st, &moves, &mut effort);
-                        if d < -1e-12 && best.is_none_or(|(b, _)| d < b) && st.fits(&moves, cap) {
+                        if d < -1e-12 && best.is_none_or(|(b, _)| d < b) && st.fits(&moves) {
                             best = Some((d, moves));
                         }
                     }
