@@ -53,6 +53,7 @@ fn json_figures(v: &serde_json::Value) -> BTreeMap<&'static str, String> {
         ("waiting on H2D", secs("waiting_on_h2d_s")),
         ("waiting on D2H", secs("waiting_on_d2h_s")),
         ("waiting on host", secs("waiting_on_host_s")),
+        ("waiting on launches", secs("waiting_on_launches_s")),
         ("after compute", secs("after_compute_s")),
     ]
     .into_iter()
@@ -98,10 +99,11 @@ fn every_output_names_the_same_figures() {
     assert_eq!(json_figures(&v), want);
     // The parts add up to the step (to 1 us), and the older fields agree.
     let step = &v["step"];
-    let parts: f64 = ["compute_busy_s", "waiting_on_h2d_s", "waiting_on_d2h_s", "waiting_on_host_s", "after_compute_s"]
-        .iter()
-        .map(|k| step[k].as_f64().unwrap())
-        .sum();
+    let parts: f64 =
+        ["compute_busy_s", "waiting_on_h2d_s", "waiting_on_d2h_s", "waiting_on_host_s", "waiting_on_launches_s", "after_compute_s"]
+            .iter()
+            .map(|k| step[k].as_f64().unwrap())
+            .sum();
     assert!((parts - step["step_time_s"].as_f64().unwrap()).abs() < 1e-6, "{step}");
     assert_eq!(v["peak_device_bytes"], v["memory"]["device_bytes"]);
     assert_eq!(v["peak_allocated_bytes"], v["memory"]["live_peak_bytes"]);

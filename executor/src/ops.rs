@@ -615,4 +615,22 @@ mod tests {
             }
         }
     }
+
+    /// The cost model charges each op for its launches and, of them, its products (the host
+    /// issues a product slower than a kernel): the counts are the calls this module makes.
+    #[test]
+    fn the_programs_launch_counts_are_the_calls_made() {
+        let adamw = AdamW::default();
+        for cfg in
+            variants().into_iter().chain(["gpt3-125m", "gpt3-1.3b"].map(|n| config(n).with_shape(Some(1), Some(64), Some(4)).unwrap()))
+        {
+            let program = Program::build_with(&cfg, models::program::Clipping::GlobalNorm);
+            let launches = StepLaunches::new(&program).unwrap();
+            for op in program.ops.iter().filter(|o| o.kind != OpKind::ClipScale) {
+                let calls = launches.op(op, 1, &adamw).unwrap();
+                let products = calls.iter().filter(|c| matches!(c, Call::Product(_))).count();
+                assert_eq!((calls.len(), products), (op.launches as usize, op.products as usize), "{}: {}", cfg.name, op.name);
+            }
+        }
+    }
 }

@@ -2,11 +2,14 @@
 //!
 //! A roofline per op: the larger of its arithmetic time (at the matrix or attention rate) and its
 //! memory time, plus launch overhead per kernel. Calibration (`offplan calibrate`) fits the
-//! profile's rates so that these predictions match the device.
+//! profile's rates so that these predictions match the device. Beside the GPU, the host issues
+//! every action from one thread (`issue_time`): the simulator starts none before the host has
+//! issued it, which is what bounds a step of small kernels.
 
-use crate::hardware::HardwareProfile;
+use crate::hardware::{HardwareProfile, IssueCosts};
 use crate::inventory::Owner;
 use crate::program::{Op, OpKind, Program, WorkClass};
+use crate::schedule::Action;
 use crate::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +29,21 @@ pub fn op_time(op: &Op, hw: &HardwareProfile) -> Seconds {
     };
     let memory = op.bytes / hw.memory_bandwidth;
     arithmetic.max(memory) + hw.launch_overhead * op.launches as f64
+}
+
+/// The host's time to issue action `a` of a schedule on its lane: each launch of an op (its
+/// products at the product rate), a copy, an event or host work; allocations in the executor's
+/// arena take none.
+pub fn issue_time(a: &Action, program: &Program, costs: &IssueCosts) -> Seconds {
+    match *a {
+        Action::Run(o) | Action::Recompute(o) => {
+            let op = program.op(o);
+            costs.kernel * op.launches.saturating_sub(op.products) as f64 + costs.product * op.products as f64
+        }
+        Action::Prefetch(_) | Action::Evict(_) => costs.copy,
+        Action::Record(..) | Action::Wait(..) | Action::HostRun(_) => costs.event,
+        Action::Alloc(..) | Action::Free(..) => Seconds::ZERO,
+    }
 }
 
 /// Whether an op may run on the host instead of the GPU (CPU embedding, host AdamW, the partial

@@ -171,18 +171,22 @@ pub struct StepBreakdown {
     pub waiting_on_d2h: Seconds,
     /// The compute lane waiting on events recorded on the host lane (CPU embedding, host AdamW).
     pub waiting_on_host: Seconds,
+    /// The compute lane ready but its next op not yet issued by the host (a step of small
+    /// kernels runs at the host's pace).
+    pub waiting_on_launches: Seconds,
     /// After the compute lane's last op, while other lanes finish the step.
     pub after_compute: Seconds,
 }
 
 impl StepBreakdown {
     /// The parts that add up to the step, with their names.
-    pub fn parts(&self) -> [(&'static str, Seconds); 5] {
+    pub fn parts(&self) -> [(&'static str, Seconds); 6] {
         [
             ("compute busy", self.compute_busy),
             ("waiting on H2D", self.waiting_on_h2d),
             ("waiting on D2H", self.waiting_on_d2h),
             ("waiting on host", self.waiting_on_host),
+            ("waiting on launches", self.waiting_on_launches),
             ("after compute", self.after_compute),
         ]
     }
@@ -205,6 +209,7 @@ impl StepBreakdown {
             "the compute lane waiting on host-to-device copies".to_string(),
             "the compute lane waiting on device-to-host copies".to_string(),
             "the compute lane waiting on host work (CPU embedding, host AdamW)".to_string(),
+            "the compute lane waiting for the host to issue its next op".to_string(),
             "other lanes finishing after the compute lane's last op".to_string(),
         ];
         let names: Vec<&str> = self.parts().iter().map(|p| p.0).collect();
@@ -296,12 +301,13 @@ mod tests {
             waiting_on_h2d: ms(1.5),
             waiting_on_d2h: ms(0.5),
             waiting_on_host: ms(1.0),
-            after_compute: ms(1.0),
+            waiting_on_launches: ms(0.5),
+            after_compute: ms(0.5),
         };
         assert!((b.sum() - b.step).0.abs() < 1e-12);
         assert_eq!(b.exposed_transfer(), ms(2.0));
         let f = b.figures();
-        assert_eq!(f[0].detail, "= compute busy + waiting on H2D + waiting on D2H + waiting on host + after compute");
+        assert_eq!(f[0].detail, "= compute busy + waiting on H2D + waiting on D2H + waiting on host + waiting on launches + after compute");
         assert_eq!((f[1].name, f[1].value.as_str()), ("compute busy", "6.00 ms"));
         assert!(f[1].detail.starts_with("60.0% of the step") && f[1].detail.contains("recomputation 1.00 ms"), "{}", f[1].detail);
         let lines = b.lines();

@@ -48,7 +48,8 @@ pub struct HardwareProfile {
     pub attention_flops: FlopsPerSecond,
     /// Device memory rate, counting bytes read plus bytes written.
     pub memory_bandwidth: BytesPerSecond,
-    /// Time a kernel launch adds beyond its work.
+    /// Time a kernel launch adds beyond its work on the GPU, with the host's launches ahead of
+    /// it (back-to-back kernels queued while the stream was held).
     pub launch_overhead: Seconds,
     /// Device memory in use before the step allocates anything: context, modules, library handles.
     pub fixed_overhead: Bytes,
@@ -86,6 +87,41 @@ pub struct HardwareProfile {
     /// the profile does not know (the collectives' bytes can be counted, not timed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interconnect: Option<Interconnect>,
+    /// The host's time to issue each kind of work from the executor's one issuing thread: no
+    /// action starts on its lane before the host has issued it and every action before it, so a
+    /// step of small kernels runs at the host's pace. None when absent: issuing takes no time
+    /// (profiles calibrated before it was measured, whose `launch_overhead` was timed with the
+    /// host issuing and so holds the host's pace for small kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<IssueCosts>,
+}
+
+/// Host time to issue one piece of work on a stream (`offplan calibrate` times each with the
+/// stream held, so the host never waits for the GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCosts {
+    /// One kernel launch (cuLaunchKernel with the executor's arguments).
+    pub kernel: Seconds,
+    /// One cuBLASLt product (its descriptors, the cached algorithm, the launch).
+    pub product: Seconds,
+    /// One asynchronous copy between pinned host memory and the device.
+    pub copy: Seconds,
+    /// Recording an event on a stream, or a stream waiting on one; host work's launch.
+    pub event: Seconds,
+}
+
+impl IssueCosts {
+    fn mean(costs: &[IssueCosts]) -> Option<IssueCosts> {
+        let n = costs.len() as f64;
+        let m = |f: fn(&IssueCosts) -> Seconds| Seconds(costs.iter().map(|c| f(c).0).sum::<f64>() / n);
+        (!costs.is_empty()).then(|| IssueCosts {
+            kernel: m(|c| c.kernel),
+            product: m(|c| c.product),
+            copy: m(|c| c.copy),
+            event: m(|c| c.event),
+        })
+    }
 }
 
 /// The GPU-to-GPU links of a machine of `nodes` nodes of `gpus_per_node` GPUs each. Not
@@ -226,6 +262,9 @@ pub struct ProbeRates {
     pub matmul_flops: FlopsPerSecond,
     pub attention_flops: FlopsPerSecond,
     pub host_adam_params_per_second: f64,
+    /// The host's issue costs; None in records written before runs probed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<IssueCosts>,
     /// What the probes took.
     pub seconds: f64,
 }
@@ -266,6 +305,7 @@ impl ProbeRates {
             matmul_flops: FlopsPerSecond(m(&|p| p.matmul_flops.0)),
             attention_flops: FlopsPerSecond(m(&|p| p.attention_flops.0)),
             host_adam_params_per_second: m(&|p| p.host_adam_params_per_second),
+            issue: IssueCosts::mean(&probes.iter().filter_map(|p| p.issue).collect::<Vec<_>>()),
             seconds: m(&|p| p.seconds),
         })
     }
@@ -282,7 +322,12 @@ impl ProbeRates {
             (self.attention_flops.0, other.attention_flops.0),
             (self.host_adam_params_per_second, other.host_adam_params_per_second),
         ];
-        pairs.iter().map(|(a, b)| (a - b).abs() / a.max(*b).max(f64::MIN_POSITIVE)).fold(0.0, f64::max)
+        let issue = match (self.issue, other.issue) {
+            (Some(a), Some(b)) => vec![(a.kernel.0, b.kernel.0), (a.product.0, b.product.0), (a.copy.0, b.copy.0), (a.event.0, b.event.0)],
+            _ => Vec::new(),
+        };
+        let pairs = pairs.iter().chain(&issue);
+        pairs.map(|(a, b)| (a - b).abs() / a.max(*b).max(f64::MIN_POSITIVE)).fold(0.0, f64::max)
     }
 }
 
@@ -298,6 +343,7 @@ impl HardwareProfile {
             matmul_flops: p.matmul_flops,
             attention_flops: p.attention_flops,
             host_adam_params_per_second: p.host_adam_params_per_second,
+            issue: p.issue.or(self.issue),
             ..self.clone()
         }
     }

@@ -20,7 +20,7 @@ pub mod units;
 
 pub use config::{Attention, DType, GptConfig, Precision};
 pub use error::ModelError;
-pub use hardware::{HardwareProfile, Interconnect, LinkRate};
+pub use hardware::{HardwareProfile, Interconnect, IssueCosts, LinkRate};
 pub use inventory::{Block, BlockId, BlockKind, Inventory, MemoryCategory, Owner, Tensor, TensorClass, TensorId};
 pub use parallel::{
     Collective, CollectiveKind, Group, ParallelCommunication, ParallelError, ParallelMemory, Parallelism, StageCommunication, StageMemory,

@@ -15,7 +15,7 @@
 //! scores), 2x for the materialised kind.
 
 use crate::config::GptConfig;
-use crate::inventory::{Inventory, Owner, TensorId};
+use crate::inventory::{Inventory, Owner, TensorId, View};
 use crate::units::{Bytes, Flops};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,40 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// The kind without its layer, chunk or owner ("Fc", "OutBwd", "Adam"): what one row of a
+    /// per-kind table of a step's ops sums.
+    pub fn family(self) -> &'static str {
+        use OpKind::*;
+        match self {
+            Embed => "Embed",
+            Ln1(_) => "Ln1",
+            Qkv(_) => "Qkv",
+            Attn(_) => "Attn",
+            AttnProj(_) => "AttnProj",
+            Ln2(_) => "Ln2",
+            Fc(_) => "Fc",
+            Gelu(_) => "Gelu",
+            FcProj(_) => "FcProj",
+            LnF => "LnF",
+            OutFwd(_) => "OutFwd",
+            Loss => "Loss",
+            OutBwd(_) => "OutBwd",
+            LnFBwd => "LnFBwd",
+            FcProjBwd(_) => "FcProjBwd",
+            GeluBwd(_) => "GeluBwd",
+            FcBwd(_) => "FcBwd",
+            Ln2Bwd(_) => "Ln2Bwd",
+            AttnProjBwd(_) => "AttnProjBwd",
+            AttnBwd(_) => "AttnBwd",
+            QkvBwd(_) => "QkvBwd",
+            Ln1Bwd(_) => "Ln1Bwd",
+            EmbedBwd => "EmbedBwd",
+            GradNorm(_) => "GradNorm",
+            ClipScale => "ClipScale",
+            Adam(_) => "Adam",
+        }
+    }
+
     /// The transformer layer this op belongs to, if any.
     pub fn layer(self) -> Option<u32> {
         use OpKind::*;
@@ -111,8 +145,11 @@ pub struct Op {
     /// Device memory traffic: bytes read plus bytes written.
     pub bytes: Bytes,
     pub work: WorkClass,
-    /// Kernel launches the op makes.
+    /// Kernel launches the op makes, its products included.
     pub launches: u32,
+    /// Of those, cuBLASLt products: the host takes longer to issue one than a kernel.
+    #[serde(default)]
+    pub products: u32,
 }
 
 impl Op {
@@ -253,6 +290,10 @@ struct Spec<'s> {
     flops: f64,
     work: WorkClass,
     launches: u32,
+    products: u32,
+    /// The parameter views (`Inventory` names: "qkv_w", ...) of its owner's weights and
+    /// gradients the op touches; empty: whole tensors.
+    views: &'s [&'s str],
 }
 
 impl OpsBuilder<'_> {
@@ -290,10 +331,21 @@ impl OpsBuilder<'_> {
 
     fn push(&mut self, s: Spec<'_>) {
         let inv = self.inv;
-        // Traffic: whole tensors read and written; parameter tensors of other owners that an op
-        // only reads (tied embedding rows) count by the rows actually gathered, set by the caller.
-        let mut bytes: u64 = s.reads.iter().map(|t| inv.tensor(*t).bytes.0).sum();
-        bytes += s.writes.iter().chain(s.allocs.iter()).map(|t| inv.tensor(*t).bytes.0).sum::<u64>();
+        // Traffic: tensors read and tensors written (a tensor allocated and written counts once);
+        // of a parameter tensor, the views the op uses; parameter tensors of other owners that
+        // an op only reads (tied embedding rows) count by the rows actually gathered, below.
+        let traffic = |t: TensorId| -> u64 {
+            let tensor = inv.tensor(t);
+            if s.views.is_empty() || tensor.views.is_empty() {
+                return tensor.bytes.0;
+            }
+            let elems: u64 = tensor.views.iter().filter(|v| s.views.contains(&v.name.as_str())).map(View::elems).sum();
+            elems * tensor.dtype.size()
+        };
+        let mut bytes: u64 = s.reads.iter().map(|&t| traffic(t)).sum();
+        let mut written: Vec<TensorId> = s.writes.to_vec();
+        written.extend(s.allocs.iter().filter(|t| !s.writes.contains(t)));
+        bytes += written.iter().map(|&t| traffic(t)).sum::<u64>();
         if s.kind == OpKind::Embed || s.kind == OpKind::EmbedBwd {
             // A gather/scatter touches B*T rows of the tables, not the tables.
             let c = self.cfg;
@@ -318,6 +370,7 @@ impl OpsBuilder<'_> {
             bytes: Bytes(bytes),
             work: s.work,
             launches: s.launches,
+            products: s.products,
         });
     }
 
@@ -358,6 +411,8 @@ impl OpsBuilder<'_> {
                     flops: 0.0,
                     work: Memory,
                     launches: 1,
+                    products: 0,
+                    views: &[],
                 });
                 b.clipped.push(o);
             }
@@ -378,7 +433,9 @@ impl OpsBuilder<'_> {
             frees: &[],
             flops: 0.0,
             work: Memory,
-            launches: 1,
+            launches: if tied { k } else { 1 },
+            products: 0,
+            views: &[],
         });
         for l in 0..cfg.layers {
             let a = inv.acts[l as usize];
@@ -394,6 +451,8 @@ impl OpsBuilder<'_> {
                 flops: 0.0,
                 work: Memory,
                 launches: 1,
+                products: 0,
+                views: &["ln1_w", "ln1_b"],
             });
             self.push(Spec {
                 kind: Qkv(l),
@@ -405,6 +464,8 @@ impl OpsBuilder<'_> {
                 flops: 2.0 * bt * c * 3.0 * c,
                 work: Matmul,
                 launches: 1,
+                products: 1,
+                views: &["qkv_w", "qkv_b"],
             });
             self.push(Spec {
                 kind: Attn(l),
@@ -416,6 +477,8 @@ impl OpsBuilder<'_> {
                 flops: attn_fwd,
                 work: Attention,
                 launches: 1,
+                products: 0,
+                views: &[],
             });
             self.push(Spec {
                 kind: AttnProj(l),
@@ -427,6 +490,8 @@ impl OpsBuilder<'_> {
                 flops: 2.0 * bt * c * c,
                 work: Matmul,
                 launches: 1,
+                products: 1,
+                views: &["attproj_w", "attproj_b"],
             });
             self.push(Spec {
                 kind: Ln2(l),
@@ -438,6 +503,8 @@ impl OpsBuilder<'_> {
                 flops: 0.0,
                 work: Memory,
                 launches: 1,
+                products: 0,
+                views: &["ln2_w", "ln2_b"],
             });
             self.push(Spec {
                 kind: Fc(l),
@@ -449,6 +516,8 @@ impl OpsBuilder<'_> {
                 flops: 8.0 * bt * c * c,
                 work: Matmul,
                 launches: 1,
+                products: 1,
+                views: &["fc_w", "fc_b"],
             });
             self.push(Spec {
                 kind: Gelu(l),
@@ -460,6 +529,8 @@ impl OpsBuilder<'_> {
                 flops: 0.0,
                 work: Memory,
                 launches: 1,
+                products: 0,
+                views: &[],
             });
             self.push(Spec {
                 kind: FcProj(l),
@@ -471,6 +542,8 @@ impl OpsBuilder<'_> {
                 flops: 8.0 * bt * c * c,
                 work: Matmul,
                 launches: 1,
+                products: 1,
+                views: &["fcproj_w", "fcproj_b"],
             });
         }
 
@@ -486,6 +559,8 @@ impl OpsBuilder<'_> {
             flops: 0.0,
             work: Memory,
             launches: 1,
+            products: 0,
+            views: &[],
         });
         for i in 0..k {
             let logits = h.logits[i as usize];
@@ -504,6 +579,8 @@ impl OpsBuilder<'_> {
                 flops: 2.0 * bt * c * vc,
                 work: Matmul,
                 launches: 2,
+                products: 1,
+                views: &[],
             });
         }
         let (loss_reads, loss_writes) = if chunked {
@@ -520,7 +597,9 @@ impl OpsBuilder<'_> {
             frees: &[],
             flops: 0.0,
             work: Memory,
-            launches: 1,
+            launches: if chunked { 1 } else { 2 },
+            products: 0,
+            views: &[],
         });
 
         // ---- backward
@@ -552,6 +631,8 @@ impl OpsBuilder<'_> {
                 flops: recompute + 4.0 * bt * c * vc,
                 work: Matmul,
                 launches: if chunked { 4 } else { 2 },
+                products: if chunked { 3 } else { 2 },
+                views: &[],
             });
             if !tied {
                 adam(&mut self, o);
@@ -567,7 +648,9 @@ impl OpsBuilder<'_> {
             frees: &[h.dlnf, h.x_out, h.lnf, h.lnf_stats],
             flops: 0.0,
             work: Memory,
-            launches: 2,
+            launches: 3,
+            products: 0,
+            views: &[],
         });
         adam(&mut self, fn_o);
         for l in (0..cfg.layers).rev() {
@@ -585,7 +668,9 @@ impl OpsBuilder<'_> {
                 frees: &[a.fch_gelu],
                 flops: mm(8.0),
                 work: Matmul,
-                launches: 3,
+                launches: 4,
+                products: 2,
+                views: &["fcproj_w", "fcproj_b"],
             });
             self.push(Spec {
                 kind: GeluBwd(l),
@@ -597,6 +682,8 @@ impl OpsBuilder<'_> {
                 flops: 0.0,
                 work: Memory,
                 launches: 1,
+                products: 0,
+                views: &[],
             });
             self.push(Spec {
                 kind: FcBwd(l),
@@ -607,7 +694,9 @@ impl OpsBuilder<'_> {
                 frees: &[s.dfch, a.ln2],
                 flops: mm(8.0),
                 work: Matmul,
-                launches: 3,
+                launches: 4,
+                products: 2,
+                views: &["fc_w", "fc_b"],
             });
             self.push(Spec {
                 kind: Ln2Bwd(l),
@@ -618,7 +707,9 @@ impl OpsBuilder<'_> {
                 frees: &[s.dln2, a.x_mid, a.ln2_stats],
                 flops: 0.0,
                 work: Memory,
-                launches: 2,
+                launches: 3,
+                products: 0,
+                views: &["ln2_w", "ln2_b"],
             });
             self.push(Spec {
                 kind: AttnProjBwd(l),
@@ -629,7 +720,9 @@ impl OpsBuilder<'_> {
                 frees: &[],
                 flops: mm(2.0),
                 work: Matmul,
-                launches: 3,
+                launches: 4,
+                products: 2,
+                views: &["attproj_w", "attproj_b"],
             });
             self.push(Spec {
                 kind: AttnBwd(l),
@@ -641,6 +734,8 @@ impl OpsBuilder<'_> {
                 flops: attn_bwd,
                 work: Attention,
                 launches: 2,
+                products: 0,
+                views: &[],
             });
             self.push(Spec {
                 kind: QkvBwd(l),
@@ -651,7 +746,9 @@ impl OpsBuilder<'_> {
                 frees: &[s.dqkv, a.qkv, a.ln1],
                 flops: mm(6.0),
                 work: Matmul,
-                launches: 3,
+                launches: 4,
+                products: 2,
+                views: &["qkv_w", "qkv_b"],
             });
             self.push(Spec {
                 kind: Ln1Bwd(l),
@@ -662,7 +759,9 @@ impl OpsBuilder<'_> {
                 frees: &[s.dln1, a.x_in, a.ln1_stats],
                 flops: 0.0,
                 work: Memory,
-                launches: 2,
+                launches: 3,
+                products: 0,
+                views: &["ln1_w", "ln1_b"],
             });
             adam(&mut self, o);
         }
@@ -680,7 +779,9 @@ impl OpsBuilder<'_> {
             frees: &[h.dres],
             flops: 0.0,
             work: Memory,
-            launches: 2,
+            launches: if tied { 1 + k } else { 3 },
+            products: 0,
+            views: &[],
         });
         adam(&mut self, eo);
         if tied {
@@ -699,6 +800,8 @@ impl OpsBuilder<'_> {
                 flops: 0.0,
                 work: Memory,
                 launches: 0,
+                products: 0,
+                views: &[],
             });
             for o in std::mem::take(&mut self.clipped).into_iter().rev() {
                 self.adam(o);
@@ -721,7 +824,10 @@ impl OpsBuilder<'_> {
             frees: &[p.grads],
             flops: 0.0,
             work: WorkClass::Memory,
-            launches: 1,
+            // One AdamW kernel per parameter view (weight decay differs between them).
+            launches: self.inv.tensor(p.weights).views.len() as u32,
+            products: 0,
+            views: &[],
         })
     }
 }

@@ -30,6 +30,8 @@ pub enum SpanKind {
     Evict,
     /// The lane sat waiting for an event of another lane.
     Wait,
+    /// The lane sat ready while the host was still issuing the work before its next action.
+    Issue,
 }
 
 /// One piece of work on one lane.

@@ -764,6 +764,8 @@ mod tests {
             probe: None,
             clipping: Default::default(),
             training: None,
+            op_times: Vec::new(),
+            issue_ms: None,
         }
     }
 

@@ -231,6 +231,8 @@ mod tests {
                 val_pattern,
                 validation,
             }),
+            op_times: Vec::new(),
+            issue_ms: None,
         }
     }
 

@@ -135,6 +135,61 @@ pub struct Record {
     /// The step's clipping; `Off` in records written before clipping, which did not clip.
     #[serde(default)]
     pub clipping: models::program::Clipping,
+    /// The measured step's compute actions by op kind, against what the record's profile
+    /// prices them at; empty in records written before ops were timed one by one.
+    #[serde(default)]
+    pub op_times: Vec<OpKindTime>,
+    /// Median host time to issue a timed step's actions, ms; None in records written before.
+    #[serde(default)]
+    pub issue_ms: Option<f64>,
+}
+
+impl OpKindTime {
+    /// The table of a measured step's compute actions `(op, span ms, issue ms)`, a row per op
+    /// kind in the order the kinds first ran, each priced under `hw`.
+    pub fn table(
+        program: &models::Program,
+        hw: &models::HardwareProfile,
+        spans: impl IntoIterator<Item = (models::OpId, f64, f64)>,
+    ) -> Vec<OpKindTime> {
+        let mut rows: Vec<OpKindTime> = Vec::new();
+        for (id, measured, issue) in spans {
+            let op = program.op(id);
+            let kind = op.kind.family();
+            let i = match rows.iter().position(|r| r.kind == kind) {
+                Some(i) => i,
+                None => {
+                    rows.push(OpKindTime { kind: kind.into(), runs: 0, launches: 0, measured_ms: 0.0, issue_ms: 0.0, predicted_ms: 0.0 });
+                    rows.len() - 1
+                }
+            };
+            let r = &mut rows[i];
+            r.runs += 1;
+            r.launches += op.launches;
+            r.measured_ms += measured;
+            r.issue_ms += issue;
+            r.predicted_ms += models::cost::op_time(op, hw).0 * 1e3;
+        }
+        rows
+    }
+}
+
+/// One op kind's compute actions in the measured step (every layer's `Fc` together; a
+/// recomputed op counts again).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpKindTime {
+    /// The kind without its layer or owner: "Fc", "AttnBwd", "Adam".
+    pub kind: String,
+    /// Actions of the kind.
+    pub runs: u32,
+    /// Kernel launches of those actions (`Op::launches`).
+    pub launches: u32,
+    /// Their spans on the compute stream, CUDA events before and after each, summed.
+    pub measured_ms: f64,
+    /// The host's time to issue them, summed.
+    pub issue_ms: f64,
+    /// `models::cost::op_time` of each under the record's hardware profile, summed.
+    pub predicted_ms: f64,
 }
 
 impl Record {
@@ -334,6 +389,8 @@ mod tests {
             probe: None,
             clipping: Default::default(),
             training: None,
+            op_times: Vec::new(),
+            issue_ms: None,
         }
     }
 

@@ -49,6 +49,7 @@ pub fn span_color(k: SpanKind) -> RGBColor {
         SpanKind::Prefetch => RGBColor(44, 160, 44),
         SpanKind::Evict => RGBColor(148, 103, 189),
         SpanKind::Wait => RGBColor(214, 39, 40),
+        SpanKind::Issue => RGBColor(255, 187, 120),
     }
 }
 
@@ -60,6 +61,7 @@ pub fn span_label(k: SpanKind) -> &'static str {
         SpanKind::Prefetch => "prefetch (H2D)",
         SpanKind::Evict => "evict (D2H)",
         SpanKind::Wait => "compute waits (exposed)",
+        SpanKind::Issue => "waits on the host's launches",
     }
 }
 

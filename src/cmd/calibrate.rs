@@ -88,7 +88,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("  matmul              {:>8.1} TFLOP/s", hw.matmul_flops.0 / 1e12);
     println!("  attention           {:>8.1} TFLOP/s", hw.attention_flops.0 / 1e12);
     println!("  memory bandwidth    {:>8.1} GB/s", hw.memory_bandwidth.0 / 1e9);
-    println!("  launch overhead     {:>8.2} us", hw.launch_overhead.0 * 1e6);
+    println!("  launch overhead     {:>8.2} us (GPU, per kernel)", hw.launch_overhead.0 * 1e6);
+    if let Some(i) = hw.issue {
+        println!(
+            "  host issue          {:>8.2} us per kernel, {:.2} per product, {:.2} per copy, {:.2} per event",
+            i.kernel.0 * 1e6,
+            i.product.0 * 1e6,
+            i.copy.0 * 1e6,
+            i.event.0 * 1e6
+        );
+    }
     println!("  fixed overhead      {:>8}", hw.fixed_overhead.to_string());
     println!("  alloc granularity   {:>8}", hw.alloc_granularity.to_string());
     println!("  host memory         {:>8.1} GB/s", hw.host_memory_bandwidth.0 / 1e9);

@@ -279,6 +279,8 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         probe: Some(result.probes.clone()),
         training: Some(training),
         clipping: program.clipping,
+        op_times: Vec::new(),
+        issue_ms: None,
     }
 }
 
@@ -529,6 +531,9 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     record.decisions = schedule.decisions.clone();
     record.predicted_time = Some(predicted_time);
     record.measured_time = Some(measured_time);
+    record.op_times = reports::record::OpKindTime::table(&program, &hw, result.ops.iter().map(|o| (o.op, o.gpu_ms, o.issue_ms)));
+    record.issue_ms = median(&result.issue_ms);
+    print_op_times(&record.op_times, record.issue_ms, record.median_ms);
     record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     write_loss_chart(args, out, &record)?;
     Ok(())
@@ -556,4 +561,38 @@ fn check_host_memory(schedule: &Schedule, program: &Program, hw: &HardwareProfil
         );
     }
     Ok(())
+}
+
+fn median(xs: &[f64]) -> Option<f64> {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// The measured step's compute actions by kind against the profile, and how long the host took
+/// to issue a step beside how long the step ran.
+fn print_op_times(rows: &[reports::record::OpKindTime], issue_ms: Option<f64>, step_ms: f64) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("compute actions of the measured step by kind (CUDA events around each) vs the profile:");
+    println!(
+        "  {:<12} {:>5} {:>8} {:>11} {:>11} {:>8} {:>11}",
+        "kind", "runs", "launches", "measured ms", "profile ms", "error", "issue ms"
+    );
+    for r in rows {
+        println!(
+            "  {:<12} {:>5} {:>8} {:>11.3} {:>11.3} {:>+7.1}% {:>11.3}",
+            r.kind,
+            r.runs,
+            r.launches,
+            r.measured_ms,
+            r.predicted_ms,
+            pct(r.predicted_ms, r.measured_ms),
+            r.issue_ms
+        );
+    }
+    if let Some(i) = issue_ms {
+        println!("  the host issued a timed step's actions in {i:.2} ms (median) of its {step_ms:.2} ms");
+    }
 }

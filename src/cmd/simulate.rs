@@ -109,6 +109,7 @@ struct StepJson {
     waiting_on_h2d_s: f64,
     waiting_on_d2h_s: f64,
     waiting_on_host_s: f64,
+    waiting_on_launches_s: f64,
     after_compute_s: f64,
 }
 
@@ -121,6 +122,7 @@ impl StepJson {
             waiting_on_h2d_s: b.waiting_on_h2d.0,
             waiting_on_d2h_s: b.waiting_on_d2h.0,
             waiting_on_host_s: b.waiting_on_host.0,
+            waiting_on_launches_s: b.waiting_on_launches.0,
             after_compute_s: b.after_compute.0,
         }
     }

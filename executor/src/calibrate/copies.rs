@@ -14,7 +14,7 @@ pub struct CopyRow {
 }
 
 #[cfg(feature = "cuda")]
-pub(super) use gpu::{device_copy, pinned, Buffers};
+pub(super) use gpu::{copy_issue, device_copy, pinned, Buffers};
 
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -73,6 +73,19 @@ mod gpu {
             let dev = &self.dev;
             b.gpu.pinned_copies(&self.h_src, &mut self.h_dst, |copies| f(copies, dev))?
         }
+    }
+
+    /// The host's time to issue one small pinned copy to the device (the stream held, so it
+    /// never waits for the copy engine), the median over the rounds.
+    pub fn copy_issue(b: &Bench, bufs: &mut Buffers) -> R<f64> {
+        let (s, calls) = (&b.gpu.compute, b.opts.launches.min(500));
+        let samples = bufs.with_copies(b, |copies, dev| {
+            let dst = dev.d_a.range(0, 4096)?;
+            let mut up = || -> R<()> { Ok(copies.upload(s, dst)?) };
+            up()?;
+            (0..b.opts.repeats).map(|_| Ok(b.time_gated(calls, "copy issue", &mut up)?.host)).collect::<R<Vec<f64>>>()
+        })?;
+        positive_median(&samples, "copy issue")
     }
 
     /// bf16 values of the gate's buffer.

@@ -20,20 +20,34 @@ pub fn program_op(program: &Program, kind: OpKind) -> Option<(f64, u64, u32)> {
 }
 
 #[cfg(feature = "cuda")]
-pub(super) use gpu::{attention, gelu, launch_overhead};
+pub(super) use gpu::{attention, gelu, launches};
+
+/// Back-to-back launches of a tiny kernel, seconds each.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Launches {
+    /// On the GPU, with the host's launches ahead of it.
+    pub gpu: f64,
+    /// The host's time to launch one.
+    pub host_kernel: f64,
+    /// The host's time to record an event.
+    pub host_event: f64,
+}
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use super::Launches;
     use super::{program_op, KernelPair};
-    use crate::calibrate::timing::{Bench, Case, Source, R};
+    use crate::calibrate::timing::{Bench, Case, Gated, Source, R};
     use crate::calibrate::{bad, positive_median, Timed};
     use crate::kernels::{FillBf16, MatType, Region};
     use models::config::DType;
     use models::program::OpKind;
 
-    /// Seconds per launch of `fill_bf16` on 256 elements, launched `launches` times back to back
-    /// (after 100 to warm up), the median over the rounds.
-    pub fn launch_overhead(b: &Bench) -> R<f64> {
+    /// Per launch of `fill_bf16` on 256 elements, launched `launches` times back to back with
+    /// the stream held (after 100 to warm up), the medians over the rounds: the GPU's time per
+    /// kernel (`launch_overhead`) and the host's time to launch one; and the host's time to
+    /// record an event, timed beside.
+    pub fn launches(b: &Bench) -> R<Launches> {
         let fill = FillBf16 { p: Region::whole(&b.tiny, b.tiny.bytes(), DType::Bf16), n: 256, value: 0.0 }
             .launch()
             .map_err(|e| bad(e.to_string()))?;
@@ -42,12 +56,25 @@ mod gpu {
             run()?;
         }
         b.gpu.synchronize()?;
+        let ev = b.gpu.timing_event()?;
+        let record = || -> R<()> { Ok(crate::gpu::record(&ev, &b.gpu.compute)?) };
         let launches = b.opts.launches;
-        let mut cases: Vec<Case> = vec![("fill_bf16 launches", launches, Box::new(run))];
-        let samples = b.side_by_side(&mut cases, &mut || Ok(()))?;
-        let overhead = positive_median(&samples[0], "launch overhead")?;
-        tracing::info!("launch overhead: {:.2} us per launch ({} back-to-back launches)", overhead * 1e6, launches);
-        Ok(overhead)
+        let mut cases: Vec<Case> = vec![("fill_bf16 launches", launches, Box::new(run)), ("event records", launches, Box::new(record))];
+        let samples = b.side_by_side_gated(&mut cases, &mut || Ok(()))?;
+        let median = |xs: &[Gated], f: fn(&Gated) -> f64, what: &str| positive_median(&xs.iter().map(f).collect::<Vec<_>>(), what);
+        let l = Launches {
+            gpu: median(&samples[0], |g| g.gpu, "launch overhead")?,
+            host_kernel: median(&samples[0], |g| g.host, "kernel issue")?,
+            host_event: median(&samples[1], |g| g.host, "event issue")?,
+        };
+        tracing::info!(
+            "launches: {:.2} us per kernel on the GPU, {:.2} us to issue one, {:.2} us to record an event ({} back to back)",
+            l.gpu * 1e6,
+            l.host_kernel * 1e6,
+            l.host_event * 1e6,
+            launches
+        );
+        Ok(l)
     }
 
     /// The attention forward and backward of layer 0 (FLOPs as the step program counts them).

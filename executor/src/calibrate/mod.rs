@@ -17,7 +17,12 @@
 //! - `memory_bandwidth`: `gelu_forward` and `gelu_backward` at the step's size, with the bytes
 //!   the step program counts for `Gelu` and `GeluBwd` (a large device-to-device copy is timed
 //!   and printed beside it).
-//! - `launch_overhead`: many back-to-back `fill_bf16` launches on 256 elements, per launch.
+//! - `launch_overhead`: many back-to-back `fill_bf16` launches on 256 elements, per launch, on
+//!   the GPU. Every sample is timed with the stream held (a spin kernel queued first), so the
+//!   events time the GPU's work, not the pace at which the host issues it.
+//! - `issue`: the host's time to issue each kind of work, from the same held samples: a kernel
+//!   (the fills), a product (the step's products, weighted by how often the step makes each), a
+//!   small pinned copy, an event record.
 //! - `fixed_overhead`: device memory in use (cuMemGetInfo total - free) minus what the pool
 //!   holds reserved, after every kernel, cuBLASLt plan and library module has run once.
 //! - `alloc_granularity`: the spacing of the addresses of 16 consecutive 1-byte allocations from
@@ -228,7 +233,7 @@ mod imp {
         let reserve = memory::large_allocation(&gpu)?;
 
         let bench = Bench::new(&gpu, &program, &set, opts)?;
-        let launch_overhead = kernels::launch_overhead(&bench)?;
+        let launches = kernels::launches(&bench)?;
         let gemms = step_gemms(cfg);
         let src = Source::new(&bench, &gemms)?;
         let gemms = products::measure(&bench, &src, gemms)?;
@@ -238,6 +243,8 @@ mod imp {
 
         let mut buffers = copies::Buffers::new(&bench)?;
         let copies = copies::pinned(&bench, &mut buffers)?;
+        let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
+        let product_issue = products::product_issue(&gemms);
         let largest = copies.last().expect("checked non-empty");
         let shared = shared_memory::gpu::measure(&bench, &mut buffers, largest)?;
         let device_copy = copies::device_copy(&bench, &buffers)?;
@@ -259,7 +266,13 @@ mod imp {
             gelu_forward: gelu.forward,
             gelu_backward: gelu.backward,
             device_copy,
-            launch_overhead,
+            launch_overhead: launches.gpu,
+            issue: models::IssueCosts {
+                kernel: models::Seconds(launches.host_kernel),
+                product: models::Seconds(product_issue),
+                copy: models::Seconds(copy_issue),
+                event: models::Seconds(launches.host_event),
+            },
             device_used_at_start: device.used_at_start,
             device_used_after: in_use.device_used_after,
             pool_reserved_after: in_use.pool_reserved_after,

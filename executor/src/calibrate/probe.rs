@@ -46,7 +46,8 @@ mod gpu {
         let cfg = &program.config;
         let set = KernelSet::for_config(cfg).map_err(ExecError::Unsupported)?;
         let bench = Bench::new(gpu, program, &set, &opts)?;
-        let launch_overhead = kernels::launch_overhead(&bench)?;
+        let launches = kernels::launches(&bench)?;
+        let launch_overhead = launches.gpu;
         let gemms = step_gemms(cfg);
         let src = Source::new(&bench, &gemms)?;
         let gemms = products::measure(&bench, &src, gemms)?;
@@ -54,6 +55,7 @@ mod gpu {
         let mut buffers = copies::Buffers::new(&bench)?;
         let rows = copies::pinned(&bench, &mut buffers)?;
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
+        let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
         let adam = shared_memory::gpu::adam_alone(&bench)?;
         bench.finish(buffers, src)?;
         gpu.synchronize()?;
@@ -66,6 +68,12 @@ mod gpu {
             matmul_flops: FlopsPerSecond(matmul_rate(&gemms, launch_overhead).map_err(ExecError::Calibration)?),
             attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
             host_adam_params_per_second: adam.rate(),
+            issue: Some(models::IssueCosts {
+                kernel: models::Seconds(launches.host_kernel),
+                product: models::Seconds(products::product_issue(&gemms)),
+                copy: models::Seconds(copy_issue),
+                event: models::Seconds(launches.host_event),
+            }),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(

@@ -96,7 +96,18 @@ pub fn program_matmul_flops(program: &Program) -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GemmRow {
     pub shape: GemmShape,
+    /// On the GPU, with the stream held while the host issued the calls.
     pub seconds: f64,
+    /// The host's time to issue one.
+    #[serde(default)]
+    pub issue_seconds: f64,
+}
+
+/// The host's time to issue one product of a step: the products' issue times weighted by how
+/// often the step makes each.
+pub fn product_issue(gemms: &[GemmRow]) -> f64 {
+    let calls: f64 = gemms.iter().map(|g| g.shape.per_step as f64).sum();
+    gemms.iter().map(|g| g.shape.per_step as f64 * g.issue_seconds).sum::<f64>() / calls.max(1.0)
 }
 
 impl GemmRow {
@@ -177,11 +188,18 @@ mod gpu {
             .zip(&iters)
             .map(|((g, call), it)| (g.name.as_str(), *it, Box::new(move || run(call)) as Box<_>))
             .collect();
-        let samples = b.side_by_side(&mut cases, &mut || Ok(()))?;
+        let samples = b.side_by_side_gated(&mut cases, &mut || Ok(()))?;
         drop(cases);
         drop(calls);
-        let rows =
-            gemms.into_iter().zip(&samples).map(|(g, xs)| Ok(GemmRow { seconds: positive_median(xs, &g.name)?, shape: g })).collect();
+        let rows = gemms
+            .into_iter()
+            .zip(&samples)
+            .map(|(g, xs)| {
+                let gpu: Vec<f64> = xs.iter().map(|x| x.gpu).collect();
+                let host: Vec<f64> = xs.iter().map(|x| x.host).collect();
+                Ok(GemmRow { seconds: positive_median(&gpu, &g.name)?, issue_seconds: positive_median(&host, &g.name)?, shape: g })
+            })
+            .collect();
         drop(dbuf);
         rows
     }

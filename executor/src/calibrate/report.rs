@@ -28,6 +28,8 @@ pub struct Calibration {
     /// Device-to-device copy, bytes read + written.
     pub device_copy: Timed,
     pub launch_overhead: f64,
+    /// The host's time to issue each kind of work.
+    pub issue: models::IssueCosts,
     /// Device memory in use right after the context was created.
     pub device_used_at_start: u64,
     /// Device memory in use after kernels, cuBLASLt and every product and kernel ran once.
@@ -210,6 +212,7 @@ impl Calibration {
             host_adam_call_overhead: Seconds(self.shared.call_overhead()),
             // One GPU measures no links between GPUs.
             interconnect: None,
+            issue: Some(self.issue),
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
@@ -354,7 +357,16 @@ impl Calibration {
         );
         let _ = writeln!(s, "  attention (forward + backward, overhead off)   {:>22.1} TFLOP/s", self.attention_rate() / 1e12);
         let _ = writeln!(s, "  memory rate (GELU fwd + bwd, overhead off)     {:>22.1} GB/s", self.memory_rate() / 1e9);
-        let _ = writeln!(s, "  launch overhead                                {:>22.2} us", self.launch_overhead * 1e6);
+        let _ = writeln!(s, "  launch overhead (GPU, per kernel)              {:>22.2} us", self.launch_overhead * 1e6);
+        let i = &self.issue;
+        let _ = writeln!(
+            s,
+            "  host issue: kernel / product / copy / event    {:>6.2} / {:.2} / {:.2} / {:.2} us",
+            i.kernel.0 * 1e6,
+            i.product.0 * 1e6,
+            i.copy.0 * 1e6,
+            i.event.0 * 1e6
+        );
         if let Ok(c) = self.large_copy() {
             let _ = writeln!(s, "\n{}", self.shared.report(c));
         }

@@ -6,12 +6,13 @@
 use super::{bad, mib, Options, MIB};
 use crate::gpu::{elapsed_ms, record, DeviceBuffer, Gpu, Kernels, Lt};
 use crate::host::bf16::{bf16, f32_to_bf16};
-use crate::kernels::{KernelSet, MatType};
+use crate::kernels::{KernelSet, MatType, SpinNs};
 use crate::ops::{Call, StepLaunches};
 use crate::ExecError;
 use cudarc::driver::CudaEvent;
 use models::program::OpKind;
 use models::{Program, TensorId};
+use std::time::Instant;
 
 pub(super) type R<T> = Result<T, ExecError>;
 
@@ -26,6 +27,19 @@ pub(super) fn secs(start: &CudaEvent, end: &CudaEvent, what: &str) -> R<f64> {
         return Err(bad(format!("{what}: the events measured {ms} ms")));
     }
     Ok(ms / 1e3)
+}
+
+/// How long hold the stream per call timed, and at most.
+const HOLD_PER_CALL_NS: u64 = 30_000;
+const MAX_HOLD_NS: u64 = 40_000_000;
+
+/// One sample of calls timed with the stream held, seconds per call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Gated {
+    /// On the GPU, between events around the calls.
+    pub gpu: f64,
+    /// On the host, issuing them.
+    pub host: f64,
 }
 
 /// One case of [`Bench::side_by_side`]: its name, its calls per sample, one call.
@@ -61,14 +75,26 @@ impl<'g> Bench<'g> {
 
     /// Times `iters` calls of `f` on the compute stream between two events; seconds per call.
     pub fn time_calls(&self, iters: u32, what: &str, f: &mut dyn FnMut() -> R<()>) -> R<f64> {
+        Ok(self.time_gated(iters, what, f)?.gpu)
+    }
+
+    /// Times `iters` calls of `f` with the stream held: a spin kernel queued first keeps the GPU
+    /// busy while the host issues the calls, so the events time the GPU's work alone (not the
+    /// host's pace), and the host's time to issue them is timed beside.
+    pub fn time_gated(&self, iters: u32, what: &str, f: &mut dyn FnMut() -> R<()>) -> R<Gated> {
         let stream = &self.gpu.compute;
         let (a, b) = (self.gpu.timing_event()?, self.gpu.timing_event()?);
+        // Longer than the host takes to issue the calls (tens of microseconds each at most).
+        let hold = SpinNs { ns: (u64::from(iters) * HOLD_PER_CALL_NS).min(MAX_HOLD_NS) }.launch::<TensorId>();
+        self.kernels.launch(stream, &hold, |_| Err(crate::gpu::GpuError::Invalid("spin_ns takes no buffers".into())))?;
         record(&a, stream)?;
+        let t0 = Instant::now();
         for _ in 0..iters {
             f()?;
         }
+        let host = t0.elapsed().as_secs_f64();
         record(&b, stream)?;
-        Ok(secs(&a, &b, what)? / iters as f64)
+        Ok(Gated { gpu: secs(&a, &b, what)? / iters as f64, host: host / iters as f64 })
     }
 
     /// Warm-up (two calls), then the number of calls that makes a sample last `min_sample_s`.
@@ -83,11 +109,16 @@ impl<'g> Bench<'g> {
     /// `repeats` rounds; each runs `before`, then every case once (its calls between two
     /// events), in order. The samples of each case, seconds per call.
     pub fn side_by_side(&self, cases: &mut [Case<'_>], before: &mut dyn FnMut() -> R<()>) -> R<Vec<Vec<f64>>> {
+        Ok(self.side_by_side_gated(cases, before)?.into_iter().map(|xs| xs.iter().map(|g| g.gpu).collect()).collect())
+    }
+
+    /// [`Bench::side_by_side`] with the host's issue time of each sample beside.
+    pub fn side_by_side_gated(&self, cases: &mut [Case<'_>], before: &mut dyn FnMut() -> R<()>) -> R<Vec<Vec<Gated>>> {
         let mut samples = vec![Vec::new(); cases.len()];
         for _ in 0..self.opts.repeats {
             before()?;
             for (i, (what, iters, f)) in cases.iter_mut().enumerate() {
-                samples[i].push(self.time_calls(*iters, what, f.as_mut())?);
+                samples[i].push(self.time_gated(*iters, what, f.as_mut())?);
             }
         }
         Ok(samples)

@@ -2,7 +2,7 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{Allocator, MemoryPoint, ScheduleRunResult, SlowLanes};
+use super::{Allocator, MemoryPoint, OpSpan, ScheduleRunResult, SlowLanes};
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
@@ -38,14 +38,15 @@ struct HostSink {
 /// Timing events of the measured step: (lane kind, before, after) per timed action.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Timed {
-    Compute,
+    Compute(OpId),
     H2d,
     D2h,
     Wait,
 }
 
 struct Sampler {
-    spans: Vec<(Timed, CudaEvent, CudaEvent)>,
+    /// (what, before, after, the host's time to issue it).
+    spans: Vec<(Timed, CudaEvent, CudaEvent, std::time::Duration)>,
     memory: Vec<(usize, CudaEvent, u64)>,
     h2d_bytes: u64,
     d2h_bytes: u64,
@@ -152,6 +153,7 @@ pub fn run(
     let measured_step = first + opts.steps;
     let mut lane_times = StepTimes::default();
     let mut memory = Vec::new();
+    let (mut ops, mut issue_ms) = (Vec::new(), Vec::new());
     for s in first..=measured_step {
         let batch = training.next_batch()?;
         step.upload_batch(&gpu, &batch)?;
@@ -174,7 +176,11 @@ pub fn run(
         sink.nanos.store(0, Ordering::Relaxed);
         *sink.grad_norm.lock().expect("host sink") = None;
         record(&start, lanes.stream(Lane::Compute))?;
+        let t0 = Instant::now();
         issuer.issue_step(schedule, &mut step, arena.as_mut(), sampler.as_mut())?;
+        if sampler.is_none() && s > first {
+            issue_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
         for (lane, end) in Lane::ALL.iter().zip(&ends) {
             record(end, lanes.stream(*lane))?;
         }
@@ -205,10 +211,13 @@ pub fn run(
                     d2h_bytes: smp.d2h_bytes,
                     ..StepTimes::default()
                 };
-                for (kind, before, after) in &smp.spans {
+                for (kind, before, after, issued) in &smp.spans {
                     let d = elapsed_ms(before, after)? as f64;
-                    match kind {
-                        Timed::Compute => lane_times.compute_ms += d,
+                    match *kind {
+                        Timed::Compute(op) => {
+                            lane_times.compute_ms += d;
+                            ops.push(OpSpan { op, gpu_ms: d, issue_ms: issued.as_secs_f64() * 1e3 });
+                        }
                         Timed::H2d => lane_times.h2d_ms += d,
                         Timed::D2h => lane_times.d2h_ms += d,
                         Timed::Wait => lane_times.compute_wait_ms += d,
@@ -273,6 +282,8 @@ pub fn run(
         measured_step,
         lanes: lane_times,
         memory,
+        ops,
+        issue_ms,
     })
 }
 
@@ -349,9 +360,11 @@ impl Issuer<'_> {
                 Some(smp) => {
                     let (before, after) = (gpu.timing_event()?, gpu.timing_event()?);
                     record(&before, stream)?;
+                    let t0 = Instant::now();
                     f()?;
+                    let issued = t0.elapsed();
                     record(&after, stream)?;
-                    smp.spans.push((kind, before, after));
+                    smp.spans.push((kind, before, after, issued));
                     Ok(())
                 }
                 None => f(),
@@ -375,8 +388,9 @@ impl Issuer<'_> {
             Action::Run(op) if !self.update && self.is_update(op) => {}
             Action::HostRun(op) if !self.update && self.is_update(op) => lanes.host_run(i, &[], Box::new(|_| {}))?,
             Action::Run(op) | Action::Recompute(op) => {
+                let id = op;
                 let op = self.program.op(op);
-                timed(&mut sampler, Timed::Compute, lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
+                timed(&mut sampler, Timed::Compute(id), lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
             }
             Action::HostRun(op) => {
                 let (uses, job) =

@@ -114,6 +114,21 @@ pub struct ScheduleRunResult {
     pub measured_step: u32,
     pub lanes: StepTimes,
     pub memory: Vec<MemoryPoint>,
+    /// Every compute action of the measured step, in order (a recomputed op twice).
+    pub ops: Vec<OpSpan>,
+    /// The host's time to issue each timed step's actions (the steps after the first, the
+    /// measured one left out): a step whose issue time nears its GPU time is bound by the host's
+    /// launches, not by the kernels.
+    pub issue_ms: Vec<f64>,
+}
+
+/// One compute action of the measured step: its span on the compute stream (CUDA events before
+/// and after it) and the host's time to issue its launches.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct OpSpan {
+    pub op: models::program::OpId,
+    pub gpu_ms: f64,
+    pub issue_ms: f64,
 }
 
 /// Checks that `schedule` is one this executor can run for `program`: its format version and

@@ -27,7 +27,8 @@ pub(crate) fn waited_lanes(schedule: &Schedule) -> Vec<Option<Lane>> {
 }
 
 /// The step of `trace` (a simulation of `schedule`) broken into what the compute lane did. The
-/// simulator's compute lane is never idle but while it waits, so the parts sum to the step. A
+/// simulator's compute lane is never idle but while it waits (on another lane, or for the host
+/// to issue its next op), so the parts sum to the step. A
 /// wait on the compute lane's own event costs no time (its record came first on the lane); one
 /// bound to no record cannot be simulated; either would count as waiting on the host.
 pub fn step_breakdown(schedule: &Schedule, trace: &Trace) -> StepBreakdown {
@@ -48,6 +49,7 @@ pub fn step_breakdown(schedule: &Schedule, trace: &Trace) -> StepBreakdown {
                 Some(Lane::DeviceToHost) => b.waiting_on_d2h += len,
                 Some(Lane::Host | Lane::Compute) | None => b.waiting_on_host += len,
             },
+            SpanKind::Issue => b.waiting_on_launches += len,
             SpanKind::HostOp | SpanKind::Prefetch | SpanKind::Evict => {}
         }
     }

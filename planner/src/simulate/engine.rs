@@ -4,7 +4,7 @@
 use super::error::SimError;
 use super::labels::action_label;
 use super::record::Recorder;
-use models::cost::{host_op_time, op_time, Direction};
+use models::cost::{host_op_time, issue_time, op_time, Direction};
 use models::hardware::Shares;
 use models::inventory::TensorClass;
 use models::order::Order;
@@ -76,6 +76,10 @@ pub(crate) struct Engine<'a> {
     cursor: [usize; 4],
     state: [LaneState; 4],
     recorded: Vec<bool>,
+    /// When the host has issued each action (and every one before it): none starts earlier.
+    issued: Vec<f64>,
+    /// When each lane last became ready: a lane held back by issuing idles from then.
+    ready_since: [f64; 4],
     now: f64,
     tensors: Vec<TState>,
     /// Tensors some `Recompute` in the schedule rebuilds.
@@ -126,6 +130,15 @@ impl<'a> Engine<'a> {
             start.push((on_gpu, host_start[t.id.index()]));
         }
         rec.start();
+        let mut clock = 0.0;
+        let issued = schedule
+            .actions
+            .iter()
+            .map(|a| {
+                clock += hw.issue.map_or(0.0, |c| issue_time(a, program, &c).0);
+                clock
+            })
+            .collect();
         let mut recomputable = vec![false; inv.tensors.len()];
         for a in &schedule.actions {
             if let Action::Recompute(o) = a {
@@ -145,6 +158,8 @@ impl<'a> Engine<'a> {
             cursor: [0; 4],
             state: [LaneState::Ready; 4],
             recorded: vec![false; schedule.actions.len()],
+            issued,
+            ready_since: [0.0; 4],
             now: 0.0,
             tensors,
             recomputable,
@@ -194,6 +209,12 @@ impl<'a> Engine<'a> {
                 _ => f64::INFINITY,
             };
         }
+        // A ready lane whose next action the host has not issued yet moves when it has.
+        for l in 0..4 {
+            if let (LaneState::Ready, Some(&a)) = (self.state[l], self.lanes[l].get(self.cursor[l])) {
+                finish[l] = finish[l].min(self.issued[a]);
+            }
+        }
         let next = finish.iter().copied().fold(f64::INFINITY, f64::min);
         if !next.is_finite() {
             let l = (0..4).find(|&l| matches!(self.state[l], LaneState::Waiting { .. })).unwrap_or(0);
@@ -210,7 +231,7 @@ impl<'a> Engine<'a> {
             }
         }
         for (l, f) in finish.iter().enumerate() {
-            if *f <= next {
+            if *f <= next && !matches!(self.state[l], LaneState::Ready) {
                 self.complete(l);
             }
         }
@@ -235,7 +256,10 @@ impl<'a> Engine<'a> {
     fn next_lane(&self) -> Option<usize> {
         (0..4)
             .filter_map(|l| match self.state[l] {
-                LaneState::Ready => Some((self.lanes[l].get(self.cursor[l]).copied().unwrap_or(usize::MAX), l)),
+                LaneState::Ready => match self.lanes[l].get(self.cursor[l]).copied() {
+                    Some(a) => (self.issued[a] <= self.now).then_some((a, l)),
+                    None => Some((usize::MAX, l)),
+                },
                 LaneState::Waiting { action, .. } => {
                     let r = self.order.wait_record(action).expect("waits are bound");
                     self.recorded[r].then_some((action, l))
@@ -256,9 +280,17 @@ impl<'a> Engine<'a> {
                 }
                 self.cursor[l] += 1;
                 self.state[l] = LaneState::Ready;
+                self.ready_since[l] = self.now;
             }
             LaneState::Ready => match self.lanes[l].get(self.cursor[l]) {
-                Some(&a) => self.start(l, a)?,
+                Some(&a) => {
+                    if self.now > self.ready_since[l] {
+                        let label = self.label(a);
+                        self.rec.span(LANES[l], SpanKind::Issue, self.ready_since[l], self.now, label, a);
+                    }
+                    self.ready_since[l] = self.now;
+                    self.start(l, a)?
+                }
                 None => self.state[l] = LaneState::Done,
             },
             _ => {}
@@ -440,6 +472,7 @@ impl<'a> Engine<'a> {
             _ => return,
         };
         self.state[l] = LaneState::Ready;
+        self.ready_since[l] = now;
         let label = self.label(a);
         match self.schedule.actions[a] {
             Action::Run(o) | Action::Recompute(o) => {

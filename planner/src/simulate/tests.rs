@@ -48,6 +48,7 @@ fn hw() -> HardwareProfile {
         host_adam_call_overhead: Seconds::ZERO,
         host_sharing: None,
         interconnect: None,
+        issue: None,
     }
 }
 
@@ -692,4 +693,32 @@ fn host_work_and_copies_beside_it_keep_their_measured_shares() {
     assert_eq!(sharing.shares(false, true, true), Shares::FULL);
     assert_eq!(sharing.shares(true, false, false), Shares::FULL);
     assert_eq!(sharing.shares(true, true, true), other);
+}
+
+/// With the host's issue costs, no action starts before the host has issued it and every action
+/// before it: a step of kernels faster than their launches runs at the host's pace, the compute
+/// lane waits on launches, and the step's parts still add up; with costs of nothing it is the
+/// step without them.
+#[test]
+fn the_host_issues_every_action_before_it_starts() {
+    let p = tiny();
+    let s = schedule(&p, all_gpu_actions(&p), vec![]);
+    let plain = simulate(&p, &hw(), &s).unwrap();
+    let mut h = hw();
+    h.issue = Some(models::IssueCosts { kernel: Seconds::ZERO, product: Seconds::ZERO, copy: Seconds::ZERO, event: Seconds::ZERO });
+    assert!(close(simulate(&p, &h, &s).unwrap().step_time.0, plain.step_time.0));
+    // Issuing far slower than the GPU runs: the step is the host's issue time plus the last op.
+    let k = Seconds(1e-3);
+    h.issue = Some(models::IssueCosts { kernel: k, product: Seconds(2e-3), copy: k, event: k });
+    let t = simulate(&p, &h, &s).unwrap();
+    let issue: f64 = s.actions.iter().map(|a| models::cost::issue_time(a, &p, &h.issue.unwrap()).0).sum();
+    let last = s.actions.iter().rev().find_map(|a| if let Action::Run(o) = a { Some(*o) } else { None }).unwrap();
+    assert!(close(t.step_time.0, issue + models::cost::op_time(p.op(last), &h).0), "{} vs {issue}", t.step_time);
+    let products: u32 = p.ops.iter().map(|o| o.products).sum();
+    let launches: u32 = p.ops.iter().map(|o| o.launches).sum();
+    assert!(close(issue, 1e-3 * (launches - products) as f64 + 2e-3 * products as f64));
+    let b = crate::step_breakdown(&s, &t);
+    assert!(b.waiting_on_launches.0 > 0.9 * (t.step_time - plain.step_time).0, "{b:?}");
+    assert!((b.sum() - b.step).0.abs() < 1e-9, "{b:?}");
+    assert!(t.spans.iter().any(|x| x.kind == SpanKind::Issue && x.lane == Lane::Compute));
 }
