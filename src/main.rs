@@ -57,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
@@ -83,4 +84,18 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::exit_code(&e))
         }
     }
+}
+
+/// A reader that stops early (`offplan report DIR | head`) closes the pipe, and `println!`
+/// panics on the next line: stop quietly instead, as a filter does.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }

@@ -189,3 +189,19 @@ fn run_without_a_gpu_says_so_and_exits_4() {
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "nothing written");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A reader that closes the pipe before the output is written (`offplan ... | head`): the
+/// command stops quietly, success and no panic.
+#[test]
+fn a_closed_stdout_stops_quietly() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_offplan"))
+        .args(["inspect", "--model", &config("gpt2-124m")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("panicked"), "{:?}: {err}", o.status);
+}

@@ -40,7 +40,7 @@ impl Figure {
 }
 
 /// Width of the name column of text output.
-const NAME_WIDTH: usize = 17;
+const NAME_WIDTH: usize = 21;
 
 /// A plan's memory, from its prediction: the figures every output names.
 #[derive(Clone, Debug, PartialEq)]

@@ -219,6 +219,23 @@ mod tests {
         GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/configs/{name}.ron"))).unwrap()
     }
 
+    /// The host's time per product of a step weights each shape by how often the step makes it,
+    /// and the product count is what the program charges it for.
+    #[test]
+    fn product_issue_is_per_product_of_the_step() {
+        let cfg = config("gpt2-124m");
+        let rows: Vec<GemmRow> = step_gemms(&cfg)
+            .into_iter()
+            .enumerate()
+            .map(|(i, shape)| GemmRow { seconds: 1e-4, issue_seconds: if i == 0 { 40e-6 } else { 10e-6 }, shape })
+            .collect();
+        let calls: u64 = rows.iter().map(|r| r.shape.per_step).sum();
+        let want = (rows[0].shape.per_step as f64 * 40e-6 + (calls - rows[0].shape.per_step) as f64 * 10e-6) / calls as f64;
+        assert!((product_issue(&rows) - want).abs() < 1e-15);
+        let program = models::Program::build(&cfg);
+        assert_eq!(calls, program.ops.iter().map(|o| u64::from(o.products)).sum::<u64>(), "every product of the step is timed");
+    }
+
     #[test]
     fn step_gemms_count_the_program_matmul_flops() {
         for name in ["gpt2-tiny", "gpt2-124m", "gpt3-1.3b", "gpt3-6.7b"] {

@@ -445,7 +445,7 @@ mod tests {
             .into_iter()
             .map(|g| {
                 let rate = if g.name == "qkv" { 250e12 } else { 500e12 };
-                GemmRow { seconds: g.flops() / rate, shape: g }
+                GemmRow { seconds: g.flops() / rate, issue_seconds: 12e-6, shape: g }
             })
             .collect();
         let t = |what: &str, amount: f64, seconds: f64, launches: u32| Timed { what: what.into(), amount, seconds, launches };
@@ -467,6 +467,7 @@ mod tests {
             gelu_backward: t("gelu_backward", 1.5e9, 0.75e-3, 1),
             device_copy: t("device copy", 2e9, 0.7e-3, 1),
             launch_overhead: 0.0,
+            issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
             pool_reserved_after: 400 * MIB,

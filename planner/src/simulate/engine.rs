@@ -210,9 +210,9 @@ impl<'a> Engine<'a> {
             };
         }
         // A ready lane whose next action the host has not issued yet moves when it has.
-        for l in 0..4 {
+        for (l, f) in finish.iter_mut().enumerate() {
             if let (LaneState::Ready, Some(&a)) = (self.state[l], self.lanes[l].get(self.cursor[l])) {
-                finish[l] = finish[l].min(self.issued[a]);
+                *f = f.min(self.issued[a]);
             }
         }
         let next = finish.iter().copied().fold(f64::INFINITY, f64::min);
