@@ -343,7 +343,9 @@ impl HardwareProfile {
             matmul_flops: p.matmul_flops,
             attention_flops: p.attention_flops,
             host_adam_params_per_second: p.host_adam_params_per_second,
-            issue: p.issue.or(self.issue),
+            // A profile without issue costs timed its launch overhead with the host's pace in
+            // it: the probe's issue costs would count that pace twice.
+            issue: self.issue.and(p.issue).or(self.issue),
             ..self.clone()
         }
     }

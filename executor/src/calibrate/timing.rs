@@ -29,6 +29,11 @@ pub(super) fn secs(start: &CudaEvent, end: &CudaEvent, what: &str) -> R<f64> {
     Ok(ms / 1e3)
 }
 
+/// The most calls one held sample takes: the driver queues about a thousand launches per
+/// stream, and a host that fills the queue waits for the GPU, which would time the hold, not the
+/// issuing.
+pub(super) const MAX_HELD_CALLS: u32 = 500;
+
 /// How long hold the stream per call timed, and at most.
 const HOLD_PER_CALL_NS: u64 = 30_000;
 const MAX_HOLD_NS: u64 = 40_000_000;
@@ -82,6 +87,7 @@ impl<'g> Bench<'g> {
     /// busy while the host issues the calls, so the events time the GPU's work alone (not the
     /// host's pace), and the host's time to issue them is timed beside.
     pub fn time_gated(&self, iters: u32, what: &str, f: &mut dyn FnMut() -> R<()>) -> R<Gated> {
+        let iters = iters.min(MAX_HELD_CALLS);
         let stream = &self.gpu.compute;
         let (a, b) = (self.gpu.timing_event()?, self.gpu.timing_event()?);
         // Longer than the host takes to issue the calls (tens of microseconds each at most).
@@ -103,7 +109,7 @@ impl<'g> Bench<'g> {
         f()?;
         self.gpu.synchronize()?;
         let one = self.time_calls(1, what, f)?;
-        Ok(((self.opts.min_sample_s / one).ceil() as u32).clamp(1, 1000))
+        Ok(((self.opts.min_sample_s / one).ceil() as u32).clamp(1, MAX_HELD_CALLS))
     }
 
     /// `repeats` rounds; each runs `before`, then every case once (its calls between two
