@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 /// The memory figures' names, then the step's, as every output prints them.
 const MEMORY: [&str; 5] = ["live peak", "arena", "device", "headroom", "host memory"];
-const STEP: [&str; 6] = ["step time", "compute busy", "waiting on H2D", "waiting on D2H", "waiting on host", "after compute"];
+const STEP: [&str; 7] =
+    ["step time", "compute busy", "waiting on H2D", "waiting on D2H", "waiting on host", "waiting on launches", "after compute"];
 
 /// The value printed on the first text line that is `name`, two spaces or more, then a value
 /// (a number and a unit): `live peak          1.389 GiB  of live tensors, ...`.
