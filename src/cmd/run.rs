@@ -532,7 +532,7 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     record.predicted_time = Some(predicted_time);
     record.measured_time = Some(measured_time);
     record.op_times = reports::record::OpKindTime::table(&program, &hw, result.ops.iter().map(|o| (o.op, o.gpu_ms, o.issue_ms)));
-    record.issue_ms = median(&result.issue_ms);
+    record.issue_ms = (!result.issue_ms.is_empty()).then(|| reports::record::median(&result.issue_ms));
     print_op_times(&record.op_times, record.issue_ms, record.median_ms);
     record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     write_loss_chart(args, out, &record)?;
@@ -561,12 +561,6 @@ fn check_host_memory(schedule: &Schedule, program: &Program, hw: &HardwareProfil
         );
     }
     Ok(())
-}
-
-fn median(xs: &[f64]) -> Option<f64> {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// The measured step's compute actions by kind against the profile, and how long the host took

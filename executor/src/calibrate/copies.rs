@@ -78,7 +78,7 @@ mod gpu {
     /// The host's time to issue one small pinned copy to the device (the stream held, so it
     /// never waits for the copy engine), the median over the rounds.
     pub fn copy_issue(b: &Bench, bufs: &mut Buffers) -> R<f64> {
-        let (s, calls) = (&b.gpu.compute, b.opts.launches.min(500));
+        let (s, calls) = (&b.gpu.compute, b.opts.launches);
         let samples = bufs.with_copies(b, |copies, dev| {
             let dst = dev.d_a.range(0, 4096)?;
             let mut up = || -> R<()> { Ok(copies.upload(s, dst)?) };

@@ -22,6 +22,20 @@ pub fn program_op(program: &Program, kind: OpKind) -> Option<(f64, u64, u32)> {
 #[cfg(feature = "cuda")]
 pub(super) use gpu::{attention, gelu, launches};
 
+impl Launches {
+    /// The host's issue costs: a kernel and an event from these launches, a product and a copy
+    /// as timed beside (seconds each).
+    pub fn issue_costs(&self, product: f64, copy: f64) -> models::IssueCosts {
+        use models::Seconds;
+        models::IssueCosts {
+            kernel: Seconds(self.host_kernel),
+            product: Seconds(product),
+            copy: Seconds(copy),
+            event: Seconds(self.host_event),
+        }
+    }
+}
+
 /// Back-to-back launches of a tiny kernel, seconds each.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Launches {

@@ -267,12 +267,7 @@ mod imp {
             gelu_backward: gelu.backward,
             device_copy,
             launch_overhead: launches.gpu,
-            issue: models::IssueCosts {
-                kernel: models::Seconds(launches.host_kernel),
-                product: models::Seconds(product_issue),
-                copy: models::Seconds(copy_issue),
-                event: models::Seconds(launches.host_event),
-            },
+            issue: launches.issue_costs(product_issue, copy_issue),
             device_used_at_start: device.used_at_start,
             device_used_after: in_use.device_used_after,
             pool_reserved_after: in_use.pool_reserved_after,

@@ -68,12 +68,7 @@ mod gpu {
             matmul_flops: FlopsPerSecond(matmul_rate(&gemms, launch_overhead).map_err(ExecError::Calibration)?),
             attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
             host_adam_params_per_second: adam.rate(),
-            issue: Some(models::IssueCosts {
-                kernel: models::Seconds(launches.host_kernel),
-                product: models::Seconds(products::product_issue(&gemms)),
-                copy: models::Seconds(copy_issue),
-                event: models::Seconds(launches.host_event),
-            }),
+            issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue)),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(

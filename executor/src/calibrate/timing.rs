@@ -6,7 +6,7 @@
 use super::{bad, mib, Options, MIB};
 use crate::gpu::{elapsed_ms, record, DeviceBuffer, Gpu, Kernels, Lt};
 use crate::host::bf16::{bf16, f32_to_bf16};
-use crate::kernels::{KernelSet, MatType, SpinNs};
+use crate::kernels::{KernelSet, MatType};
 use crate::ops::{Call, StepLaunches};
 use crate::ExecError;
 use cudarc::driver::CudaEvent;
@@ -91,8 +91,7 @@ impl<'g> Bench<'g> {
         let stream = &self.gpu.compute;
         let (a, b) = (self.gpu.timing_event()?, self.gpu.timing_event()?);
         // Longer than the host takes to issue the calls (tens of microseconds each at most).
-        let hold = SpinNs { ns: (u64::from(iters) * HOLD_PER_CALL_NS).min(MAX_HOLD_NS) }.launch::<TensorId>();
-        self.kernels.launch(stream, &hold, |_| Err(crate::gpu::GpuError::Invalid("spin_ns takes no buffers".into())))?;
+        self.kernels.spin(stream, (u64::from(iters) * HOLD_PER_CALL_NS).min(MAX_HOLD_NS))?;
         record(&a, stream)?;
         let t0 = Instant::now();
         for _ in 0..iters {

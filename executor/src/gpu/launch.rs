@@ -5,7 +5,7 @@
 
 use super::{DeviceBuffer, Gpu, GpuError, Result};
 use crate::kernel_cache::KernelCache;
-use crate::kernels::{Arg, Kernel, KernelSet, Launch, KERNEL_SOURCES};
+use crate::kernels::{Arg, Kernel, KernelSet, Launch, SpinNs, KERNEL_SOURCES};
 use crate::startup::KernelStats;
 use cudarc::driver::{sys, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -163,6 +163,11 @@ impl Kernels {
             Some((loaded, f)) if *loaded == k => Ok(f),
             _ => Err(GpuError::NoKernel(k.name())),
         }
+    }
+
+    /// Queues `spin_ns`: the stream is held `ns` nanoseconds (no buffers).
+    pub fn spin(&self, stream: &CudaStream, ns: u64) -> Result<()> {
+        self.launch(stream, &SpinNs { ns }.launch::<()>(), |_| Err(GpuError::Invalid("spin_ns takes no buffers".into())))
     }
 
     /// Launches `l` on `stream`, each region's buffer given by `resolve`. Checks the arguments

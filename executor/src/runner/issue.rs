@@ -7,7 +7,7 @@ use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
 use crate::kernel_cache::KernelCache;
-use crate::kernels::{KernelSet, SpinNs};
+use crate::kernels::KernelSet;
 use crate::startup::StartClock;
 use crate::state::device::{load_state, LiveState};
 use crate::state::StateHomes;
@@ -380,16 +380,14 @@ impl Issuer<'_> {
                 _ => None,
             };
             if let Some((lane, ns)) = lane.and_then(|l| slow.delay_ns(self.step, i, l).map(|ns| (l, ns))) {
-                let spin = SpinNs { ns }.launch::<TensorId>();
-                step.kernels().launch(lanes.stream(lane), &spin, |_| Err(GpuError::Invalid("spin_ns takes no buffers".into())))?;
+                step.kernels().spin(lanes.stream(lane), ns)?;
             }
         }
         match *a {
             Action::Run(op) if !self.update && self.is_update(op) => {}
             Action::HostRun(op) if !self.update && self.is_update(op) => lanes.host_run(i, &[], Box::new(|_| {}))?,
-            Action::Run(op) | Action::Recompute(op) => {
-                let id = op;
-                let op = self.program.op(op);
+            Action::Run(id) | Action::Recompute(id) => {
+                let op = self.program.op(id);
                 timed(&mut sampler, Timed::Compute(id), lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
             }
             Action::HostRun(op) => {
