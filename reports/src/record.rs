@@ -135,8 +135,10 @@ pub struct Record {
     /// The step's clipping; `Off` in records written before clipping, which did not clip.
     #[serde(default)]
     pub clipping: models::program::Clipping,
-    /// The measured step's compute actions by op kind, against what the record's profile
-    /// prices them at; empty in records written before ops were timed one by one.
+    /// A step's compute actions by op kind, against what the record's profile prices them at:
+    /// spans of the first step with the GPU held ahead of the host (runs from device run 24 on;
+    /// before, the measured step's spans, which a host-bound step stretches to its issue pace);
+    /// empty in records written before ops were timed one by one.
     #[serde(default)]
     pub op_times: Vec<OpKindTime>,
     /// Median host time to issue a timed step's actions, ms; None in records written before.

@@ -563,13 +563,13 @@ fn check_host_memory(schedule: &Schedule, program: &Program, hw: &HardwareProfil
     Ok(())
 }
 
-/// The measured step's compute actions by kind against the profile, and how long the host took
+/// The compute actions by kind against the profile (timed with the GPU held), and how long the host took
 /// to issue a step beside how long the step ran.
 fn print_op_times(rows: &[reports::record::OpKindTime], issue_ms: Option<f64>, step_ms: f64) {
     if rows.is_empty() {
         return;
     }
-    println!("compute actions of the measured step by kind (CUDA events around each) vs the profile:");
+    println!("compute actions by kind vs the profile (CUDA events around each, in the first step with the GPU held ahead of the host; issue times from the measured step):");
     println!(
         "  {:<12} {:>5} {:>8} {:>11} {:>11} {:>8} {:>11}",
         "kind", "runs", "launches", "measured ms", "profile ms", "error", "issue ms"

@@ -52,6 +52,7 @@ mod copies;
 mod host;
 mod kernels;
 mod memory;
+mod ops;
 mod probe;
 mod products;
 mod report;
@@ -239,6 +240,7 @@ mod imp {
         let gemms = products::measure(&bench, &src, gemms)?;
         let attention = kernels::attention(&bench, &src)?;
         let gelu = kernels::gelu(&bench, &src)?;
+        let op_kernels = ops::every_op(&bench, &src)?;
         let in_use = memory::in_use(&gpu, &device)?;
 
         let mut buffers = copies::Buffers::new(&bench)?;
@@ -248,7 +250,15 @@ mod imp {
         let largest = copies.last().expect("checked non-empty");
         let shared = shared_memory::gpu::measure(&bench, &mut buffers, largest)?;
         let device_copy = copies::device_copy(&bench, &buffers)?;
-        bench.finish(buffers, src)?;
+        bench.finish(Some(buffers), src)?;
+
+        // The same ops at a small micro-batch, where a kernel's fixed costs show.
+        let small_cfg = GptConfig { batch: 1, seq: cfg.seq.min(256), ..cfg.clone() };
+        let small_program = Program::build(&small_cfg);
+        let small = Bench::new(&gpu, &small_program, &set, opts)?;
+        let small_src = Source::new(&small, &[])?;
+        let small_op_kernels = ops::every_op(&small, &small_src)?;
+        small.finish(None, small_src)?;
 
         let host = host::measure(opts)?;
         tracing::info!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
@@ -267,6 +277,9 @@ mod imp {
             gelu_backward: gelu.backward,
             device_copy,
             launch_overhead: launches.gpu,
+            op_kernels,
+            small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
+            small_op_kernels,
             issue: launches.issue_costs(product_issue, copy_issue),
             device_used_at_start: device.used_at_start,
             device_used_after: in_use.device_used_after,

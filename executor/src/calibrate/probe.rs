@@ -57,7 +57,7 @@ mod gpu {
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
         let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
         let adam = shared_memory::gpu::adam_alone(&bench)?;
-        bench.finish(buffers, src)?;
+        bench.finish(Some(buffers), src)?;
         gpu.synchronize()?;
         gpu.trim_pool()?;
         let rates = ProbeRates {

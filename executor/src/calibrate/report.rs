@@ -28,6 +28,11 @@ pub struct Calibration {
     /// Device-to-device copy, bytes read + written.
     pub device_copy: Timed,
     pub launch_overhead: f64,
+    /// Layer 0's ops each alone at the step's shapes, and at a small micro-batch
+    /// (`small_config`): what a kernel costs beyond the roofline.
+    pub op_kernels: Vec<super::ops::OpKernel>,
+    pub small_config: String,
+    pub small_op_kernels: Vec<super::ops::OpKernel>,
     /// The host's time to issue each kind of work.
     pub issue: models::IssueCosts,
     /// Device memory in use right after the context was created.
@@ -268,6 +273,46 @@ impl Calibration {
         w
     }
 
+    /// Layer 0's ops alone at both sizes: measured, the roofline at the calibrated rates, and
+    /// the time beyond it per launch.
+    fn op_kernel_report(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        if self.op_kernels.is_empty() {
+            return s;
+        }
+        let (mm, att, bw) = (self.matmul_rate().unwrap_or(f64::NAN), self.attention_rate(), self.memory_rate());
+        let _ = writeln!(s, "\nlayer 0's ops, each alone on the GPU: measured, roofline at the rates above, time beyond it per launch");
+        let _ = writeln!(s, "  {:<12} {:>8}  {:>32}  {:>32}", "", "", self.config, self.small_config);
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>8}  {:>10} {:>10} {:>10}  {:>10} {:>10} {:>10}",
+            "op", "launches", "us", "roofline", "beyond/l", "us", "roofline", "beyond/l"
+        );
+        for k in &self.op_kernels {
+            let small = self.small_op_kernels.iter().find(|x| x.kind == k.kind);
+            let mut line = format!(
+                "  {:<12} {:>8}  {:>10.2} {:>10.2} {:>10.2}",
+                k.kind,
+                k.launches,
+                k.seconds * 1e6,
+                k.roofline(mm, att, bw) * 1e6,
+                k.beyond_per_launch(mm, att, bw) * 1e6
+            );
+            if let Some(x) = small {
+                let _ = write!(
+                    line,
+                    "  {:>10.2} {:>10.2} {:>10.2}",
+                    x.seconds * 1e6,
+                    x.roofline(mm, att, bw) * 1e6,
+                    x.beyond_per_launch(mm, att, bw) * 1e6
+                );
+            }
+            let _ = writeln!(s, "{line}");
+        }
+        s
+    }
+
     /// All measurements as a text table.
     pub fn report(&self) -> String {
         use std::fmt::Write;
@@ -367,6 +412,7 @@ impl Calibration {
             i.copy.0 * 1e6,
             i.event.0 * 1e6
         );
+        let _ = write!(s, "{}", self.op_kernel_report());
         if let Ok(c) = self.large_copy() {
             let _ = writeln!(s, "\n{}", self.shared.report(c));
         }
@@ -467,6 +513,9 @@ mod tests {
             gelu_backward: t("gelu_backward", 1.5e9, 0.75e-3, 1),
             device_copy: t("device copy", 2e9, 0.7e-3, 1),
             launch_overhead: 0.0,
+            op_kernels: Vec::new(),
+            small_config: String::new(),
+            small_op_kernels: Vec::new(),
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,

@@ -138,8 +138,14 @@ impl<'g> Bench<'g> {
         check: impl FnOnce() -> R<()>,
         before: &mut dyn FnMut() -> R<()>,
     ) -> R<Vec<Vec<f64>>> {
-        let iters =
-            ops.iter().map(|(what, calls)| self.calibrate_iters(what, &mut || self.run(calls, tensors))).collect::<R<Vec<u32>>>()?;
+        // A held sample's launches, not its calls, must fit in the driver's queue.
+        let iters = ops
+            .iter()
+            .map(|(what, calls)| {
+                let most = (MAX_HELD_CALLS / calls.len().max(1) as u32).max(1);
+                Ok(self.calibrate_iters(what, &mut || self.run(calls, tensors))?.min(most))
+            })
+            .collect::<R<Vec<u32>>>()?;
         self.gpu.synchronize()?;
         check()?;
         let mut cases: Vec<Case> =
@@ -190,7 +196,7 @@ impl<'g> Bench<'g> {
 
     /// Gives everything back once the streams are done: the copies' buffers and the random data
     /// first, then cuBLASLt and its workspace.
-    pub fn finish(self, copies: super::copies::Buffers, src: Source) -> R<()> {
+    pub fn finish(self, copies: Option<super::copies::Buffers>, src: Source) -> R<()> {
         self.gpu.synchronize()?;
         drop((copies, src, self.tiny));
         self.gpu.synchronize()?;

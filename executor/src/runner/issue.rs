@@ -50,7 +50,32 @@ struct Sampler {
     memory: Vec<(usize, CudaEvent, u64)>,
     h2d_bytes: u64,
     d2h_bytes: u64,
+    /// Holds the compute lane ahead of the host (the op-timing step): its ops' spans time the
+    /// GPU alone, not the host's pace of issuing them.
+    hold: Option<Hold>,
+    /// Compute actions issued so far.
+    computes: usize,
 }
+
+impl Sampler {
+    fn new(hold: Option<Hold>) -> Sampler {
+        Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0, hold, computes: 0 }
+    }
+}
+
+/// A spin kernel of `ns` before every `every`-th compute action: long enough for the host to
+/// issue the next `every` actions while the GPU waits, and few enough actions that their
+/// launches and events fit in the driver's queue (about a thousand entries) so the host never
+/// waits on it.
+#[derive(Clone, Copy)]
+struct Hold {
+    every: usize,
+    ns: u64,
+}
+
+/// 32 compute actions take the host at most about 25 us each to issue with their two events
+/// (a product 12 us, a linear backward's four launches more): a 1 ms hold covers them.
+const OP_TIMING_HOLD: Hold = Hold { every: 32, ns: 1_000_000 };
 
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -154,6 +179,9 @@ pub fn run(
     let mut lane_times = StepTimes::default();
     let mut memory = Vec::new();
     let (mut ops, mut issue_ms) = (Vec::new(), Vec::new());
+    // The first step (left out of the median) times each compute action with the GPU held
+    // ahead of the host; the measured step times the lanes as they run.
+    let mut held_ops: Option<Vec<f64>> = None;
     for s in first..=measured_step {
         let batch = training.next_batch()?;
         step.upload_batch(&gpu, &batch)?;
@@ -172,7 +200,14 @@ pub fn run(
             update: true,
             max_grad_norm: opts.setup.grad_clip,
         };
-        let mut sampler = (s == measured_step).then(|| Sampler { spans: Vec::new(), memory: Vec::new(), h2d_bytes: 0, d2h_bytes: 0 });
+        let op_timing = s == first && first < measured_step;
+        let mut sampler = if s == measured_step {
+            Some(Sampler::new(None))
+        } else if op_timing {
+            Some(Sampler::new(Some(OP_TIMING_HOLD)))
+        } else {
+            None
+        };
         sink.nanos.store(0, Ordering::Relaxed);
         *sink.grad_norm.lock().expect("host sink") = None;
         record(&start, lanes.stream(Lane::Compute))?;
@@ -197,6 +232,19 @@ pub fn run(
         let (free, _) = gpu.mem_info()?;
         device_used_high = device_used_high.max(total - free);
         match sampler {
+            Some(smp) if op_timing => {
+                let mut gpu_ms = Vec::new();
+                for (kind, before, after, _) in &smp.spans {
+                    if let Timed::Compute(_) = kind {
+                        gpu_ms.push(elapsed_ms(before, after)? as f64);
+                    }
+                }
+                held_ops = Some(gpu_ms);
+                let (norm, checksum) = sink.grad_norm.lock().expect("host sink").take().unzip();
+                let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops).with_gradients(norm, checksum);
+                progress(Progress::Step(&r));
+                reports.push(r);
+            }
             None => {
                 let (norm, checksum) = sink.grad_norm.lock().expect("host sink").take().unzip();
                 let r = StepReport::new(s, loss, adamw.lr, ms, cfg.tokens(), flops, opts.peak_flops).with_gradients(norm, checksum);
@@ -260,6 +308,12 @@ pub fn run(
         let live = LiveState::new(&gpu, &step, Some(&lanes), homes);
         if let Some(saved) = training.after_step(s, measured_step, program, &live, opts.seed, &adamw, Some(&schedule.checksum))? {
             progress(Progress::Saved(&saved));
+        }
+    }
+    // The same schedule issues the same compute actions every step.
+    if let Some(held) = held_ops.filter(|h| h.len() == ops.len()) {
+        for (o, gpu_ms) in ops.iter_mut().zip(held) {
+            o.gpu_ms = gpu_ms;
         }
     }
     let pool = gpu.pool_stats()?;
@@ -388,6 +442,12 @@ impl Issuer<'_> {
             Action::HostRun(op) if !self.update && self.is_update(op) => lanes.host_run(i, &[], Box::new(|_| {}))?,
             Action::Run(id) | Action::Recompute(id) => {
                 let op = self.program.op(id);
+                if let Some(smp) = sampler.as_deref_mut() {
+                    if let Some(h) = smp.hold.filter(|h| smp.computes % h.every == 0) {
+                        step.kernels().spin(lanes.stream(Lane::Compute), h.ns)?;
+                    }
+                    smp.computes += 1;
+                }
                 timed(&mut sampler, Timed::Compute(id), lanes.stream(Lane::Compute), &mut || Ok(step.dispatch(gpu, op, self.step)?))?;
             }
             Action::HostRun(op) => {

@@ -114,7 +114,9 @@ pub struct ScheduleRunResult {
     pub measured_step: u32,
     pub lanes: StepTimes,
     pub memory: Vec<MemoryPoint>,
-    /// Every compute action of the measured step, in order (a recomputed op twice).
+    /// Every compute action of a step, in order (a recomputed op twice): its span timed in the
+    /// first step with the compute lane held ahead of the host (the GPU alone), its issue time
+    /// in the measured step. A run of one step times both in that step, as it runs.
     pub ops: Vec<OpSpan>,
     /// The host's time to issue each timed step's actions (the steps after the first, the
     /// measured one left out): a step whose issue time nears its GPU time is bound by the host's
@@ -122,8 +124,8 @@ pub struct ScheduleRunResult {
     pub issue_ms: Vec<f64>,
 }
 
-/// One compute action of the measured step: its span on the compute stream (CUDA events before
-/// and after it) and the host's time to issue its launches.
+/// One compute action of a step: its span on the compute stream (CUDA events before and after
+/// it) and the host's time to issue its launches.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct OpSpan {
     pub op: models::program::OpId,

@@ -1,0 +1,109 @@
+//! Every GPU op of layer 0 (and the final layer norm's), launched as the step launches it, each
+//! timed alone with the stream held: what a kernel costs the GPU beyond its bytes and FLOPs at
+//! the calibrated rates, at the step's size and at a small one.
+
+use models::program::{Op, WorkClass};
+use serde::Serialize;
+
+/// One op's calls, timed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpKernel {
+    /// The op's family (`Ln1`, `QkvBwd`, ...).
+    pub kind: String,
+    pub work: WorkClass,
+    pub flops: f64,
+    pub bytes: u64,
+    pub launches: u32,
+    pub products: u32,
+    /// Median seconds of one call of the op's launches.
+    pub seconds: f64,
+}
+
+impl OpKernel {
+    pub fn of(op: &Op, seconds: f64) -> OpKernel {
+        OpKernel {
+            kind: op.kind.family().to_string(),
+            work: op.work,
+            flops: op.flops.0,
+            bytes: op.bytes.0,
+            launches: op.launches,
+            products: op.products,
+            seconds,
+        }
+    }
+
+    /// Its roofline time at the rates given (FLOP/s of products and of attention, bytes/s).
+    pub fn roofline(&self, matmul: f64, attention: f64, bandwidth: f64) -> f64 {
+        let arithmetic = match self.work {
+            WorkClass::Matmul => self.flops / matmul,
+            WorkClass::Attention => self.flops / attention,
+            WorkClass::Memory => 0.0,
+        };
+        arithmetic.max(self.bytes as f64 / bandwidth)
+    }
+
+    /// Seconds per launch beyond the roofline.
+    pub fn beyond_per_launch(&self, matmul: f64, attention: f64, bandwidth: f64) -> f64 {
+        (self.seconds - self.roofline(matmul, attention, bandwidth)) / self.launches.max(1) as f64
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(super) use gpu::every_op;
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::OpKernel;
+    use crate::calibrate::timing::{Bench, Source, R};
+    use crate::calibrate::{bad, positive_median};
+    use models::program::OpKind;
+
+    /// Layer 0's ops, the final layer norm and its backward: all but those reading token ids or
+    /// targets (the embedding, the loss and the output layer), on random data.
+    fn timed_here(kind: OpKind) -> bool {
+        kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd)
+    }
+
+    /// Times each of those ops alone (its calls between two events, the stream held), all side
+    /// by side in rounds; the medians.
+    pub fn every_op(b: &Bench, src: &Source) -> R<Vec<OpKernel>> {
+        let program = b.program;
+        let ops: Vec<_> = program.ops.iter().filter(|o| timed_here(o.kind)).collect();
+        let mut ids: Vec<_> = ops.iter().flat_map(|o| o.touches()).collect();
+        ids.sort();
+        ids.dedup();
+        let t = b.tensors(&ids)?;
+        for id in &ids {
+            src.fill(b.gpu, t.get(*id)?)?;
+        }
+        let calls = ops
+            .iter()
+            .map(|o| Ok((o.name.as_str(), b.launches.op(o, 1, &crate::host::AdamW::default()).map_err(|e| bad(e.to_string()))?)))
+            .collect::<R<Vec<_>>>()?;
+        let samples = b.time_ops(&t, &calls, || Ok(()), &mut || Ok(()))?;
+        let out = ops.iter().zip(&samples).map(|(o, s)| Ok(OpKernel::of(o, positive_median(s, &o.name)?))).collect::<R<Vec<_>>>()?;
+        drop(t);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::program::OpKind;
+    use models::{GptConfig, Program};
+    use std::path::Path;
+
+    #[test]
+    fn time_beyond_the_roofline_is_per_launch() {
+        let cfg = GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/gpt2-124m.ron")).unwrap();
+        let p = Program::build(&cfg);
+        let op = p.find(OpKind::Ln1Bwd(0)).unwrap();
+        let bw = 4e12;
+        let k = OpKernel::of(op, op.bytes.0 as f64 / bw + 3.0 * 2e-6);
+        assert_eq!(k.launches, 3);
+        assert!((k.beyond_per_launch(1e15, 1e14, bw) - 2e-6).abs() < 1e-12);
+        let q = OpKernel::of(p.find(OpKind::Qkv(0)).unwrap(), 1e-3);
+        assert!((q.roofline(1e12, 1e12, 1e20) - q.flops / 1e12).abs() < 1e-15);
+    }
+}
