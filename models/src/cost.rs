@@ -27,6 +27,11 @@ pub fn op_time(op: &Op, hw: &HardwareProfile) -> Seconds {
         WorkClass::Attention => op.flops / hw.attention_flops,
         WorkClass::Memory => Seconds::ZERO,
     };
+    if op.work == WorkClass::Memory {
+        if let Some(k) = hw.kernels.get(op.kind.family()) {
+            return op.bytes / hw.memory_bandwidth * (1.0 / k.efficiency) + k.per_launch * op.launches as f64;
+        }
+    }
     let memory = op.bytes / hw.memory_bandwidth;
     arithmetic.max(memory) + hw.launch_overhead * op.launches as f64
 }
@@ -87,4 +92,28 @@ pub fn transfer_time(bytes: Bytes, dir: Direction, duplex: bool, hw: &HardwarePr
 /// Compute-stream time of the whole program with everything on the GPU.
 pub fn all_gpu_step_time(program: &Program, hw: &HardwareProfile) -> Seconds {
     program.ops.iter().map(|o| op_time(o, hw)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::KernelCost;
+    use std::path::Path;
+
+    #[test]
+    fn a_memory_op_of_a_calibrated_family_costs_its_fit() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let p = Program::build(&crate::GptConfig::load(&dir.join("configs/gpt2-124m.ron")).unwrap());
+        let mut hw = HardwareProfile::load(&dir.join("hardware/h100-sxm.ron")).unwrap();
+        let ln = p.find(OpKind::Ln1Bwd(3)).unwrap();
+        let plain = op_time(ln, &hw);
+        assert_eq!(plain, (ln.bytes / hw.memory_bandwidth) + hw.launch_overhead * 3.0);
+        hw.kernels.insert("Ln1Bwd".into(), KernelCost { per_launch: Seconds(5e-6), efficiency: 0.5 });
+        let fitted = op_time(ln, &hw);
+        assert!((fitted.0 - (2.0 * (ln.bytes / hw.memory_bandwidth).0 + 15e-6)).abs() < 1e-12);
+        // Products keep their rate.
+        let qkv = p.find(OpKind::Qkv(0)).unwrap();
+        hw.kernels.insert("Qkv".into(), KernelCost { per_launch: Seconds(1e-3), efficiency: 0.01 });
+        assert!(op_time(qkv, &hw).0 < 1e-3);
+    }
 }

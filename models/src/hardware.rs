@@ -3,6 +3,7 @@
 use crate::error::{field_line, ModelError};
 use crate::units::{Bytes, BytesPerSecond, FlopsPerSecond, Seconds};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where a profile's numbers come from.
@@ -94,6 +95,52 @@ pub struct HardwareProfile {
     /// host issuing and so holds the host's pace for small kernels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue: Option<IssueCosts>,
+    /// Memory-bound kernels as calibrate timed them, by op family (`Ln1Bwd`, `GradNorm`, ...):
+    /// each launch's fixed time and the share of `memory_bandwidth` the kernel reaches. A
+    /// family not listed costs its bytes at `memory_bandwidth` plus `launch_overhead` per
+    /// launch. Products and attention are priced by their rates (which a run's probe measures
+    /// at the step's shapes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernels: BTreeMap<String, KernelCost>,
+}
+
+/// A memory-bound kernel's cost: `per_launch` plus its bytes at `efficiency` x the profile's
+/// memory bandwidth.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCost {
+    pub per_launch: Seconds,
+    pub efficiency: f64,
+}
+
+impl KernelCost {
+    /// Fits the cost to one op timed at two sizes: `small` and `large` are (seconds, seconds
+    /// of its bytes at the profile's bandwidth), `launches` per op. Two sizes give the fixed
+    /// part and the rate; sizes too close together (an optimizer's update, whose bytes do not
+    /// grow with the micro-batch) give the rate only, over `launch_overhead` per launch.
+    pub fn fit(small: (f64, f64), large: (f64, f64), launches: u32, launch_overhead: Seconds) -> Option<KernelCost> {
+        let l = f64::from(launches.max(1));
+        let ((ts, rs), (tl, rl)) = (small, large);
+        if ![ts, rs, tl, rl].iter().all(|v| v.is_finite() && *v > 0.0) {
+            return None;
+        }
+        let rate_only = |t: f64, r: f64| {
+            let work = (t - l * launch_overhead.0).max(0.5 * t);
+            KernelCost { per_launch: launch_overhead, efficiency: r / work }
+        };
+        let cost = if rl > 1.5 * rs {
+            let inverse = (tl - ts) / (rl - rs);
+            let fixed = (ts - rs * inverse) / l;
+            if inverse <= 0.0 || fixed < 0.0 {
+                rate_only(tl, rl)
+            } else {
+                KernelCost { per_launch: Seconds(fixed), efficiency: 1.0 / inverse }
+            }
+        } else {
+            rate_only(tl, rl)
+        };
+        Some(KernelCost { efficiency: cost.efficiency.clamp(0.01, 2.0), ..cost })
+    }
 }
 
 /// Host time to issue one piece of work on a stream (`offplan calibrate` times each with the
@@ -454,6 +501,20 @@ impl HardwareProfile {
         if let Some(i) = &self.interconnect {
             i.validate()?;
         }
+        for (family, k) in &self.kernels {
+            if !crate::program::OpKind::FAMILIES.contains(&family.as_str()) {
+                return Err((
+                    "kernels",
+                    format!("`kernels` names `{family}`, which is no op family (one of {})", crate::program::OpKind::FAMILIES.join(", ")),
+                ));
+            }
+            if !(k.efficiency.is_finite() && k.efficiency > 0.0 && k.efficiency <= 2.0) {
+                return Err(("kernels", format!("`kernels.{family}.efficiency` must be in (0, 2], got {}", k.efficiency)));
+            }
+            if !(k.per_launch.0.is_finite() && (0.0..1e-3).contains(&k.per_launch.0)) {
+                return Err(("kernels", format!("`kernels.{family}.per_launch` must be in [0, 1 ms), got {} s", k.per_launch.0)));
+            }
+        }
         if self.memory.0 == 0 {
             return Err(("memory", "`memory` must be positive".into()));
         }
@@ -518,6 +579,47 @@ mod tests {
         hw.pool_slack = Bytes::ZERO;
         hw.pool_slack_fraction = 0.0;
         assert_eq!(hw.pool_capacity(budget), budget.saturating_sub(hw.fixed_overhead));
+    }
+
+    #[test]
+    fn a_kernel_cost_fitted_at_two_sizes_gives_both_back() {
+        // 3 launches of 4 us each, and the bytes at half the bandwidth.
+        let t = |r: f64| 3.0 * 4e-6 + r / 0.5;
+        let c = KernelCost::fit((t(1e-6), 1e-6), (t(40e-6), 40e-6), 3, Seconds(1.6e-6)).unwrap();
+        assert!((c.per_launch.0 - 4e-6).abs() < 1e-12 && (c.efficiency - 0.5).abs() < 1e-9, "{c:?}");
+        // One size (an update's bytes do not grow with the batch): the rate over the launch overhead.
+        let c = KernelCost::fit((t(40e-6), 40e-6), (t(40e-6), 40e-6), 3, Seconds(4e-6)).unwrap();
+        assert_eq!(c.per_launch, Seconds(4e-6));
+        assert!((c.efficiency - 0.5).abs() < 1e-9);
+        // A large op faster than its small one fits no fixed part: the rate only.
+        let c = KernelCost::fit((50e-6, 1e-6), (40e-6, 40e-6), 1, Seconds(2e-6)).unwrap();
+        assert_eq!(c.per_launch, Seconds(2e-6));
+        assert!(KernelCost::fit((0.0, 1e-6), (1e-5, 1e-5), 1, Seconds(2e-6)).is_none());
+    }
+
+    #[test]
+    fn a_profile_names_only_op_families_in_its_kernels() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+        let mut hw = HardwareProfile::load(&dir.join("h100-sxm.ron")).unwrap();
+        hw.kernels.insert("Ln1Bwd".into(), KernelCost { per_launch: Seconds(4e-6), efficiency: 0.5 });
+        hw.validate().unwrap();
+        hw.kernels.insert("LayerNorm".into(), KernelCost { per_launch: Seconds(4e-6), efficiency: 0.5 });
+        let (field, m) = hw.validate().unwrap_err();
+        assert_eq!(field, "kernels");
+        assert!(m.contains("LayerNorm") && m.contains("Ln1Bwd"), "{m}");
+        hw.kernels.remove("LayerNorm");
+        hw.kernels.insert("Gelu".into(), KernelCost { per_launch: Seconds(4e-6), efficiency: 0.0 });
+        assert!(hw.validate().unwrap_err().1.contains("efficiency"));
+    }
+
+    #[test]
+    fn every_family_is_named() {
+        use crate::program::OpKind;
+        let p =
+            crate::Program::build(&crate::GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gpt2-124m.ron")).unwrap());
+        for o in &p.ops {
+            assert!(OpKind::FAMILIES.contains(&o.kind.family()), "{}", o.kind.family());
+        }
     }
 
     #[test]

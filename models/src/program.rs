@@ -68,6 +68,36 @@ pub enum OpKind {
 impl OpKind {
     /// The kind without its layer, chunk or owner ("Fc", "OutBwd", "Adam"): what one row of a
     /// per-kind table of a step's ops sums.
+    /// Every family's name, as [`OpKind::family`] gives them.
+    pub const FAMILIES: [&'static str; 26] = [
+        "Embed",
+        "Ln1",
+        "Qkv",
+        "Attn",
+        "AttnProj",
+        "Ln2",
+        "Fc",
+        "Gelu",
+        "FcProj",
+        "LnF",
+        "OutFwd",
+        "Loss",
+        "OutBwd",
+        "LnFBwd",
+        "FcProjBwd",
+        "GeluBwd",
+        "FcBwd",
+        "Ln2Bwd",
+        "AttnProjBwd",
+        "AttnBwd",
+        "QkvBwd",
+        "Ln1Bwd",
+        "EmbedBwd",
+        "GradNorm",
+        "ClipScale",
+        "Adam",
+    ];
+
     pub fn family(self) -> &'static str {
         use OpKind::*;
         match self {

@@ -58,10 +58,23 @@ mod gpu {
     use crate::calibrate::{bad, positive_median};
     use models::program::OpKind;
 
-    /// Layer 0's ops, the final layer norm and its backward: all but those reading token ids or
-    /// targets (the embedding, the loss and the output layer), on random data.
+    /// Layer 0's ops, the final layer norm, the embedding and the loss with their backwards
+    /// (the output layer's products are the products' probe).
     fn timed_here(kind: OpKind) -> bool {
-        kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd)
+        kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd | OpKind::Embed | OpKind::EmbedBwd | OpKind::Loss)
+    }
+
+    /// Random token ids in [0, vocab), as i32 bytes.
+    fn token_ids(n: usize, vocab: u32, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut out = Vec::with_capacity(4 * n);
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&((x % u64::from(vocab)) as i32).to_le_bytes());
+        }
+        out
     }
 
     /// Times each of those ops alone (its calls between two events, the stream held), all side
@@ -69,12 +82,20 @@ mod gpu {
     pub fn every_op(b: &Bench, src: &Source) -> R<Vec<OpKernel>> {
         let program = b.program;
         let ops: Vec<_> = program.ops.iter().filter(|o| timed_here(o.kind)).collect();
-        let mut ids: Vec<_> = ops.iter().flat_map(|o| o.touches()).collect();
+        // The calls name the products' workspace too.
+        let mut ids: Vec<_> = ops.iter().flat_map(|o| o.touches()).chain([program.inventory.io.workspace]).collect();
         ids.sort();
         ids.dedup();
         let t = b.tensors(&ids)?;
+        let io = &program.inventory.io;
         for id in &ids {
-            src.fill(b.gpu, t.get(*id)?)?;
+            let buf = t.get(*id)?;
+            if *id == io.tokens || *id == io.targets {
+                let ids = token_ids((buf.bytes() / 4) as usize, program.config.vocab, u64::from(id.0) + 7);
+                b.gpu.upload(&b.gpu.compute, buf.range(0, buf.bytes())?, &ids)?;
+            } else {
+                src.fill(b.gpu, buf)?;
+            }
         }
         let calls = ops
             .iter()

@@ -5,7 +5,8 @@ use super::memory::{AllocProbe, ReserveProbe};
 use super::products::GemmRow;
 use super::{work_seconds, CopyRow, HostMemory, SharedMemory, Timed, GIB, MIB};
 use crate::kernels::MatType;
-use models::hardware::Provenance;
+use models::hardware::{KernelCost, Provenance};
+use models::program::WorkClass;
 use models::{Bytes, BytesPerSecond, FlopsPerSecond, HardwareProfile, Seconds};
 use serde::Serialize;
 
@@ -218,6 +219,7 @@ impl Calibration {
             // One GPU measures no links between GPUs.
             interconnect: None,
             issue: Some(self.issue),
+            kernels: self.kernel_costs(),
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
@@ -273,6 +275,20 @@ impl Calibration {
         w
     }
 
+    /// Each memory-bound op family timed at both sizes, fitted (see [`KernelCost::fit`]).
+    pub fn kernel_costs(&self) -> std::collections::BTreeMap<String, KernelCost> {
+        let bw = self.memory_rate();
+        let mut out = std::collections::BTreeMap::new();
+        for large in self.op_kernels.iter().filter(|k| k.work == WorkClass::Memory) {
+            let Some(small) = self.small_op_kernels.iter().find(|k| k.kind == large.kind) else { continue };
+            let at = |k: &super::ops::OpKernel| (k.seconds, k.bytes as f64 / bw);
+            if let Some(c) = KernelCost::fit(at(small), at(large), large.launches, Seconds(self.launch_overhead)) {
+                out.insert(large.kind.clone(), c);
+            }
+        }
+        out
+    }
+
     /// Layer 0's ops alone at both sizes: measured, the roofline at the calibrated rates, and
     /// the time beyond it per launch.
     fn op_kernel_report(&self) -> String {
@@ -282,6 +298,7 @@ impl Calibration {
             return s;
         }
         let (mm, att, bw) = (self.matmul_rate().unwrap_or(f64::NAN), self.attention_rate(), self.memory_rate());
+        let costs = self.kernel_costs();
         let _ = writeln!(s, "\nlayer 0's ops, each alone on the GPU: measured, roofline at the rates above, time beyond it per launch");
         let _ = writeln!(s, "  {:<12} {:>8}  {:>32}  {:>32}", "", "", self.config, self.small_config);
         let _ = writeln!(
@@ -307,6 +324,9 @@ impl Calibration {
                     x.roofline(mm, att, bw) * 1e6,
                     x.beyond_per_launch(mm, att, bw) * 1e6
                 );
+            }
+            if let Some(c) = costs.get(&k.kind) {
+                let _ = write!(line, "  fit: {:.2} us per launch, {:.0}% of the bandwidth", c.per_launch.0 * 1e6, 100.0 * c.efficiency);
             }
             let _ = writeln!(s, "{line}");
         }

@@ -49,6 +49,7 @@ fn hw() -> HardwareProfile {
         host_sharing: None,
         interconnect: None,
         issue: None,
+        kernels: Default::default(),
     }
 }
 
