@@ -343,6 +343,7 @@ fn a_v2_record_with_decisions_is_replanned_from_its_file() {
         clipping: Default::default(),
         training: None,
         op_times: Vec::new(),
+        host_op_times: Vec::new(),
         issue_ms: None,
     };
     assert!(!record.decisions.is_empty());

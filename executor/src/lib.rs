@@ -31,7 +31,9 @@ pub mod train;
 pub mod training;
 
 pub use host::AdamW;
-pub use runner::{run_schedule, run_schedule_slowed, run_schedule_with, Allocator, MemoryPoint, OpSpan, ScheduleRunResult, SlowLanes};
+pub use runner::{
+    run_schedule, run_schedule_slowed, run_schedule_with, Allocator, HostOpSpan, MemoryPoint, OpSpan, ScheduleRunResult, SlowLanes,
+};
 pub use state::{Home, ModelState, StateHomes, StateSource};
 pub use train::{run_all_on_gpu, run_all_on_gpu_with, Phase, Progress, RunOptions, RunResult, StepReport};
 pub use training::{SavePlan, SavedCheckpoint, StartFrom, Training, TrainingSummary, ValidationLoss};

@@ -20,20 +20,22 @@ pub enum Direction {
     DeviceToHost,
 }
 
-/// Time of a GPU op on the compute stream.
+/// Time of a GPU op on the compute stream: its roofline (or its family's calibrated kernel cost)
+/// and its launches' overheads, each launch also paying what following a different kernel costs.
 pub fn op_time(op: &Op, hw: &HardwareProfile) -> Seconds {
     let arithmetic = match op.work {
         WorkClass::Matmul => op.flops / hw.matmul_flops,
         WorkClass::Attention => op.flops / hw.attention_flops,
         WorkClass::Memory => Seconds::ZERO,
     };
+    let in_sequence = hw.sequence_overhead * op.launches as f64;
     if op.work == WorkClass::Memory {
         if let Some(k) = hw.kernels.get(op.kind.family()) {
-            return op.bytes / hw.memory_bandwidth * (1.0 / k.efficiency) + k.per_launch * op.launches as f64;
+            return op.bytes / hw.memory_bandwidth * (1.0 / k.efficiency) + k.per_launch * op.launches as f64 + in_sequence;
         }
     }
     let memory = op.bytes / hw.memory_bandwidth;
-    arithmetic.max(memory) + hw.launch_overhead * op.launches as f64
+    arithmetic.max(memory) + hw.launch_overhead * op.launches as f64 + in_sequence
 }
 
 /// The host's time to issue action `a` of a schedule on its lane: each launch of an op (its
@@ -115,5 +117,9 @@ mod tests {
         let qkv = p.find(OpKind::Qkv(0)).unwrap();
         hw.kernels.insert("Qkv".into(), KernelCost { per_launch: Seconds(1e-3), efficiency: 0.01 });
         assert!(op_time(qkv, &hw).0 < 1e-3);
+        // Every launch pays the overhead of following another kernel.
+        let before = op_time(ln, &hw);
+        hw.sequence_overhead = Seconds(2e-6);
+        assert!((op_time(ln, &hw).0 - before.0 - 6e-6).abs() < 1e-12);
     }
 }

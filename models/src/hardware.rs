@@ -102,6 +102,11 @@ pub struct HardwareProfile {
     /// at the step's shapes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kernels: BTreeMap<String, KernelCost>,
+    /// Time every launch adds when it follows a different kernel, as in a step, beyond what it
+    /// costs timed after itself (calibrate runs layer 0's ops in step order against each alone,
+    /// at a small micro-batch where it shows). 0 when absent.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub sequence_overhead: Seconds,
 }
 
 /// A memory-bound kernel's cost: `per_launch` plus its bytes at `efficiency` x the profile's
@@ -514,6 +519,9 @@ impl HardwareProfile {
             if !(k.per_launch.0.is_finite() && (0.0..1e-3).contains(&k.per_launch.0)) {
                 return Err(("kernels", format!("`kernels.{family}.per_launch` must be in [0, 1 ms), got {} s", k.per_launch.0)));
             }
+        }
+        if !(self.sequence_overhead.0.is_finite() && (0.0..1e-4).contains(&self.sequence_overhead.0)) {
+            return Err(("sequence_overhead", format!("`sequence_overhead` must be in [0, 100 us), got {} s", self.sequence_overhead.0)));
         }
         if self.memory.0 == 0 {
             return Err(("memory", "`memory` must be positive".into()));

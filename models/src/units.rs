@@ -189,6 +189,9 @@ pub struct Seconds(pub f64);
 
 impl Seconds {
     pub const ZERO: Seconds = Seconds(0.0);
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0.0
+    }
     pub fn ms(self) -> f64 {
         self.0 * 1e3
     }

@@ -765,6 +765,7 @@ mod tests {
             clipping: Default::default(),
             training: None,
             op_times: Vec::new(),
+            host_op_times: Vec::new(),
             issue_ms: None,
         }
     }

@@ -232,6 +232,7 @@ mod tests {
                 validation,
             }),
             op_times: Vec::new(),
+            host_op_times: Vec::new(),
             issue_ms: None,
         }
     }

@@ -141,6 +141,11 @@ pub struct Record {
     /// empty in records written before ops were timed one by one.
     #[serde(default)]
     pub op_times: Vec<OpKindTime>,
+    /// The measured step's host ops by kind (CPU embedding, host AdamW, host norms), each as it
+    /// timed itself, against what the record's profile prices them at; empty in records written
+    /// before host ops were timed one by one, and in steps without host work.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_op_times: Vec<HostOpKindTime>,
     /// Median host time to issue a timed step's actions, ms; None in records written before.
     #[serde(default)]
     pub issue_ms: Option<f64>,
@@ -174,6 +179,47 @@ impl OpKindTime {
         }
         rows
     }
+}
+
+impl HostOpKindTime {
+    /// The table of a measured step's host ops `(op, ms)`, a row per op kind in the order the
+    /// kinds first ended, each priced under `hw` (`models::cost::host_op_time`).
+    pub fn table(
+        program: &models::Program,
+        hw: &models::HardwareProfile,
+        spans: impl IntoIterator<Item = (models::OpId, f64)>,
+    ) -> Vec<HostOpKindTime> {
+        let mut rows: Vec<HostOpKindTime> = Vec::new();
+        for (id, measured) in spans {
+            let op = program.op(id);
+            let kind = op.kind.family();
+            let i = match rows.iter().position(|r| r.kind == kind) {
+                Some(i) => i,
+                None => {
+                    rows.push(HostOpKindTime { kind: kind.into(), runs: 0, measured_ms: 0.0, predicted_ms: 0.0 });
+                    rows.len() - 1
+                }
+            };
+            let r = &mut rows[i];
+            r.runs += 1;
+            r.measured_ms += measured;
+            r.predicted_ms += models::cost::host_op_time(op, program, hw).map_or(0.0, |t| t.0 * 1e3);
+        }
+        rows
+    }
+}
+
+/// One kind of host op in the measured step (every owner's host AdamW together).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostOpKindTime {
+    /// The kind without its owner: "Adam", "EmbedBwd", "GradNorm".
+    pub kind: String,
+    /// Ops of the kind.
+    pub runs: u32,
+    /// Their own times on the host, summed.
+    pub measured_ms: f64,
+    /// `models::cost::host_op_time` of each under the record's hardware profile, summed.
+    pub predicted_ms: f64,
 }
 
 /// One op kind's compute actions in the measured step (every layer's `Fc` together; a
@@ -392,6 +438,7 @@ mod tests {
             clipping: Default::default(),
             training: None,
             op_times: Vec::new(),
+            host_op_times: Vec::new(),
             issue_ms: None,
         }
     }

@@ -89,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("  attention           {:>8.1} TFLOP/s", hw.attention_flops.0 / 1e12);
     println!("  memory bandwidth    {:>8.1} GB/s", hw.memory_bandwidth.0 / 1e9);
     println!("  launch overhead     {:>8.2} us (GPU, per kernel)", hw.launch_overhead.0 * 1e6);
+    println!("  in sequence         {:>8.2} us more per launch after a different kernel", hw.sequence_overhead.0 * 1e6);
     if let Some(i) = hw.issue {
         println!(
             "  host issue          {:>8.2} us per kernel, {:.2} per product, {:.2} per copy, {:.2} per event",

@@ -280,6 +280,7 @@ fn new_record(args: &Args, program: &Program, result: &RunResult, predicted: Mem
         training: Some(training),
         clipping: program.clipping,
         op_times: Vec::new(),
+        host_op_times: Vec::new(),
         issue_ms: None,
     }
 }
@@ -532,8 +533,10 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     record.predicted_time = Some(predicted_time);
     record.measured_time = Some(measured_time);
     record.op_times = reports::record::OpKindTime::table(&program, &hw, result.ops.iter().map(|o| (o.op, o.gpu_ms, o.issue_ms)));
+    record.host_op_times = reports::record::HostOpKindTime::table(&program, &hw, result.host_ops.iter().map(|o| (o.op, o.ms)));
     record.issue_ms = (!result.issue_ms.is_empty()).then(|| reports::record::median(&result.issue_ms));
     print_op_times(&record.op_times, record.issue_ms, record.median_ms);
+    print_host_op_times(&record.host_op_times);
     record.write(out).with_context(|| format!("writing the record under {}", args.out.display()))?;
     write_loss_chart(args, out, &record)?;
     Ok(())
@@ -544,6 +547,25 @@ fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
 fn write_loss_chart(args: &Args, out: &Path, record: &Record) -> anyhow::Result<()> {
     reports::write_loss_chart(out, record).with_context(|| format!("writing loss.svg into {}", args.out.display()))?;
     Ok(())
+}
+
+/// The measured step's host ops by kind against the profile.
+fn print_host_op_times(rows: &[reports::record::HostOpKindTime]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("host ops by kind vs the profile (each as it timed itself in the measured step):");
+    println!("  {:<12} {:>5} {:>11} {:>11} {:>8}", "kind", "runs", "measured ms", "profile ms", "error");
+    for r in rows {
+        println!(
+            "  {:<12} {:>5} {:>11.3} {:>11.3} {:>+7.1}%",
+            r.kind,
+            r.runs,
+            r.measured_ms,
+            r.predicted_ms,
+            pct(r.predicted_ms, r.measured_ms)
+        );
+    }
 }
 
 /// Refuses, before anything is pinned, a schedule whose pinned host memory this host cannot

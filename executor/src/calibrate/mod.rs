@@ -240,7 +240,7 @@ mod imp {
         let gemms = products::measure(&bench, &src, gemms)?;
         let attention = kernels::attention(&bench, &src)?;
         let gelu = kernels::gelu(&bench, &src)?;
-        let op_kernels = ops::every_op(&bench, &src)?;
+        let (op_kernels, op_sequence) = ops::every_op(&bench, &src)?;
         let in_use = memory::in_use(&gpu, &device)?;
 
         let mut buffers = copies::Buffers::new(&bench)?;
@@ -257,7 +257,7 @@ mod imp {
         let small_program = Program::build(&small_cfg);
         let small = Bench::new(&gpu, &small_program, &set, opts)?;
         let small_src = Source::new(&small, &[])?;
-        let small_op_kernels = ops::every_op(&small, &small_src)?;
+        let (small_op_kernels, small_op_sequence) = ops::every_op(&small, &small_src)?;
         small.finish(None, small_src)?;
 
         let host = host::measure(opts)?;
@@ -278,6 +278,8 @@ mod imp {
             device_copy,
             launch_overhead: launches.gpu,
             op_kernels,
+            op_sequence,
+            small_op_sequence,
             small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
             small_op_kernels,
             issue: launches.issue_costs(product_issue, copy_issue),

@@ -48,6 +48,17 @@ impl OpKernel {
     }
 }
 
+/// What a kernel costs beyond itself when it follows a different kernel, as a step runs them:
+/// the ops' calls in step order against the sum of each op alone, per launch (at least 0).
+pub fn sequence_overhead(alone: &[OpKernel], in_order: f64) -> f64 {
+    let launches: u32 = alone.iter().map(|k| k.launches).sum();
+    let sum: f64 = alone.iter().map(|k| k.seconds).sum();
+    if launches == 0 {
+        return 0.0;
+    }
+    ((in_order - sum) / launches as f64).max(0.0)
+}
+
 #[cfg(feature = "cuda")]
 pub(super) use gpu::every_op;
 
@@ -77,9 +88,10 @@ mod gpu {
         out
     }
 
-    /// Times each of those ops alone (its calls between two events, the stream held), all side
-    /// by side in rounds; the medians.
-    pub fn every_op(b: &Bench, src: &Source) -> R<Vec<OpKernel>> {
+    /// Times each of those ops alone (its calls between two events, the stream held), and all of
+    /// them one after another in the step's order, side by side in rounds; the medians: each
+    /// op's, and the sequence's.
+    pub fn every_op(b: &Bench, src: &Source) -> R<(Vec<OpKernel>, f64)> {
         let program = b.program;
         let ops: Vec<_> = program.ops.iter().filter(|o| timed_here(o.kind)).collect();
         // The calls name the products' workspace too.
@@ -101,10 +113,15 @@ mod gpu {
             .iter()
             .map(|o| Ok((o.name.as_str(), b.launches.op(o, 1, &crate::host::AdamW::default()).map_err(|e| bad(e.to_string()))?)))
             .collect::<R<Vec<_>>>()?;
+        // Each kernel after a different one, as in a step, rather than after itself.
+        let mut calls = calls;
+        let in_order = calls.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+        calls.push(("layer 0 in step order", in_order));
         let samples = b.time_ops(&t, &calls, || Ok(()), &mut || Ok(()))?;
         let out = ops.iter().zip(&samples).map(|(o, s)| Ok(OpKernel::of(o, positive_median(s, &o.name)?))).collect::<R<Vec<_>>>()?;
+        let sequence = positive_median(samples.last().expect("the sequence was timed"), "layer 0 in step order")?;
         drop(t);
-        Ok(out)
+        Ok((out, sequence))
     }
 }
 
@@ -124,6 +141,11 @@ mod tests {
         let k = OpKernel::of(op, op.bytes.0 as f64 / bw + 3.0 * 2e-6);
         assert_eq!(k.launches, 3);
         assert!((k.beyond_per_launch(1e15, 1e14, bw) - 2e-6).abs() < 1e-12);
+        // Two ops of 3 + 1 launches alone, and 8 us more in order: 2 us per launch.
+        let alone = [k.clone(), OpKernel::of(p.find(OpKind::Gelu(0)).unwrap(), 4e-6)];
+        let sum = alone[0].seconds + alone[1].seconds;
+        assert!((sequence_overhead(&alone, sum + 8e-6) - 2e-6).abs() < 1e-15);
+        assert_eq!(sequence_overhead(&alone, sum - 1e-6), 0.0);
         let q = OpKernel::of(p.find(OpKind::Qkv(0)).unwrap(), 1e-3);
         assert!((q.roofline(1e12, 1e12, 1e20) - q.flops / 1e12).abs() < 1e-15);
     }

@@ -34,6 +34,11 @@ pub struct Calibration {
     pub op_kernels: Vec<super::ops::OpKernel>,
     pub small_config: String,
     pub small_op_kernels: Vec<super::ops::OpKernel>,
+    /// Those ops one after another in the step's order (seconds), at each size.
+    #[serde(default)]
+    pub op_sequence: f64,
+    #[serde(default)]
+    pub small_op_sequence: f64,
     /// The host's time to issue each kind of work.
     pub issue: models::IssueCosts,
     /// Device memory in use right after the context was created.
@@ -220,6 +225,7 @@ impl Calibration {
             interconnect: None,
             issue: Some(self.issue),
             kernels: self.kernel_costs(),
+            sequence_overhead: Seconds(self.sequence_overhead()),
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
@@ -289,6 +295,12 @@ impl Calibration {
         out
     }
 
+    /// What a launch costs following a different kernel, from layer 0's ops in step order at
+    /// the small size (at the step's size the ops' own run-to-run spread hides it).
+    pub fn sequence_overhead(&self) -> f64 {
+        super::ops::sequence_overhead(&self.small_op_kernels, self.small_op_sequence)
+    }
+
     /// Layer 0's ops alone at both sizes: measured, the roofline at the calibrated rates, and
     /// the time beyond it per launch.
     fn op_kernel_report(&self) -> String {
@@ -330,6 +342,18 @@ impl Calibration {
             }
             let _ = writeln!(s, "{line}");
         }
+        let per_launch = |alone: &[super::ops::OpKernel], seq: f64| {
+            let sum: f64 = alone.iter().map(|k| k.seconds).sum();
+            let launches: u32 = alone.iter().map(|k| k.launches).sum();
+            (sum * 1e6, seq * 1e6, (seq - sum) / launches.max(1) as f64 * 1e6)
+        };
+        let (a, q, d) = per_launch(&self.op_kernels, self.op_sequence);
+        let (sa, sq, sd) = per_launch(&self.small_op_kernels, self.small_op_sequence);
+        let _ = writeln!(
+            s,
+            "  in step order: {q:.2} us against {a:.2} alone ({d:+.2} per launch); at the small size {sq:.2} against {sa:.2} ({sd:+.2} per launch: sequence_overhead {:.2} us)",
+            self.sequence_overhead() * 1e6
+        );
         s
     }
 
@@ -536,6 +560,8 @@ mod tests {
             op_kernels: Vec::new(),
             small_config: String::new(),
             small_op_kernels: Vec::new(),
+            op_sequence: 0.0,
+            small_op_sequence: 0.0,
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,

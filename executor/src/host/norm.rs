@@ -51,22 +51,68 @@ pub fn grad_norm_partials(grads: &[bf16], partials: &mut [f32]) -> Result<(), Ho
     sums.par_iter_mut().zip(checks.par_iter_mut()).enumerate().for_each(|(b, (out, check))| {
         let start = (b * per).min(n);
         let end = ((b + 1) * per).min(n);
-        *out = block_partial(&grads[start..end]);
-        *check = f32::from_bits(block_checksum(&grads[start..end], start as u64));
+        let (sum, checksum) = block_partial(&grads[start..end], start as u64);
+        *out = sum;
+        *check = f32::from_bits(checksum);
     });
     Ok(())
 }
 
-/// One block's exact checksum: the wrapping sum of each element's term, `first` the global index
-/// of its first element.
-fn block_checksum(g: &[bf16], first: u64) -> u32 {
-    let mut sum = 0u32;
-    for (k, x) in g.iter().enumerate() {
-        let i = (first + k as u64) as u32;
-        let bits = x.to_bits() as u32;
-        sum = sum.wrapping_add((bits + 1).wrapping_mul(i.wrapping_mul(2654435761).wrapping_add(0x9E37_79B9)));
+/// The checksum's weight of element `i`.
+fn weight(i: u32) -> u32 {
+    i.wrapping_mul(2654435761).wrapping_add(0x9E37_79B9)
+}
+
+/// One block of the kernel, in one pass over its range (`first` the global index of its first
+/// element): the partial sum of squares, as 256 serial sums (thread `t` takes elements
+/// `t, t + 256, ...` in that order) then the shared-memory tree; and the exact checksum.
+///
+/// The rows are fixed-size arrays so that the 256 sums vectorise (each sum's order is the
+/// kernel's either way). The checksum is a wrapping sum, so any order gives its bits; it is
+/// taken without a multiply per element: per column `t` of `m` rows, `s1` sums the terms
+/// `x = bits + 1` and `s2` the running `s1`, so that the column's `sum x * row` is
+/// `m * s1 - s2`, and its weighted sum follows from `weight` being affine in the index.
+fn block_partial(g: &[bf16], first: u64) -> (f32, u32) {
+    let mut s = [0.0f32; THREADS];
+    let (mut s1, mut s2) = ([0u32; THREADS], [0u32; THREADS]);
+    let rows = g.chunks_exact(THREADS);
+    let tail = rows.remainder();
+    let m = (g.len() / THREADS) as u32;
+    for row in rows {
+        let row: &[bf16; THREADS] = row.try_into().expect("a whole row");
+        for t in 0..THREADS {
+            let bits = row[t].to_bits();
+            let x = bf16_to_f32(row[t]);
+            s[t] += x * x;
+            s1[t] = s1[t].wrapping_add(bits as u32 + 1);
+            s2[t] = s2[t].wrapping_add(s1[t]);
+        }
     }
-    sum
+    let first = first as u32;
+    let mut checksum = 0u32;
+    for t in 0..THREADS {
+        // sum over rows r of x_r * weight(first + t + 256 r)
+        //   = weight(first + t) * s1 + 2654435761 * 256 * (m * s1 - s2)
+        let by_row = m.wrapping_mul(s1[t]).wrapping_sub(s2[t]);
+        checksum = checksum
+            .wrapping_add(weight(first.wrapping_add(t as u32)).wrapping_mul(s1[t]))
+            .wrapping_add(2654435761u32.wrapping_mul(THREADS as u32).wrapping_mul(by_row));
+    }
+    let tail_first = first.wrapping_add(m.wrapping_mul(THREADS as u32));
+    for (t, (acc, x)) in s.iter_mut().zip(tail).enumerate() {
+        let v = bf16_to_f32(*x);
+        *acc += v * v;
+        checksum = checksum.wrapping_add((x.to_bits() as u32 + 1).wrapping_mul(weight(tail_first.wrapping_add(t as u32))));
+    }
+    let mut stride = THREADS / 2;
+    while stride > 0 {
+        let (low, high) = s.split_at_mut(stride);
+        for (a, b) in low.iter_mut().zip(&high[..stride]) {
+            *a += *b;
+        }
+        stride /= 2;
+    }
+    (s[0], checksum)
 }
 
 /// One step's gradient checksum from every owner's partials tensor (in the inventory's owner
@@ -81,27 +127,6 @@ pub fn grad_checksum<'a>(partials: impl IntoIterator<Item = &'a [f32]>) -> u64 {
         }
     }
     total
-}
-
-/// One block of the kernel: 256 serial sums (thread `t` takes elements `t, t + 256, ...` of the
-/// block's range, in that order), then the shared-memory tree.
-fn block_partial(g: &[bf16]) -> f32 {
-    let mut s = [0.0f32; THREADS];
-    for row in g.chunks(THREADS) {
-        for (acc, x) in s.iter_mut().zip(row) {
-            let x = bf16_to_f32(*x);
-            *acc += x * x;
-        }
-    }
-    let mut stride = THREADS / 2;
-    while stride > 0 {
-        let (low, high) = s.split_at_mut(stride);
-        for (a, b) in low.iter_mut().zip(&high[..stride]) {
-            *a += *b;
-        }
-        stride /= 2;
-    }
-    s[0]
 }
 
 /// The global gradient norm: the square root of the sum, in f64, of every partial: the owners'

@@ -2,7 +2,7 @@
 //! action by action.
 
 use super::arena::Arena;
-use super::{Allocator, MemoryPoint, OpSpan, ScheduleRunResult, SlowLanes};
+use super::{Allocator, HostOpSpan, MemoryPoint, OpSpan, ScheduleRunResult, SlowLanes};
 use crate::gpu::lanes::{Access, HostAccess, HostCopies, HostJob, Lanes};
 use crate::gpu::{elapsed_ms, record, Gpu, GpuError, KernelImages, Kernels, Target};
 use crate::host::{self, AdamW, WteScratch};
@@ -31,6 +31,8 @@ use std::time::Instant;
 struct HostSink {
     errors: Mutex<Vec<String>>,
     nanos: AtomicU64,
+    /// Each host op's own time in this step (op, ms), in the order they ended.
+    ops: Mutex<Vec<(OpId, f64)>>,
     /// The step's global gradient norm and exact gradient checksum, from its clip scale op.
     grad_norm: Mutex<Option<(f64, u64)>>,
 }
@@ -178,7 +180,7 @@ pub fn run(
     let measured_step = first + opts.steps;
     let mut lane_times = StepTimes::default();
     let mut memory = Vec::new();
-    let (mut ops, mut issue_ms) = (Vec::new(), Vec::new());
+    let (mut ops, mut issue_ms, mut host_ops) = (Vec::new(), Vec::new(), Vec::new());
     // The first step (left out of the median) times each compute action with the GPU held
     // ahead of the host; the measured step times the lanes as they run.
     let mut held_ops: Option<Vec<f64>> = None;
@@ -209,6 +211,7 @@ pub fn run(
             None
         };
         sink.nanos.store(0, Ordering::Relaxed);
+        sink.ops.lock().expect("host sink").clear();
         *sink.grad_norm.lock().expect("host sink") = None;
         record(&start, lanes.stream(Lane::Compute))?;
         let t0 = Instant::now();
@@ -271,6 +274,8 @@ pub fn run(
                         Timed::Wait => lane_times.compute_wait_ms += d,
                     }
                 }
+                host_ops =
+                    std::mem::take(&mut *sink.ops.lock().expect("host sink")).into_iter().map(|(op, ms)| HostOpSpan { op, ms }).collect();
                 for (action, ev, used) in &smp.memory {
                     memory.push(MemoryPoint { action: *action, ms: elapsed_ms(&start, ev)? as f64, used: *used });
                 }
@@ -337,6 +342,7 @@ pub fn run(
         lanes: lane_times,
         memory,
         ops,
+        host_ops,
         issue_ms,
     })
 }
@@ -530,6 +536,7 @@ fn host_work(
 ) -> Result<(Vec<(TensorId, Access)>, HostJob), ExecError> {
     let inv = &program.inventory;
     let cfg = &program.config;
+    let id = op;
     let op = program.op(op);
     let name = op.name.clone();
     let (t, c, vp, max_seq) = (cfg.seq as usize, cfg.hidden as usize, cfg.padded_vocab as usize, cfg.max_seq as usize);
@@ -621,7 +628,9 @@ fn host_work(
         if let Err(e) = work(&mut acc) {
             sink.errors.lock().expect("host sink").push(format!("{name}: {e}"));
         }
-        sink.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let took = t0.elapsed();
+        sink.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        sink.ops.lock().expect("host sink").push((id, took.as_secs_f64() * 1e3));
     });
     Ok((uses, job))
 }

@@ -118,6 +118,9 @@ pub struct ScheduleRunResult {
     /// first step with the compute lane held ahead of the host (the GPU alone), its issue time
     /// in the measured step. A run of one step times both in that step, as it runs.
     pub ops: Vec<OpSpan>,
+    /// Every host op of the measured step (CPU embedding, host AdamW, host norms), as each timed
+    /// itself on the host's threads.
+    pub host_ops: Vec<HostOpSpan>,
     /// The host's time to issue each timed step's actions (the steps after the first, the
     /// measured one left out): a step whose issue time nears its GPU time is bound by the host's
     /// launches, not by the kernels.
@@ -131,6 +134,13 @@ pub struct OpSpan {
     pub op: models::program::OpId,
     pub gpu_ms: f64,
     pub issue_ms: f64,
+}
+
+/// One host op of the measured step and its own time on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HostOpSpan {
+    pub op: models::program::OpId,
+    pub ms: f64,
 }
 
 /// Checks that `schedule` is one this executor can run for `program`: its format version and
