@@ -63,8 +63,15 @@ pub fn runs_on_host(kind: OpKind) -> bool {
 /// parameters on all host cores. None for ops that only run on the GPU.
 pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
     match op.kind {
-        // Memory-bound passes; the clip scale reads a few KiB per owner.
-        OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => Some(op.bytes / hw.host_memory_bandwidth),
+        // Memory-bound passes, at the rate calibrate timed the executor's host code at where it
+        // did; the clip scale reads a few KiB per owner.
+        OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => {
+            let plain = op.bytes / hw.host_memory_bandwidth;
+            Some(match hw.host_kernels.get(op.kind.family()) {
+                Some(k) => plain * (1.0 / k.efficiency) + k.per_launch,
+                None => plain,
+            })
+        }
         OpKind::Adam(owner) => {
             Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second))
         }
@@ -80,7 +87,8 @@ fn host_adam_params(program: &Program, owner: Owner) -> u64 {
     program.inventory.params(owner).params
 }
 
-/// Time to copy `bytes` one way; `duplex` when a copy the other way runs at the same time.
+/// Time to copy `bytes` one way; `duplex` when a copy the other way runs at the same time: the
+/// copy's latency, then its bytes at the rate.
 pub fn transfer_time(bytes: Bytes, dir: Direction, duplex: bool, hw: &HardwareProfile) -> Seconds {
     let rate = match (dir, duplex) {
         (Direction::HostToDevice, false) => hw.h2d,
@@ -88,7 +96,25 @@ pub fn transfer_time(bytes: Bytes, dir: Direction, duplex: bool, hw: &HardwarePr
         (Direction::DeviceToHost, false) => hw.d2h,
         (Direction::DeviceToHost, true) => hw.d2h_duplex,
     };
-    bytes / rate
+    copy_latency(dir, hw) + bytes / rate
+}
+
+/// What one copy takes beyond its bytes.
+pub fn copy_latency(dir: Direction, hw: &HardwareProfile) -> Seconds {
+    match dir {
+        Direction::HostToDevice => hw.h2d_latency,
+        Direction::DeviceToHost => hw.d2h_latency,
+    }
+}
+
+/// A copy of `bytes` as the bytes that take as long at the rate alone: its bytes and its
+/// latency's worth (the simulator and the solver move copies as bytes at changing rates).
+pub fn copy_work_bytes(bytes: f64, dir: Direction, hw: &HardwareProfile) -> f64 {
+    let rate = match dir {
+        Direction::HostToDevice => hw.h2d.0,
+        Direction::DeviceToHost => hw.d2h.0,
+    };
+    bytes + copy_latency(dir, hw).0 * rate
 }
 
 /// Compute-stream time of the whole program with everything on the GPU.
@@ -117,6 +143,12 @@ mod tests {
         let qkv = p.find(OpKind::Qkv(0)).unwrap();
         hw.kernels.insert("Qkv".into(), KernelCost { per_launch: Seconds(1e-3), efficiency: 0.01 });
         assert!(op_time(qkv, &hw).0 < 1e-3);
+        // A host op of a calibrated family costs its fit.
+        let clipped = Program::build_with(&p.config, crate::program::Clipping::GlobalNorm);
+        let norm = clipped.find(OpKind::GradNorm(Owner::Embedding)).unwrap();
+        let plain = host_op_time(norm, &clipped, &hw).unwrap();
+        hw.host_kernels.insert("GradNorm".into(), KernelCost { per_launch: Seconds(1e-4), efficiency: 0.5 });
+        assert!((host_op_time(norm, &clipped, &hw).unwrap().0 - (2.0 * plain.0 + 1e-4)).abs() < 1e-12);
         // Every launch pays the overhead of following another kernel.
         let before = op_time(ln, &hw);
         hw.sequence_overhead = Seconds(2e-6);

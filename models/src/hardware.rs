@@ -107,7 +107,22 @@ pub struct HardwareProfile {
     /// at a small micro-batch where it shows). 0 when absent.
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
     pub sequence_overhead: Seconds,
+    /// The host's memory-bound ops (`Embed`, `EmbedBwd`, `GradNorm` of a gradient made on the
+    /// host) as calibrate timed the executor's own host code: each call's fixed time and the
+    /// share of `host_memory_bandwidth` it reaches. A family not listed costs its bytes at
+    /// `host_memory_bandwidth`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_kernels: BTreeMap<String, KernelCost>,
+    /// Time each copy takes beyond its bytes at the rate, host to device and device to host
+    /// (calibrate: the smallest copy size against the largest's rate). 0 when absent.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub h2d_latency: Seconds,
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub d2h_latency: Seconds,
 }
+
+/// The host op families a profile's `host_kernels` may price.
+pub const HOST_KERNEL_FAMILIES: [&str; 3] = ["Embed", "EmbedBwd", "GradNorm"];
 
 /// A memory-bound kernel's cost: `per_launch` plus its bytes at `efficiency` x the profile's
 /// memory bandwidth.
@@ -520,6 +535,28 @@ impl HardwareProfile {
                 return Err(("kernels", format!("`kernels.{family}.per_launch` must be in [0, 1 ms), got {} s", k.per_launch.0)));
             }
         }
+        for (family, k) in &self.host_kernels {
+            if !HOST_KERNEL_FAMILIES.contains(&family.as_str()) {
+                return Err((
+                    "host_kernels",
+                    format!("`host_kernels` names `{family}`, which is no host op family (one of {})", HOST_KERNEL_FAMILIES.join(", ")),
+                ));
+            }
+            if !(k.efficiency.is_finite() && k.efficiency > 0.0 && k.efficiency <= 2.0) {
+                return Err(("host_kernels", format!("`host_kernels.{family}.efficiency` must be in (0, 2], got {}", k.efficiency)));
+            }
+            if !(k.per_launch.0.is_finite() && (0.0..1e-2).contains(&k.per_launch.0)) {
+                return Err((
+                    "host_kernels",
+                    format!("`host_kernels.{family}.per_launch` must be in [0, 10 ms), got {} s", k.per_launch.0),
+                ));
+            }
+        }
+        for (field, v) in [("h2d_latency", self.h2d_latency), ("d2h_latency", self.d2h_latency)] {
+            if !(v.0.is_finite() && (0.0..1e-3).contains(&v.0)) {
+                return Err((field, format!("`{field}` must be in [0, 1 ms), got {} s", v.0)));
+            }
+        }
         if !(self.sequence_overhead.0.is_finite() && (0.0..1e-4).contains(&self.sequence_overhead.0)) {
             return Err(("sequence_overhead", format!("`sequence_overhead` must be in [0, 100 us), got {} s", self.sequence_overhead.0)));
         }
@@ -618,6 +655,15 @@ mod tests {
         hw.kernels.remove("LayerNorm");
         hw.kernels.insert("Gelu".into(), KernelCost { per_launch: Seconds(4e-6), efficiency: 0.0 });
         assert!(hw.validate().unwrap_err().1.contains("efficiency"));
+        hw.kernels.remove("Gelu");
+        // Host ops: only the CPU embedding's families; the sequence overhead in range.
+        hw.host_kernels.insert("GradNorm".into(), KernelCost { per_launch: Seconds(2e-5), efficiency: 0.6 });
+        hw.validate().unwrap();
+        hw.host_kernels.insert("Adam".into(), KernelCost { per_launch: Seconds(2e-5), efficiency: 0.6 });
+        assert_eq!(hw.validate().unwrap_err().0, "host_kernels");
+        hw.host_kernels.remove("Adam");
+        hw.sequence_overhead = Seconds(1e-3);
+        assert_eq!(hw.validate().unwrap_err().0, "sequence_overhead");
     }
 
     #[test]

@@ -100,12 +100,18 @@ pub struct StepTimes {
 }
 
 impl StepTimes {
-    /// The simulator's step times: busy time of each lane from the trace's spans (waits apart),
+    /// The simulator's step times: busy time of each lane from the trace's spans (its waits on
+    /// other lanes and on the host's issuing apart),
     /// bytes from the prediction, and the compute lane's waits on any other lane (copies and
     /// host work alike, as the executor times every compute-lane wait).
     pub fn predicted(prediction: &Prediction, trace: &Trace) -> StepTimes {
         let busy = |lane: Lane| -> f64 {
-            trace.spans.iter().filter(|s| s.lane == lane && s.kind != SpanKind::Wait).map(|s| (s.end.0 - s.start.0) * 1e3).sum()
+            trace
+                .spans
+                .iter()
+                .filter(|s| s.lane == lane && !matches!(s.kind, SpanKind::Wait | SpanKind::Issue))
+                .map(|s| (s.end.0 - s.start.0) * 1e3)
+                .sum()
         };
         StepTimes {
             step_ms: prediction.step_time.0 * 1e3,

@@ -85,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("profile {name}:");
     println!("  h2d / d2h           {:>8.2} / {:.2} GB/s", hw.h2d.0 / 1e9, hw.d2h.0 / 1e9);
     println!("  duplex h2d / d2h    {:>8.2} / {:.2} GB/s", hw.h2d_duplex.0 / 1e9, hw.d2h_duplex.0 / 1e9);
+    println!("  copy latency        {:>8.2} / {:.2} us (beyond the bytes, each copy)", hw.h2d_latency.0 * 1e6, hw.d2h_latency.0 * 1e6);
     println!("  matmul              {:>8.1} TFLOP/s", hw.matmul_flops.0 / 1e12);
     println!("  attention           {:>8.1} TFLOP/s", hw.attention_flops.0 / 1e12);
     println!("  memory bandwidth    {:>8.1} GB/s", hw.memory_bandwidth.0 / 1e9);

@@ -49,14 +49,18 @@ pub struct HostRates {
 }
 
 #[cfg(any(feature = "cuda", test))]
-pub(super) use imp::measure;
+pub(super) use imp::{host_ops, measure};
 
 #[cfg(any(feature = "cuda", test))]
 mod imp {
     use super::HostRates;
+    use crate::calibrate::ops::OpKernel;
     use crate::calibrate::{bad, size_label, Options, Timed};
     use crate::host::bf16::f32_to_bf16;
     use crate::ExecError;
+    use models::inventory::Owner;
+    use models::program::OpKind;
+    use models::Program;
     use rayon::prelude::*;
     use std::time::Instant;
 
@@ -113,6 +117,78 @@ mod imp {
         drop((w, g, opt));
         Ok(HostRates { host_copy, host_copy_one_thread, host_adam, host_threads })
     }
+
+    /// The CPU embedding's host ops of `program` (its gather, its backward and, clipped, its
+    /// gradient's partial norms), each run `repeats` times after a first touch by the executor's
+    /// own host code at the program's shapes; the medians. None of them for a tied embedding
+    /// (which never runs on the host).
+    pub fn host_ops(program: &Program, repeats: usize) -> Result<Vec<OpKernel>, ExecError> {
+        let cfg = &program.config;
+        if cfg.tied_embeddings {
+            return Ok(Vec::new());
+        }
+        let inv = &program.inventory;
+        let emb = inv.embedding;
+        let (b, t, c, vp, max_seq) =
+            (cfg.batch as usize, cfg.seq as usize, cfg.hidden as usize, cfg.padded_vocab as usize, cfg.max_seq as usize);
+        let views = &inv.tensor(emb.weights).views;
+        let range = |name: &str| -> Result<std::ops::Range<usize>, ExecError> {
+            let v = views.iter().find(|v| v.name == name).ok_or_else(|| bad(format!("the embedding has no view {name}")))?;
+            Ok(v.offset as usize..(v.offset + v.elems()) as usize)
+        };
+        let (wte, wpe) = (range("wte")?, range("wpe")?);
+        let weights = vec![f32_to_bf16(0.02); inv.tensor(emb.weights).bytes.0 as usize / 2];
+        let mut grads = vec![f32_to_bf16(0.0); inv.tensor(emb.grads).bytes.0 as usize / 2];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let tokens: Vec<i32> = (0..b * t)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % u64::from(cfg.vocab)) as i32
+            })
+            .collect();
+        let mut out = vec![f32_to_bf16(0.0); b * t * c];
+        let dres = vec![f32_to_bf16(1e-3); b * t * c];
+        let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
+        let mut scratch = crate::host::WteScratch::with_capacity(b * t);
+        let host = |e: crate::host::HostError| bad(e.to_string());
+        let (lo, hi) = if wte.end <= wpe.start { (wte.clone(), wpe.clone()) } else { (wpe.clone(), wte.clone()) };
+        let op = |kind: OpKind| program.find(kind).ok_or_else(|| bad(format!("the program has no {kind:?} op")));
+        let mut rows = Vec::new();
+        let embed = op(OpKind::Embed)?;
+        let s = timed(repeats, &embed.name, &mut || {
+            crate::host::embedding_forward(&mut out, &tokens, &weights[wte.clone()], 0, vp, &weights[wpe.clone()], t, c).map_err(host)
+        })?;
+        rows.push(OpKernel::of(embed, s));
+        let backward = op(OpKind::EmbedBwd)?;
+        let s = timed(repeats, &backward.name, &mut || {
+            let (low, high) = grads.split_at_mut(hi.start);
+            let (first, second) = (&mut low[lo.clone()], &mut high[..hi.end - hi.start]);
+            let (dwte, dwpe) = if wte.start < wpe.start { (first, second) } else { (second, first) };
+            crate::host::embedding_backward(dwte, dwpe, &dres, &tokens, vp, b, t, c, max_seq, &mut scratch).map_err(host)
+        })?;
+        rows.push(OpKernel::of(backward, s));
+        if let Some(norm) = program.find(OpKind::GradNorm(Owner::Embedding)) {
+            let s = timed(repeats, &norm.name, &mut || {
+                crate::host::grad_norm_partials(std::hint::black_box(&grads), &mut partials).map_err(host)
+            })?;
+            rows.push(OpKernel::of(norm, s));
+        }
+        Ok(rows)
+    }
+
+    /// `run` once to touch its memory, then `repeats` times: the median seconds.
+    fn timed(repeats: usize, what: &str, run: &mut dyn FnMut() -> Result<(), ExecError>) -> Result<f64, ExecError> {
+        run()?;
+        let mut samples = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let t0 = Instant::now();
+            run()?;
+            samples.push(t0.elapsed().as_secs_f64());
+        }
+        crate::calibrate::positive_median(&samples, what)
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +212,22 @@ mod meminfo_tests {
 mod tests {
     use super::*;
     use crate::calibrate::Options;
+
+    #[test]
+    fn the_cpu_embeddings_host_ops_are_timed_at_the_programs_shapes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = models::GptConfig::load(&dir.join("../models/configs/gpt2-tiny.ron")).unwrap();
+        let untied = models::GptConfig { tied_embeddings: false, ..cfg.clone() };
+        let p = models::Program::build_with(&untied, models::program::Clipping::GlobalNorm);
+        let rows = host_ops(&p, 2).unwrap();
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["Embed", "EmbedBwd", "GradNorm"]);
+        assert!(rows.iter().all(|r| r.seconds > 0.0 && r.bytes > 0));
+        // Unclipped: no norm; tied: nothing runs on the host.
+        assert_eq!(host_ops(&models::Program::build(&untied), 2).unwrap().len(), 2);
+        let tied = models::GptConfig { tied_embeddings: true, ..cfg };
+        assert!(host_ops(&models::Program::build(&tied), 2).unwrap().is_empty());
+    }
 
     #[test]
     fn host_rates_of_a_small_sample() {

@@ -104,7 +104,8 @@ impl Options {
     pub fn full() -> Options {
         Options {
             repeats: 7,
-            copy_sizes: vec![8 * MIB, 32 * MIB, 128 * MIB, 512 * MIB, GIB],
+            // 1 MiB shows each copy's latency beside its bytes; the largest gives the rates.
+            copy_sizes: vec![MIB, 8 * MIB, 32 * MIB, 128 * MIB, 512 * MIB, GIB],
             device_copy_bytes: GIB,
             launches: 2000,
             host_copy_bytes: GIB as usize,
@@ -226,7 +227,8 @@ mod imp {
     /// fixed overhead once everything has run, the copies, then the host alone.
     pub fn measure(cfg: &GptConfig, opts: &Options) -> Result<Calibration, ExecError> {
         let t_all = Instant::now();
-        let program = Program::build(cfg);
+        // The clipped step (GPT-3's setup, the default): its gradient norms are timed too.
+        let program = Program::build_with(cfg, models::program::Clipping::GlobalNorm);
         let set = KernelSet::for_config(cfg).map_err(ExecError::Unsupported)?;
         let gpu = Gpu::new().map_err(ExecError::opening)?;
         let device = memory::device(&gpu)?;
@@ -254,13 +256,15 @@ mod imp {
 
         // The same ops at a small micro-batch, where a kernel's fixed costs show.
         let small_cfg = GptConfig { batch: 1, seq: cfg.seq.min(256), ..cfg.clone() };
-        let small_program = Program::build(&small_cfg);
+        let small_program = Program::build_with(&small_cfg, models::program::Clipping::GlobalNorm);
         let small = Bench::new(&gpu, &small_program, &set, opts)?;
         let small_src = Source::new(&small, &[])?;
         let (small_op_kernels, small_op_sequence) = ops::every_op(&small, &small_src)?;
         small.finish(None, small_src)?;
 
         let host = host::measure(opts)?;
+        let host_ops = host::host_ops(&program, opts.repeats)?;
+        let small_host_ops = host::host_ops(&small_program, opts.repeats)?;
         tracing::info!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
         Ok(Calibration {
             device: device.name,
@@ -280,6 +284,8 @@ mod imp {
             op_kernels,
             op_sequence,
             small_op_sequence,
+            host_ops,
+            small_host_ops,
             small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
             small_op_kernels,
             issue: launches.issue_costs(product_issue, copy_issue),

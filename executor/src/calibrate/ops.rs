@@ -69,8 +69,9 @@ mod gpu {
     use crate::calibrate::{bad, positive_median};
     use models::program::OpKind;
 
-    /// Layer 0's ops, the final layer norm, the embedding and the loss with their backwards
-    /// (the output layer's products are the products' probe).
+    /// Layer 0's ops (its gradient norm in a clipped program), the final layer norm, the
+    /// embedding and the loss with their backwards (the output layer's products are the
+    /// products' probe).
     fn timed_here(kind: OpKind) -> bool {
         kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd | OpKind::Embed | OpKind::EmbedBwd | OpKind::Loss)
     }

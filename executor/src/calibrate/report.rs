@@ -39,6 +39,12 @@ pub struct Calibration {
     pub op_sequence: f64,
     #[serde(default)]
     pub small_op_sequence: f64,
+    /// The CPU embedding's host ops at the step's shapes and at the small micro-batch, as the
+    /// executor's host code runs them (none for a tied embedding).
+    #[serde(default)]
+    pub host_ops: Vec<super::ops::OpKernel>,
+    #[serde(default)]
+    pub small_host_ops: Vec<super::ops::OpKernel>,
     /// The host's time to issue each kind of work.
     pub issue: models::IssueCosts,
     /// Device memory in use right after the context was created.
@@ -226,6 +232,9 @@ impl Calibration {
             issue: Some(self.issue),
             kernels: self.kernel_costs(),
             sequence_overhead: Seconds(self.sequence_overhead()),
+            host_kernels: self.host_kernel_costs(),
+            h2d_latency: Seconds(self.copy_latencies().0),
+            d2h_latency: Seconds(self.copy_latencies().1),
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
@@ -293,6 +302,60 @@ impl Calibration {
             }
         }
         out
+    }
+
+    /// What one copy takes beyond its bytes, host to device and device to host: the smallest
+    /// size's time against its bytes at the largest size's rate (0 with one size).
+    pub fn copy_latencies(&self) -> (f64, f64) {
+        let (Some(small), Some(large)) = (self.copies.iter().min_by_key(|r| r.bytes), self.copies.iter().max_by_key(|r| r.bytes)) else {
+            return (0.0, 0.0);
+        };
+        if small.bytes == large.bytes {
+            return (0.0, 0.0);
+        }
+        let b = small.bytes as f64;
+        let beyond = |at_small: f64, at_large: f64| (b / at_small - b / at_large).max(0.0);
+        (beyond(small.h2d, large.h2d), beyond(small.d2h, large.d2h))
+    }
+
+    /// Each host op family timed at both sizes, fitted against the host's memory rate (see
+    /// [`KernelCost::fit`]; a call's fixed time is what the small size shows).
+    pub fn host_kernel_costs(&self) -> std::collections::BTreeMap<String, KernelCost> {
+        let bw = self.host_copy.rate();
+        let mut out = std::collections::BTreeMap::new();
+        for large in &self.host_ops {
+            let Some(small) = self.small_host_ops.iter().find(|k| k.kind == large.kind) else { continue };
+            let at = |k: &super::ops::OpKernel| (k.seconds, k.bytes as f64 / bw);
+            if let Some(c) = KernelCost::fit(at(small), at(large), 1, Seconds::ZERO) {
+                out.insert(large.kind.clone(), c);
+            }
+        }
+        out
+    }
+
+    /// The CPU embedding's host ops at both sizes against the host's memory rate.
+    fn host_op_report(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        if self.host_ops.is_empty() {
+            return s;
+        }
+        let bw = self.host_copy.rate();
+        let costs = self.host_kernel_costs();
+        let _ = writeln!(s, "\nthe CPU embedding's host ops (the executor's host code): measured, at the host memory rate");
+        let _ = writeln!(s, "  {:<12} {:>21}  {:>21}", "", self.config, self.small_config);
+        let _ = writeln!(s, "  {:<12} {:>10} {:>10}  {:>10} {:>10}", "op", "us", "at rate", "us", "at rate");
+        for k in &self.host_ops {
+            let mut line = format!("  {:<12} {:>10.1} {:>10.1}", k.kind, k.seconds * 1e6, k.bytes as f64 / bw * 1e6);
+            if let Some(x) = self.small_host_ops.iter().find(|x| x.kind == k.kind) {
+                let _ = write!(line, "  {:>10.1} {:>10.1}", x.seconds * 1e6, x.bytes as f64 / bw * 1e6);
+            }
+            if let Some(c) = costs.get(&k.kind) {
+                let _ = write!(line, "  fit: {:.1} us per call, {:.0}% of the rate", c.per_launch.0 * 1e6, 100.0 * c.efficiency);
+            }
+            let _ = writeln!(s, "{line}");
+        }
+        s
     }
 
     /// What a launch costs following a different kernel, from layer 0's ops in step order at
@@ -457,6 +520,7 @@ impl Calibration {
             i.event.0 * 1e6
         );
         let _ = write!(s, "{}", self.op_kernel_report());
+        let _ = write!(s, "{}", self.host_op_report());
         if let Ok(c) = self.large_copy() {
             let _ = writeln!(s, "\n{}", self.shared.report(c));
         }
@@ -562,6 +626,8 @@ mod tests {
             small_op_kernels: Vec::new(),
             op_sequence: 0.0,
             small_op_sequence: 0.0,
+            host_ops: Vec::new(),
+            small_host_ops: Vec::new(),
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
@@ -602,6 +668,9 @@ mod tests {
         assert_eq!(hw.memory, Bytes(81559 * MIB));
         // the largest copy size's rates
         assert_eq!((hw.h2d.0, hw.d2h.0, hw.h2d_duplex.0, hw.d2h_duplex.0), (52e9, 54e9, 47e9, 46e9));
+        // 8 MiB at 40 GB/s against 52: the copy's latency is what the rate does not explain.
+        let b = (8 * MIB) as f64;
+        assert!((hw.h2d_latency.0 - (b / 40e9 - b / 52e9)).abs() < 1e-12 && (hw.d2h_latency.0 - (b / 42e9 - b / 54e9)).abs() < 1e-12);
         assert!((hw.attention_flops.0 - 350e9 / 1.6e-3).abs() < 1.0);
         assert!((hw.memory_bandwidth.0 - 2e12).abs() < 1.0);
         assert_eq!(hw.fixed_overhead, Bytes(700 * MIB));

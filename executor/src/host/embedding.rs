@@ -84,6 +84,29 @@ pub fn embedding_forward(
     Ok(())
 }
 
+/// The untied CPU embedding's whole backward, as a step runs it: the token table's gradient
+/// zeroed on all threads, then [`embedding_backward_wte`] into it and
+/// [`embedding_backward_wpe`] (which overwrites) into the position table's. `dout` is
+/// B x T x C, `tokens` B x T.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward(
+    dwte: &mut [bf16],
+    dwpe: &mut [bf16],
+    dout: &[bf16],
+    tokens: &[i32],
+    v_count: usize,
+    b: usize,
+    t: usize,
+    c: usize,
+    max_seq: usize,
+    scratch: &mut WteScratch,
+) -> Result<(), HostError> {
+    // The table is large (V x C): zero it on all threads.
+    dwte.par_chunks_mut(1 << 16).for_each(|rows| rows.fill(bf16::ZERO));
+    embedding_backward_wte(dwte, dout, tokens, 0, v_count, c, scratch)?;
+    embedding_backward_wpe(dwpe, dout, b, t, c, max_seq)
+}
+
 /// Position-table gradient: `dwpe` (`max_seq x C`) gets, for t < T, the sum over the batch of
 /// `dout[b, t]` (`dout` is B x T x C; fp32 in b order, one bf16 rounding), and 0 for the rows
 /// `T..max_seq`. Overwrites (as the kernel does). Multithreaded by positions.

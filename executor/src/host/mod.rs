@@ -15,7 +15,7 @@ pub mod embedding;
 pub mod norm;
 
 pub use adamw::{adamw_owner, adamw_range, view_weight_decay, AdamW};
-pub use embedding::{embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
+pub use embedding::{embedding_backward, embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
 pub use norm::{clip_scale, global_norm, grad_checksum, grad_norm_partials};
 
 /// Bad arguments to a host op (lengths that do not match the shapes, views that do not tile

@@ -21,7 +21,6 @@ use models::program::{OpKind, Program};
 use models::schedule::{Action, Lane, Schedule};
 use models::trace::StepTimes;
 use models::{OpId, TensorId};
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -515,6 +514,22 @@ fn view_range(views: &[View], name: &str) -> Result<std::ops::Range<usize>, Exec
     Ok(v.offset as usize..(v.offset + v.elems()) as usize)
 }
 
+/// Two disjoint ranges of `g`, mutable at once (None where they overlap or lie outside it).
+fn two_ranges<T>(g: &mut [T], a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> Option<(&mut [T], &mut [T])> {
+    if a.end > g.len() || b.end > g.len() || a.start > a.end || b.start > b.end {
+        return None;
+    }
+    if a.end <= b.start {
+        let (low, high) = g.split_at_mut(b.start);
+        Some((&mut low[a], &mut high[..b.end - b.start]))
+    } else if b.end <= a.start {
+        let (low, high) = g.split_at_mut(a.start);
+        Some((&mut high[..a.end - a.start], &mut low[b]))
+    } else {
+        None
+    }
+}
+
 /// Host work one op does on its host copies.
 type OpWork = Box<dyn for<'a> FnOnce(&mut HostAccess<'a>) -> Result<(), String> + Send>;
 
@@ -613,11 +628,9 @@ fn host_work(
                 vec![(dres_t, Access::Read), (emb.grads, Access::Write)],
                 op_work(move |acc| {
                     let (g, dres) = (acc.bf16_mut(emb.grads)?, acc.bf16(dres_t)?);
-                    // The table is large (V x C): zero it on all threads.
-                    g[wte.clone()].par_chunks_mut(1 << 16).for_each(|rows| rows.fill(half::bf16::ZERO));
-                    host::embedding_backward_wte(&mut g[wte], dres, &tokens, 0, vp, c, &mut WteScratch::with_capacity(b * t))
-                        .map_err(host)?;
-                    host::embedding_backward_wpe(&mut g[wpe], dres, b, t, c, max_seq).map_err(host)
+                    let (dwte, dwpe) = two_ranges(g, wte, wpe).ok_or("the token and position tables overlap")?;
+                    host::embedding_backward(dwte, dwpe, dres, &tokens, vp, b, t, c, max_seq, &mut WteScratch::with_capacity(b * t))
+                        .map_err(host)
                 }),
             )
         }

@@ -8,7 +8,7 @@ pub use terms::{Rates, StageTerms};
 
 use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
 use crate::route::{Item, Router};
-use models::cost::{host_op_time, op_time};
+use models::cost::{copy_work_bytes, host_op_time, op_time, Direction};
 use models::{Bytes, HardwareProfile, Program, Seconds};
 
 /// What one group choice (or the fixed part) contributes.
@@ -160,7 +160,7 @@ impl<'a> StageModel<'a> {
                 }
                 Item::H2D { stage, tensor, after_host } => {
                     let e = stages.entry(stage).or_default();
-                    let b = self.program.inventory.tensor(tensor).bytes.as_f64();
+                    let b = copy_work_bytes(self.program.inventory.tensor(tensor).bytes.as_f64(), Direction::HostToDevice, self.hw);
                     e.h2d += b;
                     if after_host == Some(stage) {
                         e.after_host += b;
@@ -168,7 +168,7 @@ impl<'a> StageModel<'a> {
                 }
                 Item::D2H { stage, tensor, feeds_host } => {
                     let e = stages.entry(stage).or_default();
-                    let b = self.program.inventory.tensor(tensor).bytes.as_f64();
+                    let b = copy_work_bytes(self.program.inventory.tensor(tensor).bytes.as_f64(), Direction::DeviceToHost, self.hw);
                     e.d2h += b;
                     if feeds_host {
                         e.feed += b;

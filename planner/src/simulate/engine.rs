@@ -419,7 +419,9 @@ impl<'a> Engine<'a> {
                 }
                 self.tensors[t.index()].dev = Dev::Arriving(a);
                 self.use_start(t, a);
-                let bytes = self.program.inventory.tensor(t).bytes.as_f64() * scale;
+                let bytes =
+                    models::cost::copy_work_bytes(self.program.inventory.tensor(t).bytes.as_f64(), Direction::HostToDevice, self.hw)
+                        * scale;
                 self.state[l] = LaneState::Copy { action: a, start: now, remaining: bytes, dir: Direction::HostToDevice };
                 self.update_block_of(t);
                 self.cursor[l] += 1;
@@ -442,7 +444,9 @@ impl<'a> Engine<'a> {
                 s.host_current = false;
                 s.evicting = Some(a);
                 self.use_start(t, a);
-                let bytes = self.program.inventory.tensor(t).bytes.as_f64() * scale;
+                let bytes =
+                    models::cost::copy_work_bytes(self.program.inventory.tensor(t).bytes.as_f64(), Direction::DeviceToHost, self.hw)
+                        * scale;
                 self.state[l] = LaneState::Copy { action: a, start: now, remaining: bytes, dir: Direction::DeviceToHost };
                 self.update_block_of(t);
                 self.cursor[l] += 1;

@@ -50,6 +50,10 @@ fn hw() -> HardwareProfile {
         interconnect: None,
         issue: None,
         kernels: Default::default(),
+        sequence_overhead: Seconds::ZERO,
+        host_kernels: Default::default(),
+        h2d_latency: Seconds::ZERO,
+        d2h_latency: Seconds::ZERO,
     }
 }
 
@@ -147,6 +151,26 @@ fn all_gpu_peak_and_step_time_match_the_lifetime_graph_and_cost_model() {
         assert_eq!((pr.h2d_bytes, pr.d2h_bytes, pr.exposed_transfer), (Bytes::ZERO, Bytes::ZERO, Seconds::ZERO));
         assert_eq!(pr.peak_at, format!("{} ({})", p.op(at).name, action_label(&p, &s.actions[t.peak_action])));
     }
+}
+
+/// A copy takes its latency and then its bytes at the rate, each direction its own.
+#[test]
+fn a_copy_pays_its_latency_before_its_bytes() {
+    use Action::*;
+    let p = tiny();
+    let mut h = hw();
+    h.h2d_latency = Seconds(5e-6);
+    h.d2h_latency = Seconds(3e-6);
+    let w0 = p.inventory.layers[0].weights;
+    let opt1 = p.inventory.layers[1].optimizer;
+    let s = schedule(&p, vec![Alloc(w0, Lane::HostToDevice), Prefetch(w0), Free(w0, Lane::HostToDevice)], vec![w0]);
+    let t = simulate(&p, &h, &s).unwrap();
+    let want = 5e-6 + bytes(&p, w0) / h.h2d.0;
+    assert!(close(t.spans.iter().find(|s| s.kind == SpanKind::Prefetch).unwrap().end.0, want));
+    let s = schedule(&p, vec![Evict(opt1)], vec![]);
+    let t = simulate(&p, &h, &s).unwrap();
+    let want = 3e-6 + bytes(&p, opt1) / h.d2h.0;
+    assert!(close(t.spans.iter().find(|s| s.kind == SpanKind::Evict).unwrap().end.0, want));
 }
 
 /// embed on the compute lane while layer 0's weights come in; ln1 waits for them.
