@@ -14,7 +14,10 @@ pub struct CopyRow {
 }
 
 #[cfg(feature = "cuda")]
-pub(super) use gpu::{copy_issue, device_copy, pinned, Buffers};
+pub(super) use gpu::{copy_issue, device_copy, pinned, queued_latency, Buffers};
+
+/// Copies of one MiB queued back to back, against one copy of their bytes together.
+pub const QUEUED_COPIES: u64 = 16;
 
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -169,6 +172,51 @@ mod gpu {
             return Err(bad("the host-to-device copies did not bring the host's bytes".into()));
         }
         Ok(copies)
+    }
+
+    /// What each copy takes beyond its bytes as a lane runs them, queued one after another: 16
+    /// copies of 1 MiB against one of 16 MiB, host to device and device to host (the
+    /// difference is 15 latencies); the medians over the rounds.
+    pub fn queued_latency(b: &Bench, bufs: &mut Buffers) -> R<(f64, f64)> {
+        let gpu = b.gpu;
+        let n = super::QUEUED_COPIES;
+        let samples = bufs.with_copies(b, |copies, dev| {
+            let ev = || gpu.timing_event();
+            let (h2d, d2h) = (&gpu.h2d, &gpu.d2h);
+            let round = || -> R<(f64, f64)> {
+                let mut per_dir = [0.0f64; 2];
+                for (i, up) in [true, false].into_iter().enumerate() {
+                    let stream = if up { h2d } else { d2h };
+                    let copy = |bytes: u64| -> R<()> {
+                        if up {
+                            Ok(copies.upload(stream, dev.d_a.range(0, bytes)?)?)
+                        } else {
+                            Ok(copies.download(stream, dev.d_b.range(0, bytes)?)?)
+                        }
+                    };
+                    let (e0, e1, e2) = (ev()?, ev()?, ev()?);
+                    record(&e0, stream)?;
+                    for _ in 0..n {
+                        copy(MIB)?;
+                    }
+                    record(&e1, stream)?;
+                    copy(n * MIB)?;
+                    record(&e2, stream)?;
+                    let many = secs(&e0, &e1, "queued copies")?;
+                    let one = secs(&e1, &e2, "one copy of their bytes")?;
+                    per_dir[i] = ((many - one) / (n - 1) as f64).max(0.0);
+                }
+                Ok((per_dir[0], per_dir[1]))
+            };
+            round()?; // warm-up
+            (0..b.opts.repeats).map(|_| round()).collect::<R<Vec<(f64, f64)>>>()
+        })?;
+        let median = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Ok((median(|x| x.0), median(|x| x.1)))
     }
 
     /// A device-to-device copy of `device_copy_bytes` (bytes read + written).

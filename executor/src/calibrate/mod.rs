@@ -104,8 +104,7 @@ impl Options {
     pub fn full() -> Options {
         Options {
             repeats: 7,
-            // 1 MiB shows each copy's latency beside its bytes; the largest gives the rates.
-            copy_sizes: vec![MIB, 8 * MIB, 32 * MIB, 128 * MIB, 512 * MIB, GIB],
+            copy_sizes: vec![8 * MIB, 32 * MIB, 128 * MIB, 512 * MIB, GIB],
             device_copy_bytes: GIB,
             launches: 2000,
             host_copy_bytes: GIB as usize,
@@ -248,6 +247,7 @@ mod imp {
         let mut buffers = copies::Buffers::new(&bench)?;
         let copies = copies::pinned(&bench, &mut buffers)?;
         let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
+        let copy_latency = copies::queued_latency(&bench, &mut buffers)?;
         let product_issue = products::product_issue(&gemms);
         let largest = copies.last().expect("checked non-empty");
         let shared = shared_memory::gpu::measure(&bench, &mut buffers, largest)?;
@@ -286,6 +286,7 @@ mod imp {
             small_op_sequence,
             host_ops,
             small_host_ops,
+            copy_latency,
             small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
             small_op_kernels,
             issue: launches.issue_costs(product_issue, copy_issue),

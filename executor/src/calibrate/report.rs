@@ -45,6 +45,9 @@ pub struct Calibration {
     pub host_ops: Vec<super::ops::OpKernel>,
     #[serde(default)]
     pub small_host_ops: Vec<super::ops::OpKernel>,
+    /// Seconds each copy takes beyond its bytes, queued (host to device, device to host).
+    #[serde(default)]
+    pub copy_latency: (f64, f64),
     /// The host's time to issue each kind of work.
     pub issue: models::IssueCosts,
     /// Device memory in use right after the context was created.
@@ -304,18 +307,10 @@ impl Calibration {
         out
     }
 
-    /// What one copy takes beyond its bytes, host to device and device to host: the smallest
-    /// size's time against its bytes at the largest size's rate (0 with one size).
+    /// What one copy takes beyond its bytes, host to device and device to host, queued on its
+    /// lane behind another (`copies::queued_latency`).
     pub fn copy_latencies(&self) -> (f64, f64) {
-        let (Some(small), Some(large)) = (self.copies.iter().min_by_key(|r| r.bytes), self.copies.iter().max_by_key(|r| r.bytes)) else {
-            return (0.0, 0.0);
-        };
-        if small.bytes == large.bytes {
-            return (0.0, 0.0);
-        }
-        let b = small.bytes as f64;
-        let beyond = |at_small: f64, at_large: f64| (b / at_small - b / at_large).max(0.0);
-        (beyond(small.h2d, large.h2d), beyond(small.d2h, large.d2h))
+        self.copy_latency
     }
 
     /// Each host op family timed at both sizes, fitted against the host's memory rate (see
@@ -447,6 +442,14 @@ impl Calibration {
                 gb(r.h2d_duplex + r.d2h_duplex)
             );
         }
+        let _ = writeln!(
+            s,
+            "  each copy queued behind another takes {:.2} us (H2D) and {:.2} us (D2H) beyond its bytes ({} of 1 MiB against one of {} MiB)",
+            self.copy_latency.0 * 1e6,
+            self.copy_latency.1 * 1e6,
+            super::copies::QUEUED_COPIES,
+            super::copies::QUEUED_COPIES
+        );
         let _ = writeln!(s, "\nbf16 products of one step of {}", self.config);
         let _ = writeln!(
             s,
@@ -628,6 +631,7 @@ mod tests {
             small_op_sequence: 0.0,
             host_ops: Vec::new(),
             small_host_ops: Vec::new(),
+            copy_latency: (5e-6, 3e-6),
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
@@ -668,9 +672,7 @@ mod tests {
         assert_eq!(hw.memory, Bytes(81559 * MIB));
         // the largest copy size's rates
         assert_eq!((hw.h2d.0, hw.d2h.0, hw.h2d_duplex.0, hw.d2h_duplex.0), (52e9, 54e9, 47e9, 46e9));
-        // 8 MiB at 40 GB/s against 52: the copy's latency is what the rate does not explain.
-        let b = (8 * MIB) as f64;
-        assert!((hw.h2d_latency.0 - (b / 40e9 - b / 52e9)).abs() < 1e-12 && (hw.d2h_latency.0 - (b / 42e9 - b / 54e9)).abs() < 1e-12);
+        assert_eq!((hw.h2d_latency, hw.d2h_latency), (Seconds(5e-6), Seconds(3e-6)));
         assert!((hw.attention_flops.0 - 350e9 / 1.6e-3).abs() < 1.0);
         assert!((hw.memory_bandwidth.0 - 2e12).abs() < 1.0);
         assert_eq!(hw.fixed_overhead, Bytes(700 * MIB));
