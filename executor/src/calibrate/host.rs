@@ -120,7 +120,7 @@ mod imp {
 
     /// The CPU embedding's host ops of `program` (its gather, its backward and, clipped, its
     /// gradient's partial norms), each run `repeats` times after a first touch by the executor's
-    /// own host code at the program's shapes; the medians. None of them for a tied embedding
+    /// own host code at the program's shapes, on the shipped corpus's tokens; the medians. None of them for a tied embedding
     /// (which never runs on the host).
     pub fn host_ops(program: &Program, repeats: usize) -> Result<Vec<OpKernel>, ExecError> {
         let cfg = &program.config;
@@ -139,15 +139,7 @@ mod imp {
         let (wte, wpe) = (range("wte")?, range("wpe")?);
         let weights = vec![f32_to_bf16(0.02); inv.tensor(emb.weights).bytes.0 as usize / 2];
         let mut grads = vec![f32_to_bf16(0.0); inv.tensor(emb.grads).bytes.0 as usize / 2];
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let tokens: Vec<i32> = (0..b * t)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % u64::from(cfg.vocab)) as i32
-            })
-            .collect();
+        let tokens = crate::calibrate::step_tokens(b * t, cfg.vocab, 0)?;
         let mut out = vec![f32_to_bf16(0.0); b * t * c];
         let dres = vec![f32_to_bf16(1e-3); b * t * c];
         let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
@@ -178,11 +170,14 @@ mod imp {
         Ok(rows)
     }
 
-    /// `run` once to touch its memory, then `repeats` times: the median seconds.
+    /// `run` once to touch its memory, then `repeats` times, each after the host's threads had
+    /// time to go idle (as in a step, where host work waits milliseconds for the GPU): the
+    /// median seconds.
     fn timed(repeats: usize, what: &str, run: &mut dyn FnMut() -> Result<(), ExecError>) -> Result<f64, ExecError> {
         run()?;
         let mut samples = Vec::with_capacity(repeats);
         for _ in 0..repeats {
+            std::thread::sleep(std::time::Duration::from_millis(5));
             let t0 = Instant::now();
             run()?;
             samples.push(t0.elapsed().as_secs_f64());

@@ -170,6 +170,16 @@ fn bad(m: String) -> ExecError {
 
 /// The median of `xs`, which must be positive: else an error naming `what`.
 #[cfg(any(feature = "cuda", test))]
+/// `n` token ids the way a step sees them: the shipped corpus from `offset` on, wrapping (text
+/// repeats tokens, which the embedding's backward sums row by row), each below `vocab`.
+fn step_tokens(n: usize, vocab: u32, offset: usize) -> Result<Vec<i32>, ExecError> {
+    let corpus = crate::data::tokenize_corpus().map_err(|e| bad(format!("the shipped corpus: {e}")))?;
+    if corpus.is_empty() {
+        return Err(bad("the shipped corpus has no tokens".into()));
+    }
+    Ok((0..n).map(|i| (corpus[(offset + i) % corpus.len()] % vocab) as i32).collect())
+}
+
 fn positive_median(xs: &[f64], what: &str) -> Result<f64, ExecError> {
     median(xs).filter(|m| *m > 0.0).ok_or_else(|| bad(format!("{what}: no valid samples")))
 }
@@ -309,6 +319,19 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_tokens_are_the_corpus_below_the_vocabulary() {
+        let a = step_tokens(64, 50257, 0).unwrap();
+        let b = step_tokens(64, 50257, 1).unwrap();
+        assert_eq!(a[1..], b[..63], "one token on");
+        // Text repeats tokens; a small vocabulary folds them in range.
+        let mut distinct = a.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() < a.len());
+        assert!(step_tokens(1000, 97, 5).unwrap().iter().all(|t| (0..97).contains(t)));
+    }
 
     #[test]
     fn median_of_odd_even_and_non_finite() {

@@ -66,7 +66,7 @@ pub(super) use gpu::every_op;
 mod gpu {
     use super::OpKernel;
     use crate::calibrate::timing::{Bench, Source, R};
-    use crate::calibrate::{bad, positive_median};
+    use crate::calibrate::{bad, positive_median, step_tokens};
     use models::program::OpKind;
 
     /// Layer 0's ops (its gradient norm in a clipped program), the final layer norm, the
@@ -74,19 +74,6 @@ mod gpu {
     /// products' probe).
     fn timed_here(kind: OpKind) -> bool {
         kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd | OpKind::Embed | OpKind::EmbedBwd | OpKind::Loss)
-    }
-
-    /// Random token ids in [0, vocab), as i32 bytes.
-    fn token_ids(n: usize, vocab: u32, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        let mut out = Vec::with_capacity(4 * n);
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(&((x % u64::from(vocab)) as i32).to_le_bytes());
-        }
-        out
     }
 
     /// Times each of those ops alone (its calls between two events, the stream held), and all of
@@ -104,7 +91,10 @@ mod gpu {
         for id in &ids {
             let buf = t.get(*id)?;
             if *id == io.tokens || *id == io.targets {
-                let ids = token_ids((buf.bytes() / 4) as usize, program.config.vocab, u64::from(id.0) + 7);
+                // The targets are the inputs one token on, as in a batch.
+                let offset = usize::from(*id == io.targets);
+                let ids: Vec<u8> =
+                    step_tokens((buf.bytes() / 4) as usize, program.config.vocab, offset)?.iter().flat_map(|t| t.to_le_bytes()).collect();
                 b.gpu.upload(&b.gpu.compute, buf.range(0, buf.bytes())?, &ids)?;
             } else {
                 src.fill(b.gpu, buf)?;
