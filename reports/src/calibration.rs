@@ -465,8 +465,14 @@ fn flag<'a>(command: &'a str, name: &str) -> Option<&'a str> {
 /// Records that train the same thing: the same config (shape included), the same number of
 /// steps, and the same `--seed` and `--lr` on the command line (absent = the default).
 fn same_setup(a: &Record, b: &Record) -> bool {
+    // The data and where training started (records without them ran on the shipped corpus).
+    let data = |r: &Record| r.training.as_ref().map(|t| (t.data_pattern.clone(), t.data_tokens, t.first_step, t.start.clone()));
+    let lrs = |r: &Record| r.steps.iter().map(|s| s.lr.map(f64::to_bits)).collect::<Vec<_>>();
     a.config == b.config
         && a.steps.len() == b.steps.len()
+        && a.clipping == b.clipping
+        && lrs(a) == lrs(b)
+        && (data(a).is_none() || data(b).is_none() || data(a) == data(b))
         && flag(&a.command, "--seed") == flag(&b.command, "--seed")
         && flag(&a.command, "--lr") == flag(&b.command, "--lr")
 }
@@ -824,8 +830,21 @@ mod tests {
         let far = record("planner", &[10.0, 9.0, 8.5]);
         let mut other_lr = record("planner", &[10.0, 5.0, 1.0]);
         other_lr.command = "offplan run --steps 3 --lr 1e-2".into();
-        let rs =
-            [("a.ron".to_string(), &base), ("b.ron".to_string(), &close), ("c.ron".to_string(), &far), ("d.ron".to_string(), &other_lr)];
+        // A clipped run, or one under another learning-rate schedule, is another setup.
+        let mut clipped = record("planner", &[10.0, 5.0, 1.0]);
+        clipped.clipping = models::program::Clipping::GlobalNorm;
+        let mut scheduled = record("planner", &[10.0, 5.0, 1.0]);
+        for (i, s) in scheduled.steps.iter_mut().enumerate() {
+            s.lr = Some(1e-4 * (i + 1) as f64);
+        }
+        let rs = [
+            ("a.ron".to_string(), &base),
+            ("b.ron".to_string(), &close),
+            ("c.ron".to_string(), &far),
+            ("d.ron".to_string(), &other_lr),
+            ("e.ron".to_string(), &clipped),
+            ("f.ron".to_string(), &scheduled),
+        ];
         let (pairs, issues) = loss_mismatches(&rs);
         assert_eq!(pairs, 2);
         assert_eq!(issues.len(), 1, "{issues:?}");
