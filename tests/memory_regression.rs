@@ -188,6 +188,7 @@ fn probed_records_are_replayed_under_their_own_rates() {
         matmul_flops: hw.matmul_flops,
         attention_flops: hw.attention_flops,
         host_adam_params_per_second: hw.host_adam_params_per_second,
+        host_ops: None,
         issue: None,
         seconds: 0.5,
     };

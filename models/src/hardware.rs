@@ -113,6 +113,11 @@ pub struct HardwareProfile {
     /// `host_memory_bandwidth`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_kernels: BTreeMap<String, KernelCost>,
+    /// The rate a run's probe measures for the host's memory-bound ops (`ProbeRates::host_ops`),
+    /// as calibrate measured it the same way beside `host_kernels`: a run replayed under its
+    /// probes scales the host's memory rate by its probe against this. None when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ops_probe: Option<BytesPerSecond>,
     /// Time each copy takes beyond its bytes at the rate, host to device and device to host
     /// (calibrate: the smallest copy size against the largest's rate). 0 when absent.
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
@@ -329,6 +334,11 @@ pub struct ProbeRates {
     pub matmul_flops: FlopsPerSecond,
     pub attention_flops: FlopsPerSecond,
     pub host_adam_params_per_second: f64,
+    /// The host's memory-bound op rate: the CPU embedding's gradient norm over a fixed buffer,
+    /// the host's threads idle before each call (bytes/s); None in records written before runs
+    /// probed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ops: Option<f64>,
     /// The host's issue costs; None in records written before runs probed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue: Option<IssueCosts>,
@@ -372,6 +382,10 @@ impl ProbeRates {
             matmul_flops: FlopsPerSecond(m(&|p| p.matmul_flops.0)),
             attention_flops: FlopsPerSecond(m(&|p| p.attention_flops.0)),
             host_adam_params_per_second: m(&|p| p.host_adam_params_per_second),
+            host_ops: {
+                let v: Vec<f64> = probes.iter().filter_map(|p| p.host_ops).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            },
             issue: IssueCosts::mean(&probes.iter().filter_map(|p| p.issue).collect::<Vec<_>>()),
             seconds: m(&|p| p.seconds),
         })
@@ -389,11 +403,15 @@ impl ProbeRates {
             (self.attention_flops.0, other.attention_flops.0),
             (self.host_adam_params_per_second, other.host_adam_params_per_second),
         ];
+        let host_ops = match (self.host_ops, other.host_ops) {
+            (Some(a), Some(b)) => vec![(a, b)],
+            _ => Vec::new(),
+        };
         let issue = match (self.issue, other.issue) {
             (Some(a), Some(b)) => vec![(a.kernel.0, b.kernel.0), (a.product.0, b.product.0), (a.copy.0, b.copy.0), (a.event.0, b.event.0)],
             _ => Vec::new(),
         };
-        let pairs = pairs.iter().chain(&issue);
+        let pairs = pairs.iter().chain(&issue).chain(&host_ops);
         pairs.map(|(a, b)| (a - b).abs() / a.max(*b).max(f64::MIN_POSITIVE)).fold(0.0, f64::max)
     }
 }
@@ -410,6 +428,12 @@ impl HardwareProfile {
             matmul_flops: p.matmul_flops,
             attention_flops: p.attention_flops,
             host_adam_params_per_second: p.host_adam_params_per_second,
+            // The host ops' machine: the host's memory rate as fast, against calibrate's
+            // measurement the same way, as the run's probe found it.
+            host_memory_bandwidth: match (p.host_ops, self.host_ops_probe) {
+                (Some(now), Some(then)) if now > 0.0 && then.0 > 0.0 => BytesPerSecond(self.host_memory_bandwidth.0 * now / then.0),
+                _ => self.host_memory_bandwidth,
+            },
             // A profile without issue costs timed its launch overhead with the host's pace in
             // it: the probe's issue costs would count that pace twice.
             issue: self.issue.and(p.issue).or(self.issue),
@@ -552,6 +576,11 @@ impl HardwareProfile {
                 ));
             }
         }
+        if let Some(r) = self.host_ops_probe {
+            if !(r.0.is_finite() && r.0 > 0.0) {
+                return Err(("host_ops_probe", format!("`host_ops_probe` must be a positive rate, got {} B/s", r.0)));
+            }
+        }
         for (field, v) in [("h2d_latency", self.h2d_latency), ("d2h_latency", self.d2h_latency)] {
             if !(v.0.is_finite() && (0.0..1e-3).contains(&v.0)) {
                 return Err((field, format!("`{field}` must be in [0, 1 ms), got {} s", v.0)));
@@ -640,6 +669,34 @@ mod tests {
         let c = KernelCost::fit((50e-6, 1e-6), (40e-6, 40e-6), 1, Seconds(2e-6)).unwrap();
         assert_eq!(c.per_launch, Seconds(2e-6));
         assert!(KernelCost::fit((0.0, 1e-6), (1e-5, 1e-5), 1, Seconds(2e-6)).is_none());
+    }
+
+    #[test]
+    fn a_probe_of_the_host_ops_scales_the_host_memory_rate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
+        let mut hw = HardwareProfile::load(&dir.join("h100-sxm.ron")).unwrap();
+        let p = ProbeRates {
+            h2d: hw.h2d,
+            d2h: hw.d2h,
+            h2d_duplex: hw.h2d_duplex,
+            d2h_duplex: hw.d2h_duplex,
+            matmul_flops: hw.matmul_flops,
+            attention_flops: hw.attention_flops,
+            host_adam_params_per_second: hw.host_adam_params_per_second,
+            host_ops: Some(30e9),
+            issue: None,
+            seconds: 0.5,
+        };
+        // Without calibrate's own measurement there is nothing to scale against.
+        assert_eq!(hw.with_probed(&p).host_memory_bandwidth, hw.host_memory_bandwidth);
+        hw.host_ops_probe = Some(BytesPerSecond(40e9));
+        let probed = hw.with_probed(&p);
+        assert!((probed.host_memory_bandwidth.0 - hw.host_memory_bandwidth.0 * 0.75).abs() < 1.0);
+        // It counts in how much the machine moved between two probes.
+        let slower = ProbeRates { host_ops: Some(15e9), ..p.clone() };
+        assert!((p.largest_change(&slower) - 0.5).abs() < 1e-12);
+        hw.host_ops_probe = Some(BytesPerSecond(0.0));
+        assert_eq!(hw.validate().unwrap_err().0, "host_ops_probe");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct HostRates {
 }
 
 #[cfg(any(feature = "cuda", test))]
-pub(super) use imp::{host_ops, measure};
+pub(super) use imp::{host_ops, host_ops_rate, measure};
 
 #[cfg(any(feature = "cuda", test))]
 mod imp {
@@ -170,6 +170,20 @@ mod imp {
         Ok(rows)
     }
 
+    /// Bytes of the host ops' probe: the CPU embedding's gradient norm over 32 M bf16 values.
+    const HOST_OPS_PROBE_VALUES: usize = 32 << 20;
+
+    /// The host's memory-bound op rate as a run's probe and calibrate both take it: the host
+    /// gradient norm over [`HOST_OPS_PROBE_VALUES`] values, the threads idle before each call,
+    /// in bytes read per second (the median of `repeats`).
+    pub fn host_ops_rate(repeats: usize) -> Result<f64, ExecError> {
+        let g = vec![f32_to_bf16(1e-3); HOST_OPS_PROBE_VALUES];
+        let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
+        let host = |e: crate::host::HostError| bad(e.to_string());
+        let s = timed(repeats, "the host ops' probe", &mut || crate::host::grad_norm_partials(std::hint::black_box(&g), &mut partials).map_err(host))?;
+        Ok((2 * HOST_OPS_PROBE_VALUES) as f64 / s)
+    }
+
     /// `run` once to touch its memory, then `repeats` times, each after the host's threads had
     /// time to go idle (as in a step, where host work waits milliseconds for the GPU): the
     /// median seconds.
@@ -222,6 +236,7 @@ mod tests {
         assert_eq!(host_ops(&models::Program::build(&untied), 2).unwrap().len(), 2);
         let tied = models::GptConfig { tied_embeddings: true, ..cfg };
         assert!(host_ops(&models::Program::build(&tied), 2).unwrap().is_empty());
+        assert!(host_ops_rate(2).unwrap() > 0.0);
     }
 
     #[test]

@@ -275,6 +275,7 @@ mod imp {
         let host = host::measure(opts)?;
         let host_ops = host::host_ops(&program, opts.repeats)?;
         let small_host_ops = host::host_ops(&small_program, opts.repeats)?;
+        let host_ops_probe = host::host_ops_rate(opts.repeats)?;
         tracing::info!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
         Ok(Calibration {
             device: device.name,
@@ -296,6 +297,7 @@ mod imp {
             small_op_sequence,
             host_ops,
             small_host_ops,
+            host_ops_probe,
             copy_latency,
             small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
             small_op_kernels,

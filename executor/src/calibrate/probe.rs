@@ -1,7 +1,7 @@
 //! The short probes each `offplan run` takes before its first step and after its last: the
 //! rates of the profile that vary by machine and by minute, measured the way calibrate measures
-//! them but small (256 MiB copies, 64 M parameters of host AdamW, every product of one step,
-//! five rounds): about a second on the H200.
+//! them but small (256 MiB copies, 64 M parameters of host AdamW, the host's gradient norm over
+//! 64 MiB, every product of one step, five rounds): about a second on the H200.
 
 use super::{Options, MIB};
 
@@ -57,6 +57,7 @@ mod gpu {
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
         let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
         let adam = shared_memory::gpu::adam_alone(&bench)?;
+        let host_ops = super::super::host::host_ops_rate(opts.repeats)?;
         bench.finish(Some(buffers), src)?;
         gpu.synchronize()?;
         gpu.trim_pool()?;
@@ -68,11 +69,12 @@ mod gpu {
             matmul_flops: FlopsPerSecond(matmul_rate(&gemms, launch_overhead).map_err(ExecError::Calibration)?),
             attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
             host_adam_params_per_second: adam.rate(),
+            host_ops: Some(host_ops),
             issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue)),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            "probe ({:.2} s): copies {:.1}/{:.1} GB/s, {:.1}+{:.1} at once ({} MiB); products {:.1} TFLOP/s; attention {:.1} TFLOP/s; host AdamW {:.2} G params/s",
+            "probe ({:.2} s): copies {:.1}/{:.1} GB/s, {:.1}+{:.1} at once ({} MiB); products {:.1} TFLOP/s; attention {:.1} TFLOP/s; host AdamW {:.2} G params/s; host ops {:.1} GB/s",
             rates.seconds,
             rates.h2d.0 / 1e9,
             rates.d2h.0 / 1e9,
@@ -81,7 +83,8 @@ mod gpu {
             c.bytes / MIB,
             rates.matmul_flops.0 / 1e12,
             rates.attention_flops.0 / 1e12,
-            rates.host_adam_params_per_second / 1e9
+            rates.host_adam_params_per_second / 1e9,
+            host_ops / 1e9
         );
         Ok(rates)
     }

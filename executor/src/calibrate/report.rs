@@ -45,6 +45,9 @@ pub struct Calibration {
     pub host_ops: Vec<super::ops::OpKernel>,
     #[serde(default)]
     pub small_host_ops: Vec<super::ops::OpKernel>,
+    /// The host ops' probe rate as a run's probe takes it (bytes/s; 0 where not measured).
+    #[serde(default)]
+    pub host_ops_probe: f64,
     /// Seconds each copy takes beyond its bytes, queued (host to device, device to host).
     #[serde(default)]
     pub copy_latency: (f64, f64),
@@ -236,6 +239,7 @@ impl Calibration {
             kernels: self.kernel_costs(),
             sequence_overhead: Seconds(self.sequence_overhead()),
             host_kernels: self.host_kernel_costs(),
+            host_ops_probe: (self.host_ops_probe > 0.0).then_some(BytesPerSecond(self.host_ops_probe)),
             h2d_latency: Seconds(self.copy_latencies().0),
             d2h_latency: Seconds(self.copy_latencies().1),
         };
@@ -350,6 +354,7 @@ impl Calibration {
             }
             let _ = writeln!(s, "{line}");
         }
+        let _ = writeln!(s, "  the host ops' probe (a run measures it the same way): {:.1} GB/s", self.host_ops_probe / 1e9);
         s
     }
 
@@ -632,6 +637,7 @@ mod tests {
             host_ops: Vec::new(),
             small_host_ops: Vec::new(),
             copy_latency: (5e-6, 3e-6),
+            host_ops_probe: 30e9,
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,

@@ -52,6 +52,7 @@ fn hw() -> HardwareProfile {
         kernels: Default::default(),
         sequence_overhead: Seconds::ZERO,
         host_kernels: Default::default(),
+        host_ops_probe: None,
         h2d_latency: Seconds::ZERO,
         d2h_latency: Seconds::ZERO,
     }
