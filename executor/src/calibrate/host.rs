@@ -180,7 +180,9 @@ mod imp {
         let g = vec![f32_to_bf16(1e-3); HOST_OPS_PROBE_VALUES];
         let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
         let host = |e: crate::host::HostError| bad(e.to_string());
-        let s = timed(repeats, "the host ops' probe", &mut || crate::host::grad_norm_partials(std::hint::black_box(&g), &mut partials).map_err(host))?;
+        let s = timed(repeats, "the host ops' probe", &mut || {
+            crate::host::grad_norm_partials(std::hint::black_box(&g), &mut partials).map_err(host)
+        })?;
         Ok((2 * HOST_OPS_PROBE_VALUES) as f64 / s)
     }
 
