@@ -119,7 +119,8 @@ pub struct HardwareProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ops_probe: Option<BytesPerSecond>,
     /// Time each copy takes beyond its bytes at the rate, host to device and device to host
-    /// (calibrate: the smallest copy size against the largest's rate). 0 when absent.
+    /// (calibrate: copies of 1 MiB queued back to back against one of their bytes). 0 when
+    /// absent.
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
     pub h2d_latency: Seconds,
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]

@@ -151,6 +151,19 @@ pub struct Record {
     pub issue_ms: Option<f64>,
 }
 
+/// The row of `rows` that `is` picks, added from `new` where there is none yet: the rows stay in
+/// the order their kinds first came.
+fn row_of<R>(rows: &mut Vec<R>, is: impl Fn(&R) -> bool, new: impl FnOnce() -> R) -> &mut R {
+    let i = match rows.iter().position(is) {
+        Some(i) => i,
+        None => {
+            rows.push(new());
+            rows.len() - 1
+        }
+    };
+    &mut rows[i]
+}
+
 impl OpKindTime {
     /// The table of a measured step's compute actions `(op, span ms, issue ms)`, a row per op
     /// kind in the order the kinds first ran, each priced under `hw`.
@@ -163,14 +176,11 @@ impl OpKindTime {
         for (id, measured, issue) in spans {
             let op = program.op(id);
             let kind = op.kind.family();
-            let i = match rows.iter().position(|r| r.kind == kind) {
-                Some(i) => i,
-                None => {
-                    rows.push(OpKindTime { kind: kind.into(), runs: 0, launches: 0, measured_ms: 0.0, issue_ms: 0.0, predicted_ms: 0.0 });
-                    rows.len() - 1
-                }
-            };
-            let r = &mut rows[i];
+            let r = row_of(
+                &mut rows,
+                |r| r.kind == kind,
+                || OpKindTime { kind: kind.into(), runs: 0, launches: 0, measured_ms: 0.0, issue_ms: 0.0, predicted_ms: 0.0 },
+            );
             r.runs += 1;
             r.launches += op.launches;
             r.measured_ms += measured;
@@ -193,14 +203,11 @@ impl HostOpKindTime {
         for (id, measured) in spans {
             let op = program.op(id);
             let kind = op.kind.family();
-            let i = match rows.iter().position(|r| r.kind == kind) {
-                Some(i) => i,
-                None => {
-                    rows.push(HostOpKindTime { kind: kind.into(), runs: 0, measured_ms: 0.0, predicted_ms: 0.0 });
-                    rows.len() - 1
-                }
-            };
-            let r = &mut rows[i];
+            let r = row_of(
+                &mut rows,
+                |r| r.kind == kind,
+                || HostOpKindTime { kind: kind.into(), runs: 0, measured_ms: 0.0, predicted_ms: 0.0 },
+            );
             r.runs += 1;
             r.measured_ms += measured;
             r.predicted_ms += models::cost::host_op_time(op, program, hw).map_or(0.0, |t| t.0 * 1e3);

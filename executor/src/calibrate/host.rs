@@ -132,10 +132,7 @@ mod imp {
         let (b, t, c, vp, max_seq) =
             (cfg.batch as usize, cfg.seq as usize, cfg.hidden as usize, cfg.padded_vocab as usize, cfg.max_seq as usize);
         let views = &inv.tensor(emb.weights).views;
-        let range = |name: &str| -> Result<std::ops::Range<usize>, ExecError> {
-            let v = views.iter().find(|v| v.name == name).ok_or_else(|| bad(format!("the embedding has no view {name}")))?;
-            Ok(v.offset as usize..(v.offset + v.elems()) as usize)
-        };
+        let range = |name: &str| crate::host::view_range(views, name).ok_or_else(|| bad(format!("the embedding has no view {name}")));
         let (wte, wpe) = (range("wte")?, range("wpe")?);
         let weights = vec![f32_to_bf16(0.02); inv.tensor(emb.weights).bytes.0 as usize / 2];
         let mut grads = vec![f32_to_bf16(0.0); inv.tensor(emb.grads).bytes.0 as usize / 2];
@@ -145,7 +142,6 @@ mod imp {
         let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
         let mut scratch = crate::host::WteScratch::with_capacity(b * t);
         let host = |e: crate::host::HostError| bad(e.to_string());
-        let (lo, hi) = if wte.end <= wpe.start { (wte.clone(), wpe.clone()) } else { (wpe.clone(), wte.clone()) };
         let op = |kind: OpKind| program.find(kind).ok_or_else(|| bad(format!("the program has no {kind:?} op")));
         let mut rows = Vec::new();
         let embed = op(OpKind::Embed)?;
@@ -155,9 +151,8 @@ mod imp {
         rows.push(OpKernel::of(embed, s));
         let backward = op(OpKind::EmbedBwd)?;
         let s = timed(repeats, &backward.name, &mut || {
-            let (low, high) = grads.split_at_mut(hi.start);
-            let (first, second) = (&mut low[lo.clone()], &mut high[..hi.end - hi.start]);
-            let (dwte, dwpe) = if wte.start < wpe.start { (first, second) } else { (second, first) };
+            let (dwte, dwpe) = crate::host::two_ranges(&mut grads, wte.clone(), wpe.clone())
+                .ok_or_else(|| bad("the token and position tables overlap".into()))?;
             crate::host::embedding_backward(dwte, dwpe, &dres, &tokens, vp, b, t, c, max_seq, &mut scratch).map_err(host)
         })?;
         rows.push(OpKernel::of(backward, s));

@@ -168,18 +168,22 @@ fn bad(m: String) -> ExecError {
     ExecError::Calibration(m)
 }
 
-/// The median of `xs`, which must be positive: else an error naming `what`.
-#[cfg(any(feature = "cuda", test))]
 /// `n` token ids the way a step sees them: the shipped corpus from `offset` on, wrapping (text
-/// repeats tokens, which the embedding's backward sums row by row), each below `vocab`.
+/// repeats tokens, which the embedding's backward sums row by row), each below `vocab`. The
+/// corpus is tokenised once per process.
+#[cfg(any(feature = "cuda", test))]
 fn step_tokens(n: usize, vocab: u32, offset: usize) -> Result<Vec<i32>, ExecError> {
-    let corpus = crate::data::tokenize_corpus().map_err(|e| bad(format!("the shipped corpus: {e}")))?;
+    static CORPUS: std::sync::OnceLock<Result<Vec<u32>, String>> = std::sync::OnceLock::new();
+    let corpus = CORPUS.get_or_init(|| crate::data::tokenize_corpus().map_err(|e| e.to_string()));
+    let corpus = corpus.as_ref().map_err(|e| bad(format!("the shipped corpus: {e}")))?;
     if corpus.is_empty() {
         return Err(bad("the shipped corpus has no tokens".into()));
     }
     Ok((0..n).map(|i| (corpus[(offset + i) % corpus.len()] % vocab) as i32).collect())
 }
 
+/// The median of `xs`, which must be positive: else an error naming `what`.
+#[cfg(any(feature = "cuda", test))]
 fn positive_median(xs: &[f64], what: &str) -> Result<f64, ExecError> {
     median(xs).filter(|m| *m > 0.0).ok_or_else(|| bad(format!("{what}: no valid samples")))
 }

@@ -48,15 +48,18 @@ impl OpKernel {
     }
 }
 
-/// What a kernel costs beyond itself when it follows a different kernel, as a step runs them:
-/// the ops' calls in step order against the sum of each op alone, per launch (at least 0).
-pub fn sequence_overhead(alone: &[OpKernel], in_order: f64) -> f64 {
+/// The ops' calls in step order against the sum of each op alone: (the sum alone, the time
+/// in order beyond it per launch, which may come out negative where the spread hides it).
+pub fn in_order_beyond_alone(alone: &[OpKernel], in_order: f64) -> (f64, f64) {
     let launches: u32 = alone.iter().map(|k| k.launches).sum();
     let sum: f64 = alone.iter().map(|k| k.seconds).sum();
-    if launches == 0 {
-        return 0.0;
-    }
-    ((in_order - sum) / launches as f64).max(0.0)
+    (sum, if launches == 0 { 0.0 } else { (in_order - sum) / launches as f64 })
+}
+
+/// What a kernel costs beyond itself when it follows a different kernel, as a step runs them:
+/// [`in_order_beyond_alone`] per launch, at least 0.
+pub fn sequence_overhead(alone: &[OpKernel], in_order: f64) -> f64 {
+    in_order_beyond_alone(alone, in_order).1.max(0.0)
 }
 
 #[cfg(feature = "cuda")]

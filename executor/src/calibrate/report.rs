@@ -240,8 +240,8 @@ impl Calibration {
             sequence_overhead: Seconds(self.sequence_overhead()),
             host_kernels: self.host_kernel_costs(),
             host_ops_probe: (self.host_ops_probe > 0.0).then_some(BytesPerSecond(self.host_ops_probe)),
-            h2d_latency: Seconds(self.copy_latencies().0),
-            d2h_latency: Seconds(self.copy_latencies().1),
+            h2d_latency: Seconds(self.copy_latency.0),
+            d2h_latency: Seconds(self.copy_latency.1),
         };
         hw.validate().map_err(|(field, m)| format!("the measured profile is not valid ({field}): {m}"))?;
         Ok(hw)
@@ -299,37 +299,14 @@ impl Calibration {
 
     /// Each memory-bound op family timed at both sizes, fitted (see [`KernelCost::fit`]).
     pub fn kernel_costs(&self) -> std::collections::BTreeMap<String, KernelCost> {
-        let bw = self.memory_rate();
-        let mut out = std::collections::BTreeMap::new();
-        for large in self.op_kernels.iter().filter(|k| k.work == WorkClass::Memory) {
-            let Some(small) = self.small_op_kernels.iter().find(|k| k.kind == large.kind) else { continue };
-            let at = |k: &super::ops::OpKernel| (k.seconds, k.bytes as f64 / bw);
-            if let Some(c) = KernelCost::fit(at(small), at(large), large.launches, Seconds(self.launch_overhead)) {
-                out.insert(large.kind.clone(), c);
-            }
-        }
-        out
-    }
-
-    /// What one copy takes beyond its bytes, host to device and device to host, queued on its
-    /// lane behind another (`copies::queued_latency`).
-    pub fn copy_latencies(&self) -> (f64, f64) {
-        self.copy_latency
+        let memory = self.op_kernels.iter().filter(|k| k.work == WorkClass::Memory);
+        fit_families(memory, &self.small_op_kernels, self.memory_rate(), |k| k.launches, Seconds(self.launch_overhead))
     }
 
     /// Each host op family timed at both sizes, fitted against the host's memory rate (see
-    /// [`KernelCost::fit`]; a call's fixed time is what the small size shows).
+    /// [`KernelCost::fit`]; one call each, whose fixed time is what the small size shows).
     pub fn host_kernel_costs(&self) -> std::collections::BTreeMap<String, KernelCost> {
-        let bw = self.host_copy.rate();
-        let mut out = std::collections::BTreeMap::new();
-        for large in &self.host_ops {
-            let Some(small) = self.small_host_ops.iter().find(|k| k.kind == large.kind) else { continue };
-            let at = |k: &super::ops::OpKernel| (k.seconds, k.bytes as f64 / bw);
-            if let Some(c) = KernelCost::fit(at(small), at(large), 1, Seconds::ZERO) {
-                out.insert(large.kind.clone(), c);
-            }
-        }
-        out
+        fit_families(&self.host_ops, &self.small_host_ops, self.host_copy.rate(), |_| 1, Seconds::ZERO)
     }
 
     /// The CPU embedding's host ops at both sizes against the host's memory rate.
@@ -405,16 +382,17 @@ impl Calibration {
             }
             let _ = writeln!(s, "{line}");
         }
-        let per_launch = |alone: &[super::ops::OpKernel], seq: f64| {
-            let sum: f64 = alone.iter().map(|k| k.seconds).sum();
-            let launches: u32 = alone.iter().map(|k| k.launches).sum();
-            (sum * 1e6, seq * 1e6, (seq - sum) / launches.max(1) as f64 * 1e6)
-        };
-        let (a, q, d) = per_launch(&self.op_kernels, self.op_sequence);
-        let (sa, sq, sd) = per_launch(&self.small_op_kernels, self.small_op_sequence);
+        let (a, d) = super::ops::in_order_beyond_alone(&self.op_kernels, self.op_sequence);
+        let (sa, sd) = super::ops::in_order_beyond_alone(&self.small_op_kernels, self.small_op_sequence);
         let _ = writeln!(
             s,
-            "  in step order: {q:.2} us against {a:.2} alone ({d:+.2} per launch); at the small size {sq:.2} against {sa:.2} ({sd:+.2} per launch: sequence_overhead {:.2} us)",
+            "  in step order: {:.2} us against {:.2} alone ({:+.2} per launch); at the small size {:.2} against {:.2} ({:+.2} per launch: sequence_overhead {:.2} us)",
+            self.op_sequence * 1e6,
+            a * 1e6,
+            d * 1e6,
+            self.small_op_sequence * 1e6,
+            sa * 1e6,
+            sd * 1e6,
             self.sequence_overhead() * 1e6
         );
         s
@@ -585,6 +563,25 @@ impl Calibration {
         }
         s
     }
+}
+
+/// The family of each op in `large` also timed in `small`, fitted to a [`KernelCost`] at `rate`
+/// (bytes/s), with `calls(op)` launches per op over `overhead` each (see [`KernelCost::fit`]).
+fn fit_families<'a>(
+    large: impl IntoIterator<Item = &'a super::ops::OpKernel>,
+    small: &[super::ops::OpKernel],
+    rate: f64,
+    calls: impl Fn(&super::ops::OpKernel) -> u32,
+    overhead: Seconds,
+) -> std::collections::BTreeMap<String, KernelCost> {
+    let at = |k: &super::ops::OpKernel| (k.seconds, k.bytes as f64 / rate);
+    large
+        .into_iter()
+        .filter_map(|l| {
+            let s = small.iter().find(|k| k.kind == l.kind)?;
+            Some((l.kind.clone(), KernelCost::fit(at(s), at(l), calls(l), overhead)?))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,28 @@ pub use adamw::{adamw_owner, adamw_range, view_weight_decay, AdamW};
 pub use embedding::{embedding_backward, embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
 pub use norm::{clip_scale, global_norm, grad_checksum, grad_norm_partials};
 
+/// The elements of a parameter tensor's view `name` (None where it has no such view).
+pub fn view_range(views: &[models::inventory::View], name: &str) -> Option<std::ops::Range<usize>> {
+    let v = views.iter().find(|v| v.name == name)?;
+    Some(v.offset as usize..(v.offset + v.elems()) as usize)
+}
+
+/// Two disjoint ranges of `g`, mutable at once (None where they overlap or lie outside it).
+pub fn two_ranges<T>(g: &mut [T], a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> Option<(&mut [T], &mut [T])> {
+    if a.end > g.len() || b.end > g.len() || a.start > a.end || b.start > b.end {
+        return None;
+    }
+    if a.end <= b.start {
+        let (low, high) = g.split_at_mut(b.start);
+        Some((&mut low[a], &mut high[..b.end - b.start]))
+    } else if b.end <= a.start {
+        let (low, high) = g.split_at_mut(a.start);
+        Some((&mut high[..a.end - a.start], &mut low[b]))
+    } else {
+        None
+    }
+}
+
 /// Bad arguments to a host op (lengths that do not match the shapes, views that do not tile
 /// the owner's tensor, a step of 0).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -634,3 +634,17 @@ fn embedding_rejects_bad_shapes() {
     // T = 3 > max_seq = 2
     assert!(embedding_backward_wpe(&mut dwpe, &out, 2, 3, 4, 2).is_err());
 }
+
+#[test]
+fn two_disjoint_ranges_come_out_in_the_order_asked() {
+    let mut g: Vec<u32> = (0..10).collect();
+    let (a, b) = two_ranges(&mut g, 6..9, 1..3).unwrap();
+    assert_eq!((a.to_vec(), b.to_vec()), (vec![6, 7, 8], vec![1, 2]));
+    let (a, b) = two_ranges(&mut g, 0..2, 2..10).unwrap();
+    assert_eq!((a.len(), b.len()), (2, 8));
+    assert!(two_ranges(&mut g, 0..5, 4..6).is_none(), "overlapping");
+    assert!(two_ranges(&mut g, 0..2, 8..11).is_none(), "outside");
+    let views = [View { name: "wpe".into(), shape: vec![2, 3], offset: 12 }];
+    assert_eq!(view_range(&views, "wpe"), Some(12..18));
+    assert_eq!(view_range(&views, "wte"), None);
+}

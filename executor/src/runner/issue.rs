@@ -21,15 +21,13 @@ use models::program::{OpKind, Program};
 use models::schedule::{Action, Lane, Schedule};
 use models::trace::StepTimes;
 use models::{OpId, TensorId};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// What host work reports back: its errors and its busy time.
+/// What host work reports back: its errors and each op's own time.
 #[derive(Default)]
 struct HostSink {
     errors: Mutex<Vec<String>>,
-    nanos: AtomicU64,
     /// Each host op's own time in this step (op, ms), in the order they ended.
     ops: Mutex<Vec<(OpId, f64)>>,
     /// The step's global gradient norm and exact gradient checksum, from its clip scale op.
@@ -209,7 +207,6 @@ pub fn run(
         } else {
             None
         };
-        sink.nanos.store(0, Ordering::Relaxed);
         sink.ops.lock().expect("host sink").clear();
         *sink.grad_norm.lock().expect("host sink") = None;
         record(&start, lanes.stream(Lane::Compute))?;
@@ -254,9 +251,11 @@ pub fn run(
                 reports.push(r);
             }
             Some(smp) => {
+                host_ops =
+                    std::mem::take(&mut *sink.ops.lock().expect("host sink")).into_iter().map(|(op, ms)| HostOpSpan { op, ms }).collect();
                 lane_times = StepTimes {
                     step_ms: ms,
-                    host_ms: sink.nanos.load(Ordering::Relaxed) as f64 / 1e6,
+                    host_ms: host_ops.iter().map(|h| h.ms).sum(),
                     h2d_bytes: smp.h2d_bytes,
                     d2h_bytes: smp.d2h_bytes,
                     ..StepTimes::default()
@@ -273,8 +272,6 @@ pub fn run(
                         Timed::Wait => lane_times.compute_wait_ms += d,
                     }
                 }
-                host_ops =
-                    std::mem::take(&mut *sink.ops.lock().expect("host sink")).into_iter().map(|(op, ms)| HostOpSpan { op, ms }).collect();
                 for (action, ev, used) in &smp.memory {
                     memory.push(MemoryPoint { action: *action, ms: elapsed_ms(&start, ev)? as f64, used: *used });
                 }
@@ -510,24 +507,7 @@ impl Issuer<'_> {
 
 /// The slice of a parameter tensor's view `name` (in elements of the slice's type).
 fn view_range(views: &[View], name: &str) -> Result<std::ops::Range<usize>, ExecError> {
-    let v = views.iter().find(|v| v.name == name).ok_or_else(|| ExecError::Refused(format!("no view {name}")))?;
-    Ok(v.offset as usize..(v.offset + v.elems()) as usize)
-}
-
-/// Two disjoint ranges of `g`, mutable at once (None where they overlap or lie outside it).
-fn two_ranges<T>(g: &mut [T], a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> Option<(&mut [T], &mut [T])> {
-    if a.end > g.len() || b.end > g.len() || a.start > a.end || b.start > b.end {
-        return None;
-    }
-    if a.end <= b.start {
-        let (low, high) = g.split_at_mut(b.start);
-        Some((&mut low[a], &mut high[..b.end - b.start]))
-    } else if b.end <= a.start {
-        let (low, high) = g.split_at_mut(a.start);
-        Some((&mut high[..a.end - a.start], &mut low[b]))
-    } else {
-        None
-    }
+    host::view_range(views, name).ok_or_else(|| ExecError::Refused(format!("no view {name}")))
 }
 
 /// Host work one op does on its host copies.
@@ -628,7 +608,7 @@ fn host_work(
                 vec![(dres_t, Access::Read), (emb.grads, Access::Write)],
                 op_work(move |acc| {
                     let (g, dres) = (acc.bf16_mut(emb.grads)?, acc.bf16(dres_t)?);
-                    let (dwte, dwpe) = two_ranges(g, wte, wpe).ok_or("the token and position tables overlap")?;
+                    let (dwte, dwpe) = host::two_ranges(g, wte, wpe).ok_or("the token and position tables overlap")?;
                     host::embedding_backward(dwte, dwpe, dres, &tokens, vp, b, t, c, max_seq, &mut WteScratch::with_capacity(b * t))
                         .map_err(host)
                 }),
@@ -641,9 +621,7 @@ fn host_work(
         if let Err(e) = work(&mut acc) {
             sink.errors.lock().expect("host sink").push(format!("{name}: {e}"));
         }
-        let took = t0.elapsed();
-        sink.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-        sink.ops.lock().expect("host sink").push((id, took.as_secs_f64() * 1e3));
+        sink.ops.lock().expect("host sink").push((id, t0.elapsed().as_secs_f64() * 1e3));
     });
     Ok((uses, job))
 }
