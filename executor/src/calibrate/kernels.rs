@@ -2,6 +2,7 @@
 //! forward and backward and the GELU forward and backward, each launched as the step launches
 //! it (layer 0's op, its tensors at their inventory sizes, random inputs).
 
+use super::ops::InOrderIssue;
 use super::Timed;
 use models::program::OpKind;
 use models::Program;
@@ -24,12 +25,14 @@ pub(super) use gpu::{attention, gelu, launches};
 
 impl Launches {
     /// The host's issue costs: a kernel and an event from these launches, a product and a copy
-    /// as timed beside (seconds each).
-    pub fn issue_costs(&self, product: f64, copy: f64) -> models::IssueCosts {
+    /// as timed beside (seconds each), the kernel's and the product's at the pace the host
+    /// issued layer 0's ops in step order (`in_order`) where that was timed.
+    pub fn issue_costs(&self, product: f64, copy: f64, in_order: Option<&InOrderIssue>) -> models::IssueCosts {
         use models::Seconds;
+        let f = in_order.and_then(|o| o.factor(self.host_kernel, product)).unwrap_or(1.0);
         models::IssueCosts {
-            kernel: Seconds(self.host_kernel),
-            product: Seconds(product),
+            kernel: Seconds(self.host_kernel * f),
+            product: Seconds(product * f),
             copy: Seconds(copy),
             event: Seconds(self.host_event),
         }

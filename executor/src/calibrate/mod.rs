@@ -256,6 +256,7 @@ mod imp {
         let attention = kernels::attention(&bench, &src)?;
         let gelu = kernels::gelu(&bench, &src)?;
         let (op_kernels, op_sequence) = ops::every_op(&bench, &src)?;
+        let in_order_issue = ops::in_order_issue(&bench, &src)?;
         let in_use = memory::in_use(&gpu, &device)?;
 
         let mut buffers = copies::Buffers::new(&bench)?;
@@ -305,7 +306,9 @@ mod imp {
             copy_latency,
             small_config: format!("{} (B {} x T {})", small_cfg.name, small_cfg.batch, small_cfg.seq),
             small_op_kernels,
-            issue: launches.issue_costs(product_issue, copy_issue),
+            issue: launches.issue_costs(product_issue, copy_issue, Some(&in_order_issue)),
+            in_order_issue: Some(in_order_issue),
+            back_to_back_issue: Some(launches.issue_costs(product_issue, copy_issue, None)),
             device_used_at_start: device.used_at_start,
             device_used_after: in_use.device_used_after,
             pool_reserved_after: in_use.pool_reserved_after,

@@ -62,15 +62,38 @@ pub fn sequence_overhead(alone: &[OpKernel], in_order: f64) -> f64 {
     in_order_beyond_alone(alone, in_order).1.max(0.0)
 }
 
+/// The host's issuing of layer 0's ops in step order (each launch after a different one, as a
+/// step issues them), with the GPU held: seconds per sequence, and its kernel launches and
+/// products. A kernel launched after itself issues faster (the step's launches ran 1.1-1.4x
+/// the back-to-back cost on the H200, device run 31).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct InOrderIssue {
+    pub seconds: f64,
+    pub kernels: u32,
+    pub products: u32,
+}
+
+impl InOrderIssue {
+    /// The sequence's issue time over what the back-to-back costs (seconds per kernel launch and
+    /// per product) make of it: the factor the step's issuing runs at beyond them.
+    pub fn factor(&self, kernel: f64, product: f64) -> Option<f64> {
+        let back_to_back = self.kernels as f64 * kernel + self.products as f64 * product;
+        let f = self.seconds / back_to_back;
+        (back_to_back > 0.0 && f.is_finite() && f > 0.0).then_some(f)
+    }
+}
+
 #[cfg(feature = "cuda")]
-pub(super) use gpu::every_op;
+pub(super) use gpu::{every_op, in_order_issue};
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::OpKernel;
-    use crate::calibrate::timing::{Bench, Source, R};
+    use super::{InOrderIssue, OpKernel};
+    use crate::calibrate::timing::{Bench, Source, Tensors, R};
     use crate::calibrate::{bad, positive_median, step_tokens};
-    use models::program::OpKind;
+    use crate::ops::Call;
+    use models::program::{Op, OpKind};
+    use models::TensorId;
 
     /// Layer 0's ops (its gradient norm in a clipped program), the final layer norm, the
     /// embedding and the loss with their backwards (the output layer's products are the
@@ -79,10 +102,11 @@ mod gpu {
         kind.layer() == Some(0) || matches!(kind, OpKind::LnF | OpKind::LnFBwd | OpKind::Embed | OpKind::EmbedBwd | OpKind::Loss)
     }
 
-    /// Times each of those ops alone (its calls between two events, the stream held), and all of
-    /// them one after another in the step's order, side by side in rounds; the medians: each
-    /// op's, and the sequence's.
-    pub fn every_op(b: &Bench, src: &Source) -> R<(Vec<OpKernel>, f64)> {
+    type Calls<'b> = Vec<(&'b str, Vec<Call<TensorId>>)>;
+
+    /// Those ops, their tensors (filled as a step's: the corpus's tokens, random data) and each
+    /// op's calls as the step makes them.
+    fn layer_zero<'b>(b: &'b Bench, src: &Source) -> R<(Vec<&'b Op>, Tensors<'b>, Calls<'b>)> {
         let program = b.program;
         let ops: Vec<_> = program.ops.iter().filter(|o| timed_here(o.kind)).collect();
         // The calls name the products' workspace too.
@@ -107,15 +131,41 @@ mod gpu {
             .iter()
             .map(|o| Ok((o.name.as_str(), b.launches.op(o, 1, &crate::host::AdamW::default()).map_err(|e| bad(e.to_string()))?)))
             .collect::<R<Vec<_>>>()?;
+        Ok((ops, t, calls))
+    }
+
+    /// All the calls one after another, in step order.
+    fn in_order(calls: &Calls) -> Vec<Call<TensorId>> {
+        calls.iter().flat_map(|(_, c)| c.iter().cloned()).collect()
+    }
+
+    /// Times each of those ops alone (its calls between two events, the stream held), and all of
+    /// them one after another in the step's order, side by side in rounds; the medians: each
+    /// op's, and the sequence's.
+    pub fn every_op(b: &Bench, src: &Source) -> R<(Vec<OpKernel>, f64)> {
+        let (ops, t, mut calls) = layer_zero(b, src)?;
         // Each kernel after a different one, as in a step, rather than after itself.
-        let mut calls = calls;
-        let in_order = calls.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+        let in_order = in_order(&calls);
         calls.push(("layer 0 in step order", in_order));
         let samples = b.time_ops(&t, &calls, || Ok(()), &mut || Ok(()))?;
         let out = ops.iter().zip(&samples).map(|(o, s)| Ok(OpKernel::of(o, positive_median(s, &o.name)?))).collect::<R<Vec<_>>>()?;
         let sequence = positive_median(samples.last().expect("the sequence was timed"), "layer 0 in step order")?;
         drop(t);
         Ok((out, sequence))
+    }
+
+    /// The host's time to issue those ops' calls in step order with the GPU held (the median
+    /// over the rounds), and the sequence's kernel launches and products.
+    pub fn in_order_issue(b: &Bench, src: &Source) -> R<InOrderIssue> {
+        let (_, t, calls) = layer_zero(b, src)?;
+        let seq = in_order(&calls);
+        let products = seq.iter().filter(|c| matches!(c, Call::Product(_))).count() as u32;
+        let kernels = seq.len() as u32 - products;
+        let samples = b.time_ops_gated(&t, &[("layer 0 issued in step order", seq)], || Ok(()), &mut || Ok(()))?;
+        let host: Vec<f64> = samples[0].iter().map(|g| g.host).collect();
+        let seconds = positive_median(&host, "layer 0 issued in step order")?;
+        drop(t);
+        Ok(InOrderIssue { seconds, kernels, products })
     }
 }
 
@@ -125,6 +175,15 @@ mod tests {
     use models::program::OpKind;
     use models::{GptConfig, Program};
     use std::path::Path;
+
+    #[test]
+    fn the_in_order_issue_factor_is_the_sequence_over_its_back_to_back_cost() {
+        let o = InOrderIssue { seconds: 130e-6, kernels: 10, products: 5 };
+        // 10 x 4 us + 5 x 12 us = 100 us back to back.
+        assert!((o.factor(4e-6, 12e-6).unwrap() - 1.3).abs() < 1e-12);
+        assert_eq!(InOrderIssue { kernels: 0, products: 0, ..o }.factor(4e-6, 12e-6), None);
+        assert_eq!(InOrderIssue { seconds: 0.0, ..o }.factor(4e-6, 12e-6), None);
+    }
 
     #[test]
     fn time_beyond_the_roofline_is_per_launch() {

@@ -1,7 +1,8 @@
 //! The short probes each `offplan run` takes before its first step and after its last: the
 //! rates of the profile that vary by machine and by minute, measured the way calibrate measures
 //! them but small (256 MiB copies, 64 M parameters of host AdamW, the host's gradient norm over
-//! 64 MiB, every product of one step, five rounds): about a second on the H200.
+//! 64 MiB, every product of one step, layer 0's ops issued in step order, five rounds): about a
+//! second on the H200.
 
 use super::{Options, MIB};
 
@@ -30,7 +31,7 @@ pub use gpu::probe;
 mod gpu {
     use super::super::report::{matmul_rate, pair_rate};
     use super::super::timing::{Bench, Source};
-    use super::super::{copies, kernels, products, shared_memory, step_gemms, Options, MIB};
+    use super::super::{copies, kernels, ops, products, shared_memory, step_gemms, Options, MIB};
 
     use crate::gpu::Gpu;
     use crate::kernels::KernelSet;
@@ -52,6 +53,7 @@ mod gpu {
         let src = Source::new(&bench, &gemms)?;
         let gemms = products::measure(&bench, &src, gemms)?;
         let attention = kernels::attention(&bench, &src)?;
+        let in_order = ops::in_order_issue(&bench, &src)?;
         let mut buffers = copies::Buffers::new(&bench)?;
         let rows = copies::pinned(&bench, &mut buffers)?;
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
@@ -70,7 +72,7 @@ mod gpu {
             attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
             host_adam_params_per_second: adam.rate(),
             host_ops: Some(host_ops),
-            issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue)),
+            issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue, Some(&in_order))),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(

@@ -51,8 +51,15 @@ pub struct Calibration {
     /// Seconds each copy takes beyond its bytes, queued (host to device, device to host).
     #[serde(default)]
     pub copy_latency: (f64, f64),
-    /// The host's time to issue each kind of work.
+    /// The host's time to issue each kind of work, a kernel's and a product's at the pace of
+    /// layer 0's ops issued in step order.
     pub issue: models::IssueCosts,
+    /// That sequence's issue time, launches and products.
+    #[serde(default)]
+    pub in_order_issue: Option<super::ops::InOrderIssue>,
+    /// The costs as one kernel, or one product, issued back to back after itself.
+    #[serde(default)]
+    pub back_to_back_issue: Option<models::IssueCosts>,
     /// Device memory in use right after the context was created.
     pub device_used_at_start: u64,
     /// Device memory in use after kernels, cuBLASLt and every product and kernel ran once.
@@ -505,6 +512,18 @@ impl Calibration {
             i.copy.0 * 1e6,
             i.event.0 * 1e6
         );
+        if let (Some(o), Some(b)) = (&self.in_order_issue, &self.back_to_back_issue) {
+            let _ = writeln!(
+                s,
+                "    layer 0 issued in step order: {:.2} us for {} kernels and {} products ({:.2}x their back-to-back {:.2} / {:.2} us)",
+                o.seconds * 1e6,
+                o.kernels,
+                o.products,
+                o.factor(b.kernel.0, b.product.0).unwrap_or(1.0),
+                b.kernel.0 * 1e6,
+                b.product.0 * 1e6
+            );
+        }
         let _ = write!(s, "{}", self.op_kernel_report());
         let _ = write!(s, "{}", self.host_op_report());
         if let Ok(c) = self.large_copy() {
@@ -636,6 +655,8 @@ mod tests {
             copy_latency: (5e-6, 3e-6),
             host_ops_probe: 30e9,
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
+            in_order_issue: None,
+            back_to_back_issue: None,
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
             pool_reserved_after: 400 * MIB,

@@ -138,6 +138,17 @@ impl<'g> Bench<'g> {
         check: impl FnOnce() -> R<()>,
         before: &mut dyn FnMut() -> R<()>,
     ) -> R<Vec<Vec<f64>>> {
+        Ok(self.time_ops_gated(tensors, ops, check, before)?.into_iter().map(|xs| xs.iter().map(|g| g.gpu).collect()).collect())
+    }
+
+    /// [`Bench::time_ops`] with the host's issue time of each sample beside.
+    pub fn time_ops_gated(
+        &self,
+        tensors: &Tensors,
+        ops: &[(&str, Vec<Call<TensorId>>)],
+        check: impl FnOnce() -> R<()>,
+        before: &mut dyn FnMut() -> R<()>,
+    ) -> R<Vec<Vec<Gated>>> {
         // A held sample's launches, not its calls, must fit in the driver's queue.
         let iters = ops
             .iter()
@@ -150,7 +161,7 @@ impl<'g> Bench<'g> {
         check()?;
         let mut cases: Vec<Case> =
             ops.iter().zip(&iters).map(|((what, calls), it)| (*what, *it, Box::new(move || self.run(calls, tensors)) as Box<_>)).collect();
-        self.side_by_side(&mut cases, before)
+        self.side_by_side_gated(&mut cases, before)
     }
 
     /// The calls of the first op of `kind` (layer 0's), as the step makes them.
