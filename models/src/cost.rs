@@ -60,8 +60,14 @@ pub fn runs_on_host(kind: OpKind) -> bool {
 }
 
 /// Time of an op run on the host: the CPU embedding gather/scatter, or AdamW over the owner's
-/// parameters on all host cores. None for ops that only run on the GPU.
+/// parameters on all host cores, plus the host lane's hand-off (`host_call_latency`). None for
+/// ops that only run on the GPU.
 pub fn host_op_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
+    Some(host_work_time(op, program, hw)? + hw.host_call_latency)
+}
+
+/// The host op's own work, without the host lane's hand-off.
+fn host_work_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Seconds> {
     match op.kind {
         // Memory-bound passes, at the rate calibrate timed the executor's host code at where it
         // did; the clip scale reads a few KiB per owner.
@@ -149,6 +155,13 @@ mod tests {
         let plain = host_op_time(norm, &clipped, &hw).unwrap();
         hw.host_kernels.insert("GradNorm".into(), KernelCost { per_launch: Seconds(1e-4), efficiency: 0.5 });
         assert!((host_op_time(norm, &clipped, &hw).unwrap().0 - (2.0 * plain.0 + 1e-4)).abs() < 1e-12);
+        // Every host op pays the host lane's hand-off once, the clip scale too.
+        let scale = clipped.clip_scale_op().unwrap();
+        let (norm_before, scale_before) = (host_op_time(norm, &clipped, &hw).unwrap(), host_op_time(scale, &clipped, &hw).unwrap());
+        hw.host_call_latency = Seconds(30e-6);
+        assert!((host_op_time(norm, &clipped, &hw).unwrap().0 - norm_before.0 - 30e-6).abs() < 1e-12);
+        assert!((host_op_time(scale, &clipped, &hw).unwrap().0 - scale_before.0 - 30e-6).abs() < 1e-12);
+        hw.host_call_latency = Seconds::ZERO;
         // Every launch pays the overhead of following another kernel.
         let before = op_time(ln, &hw);
         hw.sequence_overhead = Seconds(2e-6);

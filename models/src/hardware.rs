@@ -125,6 +125,12 @@ pub struct HardwareProfile {
     pub h2d_latency: Seconds,
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
     pub d2h_latency: Seconds,
+    /// What one host op costs beyond its own work: the executor runs each as a host function
+    /// on the host lane's stream, and the streams that wait on it see the driver's hand-off
+    /// (calibrate: a host function doing nothing between two kernels that wait on it, against
+    /// the two kernels alone). 0 when absent.
+    #[serde(default, skip_serializing_if = "Seconds::is_zero")]
+    pub host_call_latency: Seconds,
 }
 
 /// The host op families a profile's `host_kernels` may price.
@@ -343,6 +349,10 @@ pub struct ProbeRates {
     /// The host's issue costs; None in records written before runs probed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue: Option<IssueCosts>,
+    /// The host lane's hand-off (`HardwareProfile::host_call_latency`), seconds; None in
+    /// records written before runs probed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_call: Option<f64>,
     /// What the probes took.
     pub seconds: f64,
 }
@@ -388,6 +398,10 @@ impl ProbeRates {
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             },
             issue: IssueCosts::mean(&probes.iter().filter_map(|p| p.issue).collect::<Vec<_>>()),
+            host_call: {
+                let v: Vec<f64> = probes.iter().filter_map(|p| p.host_call).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            },
             seconds: m(&|p| p.seconds),
         })
     }
@@ -435,6 +449,7 @@ impl HardwareProfile {
             // A profile without issue costs timed its launch overhead with the host's pace in
             // it: the probe's issue costs would count that pace twice.
             issue: self.issue.and(p.issue).or(self.issue),
+            host_call_latency: p.host_call.map(Seconds).unwrap_or(self.host_call_latency),
             ..self.clone()
         }
     }
@@ -579,7 +594,9 @@ impl HardwareProfile {
                 return Err(("host_ops_probe", format!("`host_ops_probe` must be a positive rate, got {} B/s", r.0)));
             }
         }
-        for (field, v) in [("h2d_latency", self.h2d_latency), ("d2h_latency", self.d2h_latency)] {
+        for (field, v) in
+            [("h2d_latency", self.h2d_latency), ("d2h_latency", self.d2h_latency), ("host_call_latency", self.host_call_latency)]
+        {
             if !(v.0.is_finite() && (0.0..1e-3).contains(&v.0)) {
                 return Err((field, format!("`{field}` must be in [0, 1 ms), got {} s", v.0)));
             }
@@ -683,6 +700,7 @@ mod tests {
             host_adam_params_per_second: hw.host_adam_params_per_second,
             host_ops: Some(30e9),
             issue: None,
+            host_call: None,
             seconds: 0.5,
         };
         assert_eq!(hw.with_probed(&p).host_memory_bandwidth, hw.host_memory_bandwidth);

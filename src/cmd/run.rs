@@ -148,7 +148,7 @@ fn print_probes(p: &models::hardware::RunProbes) {
     for (when, r) in [("before the first step", &p.start), ("after the last step", &p.end)] {
         match r {
             Some(r) => println!(
-                "probe {when}: copies {:.1}/{:.1} GB/s ({:.1}+{:.1} at once), products {:.1} TFLOP/s, attention {:.1} TFLOP/s, host AdamW {:.2} G params/s, host ops {} ({:.2} s)",
+                "probe {when}: copies {:.1}/{:.1} GB/s ({:.1}+{:.1} at once), products {:.1} TFLOP/s, attention {:.1} TFLOP/s, host AdamW {:.2} G params/s, host ops {}, issue {}, host hand-off {} ({:.2} s)",
                 r.h2d.0 / 1e9,
                 r.d2h.0 / 1e9,
                 r.h2d_duplex.0 / 1e9,
@@ -157,6 +157,8 @@ fn print_probes(p: &models::hardware::RunProbes) {
                 r.attention_flops.0 / 1e12,
                 r.host_adam_params_per_second / 1e9,
                 r.host_ops.map_or("not probed".to_string(), |b| format!("{:.1} GB/s", b / 1e9)),
+                r.issue.map_or("not probed".to_string(), |i| format!("{:.2}/{:.2} us a kernel/product", i.kernel.0 * 1e6, i.product.0 * 1e6)),
+                r.host_call.map_or("not probed".to_string(), |h| format!("{:.1} us", h * 1e6)),
                 r.seconds
             ),
             None => println!("probe {when}: none (see the warning above)"),

@@ -21,7 +21,22 @@ pub fn program_op(program: &Program, kind: OpKind) -> Option<(f64, u64, u32)> {
 }
 
 #[cfg(feature = "cuda")]
-pub(super) use gpu::{attention, gelu, launches};
+pub(super) use gpu::{attention, gelu, host_call_latency, launches};
+
+/// How many round trips through the host lane calibrate times, each beside the same two kernels
+/// without it.
+pub const HOST_CALL_SAMPLES: usize = 21;
+
+/// The median of the round trips' extra seconds over the direct pairs' (at least 0): what one
+/// host function between two kernels costs the GPU.
+pub fn host_call_extra(through_host: &[f64], direct: &[f64]) -> Option<f64> {
+    let mut d: Vec<f64> = through_host.iter().zip(direct).map(|(t, d)| t - d).filter(|x| x.is_finite()).collect();
+    if d.is_empty() {
+        return None;
+    }
+    d.sort_by(f64::total_cmp);
+    Some(d[d.len() / 2].max(0.0))
+}
 
 impl Launches {
     /// The host's issue costs: a kernel and an event from these launches, a product and a copy
@@ -54,7 +69,7 @@ pub struct Launches {
 mod gpu {
     use super::Launches;
     use super::{program_op, KernelPair};
-    use crate::calibrate::timing::{Bench, Case, Gated, Source, R};
+    use crate::calibrate::timing::{secs, Bench, Case, Gated, Source, R};
     use crate::calibrate::{bad, positive_median, Timed};
     use crate::kernels::{FillBf16, MatType, Region};
     use models::config::DType;
@@ -92,6 +107,53 @@ mod gpu {
             launches
         );
         Ok(l)
+    }
+
+    /// What a host function costs between two kernels that wait on it, as a `HostRun` between
+    /// GPU work does: a tiny kernel, an event the host lane waits on, a host function doing
+    /// nothing, an event the compute stream waits on, the kernel again; against the two kernels
+    /// back to back. Each pair runs behind a spin kernel that holds the GPU while the host
+    /// issues, so the events time the GPU's side alone. Seconds, the median difference.
+    pub fn host_call_latency(b: &Bench) -> R<f64> {
+        let fill = FillBf16 { p: Region::whole(&b.tiny, b.tiny.bytes(), DType::Bf16), n: 256, value: 0.0 }
+            .launch()
+            .map_err(|e| bad(e.to_string()))?;
+        let compute = &b.gpu.compute;
+        let host = b.gpu.ctx.new_stream().map_err(crate::gpu::GpuError::from)?;
+        let (to_host, from_host) = (b.gpu.sync_event()?, b.gpu.sync_event()?);
+        let (t0, t1) = (b.gpu.timing_event()?, b.gpu.timing_event()?);
+        let kernel = || -> R<()> { Ok(b.kernels.launch(compute, &fill, Ok)?) };
+        const HOLD_NS: u64 = 200_000;
+        let (mut through, mut direct) = (Vec::new(), Vec::new());
+        for i in 0..super::HOST_CALL_SAMPLES + 2 {
+            b.kernels.spin(compute, HOLD_NS)?;
+            crate::gpu::record(&t0, compute)?;
+            kernel()?;
+            crate::gpu::record(&to_host, compute)?;
+            host.wait(&to_host).map_err(crate::gpu::GpuError::from)?;
+            b.gpu.host_noop(&host)?;
+            crate::gpu::record(&from_host, &host)?;
+            compute.wait(&from_host).map_err(crate::gpu::GpuError::from)?;
+            kernel()?;
+            crate::gpu::record(&t1, compute)?;
+            host.synchronize().map_err(crate::gpu::GpuError::from)?;
+            b.gpu.synchronize()?;
+            let trip = secs(&t0, &t1, "a round trip through the host lane")?;
+            b.kernels.spin(compute, HOLD_NS)?;
+            crate::gpu::record(&t0, compute)?;
+            kernel()?;
+            kernel()?;
+            crate::gpu::record(&t1, compute)?;
+            b.gpu.synchronize()?;
+            // The first two warm the host function's thread up.
+            if i >= 2 {
+                through.push(trip);
+                direct.push(secs(&t0, &t1, "two kernels")?);
+            }
+        }
+        let extra = super::host_call_extra(&through, &direct).ok_or_else(|| bad("no round trip through the host lane was timed".into()))?;
+        tracing::info!("a host function between two kernels: {:.2} us more than the two alone", extra * 1e6);
+        Ok(extra)
     }
 
     /// The attention forward and backward of layer 0 (FLOPs as the step program counts them).

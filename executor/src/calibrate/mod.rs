@@ -257,6 +257,7 @@ mod imp {
         let gelu = kernels::gelu(&bench, &src)?;
         let (op_kernels, op_sequence) = ops::every_op(&bench, &src)?;
         let in_order_issue = ops::in_order_issue(&bench, &src)?;
+        let host_call_latency = kernels::host_call_latency(&bench)?;
         let in_use = memory::in_use(&gpu, &device)?;
 
         let mut buffers = copies::Buffers::new(&bench)?;
@@ -309,6 +310,7 @@ mod imp {
             issue: launches.issue_costs(product_issue, copy_issue, Some(&in_order_issue)),
             in_order_issue: Some(in_order_issue),
             back_to_back_issue: Some(launches.issue_costs(product_issue, copy_issue, None)),
+            host_call_latency,
             device_used_at_start: device.used_at_start,
             device_used_after: in_use.device_used_after,
             pool_reserved_after: in_use.pool_reserved_after,

@@ -1,8 +1,8 @@
 //! The short probes each `offplan run` takes before its first step and after its last: the
 //! rates of the profile that vary by machine and by minute, measured the way calibrate measures
 //! them but small (256 MiB copies, 64 M parameters of host AdamW, the host's gradient norm over
-//! 64 MiB, every product of one step, layer 0's ops issued in step order, five rounds): about a
-//! second on the H200.
+//! 64 MiB, every product of one step, layer 0's ops issued in step order, a host function
+//! between two kernels, five rounds): about a second on the H200.
 
 use super::{Options, MIB};
 
@@ -54,6 +54,7 @@ mod gpu {
         let gemms = products::measure(&bench, &src, gemms)?;
         let attention = kernels::attention(&bench, &src)?;
         let in_order = ops::in_order_issue(&bench, &src)?;
+        let host_call = kernels::host_call_latency(&bench)?;
         let mut buffers = copies::Buffers::new(&bench)?;
         let rows = copies::pinned(&bench, &mut buffers)?;
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
@@ -73,6 +74,7 @@ mod gpu {
             host_adam_params_per_second: adam.rate(),
             host_ops: Some(host_ops),
             issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue, Some(&in_order))),
+            host_call: Some(host_call),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(

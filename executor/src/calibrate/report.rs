@@ -60,6 +60,9 @@ pub struct Calibration {
     /// The costs as one kernel, or one product, issued back to back after itself.
     #[serde(default)]
     pub back_to_back_issue: Option<models::IssueCosts>,
+    /// Seconds a host function costs between two kernels that wait on it.
+    #[serde(default)]
+    pub host_call_latency: f64,
     /// Device memory in use right after the context was created.
     pub device_used_at_start: u64,
     /// Device memory in use after kernels, cuBLASLt and every product and kernel ran once.
@@ -247,6 +250,7 @@ impl Calibration {
             sequence_overhead: Seconds(self.sequence_overhead()),
             host_kernels: self.host_kernel_costs(),
             host_ops_probe: (self.host_ops_probe > 0.0).then_some(BytesPerSecond(self.host_ops_probe)),
+            host_call_latency: Seconds(self.host_call_latency),
             h2d_latency: Seconds(self.copy_latency.0),
             d2h_latency: Seconds(self.copy_latency.1),
         };
@@ -524,6 +528,8 @@ impl Calibration {
                 b.product.0 * 1e6
             );
         }
+        let _ =
+            writeln!(s, "  a host function between two kernels            {:>22.2} us (host_call_latency)", self.host_call_latency * 1e6);
         let _ = write!(s, "{}", self.op_kernel_report());
         let _ = write!(s, "{}", self.host_op_report());
         if let Ok(c) = self.large_copy() {
@@ -657,6 +663,7 @@ mod tests {
             issue: models::IssueCosts { kernel: Seconds(4e-6), product: Seconds(12e-6), copy: Seconds(5e-6), event: Seconds(1e-6) },
             in_order_issue: None,
             back_to_back_issue: None,
+            host_call_latency: 25e-6,
             device_used_at_start: 500 * MIB,
             device_used_after: 1100 * MIB,
             pool_reserved_after: 400 * MIB,

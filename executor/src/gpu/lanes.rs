@@ -399,6 +399,12 @@ impl Drop for Lanes<'_> {
 }
 
 impl Gpu {
+    /// Enqueues a host function that does nothing on `stream`: calibrate times what a host
+    /// lane's hop costs the streams that wait on it.
+    pub fn host_noop(&self, stream: &CudaStream) -> Result<()> {
+        launch_host(self, stream, Box::new(|| {}))
+    }
+
     /// An event for ordering lanes (timing disabled: cheaper to record and wait on).
     pub fn sync_event(&self) -> Result<CudaEvent> {
         Ok(self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))?)

@@ -55,6 +55,7 @@ fn hw() -> HardwareProfile {
         host_ops_probe: None,
         h2d_latency: Seconds::ZERO,
         d2h_latency: Seconds::ZERO,
+        host_call_latency: Seconds::ZERO,
     }
 }
 
