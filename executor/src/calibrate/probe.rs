@@ -39,9 +39,17 @@ mod gpu {
     use models::hardware::ProbeRates;
     use models::{BytesPerSecond, FlopsPerSecond, Program};
 
-    /// Probes `gpu` at the shapes of `program`'s step. Takes its own device memory (a few
-    /// hundred MiB at most) and pinned memory, and gives both back.
+    /// Probes `gpu` at the shapes of `program`'s step. Takes its own device memory (layer 0's
+    /// tensors, the products' operands, the copies' buffers) and pinned memory, and gives both
+    /// back, a failed probe's too: the pool would keep it reserved beside the step.
     pub fn probe(gpu: &Gpu, program: &Program) -> Result<ProbeRates, ExecError> {
+        let rates = measure(gpu, program);
+        gpu.synchronize()?;
+        gpu.trim_pool()?;
+        rates
+    }
+
+    fn measure(gpu: &Gpu, program: &Program) -> Result<ProbeRates, ExecError> {
         let t0 = std::time::Instant::now();
         let opts = Options::probe();
         let cfg = &program.config;
@@ -62,8 +70,6 @@ mod gpu {
         let adam = shared_memory::gpu::adam_alone(&bench)?;
         let host_ops = super::super::host::host_ops_rate(opts.repeats)?;
         bench.finish(Some(buffers), src)?;
-        gpu.synchronize()?;
-        gpu.trim_pool()?;
         let rates = ProbeRates {
             h2d: BytesPerSecond(c.h2d),
             d2h: BytesPerSecond(c.d2h),

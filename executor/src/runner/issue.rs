@@ -90,7 +90,12 @@ pub fn run(
     let cfg = &program.config;
     let mut clock = StartClock::new(progress);
     let (gpu, device) = crate::train::open_device()?;
-    let (free0, total) = (device.free, device.total);
+    // The probe before the first step runs on the empty device, as the one after the last does:
+    // beside a step planned to the card's edge there is no room for its tensors.
+    clock.phase(Phase::Probing, progress);
+    let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
+    let total = device.total;
+    let free0 = gpu.mem_info()?.0;
     let pool_budget = schedule.budget.0.saturating_sub(schedule.prediction.fixed_overhead.0);
     if pool_budget > free0 {
         return Err(ExecError::Refused(format!(
@@ -161,8 +166,6 @@ pub fn run(
         // Host staging only: the state goes into the buffers the step already holds.
         StartFrom::Weights(c) | StartFrom::Resume(c) => load_state(&gpu, &step, Some(&mut lanes), c)?,
     }
-    clock.phase(Phase::Probing, progress);
-    let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
     gpu.reset_pool_highs()?;
     let startup = clock.training(progress);
 
