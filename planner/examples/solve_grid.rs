@@ -1,6 +1,9 @@
 //! Solve time and proved gap over the grid of shipped configs, five budgets each (from the
-//! floor to the all-on-GPU peak, capped at the card's memory), on one hardware profile:
-//! `cargo run --release -p planner --example solve_grid [-- PROFILE]`. Prints a markdown table.
+//! floor to the all-on-GPU peak, capped at the card's memory), on one hardware profile, of the
+//! step `plan` makes by default (clipped at the global norm, GPT-3's setup) or, with `unclipped`,
+//! of the step without clipping:
+//! `cargo run --release -p planner --example solve_grid [-- PROFILE [unclipped]]`. Prints a
+//! markdown table; each plan's `how` says how many solves it took.
 
 use models::{Bytes, GptConfig, HardwareProfile, Program};
 use planner::{feasible_floor, finish, plan, Decisions, SolveOptions};
@@ -13,6 +16,10 @@ const CONFIGS: [&str; 10] =
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let profile = std::env::args().nth(1).unwrap_or_else(|| "h100-sxm".into());
+    let clipping = match std::env::args().nth(2).as_deref() {
+        Some("unclipped") => models::program::Clipping::Off,
+        _ => models::program::Clipping::GlobalNorm,
+    };
     let hw = HardwareProfile::load(&root.join(format!("models/hardware/{profile}.ron"))).unwrap();
     let opts = SolveOptions::new();
     println!("| config | budget | plan (s) | step (ms) | gap | how |");
@@ -27,7 +34,7 @@ fn main() {
         }
         let hw = &hw;
         let cfg = GptConfig::load(&root.join(format!("models/configs/{name}.ron"))).unwrap();
-        let program = Program::build(&cfg);
+        let program = Program::build_with(&cfg, clipping);
         let floor = feasible_floor(&program, hw);
         let keep = finish(&program, hw, Bytes::UNLIMITED, &Decisions::all_gpu(&program), None).unwrap();
         let top = keep.schedule.prediction.peak_device().min(hw.memory);

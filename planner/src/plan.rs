@@ -89,6 +89,12 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             break;
         }
         last = Some(plan.schedule.prediction.peak_device());
+        tracing::info!(
+            "laid out, the plan needs {} on the device ({over} over the budget; live peak {}, arena {}): solving again for less",
+            plan.schedule.prediction.peak_device(),
+            plan.schedule.prediction.peak_allocated,
+            plan.schedule.prediction.arena.map_or_else(|| "none".to_string(), |a| a.to_string())
+        );
         // The layout of a plan solved for less can overshoot again: retry n takes off 2^n times
         // the overshoot it saw (1, 2, 4), so the tries do not run out a step short.
         target = target.saturating_sub(Bytes((over + hw.alloc_granularity).0 << attempt));

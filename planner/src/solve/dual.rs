@@ -116,7 +116,7 @@ pub fn column_generation(
     }
     let mut center: Option<Vec<f64>> = None;
     let mut last_xbar: Vec<Vec<f64>> = Vec::new();
-    let (mut t_master, mut t_dp) = (0.0, 0.0);
+    let (mut t_master, mut t_dp, mut t_round) = (0.0, 0.0, 0.0);
     let mut last_round = 0;
     let mut round_every = ROUND_EVERY;
     loop {
@@ -225,7 +225,10 @@ pub fn column_generation(
             if (converged || it >= last_round + round_every) && master - best_bound < 0.3 * (ub - best_bound) {
                 last_round = it;
                 let mut better = false;
-                if let Some((t, p)) = f(&last_xbar) {
+                let tr = Instant::now();
+                let rounded = f(&last_xbar);
+                t_round += tr.elapsed().as_secs_f64();
+                if let Some((t, p)) = rounded {
                     tracing::trace!("dual: it {it} at {:.2} s: rounded mixture {t:.4} ms", t0.elapsed().as_secs_f64());
                     if t < ub {
                         ub = t;
@@ -246,7 +249,7 @@ pub fn column_generation(
         break;
     }
     tracing::debug!(
-        "dual: column generation ended at {:.2} s after {it} iterations: bound {best_bound:.4} ub {ub:.4} gap {:.3}%; master {t_master:.2} s, dp {t_dp:.2} s",
+        "dual: column generation ended at {:.2} s after {it} iterations: bound {best_bound:.4} ub {ub:.4} gap {:.3}%; master {t_master:.2} s, dp {t_dp:.2} s, rounding {t_round:.2} s",
         t0.elapsed().as_secs_f64(),
         (ub - best_bound) / ub * 100.0
     );

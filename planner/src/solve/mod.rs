@@ -56,6 +56,47 @@ const REPAIR_MOVES_PER_GROUP: usize = 8;
 /// Largest table of the stage DP.
 const DP_TABLE_LIMIT: usize = 1 << 16;
 
+/// Most doublings of the roundings passed over after fruitless ones (one in 64 at most).
+const ROUND_BACKOFF: u32 = 3;
+
+/// When to round a master's mixture: every time while roundings find better plans, less often
+/// after each that does not.
+#[derive(Default)]
+struct RoundingBackoff {
+    /// Best plan (ms) a rounding found so far.
+    best: Option<f64>,
+    /// Fruitless roundings since the last better one (capped at `ROUND_BACKOFF`).
+    fruitless: u32,
+    /// Requests to pass over before the next rounding.
+    skip: u64,
+}
+
+impl RoundingBackoff {
+    /// Whether this request rounds.
+    fn take_turn(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// What the rounding found (ms), if anything.
+    fn found(&mut self, t: Option<f64>) {
+        match t {
+            Some(t) if self.best.is_none_or(|b| t < b) => {
+                self.best = Some(t);
+                self.fruitless = 0;
+                self.skip = 0;
+            }
+            _ => {
+                self.fruitless = (self.fruitless + 1).min(ROUND_BACKOFF);
+                self.skip = (1u64 << self.fruitless) - 1;
+            }
+        }
+    }
+}
+
 /// The decisions and how they were found.
 pub struct SolveOutcome {
     pub decisions: Decisions,
@@ -111,14 +152,21 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
         let share = if cfg!(feature = "highs") { 0.5 } else { 1.0 };
         let dual_effort = Effort::new(opts.scaled(DUAL_WORK), t0 + Duration::from_secs_f64(opts.time_limit().0 * share));
         // Plans from the master's mixture: rounded along the layers, made to fit, improved.
+        // Rounding is most of a branch and price's time (each node's mixture once at least), and
+        // most roundings deep in the tree find nothing better: after each that finds nothing
+        // new, the next 2^k requests are passed over (k up to ROUND_BACKOFF), and a better plan
+        // starts it over.
+        let mut rounding = RoundingBackoff::default();
         let mut round = |xbar: &[Vec<f64>]| -> Option<(f64, Vec<usize>)> {
-            if xbar.is_empty() {
+            if xbar.is_empty() || !rounding.take_turn() {
                 return None;
             }
             let repair = Effort::new((groups.len() * REPAIR_MOVES_PER_GROUP) as u64, deadline);
-            let p = local::repair(&problem, &local::dither(groups, xbar), repair)?;
-            let p = local::improve(&problem, &p, Effort::new(opts.scaled(ROUND_WORK), deadline));
-            problem.feasible(&p).then(|| (problem.eval(&p).0 * MS, p))
+            let p = local::repair(&problem, &local::dither(groups, xbar), repair);
+            let p = p.map(|p| local::improve(&problem, &p, Effort::new(opts.scaled(ROUND_WORK), deadline)));
+            let found = p.filter(|p| problem.feasible(p)).map(|p| (problem.eval(&p).0 * MS, p));
+            rounding.found(found.as_ref().map(|f| f.0));
+            found
         };
         let res = dual::branch_and_price(&problem, &dp, &starts, upper, &target, dual_effort, &mut round);
         tracing::debug!("solve: dual spent {} work units in {:.3} s", res.work, t0.elapsed().as_secs_f64());
@@ -212,4 +260,34 @@ fn highs_after(
         milp::MilpError::NoSolution(m) => SolveError::Backend(m),
     })?;
     Ok((r.picks, r.bound, r.finished))
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::RoundingBackoff;
+
+    #[test]
+    fn rounding_backs_off_after_fruitless_roundings_and_starts_over_on_a_better_plan() {
+        let mut r = RoundingBackoff::default();
+        assert!(r.take_turn());
+        r.found(Some(10.0));
+        // A better plan: the next request rounds too.
+        assert!(r.take_turn());
+        r.found(Some(11.0));
+        // Fruitless once: one request passed over; twice: three.
+        assert!(!r.take_turn());
+        assert!(r.take_turn());
+        r.found(None);
+        for _ in 0..3 {
+            assert!(!r.take_turn());
+        }
+        assert!(r.take_turn());
+        r.found(Some(9.0));
+        assert!(r.take_turn());
+        // At most one in 2^ROUND_BACKOFF requests rounds.
+        for _ in 0..20 {
+            r.found(None);
+        }
+        assert_eq!(r.skip, (1 << super::ROUND_BACKOFF) - 1);
+    }
 }
