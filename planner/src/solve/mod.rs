@@ -8,7 +8,8 @@
 //!    stage DP (`dp`), the prices found by column generation, the feasible set split on a large
 //!    item (the embedding table) when the bound alone leaves too wide a gap; the master's
 //!    mixture of plans rounded along the layers (`local::dither`), made to fit
-//!    (`local::repair`) and improved gives the plans. When the best plan is within the gap of
+//!    (`local::repair`) and improved gives the plans (less often while roundings find nothing
+//!    better: [`RoundingBackoff`]). When the best plan is within the gap of
 //!    that bound, done: the reported bound is the Lagrangian one (valid for any multipliers);
 //! 3. otherwise, in a build with the `highs` feature, HiGHS's branch and bound on the MILP
 //!    (`milp`), from the best plan, stopping at the first plan the Lagrangian bound proves
