@@ -70,6 +70,7 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     let mut last = None;
     // The last solve's report, for a starting point kept when no solved plan fits once laid out.
     let mut last_report: Option<SolverReport> = None;
+    let mut previous: Option<Decisions> = None;
     for attempt in 0..4 {
         let starts: Vec<Decisions> =
             pool.iter().filter(|d| model.evaluate(d).peak.0 <= model.capacity(target) && fits_host(d)).cloned().collect();
@@ -96,8 +97,15 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
             plan.schedule.prediction.arena.map_or_else(|| "none".to_string(), |a| a.to_string())
         );
         // The layout of a plan solved for less can overshoot again: retry n takes off 2^n times
-        // the overshoot it saw (1, 2, 4), so the tries do not run out a step short.
+        // the overshoot it saw (1, 2, 4), so the tries do not run out a step short. A solve that
+        // gave the same plan again goes below that plan's own live peak by its overshoot: a
+        // target cut from above can leave the plan inside the capacity, so it would come back
+        // (gpt3-13b at 99.25 GiB did, three times, and planned 3.51 s instead of 1.89).
         target = target.saturating_sub(Bytes((over + hw.alloc_granularity).0 << attempt));
+        if previous.as_ref() == Some(&decisions) {
+            target = target.min(hw.budget_for(model.evaluate(&decisions).peak.saturating_sub(over + hw.alloc_granularity)));
+        }
+        previous = Some(decisions);
         if target + outside < floor {
             break;
         }
