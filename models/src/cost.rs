@@ -6,9 +6,9 @@
 //! every action from one thread (`issue_time`): the simulator starts none before the host has
 //! issued it, which is what bounds a step of small kernels.
 
-use crate::hardware::{HardwareProfile, IssueCosts};
+use crate::hardware::{HardwareProfile, IssueCosts, EMBED_ZERO};
 use crate::inventory::Owner;
-use crate::program::{Op, OpKind, Program, WorkClass};
+use crate::program::{embed_table_zero_bytes, Op, OpKind, Program, WorkClass};
 use crate::schedule::Action;
 use crate::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
@@ -71,17 +71,27 @@ fn host_work_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Se
     match op.kind {
         // Memory-bound passes, at the rate calibrate timed the executor's host code at where it
         // did; the clip scale reads a few KiB per owner.
-        OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => {
-            let plain = op.bytes / hw.host_memory_bandwidth;
-            Some(match hw.host_kernels.get(op.kind.family()) {
-                Some(k) => plain * (1.0 / k.efficiency) + k.per_launch,
-                None => plain,
-            })
+        OpKind::EmbedBwd if hw.host_kernels.contains_key(EMBED_ZERO) => {
+            // Zeroing the table and adding the step's rows run at rates of their own (a pass
+            // over V x C against a gather over B x T rows), so calibrate fits each apart.
+            let zero = embed_table_zero_bytes(&program.config);
+            Some(host_pass_time(Bytes(op.bytes.0.saturating_sub(zero.0)), op.kind.family(), hw) + host_pass_time(zero, EMBED_ZERO, hw))
         }
+        OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => Some(host_pass_time(op.bytes, op.kind.family(), hw)),
         OpKind::Adam(owner) => {
             Some(hw.host_adam_call_overhead + Seconds(host_adam_params(program, owner) as f64 / hw.host_adam_params_per_second))
         }
         _ => None,
+    }
+}
+
+/// `bytes` of a memory-bound host pass of `family`, at its calibrated fit where the profile has
+/// one.
+fn host_pass_time(bytes: Bytes, family: &str, hw: &HardwareProfile) -> Seconds {
+    let plain = bytes / hw.host_memory_bandwidth;
+    match hw.host_kernels.get(family) {
+        Some(k) => plain * (1.0 / k.efficiency) + k.per_launch,
+        None => plain,
     }
 }
 
@@ -155,6 +165,19 @@ mod tests {
         let plain = host_op_time(norm, &clipped, &hw).unwrap();
         hw.host_kernels.insert("GradNorm".into(), KernelCost { per_launch: Seconds(1e-4), efficiency: 0.5 });
         assert!((host_op_time(norm, &clipped, &hw).unwrap().0 - (2.0 * plain.0 + 1e-4)).abs() < 1e-12);
+        // The CPU embedding's backward: one fit for the whole op until the table's zeroing has
+        // its own, then the zeroing at that one and the rows at the op's.
+        let untied = Program::build(&crate::GptConfig { tied_embeddings: false, ..p.config.clone() });
+        let bwd = untied.find(OpKind::EmbedBwd).unwrap();
+        let zero = crate::program::embed_table_zero_bytes(&untied.config);
+        assert!(zero > Bytes::ZERO && zero < bwd.bytes);
+        hw.host_kernels.insert("EmbedBwd".into(), KernelCost { per_launch: Seconds(1e-4), efficiency: 0.5 });
+        let whole = host_op_time(bwd, &untied, &hw).unwrap();
+        assert!((whole.0 - (2.0 * (bwd.bytes / hw.host_memory_bandwidth).0 + 1e-4)).abs() < 1e-12);
+        hw.host_kernels.insert(EMBED_ZERO.into(), KernelCost { per_launch: Seconds::ZERO, efficiency: 0.25 });
+        let rows = Bytes(bwd.bytes.0 - zero.0);
+        let apart = 2.0 * (rows / hw.host_memory_bandwidth).0 + 1e-4 + 4.0 * (zero / hw.host_memory_bandwidth).0;
+        assert!((host_op_time(bwd, &untied, &hw).unwrap().0 - apart).abs() < 1e-12);
         // Every host op pays the host lane's hand-off once, the clip scale too.
         let scale = clipped.clip_scale_op().unwrap();
         let (norm_before, scale_before) = (host_op_time(norm, &clipped, &hw).unwrap(), host_op_time(scale, &clipped, &hw).unwrap());

@@ -107,9 +107,9 @@ pub struct HardwareProfile {
     /// at a small micro-batch where it shows). 0 when absent.
     #[serde(default, skip_serializing_if = "Seconds::is_zero")]
     pub sequence_overhead: Seconds,
-    /// The host's memory-bound ops (`Embed`, `EmbedBwd`, `GradNorm` of a gradient made on the
-    /// host) as calibrate timed the executor's own host code: each call's fixed time and the
-    /// share of `host_memory_bandwidth` it reaches. A family not listed costs its bytes at
+    /// The host's memory-bound ops (`Embed`, `EmbedBwd`, its table zeroing `EmbedZero`,
+    /// `GradNorm` of a gradient made on the host) as calibrate timed the executor's own host
+    /// code: each call's fixed time and the share of `host_memory_bandwidth` it reaches. A family not listed costs its bytes at
     /// `host_memory_bandwidth`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_kernels: BTreeMap<String, KernelCost>,
@@ -134,7 +134,12 @@ pub struct HardwareProfile {
 }
 
 /// The host op families a profile's `host_kernels` may price.
-pub const HOST_KERNEL_FAMILIES: [&str; 3] = ["Embed", "EmbedBwd", "GradNorm"];
+pub const HOST_KERNEL_FAMILIES: [&str; 4] = ["Embed", "EmbedBwd", EMBED_ZERO, "GradNorm"];
+
+/// The family of the untied token table's zeroing inside the CPU embedding's backward. Where a
+/// profile prices it, `EmbedBwd` prices the rest of that op (its scatter of the step's rows);
+/// where not, `EmbedBwd` prices the whole op (profiles calibrated before the two were timed apart).
+pub const EMBED_ZERO: &str = "EmbedZero";
 
 /// A memory-bound kernel's cost: `per_launch` plus its bytes at `efficiency` x the profile's
 /// memory bandwidth.

@@ -209,6 +209,17 @@ pub struct Program {
     pub clipping: Clipping,
 }
 
+/// Bytes the embedding's backward writes zeroing the untied token table's gradient whole before
+/// its scatter adds the step's rows (bf16, V x C); none for a tied table, whose gradient the
+/// output layer's backward writes first.
+pub fn embed_table_zero_bytes(cfg: &GptConfig) -> Bytes {
+    if cfg.tied_embeddings {
+        Bytes::ZERO
+    } else {
+        Bytes(cfg.padded_vocab as u64 * cfg.hidden as u64 * 2)
+    }
+}
+
 impl Program {
     /// The step without clipping.
     pub fn build(cfg: &GptConfig) -> Program {
@@ -381,9 +392,8 @@ impl OpsBuilder<'_> {
             let c = self.cfg;
             let rows = 2 * c.tokens() * c.hidden as u64 * 2;
             bytes = rows + 2 * c.tokens() * c.hidden as u64 + c.tokens() * 4;
-            if s.kind == OpKind::EmbedBwd && !c.tied_embeddings {
-                // The untied table's gradient is zeroed whole before the scatter adds rows.
-                bytes += c.padded_vocab as u64 * c.hidden as u64 * 2;
+            if s.kind == OpKind::EmbedBwd {
+                bytes += embed_table_zero_bytes(c).0;
             }
         }
         let id = OpId(self.ops.len() as u32);

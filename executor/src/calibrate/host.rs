@@ -118,8 +118,8 @@ mod imp {
         Ok(HostRates { host_copy, host_copy_one_thread, host_adam, host_threads })
     }
 
-    /// The CPU embedding's host ops of `program` (its gather, its backward and, clipped, its
-    /// gradient's partial norms), each run `repeats` times after a first touch by the executor's
+    /// The CPU embedding's host ops of `program` (its gather, its backward's rows and its table's
+    /// zeroing apart, and, clipped, its gradient's partial norms), each run `repeats` times after a first touch by the executor's
     /// own host code at the program's shapes, on the shipped corpus's tokens; the medians. None of them for a tied embedding
     /// (which never runs on the host).
     pub fn host_ops(program: &Program, repeats: usize) -> Result<Vec<OpKernel>, ExecError> {
@@ -149,13 +149,21 @@ mod imp {
             crate::host::embedding_forward(&mut out, &tokens, &weights[wte.clone()], 0, vp, &weights[wpe.clone()], t, c).map_err(host)
         })?;
         rows.push(OpKernel::of(embed, s));
+        // The backward in its two passes, each at its own bytes: the step's rows, then the
+        // table's zeroing (the same at both sizes, so its fit is a rate alone).
         let backward = op(OpKind::EmbedBwd)?;
+        let zero_bytes = models::program::embed_table_zero_bytes(cfg);
         let s = timed(repeats, &backward.name, &mut || {
             let (dwte, dwpe) = crate::host::two_ranges(&mut grads, wte.clone(), wpe.clone())
                 .ok_or_else(|| bad("the token and position tables overlap".into()))?;
-            crate::host::embedding_backward(dwte, dwpe, &dres, &tokens, vp, b, t, c, max_seq, &mut scratch).map_err(host)
+            crate::host::embedding_backward_rows(dwte, dwpe, &dres, &tokens, vp, b, t, c, max_seq, &mut scratch).map_err(host)
         })?;
-        rows.push(OpKernel::of(backward, s));
+        rows.push(OpKernel { bytes: backward.bytes.0 - zero_bytes.0, ..OpKernel::of(backward, s) });
+        let s = timed(repeats, "the token table's zeroing", &mut || {
+            crate::host::zero_table(std::hint::black_box(&mut grads[wte.clone()]));
+            Ok(())
+        })?;
+        rows.push(OpKernel { kind: models::hardware::EMBED_ZERO.to_string(), bytes: zero_bytes.0, ..OpKernel::of(backward, s) });
         if let Some(norm) = program.find(OpKind::GradNorm(Owner::Embedding)) {
             let s = timed(repeats, &norm.name, &mut || {
                 crate::host::grad_norm_partials(std::hint::black_box(&grads), &mut partials).map_err(host)
@@ -227,10 +235,14 @@ mod tests {
         let p = models::Program::build_with(&untied, models::program::Clipping::GlobalNorm);
         let rows = host_ops(&p, 2).unwrap();
         let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-        assert_eq!(kinds, ["Embed", "EmbedBwd", "GradNorm"]);
+        assert_eq!(kinds, ["Embed", "EmbedBwd", "EmbedZero", "GradNorm"]);
         assert!(rows.iter().all(|r| r.seconds > 0.0 && r.bytes > 0));
+        // The backward's two passes share its bytes.
+        let bwd = p.find(models::program::OpKind::EmbedBwd).unwrap().bytes.0;
+        assert_eq!(rows[1].bytes + rows[2].bytes, bwd);
+        assert_eq!(rows[2].bytes, models::program::embed_table_zero_bytes(&untied).0);
         // Unclipped: no norm; tied: nothing runs on the host.
-        assert_eq!(host_ops(&models::Program::build(&untied), 2).unwrap().len(), 2);
+        assert_eq!(host_ops(&models::Program::build(&untied), 2).unwrap().len(), 3);
         let tied = models::GptConfig { tied_embeddings: true, ..cfg };
         assert!(host_ops(&models::Program::build(&tied), 2).unwrap().is_empty());
         assert!(host_ops_rate(2).unwrap() > 0.0);

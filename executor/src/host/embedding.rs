@@ -101,8 +101,32 @@ pub fn embedding_backward(
     max_seq: usize,
     scratch: &mut WteScratch,
 ) -> Result<(), HostError> {
-    // The table is large (V x C): zero it on all threads.
+    zero_table(dwte);
+    embedding_backward_rows(dwte, dwpe, dout, tokens, v_count, b, t, c, max_seq, scratch)
+}
+
+/// The untied token table's gradient zeroed before the backward adds the step's rows: a pass
+/// over V x C on all threads, which calibrate times apart from the rows (its rate is the host's
+/// write rate, theirs a gather's).
+pub fn zero_table(dwte: &mut [bf16]) {
     dwte.par_chunks_mut(1 << 16).for_each(|rows| rows.fill(bf16::ZERO));
+}
+
+/// [`embedding_backward`] after the zeroing: the token table's rows of the step added, the
+/// position table overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward_rows(
+    dwte: &mut [bf16],
+    dwpe: &mut [bf16],
+    dout: &[bf16],
+    tokens: &[i32],
+    v_count: usize,
+    b: usize,
+    t: usize,
+    c: usize,
+    max_seq: usize,
+    scratch: &mut WteScratch,
+) -> Result<(), HostError> {
     embedding_backward_wte(dwte, dout, tokens, 0, v_count, c, scratch)?;
     embedding_backward_wpe(dwpe, dout, b, t, c, max_seq)
 }

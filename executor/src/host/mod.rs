@@ -15,7 +15,9 @@ pub mod embedding;
 pub mod norm;
 
 pub use adamw::{adamw_owner, adamw_range, view_weight_decay, AdamW};
-pub use embedding::{embedding_backward, embedding_backward_wpe, embedding_backward_wte, embedding_forward, WteScratch};
+pub use embedding::{
+    embedding_backward, embedding_backward_rows, embedding_backward_wpe, embedding_backward_wte, embedding_forward, zero_table, WteScratch,
+};
 pub use norm::{clip_scale, global_norm, grad_checksum, grad_norm_partials};
 
 /// The elements of a parameter tensor's view `name` (None where it has no such view).
