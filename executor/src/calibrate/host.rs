@@ -49,14 +49,14 @@ pub struct HostRates {
 }
 
 #[cfg(any(feature = "cuda", test))]
-pub(super) use imp::{host_ops, host_ops_rate, measure};
+pub(super) use imp::{host_ops, host_ops_rate, measure, HostBuf};
 
 #[cfg(any(feature = "cuda", test))]
 mod imp {
     use super::HostRates;
     use crate::calibrate::ops::OpKernel;
     use crate::calibrate::{bad, size_label, Options, Timed};
-    use crate::host::bf16::f32_to_bf16;
+    use crate::host::bf16::{bf16, f32_to_bf16};
     use crate::ExecError;
     use models::inventory::Owner;
     use models::program::OpKind;
@@ -118,11 +118,69 @@ mod imp {
         Ok(HostRates { host_copy, host_copy_one_thread, host_adam, host_threads })
     }
 
+    /// A host ops' buffer of bf16 values: pinned as a run keeps its host copies (huge pages from
+    /// 64 MiB up, which a gather and a zeroing pass run up to twice as fast on as on the heap's
+    /// pages), or on the heap where no GPU is open (tests).
+    pub enum HostBuf {
+        #[cfg(test)]
+        Heap(Vec<bf16>),
+        #[cfg(feature = "cuda")]
+        Pinned(crate::gpu::PinnedBuffer),
+    }
+
+    /// How a host op's buffers are made: [`HostBuf::heap`], or pinned by an open GPU.
+    pub type MakeBuf<'a> = &'a dyn Fn(usize) -> Result<HostBuf, ExecError>;
+
+    impl HostBuf {
+        /// `n` values on the heap.
+        #[cfg(test)]
+        pub fn heap(n: usize) -> Result<HostBuf, ExecError> {
+            Ok(HostBuf::Heap(vec![bf16::ZERO; n]))
+        }
+
+        /// `n` values of pinned memory made the way a run makes its host copies.
+        #[cfg(feature = "cuda")]
+        pub fn pinned(gpu: &crate::gpu::Gpu, n: usize) -> Result<HostBuf, ExecError> {
+            Ok(HostBuf::Pinned(gpu.pinned(2 * n)?))
+        }
+
+        /// `n` values of `value`, made by `make`.
+        fn filled(make: MakeBuf, n: usize, value: f32) -> Result<HostBuf, ExecError> {
+            let mut b = make(n)?;
+            b.par_chunks_mut(1 << 16).for_each(|c| c.fill(f32_to_bf16(value)));
+            Ok(b)
+        }
+    }
+
+    impl std::ops::Deref for HostBuf {
+        type Target = [bf16];
+        fn deref(&self) -> &[bf16] {
+            match self {
+                #[cfg(test)]
+                HostBuf::Heap(v) => v,
+                #[cfg(feature = "cuda")]
+                HostBuf::Pinned(p) => crate::host::bf16::as_bf16(p.as_u16s()),
+            }
+        }
+    }
+
+    impl std::ops::DerefMut for HostBuf {
+        fn deref_mut(&mut self) -> &mut [bf16] {
+            match self {
+                #[cfg(test)]
+                HostBuf::Heap(v) => v,
+                #[cfg(feature = "cuda")]
+                HostBuf::Pinned(p) => crate::host::bf16::as_bf16_mut(p.as_mut_u16s()),
+            }
+        }
+    }
+
     /// The CPU embedding's host ops of `program` (its gather, its backward's rows and its table's
-    /// zeroing apart, and, clipped, its gradient's partial norms), each run `repeats` times after a first touch by the executor's
-    /// own host code at the program's shapes, on the shipped corpus's tokens; the medians. None of them for a tied embedding
+    /// zeroing apart, and, clipped, its gradient's partial norms), each run `repeats` times after
+    /// a first touch by the executor's own host code at the program's shapes, on the shipped
+    /// corpus's tokens, in buffers made by `make`; the medians. None of them for a tied embedding
     /// (which never runs on the host).
-    pub fn host_ops(program: &Program, repeats: usize) -> Result<Vec<OpKernel>, ExecError> {
+    pub fn host_ops(program: &Program, repeats: usize, make: MakeBuf) -> Result<Vec<OpKernel>, ExecError> {
         let cfg = &program.config;
         if cfg.tied_embeddings {
             return Ok(Vec::new());
@@ -134,11 +192,11 @@ mod imp {
         let views = &inv.tensor(emb.weights).views;
         let range = |name: &str| crate::host::view_range(views, name).ok_or_else(|| bad(format!("the embedding has no view {name}")));
         let (wte, wpe) = (range("wte")?, range("wpe")?);
-        let weights = vec![f32_to_bf16(0.02); inv.tensor(emb.weights).bytes.0 as usize / 2];
-        let mut grads = vec![f32_to_bf16(0.0); inv.tensor(emb.grads).bytes.0 as usize / 2];
+        let weights = HostBuf::filled(make, inv.tensor(emb.weights).bytes.0 as usize / 2, 0.02)?;
+        let mut grads = HostBuf::filled(make, inv.tensor(emb.grads).bytes.0 as usize / 2, 0.0)?;
         let tokens = crate::calibrate::step_tokens(b * t, cfg.vocab, 0)?;
-        let mut out = vec![f32_to_bf16(0.0); b * t * c];
-        let dres = vec![f32_to_bf16(1e-3); b * t * c];
+        let mut out = HostBuf::filled(make, b * t * c, 0.0)?;
+        let dres = HostBuf::filled(make, b * t * c, 1e-3)?;
         let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
         let mut scratch = crate::host::WteScratch::with_capacity(b * t);
         let host = |e: crate::host::HostError| bad(e.to_string());
@@ -177,14 +235,14 @@ mod imp {
     const HOST_OPS_PROBE_VALUES: usize = 32 << 20;
 
     /// The host's memory-bound op rate as a run's probe and calibrate both take it: the host
-    /// gradient norm over [`HOST_OPS_PROBE_VALUES`] values, the threads idle before each call,
-    /// in bytes read per second (the median of `repeats`).
-    pub fn host_ops_rate(repeats: usize) -> Result<f64, ExecError> {
-        let g = vec![f32_to_bf16(1e-3); HOST_OPS_PROBE_VALUES];
+    /// gradient norm over [`HOST_OPS_PROBE_VALUES`] values in a buffer made by `make`, the
+    /// threads idle before each call, in bytes read per second (the median of `repeats`).
+    pub fn host_ops_rate(repeats: usize, make: MakeBuf) -> Result<f64, ExecError> {
+        let g = HostBuf::filled(make, HOST_OPS_PROBE_VALUES, 1e-3)?;
         let mut partials = vec![0.0f32; models::inventory::GRAD_NORM_WORDS as usize];
         let host = |e: crate::host::HostError| bad(e.to_string());
         let s = timed(repeats, "the host ops' probe", &mut || {
-            crate::host::grad_norm_partials(std::hint::black_box(&g), &mut partials).map_err(host)
+            crate::host::grad_norm_partials(std::hint::black_box(&g[..]), &mut partials).map_err(host)
         })?;
         Ok((2 * HOST_OPS_PROBE_VALUES) as f64 / s)
     }
@@ -233,7 +291,7 @@ mod tests {
         let cfg = models::GptConfig::load(&dir.join("../models/configs/gpt2-tiny.ron")).unwrap();
         let untied = models::GptConfig { tied_embeddings: false, ..cfg.clone() };
         let p = models::Program::build_with(&untied, models::program::Clipping::GlobalNorm);
-        let rows = host_ops(&p, 2).unwrap();
+        let rows = host_ops(&p, 2, &HostBuf::heap).unwrap();
         let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
         assert_eq!(kinds, ["Embed", "EmbedBwd", "EmbedZero", "GradNorm"]);
         assert!(rows.iter().all(|r| r.seconds > 0.0 && r.bytes > 0));
@@ -242,10 +300,10 @@ mod tests {
         assert_eq!(rows[1].bytes + rows[2].bytes, bwd);
         assert_eq!(rows[2].bytes, models::program::embed_table_zero_bytes(&untied).0);
         // Unclipped: no norm; tied: nothing runs on the host.
-        assert_eq!(host_ops(&models::Program::build(&untied), 2).unwrap().len(), 3);
+        assert_eq!(host_ops(&models::Program::build(&untied), 2, &HostBuf::heap).unwrap().len(), 3);
         let tied = models::GptConfig { tied_embeddings: true, ..cfg };
-        assert!(host_ops(&models::Program::build(&tied), 2).unwrap().is_empty());
-        assert!(host_ops_rate(2).unwrap() > 0.0);
+        assert!(host_ops(&models::Program::build(&tied), 2, &HostBuf::heap).unwrap().is_empty());
+        assert!(host_ops_rate(2, &HostBuf::heap).unwrap() > 0.0);
     }
 
     #[test]

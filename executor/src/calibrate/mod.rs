@@ -279,9 +279,10 @@ mod imp {
         small.finish(None, small_src)?;
 
         let host = host::measure(opts)?;
-        let host_ops = host::host_ops(&program, opts.repeats)?;
-        let small_host_ops = host::host_ops(&small_program, opts.repeats)?;
-        let host_ops_probe = host::host_ops_rate(opts.repeats)?;
+        let pinned = |n: usize| host::HostBuf::pinned(&gpu, n);
+        let host_ops = host::host_ops(&program, opts.repeats, &pinned)?;
+        let small_host_ops = host::host_ops(&small_program, opts.repeats, &pinned)?;
+        let host_ops_probe = host::host_ops_rate(opts.repeats, &pinned)?;
         tracing::info!("calibration took {:.1} s", t_all.elapsed().as_secs_f64());
         Ok(Calibration {
             device: device.name,

@@ -68,7 +68,7 @@ mod gpu {
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
         let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
         let adam = shared_memory::gpu::adam_alone(&bench)?;
-        let host_ops = super::super::host::host_ops_rate(opts.repeats)?;
+        let host_ops = super::super::host::host_ops_rate(opts.repeats, &|n| super::super::host::HostBuf::pinned(gpu, n))?;
         bench.finish(Some(buffers), src)?;
         let rates = ProbeRates {
             h2d: BytesPerSecond(c.h2d),

@@ -514,6 +514,11 @@ impl PinnedBuffer {
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
     }
     /// As 16-bit words (bf16 bits); a trailing odd byte is left out.
+    pub fn as_u16s(&self) -> &[u16] {
+        // SAFETY: both backings are page-aligned; shared borrow, no writer.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u16, self.bytes / 2) }
+    }
+    /// Mutable form of [`PinnedBuffer::as_u16s`].
     pub fn as_mut_u16s(&mut self) -> &mut [u16] {
         // SAFETY: both backings are page-aligned; uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u16, self.bytes / 2) }
