@@ -191,6 +191,7 @@ fn probed_records_are_replayed_under_their_own_rates() {
         host_ops: None,
         issue: None,
         host_call: None,
+        host_sharing: None,
         seconds: 0.5,
     };
     r.probe = Some(models::hardware::RunProbes { start: Some(half.clone()), end: Some(half.clone()) });

@@ -321,6 +321,23 @@ impl Shares {
 }
 
 impl HostSharing {
+    /// Each share's mean over `all` (None for none).
+    fn mean(all: &[HostSharing]) -> Option<HostSharing> {
+        if all.is_empty() {
+            return None;
+        }
+        let n = all.len() as f64;
+        let shares = |f: fn(&HostSharing) -> Shares| {
+            let m = |g: fn(&Shares) -> f64| all.iter().map(|h| g(&f(h))).sum::<f64>() / n;
+            Shares { host: m(|s| s.host), h2d: m(|s| s.h2d), d2h: m(|s| s.d2h) }
+        };
+        Some(HostSharing {
+            beside_h2d: shares(|h| h.beside_h2d),
+            beside_d2h: shares(|h| h.beside_d2h),
+            beside_both: shares(|h| h.beside_both),
+        })
+    }
+
     /// What each keeps with host work running (`host`) and copies each way busy or not.
     pub fn shares(&self, host: bool, h2d: bool, d2h: bool) -> Shares {
         match (host, h2d, d2h) {
@@ -358,6 +375,12 @@ pub struct ProbeRates {
     /// records written before runs probed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_call: Option<f64>,
+    /// Host AdamW beside pinned copies (`HardwareProfile::host_sharing`): one H200 machine's
+    /// calibrations measured the host-to-device share beside host work at 0.67 to 0.77 hours
+    /// apart, which moved a copy-bound plan's step by 6%. None in records written before runs
+    /// probed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_sharing: Option<HostSharing>,
     /// What the probes took.
     pub seconds: f64,
 }
@@ -407,6 +430,7 @@ impl ProbeRates {
                 let v: Vec<f64> = probes.iter().filter_map(|p| p.host_call).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             },
+            host_sharing: HostSharing::mean(&probes.iter().filter_map(|p| p.host_sharing).collect::<Vec<_>>()),
             seconds: m(&|p| p.seconds),
         })
     }
@@ -460,6 +484,7 @@ impl HardwareProfile {
             // it: the probe's issue costs would count that pace twice.
             issue: self.issue.and(p.issue).or(self.issue),
             host_call_latency: p.host_call.map(Seconds).unwrap_or(self.host_call_latency),
+            host_sharing: p.host_sharing.or(self.host_sharing),
             ..self.clone()
         }
     }
@@ -711,6 +736,7 @@ mod tests {
             host_ops: Some(30e9),
             issue: None,
             host_call: None,
+            host_sharing: None,
             seconds: 0.5,
         };
         // Without calibrate's own measurement there is nothing to scale against.
@@ -723,6 +749,15 @@ mod tests {
         assert!((p.largest_change(&slower) - 0.5).abs() < 1e-12);
         hw.host_ops_probe = Some(BytesPerSecond(0.0));
         assert_eq!(hw.validate().unwrap_err().0, "host_ops_probe");
+        // Probed host sharing replaces the profile's; two probes replay at their mean.
+        let shares = |x: f64| Shares { host: x, h2d: x, d2h: 1.0 };
+        let sharing = |x: f64| HostSharing { beside_h2d: shares(x), beside_d2h: shares(x), beside_both: shares(x) };
+        let (a, b) =
+            (ProbeRates { host_sharing: Some(sharing(0.6)), ..p.clone() }, ProbeRates { host_sharing: Some(sharing(0.8)), ..p.clone() });
+        assert_eq!(hw.with_probed(&a).host_sharing, Some(sharing(0.6)));
+        assert_eq!(hw.with_probed(&p).host_sharing, hw.host_sharing, "a record without it keeps the profile's");
+        let mean = RunProbes { start: Some(a), end: Some(b) }.mean().unwrap().host_sharing.unwrap();
+        assert!((mean.beside_both.h2d - 0.7).abs() < 1e-12 && mean.beside_both.d2h == 1.0);
     }
 
     #[test]

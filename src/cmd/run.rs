@@ -148,7 +148,7 @@ fn print_probes(p: &models::hardware::RunProbes) {
     for (when, r) in [("before the first step", &p.start), ("after the last step", &p.end)] {
         match r {
             Some(r) => println!(
-                "probe {when}: copies {:.1}/{:.1} GB/s ({:.1}+{:.1} at once), products {:.1} TFLOP/s, attention {:.1} TFLOP/s, host AdamW {:.2} G params/s, host ops {}, issue {}, host hand-off {} ({:.2} s)",
+                "probe {when}: copies {:.1}/{:.1} GB/s ({:.1}+{:.1} at once), products {:.1} TFLOP/s, attention {:.1} TFLOP/s, host AdamW {:.2} G params/s, host ops {}, issue {}, host hand-off {}, beside host AdamW {} ({:.2} s)",
                 r.h2d.0 / 1e9,
                 r.d2h.0 / 1e9,
                 r.h2d_duplex.0 / 1e9,
@@ -159,6 +159,10 @@ fn print_probes(p: &models::hardware::RunProbes) {
                 r.host_ops.map_or("not probed".to_string(), |b| format!("{:.1} GB/s", b / 1e9)),
                 r.issue.map_or("not probed".to_string(), |i| format!("{:.2}/{:.2} us a kernel/product", i.kernel.0 * 1e6, i.product.0 * 1e6)),
                 r.host_call.map_or("not probed".to_string(), |h| format!("{:.1} us", h * 1e6)),
+                r.host_sharing.map_or("not probed".to_string(), |h| format!(
+                    "H2D keeps {:.2}, D2H {:.2}, both {:.2}+{:.2} (host {:.2}/{:.2}/{:.2})",
+                    h.beside_h2d.h2d, h.beside_d2h.d2h, h.beside_both.h2d, h.beside_both.d2h, h.beside_h2d.host, h.beside_d2h.host, h.beside_both.host
+                )),
                 r.seconds
             ),
             None => println!("probe {when}: none (see the warning above)"),

@@ -2,7 +2,8 @@
 //! rates of the profile that vary by machine and by minute, measured the way calibrate measures
 //! them but small (256 MiB copies, 64 M parameters of host AdamW, the host's gradient norm over
 //! 64 MiB, every product of one step, layer 0's ops issued in step order, a host function
-//! between two kernels, five rounds): about a second on the H200.
+//! between two kernels, host AdamW beside copies each way and both, five rounds): under two
+//! seconds on the H200.
 
 use super::{Options, MIB};
 
@@ -67,7 +68,7 @@ mod gpu {
         let rows = copies::pinned(&bench, &mut buffers)?;
         let c = rows.last().ok_or_else(|| ExecError::Calibration("the probe copied nothing".into()))?.clone();
         let copy_issue = copies::copy_issue(&bench, &mut buffers)?;
-        let adam = shared_memory::gpu::adam_alone(&bench)?;
+        let shared = shared_memory::gpu::measure(&bench, &mut buffers, &c)?;
         let host_ops = super::super::host::host_ops_rate(opts.repeats, &|n| super::super::host::HostBuf::pinned(gpu, n))?;
         bench.finish(Some(buffers), src)?;
         let rates = ProbeRates {
@@ -77,10 +78,11 @@ mod gpu {
             d2h_duplex: BytesPerSecond(c.d2h_duplex),
             matmul_flops: FlopsPerSecond(matmul_rate(&gemms, launch_overhead).map_err(ExecError::Calibration)?),
             attention_flops: FlopsPerSecond(pair_rate(&attention.forward, &attention.backward, launch_overhead)),
-            host_adam_params_per_second: adam.rate(),
+            host_adam_params_per_second: shared.adam_alone.rate(),
             host_ops: Some(host_ops),
             issue: Some(launches.issue_costs(products::product_issue(&gemms), copy_issue, Some(&in_order))),
             host_call: Some(host_call),
+            host_sharing: shared.sharing(&c),
             seconds: t0.elapsed().as_secs_f64(),
         };
         tracing::info!(

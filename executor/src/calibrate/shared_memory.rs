@@ -283,16 +283,6 @@ pub(super) mod gpu {
         median(&times).ok_or_else(|| bad(format!("{what} took no finite time")))
     }
 
-    /// Host AdamW over `host_adam_params` pinned parameters alone: `repeats` passes after a
-    /// warm-up, the median.
-    pub fn adam_alone(b: &Bench) -> R<Timed> {
-        let params = b.opts.host_adam_params;
-        let mut adam = PinnedAdam::new(b.gpu, params)?;
-        let seconds = warm_median(b.opts.repeats, "host AdamW on pinned memory", || adam.pass())?;
-        adam.check()?;
-        Ok(Timed { what: format!("host AdamW, {} M params in pinned memory", params >> 20), amount: params as f64, seconds, launches: 0 })
-    }
-
     /// Host AdamW over `host_adam_params` pinned parameters alone (`repeats` passes after a
     /// warm-up), then beside each kind of copy of the largest size (`largest`: their rates
     /// alone), then in small calls.
