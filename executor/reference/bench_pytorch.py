@@ -1,10 +1,14 @@
-"""The peer benchmark: one GPT training step in PyTorch eager, three ways:
-  plain       bf16 autocast (fp32 weights, bf16 compute), SDPA flash attention, fused AdamW
+"""The peer benchmark: one GPT training step in PyTorch, five ways:
+  plain       eager, bf16 autocast (fp32 weights, bf16 compute), SDPA flash attention, fused AdamW
   checkpoint  the same with torch.utils.checkpoint around every transformer layer
   save_on_cpu the same with torch.autograd.graph.save_on_cpu(pin_memory=True) around the forward
-Step = forward + loss + backward + optimizer step + zero_grad. Median of --iters steps (CUDA
-events) after --warmup steps; tokens/s = B*T / step; peak = torch.cuda.max_memory_allocated over
-the timed steps (after a reset). No gradient clipping, no dropout, GELU tanh, LN eps 1e-5.
+  compile     plain with the model under torch.compile (default mode)
+  compile_max plain with the model under torch.compile(mode="max-autotune-no-cudagraphs")
+Step = forward + loss + backward + gradient clipping by global norm (--grad-clip, default 1.0 as
+GPT-3 and `offplan plan` take it; 0 turns it off) + optimizer step + zero_grad. Median of --iters
+steps (CUDA events) after --warmup steps (a compiled mode compiles in its warm-ups, timed apart);
+tokens/s = B*T / step; peak = torch.cuda.max_memory_allocated over the timed steps (after a
+reset). No dropout, GELU tanh, LN eps 1e-5.
 
   python3 bench_pytorch.py --config ../../models/configs/gpt2-124m.ron [--batch 8 --seq 1024]
   python3 bench_pytorch.py --config ../../models/configs/gpt3-1.3b.ron --json out.json
@@ -92,11 +96,15 @@ class GPT(nn.Module):
         return F.cross_entropy(logits[..., : self.V].float().reshape(B * T, -1), targets.reshape(-1))
 
 
-def run_mode(cfg, mode, warmup, iters, seed=0):
+COMPILE_MODES = {"compile": "default", "compile_max": "max-autotune-no-cudagraphs"}
+
+
+def run_mode(cfg, mode, warmup, iters, grad_clip, seed=0):
     torch.manual_seed(seed)
     dev = torch.device("cuda")
     model = GPT(cfg).to(dev)
     model.checkpoint = mode == "checkpoint"
+    forward = torch.compile(model, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -109,17 +117,21 @@ def run_mode(cfg, mode, warmup, iters, seed=0):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if mode == "save_on_cpu":
                 with torch.autograd.graph.save_on_cpu(pin_memory=True):
-                    loss = model(idx, tgt)
+                    loss = forward(idx, tgt)
             else:
-                loss = model(idx, tgt)
+                loss = forward(idx, tgt)
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
+    t0 = time.time()
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
+    warmup_s = time.time() - t0
     torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     for _ in range(iters):
@@ -134,12 +146,13 @@ def run_mode(cfg, mode, warmup, iters, seed=0):
     peak = torch.cuda.max_memory_allocated()
     ms = statistics.median(times)
     nparams = sum(p.numel() for p in model.parameters())
-    del model, opt
+    del model, forward, opt
     torch.cuda.empty_cache()
     return {
         "model": cfg["name"], "mode": mode, "batch": B, "seq": T, "params": nparams,
         "step_ms_median": ms, "step_ms_all": times, "tokens_per_s": B * T / (ms / 1e3),
         "peak_allocated_bytes": peak, "peak_allocated_gib": peak / 2**30, "last_loss": losses[-1],
+        "grad_clip": grad_clip, "warmup_s": warmup_s,
     }
 
 
@@ -151,6 +164,7 @@ def main():
     ap.add_argument("--modes", default="plain,checkpoint,save_on_cpu")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip by global norm (0: off)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     ap.add_argument("--budget-gib", type=float,
                     help="cap the caching allocator at this many GiB (set_per_process_memory_fraction); "
@@ -171,11 +185,14 @@ def main():
           f"cuda {torch.version.cuda}, date {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}", flush=True)
     print(f"# model {cfg['name']}: L{cfg['layers']} C{cfg['hidden']} NH{cfg['heads']} V{cfg['vocab']} "
           f"Vp{cfg['padded_vocab']} tied={cfg['tied_embeddings']} B{cfg['batch']} T{cfg['seq']}; "
-          f"median of {args.iters} steps after {args.warmup} warm-ups", flush=True)
+          f"median of {args.iters} steps after {args.warmup} warm-ups; grad clip {args.grad_clip}", flush=True)
     out = []
     for mode in args.modes.split(","):
         try:
-            r = run_mode(cfg, mode, args.warmup, args.iters)
+            if mode not in ("plain", "checkpoint", "save_on_cpu") and mode not in COMPILE_MODES:
+                print(f"unknown mode {mode!r}", file=sys.stderr)
+                return 2
+            r = run_mode(cfg, mode, args.warmup, args.iters, args.grad_clip)
         except torch.cuda.OutOfMemoryError as e:
             print(f"{cfg['name']:12s} {mode:12s} OOM: {str(e)[:120]}", flush=True)
             torch.cuda.empty_cache()
@@ -183,7 +200,7 @@ def main():
         out.append(r)
         print(f"{r['model']:12s} {mode:12s} step {r['step_ms_median']:9.2f} ms  "
               f"{r['tokens_per_s']:10.0f} tok/s  peak {r['peak_allocated_gib']:6.2f} GiB  "
-              f"loss {r['last_loss']:.4f}", flush=True)
+              f"loss {r['last_loss']:.4f}  (warm-ups {r['warmup_s']:.1f} s)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": props.name, "torch": torch.__version__, "budget_gib": args.budget_gib, "results": out}, f, indent=1)
