@@ -42,6 +42,9 @@ enum Command {
     /// Why a block sits where it does in a schedule.
     #[command(after_help = EXIT_CODES)]
     Explain(cmd::explain::Args),
+    /// A plan in another tool's terms: the Megatron-LM arguments closest to it, and their cost.
+    #[command(after_help = EXIT_CODES)]
+    Export(cmd::export::Args),
     /// Run training steps on the GPU (all on the GPU, or as a schedule says) and measure.
     #[command(after_help = EXIT_CODES)]
     Run(cmd::run::Args),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Explain(a) => cmd::explain::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Report(a) => cmd::report::run(a),

@@ -10,7 +10,8 @@
 //! - `emit`, `simulate`: the schedule of a set of decisions, and its event simulation;
 //! - `planned`: a schedule emitted and simulated, with the simulator's prediction;
 //! - `floor`, `heuristics`, `strategy`: the feasible floor, the policies people use, presets;
-//! - `plan`: the entry point.
+//! - `plan`: the entry point;
+//! - `megatron`: a plan said in Megatron-LM's flags, and those flags as decisions.
 
 mod decisions;
 mod emit;
@@ -18,6 +19,7 @@ mod error;
 mod floor;
 mod heuristics;
 mod lifetime;
+pub mod megatron;
 mod model;
 mod plan;
 mod planned;

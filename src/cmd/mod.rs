@@ -2,6 +2,7 @@
 
 pub mod calibrate;
 pub mod explain;
+pub mod export;
 pub mod inspect;
 pub mod plan;
 pub mod report;
