@@ -207,6 +207,35 @@ pub struct Program {
     pub ops: Vec<Op>,
     #[serde(default)]
     pub clipping: Clipping,
+    /// Each kind's first op, so that [`Program::find`] costs no pass over the ops (the planner
+    /// asks per layer and owner: a pass each made plan() quadratic in the layers).
+    #[serde(skip)]
+    index: OpIndex,
+}
+
+/// The first op of each kind among `ops` as built; not part of a program's value (two programs
+/// with the same ops are equal however their index was made), and absent in a deserialized one.
+#[derive(Clone, Debug, Default)]
+struct OpIndex {
+    first: std::collections::HashMap<OpKind, OpId>,
+    /// The number of ops it was made over: a program whose ops changed since is searched.
+    ops: usize,
+}
+
+impl OpIndex {
+    fn of(ops: &[Op]) -> OpIndex {
+        let mut first = std::collections::HashMap::with_capacity(ops.len());
+        for o in ops {
+            first.entry(o.kind).or_insert(o.id);
+        }
+        OpIndex { first, ops: ops.len() }
+    }
+}
+
+impl PartialEq for OpIndex {
+    fn eq(&self, _: &OpIndex) -> bool {
+        true
+    }
 }
 
 /// Bytes the embedding's backward writes zeroing the untied token table's gradient whole before
@@ -232,7 +261,8 @@ impl Program {
             Clipping::GlobalNorm => Inventory::build_clipped(cfg),
         };
         let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new(), clipped: Vec::new() }.build();
-        Program { config: cfg.clone(), inventory, ops, clipping }
+        let index = OpIndex::of(&ops);
+        Program { config: cfg.clone(), inventory, ops, clipping, index }
     }
 
     /// The step a training setup runs: clipped where its `grad_clip` is positive.
@@ -249,7 +279,11 @@ impl Program {
         &self.ops[id.index()]
     }
 
+    /// The first op of `kind`.
     pub fn find(&self, kind: OpKind) -> Option<&Op> {
+        if self.index.ops == self.ops.len() && self.index.ops > 0 {
+            return self.index.first.get(&kind).map(|id| &self.ops[id.index()]);
+        }
         self.ops.iter().find(|o| o.kind == kind)
     }
 
@@ -1004,6 +1038,24 @@ mod tests {
         }
         let gpt2 = GptConfig::load(&dir.join("gpt2-124m.ron")).unwrap();
         assert_eq!(gpt2.allocated_param_count(), 124_475_904);
+    }
+
+    #[test]
+    fn find_by_the_index_is_the_first_op_of_its_kind_built_or_read_back() {
+        let c = cfg(3, 2, 16, 2, 16, 300, 2, false, Attention::Fused);
+        let p = Program::build_with(&c, Clipping::GlobalNorm);
+        let scan = |p: &Program, k: OpKind| p.ops.iter().find(|o| o.kind == k).map(|o| o.id);
+        let back: Program = ron::from_str(&ron::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p, "the index is no part of a program's value");
+        for o in &p.ops {
+            assert_eq!(p.find(o.kind).map(|x| x.id), scan(&p, o.kind), "{:?}", o.kind);
+            assert_eq!(back.find(o.kind).map(|x| x.id), scan(&p, o.kind), "{:?} read back", o.kind);
+        }
+        assert!(p.find(OpKind::Adam(Owner::Layer(7))).is_none());
+        // Ops changed after the build are searched, not looked up.
+        let mut q = p.clone();
+        let first = q.ops.remove(0);
+        assert_ne!(q.find(first.kind).map(|o| o.id), Some(first.id));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use models::{Bytes, HardwareProfile, Program, Seconds};
 pub struct Contribution {
     /// Bytes live at each slot (allocation granularity applied).
     pub live: Vec<u64>,
+    /// The same curve as changes: `live[p]` is the sum of the bytes of the entries at slots up
+    /// to `p` (what a sum of many contributions adds up first, costing their items).
+    pub delta: Vec<(usize, i64)>,
     /// Whether something is freed after each slot.
     pub frees_at: Vec<bool>,
     /// Sparse per-stage terms.
@@ -130,7 +133,7 @@ impl<'a> StageModel<'a> {
             debug_assert!(acc >= 0, "negative live bytes at slot {s}");
             live[s] = acc.max(0) as u64;
         }
-        Contribution { live, frees_at, stages: sparse.stages, pinned: sparse.pinned }
+        Contribution { live, delta: sparse.delta, frees_at, stages: sparse.stages, pinned: sparse.pinned }
     }
 
     /// What `items` contribute, as changes: bytes allocated (+) or freed (-) at the slot where

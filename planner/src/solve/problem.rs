@@ -164,21 +164,35 @@ impl<'m, 'a> Problem<'m, 'a> {
 
     /// Live bytes at every slot and terms of every stage of the fixed part plus one choice per
     /// group (`pick[g]`); live as i64 so that moves can subtract.
+    /// The groups' curves are added as their changes, then summed once along the slots: the
+    /// same integers as adding every curve, at the cost of the groups' items.
     pub fn totals(&self, pick: &[usize]) -> (Vec<i64>, Vec<StageTerms>) {
-        let mut live: Vec<i64> = self.fixed.live.iter().map(|b| *b as i64).collect();
+        let n = self.fixed.live.len();
+        let mut delta = vec![0i64; n + 1];
         let mut terms = vec![StageTerms::default(); self.model.n_stages()];
         for (s, t) in &self.fixed.stages {
             terms[*s] = &terms[*s] + t;
         }
         for (g, k) in self.groups.iter().zip(pick) {
             let c = &g.contributions[*k];
-            for (l, x) in live.iter_mut().zip(&c.live) {
-                *l += *x as i64;
+            for &(slot, bytes) in &c.delta {
+                delta[slot] += bytes;
             }
             for (s, t) in &c.stages {
                 terms[*s] = &terms[*s] + t;
             }
         }
+        let mut acc = 0i64;
+        let live = self
+            .fixed
+            .live
+            .iter()
+            .zip(&delta)
+            .map(|(f, d)| {
+                acc += d;
+                *f as i64 + acc
+            })
+            .collect();
         (live, terms)
     }
 
