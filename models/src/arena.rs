@@ -119,20 +119,28 @@ pub fn plan_arena(program: &Program, schedule: &Schedule, align: Bytes) -> Resul
     let mut order: Vec<usize> = (0..intervals.len()).collect();
     order.sort_by_key(|&k| (std::cmp::Reverse(round(inv.tensor(intervals[k].0).bytes.0)), intervals[k].1, intervals[k].0));
     let mut placed: Vec<Placed> = Vec::with_capacity(intervals.len());
+    // The placed blocks by (offset, end offset), kept in order as each is placed, so that
+    // first fit walks them in address order without sorting the ones it meets each time.
+    let mut by_address: Vec<usize> = Vec::with_capacity(intervals.len());
     for k in order {
         let (tensor, start, end) = intervals[k];
         let bytes = round(inv.tensor(tensor).bytes.0);
-        let mut taken: Vec<(u64, u64)> =
-            placed.iter().filter(|p| p.start <= end && start <= p.end).map(|p| (p.offset, p.offset + p.bytes)).collect();
-        taken.sort_unstable();
+        // The lowest offset where `bytes` fit between the blocks live at the same time.
         let mut offset = 0u64;
-        for (a, b) in taken {
-            if a >= offset + bytes {
+        for &j in &by_address {
+            let p = &placed[j];
+            if !(p.start <= end && start <= p.end) {
+                continue;
+            }
+            if p.offset >= offset + bytes {
                 break;
             }
-            offset = offset.max(b);
+            offset = offset.max(p.offset + p.bytes);
         }
         let alloc_action = (!resident[tensor.index()]).then_some(start);
+        let key = (offset, offset + bytes);
+        let at = by_address.partition_point(|&j| (placed[j].offset, placed[j].offset + placed[j].bytes) <= key);
+        by_address.insert(at, placed.len());
         placed.push(Placed { tensor, alloc_action, start, end, offset, bytes });
     }
     let size = placed.iter().map(|p| p.offset + p.bytes).max().unwrap_or(0);

@@ -1,9 +1,8 @@
 //! The feasible floor: the smallest budget any plan of this planner fits in, and the lean plan
 //! that sets it.
 
-use crate::decisions::Decisions;
+use crate::decisions::{ActChoice, Decisions, Group, OwnerChoice};
 use crate::model::StageModel;
-use crate::solve::enumerate;
 use models::{Bytes, HardwareProfile, Program};
 
 /// The leanest choice of every group (each group's smallest memory at its own peak, then its
@@ -13,14 +12,20 @@ use models::{Bytes, HardwareProfile, Program};
 pub fn floor_of(model: &StageModel) -> (Bytes, String, Decisions, Bytes) {
     let program = model.program;
     let mut d = Decisions::all_gpu(program);
-    for g in enumerate(model) {
-        let best = (0..g.len())
-            .min_by_key(|k| {
-                let live = &g.contributions[*k].live;
-                (live.iter().max().copied().unwrap_or(0), live.iter().sum::<u64>())
-            })
-            .unwrap_or(0);
-        g.apply(best, &mut d);
+    let router = &model.router;
+    for g in Decisions::groups(program) {
+        // Each choice's own peak and total, from its items: no curve over every slot per choice.
+        match g {
+            Group::Owner(o) => {
+                let all = OwnerChoice::all(program, o);
+                let best = all.iter().min_by_key(|c| model.live_extent(&router.owner_items(o, **c))).copied();
+                d.set_owner(o, best.unwrap_or(OwnerChoice::GPU));
+            }
+            Group::Acts(l) => {
+                let best = ActChoice::all().into_iter().min_by_key(|c| model.live_extent(&router.act_items(l, *c)));
+                d.layers[l as usize] = best.unwrap_or(ActChoice::KEEP);
+            }
+        }
     }
     let e = model.evaluate(&d);
     // The lean plan pins most of the model on the host, and the driver maps pinned memory in

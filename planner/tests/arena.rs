@@ -81,3 +81,41 @@ fn frees_of_what_is_not_allocated_residents_and_other_lanes_are_refused() {
     s.actions.push(Action::Free(w, Lane::Compute));
     assert!(plan_arena(&p, &s, hw.alloc_granularity).unwrap_err().contains("when the step starts"));
 }
+
+/// First fit as the arena was first written: for each block, largest first, the blocks live at
+/// the same time sorted by address, the lowest gap that holds it. `plan_arena` walks the placed
+/// blocks kept in address order instead; the layout must be the same.
+fn first_fit_by_sorting(arena: &ArenaPlan) -> Vec<u64> {
+    let mut placed: Vec<(usize, usize, u64, u64)> = Vec::new();
+    let mut offsets = Vec::new();
+    for p in &arena.placed {
+        let mut taken: Vec<(u64, u64)> = placed.iter().filter(|q| q.0 <= p.end && p.start <= q.1).map(|q| (q.2, q.2 + q.3)).collect();
+        taken.sort_unstable();
+        let mut offset = 0u64;
+        for (a, b) in taken {
+            if a >= offset + p.bytes {
+                break;
+            }
+            offset = offset.max(b);
+        }
+        placed.push((p.start, p.end, offset, p.bytes));
+        offsets.push(offset);
+    }
+    offsets
+}
+
+#[test]
+fn the_layout_is_first_fit_by_address() {
+    for (config, names) in [
+        ("gpt2-tiny", "offload-all,host-optimizer,stream-output,streamed-optimizer"),
+        ("gpt3-125m", "cpu-embedding,host-optimizer,stream-weights"),
+        ("gpt3-125m", "offload-first=5,recompute-all"),
+        ("gpt3-1.3b", "module-queue"),
+    ] {
+        let (p, hw) = load(config);
+        let plan = strategy_plan(&p, &hw, Bytes::gib(80.0), names, &parse_strategy(names).unwrap()).unwrap();
+        let arena = plan_arena(&p, &plan.schedule, hw.alloc_granularity).unwrap();
+        let offsets: Vec<u64> = arena.placed.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, first_fit_by_sorting(&arena), "{config} {names}");
+    }
+}

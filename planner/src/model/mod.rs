@@ -136,6 +136,30 @@ impl<'a> StageModel<'a> {
         Contribution { live, delta: sparse.delta, frees_at, stages: sparse.stages, pinned: sparse.pinned }
     }
 
+    /// The most bytes `items` hold live at any slot, and their sum over the slots: the maximum
+    /// and the sum of [`StageModel::contribution`]'s curve, from the changes alone (costing the
+    /// items, not the slots).
+    pub fn live_extent(&self, items: &[Item]) -> (u64, u64) {
+        let n = self.n_slots();
+        let mut delta = self.sparse(items).delta;
+        delta.sort_by_key(|e| e.0);
+        let (mut acc, mut from, mut max, mut sum) = (0i64, 0usize, 0u64, 0u64);
+        let mut hold = |until: usize, acc: i64, from: &mut usize| {
+            if until > *from {
+                let v = acc.max(0) as u64;
+                max = max.max(v);
+                sum += v * (until - *from) as u64;
+                *from = until;
+            }
+        };
+        for (slot, bytes) in delta {
+            hold(slot.min(n), acc, &mut from);
+            acc += bytes;
+        }
+        hold(n, acc, &mut from);
+        (max, sum)
+    }
+
     /// What `items` contribute, as changes: bytes allocated (+) or freed (-) at the slot where
     /// the live curve changes, the slots something is freed after, per-stage terms in stage
     /// order, and the pinned bytes. Costs the items, not the slots.
@@ -298,6 +322,30 @@ mod tests {
                 assert_eq!((got.peak, got.peak_slot, got.pinned), (want.peak, want.peak_slot, want.pinned), "{name}, shift {shift}");
                 assert_eq!(got.stage_times, want.stage_times, "{name}, shift {shift}");
                 assert_eq!((got.h2d_bytes, got.d2h_bytes), (want.h2d_bytes, want.d2h_bytes));
+            }
+        }
+    }
+
+    /// A choice's peak and total from its changes are its whole curve's, for every choice of
+    /// every group (the feasible floor picks by them).
+    #[test]
+    fn live_extent_is_the_curves_maximum_and_sum() {
+        let hw = crate::shipped::h100();
+        for name in ["gpt2-tiny", "gpt3-125m"] {
+            let p = crate::shipped::program(name);
+            let model = StageModel::new(&p, &hw);
+            let r = &model.router;
+            let mut items: Vec<Vec<crate::route::Item>> = vec![r.fixed_items()];
+            for g in Decisions::groups(&p) {
+                match g {
+                    Group::Owner(o) => items.extend(OwnerChoice::all(&p, o).into_iter().map(|c| r.owner_items(o, c))),
+                    Group::Acts(l) => items.extend(ActChoice::all().into_iter().map(|c| r.act_items(l, c))),
+                }
+            }
+            for it in &items {
+                let live = model.contribution(it).live;
+                let want = (live.iter().max().copied().unwrap_or(0), live.iter().sum::<u64>());
+                assert_eq!(model.live_extent(it), want, "{name}");
             }
         }
     }

@@ -33,7 +33,6 @@ mod problem;
 mod testing;
 
 pub use options::SolveOptions;
-pub use problem::enumerate;
 
 use crate::decisions::Decisions;
 use crate::model::StageModel;
@@ -127,6 +126,15 @@ pub fn solve(model: &StageModel, budget: Bytes, starts: &[Decisions], opts: &Sol
     let host_cap = model.hw.host_pinnable.map(|b| b.0);
     let problem = Problem::new(model, model.capacity(budget), host_cap).map_err(SolveError::Infeasible)?;
     let groups = &problem.groups;
+    tracing::debug!(
+        "solve: {} groups, {} choices, {} slots ({} can bind), {} memory rows; built at {:.2} s",
+        groups.len(),
+        groups.iter().map(|g| g.len()).sum::<usize>(),
+        problem.fixed.live.len(),
+        problem.binding_slots.len(),
+        problem.rows.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let target = Target { gap: opts.gap() };
     let mut starts: Vec<Vec<usize>> = starts.iter().map(|d| problem.picks_of(d)).collect();
     starts.extend(local::patterns(&problem, &starts));
