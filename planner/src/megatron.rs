@@ -16,21 +16,89 @@
 //!   parameters in model order until F of them are on the host, updated there (offplan: host
 //!   AdamW of the owners in program order until F of the parameters, one owner at a time).
 //!
+//! [`knobs_within`] searches these knobs for their fastest setting within a budget, as offplan's
+//! stage model prices them, to set beside a plan.
+//!
 //! It cannot say: streamed weights (`cpu_offloading_weights` is not a flag), a streamed
 //! optimizer (state on the host, update on the GPU), the CPU embedding, offloading only a
 //! layer's input, a choice of which layers beyond "the first N", or recomputation and
 //! offloading together.
 
 use crate::decisions::{ActChoice, Decisions, OwnerChoice};
+use crate::model::{Evaluation, StageModel};
 use models::inventory::Owner;
 use models::training::Warmup;
-use models::{Placement, Program, TrainingSetup};
+use models::{Bytes, Placement, Program, Seconds, TrainingSetup};
 
 /// One flag of the command line, its value if it takes one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MegatronArg {
     pub flag: &'static str,
     pub value: Option<String>,
+}
+
+/// What of a plan Megatron-LM's flags can say: its three offload knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MegatronKnobs {
+    /// `--recompute-num-layers` under the block method: the first N layers recomputed whole.
+    pub recompute_layers: u32,
+    /// `--cpu-offloading-num-layers`: the first N layers' activations offloaded (below the
+    /// layers, and 0 beside recomputation).
+    pub offload_layers: u32,
+    /// Owners in program order whose optimizer runs on the host: `--optimizer-offload-fraction`
+    /// is their share of the parameters.
+    pub host_optimizer_owners: usize,
+}
+
+impl MegatronKnobs {
+    /// Nothing recomputed, offloaded or updated on the host.
+    pub const NONE: MegatronKnobs = MegatronKnobs { recompute_layers: 0, offload_layers: 0, host_optimizer_owners: 0 };
+
+    /// The share of the parameters whose optimizer runs on the host.
+    pub fn fraction(&self, program: &Program) -> f64 {
+        let owners = program.inventory.owners();
+        let params = |o: &Owner| program.inventory.params(*o).params;
+        let total: u64 = owners.iter().map(params).sum();
+        let host: u64 = owners.iter().take(self.host_optimizer_owners).map(params).sum();
+        host as f64 / total.max(1) as f64
+    }
+
+    /// The knobs' flags (none for a knob at 0).
+    pub fn args(&self, program: &Program) -> Vec<MegatronArg> {
+        let mut v = Vec::new();
+        let mut arg = |flag: &'static str, value: Option<String>| v.push(MegatronArg { flag, value });
+        if self.recompute_layers > 0 {
+            arg("--recompute-granularity", Some("full".into()));
+            arg("--recompute-method", Some("block".into()));
+            arg("--recompute-num-layers", Some(self.recompute_layers.to_string()));
+        }
+        if self.offload_layers > 0 {
+            arg("--cpu-offloading-num-layers", Some(self.offload_layers.to_string()));
+        }
+        if self.host_optimizer_owners > 0 {
+            arg("--optimizer-cpu-offload", None);
+            arg("--optimizer-offload-fraction", Some(format!("{:.4}", self.fraction(program))));
+            arg("--use-precision-aware-optimizer", None);
+            arg("--overlap-cpu-optimizer-d2h-h2d", None);
+        }
+        v
+    }
+
+    /// What Megatron-LM runs with these knobs, as offplan decisions (this module's reading of
+    /// its flags: see the module's comment).
+    pub fn decisions(&self, program: &Program) -> Decisions {
+        let mut d = Decisions::all_gpu(program);
+        for l in 0..self.recompute_layers.min(program.config.layers) {
+            d.layers[l as usize] = ActChoice::RECOMPUTE;
+        }
+        for l in 0..self.offload_layers.min(program.config.layers) {
+            d.layers[l as usize] = ActChoice::OFFLOAD;
+        }
+        for o in program.inventory.owners().into_iter().take(self.host_optimizer_owners) {
+            d.set_owner(o, OwnerChoice { weights: Placement::Gpu, optimizer: Placement::Host });
+        }
+        d
+    }
 }
 
 /// A plan said in Megatron-LM's flags.
@@ -40,6 +108,8 @@ pub struct MegatronExport {
     pub args: Vec<MegatronArg>,
     /// What the plan does that the flags cannot say (or say only approximately), one line each.
     pub cannot_say: Vec<String>,
+    /// The knobs closest to the plan.
+    pub knobs: MegatronKnobs,
     /// The exported configuration as offplan decisions: what Megatron-LM would run, by this
     /// module's reading of its flags.
     pub decisions: Decisions,
@@ -111,7 +181,7 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
     arg("--weight-decay", Some(short(setup.weight_decay)));
     arg("--clip-grad", Some(short(setup.grad_clip)));
 
-    let mut exported = Decisions::all_gpu(program);
+    let mut knobs = MegatronKnobs::NONE;
     // Activations: whole layers recomputed, or whole layers offloaded, the first N.
     let recomputed: Vec<u32> = (0..layers).filter(|&l| decisions.layers[l as usize].inner == Placement::Recomputed).collect();
     // A layer counts as offloaded by its other saved activations, the bulk of its bytes; one
@@ -120,12 +190,7 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
     let recompute = !recomputed.is_empty() && recomputed.len() >= offloaded.len();
     if recompute {
         let n = recomputed.len() as u32;
-        arg("--recompute-granularity", Some("full".into()));
-        arg("--recompute-method", Some("block".into()));
-        arg("--recompute-num-layers", num(n as u64));
-        for l in 0..n {
-            exported.layers[l as usize] = ActChoice::RECOMPUTE;
-        }
+        knobs.recompute_layers = n;
         if !is_prefix(&recomputed) {
             cannot_say
                 .push(format!("the plan recomputes layers {}; Megatron-LM's block method recomputes the first {n}", ranges(&recomputed)));
@@ -139,12 +204,7 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
         }
     } else if !offloaded.is_empty() {
         let n = (offloaded.len() as u32).min(layers.saturating_sub(1));
-        if n > 0 {
-            arg("--cpu-offloading-num-layers", num(n as u64));
-        }
-        for l in 0..n {
-            exported.layers[l as usize] = ActChoice::OFFLOAD;
-        }
+        knobs.offload_layers = n;
         if n < offloaded.len() as u32 {
             cannot_say.push(format!(
                 "the plan offloads every layer's activations; --cpu-offloading-num-layers must be below the layers ({layers}), so the last stays on the GPU"
@@ -200,31 +260,75 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
         );
     }
     if on_host > 0 {
-        let fraction = on_host as f64 / total as f64;
-        arg("--optimizer-cpu-offload", None);
-        arg("--optimizer-offload-fraction", Some(format!("{fraction:.4}")));
-        arg("--use-precision-aware-optimizer", None);
-        arg("--overlap-cpu-optimizer-d2h-h2d", None);
-        // Megatron-LM moves parameters in model order while fewer than the fraction are moved.
+        // Megatron-LM moves parameters in model order while fewer than the fraction are moved:
+        // the owners up to the first whose parameters reach the plan's share.
         let mut moved = 0u64;
-        for &o in &owners {
-            if (moved as f64) >= fraction * total as f64 {
-                break;
-            }
-            exported.set_owner(o, OwnerChoice { weights: Placement::Gpu, optimizer: Placement::Host });
-            moved += params(o);
+        while moved < on_host {
+            moved += params(owners[knobs.host_optimizer_owners]);
+            knobs.host_optimizer_owners += 1;
         }
         let host: Vec<Owner> = owners.iter().copied().filter(|&o| decisions.owner(o).optimizer == Placement::Host).collect();
-        let prefix: Vec<Owner> = owners.iter().copied().take(host.len()).collect();
-        if host != prefix {
+        if host.len() != knobs.host_optimizer_owners || host.iter().zip(&owners).any(|(a, b)| a != b) {
             cannot_say.push(format!(
-                "the plan updates {} on the host; Megatron-LM's hybrid optimizer moves the first {:.2}% of the parameters in model order",
+                "the plan updates {} on the host ({:.2}% of the parameters); Megatron-LM's hybrid optimizer moves parameters in model order: here the first {} owners, {:.2}%",
                 owner_list(&host),
-                100.0 * fraction
+                100.0 * on_host as f64 / total as f64,
+                knobs.host_optimizer_owners,
+                100.0 * knobs.fraction(program)
             ));
         }
     }
-    MegatronExport { args, cannot_say, decisions: exported }
+    args.extend(knobs.args(program));
+    MegatronExport { args, cannot_say, knobs, decisions: knobs.decisions(program) }
+}
+
+/// Megatron-LM's knobs at their fastest within `budget` as offplan's stage model prices them,
+/// fastest first (empty when none fits): every count of layers recomputed, and every count of
+/// layers offloaded, each with the fewest optimizer owners on the host that make it fit (memory
+/// falls with each owner moved; time, at host AdamW's rate and its copies, does not).
+pub fn knobs_within(model: &StageModel, budget: Bytes) -> Vec<KnobsFit> {
+    let program = model.program;
+    let layers = program.config.layers;
+    let owners = program.inventory.owners().len();
+    let cap = model.capacity(budget);
+    let fits = |e: &Evaluation| e.peak.0 <= cap && model.hw.host_pinnable.is_none_or(|h| e.pinned <= h);
+    let activations = (0..=layers)
+        .map(|r| MegatronKnobs { recompute_layers: r, ..MegatronKnobs::NONE })
+        .chain((1..layers).map(|o| MegatronKnobs { offload_layers: o, ..MegatronKnobs::NONE }));
+    let mut found: Vec<(MegatronKnobs, Evaluation)> = Vec::new();
+    for a in activations {
+        let at = |m: usize| {
+            let k = MegatronKnobs { host_optimizer_owners: m, ..a };
+            (k, model.evaluate(&k.decisions(program)))
+        };
+        let all = at(owners);
+        if !fits(&all.1) {
+            continue;
+        }
+        // The fewest owners on the host that fit: a binary search over the prefix.
+        let (mut lo, mut hi, mut best) = (0usize, owners, all);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let c = at(mid);
+            if fits(&c.1) {
+                hi = mid;
+                best = c;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        found.push(best);
+    }
+    found.sort_by(|a, b| a.1.step_time.0.total_cmp(&b.1.step_time.0));
+    found.into_iter().map(|(knobs, e)| KnobsFit { knobs, step_time: e.step_time, peak: e.peak }).collect()
+}
+
+/// Knobs that fit, with the stage model's step time and live peak for them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KnobsFit {
+    pub knobs: MegatronKnobs,
+    pub step_time: Seconds,
+    pub peak: Bytes,
 }
 
 /// The `--make-vocab-size-divisible-by` that pads `vocab` to `padded`: the largest power of two
@@ -371,6 +475,32 @@ mod tests {
         assert_eq!(e.decisions.owner(Owner::Embedding).optimizer, Placement::Host);
         assert_eq!(e.decisions.owner(Owner::Layer(23)).optimizer, Placement::Gpu);
         assert!(e.cannot_say.iter().any(|s| s.contains("model order")));
+    }
+
+    #[test]
+    fn the_fastest_knobs_fit_and_none_that_fits_is_faster() {
+        let p = program("gpt3-1.3b");
+        let hw = crate::shipped::h100();
+        let model = StageModel::new(&p, &hw);
+        let budget = Bytes::gib(16.0);
+        let found = knobs_within(&model, budget);
+        let best = found.first().copied().expect("some knobs fit 16 GiB");
+        assert!(best.peak.0 <= model.capacity(budget));
+        assert!(found.windows(2).all(|w| w[0].step_time <= w[1].step_time));
+        // Against every combination of the knobs that fits: none faster.
+        let layers = p.config.layers;
+        let activations = (0..=layers).map(|r| (r, 0)).chain((1..layers).map(|o| (0, o)));
+        for (r, o) in activations {
+            for m in 0..=p.inventory.owners().len() {
+                let k = MegatronKnobs { recompute_layers: r, offload_layers: o, host_optimizer_owners: m };
+                let x = model.evaluate(&k.decisions(&p));
+                if x.peak.0 <= model.capacity(budget) {
+                    assert!(x.step_time.0 >= best.step_time.0 - 1e-12, "{k:?} beats {best:?}");
+                }
+            }
+        }
+        // Nothing fits under the floor.
+        assert!(knobs_within(&model, Bytes::gib(1.0)).is_empty());
     }
 
     #[test]

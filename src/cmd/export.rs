@@ -3,8 +3,9 @@
 //! beside the plan's (the translation is `planner::megatron`).
 
 use anyhow::Context;
+use models::schedule::Prediction;
 use models::{Program, Schedule};
-use planner::megatron::MegatronExport;
+use planner::megatron::{MegatronExport, MegatronKnobs};
 use planner::Decisions;
 use std::path::{Path, PathBuf};
 
@@ -43,7 +44,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let planned = planner::replan_record(&program, &hw, schedule.budget, &schedule.decisions)
         .with_context(|| format!("simulating {}", path.display()))?;
     let exported = predict(&program, &hw, schedule.budget, &export.decisions)?;
-    let text = render(&path, &schedule, &hw.name, &export, &planned.schedule.prediction, &exported);
+    let fastest = fastest_knobs(&program, &hw, schedule.budget)?;
+    let mut text = render(&path, &schedule, &hw.name, &export, &planned.schedule.prediction, &exported);
+    text.push_str(&render_fastest(&program, &planned.schedule.prediction, fastest.as_ref()));
     print!("{text}");
     if let Some(out) = &args.out {
         models::io::write_atomic(out, text.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
@@ -71,6 +74,49 @@ fn predict(program: &Program, hw: &models::HardwareProfile, budget: models::Byte
     let blocks = d.block_decisions(program);
     let (plan, over_budget) = planner::replan_uncapped(program, hw, budget, &blocks).context("simulating the exported configuration")?;
     Ok(Exported { prediction: plan.schedule.prediction, over_budget })
+}
+
+/// Megatron-LM's knobs at their fastest within the budget once laid out: the stage model's
+/// fastest first, each emitted, simulated and laid out until one fits on the device.
+fn fastest_knobs(
+    program: &Program,
+    hw: &models::HardwareProfile,
+    budget: models::Bytes,
+) -> anyhow::Result<Option<(MegatronKnobs, Prediction, usize)>> {
+    let model = planner::StageModel::new(program, hw);
+    let fits = planner::megatron::knobs_within(&model, budget);
+    for k in fits.iter().take(8) {
+        let plan = planner::finish(program, hw, budget, &k.knobs.decisions(program), None).context("simulating Megatron-LM's knobs")?;
+        if plan.schedule.prediction.peak_device() <= budget {
+            return Ok(Some((k.knobs, plan.schedule.prediction, fits.len())));
+        }
+    }
+    Ok(None)
+}
+
+fn render_fastest(program: &Program, planned: &Prediction, fastest: Option<&(MegatronKnobs, Prediction, usize)>) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let Some((knobs, p, searched)) = fastest else {
+        let _ = writeln!(t, "# No setting of Megatron-LM's knobs (recompute, CPU offloading, optimizer offload) fits this budget.");
+        return t;
+    };
+    let _ = writeln!(
+        t,
+        "# The fastest setting of Megatron-LM's knobs within the budget ({searched} settings that fit, the fewest optimizer owners on the host for each count of layers):"
+    );
+    let flags: Vec<String> =
+        knobs.args(program).iter().map(|a| a.value.as_ref().map_or(a.flag.to_string(), |v| format!("{} {v}", a.flag))).collect();
+    let _ = writeln!(t, "#   {}", if flags.is_empty() { "(no knob needed)".to_string() } else { flags.join(" ") });
+    let _ = writeln!(
+        t,
+        "#   step {:.2} ms, live peak {}, device {}: the plan's step is {:+.1}% against it",
+        p.step_time.0 * 1e3,
+        p.peak_allocated,
+        p.peak_device(),
+        100.0 * (planned.step_time.0 / p.step_time.0 - 1.0)
+    );
+    t
 }
 
 fn render(path: &Path, s: &Schedule, hw: &str, e: &MegatronExport, planned: &models::schedule::Prediction, exported: &Exported) -> String {
