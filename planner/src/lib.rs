@@ -10,8 +10,9 @@
 //! - `emit`, `simulate`: the schedule of a set of decisions, and its event simulation;
 //! - `planned`: a schedule emitted and simulated, with the simulator's prediction;
 //! - `floor`, `heuristics`, `strategy`: the feasible floor, the policies people use, presets;
-//! - `plan`: the entry point;
-//! - `megatron`: a plan said in Megatron-LM's flags, and those flags as decisions.
+//! - `megatron`: a plan said in Megatron-LM's flags, those flags as decisions, and their fastest
+//!   setting within a budget;
+//! - `plan`: the entry point.
 
 mod decisions;
 mod emit;

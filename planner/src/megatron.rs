@@ -26,9 +26,10 @@
 
 use crate::decisions::{ActChoice, Decisions, OwnerChoice};
 use crate::model::{Evaluation, StageModel};
+use crate::{Plan, PlanError};
 use models::inventory::Owner;
 use models::training::Warmup;
-use models::{Bytes, Placement, Program, Seconds, TrainingSetup};
+use models::{Bytes, HardwareProfile, Placement, Program, Seconds, TrainingSetup};
 
 /// One flag of the command line, its value if it takes one.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +52,25 @@ pub struct MegatronKnobs {
 }
 
 impl MegatronKnobs {
+    /// The knobs in a few words: `recompute 25, 52.9% of the optimizer on the host`.
+    pub fn summary(&self, program: &Program) -> String {
+        let mut parts = Vec::new();
+        if self.recompute_layers > 0 {
+            parts.push(format!("recompute {}", self.recompute_layers));
+        }
+        if self.offload_layers > 0 {
+            parts.push(format!("offload {}", self.offload_layers));
+        }
+        if self.host_optimizer_owners > 0 {
+            parts.push(format!("{:.1}% of the optimizer on the host", 100.0 * self.fraction(program)));
+        }
+        if parts.is_empty() {
+            "no knob".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Nothing recomputed, offloaded or updated on the host.
     pub const NONE: MegatronKnobs = MegatronKnobs { recompute_layers: 0, offload_layers: 0, host_optimizer_owners: 0 };
 
@@ -321,6 +341,21 @@ pub fn knobs_within(model: &StageModel, budget: Bytes) -> Vec<KnobsFit> {
     }
     found.sort_by(|a, b| a.1.step_time.0.total_cmp(&b.1.step_time.0));
     found.into_iter().map(|(knobs, e)| KnobsFit { knobs, step_time: e.step_time, peak: e.peak }).collect()
+}
+
+/// The fastest setting of the knobs within `budget` once laid out: [`knobs_within`]'s, fastest
+/// first, each emitted, simulated and laid out in its arena until one fits on the device (eight
+/// at most); with the count of settings the stage model found to fit. None when none does.
+pub fn fastest_within(program: &Program, hw: &HardwareProfile, budget: Bytes) -> Result<Option<(MegatronKnobs, Plan, usize)>, PlanError> {
+    let model = StageModel::new(program, hw);
+    let fits = knobs_within(&model, budget);
+    for k in fits.iter().take(8) {
+        let plan = crate::planned::finish(program, hw, budget, &k.knobs.decisions(program), None)?;
+        if plan.schedule.prediction.peak_device() <= budget {
+            return Ok(Some((k.knobs, plan, fits.len())));
+        }
+    }
+    Ok(None)
 }
 
 /// Knobs that fit, with the stage model's step time and live peak for them.

@@ -44,7 +44,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let planned = planner::replan_record(&program, &hw, schedule.budget, &schedule.decisions)
         .with_context(|| format!("simulating {}", path.display()))?;
     let exported = predict(&program, &hw, schedule.budget, &export.decisions)?;
-    let fastest = fastest_knobs(&program, &hw, schedule.budget)?;
+    let fastest = planner::megatron::fastest_within(&program, &hw, schedule.budget)
+        .context("simulating Megatron-LM's knobs")?
+        .map(|(k, plan, n)| (k, plan.schedule.prediction, n));
     let mut text = render(&path, &schedule, &hw.name, &export, &planned.schedule.prediction, &exported);
     text.push_str(&render_fastest(&program, &planned.schedule.prediction, fastest.as_ref()));
     print!("{text}");
@@ -74,24 +76,6 @@ fn predict(program: &Program, hw: &models::HardwareProfile, budget: models::Byte
     let blocks = d.block_decisions(program);
     let (plan, over_budget) = planner::replan_uncapped(program, hw, budget, &blocks).context("simulating the exported configuration")?;
     Ok(Exported { prediction: plan.schedule.prediction, over_budget })
-}
-
-/// Megatron-LM's knobs at their fastest within the budget once laid out: the stage model's
-/// fastest first, each emitted, simulated and laid out until one fits on the device.
-fn fastest_knobs(
-    program: &Program,
-    hw: &models::HardwareProfile,
-    budget: models::Bytes,
-) -> anyhow::Result<Option<(MegatronKnobs, Prediction, usize)>> {
-    let model = planner::StageModel::new(program, hw);
-    let fits = planner::megatron::knobs_within(&model, budget);
-    for k in fits.iter().take(8) {
-        let plan = planner::finish(program, hw, budget, &k.knobs.decisions(program), None).context("simulating Megatron-LM's knobs")?;
-        if plan.schedule.prediction.peak_device() <= budget {
-            return Ok(Some((k.knobs, plan.schedule.prediction, fits.len())));
-        }
-    }
-    Ok(None)
 }
 
 fn render_fastest(program: &Program, planned: &Prediction, fastest: Option<&(MegatronKnobs, Prediction, usize)>) -> String {

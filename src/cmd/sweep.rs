@@ -66,6 +66,8 @@ const MAX_POINTS: usize = 200;
 enum Method {
     Planner,
     Heuristic(Heuristic),
+    /// Megatron-LM's offload knobs at their fastest (`planner::megatron::fastest_within`).
+    MegatronKnobs,
 }
 
 impl Method {
@@ -75,15 +77,33 @@ impl Method {
             // The heuristic picks its best N itself; say so on the chart.
             Method::Heuristic(Heuristic::OffloadFirstN) => "offload the first N layers (best N)".into(),
             Method::Heuristic(h) => h.label().to_string(),
+            Method::MegatronKnobs => "Megatron-LM's knobs (fastest)".into(),
         }
     }
 }
 
 /// Plans `method` at `budget`: the simulated step time and memory figures, or why it does not fit.
 fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method, opts: &SolveOptions) -> SweepPoint {
+    let mut knobs = String::new();
     let result: Result<Schedule, planner::PlanError> = match method {
         Method::Planner => planner::plan(program, hw, budget, opts).map(|p| p.schedule),
         Method::Heuristic(h) => heuristic_schedule(h, program, hw, budget),
+        Method::MegatronKnobs => match planner::megatron::fastest_within(program, hw, budget) {
+            Ok(Some((k, plan, _))) => {
+                knobs = k.summary(program);
+                Ok(plan.schedule)
+            }
+            Ok(None) => {
+                return SweepPoint {
+                    method: method.name(),
+                    budget,
+                    step_time: None,
+                    memory: None,
+                    note: "no setting of the knobs fits".into(),
+                }
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(s) => {
@@ -98,6 +118,7 @@ fn point(program: &Program, hw: &HardwareProfile, budget: Bytes, method: Method,
                         .count();
                     format!("N = {n}")
                 }
+                (None, Method::MegatronKnobs) => knobs,
                 _ => String::new(),
             };
             let memory = Some(MemoryFigures::of(p, budget, hw));
@@ -124,6 +145,7 @@ fn all_gpu_peak(program: &Program, hw: &HardwareProfile) -> Bytes {
 fn methods() -> Vec<Method> {
     let mut m = vec![Method::Planner];
     m.extend(Heuristic::ALL.iter().map(|h| Method::Heuristic(*h)));
+    m.push(Method::MegatronKnobs);
     m
 }
 
