@@ -249,7 +249,12 @@ mod imp {
         let cfg = &program.config;
         let inv = &program.inventory;
         let mut clock = StartClock::new(progress);
-        let (gpu, device) = open_device()?;
+        let (gpu, _) = open_device()?;
+        // The start probe on the empty device, as a schedule's run takes it: beside the step's
+        // tensors it would measure with less memory, and a failed one would leave them reserved.
+        clock.phase(Phase::Probing, progress);
+        let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
+        let device = gpu.info()?;
         let total = device.total;
 
         clock.phase(Phase::Compiling, progress);
@@ -284,8 +289,6 @@ mod imp {
             }
             None => None,
         };
-        clock.phase(Phase::Probing, progress);
-        let start_probe = crate::startup::probe_or_warn(&gpu, program, "before the first step");
         gpu.reset_pool_highs()?;
         let startup = clock.training(progress);
 
