@@ -13,6 +13,7 @@ pub mod io;
 pub mod order;
 pub mod parallel;
 pub mod program;
+pub mod runs;
 pub mod schedule;
 pub mod trace;
 pub mod training;

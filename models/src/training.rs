@@ -420,7 +420,7 @@ impl TrainingSetup {
 /// "6e-4", "0.1": short numbers for people.
 /// A value as people write it: six significant digits at most (a floor of lr / 10 is
 /// 5.9999999999999995e-5 to the last bit, shown 6e-5).
-fn fmt_g(v: f64) -> String {
+pub fn fmt_g(v: f64) -> String {
     if v != 0.0 && v.abs() < 1e-2 {
         let e = format!("{v:.5e}");
         let (mantissa, exp) = e.split_once('e').expect("{:e} has an exponent");

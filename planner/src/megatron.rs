@@ -28,7 +28,7 @@ use crate::decisions::{ActChoice, Decisions, OwnerChoice};
 use crate::model::{Evaluation, StageModel};
 use crate::{Plan, PlanError};
 use models::inventory::Owner;
-use models::training::Warmup;
+use models::training::{fmt_g, Warmup};
 use models::{Bytes, HardwareProfile, Placement, Program, Seconds, TrainingSetup};
 
 /// One flag of the command line, its value if it takes one.
@@ -188,18 +188,18 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
     arg("--bf16", None);
     // The training setup.
     arg("--optimizer", Some("adam".into()));
-    arg("--lr", Some(short(setup.lr)));
-    arg("--min-lr", Some(short(setup.min_lr)));
+    arg("--lr", Some(fmt_g(setup.lr)));
+    arg("--min-lr", Some(fmt_g(setup.min_lr)));
     arg("--lr-decay-style", Some("cosine".into()));
     match setup.warmup {
         Warmup::Steps(n) => arg("--lr-warmup-iters", num(n as u64)),
         Warmup::TenthOfRun => arg("--lr-warmup-fraction", Some("0.1".into())),
     }
-    arg("--adam-beta1", Some(short(setup.beta1)));
-    arg("--adam-beta2", Some(short(setup.beta2)));
-    arg("--adam-eps", Some(short(setup.eps)));
-    arg("--weight-decay", Some(short(setup.weight_decay)));
-    arg("--clip-grad", Some(short(setup.grad_clip)));
+    arg("--adam-beta1", Some(fmt_g(setup.beta1)));
+    arg("--adam-beta2", Some(fmt_g(setup.beta2)));
+    arg("--adam-eps", Some(fmt_g(setup.eps)));
+    arg("--weight-decay", Some(fmt_g(setup.weight_decay)));
+    arg("--clip-grad", Some(fmt_g(setup.grad_clip)));
 
     let mut knobs = MegatronKnobs::NONE;
     // Activations: whole layers recomputed, or whole layers offloaded, the first N.
@@ -372,41 +372,13 @@ fn vocab_divisor(vocab: u32, padded: u32) -> Option<u32> {
     (0..=7).rev().map(|k| 1u32 << k).find(|d| vocab.div_ceil(*d) * d == padded)
 }
 
-/// `x` to six significant digits, as short as that allows: `1.6e-5`, `0.95`, `1`.
-fn short(x: f64) -> String {
-    if x == 0.0 {
-        return "0".into();
-    }
-    let e = format!("{x:.5e}");
-    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
-    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if (-3..=5).contains(&exp) {
-        let plain: f64 = format!("{mantissa}e{exp}").parse().unwrap_or(x);
-        let s = format!("{plain:.10}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        format!("{mantissa}e{exp}")
-    }
-}
-
 fn is_prefix(layers: &[u32]) -> bool {
     layers.iter().enumerate().all(|(i, &l)| l == i as u32)
 }
 
 /// `0-3, 7, 9-10`.
 fn ranges(layers: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < layers.len() {
-        let mut j = i;
-        while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j { layers[i].to_string() } else { format!("{}-{}", layers[i], layers[j]) });
-        i = j + 1;
-    }
-    out.join(", ")
+    models::runs::ranges(layers, "-", ", ")
 }
 
 fn owner_list(owners: &[Owner]) -> String {
@@ -545,7 +517,7 @@ mod tests {
         assert_eq!(vocab_divisor(50257, 50257), Some(1));
         assert_eq!(vocab_divisor(50257, 51200), None);
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2, 5, 7-8");
-        let shorts: Vec<String> = [1.6e-4, 1.6000000000000003e-5, 0.95, 1.0, 0.1, 1e-8, 0.0, 123456.0].iter().map(|&x| short(x)).collect();
+        let shorts: Vec<String> = [1.6e-4, 1.6000000000000003e-5, 0.95, 1.0, 0.1, 1e-8, 0.0, 123456.0].iter().map(|&x| fmt_g(x)).collect();
         assert_eq!(shorts, ["1.6e-4", "1.6e-5", "0.95", "1", "0.1", "1e-8", "0", "123456"]);
     }
 }

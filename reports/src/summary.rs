@@ -63,20 +63,7 @@ pub fn decision_groups(program: &Program, schedule: &Schedule) -> Vec<DecisionGr
 
 /// `[0,1,2,3,7,9,10]` -> "0–3, 7, 9–10".
 pub fn ranges(indices: &[u32]) -> String {
-    let mut v = indices.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let mut j = i;
-        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j { v[i].to_string() } else { format!("{}–{}", v[i], v[j]) });
-        i = j + 1;
-    }
-    parts.join(", ")
+    models::runs::ranges(indices, "–", ", ")
 }
 
 /// The whole summary as Markdown; `figures` are the plan's (`planner::Plan::figures`).

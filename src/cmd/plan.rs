@@ -101,20 +101,9 @@ fn solve_with_spinner(
     })
 }
 
-/// "layer0-3, layer7" style ranges of layer numbers.
-fn ranges(mut ls: Vec<u32>) -> String {
-    ls.sort();
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < ls.len() {
-        let mut j = i;
-        while j + 1 < ls.len() && ls[j + 1] == ls[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j { format!("{}", ls[i]) } else { format!("{}-{}", ls[i], ls[j]) });
-        i = j + 1;
-    }
-    out.join(",")
+/// "0-3,7" style ranges of layer numbers.
+fn ranges(ls: Vec<u32>) -> String {
+    models::runs::ranges(&ls, "-", ",")
 }
 
 /// Groups decisions by (what, placement): layer blocks as ranges, the rest by name.
