@@ -128,11 +128,9 @@ pub struct MegatronExport {
     pub args: Vec<MegatronArg>,
     /// What the plan does that the flags cannot say (or say only approximately), one line each.
     pub cannot_say: Vec<String>,
-    /// The knobs closest to the plan.
+    /// The knobs closest to the plan; what Megatron-LM would run with them, as offplan
+    /// decisions, is `knobs.decisions(program)`.
     pub knobs: MegatronKnobs,
-    /// The exported configuration as offplan decisions: what Megatron-LM would run, by this
-    /// module's reading of its flags.
-    pub decisions: Decisions,
 }
 
 impl MegatronExport {
@@ -299,7 +297,7 @@ pub fn export(program: &Program, setup: &TrainingSetup, decisions: &Decisions) -
         }
     }
     args.extend(knobs.args(program));
-    MegatronExport { args, cannot_say, knobs, decisions: knobs.decisions(program) }
+    MegatronExport { args, cannot_say, knobs }
 }
 
 /// Megatron-LM's knobs at their fastest within `budget` as offplan's stage model prices them,
@@ -424,7 +422,7 @@ mod tests {
         assert!(value(&e, "--untie-embeddings-and-output-weights").is_some());
         assert!(value(&e, "--cpu-offloading-num-layers").is_none());
         assert!(e.cannot_say.is_empty(), "{:?}", e.cannot_say);
-        assert_eq!(e.decisions, d, "the first five recomputed is what Megatron-LM runs");
+        assert_eq!(e.knobs.decisions(&p), d, "the first five recomputed is what Megatron-LM runs");
     }
 
     #[test]
@@ -454,7 +452,7 @@ mod tests {
         let mut expected = Decisions::all_gpu(&p);
         expected.layers[0] = ActChoice::RECOMPUTE;
         expected.layers[1] = ActChoice::RECOMPUTE;
-        assert_eq!(e.decisions, expected);
+        assert_eq!(e.knobs.decisions(&p), expected);
     }
 
     #[test]
@@ -467,9 +465,9 @@ mod tests {
         assert_eq!(value(&e, "--optimizer-offload-fraction"), Some("1.0000"));
         assert!(value(&e, "--use-precision-aware-optimizer").is_some());
         assert!(e.cannot_say.iter().any(|s| s.contains("the last stays on the GPU")));
-        assert_eq!(e.decisions.layers[22], ActChoice::OFFLOAD);
-        assert_eq!(e.decisions.layers[23], ActChoice::KEEP);
-        assert!(e.decisions.owners.iter().all(|(_, c)| c.optimizer == Placement::Host));
+        assert_eq!(e.knobs.decisions(&p).layers[22], ActChoice::OFFLOAD);
+        assert_eq!(e.knobs.decisions(&p).layers[23], ActChoice::KEEP);
+        assert!(e.knobs.decisions(&p).owners.iter().all(|(_, c)| c.optimizer == Placement::Host));
         // Half the layers' updates on the host, the last half: the same fraction, the first
         // owners in model order, and the difference said.
         let mut d = Decisions::all_gpu(&p);
@@ -479,8 +477,8 @@ mod tests {
         let e = export(&p, &setup(&p), &d);
         let f: f64 = value(&e, "--optimizer-offload-fraction").unwrap().parse().unwrap();
         assert!(f > 0.0 && f < 0.5, "{f}");
-        assert_eq!(e.decisions.owner(Owner::Embedding).optimizer, Placement::Host);
-        assert_eq!(e.decisions.owner(Owner::Layer(23)).optimizer, Placement::Gpu);
+        assert_eq!(e.knobs.decisions(&p).owner(Owner::Embedding).optimizer, Placement::Host);
+        assert_eq!(e.knobs.decisions(&p).owner(Owner::Layer(23)).optimizer, Placement::Gpu);
         assert!(e.cannot_say.iter().any(|s| s.contains("model order")));
     }
 

@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let export = planner::megatron::export(&program, &schedule.setup, &decisions);
     let planned = planner::replan_record(&program, &hw, schedule.budget, &schedule.decisions)
         .with_context(|| format!("simulating {}", path.display()))?;
-    let exported = predict(&program, &hw, schedule.budget, &export.decisions)?;
+    let exported = predict(&program, &hw, schedule.budget, &export.knobs.decisions(&program))?;
     let fastest = planner::megatron::fastest_within(&program, &hw, schedule.budget)
         .context("simulating Megatron-LM's knobs")?
         .map(|(k, plan, n)| (k, plan.schedule.prediction, n));
