@@ -114,9 +114,16 @@ pub struct StepLaunches<'p> {
     adam: HashMap<Owner, Vec<AdamView>>,
 }
 
+/// Why a program of several micro-batches does not run yet.
+pub const NO_ACCUMULATION: &str = "the planner and simulator price gradient accumulation, but the executor's kernels do not add a \
+     micro-batch's gradients into the last's yet: run one micro-batch per step (--micro-batches 1)";
+
 impl<'p> StepLaunches<'p> {
     /// Finds every parameter view the launches need.
     pub fn new(program: &'p Program) -> Result<StepLaunches<'p>, String> {
+        if program.micro_batches > 1 {
+            return Err(format!("{} micro-batches per step: {}", program.micro_batches, NO_ACCUMULATION));
+        }
         let inv = &program.inventory;
         let tied = program.config.tied_embeddings;
         let layers = |f: fn(&models::inventory::ParamTensors) -> TensorId| -> Result<Vec<LayerViews>, String> {

@@ -74,7 +74,8 @@ fn host_work_time(op: &Op, program: &Program, hw: &HardwareProfile) -> Option<Se
         OpKind::EmbedBwd if hw.host_kernels.contains_key(EMBED_ZERO) => {
             // Zeroing the table and adding the step's rows run at rates of their own (a pass
             // over V x C against a gather over B x T rows), so calibrate fits each apart.
-            let zero = embed_table_zero_bytes(&program.config);
+            // Only the first micro-batch zeroes the table; later ones add into it.
+            let zero = if op.micro == 0 { embed_table_zero_bytes(&program.config) } else { Bytes::ZERO };
             Some(host_pass_time(Bytes(op.bytes.0.saturating_sub(zero.0)), op.kind.family(), hw) + host_pass_time(zero, EMBED_ZERO, hw))
         }
         OpKind::Embed | OpKind::EmbedBwd | OpKind::GradNorm(_) | OpKind::ClipScale => Some(host_pass_time(op.bytes, op.kind.family(), hw)),

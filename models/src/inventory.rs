@@ -18,7 +18,10 @@
 //!   | att: Fused lse (B,NH,T f32) or Materialized probabilities (B,NH,T,T) | atty (B,T,C)
 //!   | x_mid (B,T,C) | ln2 (B,T,C) ln2_stats (2,B,T f32) | fch (B,T,4C) | fch_gelu (B,T,4C)
 //! head activations: x_out (B,T,C) | lnf (B,T,C) | lnf_stats (2,B,T f32)
-//! io: tokens, targets (B,T i32), losses (B,T f32); workspace: cuBLASLt 32 MiB
+//! io: tokens, targets (B,T i32), losses (B,T f32), each (K,B,T) with K micro-batches per step;
+//!   workspace: cuBLASLt 32 MiB
+//! gradients accumulate in place across micro-batches, in bf16 (the products' output type, and
+//!   what PyTorch does for bf16 parameters: autograd adds each micro-batch into `.grad`)
 //! scratch: logits chunk (B,T,Vp/k), ce_stats (3,B,T f32), dlnf (B,T,C f32), dres (B,T,C),
 //!   per layer: dfch (B,T,4C), dln2 (B,T,C), datty (B,T,C), dqkv (B,T,3C), dln1 (B,T,C),
 //!   attention backward: Fused delta (B,NH,T f32) or Materialized datt (B,NH,T,T)
@@ -403,6 +406,24 @@ impl Inventory {
         inv.blocks = b.blocks;
         inv.clip = Some(ClipTensors { norms, scale });
         inv
+    }
+
+    /// The inventory of a step of `micro_batches` micro-batches: the step's tokens, targets and
+    /// losses for all of them (K x B x T each), every other tensor as one micro-batch needs it
+    /// (activations and scratch are made again per micro-batch; gradients sum in place).
+    pub fn accumulating(mut self, micro_batches: u32) -> Inventory {
+        if micro_batches <= 1 {
+            return self;
+        }
+        for id in [self.io.tokens, self.io.targets, self.io.losses] {
+            let t = &mut self.tensors[id.index()];
+            let grown = Bytes(t.bytes.0 * micro_batches as u64);
+            let block = t.block;
+            self.blocks[block.index()].bytes = Bytes(self.blocks[block.index()].bytes.0 + grown.0 - t.bytes.0);
+            t.shape.insert(0, micro_batches as u64);
+            t.bytes = grown;
+        }
+        self
     }
 
     /// The partial norms tensor of `owner`'s gradient, in a clipped step.

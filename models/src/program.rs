@@ -180,6 +180,10 @@ pub struct Op {
     /// Of those, cuBLASLt products: the host takes longer to issue one than a kernel.
     #[serde(default)]
     pub products: u32,
+    /// The micro-batch (from 0) whose forward or backward pass the op belongs to; the updates
+    /// and the clip scale after the last pass carry the last's.
+    #[serde(default)]
+    pub micro: u32,
 }
 
 impl Op {
@@ -207,17 +211,24 @@ pub struct Program {
     pub ops: Vec<Op>,
     #[serde(default)]
     pub clipping: Clipping,
+    /// Forward and backward passes whose gradients each update sums (gradient accumulation).
+    #[serde(default = "one_micro_batch")]
+    pub micro_batches: u32,
     /// Each kind's first op, so that [`Program::find`] costs no pass over the ops (the planner
     /// asks per layer and owner: a pass each made plan() quadratic in the layers).
     #[serde(skip)]
     index: OpIndex,
 }
 
-/// The first op of each kind among `ops` as built; not part of a program's value (two programs
+fn one_micro_batch() -> u32 {
+    1
+}
+
+/// The first op of each kind (and micro-batch) among `ops` as built; not part of a program's value (two programs
 /// with the same ops are equal however their index was made), and absent in a deserialized one.
 #[derive(Clone, Debug, Default)]
 struct OpIndex {
-    first: std::collections::HashMap<OpKind, OpId>,
+    first: std::collections::HashMap<(OpKind, u32), OpId>,
     /// The number of ops it was made over: a program whose ops changed since is searched.
     ops: usize,
 }
@@ -226,7 +237,7 @@ impl OpIndex {
     fn of(ops: &[Op]) -> OpIndex {
         let mut first = std::collections::HashMap::with_capacity(ops.len());
         for o in ops {
-            first.entry(o.kind).or_insert(o.id);
+            first.entry((o.kind, o.micro)).or_insert(o.id);
         }
         OpIndex { first, ops: ops.len() }
     }
@@ -255,19 +266,34 @@ impl Program {
         Self::build_with(cfg, Clipping::Off)
     }
 
+    /// One micro-batch per update.
     pub fn build_with(cfg: &GptConfig, clipping: Clipping) -> Program {
+        Self::build_accumulating(cfg, clipping, 1)
+    }
+
+    /// `micro_batches` forward and backward passes of `cfg`'s batch, each adding its gradients
+    /// into the same tensors, then the updates (after the clip scale, clipped).
+    pub fn build_accumulating(cfg: &GptConfig, clipping: Clipping, micro_batches: u32) -> Program {
+        let micro_batches = micro_batches.max(1);
         let inventory = match clipping {
             Clipping::Off => Inventory::build(cfg),
             Clipping::GlobalNorm => Inventory::build_clipped(cfg),
-        };
-        let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new(), clipped: Vec::new() }.build();
+        }
+        .accumulating(micro_batches);
+        let ops = OpsBuilder { cfg, inv: &inventory, ops: Vec::new(), clipped: Vec::new(), micro: 0, micro_batches }.build();
         let index = OpIndex::of(&ops);
-        Program { config: cfg.clone(), inventory, ops, clipping, index }
+        Program { config: cfg.clone(), inventory, ops, clipping, micro_batches, index }
     }
 
-    /// The step a training setup runs: clipped where its `grad_clip` is positive.
+    /// The step a training setup runs: clipped where its `grad_clip` is positive, with its
+    /// micro-batches.
     pub fn for_setup(cfg: &GptConfig, setup: &crate::training::TrainingSetup) -> Program {
-        Self::build_with(cfg, setup.clipping())
+        Self::build_accumulating(cfg, setup.clipping(), setup.micro_batches)
+    }
+
+    /// Tokens one step trains on: micro-batches x B x T.
+    pub fn tokens_per_step(&self) -> u64 {
+        self.micro_batches as u64 * self.config.tokens()
     }
 
     /// The op that makes the clip scale, in a clipped step.
@@ -279,18 +305,33 @@ impl Program {
         &self.ops[id.index()]
     }
 
-    /// The first op of `kind`.
+    /// The first op of `kind` (of the first micro-batch that has one: the updates are after the
+    /// last pass).
     pub fn find(&self, kind: OpKind) -> Option<&Op> {
-        if self.index.ops == self.ops.len() && self.index.ops > 0 {
-            return self.index.first.get(&kind).map(|id| &self.ops[id.index()]);
-        }
-        self.ops.iter().find(|o| o.kind == kind)
+        (0..self.micro_batches).find_map(|m| self.find_in(kind, m))
     }
 
-    /// The forward ops that rebuild layer `l`'s saved activations from its input (recomputation).
-    pub fn recompute_ops(&self, l: u32) -> Vec<OpId> {
+    /// The op of `kind` in micro-batch `micro`'s pass.
+    pub fn find_in(&self, kind: OpKind, micro: u32) -> Option<&Op> {
+        if self.index.ops == self.ops.len() && self.index.ops > 0 {
+            return self.index.first.get(&(kind, micro)).map(|id| &self.ops[id.index()]);
+        }
+        self.ops.iter().find(|o| o.kind == kind && o.micro == micro)
+    }
+
+    /// Every op of `kind`, one per micro-batch that has one, in program order.
+    pub fn find_all(&self, kind: OpKind) -> impl Iterator<Item = &Op> + '_ {
+        (0..self.micro_batches).filter_map(move |m| self.find_in(kind, m))
+    }
+
+    /// The forward ops of micro-batch `micro` that rebuild layer `l`'s saved activations from its
+    /// input (recomputation).
+    pub fn recompute_ops(&self, l: u32, micro: u32) -> Vec<OpId> {
         use OpKind::*;
-        [Ln1(l), Qkv(l), Attn(l), AttnProj(l), Ln2(l), Fc(l), Gelu(l)].iter().filter_map(|k| self.find(*k).map(|o| o.id)).collect()
+        [Ln1(l), Qkv(l), Attn(l), AttnProj(l), Ln2(l), Fc(l), Gelu(l)]
+            .iter()
+            .filter_map(|k| self.find_in(*k, micro).map(|o| o.id))
+            .collect()
     }
 
     pub fn total_flops(&self) -> Flops {
@@ -303,7 +344,7 @@ impl Program {
         let c = &self.config;
         let n = (c.allocated_param_count() - c.max_seq as u64 * c.hidden as u64) as f64;
         let per_token = 6.0 * n + 6.0 * c.layers as f64 * c.seq as f64 * c.hidden as f64;
-        Flops(per_token * c.tokens() as f64)
+        Flops(per_token * self.tokens_per_step() as f64)
     }
 
     /// Checks the program's own lifetime rules: every tensor an op touches is allocated (or
@@ -352,6 +393,9 @@ struct OpsBuilder<'a> {
     ops: Vec<Op>,
     /// Owners whose gradients are complete, in that order (a clipped step).
     clipped: Vec<Owner>,
+    /// The pass being built.
+    micro: u32,
+    micro_batches: u32,
 }
 
 /// Arguments of one op, before its traffic is summed.
@@ -409,8 +453,13 @@ impl OpsBuilder<'_> {
         // Traffic: tensors read and tensors written (a tensor allocated and written counts once);
         // of a parameter tensor, the views the op uses; parameter tensors of other owners that
         // an op only reads (tied embedding rows) count by the rows actually gathered, below.
+        let micro_batches = self.micro_batches as u64;
         let traffic = |t: TensorId| -> u64 {
             let tensor = inv.tensor(t);
+            if tensor.class == crate::inventory::TensorClass::Io && tensor.shape.len() == 3 && micro_batches > 1 {
+                // Tokens, targets and losses hold every micro-batch; an op touches its own.
+                return tensor.bytes.0 / micro_batches;
+            }
             if s.views.is_empty() || tensor.views.is_empty() {
                 return tensor.bytes.0;
             }
@@ -426,14 +475,20 @@ impl OpsBuilder<'_> {
             let c = self.cfg;
             let rows = 2 * c.tokens() * c.hidden as u64 * 2;
             bytes = rows + 2 * c.tokens() * c.hidden as u64 + c.tokens() * 4;
-            if s.kind == OpKind::EmbedBwd {
+            if s.kind == OpKind::EmbedBwd && self.micro == 0 {
                 bytes += embed_table_zero_bytes(c).0;
             }
         }
+        if self.micro > 0 {
+            // A later micro-batch adds its gradients into the sums: each is read as well.
+            bytes += s.writes.iter().filter(|&&t| inv.tensor(t).class == crate::inventory::TensorClass::Grads).map(|&t| traffic(t)).sum::<u64>();
+        }
         let id = OpId(self.ops.len() as u32);
+        let per_pass = !matches!(s.kind, OpKind::GradNorm(_) | OpKind::ClipScale | OpKind::Adam(_));
+        let name = if self.micro_batches > 1 && per_pass { format!("mb{}.{}", self.micro, Self::name(s.kind)) } else { Self::name(s.kind) };
         self.ops.push(Op {
             id,
-            name: Self::name(s.kind),
+            name,
             kind: s.kind,
             phase: s.phase,
             reads: s.reads.to_vec(),
@@ -445,13 +500,45 @@ impl OpsBuilder<'_> {
             work: s.work,
             launches: s.launches,
             products: s.products,
+            micro: self.micro,
         });
     }
 
     fn build(mut self) -> Vec<Op> {
+        for m in 0..self.micro_batches {
+            self.micro = m;
+            self.pass();
+        }
+        if let Some(clip) = &self.inv.clip {
+            self.push(Spec {
+                kind: OpKind::ClipScale,
+                phase: Phase::Optimizer,
+                reads: &clip.norms,
+                writes: &[clip.scale],
+                allocs: &[],
+                frees: &clip.norms,
+                flops: 0.0,
+                work: WorkClass::Memory,
+                launches: 0,
+                products: 0,
+                views: &[],
+            });
+            for o in std::mem::take(&mut self.clipped).into_iter().rev() {
+                self.adam(o);
+            }
+        }
+        self.ops
+    }
+
+    /// One micro-batch's forward and backward; the last's also each owner's update (unclipped)
+    /// or partial norm (clipped) as its gradients are complete. The first pass allocates the
+    /// gradients; later ones add into them.
+    fn pass(&mut self) {
         use OpKind::*;
         use Phase::*;
         use WorkClass::*;
+        let last = self.micro + 1 == self.micro_batches;
+        let first = self.micro == 0;
         let cfg = self.cfg;
         let inv = self.inv;
         let (bt, c) = (cfg.tokens() as f64, cfg.hidden as f64);
@@ -472,6 +559,7 @@ impl OpsBuilder<'_> {
         let chunk_weights: Vec<TensorId> = (0..k).map(|i| w(Owner::OutputChunk(i))).collect();
         // Unclipped: the update. Clipped: the partial norm, and the update after the scale.
         let adam = |b: &mut Self, o: Owner| match &b.inv.clip {
+            _ if !last => {}
             None => b.adam(o),
             Some(_) => {
                 let norm = b.inv.grad_norm(o).expect("every owner has a partial norm");
@@ -680,7 +768,7 @@ impl OpsBuilder<'_> {
         for i in (0..k).rev() {
             let o = Owner::OutputChunk(i);
             let logits = h.logits[i as usize];
-            let mut allocs = vec![g(o)];
+            let mut allocs = if first { vec![g(o)] } else { vec![] };
             let mut reads = vec![h.lnf, chunk_weights[i as usize], h.ce_stats, io.targets];
             if chunked {
                 allocs.push(logits);
@@ -709,16 +797,17 @@ impl OpsBuilder<'_> {
                 views: &[],
             });
             if !tied {
-                adam(&mut self, o);
+                adam(self, o);
             }
         }
         let fn_o = Owner::FinalNorm;
+        let lnf_allocs: Vec<TensorId> = if first { vec![h.dres, g(fn_o)] } else { vec![h.dres] };
         self.push(Spec {
             kind: LnFBwd,
             phase: Backward,
             reads: &[h.dlnf, h.x_out, h.lnf_stats, fnw],
             writes: &[h.dres, g(fn_o)],
-            allocs: &[h.dres, g(fn_o)],
+            allocs: &lnf_allocs,
             frees: &[h.dlnf, h.x_out, h.lnf, h.lnf_stats],
             flops: 0.0,
             work: Memory,
@@ -726,19 +815,20 @@ impl OpsBuilder<'_> {
             products: 0,
             views: &[],
         });
-        adam(&mut self, fn_o);
+        adam(self, fn_o);
         for l in (0..cfg.layers).rev() {
             let o = Owner::Layer(l);
             let a = inv.acts[l as usize];
             let s = inv.scratch[l as usize];
             let (lw, lg) = (w(o), g(o));
             let mm = |f: f64| 2.0 * f * bt * c * c; // dX and dW products of a C x f*C weight
+            let fcproj_allocs: Vec<TensorId> = if first { vec![s.dfch, lg] } else { vec![s.dfch] };
             self.push(Spec {
                 kind: FcProjBwd(l),
                 phase: Backward,
                 reads: &[h.dres, a.fch_gelu, lw],
                 writes: &[lg],
-                allocs: &[s.dfch, lg],
+                allocs: &fcproj_allocs,
                 frees: &[a.fch_gelu],
                 flops: mm(8.0),
                 work: Matmul,
@@ -837,9 +927,10 @@ impl OpsBuilder<'_> {
                 products: 0,
                 views: &["ln1_w", "ln1_b"],
             });
-            adam(&mut self, o);
+            adam(self, o);
         }
         let eo = Owner::Embedding;
+        let embed_allocs: Vec<TensorId> = if first { vec![g(eo)] } else { vec![] };
         let mut embed_writes = vec![g(eo)];
         if tied {
             embed_writes.extend((0..k).map(|i| g(Owner::OutputChunk(i))));
@@ -849,7 +940,7 @@ impl OpsBuilder<'_> {
             phase: Backward,
             reads: &[h.dres, io.tokens],
             writes: &embed_writes,
-            allocs: &[g(eo)],
+            allocs: &embed_allocs,
             frees: &[h.dres],
             flops: 0.0,
             work: Memory,
@@ -857,31 +948,12 @@ impl OpsBuilder<'_> {
             products: 0,
             views: &[],
         });
-        adam(&mut self, eo);
+        adam(self, eo);
         if tied {
             for i in 0..k {
-                adam(&mut self, Owner::OutputChunk(i));
+                adam(self, Owner::OutputChunk(i));
             }
         }
-        if let Some(clip) = &inv.clip {
-            self.push(Spec {
-                kind: ClipScale,
-                phase: Optimizer,
-                reads: &clip.norms,
-                writes: &[clip.scale],
-                allocs: &[],
-                frees: &clip.norms,
-                flops: 0.0,
-                work: Memory,
-                launches: 0,
-                products: 0,
-                views: &[],
-            });
-            for o in std::mem::take(&mut self.clipped).into_iter().rev() {
-                self.adam(o);
-            }
-        }
-        self.ops
     }
 
     /// AdamW of one owner (reading the clip scale in a clipped step); frees its gradients.
@@ -979,8 +1051,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_tensor_is_allocated_before_use_and_freed_after(c in any_config()) {
-            let p = Program::build(&c);
+        fn every_tensor_is_allocated_before_use_and_freed_after(c in any_config(), k in 1u32..4, clipped in any::<bool>()) {
+            let clipping = if clipped { Clipping::GlobalNorm } else { Clipping::Off };
+            let p = Program::build_accumulating(&c, clipping, k);
             prop_assert_eq!(p.check_lifetimes(), Ok(()));
         }
 
@@ -1095,11 +1168,59 @@ mod tests {
     }
 
     #[test]
+    fn accumulation_runs_k_passes_into_one_set_of_gradients_then_the_updates() {
+        for (tied, clipping) in [(false, Clipping::Off), (true, Clipping::GlobalNorm), (false, Clipping::GlobalNorm)] {
+            let c = cfg(2, 2, 16, 2, 16, 300, 2, tied, Attention::Fused);
+            let one = Program::build_with(&c, clipping);
+            let k = 3;
+            let p = Program::build_accumulating(&c, clipping, k);
+            assert_eq!(p.check_lifetimes(), Ok(()), "tied {tied}, {clipping:?}");
+            assert_eq!(p.tokens_per_step(), 3 * one.tokens_per_step());
+            assert!((p.model_flops().0 / one.model_flops().0 - 3.0).abs() < 1e-12);
+            assert!((p.total_flops().0 / one.total_flops().0 - 3.0).abs() < 1e-12, "each pass computes as the step of one");
+            let inv = &p.inventory;
+            for o in inv.owners() {
+                let g = inv.params(o).grads;
+                let allocs: Vec<&Op> = p.ops.iter().filter(|op| op.allocs.contains(&g)).collect();
+                assert_eq!(allocs.len(), 1, "{o}: the first pass allocates the sums");
+                assert_eq!(allocs[0].micro, 0);
+                let writers: std::collections::BTreeSet<u32> = p.ops.iter().filter(|op| op.writes.contains(&g)).map(|op| op.micro).collect();
+                assert_eq!(writers, (0..k).collect(), "{o}: every pass adds into them");
+                let adam = p.find(OpKind::Adam(o)).unwrap();
+                let last_write = p.ops.iter().rposition(|op| op.writes.contains(&g)).unwrap();
+                assert!(adam.id.index() > last_write && adam.frees.contains(&g));
+                assert_eq!(p.find_all(OpKind::Adam(o)).count(), 1);
+            }
+            for m in 0..k {
+                assert!(p.find_in(OpKind::Embed, m).is_some() && p.find_in(OpKind::Loss, m).is_some());
+                assert_eq!(p.recompute_ops(1, m).len(), 7);
+                assert!(p.recompute_ops(1, m).iter().all(|o| p.op(*o).micro == m));
+            }
+            // Updates (and partial norms) come after the last pass's own backward ops only.
+            let first_update = p.ops.iter().position(|o| matches!(o.kind, OpKind::Adam(_) | OpKind::GradNorm(_))).unwrap();
+            assert!(p.ops[..first_update].iter().all(|o| o.micro < k - 1 || o.phase != Phase::Optimizer));
+            assert!(p.ops[first_update..].iter().all(|o| o.micro == k - 1));
+            // The io tensors hold every micro-batch; an op's traffic counts its own.
+            assert_eq!(inv.tensor(inv.io.tokens).bytes.0, 3 * one.inventory.tensor(one.inventory.io.tokens).bytes.0);
+            let loss = |p: &Program, m| p.find_in(OpKind::Loss, m).unwrap().bytes;
+            assert_eq!(loss(&p, 2), loss(&one, 0));
+            // Later passes read the gradients they add into.
+            let fc = |p: &Program, m| p.find_in(OpKind::FcBwd(0), m).unwrap().bytes.0;
+            assert_eq!(fc(&p, 0), fc(&one, 0));
+            assert!(fc(&p, 1) > fc(&p, 0));
+            assert!(p.ops.iter().filter(|o| o.micro == 1).all(|o| o.name.starts_with("mb1.")));
+        }
+        // One micro-batch is the step as it was.
+        let c = cfg(2, 2, 16, 2, 16, 300, 2, false, Attention::Fused);
+        assert_eq!(Program::build_accumulating(&c, Clipping::GlobalNorm, 1), Program::build_with(&c, Clipping::GlobalNorm));
+    }
+
+    #[test]
     fn recompute_ops_rebuild_exactly_the_inner_activations() {
         let c = cfg(2, 2, 16, 2, 16, 300, 2, false, Attention::Fused);
         let p = Program::build(&c);
         let inner = p.inventory.find_block(BlockKind::LayerActivations(1)).unwrap();
-        let mut rebuilt: Vec<TensorId> = p.recompute_ops(1).iter().flat_map(|o| p.op(*o).allocs.clone()).collect();
+        let mut rebuilt: Vec<TensorId> = p.recompute_ops(1, 0).iter().flat_map(|o| p.op(*o).allocs.clone()).collect();
         rebuilt.sort();
         let mut want = inner.tensors.clone();
         want.sort();

@@ -7,7 +7,8 @@
 //! carries it in the schedule so that `simulate` and `run SCHEDULE` read it from there.
 //!
 //! Clipping by the global norm changes the step program (every update waits for every gradient:
-//! [`crate::program::Clipping`]); gradient accumulation is not here yet.
+//! [`crate::program::Clipping`]), and so does gradient accumulation: `micro_batches` forward and
+//! backward passes of the config's batch before the updates ([`crate::Program::for_setup`]).
 
 use crate::config::GptConfig;
 use crate::error::ModelError;
@@ -85,12 +86,19 @@ pub struct Sources {
     pub weight_decay: Source,
     #[serde(default = "Source::before_clipping")]
     pub grad_clip: Source,
+    #[serde(default = "Source::before_accumulation")]
+    pub micro_batches: Source,
 }
 
 impl Source {
     /// The source of a setup recorded before clipping existed: it did not clip.
     fn before_clipping() -> Source {
         Source::Default("a setup from before clipping, which trained unclipped".into())
+    }
+
+    /// The source of a setup recorded before gradient accumulation existed: one micro-batch.
+    fn before_accumulation() -> Source {
+        Source::Default("one micro-batch per optimizer step".into())
     }
 }
 
@@ -112,7 +120,15 @@ pub struct TrainingSetup {
     /// before clipping existed: those did not clip.
     #[serde(default)]
     pub grad_clip: f64,
+    /// Micro-batches (of the config's batch) whose gradients each optimizer step sums: K in
+    /// B x K x T tokens per step. Absent in schedules and records made before accumulation: 1.
+    #[serde(default = "one")]
+    pub micro_batches: u32,
     pub sources: Sources,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What a user gives: any field of the setup, the rest left to the defaults. As a file it reads
@@ -138,6 +154,9 @@ pub struct SetupSpec {
     /// Largest global gradient norm; 0 turns clipping off.
     #[serde(default)]
     pub grad_clip: Option<f64>,
+    /// Micro-batches per optimizer step (gradient accumulation), at least 1.
+    #[serde(default)]
+    pub micro_batches: Option<u32>,
 }
 
 impl SetupSpec {
@@ -207,6 +226,7 @@ impl TrainingSetup {
             eps: GPT3_EPS,
             weight_decay: GPT3_WEIGHT_DECAY,
             grad_clip: GPT3_GRAD_CLIP,
+            micro_batches: 1,
             sources: Sources {
                 lr: Source::Default(format!(
                     "GPT-3 (Brown et al. 2020) Table 2.1, the {row} row, nearest to this model's {} parameters",
@@ -219,6 +239,7 @@ impl TrainingSetup {
                 eps: appendix("Adam eps 1e-8"),
                 weight_decay: appendix("weight decay 0.1"),
                 grad_clip: appendix("the global norm of the gradient clipped at 1.0"),
+                micro_batches: Source::before_accumulation(),
             },
         }
     }
@@ -295,6 +316,10 @@ impl TrainingSetup {
             s.grad_clip = v;
             s.sources.grad_clip = src;
         }
+        if let Some((v, src)) = pick(flags.micro_batches, "--micro-batches", spec.micro_batches, &path) {
+            s.micro_batches = v;
+            s.sources.micro_batches = src;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -340,6 +365,10 @@ impl TrainingSetup {
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
             return Err(self.error("grad_clip", self.grad_clip, &src.grad_clip, "must be 0 (no clipping) or a positive norm, e.g. 1.0"));
+        }
+        if self.micro_batches == 0 {
+            let m = "must be at least 1: the micro-batches whose gradients one optimizer step sums (1: no accumulation)";
+            return Err(self.error("micro_batches", self.micro_batches, &src.micro_batches, m));
         }
         Ok(())
     }
@@ -408,12 +437,13 @@ impl TrainingSetup {
                 if self.grad_clip > 0.0 { fmt_g(self.grad_clip) } else { "off".into() },
                 format!("{} (global norm; every update waits for every gradient)", s.grad_clip),
             ),
+            ("micro-batches", self.micro_batches.to_string(), format!("{} (gradients summed over them before each update)", s.micro_batches)),
         ]
     }
 
     /// [`Self::rows`] as aligned lines.
     pub fn lines(&self) -> Vec<String> {
-        self.rows().into_iter().map(|(what, v, src)| format!("{what:<13}{v:<20} {src}")).collect()
+        self.rows().into_iter().map(|(what, v, src)| format!("{what:<14}{v:<20} {src}")).collect()
     }
 }
 

@@ -91,7 +91,7 @@ pub fn heuristic_schedule(h: Heuristic, program: &Program, hw: &HardwareProfile,
     let rechunked;
     let program = if h == Heuristic::ModuleQueue && program.config.output_chunks != 4 {
         let cfg = program.config.with_shape(None, None, Some(4)).map_err(PlanError::BadDecisions)?;
-        rechunked = Program::build(&cfg);
+        rechunked = Program::build_accumulating(&cfg, program.clipping, program.micro_batches);
         &rechunked
     } else {
         program

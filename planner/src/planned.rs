@@ -99,7 +99,7 @@ pub fn clipping_cost(
     if program.clipping == models::program::Clipping::Off {
         return Ok(None);
     }
-    let plain = Program::build_with(&program.config, models::program::Clipping::Off);
+    let plain = Program::build_accumulating(&program.config, models::program::Clipping::Off, program.micro_batches);
     let unclipped = crate::plan(&plain, hw, schedule.budget, opts)?;
     Ok(Some(ClippingCost { clipped_step: schedule.prediction.step_time, unclipped_step: unclipped.schedule.prediction.step_time }))
 }

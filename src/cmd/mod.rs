@@ -88,6 +88,10 @@ impl TargetArgs {
     }
 }
 
+/// Dense bf16 TFLOP/s that MFU is taken against: NVIDIA's figure for H100 SXM, which the H200
+/// shares (llm.c reports MFU against it).
+pub const MFU_PEAK_TFLOPS: f64 = 989.0;
+
 /// The training setup, as plan, sweep and `run --model` take it: a `--setup` file and flags
 /// that override it; absent both, GPT-3's values for the model's size (`models::training`).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -121,6 +125,10 @@ pub struct SetupArgs {
     /// Clipping makes every update wait for every gradient: the plan prices that.
     #[arg(long, value_name = "NORM", allow_hyphen_values = true)]
     pub grad_clip: Option<f64>,
+    /// Micro-batches of the config's batch per optimizer step, their gradients summed before
+    /// the updates (gradient accumulation; default 1).
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
+    pub micro_batches: Option<u32>,
 }
 
 impl SetupArgs {
@@ -135,6 +143,7 @@ impl SetupArgs {
             eps: self.eps,
             weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
+            micro_batches: self.micro_batches,
         }
     }
 

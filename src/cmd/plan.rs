@@ -145,7 +145,19 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
     let s = &plan.schedule;
     let p = &s.prediction;
     let c = &program.config;
-    println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget);
+    match s.setup.micro_batches {
+        1 => println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget),
+        k => println!(
+            "{} ({k} micro-batches of batch {} x seq {}: {} tokens per step, {} output chunks) on {} within {}",
+            c.name,
+            c.batch,
+            c.seq,
+            k as u64 * c.tokens(),
+            c.output_chunks,
+            s.hardware,
+            s.budget
+        ),
+    }
     println!("decisions:");
     for l in decision_lines(&s.decisions) {
         println!("  {l}");
@@ -164,6 +176,18 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
         Ok(Some(cost)) => println!("clipping         {}", cost.line()),
         Ok(None) => {}
         Err(e) => println!("clipping         its cost could not be found: {e}"),
+    }
+    let step_s = p.step_time.0;
+    if step_s > 0.0 {
+        let tokens = program.tokens_per_step() as f64;
+        let mfu = program.model_flops().0 / step_s / (super::MFU_PEAK_TFLOPS * 1e12);
+        println!(
+            "throughput       {:.0} tokens/s ({} tokens per step), MFU {:.1}% (6N + 6LTC per token over {} TFLOP/s, the dense bf16 peak of H100/H200 SXM)",
+            tokens / step_s,
+            program.tokens_per_step(),
+            100.0 * mfu,
+            super::MFU_PEAK_TFLOPS
+        );
     }
     println!("transfers        {} host->device, {} device->host", p.h2d_bytes, p.d2h_bytes);
     println!(

@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub hardware: Option<PathBuf>,
     /// Peak dense bf16 TFLOP/s for MFU (llm.c's H100 SXM figure by default).
-    #[arg(long, default_value_t = 989.0)]
+    #[arg(long, default_value_t = super::MFU_PEAK_TFLOPS)]
     pub peak_tflops: f64,
     /// The training setup (with --model; a schedule carries its own, as `offplan plan` was told).
     #[command(flatten)]
@@ -389,6 +389,9 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
     let model = args.model.clone().expect("clap requires --model without a schedule");
     let cfg = ModelArgs { model, batch: args.batch, seq: args.seq, output_chunks: None }.load()?;
     let setup = args.training.resolve(&cfg)?;
+    if setup.micro_batches > 1 {
+        return Err(super::usage(format!("--micro-batches {}: {}", setup.micro_batches, executor::ops::NO_ACCUMULATION)));
+    }
     let program = Program::for_setup(&cfg, &setup);
     program.check_lifetimes().map_err(|m| anyhow::anyhow!("the step program is inconsistent: {m}"))?;
     let (predicted_peak, _) = LifetimeGraph::build(&program).peak();
@@ -430,6 +433,9 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
 
 fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
+    if schedule.setup.micro_batches > 1 {
+        return Err(super::usage(format!("{}: {} micro-batches per step: {}", path.display(), schedule.setup.micro_batches, executor::ops::NO_ACCUMULATION)));
+    }
     let program = Program::for_setup(&schedule.model, &schedule.setup);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;
     let hw = super::schedule_hardware(args.hardware.as_deref(), &schedule)?;

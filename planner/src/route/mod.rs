@@ -144,9 +144,9 @@ impl<'a> Router<'a> {
             host_ops.extend(adam);
         }
         if cpu_embedding {
-            host_ops.extend(
-                [OpKind::Embed, OpKind::EmbedBwd, OpKind::GradNorm(owner)].iter().filter_map(|k| self.program.find(*k).map(|o| o.id)),
-            );
+            for k in [OpKind::Embed, OpKind::EmbedBwd, OpKind::GradNorm(owner)] {
+                host_ops.extend(self.program.find_all(k).map(|o| o.id));
+            }
         }
         let gpu_uses =
             |t: TensorId| -> Vec<usize> { self.uses(t).iter().copied().filter(|i| !host_ops.contains(&OpId(*i as u32))).collect() };
@@ -178,8 +178,11 @@ impl<'a> Router<'a> {
                 st.stage_of_op[last_dres] + 1
             };
             if cpu_embedding {
-                let bwd = self.program.find(OpKind::EmbedBwd).map(|o| o.id).expect("embed_bwd");
-                out.push(Item::Host { stage: update_stage, op: bwd, after_d2h: true });
+                // Each micro-batch's rows are scattered in the stage its dres arrives.
+                for bwd in self.program.find_all(OpKind::EmbedBwd) {
+                    let last_dres = gpu_uses(inv.head.dres).into_iter().rfind(|i| self.program.ops[*i].micro == bwd.micro).unwrap_or(0);
+                    out.push(Item::Host { stage: st.stage_of_op[last_dres] + 1, op: bwd.id, after_d2h: true });
+                }
                 if let Some(norm) = self.program.find(OpKind::GradNorm(owner)) {
                     out.push(Item::Host { stage: update_stage, op: norm.id, after_d2h: true });
                 }
@@ -212,19 +215,21 @@ impl<'a> Router<'a> {
         if owner == Owner::Embedding {
             let dres = inv.head.dres;
             if cpu_embedding {
-                let embed = self.program.op(OpId(0));
-                debug_assert_eq!(embed.kind, OpKind::Embed);
-                let s = st.stage_of_op[0];
-                out.push(Item::Host { stage: s, op: embed.id, after_d2h: false });
-                for t in &embed.allocs {
-                    out.push(Item::H2D { stage: s, tensor: *t, after_host: Some(s) });
-                }
                 let uses = gpu_uses(dres);
-                let last = *uses.last().expect("dres is used");
-                self.program_route_until(dres, last, &mut out);
-                let s = st.stage_of_op[last] + 1;
-                out.push(Item::D2H { stage: s, tensor: dres, feeds_host: true });
-                out.push(Item::Free { slot: st.last_slot(s), tensor: dres });
+                for embed in self.program.find_all(OpKind::Embed) {
+                    let s = st.stage_of_op[embed.id.index()];
+                    out.push(Item::Host { stage: s, op: embed.id, after_d2h: false });
+                    for t in &embed.allocs {
+                        out.push(Item::H2D { stage: s, tensor: *t, after_host: Some(s) });
+                    }
+                    // This micro-batch's dres: made on the GPU, sent to the host after its last use.
+                    let m = embed.micro;
+                    let last = *uses.iter().rfind(|i| self.program.ops[**i].micro == m).expect("dres is used");
+                    self.program_route_within(dres, embed.id.index()..=last, &mut out);
+                    let s = st.stage_of_op[last] + 1;
+                    out.push(Item::D2H { stage: s, tensor: dres, feeds_host: true });
+                    out.push(Item::Free { slot: st.last_slot(s), tensor: dres });
+                }
             } else {
                 self.program_route(dres, &mut out);
             }
@@ -250,20 +255,24 @@ impl<'a> Router<'a> {
                 }
             }
             Placement::Recomputed => {
-                let bwd = self.program.find(OpKind::FcProjBwd(l)).expect("layer backward").id.index();
-                let s = st.stage_of_op[bwd];
-                for t in inner {
-                    let u = uses(t);
-                    let fwd_last = *u.iter().rfind(|i| st.stage_of_op[**i] < s).expect("forward use");
-                    let alloc = *u.first().expect("allocated");
-                    out.push(Item::Alloc { slot: st.slot_of_op[alloc], tensor: t });
-                    out.push(Item::Free { slot: st.slot_of_op[fwd_last], tensor: t });
-                    out.push(Item::Alloc { slot: st.first_slot(s), tensor: t });
-                    let free = self.alloc_free[t.index()].iter().find(|e| e.frees).expect("freed").op;
-                    out.push(Item::Free { slot: st.slot_of_op[free], tensor: t });
-                }
-                for op in self.program.recompute_ops(l) {
-                    out.push(Item::Recompute { stage: s, op });
+                // Each micro-batch makes the activations, drops them after its forward and
+                // rebuilds them at the start of its layer's backward.
+                for m in 0..self.program.micro_batches {
+                    let bwd = self.program.find_in(OpKind::FcProjBwd(l), m).expect("layer backward").id.index();
+                    let s = st.stage_of_op[bwd];
+                    for &t in &inner {
+                        let u: Vec<usize> = uses(t).into_iter().filter(|i| self.program.ops[*i].micro == m).collect();
+                        let fwd_last = *u.iter().rfind(|i| st.stage_of_op[**i] < s).expect("forward use");
+                        let alloc = *u.first().expect("allocated");
+                        out.push(Item::Alloc { slot: st.slot_of_op[alloc], tensor: t });
+                        out.push(Item::Free { slot: st.slot_of_op[fwd_last], tensor: t });
+                        out.push(Item::Alloc { slot: st.first_slot(s), tensor: t });
+                        let free = self.alloc_free[t.index()].iter().find(|e| e.frees && e.op >= bwd).expect("freed").op;
+                        out.push(Item::Free { slot: st.slot_of_op[free], tensor: t });
+                    }
+                    for op in self.program.recompute_ops(l, m) {
+                        out.push(Item::Recompute { stage: s, op });
+                    }
                 }
             }
             _ => {
@@ -298,11 +307,18 @@ impl<'a> Router<'a> {
 
     /// The program's allocations and frees of `t` up to op `until` (frees after it dropped).
     fn program_route_until(&self, t: TensorId, until: usize, out: &mut Vec<Item>) {
+        self.program_route_within(t, 0..=until, out)
+    }
+
+    /// The program's allocations and frees of `t` by the ops in `ops` (a free by the last
+    /// dropped).
+    fn program_route_within(&self, t: TensorId, ops: std::ops::RangeInclusive<usize>, out: &mut Vec<Item>) {
         if self.program.inventory.tensor(t).persistent {
             out.push(Item::Resident(t));
             return;
         }
-        for e in self.alloc_free[t.index()].iter().take_while(|e| e.op <= until) {
+        let until = *ops.end();
+        for e in self.alloc_free[t.index()].iter().filter(|e| ops.contains(&e.op)) {
             let slot = self.stages.slot_of_op[e.op];
             if e.allocs {
                 out.push(Item::Alloc { slot, tensor: t });

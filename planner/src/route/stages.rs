@@ -57,7 +57,11 @@ impl Stages {
         let mut slot = 1;
         for (j, &a) in cuts.iter().enumerate() {
             let b = cuts.get(j + 1).copied().unwrap_or(program.ops.len());
-            let name = stage_name(program.ops[a].kind);
+            let op = &program.ops[a];
+            let name = match program.micro_batches {
+                k if k > 1 && op.phase != models::program::Phase::Optimizer => format!("mb{}.{}", op.micro, stage_name(op.kind)),
+                _ => stage_name(op.kind),
+            };
             stages.push(Stage { name, ops: a..b, slots: slot..slot + (b - a) });
             slot += b - a;
         }
