@@ -131,6 +131,8 @@ fn bad_setups_name_the_field_exit_2_and_write_nothing() {
         ("a negative clip", vec!["--grad-clip", "-1"], 2, "grad_clip -1 (from --grad-clip) must be 0 (no clipping) or a positive norm"),
         ("an infinite clip", vec!["--grad-clip", "inf"], 2, "grad_clip inf"),
         ("a negative warmup", vec!["--warmup", "-1"], 2, "--warmup"),
+        ("no micro-batch", vec!["--micro-batches", "0"], 2, "micro_batches 0 (from --micro-batches) must be at least 1"),
+        ("a negative count of micro-batches", vec!["--micro-batches", "-2"], 2, "--micro-batches"),
         ("lr 2 in a file", vec!["--setup", &b], 2, "big.ron) must be a learning rate"),
         ("an unknown field in a file", vec!["--setup", &u], 1, "learning_rate"),
         ("a missing file", vec!["--setup", "no-such-setup.ron"], 1, "cannot read"),
@@ -176,5 +178,42 @@ fn bad_setups_name_the_field_exit_2_and_write_nothing() {
     if o.status.code() != Some(2) || !t.contains("a schedule carries its training setup") || out.exists() {
         wrong.push(format!("run SCHEDULE --lr: exit {:?}: {}", o.status.code(), t.trim()));
     }
+    // The executor does not accumulate yet: a run of several micro-batches is refused before
+    // any device opens, by flag and by schedule.
+    let o = offplan(&["run", "--model", &tiny, "--micro-batches", "2", "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    if o.status.code() != Some(2) || !t.contains("--micro-batches 2: the planner and simulator price gradient accumulation") || out.exists()
+    {
+        wrong.push(format!("run --micro-batches 2: exit {:?}: {}", o.status.code(), t.trim()));
+    }
+    let acc = dir.join("k2");
+    let o = offplan(&plan_args(acc.to_str().unwrap(), &["--micro-batches", "2"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = offplan(&["run", acc.join("schedule.ron").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    if o.status.code() != Some(2) || !t.contains("2 micro-batches per step") || out.exists() {
+        wrong.push(format!("run SCHEDULE of 2 micro-batches: exit {:?}: {}", o.status.code(), t.trim()));
+    }
     assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+/// `--micro-batches K` plans K passes into one set of gradients: the schedule carries K, simulate
+/// reads it back, and the plan says the tokens per step.
+#[test]
+fn micro_batches_are_planned_and_simulated_from_the_schedule() {
+    let dir = scratch_dir("setup-micro");
+    let out = dir.join("k4");
+    let o = offplan(&plan_args(out.to_str().unwrap(), &["--micro-batches", "4"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    let s = load(&out);
+    assert_eq!(s.setup.micro_batches, 4);
+    let cfg = models::GptConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(config("gpt2-tiny"))).unwrap();
+    let tokens = 4 * cfg.tokens();
+    assert!(t.contains(&format!("4 micro-batches of batch {} x seq {}: {tokens} tokens per step", cfg.batch, cfg.seq)), "{t}");
+    assert!(t.contains("micro-batches 4") && t.contains("MFU"), "{t}");
+    let o = offplan(&["simulate", out.join("schedule.ron").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("micro-batches 4"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

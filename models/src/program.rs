@@ -481,7 +481,8 @@ impl OpsBuilder<'_> {
         }
         if self.micro > 0 {
             // A later micro-batch adds its gradients into the sums: each is read as well.
-            bytes += s.writes.iter().filter(|&&t| inv.tensor(t).class == crate::inventory::TensorClass::Grads).map(|&t| traffic(t)).sum::<u64>();
+            bytes +=
+                s.writes.iter().filter(|&&t| inv.tensor(t).class == crate::inventory::TensorClass::Grads).map(|&t| traffic(t)).sum::<u64>();
         }
         let id = OpId(self.ops.len() as u32);
         let per_pass = !matches!(s.kind, OpKind::GradNorm(_) | OpKind::ClipScale | OpKind::Adam(_));
@@ -1184,7 +1185,8 @@ mod tests {
                 let allocs: Vec<&Op> = p.ops.iter().filter(|op| op.allocs.contains(&g)).collect();
                 assert_eq!(allocs.len(), 1, "{o}: the first pass allocates the sums");
                 assert_eq!(allocs[0].micro, 0);
-                let writers: std::collections::BTreeSet<u32> = p.ops.iter().filter(|op| op.writes.contains(&g)).map(|op| op.micro).collect();
+                let writers: std::collections::BTreeSet<u32> =
+                    p.ops.iter().filter(|op| op.writes.contains(&g)).map(|op| op.micro).collect();
                 assert_eq!(writers, (0..k).collect(), "{o}: every pass adds into them");
                 let adam = p.find(OpKind::Adam(o)).unwrap();
                 let last_write = p.ops.iter().rposition(|op| op.writes.contains(&g)).unwrap();

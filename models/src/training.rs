@@ -437,7 +437,11 @@ impl TrainingSetup {
                 if self.grad_clip > 0.0 { fmt_g(self.grad_clip) } else { "off".into() },
                 format!("{} (global norm; every update waits for every gradient)", s.grad_clip),
             ),
-            ("micro-batches", self.micro_batches.to_string(), format!("{} (gradients summed over them before each update)", s.micro_batches)),
+            (
+                "micro-batches",
+                self.micro_batches.to_string(),
+                format!("{} (gradients summed over them before each update)", s.micro_batches),
+            ),
         ]
     }
 

@@ -45,7 +45,12 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     if budget > hw.memory {
         return Err(PlanError::OverCard { budget, card: hw.memory, name: hw.name.clone() });
     }
-    let model = StageModel::new(program, hw);
+    // A step of many micro-batches is solved on three passes standing for all of them.
+    let solving = StageModel::solving_program(program);
+    let model = match &solving {
+        Some(three) => StageModel::repeating(three, hw, program.micro_batches),
+        None => StageModel::new(program, hw),
+    };
     let (floor, reason, lean, outside) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });

@@ -146,7 +146,10 @@ fn print_summary(program: &Program, hw: &models::HardwareProfile, plan: &planner
     let p = &s.prediction;
     let c = &program.config;
     match s.setup.micro_batches {
-        1 => println!("{} (batch {} x seq {}, {} output chunks) on {} within {}", c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget),
+        1 => println!(
+            "{} (batch {} x seq {}, {} output chunks) on {} within {}",
+            c.name, c.batch, c.seq, c.output_chunks, s.hardware, s.budget
+        ),
         k => println!(
             "{} ({k} micro-batches of batch {} x seq {}: {} tokens per step, {} output chunks) on {} within {}",
             c.name,

@@ -434,7 +434,12 @@ fn run_all_on_gpu(args: &Args, out: &Path) -> anyhow::Result<()> {
 fn run_schedule(args: &Args, path: &Path, out: &Path) -> anyhow::Result<()> {
     let schedule = Schedule::load(path)?;
     if schedule.setup.micro_batches > 1 {
-        return Err(super::usage(format!("{}: {} micro-batches per step: {}", path.display(), schedule.setup.micro_batches, executor::ops::NO_ACCUMULATION)));
+        return Err(super::usage(format!(
+            "{}: {} micro-batches per step: {}",
+            path.display(),
+            schedule.setup.micro_batches,
+            executor::ops::NO_ACCUMULATION
+        )));
     }
     let program = Program::for_setup(&schedule.model, &schedule.setup);
     schedule.check_digest(&models::digest::program_digest(&program), path)?;

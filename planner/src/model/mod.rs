@@ -60,13 +60,58 @@ pub struct StageModel<'a> {
     bytes: Vec<u64>,
     /// GPU seconds per op.
     op_secs: Vec<f64>,
+    /// How many times each stage runs in the step it stands for: 1, or the micro-batches its
+    /// pass stands for ([`StageModel::repeating`]).
+    weights: Vec<f64>,
 }
+
+/// Passes of the program a step of many micro-batches is solved on: the first, one that stands
+/// for every middle pass, and the last (with the updates).
+pub const SOLVED_PASSES: u32 = 3;
 
 impl<'a> StageModel<'a> {
     pub fn new(program: &'a Program, hw: &'a HardwareProfile) -> StageModel<'a> {
         let bytes = program.inventory.tensors.iter().map(|t| t.bytes.round_up(hw.alloc_granularity).0).collect();
         let op_secs = program.ops.iter().map(|o| op_time(o, hw).0).collect();
-        StageModel { program, hw, router: Router::new(program), rates: Rates::new(hw), bytes, op_secs }
+        let router = Router::new(program);
+        let weights = vec![1.0; router.stages.len()];
+        StageModel { program, hw, router, rates: Rates::new(hw), bytes, op_secs, weights }
+    }
+
+    /// The model of a step of `micro_batches` passes, on `program` of [`SOLVED_PASSES`] (its
+    /// `solving_program`): the middle pass's stages count `micro_batches - 2` times. Every pass
+    /// between the first and the last makes the same allocations, copies and host work in the
+    /// same stages, and a stage's time is homogeneous in its terms, so scaling the middle
+    /// stage's terms prices all of them; memory is the same at each. The solvers then work on
+    /// three passes however many the step has, and the plan is emitted and simulated in full.
+    pub fn repeating(program: &'a Program, hw: &'a HardwareProfile, micro_batches: u32) -> StageModel<'a> {
+        assert_eq!(program.micro_batches, SOLVED_PASSES.min(micro_batches), "a repeating model solves the program of three passes");
+        let mut m = StageModel::new(program, hw);
+        if micro_batches > SOLVED_PASSES {
+            for (w, stage) in m.weights.iter_mut().zip(&m.router.stages.stages) {
+                if stage.ops.clone().next().is_some_and(|i| program.ops[i].micro == 1) {
+                    *w = (micro_batches - 2) as f64;
+                }
+            }
+        }
+        m
+    }
+
+    /// The program a step's placement is solved on: `program` itself, or for more than
+    /// [`SOLVED_PASSES`] micro-batches the same step of three (see [`StageModel::repeating`]).
+    pub fn solving_program(program: &Program) -> Option<Program> {
+        if program.micro_batches <= SOLVED_PASSES {
+            return None;
+        }
+        let mut three = Program::build_accumulating(&program.config, program.clipping, SOLVED_PASSES);
+        // The step's tokens, targets and losses (every micro-batch's) are the full step's.
+        let (inv, full) = (&mut three.inventory, &program.inventory);
+        for id in [full.io.tokens, full.io.targets, full.io.losses] {
+            inv.tensors[id.index()] = full.tensor(id).clone();
+            let block = full.tensor(id).block;
+            inv.blocks[block.index()] = full.block(block).clone();
+        }
+        Some(three)
     }
 
     pub fn n_stages(&self) -> usize {
@@ -98,7 +143,7 @@ impl<'a> StageModel<'a> {
         }
         for (s, t) in per_stage.into_iter().enumerate() {
             if t > 0.0 {
-                c.stages.push((s, StageTerms { compute: t, ..Default::default() }));
+                c.stages.push((s, StageTerms { compute: t * self.weights[s], ..Default::default() }));
             }
         }
         c
@@ -216,7 +261,18 @@ impl<'a> StageModel<'a> {
         pinned.sort();
         pinned.dedup();
         let pinned = pinned.iter().map(|t| self.program.inventory.tensor(*t).bytes.0).sum();
-        Sparse { delta, frees_after, stages: stages.into_iter().collect(), pinned }
+        let stages = stages
+            .into_iter()
+            .map(|(s, t)| match self.weights[s] {
+                1.0 => (s, t),
+                w => {
+                    let mut scaled = StageTerms::default();
+                    scaled.add_scaled(&t, w);
+                    (s, scaled)
+                }
+            })
+            .collect();
+        Sparse { delta, frees_after, stages, pinned }
     }
 
     /// Memory and time of a whole plan.
