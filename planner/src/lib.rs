@@ -38,7 +38,7 @@ pub use floor::feasible_floor;
 pub use heuristics::{heuristic_schedule, offload_first, Heuristic};
 pub use lifetime::LifetimeGraph;
 pub use model::StageModel;
-pub use plan::plan;
+pub use plan::{plan, plan_tokens, BatchChoice};
 pub use planned::{check_schedule, clipping_cost, figures, finish, replan_record, replan_uncapped, Checked, ClippingCost, Plan};
 pub use simulate::{prediction_from_trace, simulate, simulate_with_timing, step_breakdown, SimError};
 pub use solve::SolveOptions;

@@ -9,8 +9,9 @@ use crate::planned::{finish, Plan};
 use crate::solve::{solve, SolveError, SolveOptions};
 use crate::PlanError;
 use models::inventory::Owner;
+use models::program::Clipping;
 use models::schedule::{SolveStatus, SolverReport};
-use models::{Bytes, HardwareProfile, Placement, Program};
+use models::{Bytes, GptConfig, HardwareProfile, Placement, Program, Seconds};
 
 /// The heuristics that can fit `budget` (live peak and fixed overhead within it), a few mixed
 /// presets and the lean plan, unfiltered otherwise: `plan()` builds them once and keeps those
@@ -145,6 +146,90 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
         floor: last.unwrap_or(floor),
         reason: "the plans that fit the budget in live bytes need more once laid out in one arena; give a little more".into(),
     })
+}
+
+/// One way to train a fixed number of tokens per step, as [`plan_tokens`] priced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchChoice {
+    /// Micro-batch size B.
+    pub batch: u32,
+    /// Micro-batches per step K.
+    pub micro_batches: u32,
+    /// The solver's step time for it, or why it has none (its floor above the budget, ...).
+    pub step: Result<Seconds, String>,
+}
+
+/// Plans `tokens` per step of `cfg` (B x K x T = tokens, T the config's sequence): every
+/// micro-batch size B dividing the step's sequences is solved (the three-pass model, so a
+/// large K costs what a small one does), and the fastest is planned in full. A larger B needs
+/// more activation memory but streams each weight once per B sequences instead of once per
+/// sequence. Returns the plan, its program and every choice priced, in order of B.
+pub fn plan_tokens(
+    cfg: &GptConfig,
+    clipping: Clipping,
+    tokens: u64,
+    hw: &HardwareProfile,
+    budget: Bytes,
+    opts: &SolveOptions,
+) -> Result<(Plan, Program, Vec<BatchChoice>), PlanError> {
+    let seq = cfg.seq as u64;
+    if tokens == 0 || !tokens.is_multiple_of(seq) {
+        return Err(PlanError::BadDecisions(format!(
+            "--tokens-per-step {tokens} is not a multiple of the sequence length {seq}: give B x K x {seq} tokens (e.g. {})",
+            seq * (tokens / seq).max(1)
+        )));
+    }
+    let sequences = tokens / seq;
+    let mut choices = Vec::new();
+    for b in (1..=sequences.min(u32::MAX as u64)).filter(|b| sequences.is_multiple_of(*b)) {
+        let (batch, micro_batches) = (b as u32, (sequences / b) as u32);
+        let step = cfg
+            .with_shape(Some(batch), None, None)
+            .map_err(|e| e.to_string())
+            .and_then(|c| estimate(&Program::build_accumulating(&c, clipping, micro_batches), hw, budget, opts));
+        choices.push(BatchChoice { batch, micro_batches, step });
+    }
+    let best = choices
+        .iter()
+        .filter_map(|c| c.step.as_ref().ok().map(|t| (c, *t)))
+        .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+        .map(|(c, _)| c.clone())
+        .ok_or_else(|| PlanError::Infeasible {
+            budget,
+            floor: budget,
+            reason: format!(
+                "no micro-batch size of {tokens} tokens per step fits: {}",
+                choices
+                    .iter()
+                    .map(|c| format!("B {}: {}", c.batch, c.step.as_ref().err().map_or("", |e| e)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        })?;
+    let c = cfg.with_shape(Some(best.batch), None, None).map_err(PlanError::BadDecisions)?;
+    let program = Program::build_accumulating(&c, clipping, best.micro_batches);
+    let plan = plan(&program, hw, budget, opts)?;
+    Ok((plan, program, choices))
+}
+
+/// The solver's step time for `program` within `budget`, without emitting it.
+fn estimate(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &SolveOptions) -> Result<Seconds, String> {
+    let solving = StageModel::solving_program(program);
+    let model = match &solving {
+        Some(three) => StageModel::repeating(three, hw, program.micro_batches),
+        None => StageModel::new(program, hw),
+    };
+    let (floor, _, lean, outside) = floor_of(&model);
+    if budget < floor {
+        return Err(format!("its floor is {floor}"));
+    }
+    let target = budget.saturating_sub(outside);
+    let fits_host = |d: &Decisions| hw.host_pinnable.is_none_or(|h| model.evaluate(d).pinned <= h);
+    let starts: Vec<Decisions> = candidates(&model, budget, lean)
+        .into_iter()
+        .filter(|d| model.evaluate(d).peak.0 <= model.capacity(target) && fits_host(d))
+        .collect();
+    solve_within(&model, target, &starts, opts).map(|(_, r)| r.objective).map_err(|e| e.to_string())
 }
 
 /// The solver's best decisions for `target` (never worse than its best starting point).

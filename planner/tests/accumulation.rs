@@ -101,3 +101,25 @@ fn the_planner_amortises_the_update_over_micro_batches() {
     let (one, many) = (per_token(1), per_token(32));
     assert!(many < 0.3 * one, "{many} s per token over 32 micro-batches, {one} over one");
 }
+
+#[test]
+fn tokens_per_step_chooses_the_fastest_micro_batch_size_that_fits() {
+    let hw = h200();
+    let cfg = config("gpt3-125m");
+    let opts = SolveOptions::new().with_time_limit(Seconds(20.0)).unwrap();
+    let tokens = 64 * cfg.seq as u64;
+    let (plan, program, choices) = plan_tokens(&cfg, Clipping::GlobalNorm, tokens, &hw, Bytes::gib(2.0), &opts).unwrap();
+    assert_eq!(program.tokens_per_step(), tokens);
+    let sizes: Vec<(u32, u32)> = choices.iter().map(|c| (c.batch, c.micro_batches)).collect();
+    assert_eq!(sizes, vec![(1, 64), (2, 32), (4, 16), (8, 8), (16, 4), (32, 2), (64, 1)]);
+    // The chosen one is the fastest the search priced, and its plan fits.
+    let fastest =
+        choices.iter().filter(|c| c.step.is_ok()).min_by(|a, b| a.step.as_ref().unwrap().0.total_cmp(&b.step.as_ref().unwrap().0)).unwrap();
+    assert_eq!((program.config.batch, program.micro_batches), (fastest.batch, fastest.micro_batches));
+    assert!(plan.schedule.prediction.peak_device() <= Bytes::gib(2.0));
+    // Something did not fit 2 GiB (all 64 sequences at once), and said why.
+    assert!(choices.iter().any(|c| c.step.as_ref().is_err_and(|e| e.contains("floor"))), "{choices:?}");
+    // A count of tokens no B x K x T makes is refused, naming the flag.
+    let e = plan_tokens(&cfg, Clipping::GlobalNorm, tokens + 1, &hw, Bytes::gib(2.0), &opts).err().unwrap().to_string();
+    assert!(e.contains("--tokens-per-step") && e.contains("not a multiple of the sequence length"), "{e}");
+}

@@ -5,7 +5,7 @@ use super::{CodedError, TargetArgs, EXIT_INFEASIBLE};
 use anyhow::Context;
 use models::schedule::BlockDecision;
 use models::{Bytes, Placement, Program};
-use planner::{PlanError, SolveOptions};
+use planner::PlanError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,14 +31,18 @@ pub struct Args {
     pub strategy: Option<String>,
     #[command(flatten)]
     pub training: super::SetupArgs,
+    /// Tokens per optimizer step, instead of --batch and --micro-batches: the planner chooses
+    /// the micro-batch size B and the micro-batches K (B x K x T = N) with every placement.
+    #[arg(long, value_name = "N", conflicts_with_all = ["micro_batches", "batch", "strategy"])]
+    pub tokens_per_step: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, hw) = args.target.load()?;
-    // Checked before anything is solved or written; only its clipping changes the step, the schedule
-    // carries it to `simulate` and `run`.
-    let setup = args.training.resolve(&cfg)?;
-    let program = Program::for_setup(&cfg, &setup);
+    // Checked before anything is solved or written; its clipping and micro-batches change the
+    // step, the schedule carries it to `simulate` and `run`.
+    let mut setup = args.training.resolve(&cfg)?;
+    let mut program = Program::for_setup(&cfg, &setup);
     let opts = super::solve_options(args.time_limit, &args.solve, 2)?;
     let presets = match &args.strategy {
         Some(names) => Some(planner::strategy::parse_strategy(names).map_err(super::usage)?),
@@ -46,9 +50,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // Found before the solve: an --out that cannot be written.
     let out = models::io::StagedDir::new(&args.out).with_context(|| format!("--out {}: cannot write there", args.out.display()))?;
-    let planned = match (&args.strategy, &presets) {
-        (Some(names), Some(presets)) => planner::strategy::strategy_plan(&program, &hw, args.budget, names, presets),
-        _ => solve_with_spinner(&program, &hw, args.budget, &opts),
+    let mut choices = None;
+    let planned = match (&args.strategy, &presets, args.tokens_per_step) {
+        (Some(names), Some(presets), _) => planner::strategy::strategy_plan(&program, &hw, args.budget, names, presets),
+        (_, _, Some(n)) => {
+            let message = format!("choosing B and K of {n} tokens per step for {} layers", cfg.layers);
+            with_spinner(&message, || planner::plan_tokens(&cfg, setup.clipping(), n, &hw, args.budget, &opts)).map(|(plan, p, c)| {
+                setup.micro_batches = p.micro_batches;
+                setup.sources.micro_batches = models::training::Source::Flag(format!("--tokens-per-step {n}: the planner's choice"));
+                program = p;
+                choices = Some(c);
+                plan
+            })
+        }
+        _ => {
+            let message = format!("solving placement for {} layers (limit {:.0} s)", program.config.layers, opts.time_limit().0);
+            with_spinner(&message, || planner::plan(&program, &hw, args.budget, &opts))
+        }
     };
     let plan = planned.map_err(|e| match e {
         PlanError::Infeasible { .. } | PlanError::HostMemory { .. } => {
@@ -63,7 +81,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     write_pictures(out.path(), &program, &hw, &plan)?;
     out.commit().with_context(|| format!("moving the plan's files into {}", args.out.display()))?;
     print_summary(&program, &hw, &plan, &args.out.join("schedule.ron"), &opts);
+    if let Some(choices) = choices {
+        print_batch_choices(&program, &choices);
+    }
     Ok(())
+}
+
+/// Each micro-batch size the search priced, against the one it chose.
+fn print_batch_choices(chosen: &Program, choices: &[planner::BatchChoice]) {
+    let best = choices.iter().find(|c| c.batch == chosen.config.batch).and_then(|c| c.step.clone().ok());
+    println!(
+        "micro-batch      B {} x K {} chosen of {} tokens per step; each B the search priced (solver's step time):",
+        chosen.config.batch,
+        chosen.micro_batches,
+        chosen.tokens_per_step()
+    );
+    for c in choices {
+        let why = match (&c.step, best) {
+            (Ok(t), Some(b)) if c.batch == chosen.config.batch => {
+                format!("{t}  chosen ({:.0} tokens/s)", chosen.tokens_per_step() as f64 / b.0)
+            }
+            (Ok(t), Some(b)) => format!("{t}  {:+.1}% slower", 100.0 * (t.0 / b.0 - 1.0)),
+            (Ok(t), None) => t.to_string(),
+            (Err(e), _) => format!("does not fit: {e}"),
+        };
+        println!("  B {:>4} x K {:>5}  {why}", c.batch, c.micro_batches);
+    }
 }
 
 /// The single place where the plan's pictures (memory.svg/png, timeline.svg, placement.svg) and
@@ -74,22 +117,18 @@ fn write_pictures(dir: &Path, program: &Program, hw: &models::HardwareProfile, p
     Ok(())
 }
 
-/// Runs the planner, with a spinner once it has taken more than a second.
-fn solve_with_spinner(
-    program: &Program,
-    hw: &models::HardwareProfile,
-    budget: Bytes,
-    opts: &SolveOptions,
-) -> Result<planner::Plan, PlanError> {
+/// Runs `work` (the planner), with a spinner saying `message` once it has taken more than a
+/// second.
+fn with_spinner<T: Send>(message: &str, work: impl FnOnce() -> Result<T, PlanError> + Send) -> Result<T, PlanError> {
     std::thread::scope(|s| {
-        let worker = s.spawn(|| planner::plan(program, hw, budget, opts));
+        let worker = s.spawn(work);
         let start = std::time::Instant::now();
         let mut bar: Option<indicatif::ProgressBar> = None;
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
             if bar.is_none() && start.elapsed() > Duration::from_secs(1) {
                 let b = indicatif::ProgressBar::new_spinner();
-                b.set_message(format!("solving placement for {} layers (limit {:.0} s)", program.config.layers, opts.time_limit().0));
+                b.set_message(message.to_string());
                 b.enable_steady_tick(Duration::from_millis(100));
                 bar = Some(b);
             }
