@@ -456,7 +456,7 @@ impl OpsBuilder<'_> {
         let micro_batches = self.micro_batches as u64;
         let traffic = |t: TensorId| -> u64 {
             let tensor = inv.tensor(t);
-            if tensor.class == crate::inventory::TensorClass::Io && tensor.shape.len() == 3 && micro_batches > 1 {
+            if tensor.class == crate::inventory::TensorClass::Io && micro_batches > 1 {
                 // Tokens, targets and losses hold every micro-batch; an op touches its own.
                 return tensor.bytes.0 / micro_batches;
             }

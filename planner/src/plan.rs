@@ -46,12 +46,8 @@ pub fn plan(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
     if budget > hw.memory {
         return Err(PlanError::OverCard { budget, card: hw.memory, name: hw.name.clone() });
     }
-    // A step of many micro-batches is solved on three passes standing for all of them.
     let solving = StageModel::solving_program(program);
-    let model = match &solving {
-        Some(three) => StageModel::repeating(three, hw, program.micro_batches),
-        None => StageModel::new(program, hw),
-    };
+    let model = solving_model(program, &solving, hw);
     let (floor, reason, lean, outside) = floor_of(&model);
     if budget < floor {
         return Err(PlanError::Infeasible { budget, floor, reason });
@@ -215,10 +211,7 @@ pub fn plan_tokens(
 /// The solver's step time for `program` within `budget`, without emitting it.
 fn estimate(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &SolveOptions) -> Result<Seconds, String> {
     let solving = StageModel::solving_program(program);
-    let model = match &solving {
-        Some(three) => StageModel::repeating(three, hw, program.micro_batches),
-        None => StageModel::new(program, hw),
-    };
+    let model = solving_model(program, &solving, hw);
     let (floor, _, lean, outside) = floor_of(&model);
     if budget < floor {
         return Err(format!("its floor is {floor}"));
@@ -230,6 +223,15 @@ fn estimate(program: &Program, hw: &HardwareProfile, budget: Bytes, opts: &Solve
         .filter(|d| model.evaluate(d).peak.0 <= model.capacity(target) && fits_host(d))
         .collect();
     solve_within(&model, target, &starts, opts).map(|(_, r)| r.objective).map_err(|e| e.to_string())
+}
+
+/// The model `program` is solved on: a step of many micro-batches on the three passes of
+/// `solving` (its `StageModel::solving_program`) standing for all of them, else its own.
+fn solving_model<'a>(program: &'a Program, solving: &'a Option<Program>, hw: &'a HardwareProfile) -> StageModel<'a> {
+    match solving {
+        Some(three) => StageModel::repeating(three, hw, program.micro_batches),
+        None => StageModel::new(program, hw),
+    }
 }
 
 /// The solver's best decisions for `target` (never worse than its best starting point).

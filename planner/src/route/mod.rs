@@ -150,6 +150,9 @@ impl<'a> Router<'a> {
         }
         let gpu_uses =
             |t: TensorId| -> Vec<usize> { self.uses(t).iter().copied().filter(|i| !host_ops.contains(&OpId(*i as u32))).collect() };
+        // The CPU embedding's dres: made on the GPU each micro-batch, its rows scattered on the host.
+        let dres_uses = if cpu_embedding { gpu_uses(inv.head.dres) } else { Vec::new() };
+        let last_dres_of = |micro: u32| dres_uses.iter().copied().rfind(|i| self.program.ops[*i].micro == micro);
         // Weights.
         match c.weights {
             Placement::Gpu => out.push(Item::Resident(p.weights)),
@@ -174,13 +177,13 @@ impl<'a> Router<'a> {
                 s
             } else {
                 // CPU embedding: the gradient is scattered on the host, in the stage dres arrives.
-                let last_dres = gpu_uses(inv.head.dres).last().copied().unwrap_or(0);
+                let last_dres = dres_uses.last().copied().unwrap_or(0);
                 st.stage_of_op[last_dres] + 1
             };
             if cpu_embedding {
                 // Each micro-batch's rows are scattered in the stage its dres arrives.
                 for bwd in self.program.find_all(OpKind::EmbedBwd) {
-                    let last_dres = gpu_uses(inv.head.dres).into_iter().rfind(|i| self.program.ops[*i].micro == bwd.micro).unwrap_or(0);
+                    let last_dres = last_dres_of(bwd.micro).unwrap_or(0);
                     out.push(Item::Host { stage: st.stage_of_op[last_dres] + 1, op: bwd.id, after_d2h: true });
                 }
                 if let Some(norm) = self.program.find(OpKind::GradNorm(owner)) {
@@ -215,7 +218,6 @@ impl<'a> Router<'a> {
         if owner == Owner::Embedding {
             let dres = inv.head.dres;
             if cpu_embedding {
-                let uses = gpu_uses(dres);
                 for embed in self.program.find_all(OpKind::Embed) {
                     let s = st.stage_of_op[embed.id.index()];
                     out.push(Item::Host { stage: s, op: embed.id, after_d2h: false });
@@ -224,7 +226,7 @@ impl<'a> Router<'a> {
                     }
                     // This micro-batch's dres: made on the GPU, sent to the host after its last use.
                     let m = embed.micro;
-                    let last = *uses.iter().rfind(|i| self.program.ops[**i].micro == m).expect("dres is used");
+                    let last = last_dres_of(m).expect("dres is used");
                     self.program_route_within(dres, embed.id.index()..=last, &mut out);
                     let s = st.stage_of_op[last] + 1;
                     out.push(Item::D2H { stage: s, tensor: dres, feeds_host: true });
